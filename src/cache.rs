@@ -1,0 +1,386 @@
+//! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_schema::SchemaRef;
+
+use crate::error::{Error, Result};
+use crate::reader::CacheReader;
+use crate::registry::ReaderRegistry;
+use crate::storage::{CachedBatch, MemoryTier};
+
+/// The upstream a cache reads from: any Arrow record batch reader.
+pub type Upstream = Box<dyn RecordBatchReader + Send>;
+
+/// How a cache stores batches and when it may drop them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Budget in bytes for batches held in memory; `None` is [`default_memory_capacity`].
+    pub memory_capacity: Option<u64>,
+    /// Cap on readers ever created; enables eviction of batches all of them have passed.
+    pub max_readers: Option<u64>,
+}
+
+impl CacheOptions {
+    /// Check every option, naming the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.memory_capacity == Some(0) {
+            return Err(Error::InvalidArgument(
+                "memory_capacity must be at least 1 byte; leave it unset for the default".into(),
+            ));
+        }
+        if self.max_readers == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_readers must be at least 1; leave it unset to keep every batch".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The default memory budget: three quarters of physical memory (all of it if unknown).
+pub fn default_memory_capacity() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page_size) =
+        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages > 0 && page_size > 0 {
+        (pages as u64).saturating_mul(page_size as u64) / 4 * 3
+    } else {
+        u64::MAX
+    }
+}
+
+/// Counters describing a cache, as `bc_cache_stats` reports them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches pulled from the upstream.
+    pub batches_ingested: u64,
+    /// Rows in those batches.
+    pub rows_ingested: u64,
+    /// Bytes of batch buffers held in memory, each allocation counted once.
+    pub memory_bytes: u64,
+    /// Bytes of batch data held on disk.
+    pub disk_bytes: u64,
+    /// Batches dropped because every reader had passed them (`max_readers`).
+    pub batches_evicted: u64,
+    /// Disk segments deleted because every reader had passed them.
+    pub segments_deleted: u64,
+    /// Readers alive now.
+    pub readers_live: u64,
+    /// Readers created since the cache was made.
+    pub readers_created: u64,
+    /// Whether the upstream reported its end.
+    pub upstream_exhausted: bool,
+    /// Nanoseconds spent inside the upstream's `next`.
+    pub upstream_wait_ns: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    memory: MemoryTier,
+    registry: ReaderRegistry,
+    /// The upstream's failure (or a budget failure), kept and returned to every reader
+    /// that reaches this position: a failed pull is never retried.
+    failure: Option<Error>,
+    exhausted: bool,
+    closed: bool,
+    rows_ingested: u64,
+    batches_evicted: u64,
+}
+
+pub(crate) struct Shared {
+    schema: SchemaRef,
+    /// Held only by the thread that pulls from the upstream, and for nothing else.
+    upstream: Mutex<Option<Upstream>>,
+    state: Mutex<State>,
+    ingested: AtomicU64,
+    exhausted: AtomicBool,
+    poisoned: AtomicBool,
+    upstream_wait_ns: AtomicU64,
+    evicts: bool,
+}
+
+/// A replayable cache over a single-use stream.
+///
+/// Thread-safe: every method takes `&self`. Readers keep the storage alive, so dropping
+/// the cache does not invalidate them; [`StreamCache::close`] does, with a clean error.
+#[derive(Clone)]
+pub struct StreamCache {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StreamCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamCache")
+            .field("ingested", &self.ingested_count())
+            .field("exhausted", &self.upstream_exhausted())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamCache {
+    /// Wrap `upstream`. Nothing is read from it until a reader asks.
+    pub fn new(upstream: Upstream, options: CacheOptions) -> Result<Self> {
+        options.validate()?;
+        let capacity = options.memory_capacity.unwrap_or_else(default_memory_capacity);
+        let state = State {
+            memory: MemoryTier::new(capacity),
+            registry: ReaderRegistry::new(options.max_readers),
+            failure: None,
+            exhausted: false,
+            closed: false,
+            rows_ingested: 0,
+            batches_evicted: 0,
+        };
+        let shared = Shared {
+            schema: upstream.schema(),
+            upstream: Mutex::new(Some(upstream)),
+            state: Mutex::new(state),
+            ingested: AtomicU64::new(0),
+            exhausted: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            upstream_wait_ns: AtomicU64::new(0),
+            evicts: options.max_readers.is_some(),
+        };
+        Ok(Self { shared: Arc::new(shared) })
+    }
+
+    /// The schema of the stream.
+    pub fn schema(&self) -> SchemaRef {
+        self.shared.schema.clone()
+    }
+
+    /// A new reader at batch 0 (`from_start`) or at the ingestion frontier.
+    pub fn reader(&self, from_start: bool) -> Result<CacheReader> {
+        self.reader_with_schema(from_start, None)
+    }
+
+    /// A new reader whose batches are cast to `target` (see [`crate::validate_cast`]).
+    pub fn reader_with_schema(
+        &self,
+        from_start: bool,
+        target: Option<SchemaRef>,
+    ) -> Result<CacheReader> {
+        if let Some(target) = &target {
+            crate::reader::validate_cast(&self.shared.schema, target)?;
+        }
+        let mut state = self.shared.lock_state()?;
+        let start = if from_start { 0 } else { state.memory.end() };
+        let slot = state.registry.register(start)?;
+        drop(state);
+        Ok(CacheReader::new(self.shared.clone(), start, slot, target))
+    }
+
+    /// Pull the whole upstream into the cache; returns the batch count. Idempotent.
+    pub fn ingest_all(&self) -> Result<u64> {
+        loop {
+            let frontier = self.shared.ingested.load(Ordering::Acquire);
+            if self.shared.batch_at(frontier)?.is_none() {
+                return Ok(self.ingested_count());
+            }
+        }
+    }
+
+    /// Batches pulled from the upstream so far. Never blocks on ingestion.
+    pub fn ingested_count(&self) -> u64 {
+        self.shared.ingested.load(Ordering::Acquire)
+    }
+
+    /// True once the upstream has reported its end.
+    pub fn upstream_exhausted(&self) -> bool {
+        self.shared.exhausted.load(Ordering::Acquire)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut state = self.shared.lock_state()?;
+        Ok(Stats {
+            batches_ingested: self.ingested_count(),
+            rows_ingested: state.rows_ingested,
+            memory_bytes: state.memory.bytes(),
+            disk_bytes: 0,
+            batches_evicted: state.batches_evicted,
+            segments_deleted: 0,
+            readers_live: state.registry.live(),
+            readers_created: state.registry.created(),
+            upstream_exhausted: state.exhausted,
+            upstream_wait_ns: self.shared.upstream_wait_ns.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Drop all stored batches and the upstream. Idempotent. Readers then fail with
+    /// [`Error::Closed`]; batches they already returned stay valid.
+    pub fn close(&self) -> Result<()> {
+        let stored = {
+            let mut state = self.shared.lock_state()?;
+            if state.closed {
+                return Ok(());
+            }
+            state.closed = true;
+            std::mem::replace(&mut state.memory, MemoryTier::new(0))
+        };
+        drop(stored);
+        // Waits for a pull in progress; the puller sees `closed` and discards its batch.
+        let upstream = self.shared.upstream.lock().map_err(|_| Error::poisoned())?.take();
+        drop(upstream);
+        Ok(())
+    }
+
+    /// Whether [`StreamCache::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock_state().map(|s| s.closed).unwrap_or(true)
+    }
+
+    /// Mark the cache unusable after a panic interrupted one of its calls.
+    pub fn poison(&self) {
+        self.shared.poisoned.store(true, Ordering::Release);
+    }
+}
+
+impl Shared {
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub(crate) fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    fn lock_state(&self) -> Result<MutexGuard<'_, State>> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::poisoned());
+        }
+        self.state.lock().map_err(|_| Error::poisoned())
+    }
+
+    /// The batch at `position`, pulling from the upstream as needed; `None` past the end.
+    pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
+        loop {
+            {
+                let mut state = self.lock_state()?;
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                state.evict_passed();
+                if position < state.memory.end() {
+                    return match state.memory.get(position) {
+                        Some(batch) => Ok(Some(batch.clone())),
+                        None => Err(Error::Evicted(format!(
+                            "batch {position} was evicted because every one of the \
+                             max_readers readers had passed it"
+                        ))),
+                    };
+                }
+                if let Some(failure) = &state.failure {
+                    return Err(failure.clone());
+                }
+                if state.exhausted {
+                    return Ok(None);
+                }
+            }
+            self.pull_next(position)?;
+        }
+    }
+
+    /// Pull one batch from the upstream, unless another thread got there first.
+    ///
+    /// Only the upstream lock is held while the upstream runs: a pyarrow upstream over a
+    /// Python generator takes the GIL inside `next`, so holding the state lock here could
+    /// deadlock against a thread that holds the GIL and reads a cached batch.
+    fn pull_next(&self, wanted: u64) -> Result<()> {
+        let mut upstream = self.upstream.lock().map_err(|_| Error::poisoned())?;
+        if self.ingested.load(Ordering::Acquire) > wanted {
+            return Ok(());
+        }
+        let Some(source) = upstream.as_mut() else {
+            return Ok(()); // exhausted, failed or closed: the caller's loop sees which
+        };
+        let started = Instant::now();
+        let pulled = source.next();
+        self.upstream_wait_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+
+        let mut state = self.lock_state()?;
+        let finished = state.closed || !matches!(pulled, Some(Ok(_)));
+        match pulled {
+            _ if state.closed => {}
+            None => {
+                state.exhausted = true;
+                self.exhausted.store(true, Ordering::Release);
+            }
+            Some(Err(err)) => state.failure = Some(Error::from_upstream(&err)),
+            Some(Ok(batch)) => self.store(&mut state, batch),
+        }
+        drop(state);
+        if finished {
+            // Released outside the state lock: a release may call back into Python.
+            drop(upstream.take());
+        }
+        Ok(())
+    }
+
+    fn store(&self, state: &mut State, batch: RecordBatch) {
+        if let Err(err) = check_schema(&self.schema, &batch) {
+            state.failure = Some(err);
+            return;
+        }
+        state.evict_passed();
+        let rows = batch.num_rows() as u64;
+        match state.memory.push(batch) {
+            Ok(()) => {
+                state.rows_ingested += rows;
+                self.ingested.store(state.memory.end(), Ordering::Release);
+            }
+            Err(over) => {
+                state.failure = Some(Error::Capacity(format!(
+                    "batch {} needs {} bytes but memory_capacity={} bytes already holds {}; \
+                     raise memory_capacity, set max_readers to stream in bounded memory, or \
+                     enable the disk tier",
+                    state.memory.end(),
+                    over.needed,
+                    over.capacity,
+                    over.held
+                )))
+            }
+        }
+    }
+
+    /// Called when a reader moves or goes away: drop what every reader has passed.
+    pub(crate) fn reader_moved(&self) {
+        if let Ok(mut state) = self.lock_state() {
+            state.evict_passed();
+        }
+    }
+
+    /// Whether readers' positions can free batches (`max_readers` is set).
+    pub(crate) fn evicts(&self) -> bool {
+        self.evicts
+    }
+}
+
+impl State {
+    fn evict_passed(&mut self) {
+        let frontier = self.memory.end();
+        if let Some(below) = self.registry.evictable_below(frontier) {
+            self.batches_evicted += self.memory.evict_below(below);
+            self.registry.mark_evicted_below(below);
+        }
+    }
+}
+
+fn check_schema(expected: &SchemaRef, batch: &RecordBatch) -> Result<()> {
+    let actual = batch.schema_ref();
+    if Arc::ptr_eq(expected, actual) || expected.fields() == actual.fields() {
+        return Ok(());
+    }
+    Err(Error::Upstream {
+        message: format!(
+            "the upstream produced a batch whose schema {actual} differs from its declared \
+             schema {expected}"
+        ),
+        errno: libc::EINVAL,
+    })
+}

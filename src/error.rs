@@ -1,0 +1,102 @@
+//! The error type of the core, one variant per way a cache call can fail.
+
+use std::fmt;
+
+use arrow_schema::ArrowError;
+
+/// Why a cache operation failed.
+///
+/// Each variant maps to one `BcStatus` at the C boundary and to one Python exception.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A caller error: bad option, impossible cast, reader cap reached.
+    InvalidArgument(String),
+    /// A memory or disk budget cannot hold a batch that must be kept.
+    Capacity(String),
+    /// The disk tier failed.
+    Io(String),
+    /// The upstream producer failed; `errno` is its C Stream error code.
+    Upstream { message: String, errno: i32 },
+    /// A batch that a reader needs was dropped by `max_readers` eviction.
+    Evicted(String),
+    /// The cache was closed.
+    Closed,
+    /// A bug: a panic, or a lock poisoned by one.
+    Internal(String),
+}
+
+/// The core's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wrap an error raised by the upstream reader, keeping its errno class.
+    pub fn from_upstream(err: &ArrowError) -> Self {
+        let errno = match err {
+            ArrowError::IoError(_, io) => io.raw_os_error().unwrap_or(libc::EIO),
+            ArrowError::MemoryError(_) => libc::ENOMEM,
+            ArrowError::InvalidArgumentError(_) => libc::EINVAL,
+            _ => libc::EIO,
+        };
+        Error::Upstream { message: upstream_message(err), errno }
+    }
+
+    /// The errno a C Stream callback returns for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::InvalidArgument(_) | Error::Evicted(_) | Error::Closed => libc::EINVAL,
+            Error::Capacity(_) => libc::ENOMEM,
+            Error::Io(_) | Error::Internal(_) => libc::EIO,
+            Error::Upstream { errno, .. } => *errno,
+        }
+    }
+
+    pub(crate) fn poisoned() -> Self {
+        Error::Internal(
+            "the cache is poisoned: an earlier call panicked while updating it; \
+             drop it and build a new cache from a fresh source"
+                .into(),
+        )
+    }
+}
+
+/// The upstream's own text, without the `ArrowError` variant prefix that would hide it.
+fn upstream_message(err: &ArrowError) -> String {
+    match err {
+        ArrowError::IoError(msg, _)
+        | ArrowError::MemoryError(msg)
+        | ArrowError::InvalidArgumentError(msg)
+        | ArrowError::CDataInterface(msg) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(m) | Error::Capacity(m) | Error::Io(m) | Error::Evicted(m) => {
+                f.write_str(m)
+            }
+            Error::Upstream { message, .. } => write!(f, "upstream stream failed: {message}"),
+            Error::Closed => f.write_str(
+                "the cache is closed; create a new StreamCache from a fresh source to read again",
+            ),
+            Error::Internal(m) => write!(f, "internal error in batchcorder: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for ArrowError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Io(m) => ArrowError::IoError(m.clone(), std::io::Error::other(m)),
+            Error::Capacity(m) => ArrowError::MemoryError(m),
+            Error::Upstream { errno, .. } => {
+                let text = err.to_string();
+                ArrowError::IoError(text, std::io::Error::from_raw_os_error(errno))
+            }
+            other => ArrowError::InvalidArgumentError(other.to_string()),
+        }
+    }
+}

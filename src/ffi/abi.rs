@@ -1,0 +1,76 @@
+//! The Arrow C Data and C Stream Interface structs, as the header declares them.
+//!
+//! arrow-rs has the same structs with private fields; these public twins exist so that
+//! cbindgen writes full definitions into both headers. Layouts are asserted equal below,
+//! and pointers are cast between the twins.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_data::ffi::FFI_ArrowArray;
+use arrow_schema::ffi::FFI_ArrowSchema;
+
+/// Arrow C Data Interface: the type of an array (`struct ArrowSchema`).
+#[cfg(not(arrow_c_data_from_elsewhere))]
+#[repr(C)]
+pub struct ArrowSchema {
+    pub format: *const c_char,
+    pub name: *const c_char,
+    pub metadata: *const c_char,
+    pub flags: i64,
+    pub n_children: i64,
+    pub children: *mut *mut ArrowSchema,
+    pub dictionary: *mut ArrowSchema,
+    pub release: Option<unsafe extern "C" fn(schema: *mut ArrowSchema)>,
+    pub private_data: *mut c_void,
+}
+
+/// Arrow C Data Interface: the data of an array (`struct ArrowArray`).
+#[cfg(not(arrow_c_data_from_elsewhere))]
+#[repr(C)]
+pub struct ArrowArray {
+    pub length: i64,
+    pub null_count: i64,
+    pub offset: i64,
+    pub n_buffers: i64,
+    pub n_children: i64,
+    pub buffers: *mut *const c_void,
+    pub children: *mut *mut ArrowArray,
+    pub dictionary: *mut ArrowArray,
+    pub release: Option<unsafe extern "C" fn(array: *mut ArrowArray)>,
+    pub private_data: *mut c_void,
+}
+
+/// Arrow C Stream Interface: a pull-based stream of arrays (`struct ArrowArrayStream`).
+#[cfg(not(arrow_c_stream_from_elsewhere))]
+#[repr(C)]
+pub struct ArrowArrayStream {
+    pub get_schema:
+        Option<unsafe extern "C" fn(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int>,
+    pub get_next:
+        Option<unsafe extern "C" fn(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int>,
+    pub get_last_error: Option<unsafe extern "C" fn(stream: *mut ArrowArrayStream) -> *const c_char>,
+    pub release: Option<unsafe extern "C" fn(stream: *mut ArrowArrayStream)>,
+    pub private_data: *mut c_void,
+}
+
+const _: () = {
+    use std::mem::{align_of, size_of};
+    assert!(size_of::<ArrowSchema>() == size_of::<FFI_ArrowSchema>());
+    assert!(align_of::<ArrowSchema>() == align_of::<FFI_ArrowSchema>());
+    assert!(size_of::<ArrowArray>() == size_of::<FFI_ArrowArray>());
+    assert!(align_of::<ArrowArray>() == align_of::<FFI_ArrowArray>());
+    assert!(size_of::<ArrowArrayStream>() == size_of::<FFI_ArrowArrayStream>());
+    assert!(align_of::<ArrowArrayStream>() == align_of::<FFI_ArrowArrayStream>());
+};
+
+impl ArrowArrayStream {
+    /// A stream with every member NULL: the released state.
+    pub const RELEASED: Self = Self {
+        get_schema: None,
+        get_next: None,
+        get_last_error: None,
+        release: None,
+        private_data: std::ptr::null_mut(),
+    };
+}

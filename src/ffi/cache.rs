@@ -1,0 +1,193 @@
+//! `BcCache`: the C handle to a [`StreamCache`] and the `bc_cache_*` calls on it.
+
+use std::ptr;
+use std::sync::Arc;
+
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::Schema;
+
+use crate::cache::{CacheOptions, Stats, StreamCache};
+use crate::error::{Error, Result};
+use crate::ffi::abi::{ArrowArrayStream, ArrowSchema};
+use crate::ffi::export::export_reader;
+use crate::ffi::options::BcOptions;
+use crate::ffi::upstream::CStreamUpstream;
+use crate::ffi::{arg, arg_mut, guard, guard_value, BcStatus};
+
+/// A cache over one upstream stream.
+///
+/// Thread-safe: any `bc_cache_*` call may run on any thread, concurrently with others on
+/// the same cache. Readers it hands out may outlive it: `bc_cache_free` does not
+/// invalidate them, `bc_cache_close` makes them fail cleanly.
+pub struct BcCache {
+    cache: StreamCache,
+}
+
+/// Run a call on `cache`, poisoning it if the call panics.
+fn on_cache(cache: *const BcCache, body: impl FnOnce(&StreamCache) -> Result<()>) -> BcStatus {
+    let handle = match unsafe { arg(cache, "cache") } {
+        Ok(handle) => handle,
+        Err(err) => return crate::ffi::fail(&err),
+    };
+    guard(|| handle.cache.poison(), || body(&handle.cache))
+}
+
+/// Create a cache over `upstream`, reading nothing yet.
+///
+/// Ownership: takes `upstream` by move. On `BC_OK`, `upstream->release` is NULL and the
+/// cache owns the stream; on failure the caller still owns it, untouched. `opts` may be
+/// NULL (memory only, defaults) and is copied, not kept. The caller frees `*out` with
+/// `bc_cache_free`.
+///
+/// # Safety
+/// Each pointer is NULL or valid: `upstream` a live stream, `opts` a live builder,
+/// `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_new(
+    upstream: *mut ArrowArrayStream,
+    opts: *const BcOptions,
+    out: *mut *mut BcCache,
+) -> BcStatus {
+    guard(|| {}, || {
+        let stream = unsafe { arg(upstream, "upstream") }?;
+        let out = unsafe { arg_mut(out, "out") }?;
+        if stream.release.is_none() {
+            return Err(Error::InvalidArgument(
+                "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
+            ));
+        }
+        let options = match unsafe { opts.as_ref() } {
+            Some(opts) => opts.options.clone(),
+            None => CacheOptions::default(),
+        };
+        options.validate()?;
+        let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
+        // Nothing below fails, so the caller keeps the stream on every error path.
+        let source = unsafe { CStreamUpstream::take(upstream, schema) };
+        let cache = StreamCache::new(Box::new(source), options)?;
+        *out = Box::into_raw(Box::new(BcCache { cache }));
+        Ok(())
+    })
+}
+
+/// Write a new independent reader into `*out` as an `ArrowArrayStream`.
+///
+/// `from_start=false` starts at the ingestion frontier. `requested_schema` may be NULL;
+/// otherwise each batch is cast to it (same field count and names, castable types), and
+/// an impossible request is `BC_INVALID_ARGUMENT` naming the field. The schema is only
+/// read, never released. The caller releases `*out`; it may outlive the cache handle.
+///
+/// # Safety
+/// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_reader(
+    cache: *mut BcCache,
+    from_start: bool,
+    requested_schema: *const ArrowSchema,
+    out: *mut ArrowArrayStream,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        if out.is_null() {
+            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+        }
+        let target = match unsafe { requested_schema.cast::<FFI_ArrowSchema>().as_ref() } {
+            None => None,
+            Some(ffi) => Some(Arc::new(Schema::try_from(ffi).map_err(|err| {
+                Error::InvalidArgument(format!(
+                    "argument `requested_schema` is not a valid schema: {err}"
+                ))
+            })?)),
+        };
+        let reader = cache.reader_with_schema(from_start, target)?;
+        unsafe { ptr::write(out, export_reader(reader)) };
+        Ok(())
+    })
+}
+
+/// Write the stream's schema into `*out`; the caller releases it.
+///
+/// # Safety
+/// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowSchema) -> BcStatus {
+    on_cache(cache, |cache| {
+        if out.is_null() {
+            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+        }
+        let schema = FFI_ArrowSchema::try_from(cache.schema().as_ref())
+            .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
+        unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
+        Ok(())
+    })
+}
+
+/// Pull the whole upstream into the cache. Idempotent. `out_batches` may be NULL;
+/// otherwise it receives the total batch count.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingest_all(cache: *mut BcCache, out_batches: *mut u64) -> BcStatus {
+    on_cache(cache, |cache| {
+        let total = cache.ingest_all()?;
+        if let Some(out) = unsafe { out_batches.as_mut() } {
+            *out = total;
+        }
+        Ok(())
+    })
+}
+
+/// Batches pulled from the upstream so far (0 for NULL). Never waits on ingestion.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
+    guard_value(0, || unsafe { cache.as_ref() }.map_or(0, |c| c.cache.ingested_count()))
+}
+
+/// True once the upstream reported its end (false for NULL).
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_upstream_exhausted(cache: *const BcCache) -> bool {
+    guard_value(false, || unsafe { cache.as_ref() }.is_some_and(|c| c.cache.upstream_exhausted()))
+}
+
+/// Counters of the cache, written into `*out`.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut Stats) -> BcStatus {
+    on_cache(cache, |cache| {
+        let stats = cache.stats()?;
+        *unsafe { arg_mut(out, "out") }? = stats;
+        Ok(())
+    })
+}
+
+/// Drop the cached batches and the upstream, and delete any files. Idempotent. Readers
+/// then fail with a clear error; arrays they already returned stay valid.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_close(cache: *mut BcCache) -> BcStatus {
+    on_cache(cache, |cache| cache.close())
+}
+
+/// Free the handle. NULL is ignored. Readers already handed out stay valid and keep the
+/// storage alive until they are released.
+///
+/// # Safety
+/// `cache` is NULL or came from `bc_cache_new` and was not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_free(cache: *mut BcCache) {
+    guard_value((), || {
+        if !cache.is_null() {
+            drop(unsafe { Box::from_raw(cache) });
+        }
+    })
+}

@@ -1,0 +1,198 @@
+//! Export: a [`CacheReader`] as a C `ArrowArrayStream` whose arrays own their buffers.
+
+use std::ffi::{c_char, c_int, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use arrow_array::{Array, StructArray};
+use arrow_data::ffi::FFI_ArrowArray;
+use arrow_schema::ffi::FFI_ArrowSchema;
+
+use crate::error::{Error, Result};
+use crate::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use crate::ffi::{arg_mut, c_message, guard, panic_message, BcStatus};
+use crate::reader::CacheReader;
+
+/// What an exported stream's `private_data` points to.
+struct Exported {
+    reader: CacheReader,
+    last_error: CString,
+}
+
+/// Wrap `reader` as a C stream; the stream's `release` drops it.
+pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
+    let private = Box::new(Exported { reader, last_error: CString::default() });
+    ArrowArrayStream {
+        get_schema: Some(get_schema),
+        get_next: Some(get_next),
+        get_last_error: Some(get_last_error),
+        release: Some(release),
+        private_data: Box::into_raw(private).cast(),
+    }
+}
+
+/// The reader behind `stream`, if it is a live stream made by this library.
+unsafe fn exported<'a>(stream: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
+    let stream = unsafe { stream.as_mut() }?;
+    let ours = stream
+        .release
+        .is_some_and(|f| std::ptr::fn_addr_eq(f, release as unsafe extern "C" fn(_)));
+    if ours && !stream.private_data.is_null() {
+        Some(unsafe { &mut *stream.private_data.cast::<Exported>() })
+    } else {
+        None
+    }
+}
+
+/// Run a stream callback: an error or a caught panic becomes an errno plus a message.
+unsafe fn callback(
+    stream: *mut ArrowArrayStream,
+    body: impl FnOnce(&mut Exported) -> Result<()>,
+) -> c_int {
+    let Some(state) = (unsafe { exported(stream) }) else { return libc::EINVAL };
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *state)));
+    let err = match outcome {
+        Ok(Ok(())) => return 0,
+        Ok(Err(err)) => err,
+        Err(payload) => {
+            state.reader.poison_cache();
+            panic_message(payload.as_ref())
+        }
+    };
+    state.last_error = c_message(&err.to_string());
+    err.errno()
+}
+
+/// Move the next batch of `state` into `out` (released at the end of the stream).
+fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
+    let array = if state.reader.casts() {
+        match state.reader.next_batch()? {
+            Some(batch) => FFI_ArrowArray::new(&StructArray::from(batch).into_data()),
+            None => FFI_ArrowArray::empty(),
+        }
+    } else {
+        match state.reader.next_cached()? {
+            Some(cached) => FFI_ArrowArray::new(cached.struct_data()),
+            None => FFI_ArrowArray::empty(),
+        }
+    };
+    // SAFETY: `out` is valid for writes (checked by the caller); the layouts are equal.
+    unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), array) };
+    Ok(())
+}
+
+fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
+    let schema = FFI_ArrowSchema::try_from(state.reader.output_schema().as_ref())
+        .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
+    unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
+    Ok(())
+}
+
+fn require_out<T>(out: *mut T) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn get_schema(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
+    unsafe { callback(stream, |state| require_out(out).and_then(|()| schema_into(state, out))) }
+}
+
+unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
+    unsafe { callback(stream, |state| require_out(out).and_then(|()| next_into(state, out))) }
+}
+
+unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
+    match unsafe { exported(stream) } {
+        Some(state) if !state.last_error.is_empty() => state.last_error.as_ptr(),
+        _ => ptr::null(),
+    }
+}
+
+unsafe extern "C" fn release(stream: *mut ArrowArrayStream) {
+    let Some(stream) = (unsafe { stream.as_mut() }) else { return };
+    if stream.private_data.is_null() {
+        return;
+    }
+    let private = unsafe { Box::from_raw(stream.private_data.cast::<Exported>()) };
+    *stream = ArrowArrayStream::RELEASED;
+    // A panic in a reader's drop must not unwind into C; the reader is gone either way.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(private)));
+}
+
+/// Read the next batch of a reader stream made by `bc_cache_reader`, like its `get_next`
+/// but returning a `BcStatus` (with `bc_last_error()` and `bc_last_error_errno()` set).
+///
+/// On `BC_OK`, `*out` holds the next array, which the caller releases, or a released array
+/// (`out->release == NULL`) at the end of the stream. On failure `*out` is untouched.
+/// Not for streams from other producers: those give `BC_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `reader` is NULL or a live stream; `out` is NULL or valid for writing one array.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_next(
+    reader: *mut ArrowArrayStream,
+    out: *mut ArrowArray,
+) -> BcStatus {
+    let state: *mut Exported = match unsafe { reader_arg(reader) } {
+        Ok(state) => state,
+        Err(err) => return crate::ffi::fail(&err),
+    };
+    guard(
+        // SAFETY: runs only after the body unwound, so nothing else borrows the reader.
+        || unsafe { (*state).reader.poison_cache() },
+        || {
+            require_out(out)?;
+            next_into(unsafe { &mut *state }, out)
+        },
+    )
+}
+
+/// The index of the next batch a reader stream made by `bc_cache_reader` returns.
+///
+/// # Safety
+/// `reader` is NULL or a live stream; `out` is NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_position(
+    reader: *mut ArrowArrayStream,
+    out: *mut u64,
+) -> BcStatus {
+    guard(|| {}, || {
+        let position = unsafe { reader_arg(reader) }?.reader.position();
+        *unsafe { arg_mut(out, "out") }? = position;
+        Ok(())
+    })
+}
+
+unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Exported> {
+    let stream = unsafe { arg_mut(reader, "reader") }?;
+    unsafe { exported(stream) }.ok_or_else(|| {
+        Error::InvalidArgument(
+            "argument `reader` is released or was not made by bc_cache_reader".into(),
+        )
+    })
+}
+
+/// A heap-allocated, released `ArrowArrayStream` for bindings that need a stable address
+/// (a PyCapsule, an R external pointer). Free it with `bc_stream_free`. NULL only if
+/// allocation failed.
+#[no_mangle]
+pub extern "C" fn bc_stream_new() -> *mut ArrowArrayStream {
+    crate::ffi::guard_value(ptr::null_mut(), || Box::into_raw(Box::new(ArrowArrayStream::RELEASED)))
+}
+
+/// Release `stream` if it is still live, then free the struct itself. NULL is ignored.
+///
+/// # Safety
+/// `stream` is NULL or came from `bc_stream_new` and was not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn bc_stream_free(stream: *mut ArrowArrayStream) {
+    if stream.is_null() {
+        return;
+    }
+    let mut boxed = unsafe { Box::from_raw(stream) };
+    if let Some(release) = boxed.release {
+        unsafe { release(&mut *boxed) };
+    }
+}

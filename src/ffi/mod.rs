@@ -1,0 +1,148 @@
+//! The C boundary: status codes, the thread-local error message and the panic guard that
+//! every `bc_*` export goes through. The functions themselves live in the submodules.
+
+pub mod abi;
+pub mod cache;
+pub mod export;
+pub mod options;
+pub mod upstream;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::Error;
+
+/// The result of every fallible `bc_*` call. `BC_OK` is 0; read `bc_last_error()` for the
+/// message of anything else.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BcStatus {
+    /// Success.
+    BC_OK = 0,
+    /// A NULL pointer, a released stream, a bad option value, or the reader cap reached.
+    BC_INVALID_ARGUMENT = 1,
+    /// A memory or disk budget cannot hold data that must be kept.
+    BC_CAPACITY = 2,
+    /// The disk tier failed (full disk, permissions, vanished file).
+    BC_IO = 3,
+    /// The upstream producer failed; its message is kept and `bc_last_error_errno()` has
+    /// its errno.
+    BC_UPSTREAM = 4,
+    /// A needed batch was already evicted (`max_readers`).
+    BC_EVICTED = 5,
+    /// The cache was closed.
+    BC_CLOSED = 6,
+    /// A bug: a Rust panic caught at the boundary. The cache involved is poisoned.
+    BC_INTERNAL = 7,
+}
+
+impl From<&Error> for BcStatus {
+    fn from(err: &Error) -> Self {
+        match err {
+            Error::InvalidArgument(_) => BcStatus::BC_INVALID_ARGUMENT,
+            Error::Capacity(_) => BcStatus::BC_CAPACITY,
+            Error::Io(_) => BcStatus::BC_IO,
+            Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
+            Error::Evicted(_) => BcStatus::BC_EVICTED,
+            Error::Closed => BcStatus::BC_CLOSED,
+            Error::Internal(_) => BcStatus::BC_INTERNAL,
+        }
+    }
+}
+
+struct LastError {
+    message: CString,
+    errno: c_int,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<LastError> =
+        RefCell::new(LastError { message: CString::default(), errno: 0 });
+}
+
+/// Turn an error into its C message: interior NULs cannot cross, so they become spaces.
+pub(crate) fn c_message(text: &str) -> CString {
+    CString::new(text.replace('\0', " ")).unwrap_or_default()
+}
+
+/// Record `err` as this thread's last error and return its status.
+pub(crate) fn fail(err: &Error) -> BcStatus {
+    LAST_ERROR.with(|last| {
+        *last.borrow_mut() = LastError { message: c_message(&err.to_string()), errno: err.errno() };
+    });
+    BcStatus::from(err)
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Error {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::Internal(format!("a panic was caught at the C boundary: {text}"))
+}
+
+/// Run the body of a fallible export: errors become a status and a message, and a panic
+/// becomes `BC_INTERNAL` after `on_panic` ran (which poisons the cache involved).
+pub(crate) fn guard(
+    on_panic: impl FnOnce(),
+    body: impl FnOnce() -> crate::Result<()>,
+) -> BcStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => BcStatus::BC_OK,
+        Ok(Err(err)) => fail(&err),
+        Err(payload) => {
+            on_panic();
+            fail(&panic_message(payload.as_ref()))
+        }
+    }
+}
+
+/// Run an infallible export, returning `fallback` if it panics.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// Borrow `ptr`, or fail with a message naming the argument.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a live `T` for `'a`.
+pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> crate::Result<&'a T> {
+    unsafe { ptr.as_ref() }.ok_or_else(|| {
+        Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
+    })
+}
+
+/// Borrow `ptr` mutably, or fail with a message naming the argument.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a live `T` for `'a`, borrowed by nothing else.
+pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> crate::Result<&'a mut T> {
+    unsafe { ptr.as_mut() }.ok_or_else(|| {
+        Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
+    })
+}
+
+/// The library version, "MAJOR.MINOR.PATCH". The string is static.
+#[no_mangle]
+pub extern "C" fn bc_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The message of the last failed `bc_*` call on this thread, or "" if none failed.
+///
+/// Owned by the library; valid until the next `bc_*` call on this thread. Never NULL.
+#[no_mangle]
+pub extern "C" fn bc_last_error() -> *const c_char {
+    guard_value(c"".as_ptr(), || LAST_ERROR.with(|last| last.borrow().message.as_ptr()))
+}
+
+/// The errno class of the last failed `bc_*` call on this thread: the upstream's own
+/// errno after `BC_UPSTREAM`, otherwise `EINVAL`, `ENOMEM` or `EIO`; 0 if none failed.
+#[no_mangle]
+pub extern "C" fn bc_last_error_errno() -> c_int {
+    guard_value(libc::EIO, || LAST_ERROR.with(|last| last.borrow().errno))
+}

@@ -1,0 +1,106 @@
+//! Import: a C `ArrowArrayStream` as the cache's upstream, keeping the producer's errno.
+
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use arrow_array::ffi::{from_ffi_and_data_type, FFI_ArrowArray};
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::{Array, RecordBatch, RecordBatchOptions, RecordBatchReader, StructArray};
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::ffi::abi::ArrowArrayStream;
+
+/// An upstream C stream, owned: dropping it calls its `release`.
+pub struct CStreamUpstream {
+    stream: FFI_ArrowArrayStream,
+    schema: SchemaRef,
+    row_type: DataType,
+}
+
+impl CStreamUpstream {
+    /// Read the schema of a stream the caller still owns; the stream is not consumed.
+    ///
+    /// # Safety
+    /// `raw` points to a live, unreleased stream.
+    pub unsafe fn schema_of(raw: *mut ArrowArrayStream) -> Result<SchemaRef> {
+        let stream = unsafe { &mut *raw };
+        let get_schema = stream.get_schema.ok_or_else(|| {
+            Error::InvalidArgument("upstream stream has no get_schema callback".into())
+        })?;
+        let mut ffi_schema = FFI_ArrowSchema::empty();
+        let code = unsafe { get_schema(raw, (&mut ffi_schema as *mut FFI_ArrowSchema).cast()) };
+        if code != 0 {
+            return Err(Error::Upstream { message: unsafe { last_error(raw) }, errno: code });
+        }
+        let schema = Schema::try_from(&ffi_schema).map_err(|err| Error::Upstream {
+            message: format!("the upstream schema cannot be imported: {err}"),
+            errno: libc::EINVAL,
+        })?;
+        Ok(Arc::new(schema))
+    }
+
+    /// Take ownership of `raw`, leaving it released (its `release` is NULL afterwards).
+    ///
+    /// # Safety
+    /// `raw` points to a live, unreleased stream whose schema is `schema`.
+    pub unsafe fn take(raw: *mut ArrowArrayStream, schema: SchemaRef) -> Self {
+        let stream = unsafe { FFI_ArrowArrayStream::from_raw(raw.cast()) };
+        let row_type = DataType::Struct(schema.fields().clone());
+        Self { stream, schema, row_type }
+    }
+
+    fn import(&self, array: FFI_ArrowArray) -> std::result::Result<RecordBatch, ArrowError> {
+        let data = unsafe { from_ffi_and_data_type(array, self.row_type.clone()) }?;
+        let rows = StructArray::from(data);
+        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let (_, columns, _) = rows.into_parts();
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+    }
+}
+
+/// The message a failed stream call left, or a placeholder when it left none.
+unsafe fn last_error(raw: *mut ArrowArrayStream) -> String {
+    let stream = unsafe { &*raw };
+    let text = stream.get_last_error.map(|get| unsafe { get(raw) }).filter(|p| !p.is_null());
+    match text {
+        Some(ptr) => unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned(),
+        None => "the upstream stream failed without a message".into(),
+    }
+}
+
+/// An upstream errno as the `ArrowError` variant that [`Error::from_upstream`] maps back.
+fn errno_error(errno: i32, message: String) -> ArrowError {
+    match errno {
+        libc::EINVAL => ArrowError::InvalidArgumentError(message),
+        libc::ENOMEM => ArrowError::MemoryError(message),
+        other => ArrowError::IoError(message, std::io::Error::from_raw_os_error(other)),
+    }
+}
+
+impl Iterator for CStreamUpstream {
+    type Item = std::result::Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let raw: *mut ArrowArrayStream = (&mut self.stream as *mut FFI_ArrowArrayStream).cast();
+        let Some(get_next) = self.stream.get_next() else {
+            return Some(Err(ArrowError::CDataInterface("upstream has no get_next".into())));
+        };
+        let mut array = FFI_ArrowArray::empty();
+        let code = unsafe { get_next(raw.cast(), &mut array) };
+        if code != 0 {
+            return Some(Err(errno_error(code, unsafe { last_error(raw) })));
+        }
+        if array.is_released() {
+            return None;
+        }
+        Some(self.import(array))
+    }
+}
+
+impl RecordBatchReader for CStreamUpstream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

@@ -1,0 +1,16 @@
+//! batchcorder: read a single-use Arrow stream once, replay it from any number of readers.
+//!
+//! The core ([`StreamCache`], [`CacheReader`]) is a safe Rust API; the `ffi` module is the
+//! thin C boundary that `include/batchcorder.h` describes.
+
+pub mod cache;
+pub mod error;
+pub mod ffi;
+pub mod reader;
+mod registry;
+pub mod storage;
+
+pub use cache::{default_memory_capacity, CacheOptions, Stats, StreamCache, Upstream};
+pub use error::{Error, Result};
+pub use reader::{validate_cast, CacheReader};
+pub use storage::CachedBatch;

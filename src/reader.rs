@@ -1,0 +1,182 @@
+//! Readers: an independent position in the cached stream, optionally cast to a target schema.
+
+use std::sync::Arc;
+
+use arrow_array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
+use arrow_cast::{can_cast_types, cast};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+
+use crate::cache::Shared;
+use crate::error::{Error, Result};
+use crate::registry::ReaderSlot;
+use crate::storage::CachedBatch;
+
+/// One pass over the cache from its starting position.
+///
+/// `Send` but not shared: one thread at a time calls it, like any Arrow stream. It keeps
+/// the cache's storage alive until dropped.
+pub struct CacheReader {
+    shared: Arc<Shared>,
+    next: u64,
+    slot: Arc<ReaderSlot>,
+    target: Option<SchemaRef>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for CacheReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheReader")
+            .field("position", &self.next)
+            .field("finished", &self.finished)
+            .field("casts", &self.target.is_some())
+            .finish()
+    }
+}
+
+impl CacheReader {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        start: u64,
+        slot: Arc<ReaderSlot>,
+        target: Option<SchemaRef>,
+    ) -> Self {
+        Self { shared, next: start, slot, target, finished: false }
+    }
+
+    /// Index of the next batch this reader returns.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// True once the reader has returned the end of the stream.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The schema of the batches this reader returns.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.target.clone().unwrap_or_else(|| self.shared.schema().clone())
+    }
+
+    /// The next stored batch as cached, without any cast; `None` at the end.
+    pub fn next_cached(&mut self) -> Result<Option<Arc<CachedBatch>>> {
+        if self.finished {
+            return Ok(None);
+        }
+        match self.shared.batch_at(self.next)? {
+            Some(batch) => {
+                self.next += 1;
+                self.slot.advance_to(self.next);
+                Ok(Some(batch))
+            }
+            None => {
+                self.finished = true;
+                self.slot.advance_to(u64::MAX);
+                if self.shared.evicts() {
+                    self.shared.reader_moved();
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Mark the cache unusable after a panic interrupted this reader's call.
+    pub fn poison_cache(&self) {
+        self.shared.poison();
+    }
+
+    /// True when batches must be cast before they are returned.
+    pub fn casts(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// The next batch, cast to the target schema if there is one; `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let Some(cached) = self.next_cached()? else { return Ok(None) };
+        match &self.target {
+            None => Ok(Some(cached.batch().clone())),
+            Some(target) => cast_batch(cached.batch(), target).map(Some),
+        }
+    }
+}
+
+impl Drop for CacheReader {
+    fn drop(&mut self) {
+        if self.shared.evicts() {
+            // A reader that is gone needs nothing more.
+            self.slot.advance_to(u64::MAX);
+            self.shared.reader_moved();
+        }
+    }
+}
+
+impl Iterator for CacheReader {
+    type Item = std::result::Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().map_err(ArrowError::from).transpose()
+    }
+}
+
+impl RecordBatchReader for CacheReader {
+    fn schema(&self) -> SchemaRef {
+        self.output_schema()
+    }
+}
+
+/// Check that every batch of `source` can be cast to `target`, naming the first field
+/// that cannot. Field count and names must match; types must be castable.
+pub fn validate_cast(source: &Schema, target: &Schema) -> Result<()> {
+    if source.fields().len() != target.fields().len() {
+        return Err(Error::InvalidArgument(format!(
+            "requested_schema has {} fields but the stream has {}; request the same fields \
+             in the same order",
+            target.fields().len(),
+            source.fields().len()
+        )));
+    }
+    for (from, to) in source.fields().iter().zip(target.fields()) {
+        if from.name() != to.name() {
+            return Err(Error::InvalidArgument(format!(
+                "requested_schema field {:?} does not match stream field {:?} at the same \
+                 position; request the same names in the same order",
+                to.name(),
+                from.name()
+            )));
+        }
+        if !can_cast_types(from.data_type(), to.data_type()) {
+            return Err(Error::InvalidArgument(format!(
+                "requested_schema field {:?}: cannot cast {} to {}",
+                to.name(),
+                from.data_type(),
+                to.data_type()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                cast(column, field.data_type()).map_err(|err| {
+                    Error::InvalidArgument(format!(
+                        "cannot cast field {:?} to {}: {err}",
+                        field.name(),
+                        field.data_type()
+                    ))
+                })
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(target.clone(), columns, &options).map_err(|err| {
+        Error::InvalidArgument(format!("cast batch does not fit requested_schema: {err}"))
+    })
+}

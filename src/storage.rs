@@ -1,0 +1,214 @@
+//! The memory tier: cached batches by stream position, with exact byte accounting.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_data::ArrayData;
+
+/// One cached batch, shared by the store and every reader that has read it.
+#[derive(Debug)]
+pub struct CachedBatch {
+    batch: RecordBatch,
+    /// The batch as one struct array, built once for the C export path.
+    export: OnceLock<ArrayData>,
+}
+
+impl CachedBatch {
+    pub(crate) fn new(batch: RecordBatch) -> Self {
+        Self { batch, export: OnceLock::new() }
+    }
+
+    /// The batch as it came from the upstream.
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    /// The batch as a struct array's data, converted on first use and then reused.
+    pub fn struct_data(&self) -> &ArrayData {
+        self.export.get_or_init(|| StructArray::from(self.batch.clone()).into_data())
+    }
+}
+
+/// An allocation that at least one stored batch points into.
+#[derive(Debug, Clone, Copy)]
+struct Allocation {
+    bytes: u64,
+    users: u32,
+}
+
+#[derive(Debug)]
+struct Slot {
+    batch: Arc<CachedBatch>,
+    /// (allocation start, bytes) for every distinct buffer of the batch.
+    allocations: Box<[(usize, u64)]>,
+}
+
+/// Batches in stream order, starting at `first`; earlier ones were evicted.
+///
+/// Memory use counts each underlying allocation once, however many batches slice it,
+/// so a table read in slices costs its real size, not its size times the slice count.
+#[derive(Debug)]
+pub(crate) struct MemoryTier {
+    first: u64,
+    slots: VecDeque<Slot>,
+    allocations: HashMap<usize, Allocation>,
+    bytes: u64,
+    capacity: u64,
+}
+
+/// A batch did not fit in the memory budget.
+#[derive(Debug)]
+pub(crate) struct OverBudget {
+    pub needed: u64,
+    pub held: u64,
+    pub capacity: u64,
+}
+
+impl MemoryTier {
+    pub fn new(capacity: u64) -> Self {
+        Self { first: 0, slots: VecDeque::new(), allocations: HashMap::new(), bytes: 0, capacity }
+    }
+
+    /// Position one past the last stored batch: the ingestion frontier.
+    pub fn end(&self) -> u64 {
+        self.first + self.slots.len() as u64
+    }
+
+    /// Position of the oldest batch still stored.
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The batch at `position`, or `None` when it was evicted or not yet stored.
+    pub fn get(&self, position: u64) -> Option<&Arc<CachedBatch>> {
+        let index = usize::try_from(position.checked_sub(self.first)?).ok()?;
+        self.slots.get(index).map(|slot| &slot.batch)
+    }
+
+    /// Append the next batch of the stream, unless it would exceed the budget.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<(), OverBudget> {
+        let allocations = distinct_allocations(&batch);
+        let added: u64 = allocations
+            .iter()
+            .map(|&(start, bytes)| match self.allocations.get(&start) {
+                Some(known) => bytes.saturating_sub(known.bytes),
+                None => bytes,
+            })
+            .sum();
+        if self.bytes + added > self.capacity {
+            return Err(OverBudget { needed: added, held: self.bytes, capacity: self.capacity });
+        }
+        for &(start, bytes) in allocations.iter() {
+            let entry = self.allocations.entry(start).or_insert(Allocation { bytes: 0, users: 0 });
+            entry.bytes = entry.bytes.max(bytes);
+            entry.users += 1;
+        }
+        self.bytes += added;
+        self.slots.push_back(Slot { batch: Arc::new(CachedBatch::new(batch)), allocations });
+        Ok(())
+    }
+
+    /// Drop every batch before `position`; returns how many were dropped.
+    pub fn evict_below(&mut self, position: u64) -> u64 {
+        let mut dropped = 0;
+        while self.first < position {
+            let Some(slot) = self.slots.pop_front() else { break };
+            self.release(&slot);
+            self.first += 1;
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drop everything; positions keep counting from the same frontier.
+    pub fn clear(&mut self) {
+        self.first = self.end();
+        self.slots.clear();
+        self.allocations.clear();
+        self.bytes = 0;
+    }
+
+    fn release(&mut self, slot: &Slot) {
+        for (start, _) in slot.allocations.iter() {
+            if let Some(entry) = self.allocations.get_mut(start) {
+                entry.users -= 1;
+                if entry.users == 0 {
+                    self.bytes -= entry.bytes;
+                    self.allocations.remove(start);
+                }
+            }
+        }
+    }
+}
+
+/// Every distinct allocation a batch's buffers point into, with its size.
+fn distinct_allocations(batch: &RecordBatch) -> Box<[(usize, u64)]> {
+    let mut found = Vec::new();
+    for column in batch.columns() {
+        collect_allocations(&column.to_data(), &mut found);
+    }
+    found.sort_unstable();
+    // Keep the largest size seen for one start: slices of one allocation report
+    // different lengths.
+    found.dedup_by(|later, kept| {
+        if later.0 == kept.0 {
+            kept.1 = kept.1.max(later.1);
+            true
+        } else {
+            false
+        }
+    });
+    found.into_boxed_slice()
+}
+
+fn collect_allocations(data: &ArrayData, found: &mut Vec<(usize, u64)>) {
+    let nulls = data.nulls().map(|n| n.buffer());
+    for buffer in data.buffers().iter().chain(nulls) {
+        if buffer.capacity() > 0 {
+            found.push((buffer.data_ptr().as_ptr() as usize, buffer.capacity() as u64));
+        }
+    }
+    for child in data.child_data() {
+        collect_allocations(child, found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int64Array;
+
+    fn batch(values: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(values)) as _)]).unwrap()
+    }
+
+    #[test]
+    fn slices_of_one_allocation_count_once() {
+        let whole = batch((0..1000).collect());
+        let mut tier = MemoryTier::new(u64::MAX);
+        tier.push(whole.slice(0, 500)).unwrap();
+        let after_first = tier.bytes();
+        tier.push(whole.slice(500, 500)).unwrap();
+        assert_eq!(tier.bytes(), after_first);
+        assert!(after_first >= 8000);
+        tier.evict_below(1);
+        assert_eq!(tier.bytes(), after_first);
+        tier.evict_below(2);
+        assert_eq!(tier.bytes(), 0);
+    }
+
+    #[test]
+    fn over_budget_is_refused_and_keeps_state() {
+        let mut tier = MemoryTier::new(10_000);
+        tier.push(batch((0..1000).collect())).unwrap();
+        let err = tier.push(batch((0..1000).collect())).unwrap_err();
+        assert!(err.needed >= 8000);
+        assert_eq!(tier.end(), 1);
+        assert!(tier.get(0).is_some());
+    }
+}
