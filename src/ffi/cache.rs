@@ -90,17 +90,36 @@ pub unsafe extern "C" fn bc_cache_reader(
         if out.is_null() {
             return Err(Error::InvalidArgument("argument `out` is NULL".into()));
         }
-        let target = match unsafe { requested_schema.cast::<FFI_ArrowSchema>().as_ref() } {
+        let target = match unsafe { requested_schema.as_ref() } {
             None => None,
-            Some(ffi) => Some(Arc::new(Schema::try_from(ffi).map_err(|err| {
-                Error::InvalidArgument(format!(
-                    "argument `requested_schema` is not a valid schema: {err}"
-                ))
-            })?)),
+            Some(schema) => Some(Arc::new(import_schema(schema)?)),
         };
         let reader = cache.reader_with_schema(from_start, target)?;
         unsafe { ptr::write(out, export_reader(reader)) };
         Ok(())
+    })
+}
+
+/// Check, without creating a reader, that `requested_schema` is one that
+/// `bc_cache_reader` can cast this cache's batches to. The schema is only read.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_check_schema(
+    cache: *const BcCache,
+    requested_schema: *const ArrowSchema,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let target = import_schema(unsafe { arg(requested_schema, "requested_schema") }?)?;
+        crate::reader::validate_cast(&cache.schema(), &target)
+    })
+}
+
+fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
+    let ffi = unsafe { &*(schema as *const ArrowSchema).cast::<FFI_ArrowSchema>() };
+    Schema::try_from(ffi).map_err(|err| {
+        Error::InvalidArgument(format!("argument `requested_schema` is not a valid schema: {err}"))
     })
 }
 

@@ -1,0 +1,35 @@
+"""batchcorder: read a single-use Arrow stream once, replay it from any number of readers.
+
+>>> import pyarrow as pa, batchcorder
+>>> cache = batchcorder.StreamCache(pa.table({"x": [1, 2, 3]}))
+>>> sum(batch.num_rows for batch in cache), sum(batch.num_rows for batch in cache)
+(3, 3)
+"""
+
+from ._cache import CacheStats, CastingStreamCache, StreamCache, StreamCacheReader
+from ._errors import (
+    BatchcorderError,
+    BatchEvictedError,
+    CacheClosedError,
+    CapacityError,
+    InternalError,
+    UpstreamError,
+)
+from ._native import ffi as _ffi
+from ._native import lib as _lib
+
+__version__: str = _ffi.string(_lib.bc_version()).decode()
+
+__all__ = [
+    "StreamCache",
+    "StreamCacheReader",
+    "CastingStreamCache",
+    "CacheStats",
+    "BatchcorderError",
+    "UpstreamError",
+    "CacheClosedError",
+    "BatchEvictedError",
+    "CapacityError",
+    "InternalError",
+    "__version__",
+]

@@ -1,0 +1,470 @@
+"""StreamCache and its readers: thin Python handles over libbatchcorder's C API."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional, Union
+
+import pyarrow as pa
+
+from ._capsules import SCHEMA_NAME, STREAM_NAME, capsule_pointer, stream_capsule
+from ._errors import CacheClosedError, check, raise_status
+from ._native import ffi, lib
+
+__all__ = ["StreamCache", "StreamCacheReader", "CastingStreamCache", "CacheStats"]
+
+WritePolicy = Literal["on_insertion", "on_eviction"]
+_WRITE_POLICIES = ("on_insertion", "on_eviction")
+
+_import_batch = pa.RecordBatch._import_from_c
+_reader_next = lib.bc_reader_next
+
+
+def _positive_int(name: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _schema_from_c(fill: Any) -> pa.Schema:
+    """Call ``fill(struct ArrowSchema *)`` and import the result into pyarrow."""
+    c_schema = ffi.new("struct ArrowSchema *")
+    check(fill(c_schema))
+    return pa.Schema._import_from_c(int(ffi.cast("uintptr_t", c_schema)))
+
+
+def _requested_schema_pointer(requested_schema: Any) -> Any:
+    if requested_schema is None:
+        return ffi.NULL
+    address = capsule_pointer(requested_schema, SCHEMA_NAME, "requested_schema")
+    return ffi.cast("struct ArrowSchema *", address)
+
+
+def _as_schema(schema: Any) -> pa.Schema:
+    if isinstance(schema, pa.Schema):
+        return schema
+    if hasattr(schema, "__arrow_c_schema__"):
+        return pa.schema(schema)
+    raise TypeError(
+        f"target_schema must be a pyarrow.Schema or implement __arrow_c_schema__, "
+        f"got {type(schema).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of a cache's counters (from ``bc_cache_stats``)."""
+
+    batches_ingested: int
+    rows_ingested: int
+    memory_bytes: int
+    disk_bytes: int
+    batches_evicted: int
+    segments_deleted: int
+    readers_live: int
+    readers_created: int
+    upstream_exhausted: bool
+    upstream_wait_seconds: float
+
+
+class _Handle:
+    """Owns one ``BcCache *``; every use checks that it is still open."""
+
+    def __init__(self, pointer: Any) -> None:
+        self._pointer = ffi.gc(pointer, lib.bc_cache_free)
+        self._closed = False
+
+    def get(self) -> Any:
+        if self._closed:
+            raise CacheClosedError(
+                "this StreamCache is closed; create a new StreamCache from a fresh source"
+            )
+        return self._pointer
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            check(lib.bc_cache_close(self._pointer))
+
+
+class StreamCache:
+    """Read a single-use Arrow stream once, replay it from any number of readers.
+
+    Parameters
+    ----------
+    source
+        Any object with ``__arrow_c_stream__``: a pyarrow Table or RecordBatchReader, a
+        Polars DataFrame, a DuckDB relation, a nanoarrow or arro3 stream. It is read
+        lazily, at most once, as readers ask for batches.
+    memory_capacity
+        Budget in bytes for batches held in memory. Default: three quarters of physical
+        memory. Each underlying buffer is counted once, however many batches slice it.
+        Going over it raises ``MemoryError``.
+    disk_path, disk_capacity, write_policy
+        The disk tier (not in this build: giving ``disk_path`` or ``disk_capacity``
+        raises ``NotImplementedError``). ``write_policy`` is checked and otherwise
+        ignored in memory-only mode.
+    max_readers
+        Cap on readers ever created (including ``__iter__`` and ``__arrow_c_stream__``).
+        Once all exist, batches every one of them has passed are dropped, so one pass
+        over a stream larger than RAM runs in bounded memory.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> once = pa.RecordBatchReader.from_batches(
+    ...     pa.schema([("x", pa.int64())]), [pa.record_batch({"x": [1, 2, 3]})])
+    >>> cache = StreamCache(once)
+    >>> pa.table(cache).num_rows, pa.table(cache).num_rows
+    (3, 3)
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        memory_capacity: Optional[int] = None,
+        disk_path: Union[str, "os.PathLike[str]", None] = None,
+        disk_capacity: Optional[int] = None,
+        write_policy: WritePolicy = "on_insertion",
+        max_readers: Optional[int] = None,
+    ) -> None:
+        memory_capacity = _positive_int("memory_capacity", memory_capacity)
+        max_readers = _positive_int("max_readers", max_readers)
+        if write_policy not in _WRITE_POLICIES:
+            raise ValueError(
+                f"write_policy must be 'on_insertion' or 'on_eviction', got {write_policy!r}"
+            )
+        if disk_path is not None or disk_capacity is not None:
+            raise NotImplementedError(
+                "disk_path/disk_capacity: the disk tier is not in this build; "
+                "use the memory tier (omit both)"
+            )
+        if not hasattr(source, "__arrow_c_stream__"):
+            raise TypeError(
+                "source must implement __arrow_c_stream__ (a pyarrow Table or "
+                "RecordBatchReader, a Polars DataFrame, a DuckDB relation, ...), "
+                f"got {type(source).__name__}"
+            )
+        capsule = source.__arrow_c_stream__()
+        upstream = ffi.cast(
+            "struct ArrowArrayStream *",
+            capsule_pointer(capsule, STREAM_NAME, "source.__arrow_c_stream__()"),
+        )
+        options = ffi.gc(lib.bc_options_new(), lib.bc_options_free)
+        if memory_capacity is not None:
+            check(lib.bc_options_set_memory_capacity(options, memory_capacity))
+        if max_readers is not None:
+            check(lib.bc_options_set_max_readers(options, max_readers))
+        out = ffi.new("BcCache **")
+        # Moves the stream on success; on failure the capsule still owns and releases it.
+        check(lib.bc_cache_new(upstream, options, out))
+        self._handle = _Handle(out[0])
+        self._max_readers = max_readers
+        self._memory_capacity = memory_capacity
+        self._schema = _schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the stream."""
+        return self._schema
+
+    @property
+    def ingested_count(self) -> int:
+        """Batches pulled from the upstream so far."""
+        return int(lib.bc_cache_ingested_count(self._handle.get()))
+
+    @property
+    def upstream_exhausted(self) -> bool:
+        """True once the upstream has been read to its end."""
+        return bool(lib.bc_cache_upstream_exhausted(self._handle.get()))
+
+    @property
+    def max_readers(self) -> Optional[int]:
+        """The reader cap, or None when every batch is kept."""
+        return self._max_readers
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._handle._closed
+
+    # -- operations -------------------------------------------------------------------
+
+    def reader(self, from_start: bool = True) -> "StreamCacheReader":
+        """A new independent reader, at batch 0 or (``from_start=False``) at the
+        ingestion frontier, so that it sees only batches not yet pulled.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+        >>> [b.num_rows for b in cache.reader()]
+        [2]
+        """
+        return StreamCacheReader._create(self, from_start, None)
+
+    def ingest_all(self) -> int:
+        """Pull the rest of the upstream into the cache; returns the total batch count.
+
+        Idempotent: a second call pulls nothing and returns the same count.
+        """
+        out = ffi.new("uint64_t *")
+        check(lib.bc_cache_ingest_all(self._handle.get(), out))
+        return int(out[0])
+
+    def cast(self, target_schema: Any) -> "CastingStreamCache":
+        """A replayable view whose readers cast every batch to ``target_schema``.
+
+        Field count and names must match; an impossible cast raises ``ValueError``
+        naming the field.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+        >>> pa.table(cache.cast(pa.schema([("x", pa.float64())]))).schema.field("x").type
+        DataType(double)
+        """
+        return CastingStreamCache(self, _as_schema(target_schema))
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the cache's counters."""
+        c_stats = ffi.new("BcStats *")
+        check(lib.bc_cache_stats(self._handle.get(), c_stats))
+        return CacheStats(
+            batches_ingested=c_stats.batches_ingested,
+            rows_ingested=c_stats.rows_ingested,
+            memory_bytes=c_stats.memory_bytes,
+            disk_bytes=c_stats.disk_bytes,
+            batches_evicted=c_stats.batches_evicted,
+            segments_deleted=c_stats.segments_deleted,
+            readers_live=c_stats.readers_live,
+            readers_created=c_stats.readers_created,
+            upstream_exhausted=bool(c_stats.upstream_exhausted),
+            upstream_wait_seconds=c_stats.upstream_wait_ns / 1e9,
+        )
+
+    def close(self) -> None:
+        """Release every cached batch and the upstream. Idempotent.
+
+        Readers then raise ``ValueError``; batches they already returned stay valid.
+        """
+        self._handle.close()
+
+    # -- protocols --------------------------------------------------------------------
+
+    def __iter__(self) -> "StreamCacheReader":
+        """A new reader from batch 0."""
+        return self.reader(from_start=True)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """A new reader from batch 0, as an ``arrow_array_stream`` PyCapsule.
+
+        ``requested_schema`` (an ``arrow_schema`` capsule) casts each batch to it.
+        """
+        return _reader_capsule(self._handle.get(), requested_schema)
+
+    def __arrow_c_schema__(self) -> Any:
+        """The schema as an ``arrow_schema`` PyCapsule; creates no reader."""
+        return self._schema.__arrow_c_schema__()
+
+    def __enter__(self) -> "StreamCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<StreamCache closed>"
+        stats = self.stats()
+        fields = ", ".join(f"{f.name}: {f.type}" for f in list(self._schema)[:4])
+        if len(self._schema) > 4:
+            fields += f", ... {len(self._schema) - 4} more"
+        cap = "" if self._max_readers is None else f" max_readers={self._max_readers}"
+        return (
+            f"<StreamCache ingested={stats.batches_ingested} "
+            f"exhausted={stats.upstream_exhausted} tier=memory "
+            f"memory_bytes={stats.memory_bytes}{cap} schema=({fields})>"
+        )
+
+
+def _free_stream_now(stream: Any) -> None:
+    """Free a ``bc_stream_new`` struct now, detaching its garbage-collection destructor."""
+    ffi.gc(stream, None)
+    lib.bc_stream_free(stream)
+
+
+def _reader_capsule(handle: Any, requested_schema: Any) -> Any:
+    stream = lib.bc_stream_new()
+    if stream == ffi.NULL:
+        raise MemoryError("cannot allocate an ArrowArrayStream")
+    status = lib.bc_cache_reader(handle, True, _requested_schema_pointer(requested_schema), stream)
+    if status != 0:
+        lib.bc_stream_free(stream)
+        raise_status(status)
+    return stream_capsule(stream)
+
+
+class StreamCacheReader:
+    """One pass over a :class:`StreamCache`, with its own position.
+
+    Get one from :meth:`StreamCache.reader`; do not construct it. A reader is its own
+    iterator of ``pyarrow.RecordBatch``. Export it once with ``__arrow_c_stream__``
+    (``pa.RecordBatchReader.from_stream(reader)``, DuckDB, Polars...); after that it is
+    consumed. Use it from one thread at a time; create one reader per thread.
+    """
+
+    __slots__ = ("_stream", "_array", "_array_address", "_schema", "_exported", "_lock")
+
+    def __init__(self) -> None:
+        raise TypeError("create readers with StreamCache.reader()")
+
+    @classmethod
+    def _create(
+        cls, cache: StreamCache, from_start: bool, target: Optional[pa.Schema]
+    ) -> "StreamCacheReader":
+        handle = cache._handle.get()
+        stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
+        if target is None:
+            schema_ptr, schema = ffi.NULL, cache.schema
+        else:
+            schema_ptr = _requested_schema_pointer(target.__arrow_c_schema__())
+            schema = target
+        check(lib.bc_cache_reader(handle, bool(from_start), schema_ptr, stream))
+        self = cls.__new__(cls)
+        self._stream = stream
+        self._array = ffi.new("struct ArrowArray *")
+        self._array_address = int(ffi.cast("uintptr_t", self._array))
+        self._schema = schema
+        self._exported = False
+        self._lock = threading.Lock()
+        return self
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of the batches this reader returns."""
+        return self._schema
+
+    @property
+    def closed(self) -> bool:
+        """True once the reader is exhausted or exported through ``__arrow_c_stream__``."""
+        return self._stream is None
+
+    @property
+    def position(self) -> int:
+        """Index of the next batch this reader returns."""
+        out = ffi.new("uint64_t *")
+        check(lib.bc_reader_position(self._live_stream(), out))
+        return int(out[0])
+
+    def _live_stream(self) -> Any:
+        if self._stream is None:
+            if self._exported:
+                raise ValueError(
+                    "this reader was consumed by __arrow_c_stream__; "
+                    "create a new reader with StreamCache.reader()"
+                )
+            raise ValueError("this reader is exhausted; create a new one with StreamCache.reader()")
+        return self._stream
+
+    def __iter__(self) -> "StreamCacheReader":
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        stream = self._stream
+        if stream is None:
+            if self._exported:
+                self._live_stream()
+            raise StopIteration
+        with self._lock:
+            status = _reader_next(stream, self._array)
+            if status:
+                raise_status(status)
+            if not self._array.release:
+                self._stream = None
+                _free_stream_now(stream)
+                raise StopIteration
+            return _import_batch(self._array_address, self._schema)
+
+    def read_all(self) -> pa.Table:
+        """The rest of the stream as a ``pyarrow.Table``."""
+        return pa.Table.from_batches(list(self), schema=self._schema)
+
+    def close(self) -> None:
+        """Release the reader now instead of at garbage collection. Idempotent."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            _free_stream_now(stream)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """Hand this reader to a consumer as an ``arrow_array_stream`` PyCapsule.
+
+        The reader is consumed: a second export or ``next()`` raises ``ValueError``.
+        ``requested_schema`` is not applied here (allowed by the PyCapsule protocol); use
+        :meth:`StreamCache.cast` for a casting reader.
+        """
+        with self._lock:
+            stream = self._live_stream()
+            self._stream = None
+            self._exported = True
+            ffi.gc(stream, None)  # the capsule owns it from here
+            return stream_capsule(stream)
+
+    def __arrow_c_schema__(self) -> Any:
+        """The schema as an ``arrow_schema`` PyCapsule."""
+        return self._schema.__arrow_c_schema__()
+
+    def __enter__(self) -> "StreamCacheReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._stream is None:
+            state = "exported" if self._exported else "exhausted"
+            return f"<StreamCacheReader closed ({state})>"
+        return f"<StreamCacheReader position={self.position} closed=False>"
+
+
+class CastingStreamCache:
+    """A replayable view of a :class:`StreamCache` whose batches are cast to a schema.
+
+    Made by :meth:`StreamCache.cast`. Each scan creates a reader of the underlying cache
+    (and counts against ``max_readers``).
+    """
+
+    def __init__(self, cache: StreamCache, target_schema: pa.Schema) -> None:
+        capsule = target_schema.__arrow_c_schema__()
+        check(lib.bc_cache_check_schema(cache._handle.get(), _requested_schema_pointer(capsule)))
+        self._cache = cache
+        self._target = target_schema
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The target schema."""
+        return self._target
+
+    def reader(self, from_start: bool = True) -> StreamCacheReader:
+        """A new reader whose batches are cast to the target schema."""
+        return StreamCacheReader._create(self._cache, from_start, self._target)
+
+    def __iter__(self) -> StreamCacheReader:
+        return self.reader()
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """A new casting reader as a PyCapsule (``requested_schema`` is not re-applied)."""
+        return _reader_capsule(self._cache._handle.get(), self._target.__arrow_c_schema__())
+
+    def __arrow_c_schema__(self) -> Any:
+        return self._target.__arrow_c_schema__()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}: {f.type}" for f in self._target)
+        return f"<CastingStreamCache target=({fields}) of {self._cache!r}>"

@@ -1,0 +1,94 @@
+"""Exceptions, and the one helper that turns a C status into a typed exception."""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import NoReturn
+
+from ._native import ffi, lib
+
+__all__ = ["BatchcorderError", "UpstreamError", "CacheClosedError", "BatchEvictedError"]
+
+
+class BatchcorderError(Exception):
+    """Base class of every error batchcorder raises on its own account."""
+
+
+class UpstreamError(BatchcorderError):
+    """The upstream stream failed; the message is the upstream's own.
+
+    Each instance is also a ``ValueError``, ``MemoryError`` or ``OSError``, after the
+    upstream's errno (``EINVAL``, ``ENOMEM``, anything else), so code that catches the
+    upstream's own exception type keeps working.
+    """
+
+
+class _UpstreamValueError(UpstreamError, ValueError):
+    pass
+
+
+class _UpstreamMemoryError(UpstreamError, MemoryError):
+    pass
+
+
+class _UpstreamOSError(UpstreamError, OSError):
+    pass
+
+
+class CacheClosedError(BatchcorderError, ValueError):
+    """The cache was closed; build a new one from a fresh source."""
+
+
+class BatchEvictedError(BatchcorderError, ValueError):
+    """A batch was already evicted because every ``max_readers`` reader had passed it."""
+
+
+class CapacityError(BatchcorderError, MemoryError):
+    """A memory or disk budget cannot hold a batch that must be kept."""
+
+
+class InternalError(BatchcorderError, RuntimeError):
+    """A bug in batchcorder (a Rust panic caught at the boundary); please report it."""
+
+
+# BcStatus values, as the header defines them.
+OK = lib.BC_OK
+_INVALID_ARGUMENT = lib.BC_INVALID_ARGUMENT
+_CAPACITY = lib.BC_CAPACITY
+_IO = lib.BC_IO
+_UPSTREAM = lib.BC_UPSTREAM
+_EVICTED = lib.BC_EVICTED
+_CLOSED = lib.BC_CLOSED
+
+
+def last_error() -> tuple[str, int]:
+    """The message and errno of the last failed call on this thread."""
+    return ffi.string(lib.bc_last_error()).decode("utf-8", "replace"), lib.bc_last_error_errno()
+
+
+def raise_status(status: int) -> NoReturn:
+    """Raise the exception for a non-OK ``BcStatus``; call it right after the failed call."""
+    message, code = last_error()
+    if status == _INVALID_ARGUMENT:
+        raise ValueError(message)
+    if status == _CAPACITY:
+        raise CapacityError(message)
+    if status == _IO:
+        raise OSError(code or _errno.EIO, message)
+    if status == _UPSTREAM:
+        if code == _errno.EINVAL:
+            raise _UpstreamValueError(message)
+        if code == _errno.ENOMEM:
+            raise _UpstreamMemoryError(message)
+        raise _UpstreamOSError(code or _errno.EIO, message)
+    if status == _EVICTED:
+        raise BatchEvictedError(message)
+    if status == _CLOSED:
+        raise CacheClosedError(message)
+    raise InternalError(message)
+
+
+def check(status: int) -> None:
+    """Raise for any status but ``BC_OK``."""
+    if status != OK:
+        raise_status(status)
