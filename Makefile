@@ -1,0 +1,58 @@
+# batchcorder: `make demo` and `make test` work on a fresh machine (Rust, Python 3, a C
+# compiler); everything else comes from the package registries.
+
+PYTHON    ?= python3
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+CARGO     ?= cargo
+LIBDIR    := target/release
+CARGO_TEST_FLAGS ?=
+
+.PHONY: all build header check-header venv install demo test test-rust test-c test-python bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release
+
+# Regenerate the committed public header (cbindgen runs in build.rs, pinned in Cargo.toml).
+header: build
+	cp $(LIBDIR)/../batchcorder.h include/batchcorder.h
+
+# Fails when include/batchcorder.h differs from what cbindgen makes of the sources.
+check-header: build
+	@diff -u include/batchcorder.h target/batchcorder.h \
+	  || { echo "include/batchcorder.h is stale: run 'make header' and commit it"; exit 1; }
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "maturin>=1.16,<2" "cffi>=1.17" "pyarrow>=14" \
+	  "numpy" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" "datafusion>=40" \
+	  "nanoarrow>=0.6" "arro3-core>=0.4"
+	touch $@
+
+venv: $(VENV)/.ready
+
+# Builds the wheel (maturin, cffi bindings) and installs it, as `pip install .` does.
+install: venv
+	$(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+
+demo: install
+	$(VPY) demo/demo.py
+
+test-rust:
+	$(CARGO) test --release $(CARGO_TEST_FLAGS)
+
+test-c: build
+	$(MAKE) -C tests/c LIBDIR=$(CURDIR)/$(LIBDIR)
+
+test-python: install
+	$(VPY) -m pytest -q tests/python
+	$(VPY) -m pytest -q --doctest-modules python/batchcorder
+
+test: check-header test-rust test-c test-python
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) build dist
