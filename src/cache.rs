@@ -261,11 +261,10 @@ impl Shared {
     pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
         loop {
             {
-                let mut state = self.lock_state()?;
+                let state = self.lock_state()?;
                 if state.closed {
                     return Err(Error::Closed);
                 }
-                state.evict_passed();
                 if position < state.memory.end() {
                     return match state.memory.get(position) {
                         Some(batch) => Ok(Some(batch.clone())),

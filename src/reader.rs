@@ -67,6 +67,9 @@ impl CacheReader {
             Some(batch) => {
                 self.next += 1;
                 self.slot.advance_to(self.next);
+                if self.shared.evicts() {
+                    self.shared.reader_moved();
+                }
                 Ok(Some(batch))
             }
             None => {
