@@ -36,7 +36,7 @@ venv: $(VENV)/.ready
 
 # Builds the wheel (maturin, cffi bindings) and installs it, as `pip install .` does.
 install: venv
-	$(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps .
 
 demo: install
 	$(VPY) demo/demo.py

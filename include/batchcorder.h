@@ -132,6 +132,27 @@ typedef struct BcStats {
   uint64_t upstream_wait_ns;
 } BcStats;
 
+// When the disk tier writes a batch: one of the `BC_WRITE_*` values.
+typedef uint32_t BcWritePolicy;
+
+// IPC buffer compression on disk: one of the `BC_COMPRESSION_*` values.
+typedef uint32_t BcCompression;
+
+// Write every batch to disk as it is ingested (the default).
+#define BC_WRITE_ON_INSERTION 0
+
+// Write a batch only when it leaves the memory budget.
+#define BC_WRITE_ON_EVICTION 1
+
+// Uncompressed, read back zero-copy (the default).
+#define BC_COMPRESSION_NONE 0
+
+// LZ4 frame compression; reads decompress into new buffers.
+#define BC_COMPRESSION_LZ4 1
+
+// Zstandard compression; reads decompress into new buffers.
+#define BC_COMPRESSION_ZSTD 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -175,6 +196,14 @@ enum BcStatus bc_cache_reader(struct BcCache *cache,
                               bool from_start,
                               const struct ArrowSchema *requested_schema,
                               struct ArrowArrayStream *out);
+
+// Check, without creating a reader, that `requested_schema` is one that
+// `bc_cache_reader` can cast this cache's batches to. The schema is only read.
+//
+// # Safety
+// Each pointer is NULL or valid.
+enum BcStatus bc_cache_check_schema(const struct BcCache *cache,
+                                    const struct ArrowSchema *requested_schema);
 
 // Write the stream's schema into `*out`; the caller releases it.
 //
@@ -220,6 +249,22 @@ enum BcStatus bc_cache_close(struct BcCache *cache);
 // # Safety
 // `cache` is NULL or came from `bc_cache_new` and was not freed before.
 void bc_cache_free(struct BcCache *cache);
+
+// Record that `capsule` owns `stream` (from `bc_stream_new`): when the capsule's
+// destructor `bc_capsule_release_stream` runs, the stream is released if still live,
+// then freed.
+//
+// # Safety
+// `capsule` is the address of a live capsule whose destructor is
+// `bc_capsule_release_stream`; `stream` came from `bc_stream_new` and is owned by it.
+enum BcStatus bc_capsule_adopt_stream(void *capsule, struct ArrowArrayStream *stream);
+
+// A `PyCapsule_Destructor`: releases and frees the stream adopted by `capsule`. A
+// capsule that adopted nothing is ignored.
+//
+// # Safety
+// Called by the interpreter with the capsule being destroyed.
+void bc_capsule_release_stream(void *capsule);
 
 // Read the next batch of a reader stream made by `bc_cache_reader`, like its `get_next`
 // but returning a `BcStatus` (with `bc_last_error()` and `bc_last_error_errno()` set).
@@ -273,6 +318,43 @@ enum BcStatus bc_options_set_memory_capacity(struct BcOptions *opts, uint64_t by
 // # Safety
 // `opts` is NULL or a live builder.
 enum BcStatus bc_options_set_max_readers(struct BcOptions *opts, uint64_t max_readers);
+
+// Enable the disk tier: batches are written as Arrow IPC into a fresh private
+// subdirectory of `dir_utf8` (created if missing), at most `capacity_bytes` in all.
+// `bc_cache_new` creates the directory and fails with `BC_IO` if it cannot; closing or
+// freeing the cache deletes it.
+//
+// # Safety
+// `opts` is NULL or a live builder; `dir_utf8` is NULL or a NUL-terminated string.
+enum BcStatus bc_options_set_disk(struct BcOptions *opts,
+                                  const char *dir_utf8,
+                                  uint64_t capacity_bytes);
+
+// When the disk tier writes a batch: `BC_WRITE_ON_INSERTION` (every batch, as it is
+// ingested; the default) or `BC_WRITE_ON_EVICTION` (only when it leaves the memory
+// budget, so a stream that fits in memory never touches disk). Accepted, and without
+// effect, in memory-only mode.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_options_set_write_policy(struct BcOptions *opts, BcWritePolicy policy);
+
+// IPC buffer compression for the disk tier: `BC_COMPRESSION_NONE` (the default; reads
+// are zero-copy), `BC_COMPRESSION_LZ4` or `BC_COMPRESSION_ZSTD` (smaller files; reads
+// decompress, so they copy).
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression compression);
+
+// Target size in bytes of one disk segment file (at least 4096; default 64 MiB). A
+// batch larger than this gets a segment of its own. With `max_readers`, a segment is
+// deleted once every reader has passed all of its batches, so smaller segments give
+// disk space back sooner.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_options_set_segment_bytes(struct BcOptions *opts, uint64_t bytes);
 
 #ifdef __cplusplus
 }  // extern "C"

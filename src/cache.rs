@@ -7,6 +7,7 @@ use std::time::Instant;
 use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_schema::SchemaRef;
 
+use crate::disk::{DiskIndex, DiskOptions, DiskWriter, WritePolicy};
 use crate::error::{Error, Result};
 use crate::reader::CacheReader;
 use crate::registry::ReaderRegistry;
@@ -22,6 +23,8 @@ pub struct CacheOptions {
     pub memory_capacity: Option<u64>,
     /// Cap on readers ever created; enables eviction of batches all of them have passed.
     pub max_readers: Option<u64>,
+    /// The disk tier; `None` keeps everything in memory.
+    pub disk: Option<DiskOptions>,
 }
 
 impl CacheOptions {
@@ -37,7 +40,10 @@ impl CacheOptions {
                 "max_readers must be at least 1; leave it unset to keep every batch".into(),
             ));
         }
-        Ok(())
+        match &self.disk {
+            Some(disk) => disk.validate(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -82,6 +88,8 @@ pub struct Stats {
 #[derive(Debug)]
 struct State {
     memory: MemoryTier,
+    /// Batches on disk, with the policy that put them there.
+    disk: Option<(DiskIndex, WritePolicy)>,
     registry: ReaderRegistry,
     /// The upstream's failure (or a budget failure), kept and returned to every reader
     /// that reaches this position: a failed pull is never retried.
@@ -92,10 +100,16 @@ struct State {
     batches_evicted: u64,
 }
 
+/// What only the ingesting thread touches.
+struct Ingest {
+    source: Option<Upstream>,
+    writer: Option<DiskWriter>,
+}
+
 pub(crate) struct Shared {
     schema: SchemaRef,
-    /// Held only by the thread that pulls from the upstream, and for nothing else.
-    upstream: Mutex<Option<Upstream>>,
+    /// Held only by the thread that pulls from the upstream and writes to disk.
+    ingest: Mutex<Ingest>,
     state: Mutex<State>,
     ingested: AtomicU64,
     exhausted: AtomicBool,
@@ -125,10 +139,49 @@ impl std::fmt::Debug for StreamCache {
 impl StreamCache {
     /// Wrap `upstream`. Nothing is read from it until a reader asks.
     pub fn new(upstream: Upstream, options: CacheOptions) -> Result<Self> {
+        Ok(Self::prepare(options)?.start(upstream))
+    }
+
+    /// Check the options and create the disk directory, before any upstream is taken:
+    /// a caller that fails here still owns its stream.
+    pub fn prepare(options: CacheOptions) -> Result<PreparedCache> {
         options.validate()?;
-        let capacity = options.memory_capacity.unwrap_or_else(default_memory_capacity);
+        let disk = match &options.disk {
+            Some(disk) => {
+                let (writer, index) = DiskWriter::create(disk)?;
+                Some((writer, index, disk.write_policy))
+            }
+            None => None,
+        };
+        Ok(PreparedCache { options, disk })
+    }
+
+    /// The private directory of the disk tier, if there is one.
+    pub fn disk_directory(&self) -> Option<std::path::PathBuf> {
+        let ingest = self.shared.ingest.lock().ok()?;
+        ingest.writer.as_ref().map(|w| w.directory().to_path_buf())
+    }
+}
+
+/// A cache whose options are checked and whose storage exists, waiting for its upstream.
+#[derive(Debug)]
+pub struct PreparedCache {
+    options: CacheOptions,
+    disk: Option<(DiskWriter, DiskIndex, WritePolicy)>,
+}
+
+impl PreparedCache {
+    /// Attach the upstream. Cannot fail.
+    pub fn start(self, upstream: Upstream) -> StreamCache {
+        let capacity = self.options.memory_capacity.unwrap_or_else(default_memory_capacity);
+        let (writer, index) = match self.disk {
+            Some((writer, index, policy)) => (Some(writer), Some((index, policy))),
+            None => (None, None),
+        };
+        let options = self.options;
         let state = State {
             memory: MemoryTier::new(capacity),
+            disk: index,
             registry: ReaderRegistry::new(options.max_readers),
             failure: None,
             exhausted: false,
@@ -138,7 +191,7 @@ impl StreamCache {
         };
         let shared = Shared {
             schema: upstream.schema(),
-            upstream: Mutex::new(Some(upstream)),
+            ingest: Mutex::new(Ingest { source: Some(upstream), writer }),
             state: Mutex::new(state),
             ingested: AtomicU64::new(0),
             exhausted: AtomicBool::new(false),
@@ -146,9 +199,11 @@ impl StreamCache {
             upstream_wait_ns: AtomicU64::new(0),
             evicts: options.max_readers.is_some(),
         };
-        Ok(Self { shared: Arc::new(shared) })
+        StreamCache { shared: Arc::new(shared) }
     }
+}
 
+impl StreamCache {
     /// The schema of the stream.
     pub fn schema(&self) -> SchemaRef {
         self.shared.schema.clone()
@@ -198,13 +253,17 @@ impl StreamCache {
     /// Current counters.
     pub fn stats(&self) -> Result<Stats> {
         let mut state = self.shared.lock_state()?;
+        let (disk_bytes, segments_deleted) = match &state.disk {
+            Some((index, _)) => (index.bytes(), index.segments_deleted()),
+            None => (0, 0),
+        };
         Ok(Stats {
             batches_ingested: self.ingested_count(),
             rows_ingested: state.rows_ingested,
             memory_bytes: state.memory.bytes(),
-            disk_bytes: 0,
+            disk_bytes,
             batches_evicted: state.batches_evicted,
-            segments_deleted: 0,
+            segments_deleted,
             readers_live: state.registry.live(),
             readers_created: state.registry.created(),
             upstream_exhausted: state.exhausted,
@@ -212,8 +271,9 @@ impl StreamCache {
         })
     }
 
-    /// Drop all stored batches and the upstream. Idempotent. Readers then fail with
-    /// [`Error::Closed`]; batches they already returned stay valid.
+    /// Drop all stored batches and the upstream, and delete the disk directory.
+    /// Idempotent. Readers then fail with [`Error::Closed`]; batches they already
+    /// returned stay valid (mapped files stay readable after they are deleted).
     pub fn close(&self) -> Result<()> {
         let stored = {
             let mut state = self.shared.lock_state()?;
@@ -221,12 +281,15 @@ impl StreamCache {
                 return Ok(());
             }
             state.closed = true;
-            std::mem::replace(&mut state.memory, MemoryTier::new(0))
+            (std::mem::replace(&mut state.memory, MemoryTier::new(0)), state.disk.take())
         };
         drop(stored);
         // Waits for a pull in progress; the puller sees `closed` and discards its batch.
-        let upstream = self.shared.upstream.lock().map_err(|_| Error::poisoned())?.take();
-        drop(upstream);
+        let mut ingest = self.shared.ingest.lock().map_err(|_| Error::poisoned())?;
+        let (source, writer) = (ingest.source.take(), ingest.writer.take());
+        drop(ingest);
+        drop(source);
+        drop(writer);
         Ok(())
     }
 
@@ -237,8 +300,15 @@ impl StreamCache {
 
     /// Mark the cache unusable after a panic interrupted one of its calls.
     pub fn poison(&self) {
-        self.shared.poisoned.store(true, Ordering::Release);
+        self.shared.poison();
     }
+}
+
+/// What the ingest path must do outside the state lock once a batch is stored.
+enum Spill {
+    Nothing,
+    /// `OnEviction`: these hot batches must reach disk before they leave memory.
+    Write(Vec<(u64, Arc<CachedBatch>)>),
 }
 
 impl Shared {
@@ -257,6 +327,10 @@ impl Shared {
         self.state.lock().map_err(|_| Error::poisoned())
     }
 
+    fn lock_ingest(&self) -> Result<MutexGuard<'_, Ingest>> {
+        self.ingest.lock().map_err(|_| Error::poisoned())
+    }
+
     /// The batch at `position`, pulling from the upstream as needed; `None` past the end.
     pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
         loop {
@@ -266,8 +340,14 @@ impl Shared {
                     return Err(Error::Closed);
                 }
                 if position < state.memory.end() {
-                    return match state.memory.get(position) {
-                        Some(batch) => Ok(Some(batch.clone())),
+                    if let Some(batch) = state.memory.get(position) {
+                        return Ok(Some(batch.clone()));
+                    }
+                    let on_disk = state.disk.as_ref().and_then(|(d, _)| d.get(position)).cloned();
+                    drop(state);
+                    // Decoded without any lock: readers on many threads read disk at once.
+                    return match on_disk {
+                        Some(entry) => Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?)))),
                         None => Err(Error::Evicted(format!(
                             "batch {position} was evicted because every one of the \
                              max_readers readers had passed it"
@@ -287,64 +367,144 @@ impl Shared {
 
     /// Pull one batch from the upstream, unless another thread got there first.
     ///
-    /// Only the upstream lock is held while the upstream runs: a pyarrow upstream over a
+    /// Only the ingest lock is held while the upstream runs: a pyarrow upstream over a
     /// Python generator takes the GIL inside `next`, so holding the state lock here could
-    /// deadlock against a thread that holds the GIL and reads a cached batch.
+    /// deadlock against a thread that holds the GIL and reads a cached batch. Disk writes
+    /// also happen under the ingest lock alone.
     fn pull_next(&self, wanted: u64) -> Result<()> {
-        let mut upstream = self.upstream.lock().map_err(|_| Error::poisoned())?;
+        let mut guard = self.lock_ingest()?;
+        let ingest = &mut *guard;
         if self.ingested.load(Ordering::Acquire) > wanted {
             return Ok(());
         }
-        let Some(source) = upstream.as_mut() else {
+        let Some(source) = ingest.source.as_mut() else {
             return Ok(()); // exhausted, failed or closed: the caller's loop sees which
         };
         let started = Instant::now();
         let pulled = source.next();
         self.upstream_wait_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 
-        let mut state = self.lock_state()?;
-        let finished = state.closed || !matches!(pulled, Some(Ok(_)));
-        match pulled {
-            _ if state.closed => {}
-            None => {
-                state.exhausted = true;
-                self.exhausted.store(true, Ordering::Release);
+        let batch = match pulled {
+            Some(Ok(batch)) => match check_schema(&self.schema, &batch) {
+                Ok(()) => Ok(batch),
+                Err(err) => Err(Some(err)),
+            },
+            Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
+            None => Err(None),
+        };
+        let position = self.ingested.load(Ordering::Acquire);
+        let outcome = match batch {
+            Ok(batch) => self.store(ingest, position, batch),
+            Err(end) => {
+                let mut state = self.lock_state()?;
+                match end {
+                    _ if state.closed => {}
+                    Some(err) => state.failure = Some(err),
+                    None => {
+                        state.exhausted = true;
+                        self.exhausted.store(true, Ordering::Release);
+                    }
+                }
+                Ok(Spill::Nothing)
             }
-            Some(Err(err)) => state.failure = Some(Error::from_upstream(&err)),
-            Some(Ok(batch)) => self.store(&mut state, batch),
-        }
-        drop(state);
+        };
+        let finished = match outcome {
+            Ok(Spill::Nothing) => !self.lock_state()?.is_open_for_ingest(),
+            Ok(Spill::Write(leaving)) => {
+                self.spill(ingest, leaving)?;
+                !self.lock_state()?.is_open_for_ingest()
+            }
+            Err(err) => return Err(err),
+        };
         if finished {
             // Released outside the state lock: a release may call back into Python.
-            drop(upstream.take());
+            let source = ingest.source.take();
+            drop(guard);
+            drop(source);
         }
         Ok(())
     }
 
-    fn store(&self, state: &mut State, batch: RecordBatch) {
-        if let Err(err) = check_schema(&self.schema, &batch) {
-            state.failure = Some(err);
-            return;
+    /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
+    fn store(&self, ingest: &mut Ingest, position: u64, batch: RecordBatch) -> Result<Spill> {
+        let policy = self.lock_state()?.disk.as_ref().map(|(_, policy)| *policy);
+        // OnInsertion: written before the state lock is taken.
+        let written = match (policy, ingest.writer.as_mut()) {
+            (Some(WritePolicy::OnInsertion), Some(writer)) => Some(writer.write(position, &batch)),
+            _ => None,
+        };
+        let mut state = self.lock_state()?;
+        if state.closed {
+            return Ok(Spill::Nothing);
         }
         state.evict_passed();
         let rows = batch.num_rows() as u64;
-        match state.memory.push(batch) {
-            Ok(()) => {
-                state.rows_ingested += rows;
-                self.ingested.store(state.memory.end(), Ordering::Release);
+        let spill = match (policy, written) {
+            (None, _) => match state.memory.push(batch) {
+                Ok(()) => Spill::Nothing,
+                Err(over) => {
+                    state.failure = Some(Error::Capacity(format!(
+                        "batch {position} needs {} bytes but memory_capacity={} bytes already \
+                         holds {}; raise memory_capacity, set max_readers to stream in \
+                         bounded memory, or enable the disk tier",
+                        over.needed, over.capacity, over.held
+                    )));
+                    return Ok(Spill::Nothing);
+                }
+            },
+            (Some(_), Some(Err(err))) => {
+                state.failure = Some(err);
+                return Ok(Spill::Nothing);
             }
-            Err(over) => {
-                state.failure = Some(Error::Capacity(format!(
-                    "batch {} needs {} bytes but memory_capacity={} bytes already holds {}; \
-                     raise memory_capacity, set max_readers to stream in bounded memory, or \
-                     enable the disk tier",
-                    state.memory.end(),
-                    over.needed,
-                    over.capacity,
-                    over.held
-                )))
+            (Some(_), Some(Ok(entry))) => {
+                state.memory.push_unbounded(batch);
+                if let Some((index, _)) = state.disk.as_mut() {
+                    index.insert(position, entry);
+                }
+                // Everything is on disk already: the hot layer just keeps the newest.
+                while state.memory.over_budget() {
+                    let oldest = state.memory.first();
+                    if !state.memory.pop_oldest_at(oldest) {
+                        break;
+                    }
+                }
+                Spill::Nothing
+            }
+            (Some(_), None) => {
+                state.memory.push_unbounded(batch);
+                Spill::Write(state.memory.over_budget_batches())
+            }
+        };
+        state.rows_ingested += rows;
+        self.ingested.store(state.memory.end(), Ordering::Release);
+        Ok(spill)
+    }
+
+    /// `OnEviction`: write the batches leaving the hot layer, then let them go. On failure
+    /// they stay in memory, so nothing already cached is lost.
+    fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<()> {
+        let Some(writer) = ingest.writer.as_mut() else { return Ok(()) };
+        for (position, batch) in leaving {
+            let written = writer.write(position, batch.batch());
+            let mut state = self.lock_state()?;
+            if state.closed {
+                return Ok(());
+            }
+            match written {
+                Ok(entry) => {
+                    if state.memory.pop_oldest_at(position) {
+                        if let Some((index, _)) = state.disk.as_mut() {
+                            index.insert(position, entry);
+                        }
+                    }
+                }
+                Err(err) => {
+                    state.failure = Some(err);
+                    return Ok(());
+                }
             }
         }
+        Ok(())
     }
 
     /// Called when a reader moves or goes away: drop what every reader has passed.
@@ -364,9 +524,18 @@ impl State {
     fn evict_passed(&mut self) {
         let frontier = self.memory.end();
         if let Some(below) = self.registry.evictable_below(frontier) {
-            self.batches_evicted += self.memory.evict_below(below);
+            self.batches_evicted += below - self.registry.evicted_below();
+            self.memory.evict_below(below);
+            if let Some((index, _)) = self.disk.as_mut() {
+                index.evict_below(below);
+            }
             self.registry.mark_evicted_below(below);
         }
+    }
+
+    /// False once the upstream ended, failed or the cache closed: it can be released.
+    fn is_open_for_ingest(&self) -> bool {
+        !(self.closed || self.exhausted || self.failure.is_some())
     }
 }
 

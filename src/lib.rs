@@ -4,6 +4,7 @@
 //! thin C boundary that `include/batchcorder.h` describes.
 
 pub mod cache;
+pub mod disk;
 pub mod error;
 pub mod ffi;
 pub mod reader;

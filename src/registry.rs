@@ -31,10 +31,6 @@ impl ReaderRegistry {
         Self { max_readers, created: 0, live: Vec::new(), evicted_below: 0 }
     }
 
-    pub fn evicts(&self) -> bool {
-        self.max_readers.is_some()
-    }
-
     pub fn created(&self) -> u64 {
         self.created
     }
@@ -86,6 +82,10 @@ impl ReaderRegistry {
             .map(|slot| slot.next.load(Ordering::Acquire))
             .fold(frontier, u64::min);
         (needed > self.evicted_below).then_some(needed)
+    }
+
+    pub fn evicted_below(&self) -> u64 {
+        self.evicted_below
     }
 
     pub fn mark_evicted_below(&mut self, position: u64) {

@@ -103,14 +103,57 @@ impl MemoryTier {
         if self.bytes + added > self.capacity {
             return Err(OverBudget { needed: added, held: self.bytes, capacity: self.capacity });
         }
+        self.insert(batch, allocations);
+        Ok(())
+    }
+
+    /// Append a batch whatever the budget; the disk tier then trims the hot layer.
+    pub fn push_unbounded(&mut self, batch: RecordBatch) {
+        let allocations = distinct_allocations(&batch);
+        self.insert(batch, allocations);
+    }
+
+    fn insert(&mut self, batch: RecordBatch, allocations: Box<[(usize, u64)]>) {
         for &(start, bytes) in allocations.iter() {
             let entry = self.allocations.entry(start).or_insert(Allocation { bytes: 0, users: 0 });
+            self.bytes += bytes.saturating_sub(entry.bytes);
             entry.bytes = entry.bytes.max(bytes);
             entry.users += 1;
         }
-        self.bytes += added;
         self.slots.push_back(Slot { batch: Arc::new(CachedBatch::new(batch)), allocations });
-        Ok(())
+    }
+
+    /// True while the batches held exceed the budget.
+    pub fn over_budget(&self) -> bool {
+        self.bytes > self.capacity
+    }
+
+    /// The oldest batches that must leave for the rest to fit the budget.
+    pub fn over_budget_batches(&self) -> Vec<(u64, Arc<CachedBatch>)> {
+        let mut excess = self.bytes.saturating_sub(self.capacity);
+        let mut leaving = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if excess == 0 {
+                break;
+            }
+            let freed: u64 = slot
+                .allocations
+                .iter()
+                .filter(|(start, _)| self.allocations.get(start).is_some_and(|a| a.users == 1))
+                .map(|&(_, bytes)| bytes)
+                .sum();
+            excess = excess.saturating_sub(freed.max(1));
+            leaving.push((self.first + index as u64, slot.batch.clone()));
+        }
+        leaving
+    }
+
+    /// Drop the oldest batch if it is the one at `position`.
+    pub fn pop_oldest_at(&mut self, position: u64) -> bool {
+        if self.first != position || self.slots.is_empty() {
+            return false;
+        }
+        self.evict_below(position + 1) == 1
     }
 
     /// Drop every batch before `position`; returns how many were dropped.
@@ -123,14 +166,6 @@ impl MemoryTier {
             dropped += 1;
         }
         dropped
-    }
-
-    /// Drop everything; positions keep counting from the same frontier.
-    pub fn clear(&mut self) {
-        self.first = self.end();
-        self.slots.clear();
-        self.allocations.clear();
-        self.bytes = 0;
     }
 
     fn release(&mut self, slot: &Slot) {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Union
 
 import pyarrow as pa
@@ -16,7 +19,16 @@ from ._native import ffi, lib
 __all__ = ["StreamCache", "StreamCacheReader", "CastingStreamCache", "CacheStats"]
 
 WritePolicy = Literal["on_insertion", "on_eviction"]
-_WRITE_POLICIES = ("on_insertion", "on_eviction")
+Compression = Literal["lz4", "zstd"]
+_WRITE_POLICIES = {
+    "on_insertion": lib.BC_WRITE_ON_INSERTION,
+    "on_eviction": lib.BC_WRITE_ON_EVICTION,
+}
+_COMPRESSIONS = {
+    None: lib.BC_COMPRESSION_NONE,
+    "lz4": lib.BC_COMPRESSION_LZ4,
+    "zstd": lib.BC_COMPRESSION_ZSTD,
+}
 
 _import_batch = pa.RecordBatch._import_from_c
 _reader_next = lib.bc_reader_next
@@ -30,6 +42,25 @@ def _positive_int(name: str, value: Any) -> Optional[int]:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return value
+
+
+def _disk_dir(disk_path: Any, disk_capacity: Any) -> Optional[Path]:
+    """Check the disk tier's two parameters, which go together."""
+    if disk_path is None and disk_capacity is None:
+        return None
+    if disk_path is None or disk_capacity is None:
+        missing = "disk_path" if disk_path is None else "disk_capacity"
+        raise ValueError(
+            f"disk_path and disk_capacity go together: {missing} is missing; "
+            "give both to enable the disk tier, or neither"
+        )
+    if not isinstance(disk_path, (str, os.PathLike)):
+        raise TypeError(f"disk_path must be a str or os.PathLike, got {type(disk_path).__name__}")
+    _positive_int("disk_capacity", disk_capacity)
+    path = Path(disk_path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"disk_path {str(path)!r} is a file; pass a directory")
+    return path
 
 
 def _schema_from_c(fill: Any) -> pa.Schema:
@@ -106,14 +137,28 @@ class StreamCache:
         Budget in bytes for batches held in memory. Default: three quarters of physical
         memory. Each underlying buffer is counted once, however many batches slice it.
         Going over it raises ``MemoryError``.
-    disk_path, disk_capacity, write_policy
-        The disk tier (not in this build: giving ``disk_path`` or ``disk_capacity``
-        raises ``NotImplementedError``). ``write_policy`` is checked and otherwise
-        ignored in memory-only mode.
+    disk_path, disk_capacity
+        The disk tier, given together: batches are written as Arrow IPC into a fresh
+        private subdirectory of ``disk_path`` (a ``str`` or ``os.PathLike``, created if
+        missing), at most ``disk_capacity`` bytes in all, and read back zero-copy through
+        memory maps. The memory budget then keeps only the most recent batches in RAM.
+        ``close()``, garbage collection and interpreter exit delete the subdirectory.
+    write_policy
+        ``"on_insertion"`` (default) writes every batch to disk as it is ingested;
+        ``"on_eviction"`` writes a batch only when it leaves the memory budget, so a
+        stream that fits in memory never touches disk. No effect in memory-only mode.
     max_readers
         Cap on readers ever created (including ``__iter__`` and ``__arrow_c_stream__``).
         Once all exist, batches every one of them has passed are dropped, so one pass
-        over a stream larger than RAM runs in bounded memory.
+        over a stream larger than RAM runs in bounded memory; with the disk tier, passed
+        segment files are deleted too.
+    compression
+        Keyword-only: ``"lz4"`` or ``"zstd"`` compress IPC buffers on disk (smaller files;
+        reads decompress, so they copy). Default ``None``: zero-copy reads.
+    segment_bytes
+        Keyword-only: target size of one segment file on disk (default 64 MiB, at least
+        4096). With ``max_readers``, a segment is deleted once every reader has passed
+        it, so smaller segments give disk space back sooner.
 
     Examples
     --------
@@ -134,6 +179,9 @@ class StreamCache:
         disk_capacity: Optional[int] = None,
         write_policy: WritePolicy = "on_insertion",
         max_readers: Optional[int] = None,
+        *,
+        compression: Optional[Compression] = None,
+        segment_bytes: Optional[int] = None,
     ) -> None:
         memory_capacity = _positive_int("memory_capacity", memory_capacity)
         max_readers = _positive_int("max_readers", max_readers)
@@ -141,11 +189,10 @@ class StreamCache:
             raise ValueError(
                 f"write_policy must be 'on_insertion' or 'on_eviction', got {write_policy!r}"
             )
-        if disk_path is not None or disk_capacity is not None:
-            raise NotImplementedError(
-                "disk_path/disk_capacity: the disk tier is not in this build; "
-                "use the memory tier (omit both)"
-            )
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
+        disk_dir = _disk_dir(disk_path, disk_capacity)
+        segment_bytes = _positive_int("segment_bytes", segment_bytes)
         if not hasattr(source, "__arrow_c_stream__"):
             raise TypeError(
                 "source must implement __arrow_c_stream__ (a pyarrow Table or "
@@ -162,10 +209,18 @@ class StreamCache:
             check(lib.bc_options_set_memory_capacity(options, memory_capacity))
         if max_readers is not None:
             check(lib.bc_options_set_max_readers(options, max_readers))
+        if disk_dir is not None:
+            check(lib.bc_options_set_disk(options, os.fsencode(disk_dir), disk_capacity))
+            check(lib.bc_options_set_write_policy(options, _WRITE_POLICIES[write_policy]))
+            check(lib.bc_options_set_compression(options, _COMPRESSIONS[compression]))
+            if segment_bytes is not None:
+                check(lib.bc_options_set_segment_bytes(options, segment_bytes))
         out = ffi.new("BcCache **")
         # Moves the stream on success; on failure the capsule still owns and releases it.
         check(lib.bc_cache_new(upstream, options, out))
         self._handle = _Handle(out[0])
+        self._disk_dir = disk_dir
+        _open_caches.add(self)
         self._max_readers = max_readers
         self._memory_capacity = memory_capacity
         self._schema = _schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
@@ -287,11 +342,26 @@ class StreamCache:
         if len(self._schema) > 4:
             fields += f", ... {len(self._schema) - 4} more"
         cap = "" if self._max_readers is None else f" max_readers={self._max_readers}"
+        tier = "memory" if self._disk_dir is None else "memory+disk"
+        disk = "" if self._disk_dir is None else f" disk_bytes={stats.disk_bytes}"
         return (
             f"<StreamCache ingested={stats.batches_ingested} "
-            f"exhausted={stats.upstream_exhausted} tier=memory "
-            f"memory_bytes={stats.memory_bytes}{cap} schema=({fields})>"
+            f"exhausted={stats.upstream_exhausted} tier={tier} "
+            f"memory_bytes={stats.memory_bytes}{disk}{cap} schema=({fields})>"
         )
+
+
+# Closed at interpreter exit, so that no disk-tier directory outlives the process.
+_open_caches: "weakref.WeakSet[StreamCache]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_caches() -> None:
+    for cache in list(_open_caches):
+        try:
+            cache.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 def _free_stream_now(stream: Any) -> None:

@@ -1,7 +1,8 @@
 """Arrow PyCapsules: reading the pointer out of one, and wrapping a reader stream in one.
 
-The library never touches Python, so the capsule destructor lives here: it releases a
-stream that was never consumed, then frees the struct (``bc_stream_free``).
+The capsule destructor is ``bc_capsule_release_stream``, a C function of the library that
+finds its stream by the capsule's address: no Python code runs when a capsule dies,
+so it is safe while an exception propagates and at interpreter exit.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from ._errors import check
 from ._native import ffi, lib
 
 STREAM_NAME = b"arrow_array_stream"
@@ -21,23 +23,9 @@ _api.PyCapsule_IsValid.restype = ctypes.c_int
 _api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _api.PyCapsule_New.restype = ctypes.py_object
 _api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-# The destructor gets a borrowed PyObject* of a capsule being freed: take it as a raw
-# address, so that ctypes does not touch its reference count.
-_raw_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", _api)
-)
 # The name must outlive every capsule that carries it.
 _STREAM_NAME_BUF = ctypes.create_string_buffer(STREAM_NAME)
-
-
-@ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-def _free_stream_capsule(capsule: int) -> None:
-    address = _raw_get_pointer(capsule, _STREAM_NAME_BUF)
-    if address:
-        lib.bc_stream_free(ffi.cast("struct ArrowArrayStream *", address))
-
-
-_DESTRUCTOR = ctypes.cast(_free_stream_capsule, ctypes.c_void_p).value
+_DESTRUCTOR = int(ffi.cast("uintptr_t", ffi.addressof(lib, "bc_capsule_release_stream")))
 
 
 def capsule_pointer(capsule: Any, name: bytes, what: str) -> int:
@@ -55,4 +43,6 @@ def capsule_pointer(capsule: Any, name: bytes, what: str) -> int:
 def stream_capsule(stream: Any) -> Any:
     """Wrap a ``bc_stream_new`` struct in a capsule that now owns it."""
     address = int(ffi.cast("uintptr_t", stream))
-    return _api.PyCapsule_New(address, _STREAM_NAME_BUF, _DESTRUCTOR)
+    capsule = _api.PyCapsule_New(address, _STREAM_NAME_BUF, _DESTRUCTOR)
+    check(lib.bc_capsule_adopt_stream(ffi.cast("void *", id(capsule)), stream))
+    return capsule

@@ -57,14 +57,14 @@ pub unsafe extern "C" fn bc_cache_new(
             ));
         }
         let options = match unsafe { opts.as_ref() } {
-            Some(opts) => opts.options.clone(),
+            Some(opts) => opts.cache_options(),
             None => CacheOptions::default(),
         };
-        options.validate()?;
+        let prepared = StreamCache::prepare(options)?;
         let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
         // Nothing below fails, so the caller keeps the stream on every error path.
         let source = unsafe { CStreamUpstream::take(upstream, schema) };
-        let cache = StreamCache::new(Box::new(source), options)?;
+        let cache = prepared.start(Box::new(source));
         *out = Box::into_raw(Box::new(BcCache { cache }));
         Ok(())
     })

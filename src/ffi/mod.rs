@@ -3,6 +3,7 @@
 
 pub mod abi;
 pub mod cache;
+pub mod capsule;
 pub mod export;
 pub mod options;
 pub mod upstream;

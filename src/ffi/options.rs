@@ -1,15 +1,50 @@
 //! `BcOptions`: the C builder for [`CacheOptions`].
 
+use std::ffi::{c_char, CStr};
+
 use crate::cache::CacheOptions;
+use crate::disk::{Compression, DiskOptions, WritePolicy, DEFAULT_SEGMENT_BYTES};
 use crate::error::Error;
-use crate::ffi::{arg_mut, guard, guard_value, BcStatus};
+use crate::ffi::{arg, arg_mut, guard, guard_value, BcStatus};
+
+/// When the disk tier writes a batch: one of the `BC_WRITE_*` values.
+pub type BcWritePolicy = u32;
+/// Write every batch to disk as it is ingested (the default).
+pub const BC_WRITE_ON_INSERTION: BcWritePolicy = 0;
+/// Write a batch only when it leaves the memory budget.
+pub const BC_WRITE_ON_EVICTION: BcWritePolicy = 1;
+
+/// IPC buffer compression on disk: one of the `BC_COMPRESSION_*` values.
+pub type BcCompression = u32;
+/// Uncompressed, read back zero-copy (the default).
+pub const BC_COMPRESSION_NONE: BcCompression = 0;
+/// LZ4 frame compression; reads decompress into new buffers.
+pub const BC_COMPRESSION_LZ4: BcCompression = 1;
+/// Zstandard compression; reads decompress into new buffers.
+pub const BC_COMPRESSION_ZSTD: BcCompression = 2;
 
 /// Options for `bc_cache_new`, built with the `bc_options_set_*` calls.
 ///
 /// Not thread-safe: build it on one thread. `bc_cache_new` copies it, so it may be freed
 /// as soon as that returns.
 pub struct BcOptions {
-    pub(crate) options: CacheOptions,
+    options: CacheOptions,
+    write_policy: WritePolicy,
+    compression: Compression,
+    segment_bytes: u64,
+}
+
+impl BcOptions {
+    /// The options `bc_cache_new` uses.
+    pub(crate) fn cache_options(&self) -> CacheOptions {
+        let mut options = self.options.clone();
+        if let Some(disk) = options.disk.as_mut() {
+            disk.write_policy = self.write_policy;
+            disk.compression = self.compression;
+            disk.segment_bytes = self.segment_bytes;
+        }
+        options
+    }
 }
 
 /// A new options builder with every option at its default (memory only, no reader cap).
@@ -17,7 +52,12 @@ pub struct BcOptions {
 #[no_mangle]
 pub extern "C" fn bc_options_new() -> *mut BcOptions {
     guard_value(std::ptr::null_mut(), || {
-        Box::into_raw(Box::new(BcOptions { options: CacheOptions::default() }))
+        Box::into_raw(Box::new(BcOptions {
+            options: CacheOptions::default(),
+            write_policy: WritePolicy::default(),
+            compression: Compression::default(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }))
     })
 }
 
@@ -73,6 +113,108 @@ pub unsafe extern "C" fn bc_options_set_max_readers(
             return Err(Error::InvalidArgument("max_readers must be at least 1".into()));
         }
         opts.options.max_readers = Some(max_readers);
+        Ok(())
+    })
+}
+
+/// Enable the disk tier: batches are written as Arrow IPC into a fresh private
+/// subdirectory of `dir_utf8` (created if missing), at most `capacity_bytes` in all.
+/// `bc_cache_new` creates the directory and fails with `BC_IO` if it cannot; closing or
+/// freeing the cache deletes it.
+///
+/// # Safety
+/// `opts` is NULL or a live builder; `dir_utf8` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_disk(
+    opts: *mut BcOptions,
+    dir_utf8: *const c_char,
+    capacity_bytes: u64,
+) -> BcStatus {
+    guard(|| {}, || {
+        let opts = unsafe { arg_mut(opts, "opts") }?;
+        let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
+        let dir = dir.to_str().map_err(|_| {
+            Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into())
+        })?;
+        let disk = DiskOptions::new(dir, capacity_bytes);
+        disk.validate()?;
+        opts.options.disk = Some(disk);
+        Ok(())
+    })
+}
+
+/// When the disk tier writes a batch: `BC_WRITE_ON_INSERTION` (every batch, as it is
+/// ingested; the default) or `BC_WRITE_ON_EVICTION` (only when it leaves the memory
+/// budget, so a stream that fits in memory never touches disk). Accepted, and without
+/// effect, in memory-only mode.
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_write_policy(
+    opts: *mut BcOptions,
+    policy: BcWritePolicy,
+) -> BcStatus {
+    guard(|| {}, || {
+        let opts = unsafe { arg_mut(opts, "opts") }?;
+        let policy = match policy {
+            BC_WRITE_ON_INSERTION => WritePolicy::OnInsertion,
+            BC_WRITE_ON_EVICTION => WritePolicy::OnEviction,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "write_policy {other} is not BC_WRITE_ON_INSERTION or BC_WRITE_ON_EVICTION"
+                )))
+            }
+        };
+        opts.write_policy = policy;
+        Ok(())
+    })
+}
+
+/// IPC buffer compression for the disk tier: `BC_COMPRESSION_NONE` (the default; reads
+/// are zero-copy), `BC_COMPRESSION_LZ4` or `BC_COMPRESSION_ZSTD` (smaller files; reads
+/// decompress, so they copy).
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_compression(
+    opts: *mut BcOptions,
+    compression: BcCompression,
+) -> BcStatus {
+    guard(|| {}, || {
+        let opts = unsafe { arg_mut(opts, "opts") }?;
+        opts.compression = match compression {
+            BC_COMPRESSION_NONE => Compression::None,
+            BC_COMPRESSION_LZ4 => Compression::Lz4,
+            BC_COMPRESSION_ZSTD => Compression::Zstd,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "compression {other} is not BC_COMPRESSION_NONE, _LZ4 or _ZSTD"
+                )))
+            }
+        };
+        Ok(())
+    })
+}
+
+/// Target size in bytes of one disk segment file (at least 4096; default 64 MiB). A
+/// batch larger than this gets a segment of its own. With `max_readers`, a segment is
+/// deleted once every reader has passed all of its batches, so smaller segments give
+/// disk space back sooner.
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_segment_bytes(opts: *mut BcOptions, bytes: u64) -> BcStatus {
+    guard(|| {}, || {
+        let opts = unsafe { arg_mut(opts, "opts") }?;
+        if bytes < 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "segment_bytes must be at least 4096, got {bytes}"
+            )));
+        }
+        opts.segment_bytes = bytes;
         Ok(())
     })
 }

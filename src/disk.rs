@@ -1,0 +1,414 @@
+//! The disk tier: batches as Arrow IPC messages in bounded segment files, read back
+//! zero-copy through memory maps.
+//!
+//! Each cache works in a fresh private directory (0700) under the user's path; segment
+//! files are created exclusively, mode 0600, sized once before they are mapped and never
+//! truncated, so a mapping can never fault. The cache keeps its own index of message
+//! blocks, which lets any batch be decoded alone, with the dictionaries in force at it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::FileDecoder;
+use arrow_ipc::writer::{
+    write_message, DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext,
+    IpcWriteOptions,
+};
+use arrow_ipc::{Block, CompressionType, MetadataVersion};
+use arrow_schema::SchemaRef;
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// Segments are this large unless one message needs more.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
+const ALIGNMENT: usize = 64;
+
+/// When a batch is written to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WritePolicy {
+    /// Every batch, as it is ingested (replays read most batches zero-copy from disk).
+    #[default]
+    OnInsertion,
+    /// Only when it leaves the hot layer: a stream that fits in memory never touches disk.
+    OnEviction,
+}
+
+/// IPC buffer compression on disk. Compressed batches are copied when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+/// Where and how the disk tier stores batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Parent directory; created if missing. The cache works in a private subdirectory.
+    pub path: PathBuf,
+    /// Budget in bytes for batch data on disk.
+    pub capacity: u64,
+    pub write_policy: WritePolicy,
+    pub compression: Compression,
+    /// Target size of one segment file.
+    pub segment_bytes: u64,
+}
+
+impl DiskOptions {
+    /// Disk options with the defaults for everything but the path and the budget.
+    pub fn new(path: impl Into<PathBuf>, capacity: u64) -> Self {
+        Self {
+            path: path.into(),
+            capacity,
+            write_policy: WritePolicy::default(),
+            compression: Compression::default(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.capacity == 0 {
+            return Err(Error::InvalidArgument(
+                "disk_capacity must be at least 1 byte".into(),
+            ));
+        }
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::InvalidArgument("disk_path must not be empty".into()));
+        }
+        if self.path.exists() && !self.path.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "disk_path {} exists and is not a directory; pass a directory",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+    Error::Io(format!("{what} {}: {err}", path.display()))
+}
+
+/// One segment file, mapped once at its full size.
+pub(crate) struct Segment {
+    path: PathBuf,
+    buffer: Buffer,
+    /// Bytes of messages written into it.
+    written: AtomicU64,
+    /// Highest stream position with a message in it.
+    last_position: AtomicU64,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Where one IPC message lies.
+#[derive(Debug, Clone)]
+struct Message {
+    segment: Arc<Segment>,
+    offset: usize,
+    metadata_len: usize,
+    body_len: usize,
+}
+
+impl Message {
+    fn block(&self) -> Block {
+        Block::new(self.offset as i64, self.metadata_len as i32, self.body_len as i64)
+    }
+
+    fn bytes(&self) -> Buffer {
+        self.segment.buffer.slice_with_length(self.offset, self.metadata_len + self.body_len)
+    }
+}
+
+/// A batch on disk: its message and the dictionary messages in force at it.
+#[derive(Debug, Clone)]
+pub(crate) struct DiskEntry {
+    batch: Message,
+    dictionaries: Arc<[Message]>,
+}
+
+impl DiskEntry {
+    /// Decode the batch; its buffers point into the mapping unless compressed.
+    pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let decoder = FileDecoder::new(schema.clone(), MetadataVersion::V5);
+        // SAFETY: these files are written by this process into a private directory.
+        let mut decoder = unsafe { decoder.with_skip_validation(true) };
+        let failed = |err: arrow_schema::ArrowError| {
+            Error::Io(format!("cannot decode batch from {}: {err}", self.batch.segment.path.display()))
+        };
+        for dictionary in self.dictionaries.iter() {
+            decoder.read_dictionary(&dictionary.block(), &dictionary.bytes()).map_err(failed)?;
+        }
+        decoder
+            .read_record_batch(&self.batch.block(), &self.batch.bytes())
+            .map_err(failed)?
+            .ok_or_else(|| Error::Io("a disk block holds no record batch".into()))
+    }
+
+    fn segment(&self) -> &Arc<Segment> {
+        &self.batch.segment
+    }
+}
+
+/// Writes batches into segments; used only by the thread that ingests.
+pub(crate) struct DiskWriter {
+    directory: PathBuf,
+    segment_bytes: u64,
+    capacity: u64,
+    /// Bytes of live segments, shared with the index, which subtracts deleted ones.
+    used: Arc<AtomicU64>,
+    generator: IpcDataGenerator,
+    tracker: DictionaryTracker,
+    options: IpcWriteOptions,
+    context: IpcWriteContext,
+    active: Option<(Arc<Segment>, File)>,
+    next_segment: u64,
+    dictionaries: HashMap<i64, Message>,
+    /// Whether the tracker has assigned dictionary ids from the schema yet.
+    ids_assigned: bool,
+    /// Removes the directory with everything in it when the writer goes.
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for DiskWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskWriter").field("directory", &self.directory).finish_non_exhaustive()
+    }
+}
+
+impl DiskWriter {
+    /// Create the private directory for one cache under `options.path`.
+    pub fn create(options: &DiskOptions) -> Result<(Self, DiskIndex)> {
+        options.validate()?;
+        std::fs::create_dir_all(&options.path)
+            .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
+        let dir = tempfile::Builder::new()
+            .prefix("batchcorder-")
+            .tempdir_in(&options.path)
+            .map_err(|err| io_error("cannot create a cache directory in", &options.path, err))?;
+        let compression = match options.compression {
+            Compression::None => None,
+            Compression::Lz4 => Some(CompressionType::LZ4_FRAME),
+            Compression::Zstd => Some(CompressionType::ZSTD),
+        };
+        let ipc_options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
+            .and_then(|o| o.try_with_compression(compression))
+            .map_err(|err| Error::Internal(format!("IPC options: {err}")))?;
+        let used = Arc::new(AtomicU64::new(0));
+        let writer = Self {
+            directory: dir.path().to_path_buf(),
+            segment_bytes: options.segment_bytes.max(1),
+            capacity: options.capacity,
+            used: used.clone(),
+            generator: IpcDataGenerator::default(),
+            tracker: DictionaryTracker::new(false),
+            options: ipc_options,
+            context: IpcWriteContext::default(),
+            active: None,
+            next_segment: 0,
+            dictionaries: HashMap::new(),
+            ids_assigned: false,
+            _dir: dir,
+        };
+        Ok((writer, DiskIndex::new(used)))
+    }
+
+    /// The private directory this cache writes in.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// Append `batch` (stream position `position`) and return where it lies.
+    pub fn write(&mut self, position: u64, batch: &RecordBatch) -> Result<DiskEntry> {
+        if !self.ids_assigned {
+            // Dictionary ids come from the schema, in the order the decoder assigns them.
+            self.generator.schema_to_bytes_with_dictionary_tracker(
+                batch.schema_ref(),
+                &mut self.tracker,
+                &self.options,
+            );
+            self.ids_assigned = true;
+        }
+        let (dictionaries, encoded) = self
+            .generator
+            .encode(batch, &mut self.tracker, &self.options, &mut self.context)
+            .map_err(|err| Error::Io(format!("cannot encode batch {position} as IPC: {err}")))?;
+        let needed: u64 =
+            dictionaries.iter().chain([&encoded]).map(|m| padded_len(m) as u64).sum();
+        let used = self.used.load(Ordering::Acquire);
+        if used + needed > self.capacity {
+            return Err(Error::Capacity(format!(
+                "batch {position} needs {needed} bytes on disk but disk_capacity={} bytes \
+                 already holds {used}; raise disk_capacity, or set max_readers so that \
+                 passed segments are deleted",
+                self.capacity
+            )));
+        }
+        for dictionary in dictionaries {
+            let id = dictionary_id(&dictionary)?;
+            let message = self.append(position, dictionary)?;
+            self.dictionaries.insert(id, message);
+        }
+        let message = self.append(position, encoded)?;
+        Ok(DiskEntry { batch: message, dictionaries: self.dictionaries.values().cloned().collect() })
+    }
+
+    fn append(&mut self, position: u64, message: EncodedData) -> Result<Message> {
+        let len = padded_len(&message);
+        let fits = self.active.as_ref().is_some_and(|(segment, _)| {
+            segment.written.load(Ordering::Acquire) + len as u64 <= segment.buffer.len() as u64
+        });
+        if !fits {
+            self.roll(len as u64)?;
+        }
+        let (segment, file) = self.active.as_mut().expect("roll() opened a segment");
+        let offset = segment.written.load(Ordering::Acquire);
+        let written = write_at(file, offset, message, &self.options)
+            .map_err(|err| io_error("cannot write to", &segment.path, err))?;
+        segment.written.store(offset + written.total as u64, Ordering::Release);
+        segment.last_position.store(position, Ordering::Release);
+        self.used.fetch_add(written.total as u64, Ordering::AcqRel);
+        Ok(Message {
+            segment: segment.clone(),
+            offset: offset as usize,
+            metadata_len: written.metadata_len,
+            body_len: written.body_len,
+        })
+    }
+
+    /// Start a new segment that can hold at least `needed` bytes.
+    fn roll(&mut self, needed: u64) -> Result<()> {
+        let size = self.segment_bytes.max(needed);
+        let path = self.directory.join(format!("segment-{:06}.arrows", self.next_segment));
+        self.next_segment += 1;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|err| io_error("cannot create segment", &path, err))?;
+        // Sized once, before mapping, and never shrunk: reads of the mapping cannot fault.
+        file.set_len(size).map_err(|err| io_error("cannot size segment", &path, err))?;
+        // SAFETY: the file is private to this cache and never truncated while mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(|err| io_error("cannot map", &path, err))?;
+        let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
+            .ok_or_else(|| Error::Io(format!("empty mapping of {}", path.display())))?;
+        let len = map.len();
+        // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) };
+        let segment = Arc::new(Segment {
+            path,
+            buffer,
+            written: AtomicU64::new(0),
+            last_position: AtomicU64::new(0),
+        });
+        self.active = Some((segment, file));
+        Ok(())
+    }
+}
+
+struct Written {
+    metadata_len: usize,
+    body_len: usize,
+    total: usize,
+}
+
+/// Bytes a message takes in a segment, padding included.
+fn padded_len(message: &EncodedData) -> usize {
+    // Continuation marker and length prefix, metadata and body, each padded to ALIGNMENT.
+    let metadata = (8 + message.ipc_message.len()).next_multiple_of(ALIGNMENT);
+    metadata + message.arrow_data.len().next_multiple_of(ALIGNMENT) + ALIGNMENT
+}
+
+fn write_at(
+    file: &mut File,
+    offset: u64,
+    message: EncodedData,
+    options: &IpcWriteOptions,
+) -> std::io::Result<Written> {
+    file.seek(SeekFrom::Start(offset))?;
+    // Small messages go out in one write; large bodies bypass the buffer.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut *file);
+    let (metadata_len, body_len) =
+        write_message(&mut out, message, options).map_err(std::io::Error::other)?;
+    let total = (metadata_len + body_len).next_multiple_of(ALIGNMENT);
+    out.write_all(&[0u8; ALIGNMENT][..total - metadata_len - body_len])?;
+    out.flush()?;
+    Ok(Written { metadata_len, body_len, total })
+}
+
+fn dictionary_id(message: &EncodedData) -> Result<i64> {
+    arrow_ipc::root_as_message(&message.ipc_message)
+        .ok()
+        .and_then(|m| m.header_as_dictionary_batch())
+        .map(|d| d.id())
+        .ok_or_else(|| Error::Internal("the IPC writer emitted a malformed dictionary".into()))
+}
+
+/// Which positions are on disk, in which segments; lives under the cache's state lock.
+#[derive(Debug)]
+pub(crate) struct DiskIndex {
+    entries: BTreeMap<u64, DiskEntry>,
+    segments: VecDeque<Arc<Segment>>,
+    used: Arc<AtomicU64>,
+    segments_deleted: u64,
+}
+
+impl DiskIndex {
+    fn new(used: Arc<AtomicU64>) -> Self {
+        Self { entries: BTreeMap::new(), segments: VecDeque::new(), used, segments_deleted: 0 }
+    }
+
+    pub fn insert(&mut self, position: u64, entry: DiskEntry) {
+        let segment = entry.segment();
+        if !self.segments.back().is_some_and(|last| Arc::ptr_eq(last, segment)) {
+            self.segments.push_back(segment.clone());
+        }
+        self.entries.insert(position, entry);
+    }
+
+    pub fn get(&self, position: u64) -> Option<&DiskEntry> {
+        self.entries.get(&position)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn segments_deleted(&self) -> u64 {
+        self.segments_deleted
+    }
+
+    /// Forget positions before `position` and delete segments that only held those.
+    /// The newest segment stays: the writer may still be appending to it.
+    pub fn evict_below(&mut self, position: u64) {
+        self.entries = self.entries.split_off(&position);
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            if oldest.last_position.load(Ordering::Acquire) >= position {
+                break;
+            }
+            let segment = self.segments.pop_front().expect("checked non-empty");
+            // Mapped buffers handed out stay valid: unlinking keeps the inode until unmapped.
+            let _ = std::fs::remove_file(&segment.path);
+            self.used.fetch_sub(segment.written.load(Ordering::Acquire), Ordering::AcqRel);
+            self.segments_deleted += 1;
+        }
+    }
+}
