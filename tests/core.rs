@@ -137,7 +137,7 @@ fn max_readers_caps_and_evicts_what_all_passed() {
 
 #[test]
 fn bounded_pass_keeps_memory_flat() {
-    let options = CacheOptions { max_readers: Some(1), memory_capacity: Some(4096) };
+    let options = CacheOptions { max_readers: Some(1), memory_capacity: Some(4096), disk: None };
     let (cache, _) = cache(1000, options);
     let total = id_sum(read_all(&cache, true));
     assert_eq!(total, (0..100_000).sum::<i64>());
