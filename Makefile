@@ -53,6 +53,10 @@ test-python: install
 
 test: check-header test-rust test-c test-python
 
+# Speed and memory side by side with plain pyarrow and the reference release (see bench/).
+bench: build
+	bash bench/run.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) build dist
