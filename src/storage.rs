@@ -1,22 +1,28 @@
 //! The memory tier: cached batches by stream position, with exact byte accounting.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
-use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_array::RecordBatch;
 use arrow_data::ArrayData;
 
 /// One cached batch, shared by the store and every reader that has read it.
-#[derive(Debug)]
 pub struct CachedBatch {
     batch: RecordBatch,
-    /// The batch as one struct array, built once for the C export path.
-    export: OnceLock<ArrayData>,
+    /// What an export layer derives from the batch once and reuses on every read.
+    derived: OnceLock<Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CachedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedBatch").field("rows", &self.batch.num_rows()).finish()
+    }
 }
 
 impl CachedBatch {
     pub(crate) fn new(batch: RecordBatch) -> Self {
-        Self { batch, export: OnceLock::new() }
+        Self { batch, derived: OnceLock::new() }
     }
 
     /// The batch as it came from the upstream.
@@ -24,9 +30,10 @@ impl CachedBatch {
         &self.batch
     }
 
-    /// The batch as a struct array's data, converted on first use and then reused.
-    pub fn struct_data(&self) -> &ArrayData {
-        self.export.get_or_init(|| StructArray::from(self.batch.clone()).into_data())
+    /// A value derived from the batch, built on first use and kept as long as the batch.
+    /// One type per cache: `None` if another type was stored first.
+    pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce(&RecordBatch) -> T) -> Option<&T> {
+        self.derived.get_or_init(|| Box::new(build(&self.batch))).downcast_ref()
     }
 }
 

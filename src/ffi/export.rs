@@ -10,6 +10,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 
 use crate::error::{Error, Result};
 use crate::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use crate::ffi::array_export::export_cached;
 use crate::ffi::{arg_mut, c_message, guard, panic_message, BcStatus};
 use crate::reader::CacheReader;
 
@@ -72,7 +73,11 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
         }
     } else {
         match state.reader.next_cached()? {
-            Some(cached) => FFI_ArrowArray::new(cached.struct_data()),
+            Some(cached) => {
+                // SAFETY: `out` is valid for writes (checked by the caller).
+                unsafe { export_cached(&cached, out) };
+                return Ok(());
+            }
             None => FFI_ArrowArray::empty(),
         }
     };

@@ -2,6 +2,7 @@
 //! every `bc_*` export goes through. The functions themselves live in the submodules.
 
 pub mod abi;
+pub(crate) mod array_export;
 pub mod cache;
 pub mod capsule;
 pub mod export;
