@@ -48,8 +48,9 @@ test-c: build
 	$(MAKE) -C tests/c LIBDIR=$(CURDIR)/$(LIBDIR)
 
 test-python: install
+	mkdir -p build
 	$(VPY) -m pytest -q tests/python
-	$(VPY) -m pytest -q --doctest-modules python/batchcorder
+	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
 test: check-header test-rust test-c test-python
 

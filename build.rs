@@ -33,6 +33,21 @@ fn main() {
     config.documentation = false;
     config.defines.clear();
     generate(&crate_dir, config, &target_dir.join("header.h"));
+
+    link_args();
+}
+
+/// The shared library's SONAME carries the ABI major version (docs/c-users.md, "ABI
+/// policy"), so `make install-c` can lay out libbatchcorder.so -> .so.MAJOR -> .so.X.Y.Z.
+/// Only `bc_*` symbols are exported: rustc already hands the linker a version script
+/// listing a cdylib's `#[no_mangle]` items alone, and tests/abi/check-symbols.sh checks it.
+fn link_args() {
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
+    if matches!(os.as_str(), "linux" | "android" | "freebsd" | "netbsd" | "openbsd" | "dragonfly")
+    {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libbatchcorder.so.{major}");
+    }
 }
 
 fn generate(crate_dir: &Path, config: cbindgen::Config, out: &Path) {

@@ -31,6 +31,16 @@
 #endif
 
 
+// Major version of the library; the C ABI (and the SONAME `libbatchcorder.so.MAJOR`)
+// changes incompatibly only when it changes.
+#define BATCHCORDER_VERSION_MAJOR 0
+
+// Minor version of the library: releases that only add to the C ABI.
+#define BATCHCORDER_VERSION_MINOR 2
+
+// Patch version of the library: fixes that leave the C ABI as it was.
+#define BATCHCORDER_VERSION_PATCH 0
+
 // The result of every fallible `bc_*` call. `BC_OK` is 0; read `bc_last_error()` for the
 // message of anything else.
 typedef enum BcStatus {
@@ -217,6 +227,14 @@ enum BcStatus bc_cache_schema(const struct BcCache *cache, struct ArrowSchema *o
 // # Safety
 // Each pointer is NULL or valid.
 enum BcStatus bc_cache_ingest_all(struct BcCache *cache, uint64_t *out_batches);
+
+// Pull one more batch from the upstream into the cache. `*out_pulled` (may be NULL)
+// is true if a batch was pulled, false once the upstream is exhausted. For progress
+// reporting; `bc_cache_ingest_all` is the same in a loop.
+//
+// # Safety
+// Each pointer is NULL or valid.
+enum BcStatus bc_cache_ingest_next(struct BcCache *cache, bool *out_pulled);
 
 // Batches pulled from the upstream so far (0 for NULL). Never waits on ingestion.
 //

@@ -230,6 +230,12 @@ impl StreamCache {
         Ok(CacheReader::new(self.shared.clone(), start, slot, target))
     }
 
+    /// Pull the next batch from the upstream into the cache; false once it is exhausted.
+    pub fn ingest_next(&self) -> Result<bool> {
+        let frontier = self.shared.ingested.load(Ordering::Acquire);
+        Ok(self.shared.batch_at(frontier)?.is_some())
+    }
+
     /// Pull the whole upstream into the cache; returns the batch count. Idempotent.
     pub fn ingest_all(&self) -> Result<u64> {
         loop {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import pyarrow as pa
 
@@ -30,6 +31,7 @@ _COMPRESSIONS = {
     "zstd": lib.BC_COMPRESSION_ZSTD,
 }
 
+_log = logging.getLogger("batchcorder")
 _import_batch = pa.RecordBatch._import_from_c
 _reader_next = lib.bc_reader_next
 
@@ -42,6 +44,12 @@ def _positive_int(name: str, value: Any) -> Optional[int]:
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return value
+
+
+def _fields(schema: pa.Schema, most: int = 4) -> str:
+    """A short field list for a repr."""
+    shown = ", ".join(f"{f.name}: {f.type}" for f in list(schema)[:most])
+    return shown + (f", ... {len(schema) - most} more" if len(schema) > most else "")
 
 
 def _disk_dir(disk_path: Any, disk_capacity: Any) -> Optional[Path]:
@@ -220,10 +228,56 @@ class StreamCache:
         check(lib.bc_cache_new(upstream, options, out))
         self._handle = _Handle(out[0])
         self._disk_dir = disk_dir
+        rows = getattr(source, "num_rows", None)
+        self._source_rows: Optional[int] = rows if isinstance(rows, int) else None
+        self._logged: Optional[CacheStats] = None
         _open_caches.add(self)
         self._max_readers = max_readers
         self._memory_capacity = memory_capacity
         self._schema = _schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
+
+    @classmethod
+    def in_memory(
+        cls,
+        source: Any,
+        capacity: Optional[int] = None,
+        max_readers: Optional[int] = None,
+    ) -> "StreamCache":
+        """A memory-only cache; ``capacity`` is the memory budget in bytes.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache.in_memory(pa.table({"x": [1, 2]}), capacity=1 << 20)
+        >>> cache.ingest_all(), len(cache)
+        (1, 1)
+        """
+        return cls(source, memory_capacity=capacity, max_readers=max_readers)
+
+    @classmethod
+    def on_disk(
+        cls,
+        source: Any,
+        path: Union[str, "os.PathLike[str]"],
+        disk_capacity: int,
+        memory_capacity: Optional[int] = None,
+        write_policy: WritePolicy = "on_insertion",
+        max_readers: Optional[int] = None,
+    ) -> "StreamCache":
+        """A cache with the disk tier under ``path`` (see the class docstring).
+
+        >>> import tempfile, pyarrow as pa
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     with StreamCache.on_disk(pa.table({"x": [1, 2]}), tmp, 1 << 20) as cache:
+        ...         pa.table(cache).num_rows
+        2
+        """
+        return cls(
+            source,
+            memory_capacity=memory_capacity,
+            disk_path=path,
+            disk_capacity=disk_capacity,
+            write_policy=write_policy,
+            max_readers=max_readers,
+        )
 
     # -- properties -------------------------------------------------------------------
 
@@ -265,14 +319,86 @@ class StreamCache:
         """
         return StreamCacheReader._create(self, from_start, None)
 
-    def ingest_all(self) -> int:
+    def ingest_all(
+        self,
+        progress: bool = False,
+        callback: Optional[Callable[["CacheStats"], object]] = None,
+    ) -> int:
         """Pull the rest of the upstream into the cache; returns the total batch count.
 
         Idempotent: a second call pulls nothing and returns the same count.
+
+        Parameters
+        ----------
+        progress
+            Show a tqdm progress bar (rows, batches, bytes and rate; with a total when
+            the source's length is known). Needs ``pip install batchcorder[progress]``.
+        callback
+            Called with :meth:`stats` after each batch, for logging instead of a bar.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1))
+        >>> seen = []
+        >>> cache.ingest_all(callback=lambda s: seen.append(s.rows_ingested))
+        3
+        >>> seen
+        [1, 2, 3]
         """
-        out = ffi.new("uint64_t *")
-        check(lib.bc_cache_ingest_all(self._handle.get(), out))
-        return int(out[0])
+        handle = self._handle.get()
+        if not progress and callback is None:
+            out = ffi.new("uint64_t *")
+            check(lib.bc_cache_ingest_all(handle, out))
+            self._log_changes()
+            return int(out[0])
+        bar = _progress_bar(self._source_rows) if progress else None
+        pulled = ffi.new("bool *")
+        try:
+            while True:
+                check(lib.bc_cache_ingest_next(handle, pulled))
+                if not pulled[0]:
+                    break
+                stats = self.stats()
+                if bar is not None:
+                    bar.update(stats.rows_ingested - bar.n)
+                    bar.set_postfix(
+                        batches=stats.batches_ingested,
+                        MiB=round((stats.memory_bytes + stats.disk_bytes) / 2**20, 1),
+                    )
+                if callback is not None:
+                    callback(stats)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._log_changes()
+        return self.ingested_count
+
+    def __len__(self) -> int:
+        """The batch count, known once the upstream is exhausted.
+
+        Raises ``TypeError`` before that: call :meth:`ingest_all` first (a length that
+        grew while you looked would be a trap).
+        """
+        if not self.upstream_exhausted:
+            raise TypeError(
+                "len() of a StreamCache is known only once the upstream is exhausted; "
+                "call ingest_all() first"
+            )
+        return self.ingested_count
+
+    def _log_changes(self) -> None:
+        """Log, at DEBUG, the spills, evictions and segment deletions since last time."""
+        if not _log.isEnabledFor(logging.DEBUG) or self.closed:
+            return
+        now, before = self.stats(), self._logged
+        self._logged = now
+        if before is None:
+            before = CacheStats(0, 0, 0, 0, 0, 0, 0, 0, False, 0.0)
+        if now.disk_bytes > before.disk_bytes:
+            _log.debug("spilled %d bytes to disk", now.disk_bytes - before.disk_bytes)
+        if now.batches_evicted > before.batches_evicted:
+            _log.debug("evicted %d batches", now.batches_evicted - before.batches_evicted)
+        if now.segments_deleted > before.segments_deleted:
+            _log.debug("deleted %d segments", now.segments_deleted - before.segments_deleted)
 
     def cast(self, target_schema: Any) -> "CastingStreamCache":
         """A replayable view whose readers cast every batch to ``target_schema``.
@@ -305,10 +431,13 @@ class StreamCache:
         )
 
     def close(self) -> None:
-        """Release every cached batch and the upstream. Idempotent.
+        """Release every cached batch and the upstream, and delete the disk directory.
+        Idempotent.
 
         Readers then raise ``ValueError``; batches they already returned stay valid.
         """
+        if not self.closed:
+            self._log_changes()
         self._handle.close()
 
     # -- protocols --------------------------------------------------------------------
@@ -338,9 +467,7 @@ class StreamCache:
         if self.closed:
             return "<StreamCache closed>"
         stats = self.stats()
-        fields = ", ".join(f"{f.name}: {f.type}" for f in list(self._schema)[:4])
-        if len(self._schema) > 4:
-            fields += f", ... {len(self._schema) - 4} more"
+        fields = _fields(self._schema)
         cap = "" if self._max_readers is None else f" max_readers={self._max_readers}"
         tier = "memory" if self._disk_dir is None else "memory+disk"
         disk = "" if self._disk_dir is None else f" disk_bytes={stats.disk_bytes}"
@@ -362,6 +489,16 @@ def _close_open_caches() -> None:
             cache.close()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+
+
+def _progress_bar(total_rows: Optional[int]) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError(
+            "ingest_all(progress=True) needs tqdm: pip install 'batchcorder[progress]'"
+        ) from None
+    return tqdm(total=total_rows, unit="rows", unit_scale=True, desc="ingest")
 
 
 def _free_stream_now(stream: Any) -> None:
@@ -500,7 +637,7 @@ class StreamCacheReader:
         if self._stream is None:
             state = "exported" if self._exported else "exhausted"
             return f"<StreamCacheReader closed ({state})>"
-        return f"<StreamCacheReader position={self.position} closed=False>"
+        return f"<StreamCacheReader position={self.position} closed=False schema=({_fields(self._schema)})>"
 
 
 class CastingStreamCache:
@@ -536,5 +673,4 @@ class CastingStreamCache:
         return self._target.__arrow_c_schema__()
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f.name}: {f.type}" for f in self._target)
-        return f"<CastingStreamCache target=({fields}) of {self._cache!r}>"
+        return f"<CastingStreamCache target=({_fields(self._target)}) of {self._cache!r}>"

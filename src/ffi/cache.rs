@@ -156,6 +156,23 @@ pub unsafe extern "C" fn bc_cache_ingest_all(cache: *mut BcCache, out_batches: *
     })
 }
 
+/// Pull one more batch from the upstream into the cache. `*out_pulled` (may be NULL)
+/// is true if a batch was pulled, false once the upstream is exhausted. For progress
+/// reporting; `bc_cache_ingest_all` is the same in a loop.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingest_next(cache: *mut BcCache, out_pulled: *mut bool) -> BcStatus {
+    on_cache(cache, |cache| {
+        let pulled = cache.ingest_next()?;
+        if let Some(out) = unsafe { out_pulled.as_mut() } {
+            *out = pulled;
+        }
+        Ok(())
+    })
+}
+
 /// Batches pulled from the upstream so far (0 for NULL). Never waits on ingestion.
 ///
 /// # Safety

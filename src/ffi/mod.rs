@@ -8,6 +8,7 @@ pub mod capsule;
 pub mod export;
 pub mod options;
 pub mod upstream;
+pub mod version;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};

@@ -1,0 +1,345 @@
+// batchcorder.hpp: a header-only C++17 wrapper over the C API in batchcorder.h.
+//
+// Written by hand (batchcorder.h is generated); it adds no symbols of its own, so it links
+// against the same libbatchcorder as C code does.
+//
+//   batchcorder::Cache cache(&upstream, batchcorder::Options().max_readers(2));
+//   batchcorder::Reader reader = cache.reader();
+//   while (auto batch = reader.next()) { ... batch->length ... }   // Array releases itself
+//
+// Ownership follows the C API and is made automatic:
+// - `Cache` owns a BcCache* and frees it in its destructor (move-only). Readers it handed out
+//   stay valid after it is gone.
+// - `Reader` owns one ArrowArrayStream and releases it in its destructor (move-only).
+// - `Array` and `Schema` own one ArrowArray / ArrowSchema and release them (move-only).
+// - `Options` owns a BcOptions* (move-only); `Cache` copies it, so it may die right after.
+// Errors throw `batchcorder::Error`, carrying the BcStatus, bc_last_error() and
+// bc_last_error_errno(), read on the thread whose call failed, right after the call.
+//
+// Threading is the C API's: one `Cache` may be used from several threads at once (share it
+// by reference or pointer); a `Reader` may move between threads but must not be used by two
+// at the same time.
+#ifndef BATCHCORDER_HPP
+#define BATCHCORDER_HPP
+
+#include <batchcorder.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace batchcorder {
+
+/// The library's version string, "MAJOR.MINOR.PATCH" (the header's is in the
+/// BATCHCORDER_VERSION_* macros).
+inline std::string version() { return bc_version(); }
+
+/// A failed `bc_*` call: its status, its message and its errno class.
+class Error : public std::runtime_error {
+ public:
+  Error(BcStatus status, const std::string &what, int error_number = 0)
+      : std::runtime_error(what), status_(status), errno_(error_number) {}
+
+  /// The BcStatus the call returned (never BC_OK).
+  BcStatus status() const noexcept { return status_; }
+  /// bc_last_error_errno() right after the failure: the upstream's own errno after
+  /// BC_UPSTREAM, otherwise EINVAL, ENOMEM or EIO.
+  int error_number() const noexcept { return errno_; }
+
+ private:
+  BcStatus status_;
+  int errno_;
+};
+
+/// The name of a status, "BC_INVALID_ARGUMENT" and so on.
+inline const char *status_name(BcStatus status) noexcept {
+  switch (status) {
+    case BC_OK: return "BC_OK";
+    case BC_INVALID_ARGUMENT: return "BC_INVALID_ARGUMENT";
+    case BC_CAPACITY: return "BC_CAPACITY";
+    case BC_IO: return "BC_IO";
+    case BC_UPSTREAM: return "BC_UPSTREAM";
+    case BC_EVICTED: return "BC_EVICTED";
+    case BC_CLOSED: return "BC_CLOSED";
+    case BC_INTERNAL: return "BC_INTERNAL";
+  }
+  return "BC_UNKNOWN";
+}
+
+namespace detail {
+/// Throw for a failed status, with the thread's last error, which must be read before any
+/// other bc_* call on this thread.
+inline void check(BcStatus status, const char *call) {
+  if (status == BC_OK) return;
+  std::string message = std::string(call) + ": " + bc_last_error() + " (" +
+                        status_name(status) + ")";
+  throw Error(status, message, bc_last_error_errno());
+}
+}  // namespace detail
+
+/// An owned `struct ArrowSchema`, released when it dies.
+class Schema {
+ public:
+  Schema() noexcept { raw_.release = nullptr; }
+  /// Take over `raw` (its release is set to NULL).
+  explicit Schema(ArrowSchema *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
+  Schema(Schema &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
+  Schema &operator=(Schema &&other) noexcept {
+    if (this != &other) {
+      reset();
+      raw_ = other.raw_;
+      other.raw_.release = nullptr;
+    }
+    return *this;
+  }
+  Schema(const Schema &) = delete;
+  Schema &operator=(const Schema &) = delete;
+  ~Schema() { reset(); }
+
+  bool valid() const noexcept { return raw_.release != nullptr; }
+  const ArrowSchema *get() const noexcept { return &raw_; }
+  const ArrowSchema *operator->() const noexcept { return &raw_; }
+  /// Give up ownership: the returned struct is the caller's to release.
+  ArrowSchema release() noexcept {
+    ArrowSchema out = raw_;
+    raw_.release = nullptr;
+    return out;
+  }
+  void reset() noexcept {
+    if (raw_.release != nullptr) raw_.release(&raw_);
+    raw_.release = nullptr;
+  }
+
+ private:
+  ArrowSchema raw_;
+};
+
+/// An owned `struct ArrowArray` (one batch), released when it dies. Its buffers stay valid
+/// after the reader and the cache are gone.
+class Array {
+ public:
+  Array() noexcept { raw_.release = nullptr; }
+  /// Take over `raw` (its release is set to NULL).
+  explicit Array(ArrowArray *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
+  Array(Array &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
+  Array &operator=(Array &&other) noexcept {
+    if (this != &other) {
+      reset();
+      raw_ = other.raw_;
+      other.raw_.release = nullptr;
+    }
+    return *this;
+  }
+  Array(const Array &) = delete;
+  Array &operator=(const Array &) = delete;
+  ~Array() { reset(); }
+
+  bool valid() const noexcept { return raw_.release != nullptr; }
+  const ArrowArray *get() const noexcept { return &raw_; }
+  const ArrowArray *operator->() const noexcept { return &raw_; }
+  /// Give up ownership: the returned struct is the caller's to release.
+  ArrowArray release() noexcept {
+    ArrowArray out = raw_;
+    raw_.release = nullptr;
+    return out;
+  }
+  void reset() noexcept {
+    if (raw_.release != nullptr) raw_.release(&raw_);
+    raw_.release = nullptr;
+  }
+
+ private:
+  ArrowArray raw_;
+};
+
+/// Options for a Cache: a fluent builder over BcOptions.
+class Options {
+ public:
+  Options() : raw_(bc_options_new()) {
+    if (raw_ == nullptr) throw Error(BC_CAPACITY, "bc_options_new: out of memory");
+  }
+  Options(Options &&other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
+  Options &operator=(Options &&other) noexcept {
+    if (this != &other) {
+      bc_options_free(raw_);
+      raw_ = std::exchange(other.raw_, nullptr);
+    }
+    return *this;
+  }
+  Options(const Options &) = delete;
+  Options &operator=(const Options &) = delete;
+  ~Options() { bc_options_free(raw_); }
+
+  Options &memory_capacity(std::uint64_t bytes) {
+    detail::check(bc_options_set_memory_capacity(raw_, bytes), "bc_options_set_memory_capacity");
+    return *this;
+  }
+  Options &max_readers(std::uint64_t readers) {
+    detail::check(bc_options_set_max_readers(raw_, readers), "bc_options_set_max_readers");
+    return *this;
+  }
+  Options &disk(const std::string &dir, std::uint64_t capacity_bytes) {
+    detail::check(bc_options_set_disk(raw_, dir.c_str(), capacity_bytes), "bc_options_set_disk");
+    return *this;
+  }
+  Options &write_policy(BcWritePolicy policy) {
+    detail::check(bc_options_set_write_policy(raw_, policy), "bc_options_set_write_policy");
+    return *this;
+  }
+  Options &compression(BcCompression compression) {
+    detail::check(bc_options_set_compression(raw_, compression), "bc_options_set_compression");
+    return *this;
+  }
+  Options &segment_bytes(std::uint64_t bytes) {
+    detail::check(bc_options_set_segment_bytes(raw_, bytes), "bc_options_set_segment_bytes");
+    return *this;
+  }
+
+  const BcOptions *get() const noexcept { return raw_; }
+
+ private:
+  BcOptions *raw_;
+};
+
+/// One independent reader of a Cache: an owned ArrowArrayStream, released in the
+/// destructor. Move-only. It may outlive the Cache it came from.
+class Reader {
+ public:
+  /// An empty reader (valid() is false); assign one from Cache::reader().
+  Reader() noexcept { raw_.release = nullptr; }
+  /// Take over a stream made by bc_cache_reader (its release is set to NULL).
+  explicit Reader(ArrowArrayStream *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
+  Reader(Reader &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
+  Reader &operator=(Reader &&other) noexcept {
+    if (this != &other) {
+      reset();
+      raw_ = other.raw_;
+      other.raw_.release = nullptr;
+    }
+    return *this;
+  }
+  Reader(const Reader &) = delete;
+  Reader &operator=(const Reader &) = delete;
+  ~Reader() { reset(); }
+
+  /// The next batch, or std::nullopt at the end of the stream. Throws Error on failure.
+  std::optional<Array> next() {
+    ArrowArray out;
+    detail::check(bc_reader_next(&raw_, &out), "bc_reader_next");
+    if (out.release == nullptr) return std::nullopt;
+    return Array(&out);
+  }
+
+  /// The index of the batch next() returns next.
+  std::uint64_t position() {
+    std::uint64_t out = 0;
+    detail::check(bc_reader_position(&raw_, &out), "bc_reader_position");
+    return out;
+  }
+
+  /// The stream's schema (the requested one, if the reader was made with one).
+  Schema schema() {
+    ArrowSchema out;
+    int rc = raw_.get_schema == nullptr ? EINVAL_ : raw_.get_schema(&raw_, &out);
+    if (rc != 0) {
+      const char *message = raw_.get_last_error ? raw_.get_last_error(&raw_) : nullptr;
+      throw Error(BC_INVALID_ARGUMENT,
+                  std::string("get_schema: ") + (message ? message : "failed"), rc);
+    }
+    return Schema(&out);
+  }
+
+  bool valid() const noexcept { return raw_.release != nullptr; }
+  /// The underlying stream, to read it with any Arrow C Stream consumer in place.
+  ArrowArrayStream *get() noexcept { return &raw_; }
+  /// Give up ownership, to hand the stream to a consumer that releases it (DuckDB, pyarrow,
+  /// nanoarrow...). Moves the struct: copy it into the consumer's storage.
+  ArrowArrayStream release() noexcept {
+    ArrowArrayStream out = raw_;
+    raw_.release = nullptr;
+    return out;
+  }
+  void reset() noexcept {
+    if (raw_.release != nullptr) raw_.release(&raw_);
+    raw_.release = nullptr;
+  }
+
+ private:
+  static constexpr int EINVAL_ = 22;
+  ArrowArrayStream raw_;
+};
+
+/// A cache over one upstream Arrow stream. Move-only; frees the handle in its destructor.
+/// All member functions are thread-safe: share one Cache between threads by reference.
+class Cache {
+ public:
+  /// Take `upstream` by move: on success its release is NULL and the cache owns it. On
+  /// failure this throws and the caller still owns `upstream`, untouched.
+  explicit Cache(ArrowArrayStream *upstream) : Cache(upstream, nullptr) {}
+  Cache(ArrowArrayStream *upstream, const Options &options) : Cache(upstream, options.get()) {}
+  Cache(Cache &&other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
+  Cache &operator=(Cache &&other) noexcept {
+    if (this != &other) {
+      bc_cache_free(raw_);
+      raw_ = std::exchange(other.raw_, nullptr);
+    }
+    return *this;
+  }
+  Cache(const Cache &) = delete;
+  Cache &operator=(const Cache &) = delete;
+  ~Cache() { bc_cache_free(raw_); }
+
+  /// A new independent reader, from the first batch or (from_start=false) from the
+  /// ingestion frontier; each batch is cast to `requested_schema` when one is given.
+  Reader reader(bool from_start = true, const ArrowSchema *requested_schema = nullptr) {
+    ArrowArrayStream out;
+    detail::check(bc_cache_reader(raw_, from_start, requested_schema, &out), "bc_cache_reader");
+    return Reader(&out);
+  }
+
+  /// The stream's schema.
+  Schema schema() const {
+    ArrowSchema out;
+    detail::check(bc_cache_schema(raw_, &out), "bc_cache_schema");
+    return Schema(&out);
+  }
+
+  /// Throw unless `requested_schema` is one reader() can cast the batches to.
+  void check_schema(const ArrowSchema *requested_schema) const {
+    detail::check(bc_cache_check_schema(raw_, requested_schema), "bc_cache_check_schema");
+  }
+
+  /// Pull the whole upstream in; returns the total batch count.
+  std::uint64_t ingest_all() {
+    std::uint64_t batches = 0;
+    detail::check(bc_cache_ingest_all(raw_, &batches), "bc_cache_ingest_all");
+    return batches;
+  }
+
+  std::uint64_t ingested_count() const noexcept { return bc_cache_ingested_count(raw_); }
+  bool upstream_exhausted() const noexcept { return bc_cache_upstream_exhausted(raw_); }
+
+  BcStats stats() const {
+    BcStats out{};
+    detail::check(bc_cache_stats(raw_, &out), "bc_cache_stats");
+    return out;
+  }
+
+  /// Drop the cached data and the upstream now; readers then fail with BC_CLOSED.
+  void close() { detail::check(bc_cache_close(raw_), "bc_cache_close"); }
+
+  BcCache *get() const noexcept { return raw_; }
+
+ private:
+  Cache(ArrowArrayStream *upstream, const BcOptions *options) : raw_(nullptr) {
+    detail::check(bc_cache_new(upstream, options, &raw_), "bc_cache_new");
+  }
+
+  BcCache *raw_;
+};
+
+}  // namespace batchcorder
+
+#endif  // BATCHCORDER_HPP
