@@ -29,7 +29,7 @@ $(VENV)/.ready: pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "maturin>=1.16,<2" "cffi>=1.17" "pyarrow>=14" \
 	  "numpy" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" "datafusion>=40" \
-	  "nanoarrow>=0.6" "arro3-core>=0.4"
+	  "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60"
 	touch $@
 
 venv: $(VENV)/.ready
@@ -50,6 +50,7 @@ test-c: build
 test-python: install
 	mkdir -p build
 	$(VPY) -m pytest -q tests/python
+	$(VPY) -m mypy
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
 test: check-header test-rust test-c test-python

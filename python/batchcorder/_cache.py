@@ -528,6 +528,12 @@ class StreamCacheReader:
     """
 
     __slots__ = ("_stream", "_array", "_array_address", "_schema", "_exported", "_lock")
+    _stream: Any
+    _array: Any
+    _array_address: int
+    _schema: pa.Schema
+    _exported: bool
+    _lock: threading.Lock
 
     def __init__(self) -> None:
         raise TypeError("create readers with StreamCache.reader()")
