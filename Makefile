@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(CARGO) build --release
+	ln -sfn libbatchcorder.so $(LIBDIR)/libbatchcorder.so.$(BC_MAJOR)
 
 # Regenerate the committed public header (cbindgen runs in build.rs, pinned in Cargo.toml).
 header: build
@@ -53,7 +54,10 @@ test-python: install
 	$(VPY) -m mypy
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
-test: check-header test-rust test-c test-python
+test: check-header test-rust test-c test-python test-examples test-r
+
+# C, C++, R and Julia users: install-c, uninstall-c, test-examples, test-r (docs/c-users.md).
+include mk/install.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/).
 bench: build

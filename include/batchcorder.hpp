@@ -24,6 +24,7 @@
 
 #include <batchcorder.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -242,7 +243,7 @@ class Reader {
   /// The stream's schema (the requested one, if the reader was made with one).
   Schema schema() {
     ArrowSchema out;
-    int rc = raw_.get_schema == nullptr ? EINVAL_ : raw_.get_schema(&raw_, &out);
+    int rc = raw_.get_schema == nullptr ? EINVAL : raw_.get_schema(&raw_, &out);
     if (rc != 0) {
       const char *message = raw_.get_last_error ? raw_.get_last_error(&raw_) : nullptr;
       throw Error(BC_INVALID_ARGUMENT,
@@ -267,7 +268,6 @@ class Reader {
   }
 
  private:
-  static constexpr int EINVAL_ = 22;
   ArrowArrayStream raw_;
 };
 

@@ -78,7 +78,7 @@ impl fmt::Display for Error {
             }
             Error::Upstream { message, .. } => write!(f, "upstream stream failed: {message}"),
             Error::Closed => f.write_str(
-                "the cache is closed; create a new StreamCache from a fresh source to read again",
+                "the cache is closed; build a new cache from a fresh source to read again",
             ),
             Error::Internal(m) => write!(f, "internal error in batchcorder: {m}"),
         }

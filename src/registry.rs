@@ -46,7 +46,7 @@ impl ReaderRegistry {
             return Err(Error::Evicted(format!(
                 "cannot start a reader at batch {start}: batches before {} were evicted because \
                  every one of the max_readers={} readers had passed them; create readers before \
-                 reading, or use reader(from_start=False)",
+                 reading, or start the reader at the frontier (from_start=false)",
                 self.evicted_below,
                 self.max_readers.unwrap_or(0)
             )));
