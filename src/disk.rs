@@ -9,12 +9,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, RecordBatchOptions};
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::FileDecoder;
 use arrow_ipc::writer::{
@@ -96,7 +96,10 @@ impl DiskOptions {
 }
 
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
-    Error::Io(format!("{what} {}: {err}", path.display()))
+    Error::Io {
+        message: format!("{what} {}: {err}", path.display()),
+        errno: err.raw_os_error().unwrap_or(libc::EIO),
+    }
 }
 
 /// One segment file, mapped once at its full size.
@@ -139,24 +142,30 @@ impl Message {
 pub(crate) struct DiskEntry {
     batch: Message,
     dictionaries: Arc<[Message]>,
+    /// The schema as the IPC writer numbered its dictionaries, which the decoder needs.
+    ipc_schema: SchemaRef,
 }
 
 impl DiskEntry {
-    /// Decode the batch; its buffers point into the mapping unless compressed.
+    /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
+    /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let decoder = FileDecoder::new(schema.clone(), MetadataVersion::V5);
+        let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
         // SAFETY: these files are written by this process into a private directory.
         let mut decoder = unsafe { decoder.with_skip_validation(true) };
         let failed = |err: arrow_schema::ArrowError| {
-            Error::Io(format!("cannot decode batch from {}: {err}", self.batch.segment.path.display()))
+            Error::io(format!("cannot decode batch from {}: {err}", self.batch.segment.path.display()))
         };
         for dictionary in self.dictionaries.iter() {
             decoder.read_dictionary(&dictionary.block(), &dictionary.bytes()).map_err(failed)?;
         }
-        decoder
+        let decoded = decoder
             .read_record_batch(&self.batch.block(), &self.batch.bytes())
             .map_err(failed)?
-            .ok_or_else(|| Error::Io("a disk block holds no record batch".into()))
+            .ok_or_else(|| Error::io("a disk block holds no record batch"))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
+        RecordBatch::try_new_with_options(schema.clone(), decoded.columns().to_vec(), &options)
+            .map_err(failed)
     }
 
     fn segment(&self) -> &Arc<Segment> {
@@ -178,8 +187,8 @@ pub(crate) struct DiskWriter {
     active: Option<(Arc<Segment>, File)>,
     next_segment: u64,
     dictionaries: HashMap<i64, Message>,
-    /// Whether the tracker has assigned dictionary ids from the schema yet.
-    ids_assigned: bool,
+    /// The schema with the dictionary ids the tracker assigned, once the first batch came.
+    ipc_schema: Option<SchemaRef>,
     /// Removes the directory with everything in it when the writer goes.
     _dir: tempfile::TempDir,
 }
@@ -198,6 +207,7 @@ impl DiskWriter {
             .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
         let dir = tempfile::Builder::new()
             .prefix("batchcorder-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&options.path)
             .map_err(|err| io_error("cannot create a cache directory in", &options.path, err))?;
         let compression = match options.compression {
@@ -221,7 +231,7 @@ impl DiskWriter {
             active: None,
             next_segment: 0,
             dictionaries: HashMap::new(),
-            ids_assigned: false,
+            ipc_schema: None,
             _dir: dir,
         };
         Ok((writer, DiskIndex::new(used)))
@@ -234,19 +244,29 @@ impl DiskWriter {
 
     /// Append `batch` (stream position `position`) and return where it lies.
     pub fn write(&mut self, position: u64, batch: &RecordBatch) -> Result<DiskEntry> {
-        if !self.ids_assigned {
-            // Dictionary ids come from the schema, in the order the decoder assigns them.
-            self.generator.schema_to_bytes_with_dictionary_tracker(
-                batch.schema_ref(),
-                &mut self.tracker,
-                &self.options,
-            );
-            self.ids_assigned = true;
-        }
+        let ipc_schema = match &self.ipc_schema {
+            Some(schema) => schema.clone(),
+            None => {
+                // The tracker numbers the dictionaries while encoding the schema; decoding
+                // that message gives the decoder a schema with the same numbers.
+                let message = self.generator.schema_to_bytes_with_dictionary_tracker(
+                    batch.schema_ref(),
+                    &mut self.tracker,
+                    &self.options,
+                );
+                let schema = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(
+                    &message.ipc_message,
+                )
+                .map_err(|err| Error::io(format!("cannot encode the schema as IPC: {err}")))?;
+                let schema = Arc::new(schema);
+                self.ipc_schema = Some(schema.clone());
+                schema
+            }
+        };
         let (dictionaries, encoded) = self
             .generator
             .encode(batch, &mut self.tracker, &self.options, &mut self.context)
-            .map_err(|err| Error::Io(format!("cannot encode batch {position} as IPC: {err}")))?;
+            .map_err(|err| Error::io(format!("cannot encode batch {position} as IPC: {err}")))?;
         let needed: u64 =
             dictionaries.iter().chain([&encoded]).map(|m| padded_len(m) as u64).sum();
         let used = self.used.load(Ordering::Acquire);
@@ -264,7 +284,11 @@ impl DiskWriter {
             self.dictionaries.insert(id, message);
         }
         let message = self.append(position, encoded)?;
-        Ok(DiskEntry { batch: message, dictionaries: self.dictionaries.values().cloned().collect() })
+        Ok(DiskEntry {
+            batch: message,
+            dictionaries: self.dictionaries.values().cloned().collect(),
+            ipc_schema,
+        })
     }
 
     fn append(&mut self, position: u64, message: EncodedData) -> Result<Message> {
@@ -308,7 +332,7 @@ impl DiskWriter {
         // SAFETY: the file is private to this cache and never truncated while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|err| io_error("cannot map", &path, err))?;
         let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
-            .ok_or_else(|| Error::Io(format!("empty mapping of {}", path.display())))?;
+            .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
         let len = map.len();
         // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
         let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) };

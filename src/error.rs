@@ -13,8 +13,8 @@ pub enum Error {
     InvalidArgument(String),
     /// A memory or disk budget cannot hold a batch that must be kept.
     Capacity(String),
-    /// The disk tier failed.
-    Io(String),
+    /// The disk tier failed; `errno` is the OS error (EIO when there is none).
+    Io { message: String, errno: i32 },
     /// The upstream producer failed; `errno` is its C Stream error code.
     Upstream { message: String, errno: i32 },
     /// A batch that a reader needs was dropped by `max_readers` eviction.
@@ -45,9 +45,15 @@ impl Error {
         match self {
             Error::InvalidArgument(_) | Error::Evicted(_) | Error::Closed => libc::EINVAL,
             Error::Capacity(_) => libc::ENOMEM,
-            Error::Io(_) | Error::Internal(_) => libc::EIO,
+            Error::Io { errno, .. } => *errno,
+            Error::Internal(_) => libc::EIO,
             Error::Upstream { errno, .. } => *errno,
         }
+    }
+
+    /// A disk-tier failure without an OS error behind it.
+    pub(crate) fn io(message: impl Into<String>) -> Self {
+        Error::Io { message: message.into(), errno: libc::EIO }
     }
 
     pub(crate) fn poisoned() -> Self {
@@ -73,9 +79,10 @@ fn upstream_message(err: &ArrowError) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m) | Error::Capacity(m) | Error::Io(m) | Error::Evicted(m) => {
-                f.write_str(m)
-            }
+            Error::InvalidArgument(m)
+            | Error::Capacity(m)
+            | Error::Io { message: m, .. }
+            | Error::Evicted(m) => f.write_str(m),
             Error::Upstream { message, .. } => write!(f, "upstream stream failed: {message}"),
             Error::Closed => f.write_str(
                 "the cache is closed; build a new cache from a fresh source to read again",
@@ -90,7 +97,9 @@ impl std::error::Error for Error {}
 impl From<Error> for ArrowError {
     fn from(err: Error) -> Self {
         match err {
-            Error::Io(m) => ArrowError::IoError(m.clone(), std::io::Error::other(m)),
+            Error::Io { message, errno } => {
+                ArrowError::IoError(message, std::io::Error::from_raw_os_error(errno))
+            }
             Error::Capacity(m) => ArrowError::MemoryError(m),
             Error::Upstream { errno, .. } => {
                 let text = err.to_string();

@@ -210,7 +210,7 @@ fn a_vanished_directory_is_an_io_error_and_cached_batches_stay() {
             Err(err) => break err,
         }
     };
-    assert!(matches!(&err, Error::Io(m) if m.contains("segment")), "{err}");
+    assert!(matches!(&err, Error::Io { message, errno } if message.contains("segment") && *errno == libc::ENOENT), "{err}");
     let first = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
     assert_eq!(first.num_rows(), 1000);
 }

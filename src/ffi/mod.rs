@@ -46,7 +46,7 @@ impl From<&Error> for BcStatus {
         match err {
             Error::InvalidArgument(_) => BcStatus::BC_INVALID_ARGUMENT,
             Error::Capacity(_) => BcStatus::BC_CAPACITY,
-            Error::Io(_) => BcStatus::BC_IO,
+            Error::Io { .. } => BcStatus::BC_IO,
             Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
             Error::Evicted(_) => BcStatus::BC_EVICTED,
             Error::Closed => BcStatus::BC_CLOSED,
