@@ -224,6 +224,9 @@ impl StreamCache {
             crate::reader::validate_cast(&self.shared.schema, target)?;
         }
         let mut state = self.shared.lock_state()?;
+        if state.closed {
+            return Err(Error::Closed);
+        }
         let start = if from_start { 0 } else { state.memory.end() };
         let slot = state.registry.register(start)?;
         drop(state);

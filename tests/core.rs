@@ -175,7 +175,7 @@ fn close_fails_readers_but_not_returned_batches() {
     cache.close().unwrap();
     cache.close().unwrap();
     assert_eq!(reader.next_batch().unwrap_err(), Error::Closed);
-    assert_eq!(cache.reader(true).unwrap().next_batch().unwrap_err(), Error::Closed);
+    assert_eq!(cache.reader(true).unwrap_err(), Error::Closed);
     assert_eq!(cache.ingest_all().unwrap_err(), Error::Closed);
     assert_eq!(id_sum([kept]), (0..100).sum::<i64>());
 }
