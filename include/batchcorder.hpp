@@ -80,14 +80,16 @@ inline void check(BcStatus status, const char *call) {
 }
 }  // namespace detail
 
-/// An owned `struct ArrowSchema`, released when it dies.
-class Schema {
+/// An owned Arrow C struct (`ArrowSchema` or `ArrowArray`), released when it dies.
+/// Move-only. An `Array`'s buffers stay valid after the reader and the cache are gone.
+template <typename Raw>
+class Owned {
  public:
-  Schema() noexcept { raw_.release = nullptr; }
+  Owned() noexcept { raw_.release = nullptr; }
   /// Take over `raw` (its release is set to NULL).
-  explicit Schema(ArrowSchema *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
-  Schema(Schema &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
-  Schema &operator=(Schema &&other) noexcept {
+  explicit Owned(Raw *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
+  Owned(Owned &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
+  Owned &operator=(Owned &&other) noexcept {
     if (this != &other) {
       reset();
       raw_ = other.raw_;
@@ -95,16 +97,16 @@ class Schema {
     }
     return *this;
   }
-  Schema(const Schema &) = delete;
-  Schema &operator=(const Schema &) = delete;
-  ~Schema() { reset(); }
+  Owned(const Owned &) = delete;
+  Owned &operator=(const Owned &) = delete;
+  ~Owned() { reset(); }
 
   bool valid() const noexcept { return raw_.release != nullptr; }
-  const ArrowSchema *get() const noexcept { return &raw_; }
-  const ArrowSchema *operator->() const noexcept { return &raw_; }
+  const Raw *get() const noexcept { return &raw_; }
+  const Raw *operator->() const noexcept { return &raw_; }
   /// Give up ownership: the returned struct is the caller's to release.
-  ArrowSchema release() noexcept {
-    ArrowSchema out = raw_;
+  Raw release() noexcept {
+    Raw out = raw_;
     raw_.release = nullptr;
     return out;
   }
@@ -114,46 +116,13 @@ class Schema {
   }
 
  private:
-  ArrowSchema raw_;
+  Raw raw_;
 };
 
-/// An owned `struct ArrowArray` (one batch), released when it dies. Its buffers stay valid
-/// after the reader and the cache are gone.
-class Array {
- public:
-  Array() noexcept { raw_.release = nullptr; }
-  /// Take over `raw` (its release is set to NULL).
-  explicit Array(ArrowArray *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
-  Array(Array &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
-  Array &operator=(Array &&other) noexcept {
-    if (this != &other) {
-      reset();
-      raw_ = other.raw_;
-      other.raw_.release = nullptr;
-    }
-    return *this;
-  }
-  Array(const Array &) = delete;
-  Array &operator=(const Array &) = delete;
-  ~Array() { reset(); }
-
-  bool valid() const noexcept { return raw_.release != nullptr; }
-  const ArrowArray *get() const noexcept { return &raw_; }
-  const ArrowArray *operator->() const noexcept { return &raw_; }
-  /// Give up ownership: the returned struct is the caller's to release.
-  ArrowArray release() noexcept {
-    ArrowArray out = raw_;
-    raw_.release = nullptr;
-    return out;
-  }
-  void reset() noexcept {
-    if (raw_.release != nullptr) raw_.release(&raw_);
-    raw_.release = nullptr;
-  }
-
- private:
-  ArrowArray raw_;
-};
+/// An owned `struct ArrowSchema`.
+using Schema = Owned<ArrowSchema>;
+/// An owned `struct ArrowArray` (one batch).
+using Array = Owned<ArrowArray>;
 
 /// Options for a Cache: a fluent builder over BcOptions.
 class Options {
