@@ -1,0 +1,408 @@
+/* Every function of libbatchcorder's C contract, including misuse, as a C program sees it.
+ * Prints one line per check and ends with "N passed, M failed". */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "batchcorder.h"
+#include "producer.h"
+
+static int passed, failed;
+
+#define CHECK(cond, name)                                           \
+  do {                                                              \
+    if (cond) {                                                     \
+      passed++;                                                     \
+    } else {                                                        \
+      failed++;                                                     \
+      printf("not ok - %s (line %d): %s\n", name, __LINE__, #cond); \
+      printf("  last error: %s\n", bc_last_error());                \
+    }                                                               \
+  } while (0)
+
+static const int64_t ROWS = 100;
+
+/* strstr that treats a NULL message as a failed match. */
+static int contains(const char *text, const char *needle) {
+  return text != NULL && strstr(text, needle) != NULL;
+}
+
+static BcCache *new_cache(int64_t batches, int64_t fail_at, BcOptions *opts, int64_t *pulls) {
+  struct ArrowArrayStream up = make_producer(batches, ROWS, fail_at, EINVAL, pulls);
+  BcCache *cache = NULL;
+  if (bc_cache_new(&up, opts, &cache) != BC_OK) {
+    up.release(&up);
+    return NULL;
+  }
+  return cache;
+}
+
+static int64_t first_id(const struct ArrowArray *batch) {
+  return ((const int64_t *)batch->children[0]->buffers[1])[batch->children[0]->offset];
+}
+
+/* Sum of the id column over a whole reader; -1 on error. Releases the reader. */
+static int64_t drain(struct ArrowArrayStream *reader, int64_t *batches) {
+  int64_t sum = 0, n = 0;
+  struct ArrowArray batch;
+  for (;;) {
+    if (reader->get_next(reader, &batch) != 0) {
+      reader->release(reader);
+      return -1;
+    }
+    if (batch.release == NULL) break;
+    const int64_t *ids = (const int64_t *)batch.children[0]->buffers[1];
+    for (int64_t i = 0; i < batch.length; i++) sum += ids[i];
+    batch.release(&batch);
+    n++;
+  }
+  reader->release(reader);
+  if (batches) *batches = n;
+  return sum;
+}
+
+static int64_t expected_sum(int64_t batches) {
+  int64_t n = batches * ROWS;
+  return n * (n - 1) / 2;
+}
+
+static void test_version_and_errors(void) {
+  int major, minor, patch;
+  CHECK(sscanf(bc_version(), "%d.%d.%d", &major, &minor, &patch) == 3, "bc_version format");
+  CHECK(major == BATCHCORDER_VERSION_MAJOR && minor == BATCHCORDER_VERSION_MINOR &&
+            patch == BATCHCORDER_VERSION_PATCH,
+        "version macros match bc_version");
+  CHECK(bc_last_error() != NULL, "bc_last_error never NULL");
+}
+
+static void test_new_and_misuse(void) {
+  BcCache *cache = NULL;
+  struct ArrowArrayStream up = make_producer(3, ROWS, -1, 0, NULL);
+  CHECK(bc_cache_new(NULL, NULL, &cache) == BC_INVALID_ARGUMENT, "NULL upstream");
+  CHECK(contains(bc_last_error(), "upstream"), "message names upstream");
+  CHECK(bc_cache_new(&up, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
+  CHECK(contains(bc_last_error(), "out"), "message names out");
+  CHECK(up.release != NULL, "caller still owns the stream after a failure");
+
+  struct ArrowArrayStream released = up;
+  released.release = NULL;
+  CHECK(bc_cache_new(&released, NULL, &cache) == BC_INVALID_ARGUMENT, "released stream");
+  CHECK(contains(bc_last_error(), "released"), "message says released");
+
+  ((Producer *)up.private_data)->fail_schema = 1;
+  CHECK(bc_cache_new(&up, NULL, &cache) == BC_UPSTREAM, "failing get_schema is BC_UPSTREAM");
+  CHECK(up.release != NULL && cache == NULL, "failure leaves stream and out untouched");
+  ((Producer *)up.private_data)->fail_schema = 0;
+
+  CHECK(bc_cache_new(&up, NULL, &cache) == BC_OK, "bc_cache_new");
+  CHECK(up.release == NULL, "the cache moved the upstream");
+  CHECK(bc_cache_ingested_count(cache) == 0, "nothing read yet: lazy");
+
+  struct ArrowArrayStream reader;
+  struct ArrowArray array;
+  uint64_t position = 0;
+  CHECK(bc_cache_reader(NULL, true, NULL, &reader) == BC_INVALID_ARGUMENT, "reader NULL cache");
+  CHECK(bc_cache_reader(cache, true, NULL, NULL) == BC_INVALID_ARGUMENT, "reader NULL out");
+  CHECK(bc_cache_schema(cache, NULL) == BC_INVALID_ARGUMENT, "schema NULL out");
+  CHECK(bc_cache_stats(cache, NULL) == BC_INVALID_ARGUMENT, "stats NULL out");
+  CHECK(bc_cache_check_schema(cache, NULL) == BC_INVALID_ARGUMENT, "check_schema NULL");
+  CHECK(bc_reader_next(NULL, &array) == BC_INVALID_ARGUMENT, "reader_next NULL");
+  CHECK(bc_reader_position(NULL, &position) == BC_INVALID_ARGUMENT, "reader_position NULL");
+  struct ArrowArrayStream foreign = make_producer(1, 1, -1, 0, NULL);
+  CHECK(bc_reader_next(&foreign, &array) == BC_INVALID_ARGUMENT, "foreign stream refused");
+  foreign.release(&foreign);
+  CHECK(bc_cache_close(NULL) == BC_INVALID_ARGUMENT, "close NULL");
+  CHECK(bc_cache_ingested_count(NULL) == 0 && !bc_cache_upstream_exhausted(NULL), "NULL getters");
+  bc_cache_free(NULL);
+  bc_options_free(NULL);
+  bc_stream_free(NULL);
+  bc_cache_free(cache);
+}
+
+static void test_options(void) {
+  BcOptions *opts = bc_options_new();
+  CHECK(opts != NULL, "bc_options_new");
+  CHECK(bc_options_set_memory_capacity(opts, 0) == BC_INVALID_ARGUMENT, "memory_capacity 0");
+  CHECK(contains(bc_last_error(), "memory_capacity"), "message names memory_capacity");
+  CHECK(bc_options_set_max_readers(opts, 0) == BC_INVALID_ARGUMENT, "max_readers 0");
+  CHECK(contains(bc_last_error(), "max_readers"), "message names max_readers");
+  CHECK(bc_options_set_max_readers(NULL, 2) == BC_INVALID_ARGUMENT, "NULL opts");
+  CHECK(bc_options_set_write_policy(opts, 7) == BC_INVALID_ARGUMENT, "bad write policy");
+  CHECK(bc_options_set_compression(opts, 9) == BC_INVALID_ARGUMENT, "bad compression");
+  CHECK(bc_options_set_segment_bytes(opts, 10) == BC_INVALID_ARGUMENT, "tiny segment");
+  CHECK(bc_options_set_disk(opts, NULL, 10) == BC_INVALID_ARGUMENT, "NULL disk dir");
+  CHECK(bc_options_set_disk(opts, "/tmp", 0) == BC_INVALID_ARGUMENT, "zero disk capacity");
+  CHECK(bc_options_set_write_policy(opts, BC_WRITE_ON_EVICTION) == BC_OK, "write policy");
+  bc_options_free(opts);
+}
+
+static void test_replay_exactly_once(void) {
+  int64_t pulls = 0;
+  BcCache *cache = new_cache(10, -1, NULL, &pulls);
+  CHECK(cache != NULL, "cache");
+  struct ArrowArrayStream a, b, late;
+  CHECK(bc_cache_reader(cache, true, NULL, &a) == BC_OK, "reader a");
+  struct ArrowArray batch;
+  for (int i = 0; i < 2; i++) {
+    CHECK(a.get_next(&a, &batch) == 0 && first_id(&batch) == i * ROWS, "a reads in order");
+    batch.release(&batch);
+  }
+  CHECK(bc_cache_ingested_count(cache) == 2 && pulls == 2, "pulled only what was read");
+  CHECK(bc_cache_reader(cache, false, NULL, &late) == BC_OK, "frontier reader");
+  CHECK(late.get_next(&late, &batch) == 0 && first_id(&batch) == 2 * ROWS,
+        "from_start=false starts at the frontier");
+  batch.release(&batch);
+  late.release(&late);
+  CHECK(bc_cache_reader(cache, true, NULL, &b) == BC_OK, "reader b");
+  int64_t n = 0;
+  CHECK(drain(&b, &n) == expected_sum(10) && n == 10, "b replays everything");
+  CHECK(drain(&a, NULL) == expected_sum(10) - (0 + 99) * 100 / 2 - (100 + 199) * 100 / 2,
+        "a continues where it was");
+  uint64_t total = 0;
+  CHECK(bc_cache_ingest_all(cache, &total) == BC_OK && total == 10, "ingest_all count");
+  CHECK(bc_cache_ingest_all(cache, NULL) == BC_OK, "ingest_all idempotent, NULL out");
+  CHECK(bc_cache_upstream_exhausted(cache), "exhausted");
+  CHECK(pulls == 11, "upstream pulled exactly once per batch plus its end");
+
+  struct ArrowSchema schema;
+  CHECK(bc_cache_schema(cache, &schema) == BC_OK, "schema");
+  CHECK(strcmp(schema.format, "+s") == 0 && schema.n_children == 2 &&
+            strcmp(schema.children[0]->name, "id") == 0 &&
+            strcmp(schema.children[1]->name, "x") == 0,
+        "schema fields");
+  schema.release(&schema);
+
+  BcStats stats;
+  CHECK(bc_cache_stats(cache, &stats) == BC_OK, "stats");
+  CHECK(stats.batches_ingested == 10 && stats.rows_ingested == (uint64_t)(10 * ROWS) &&
+            stats.memory_bytes >= (uint64_t)(10 * ROWS * 16) && stats.readers_created == 3 &&
+            stats.readers_live == 0 && stats.upstream_exhausted,
+        "stats fields");
+  bc_cache_free(cache);
+}
+
+static void fill_requested(struct ArrowSchema *top, struct ArrowSchema *kids[2],
+                           const char *id_format, const char *id_name) {
+  memset(top, 0, sizeof *top);
+  top->format = "+s";
+  top->n_children = 2;
+  top->children = kids;
+  fill_child_schema(kids[0], id_format, id_name);
+  fill_child_schema(kids[1], "g", "x");
+  kids[0]->release = kids[1]->release = NULL; /* owned by this test, never released */
+  top->release = NULL;
+}
+
+static void test_requested_schema(void) {
+  BcCache *cache = new_cache(3, -1, NULL, NULL);
+  struct ArrowSchema top, id, x, *kids[2] = {&id, &x};
+  struct ArrowArrayStream reader;
+  fill_requested(&top, kids, "i", "id");
+  CHECK(bc_cache_check_schema(cache, &top) == BC_OK, "int64 -> int32 is castable");
+  CHECK(bc_cache_reader(cache, true, &top, &reader) == BC_OK, "casting reader");
+  struct ArrowSchema got;
+  CHECK(reader.get_schema(&reader, &got) == 0 && strcmp(got.children[0]->format, "i") == 0,
+        "reader schema is the requested one");
+  got.release(&got);
+  struct ArrowArray batch;
+  CHECK(reader.get_next(&reader, &batch) == 0 && ((const int32_t *)batch.children[0]->buffers[1])[5] == 5,
+        "batches are cast");
+  batch.release(&batch);
+  reader.release(&reader);
+
+  fill_requested(&top, kids, "l", "nope");
+  CHECK(bc_cache_reader(cache, true, &top, &reader) == BC_INVALID_ARGUMENT, "wrong name");
+  CHECK(contains(bc_last_error(), "nope"), "message names the field");
+  top.n_children = 1;
+  CHECK(bc_cache_reader(cache, true, &top, &reader) == BC_INVALID_ARGUMENT, "wrong count");
+  bc_cache_free(cache);
+}
+
+static void test_max_readers_and_capacity(void) {
+  BcOptions *opts = bc_options_new();
+  bc_options_set_max_readers(opts, 2);
+  BcCache *cache = new_cache(10, -1, opts, NULL);
+  struct ArrowArrayStream a, b, c;
+  CHECK(bc_cache_reader(cache, true, NULL, &a) == BC_OK, "first reader");
+  CHECK(bc_cache_reader(cache, true, NULL, &b) == BC_OK, "second reader");
+  CHECK(bc_cache_reader(cache, true, NULL, &c) != BC_OK, "cap reached");
+  CHECK(contains(bc_last_error(), "max_readers"), "message names max_readers");
+  struct ArrowArray batch;
+  for (int i = 0; i < 4; i++) {
+    a.get_next(&a, &batch);
+    batch.release(&batch);
+    b.get_next(&b, &batch);
+    batch.release(&batch);
+  }
+  BcStats stats;
+  bc_cache_stats(cache, &stats);
+  CHECK(stats.batches_evicted == 4, "batches both passed are evicted");
+  a.release(&a);
+  b.release(&b);
+  bc_cache_free(cache);
+
+  bc_options_free(opts);
+  opts = bc_options_new();
+  bc_options_set_memory_capacity(opts, 4000); /* two 1600-byte batches fit */
+  cache = new_cache(10, -1, opts, NULL);
+  bc_options_free(opts);
+  CHECK(bc_cache_reader(cache, true, NULL, &a) == BC_OK, "reader");
+  a.get_next(&a, &batch);
+  batch.release(&batch);
+  a.get_next(&a, &batch);
+  batch.release(&batch);
+  CHECK(a.get_next(&a, &batch) == ENOMEM, "over the memory budget is ENOMEM");
+  CHECK(contains(a.get_last_error(&a), "memory_capacity"), "message names memory_capacity");
+  CHECK(bc_reader_next(&a, &batch) == BC_CAPACITY, "bc_reader_next says BC_CAPACITY");
+  a.release(&a);
+  CHECK(bc_cache_reader(cache, true, NULL, &b) == BC_OK, "new reader after the failure");
+  CHECK(b.get_next(&b, &batch) == 0 && first_id(&batch) == 0, "earlier batches stay readable");
+  batch.release(&batch);
+  b.release(&b);
+  bc_cache_free(cache);
+}
+
+static void test_upstream_failure(void) {
+  int64_t pulls = 0;
+  BcCache *cache = new_cache(10, 3, NULL, &pulls);
+  for (int round = 0; round < 2; round++) {
+    struct ArrowArrayStream reader;
+    struct ArrowArray batch;
+    CHECK(bc_cache_reader(cache, true, NULL, &reader) == BC_OK, "reader");
+    for (int i = 0; i < 3; i++) {
+      CHECK(reader.get_next(&reader, &batch) == 0 && first_id(&batch) == i * ROWS,
+            "batches before the failure");
+      batch.release(&batch);
+    }
+    CHECK(reader.get_next(&reader, &batch) == EINVAL, "the upstream's errno");
+    CHECK(contains(reader.get_last_error(&reader), "producer broke on purpose"),
+          "the upstream's message");
+    CHECK(bc_reader_next(&reader, &batch) == BC_UPSTREAM && bc_last_error_errno() == EINVAL,
+          "BC_UPSTREAM with the upstream errno");
+    reader.release(&reader);
+  }
+  CHECK(pulls == 4, "the failed pull is never retried");
+  CHECK(bc_cache_ingest_all(cache, NULL) == BC_UPSTREAM, "ingest_all reports it too");
+  bc_cache_free(cache);
+}
+
+static void test_lifetimes_and_close(void) {
+  BcCache *cache = new_cache(5, -1, NULL, NULL);
+  struct ArrowArrayStream reader, survivor;
+  struct ArrowArray kept;
+  bc_cache_reader(cache, true, NULL, &reader);
+  bc_cache_reader(cache, true, NULL, &survivor);
+  CHECK(reader.get_next(&reader, &kept) == 0, "a batch to keep");
+  reader.release(&reader);
+  uint64_t position = 9;
+  CHECK(bc_reader_position(&survivor, &position) == BC_OK && position == 0, "position");
+  bc_cache_free(cache); /* readers outlive the handle */
+  int64_t n = 0;
+  CHECK(drain(&survivor, &n) == expected_sum(5) && n == 5, "reader outlives bc_cache_free");
+  CHECK(first_id(&kept) == 0 && kept.children[1]->length == ROWS, "array outlives everything");
+  kept.release(&kept);
+
+  cache = new_cache(5, -1, NULL, NULL);
+  bc_cache_reader(cache, true, NULL, &reader);
+  CHECK(bc_cache_close(cache) == BC_OK, "close");
+  CHECK(bc_cache_close(cache) == BC_OK, "close is idempotent");
+  struct ArrowArray batch;
+  CHECK(reader.get_next(&reader, &batch) != 0, "reader after close fails");
+  CHECK(contains(reader.get_last_error(&reader), "closed"), "message says closed");
+  CHECK(bc_reader_next(&reader, &batch) == BC_CLOSED, "BC_CLOSED");
+  reader.release(&reader);
+  CHECK(bc_cache_reader(cache, true, NULL, &reader) == BC_CLOSED, "no new reader after close");
+  bc_cache_free(cache);
+
+  struct ArrowArrayStream *heap = bc_stream_new();
+  CHECK(heap != NULL && heap->release == NULL, "bc_stream_new is released");
+  bc_stream_free(heap);
+  cache = new_cache(2, -1, NULL, NULL);
+  heap = bc_stream_new();
+  CHECK(bc_cache_reader(cache, true, NULL, heap) == BC_OK, "reader into a heap stream");
+  bc_stream_free(heap); /* releases the live reader, then frees */
+  bc_cache_free(cache);
+}
+
+static void test_disk_tier(void) {
+  char dir[] = "/tmp/bc-c-test-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL, "temp dir");
+  BcOptions *opts = bc_options_new();
+  CHECK(bc_options_set_disk(opts, dir, 1 << 26) == BC_OK, "set disk");
+  CHECK(bc_options_set_memory_capacity(opts, 1) == BC_OK, "everything on disk");
+  CHECK(bc_options_set_segment_bytes(opts, 8192) == BC_OK, "small segments");
+  CHECK(bc_options_set_compression(opts, BC_COMPRESSION_NONE) == BC_OK, "no compression");
+  BcCache *cache = new_cache(20, -1, opts, NULL);
+  bc_options_free(opts);
+  struct ArrowArrayStream a, b;
+  bc_cache_reader(cache, true, NULL, &a);
+  bc_cache_reader(cache, true, NULL, &b);
+  struct ArrowArray kept;
+  CHECK(a.get_next(&a, &kept) == 0, "a batch from disk");
+  CHECK(drain(&a, NULL) == expected_sum(20) - (0 + 99) * 100 / 2, "replay from disk");
+  BcStats stats;
+  bc_cache_stats(cache, &stats);
+  CHECK(stats.disk_bytes >= (uint64_t)(20 * ROWS * 16) && stats.memory_bytes == 0, "data is on disk");
+  CHECK(bc_cache_close(cache) == BC_OK, "close deletes the files");
+  CHECK(rmdir(dir) == 0, "only the cache's own files were there, and they are gone");
+  CHECK(first_id(&kept) == 0, "a mapped array stays valid after its file is deleted");
+  kept.release(&kept);
+  struct ArrowArray batch;
+  CHECK(b.get_next(&b, &batch) != 0, "readers fail cleanly after close");
+  b.release(&b);
+  bc_cache_free(cache);
+
+  opts = bc_options_new();
+  CHECK(bc_options_set_disk(opts, "/proc/version", 1 << 20) == BC_INVALID_ARGUMENT,
+        "a file is not a disk dir");
+  bc_options_free(opts);
+}
+
+typedef struct {
+  BcCache *cache;
+  int64_t sum;
+} Job;
+
+static void *replay(void *arg) {
+  Job *job = (Job *)arg;
+  struct ArrowArrayStream reader;
+  job->sum = bc_cache_reader(job->cache, true, NULL, &reader) == BC_OK ? drain(&reader, NULL) : -2;
+  return NULL;
+}
+
+static void test_threads(void) {
+  int64_t pulls = 0;
+  BcCache *cache = new_cache(200, -1, NULL, &pulls);
+  pthread_t threads[4];
+  Job jobs[4];
+  for (int i = 0; i < 4; i++) {
+    jobs[i].cache = cache;
+    pthread_create(&threads[i], NULL, replay, &jobs[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(threads[i], NULL);
+    CHECK(jobs[i].sum == expected_sum(200), "each thread sees the whole stream");
+  }
+  CHECK(pulls == 201, "one upstream pass for four threads");
+  bc_cache_free(cache);
+}
+
+int main(void) {
+  test_version_and_errors();
+  test_new_and_misuse();
+  test_options();
+  test_replay_exactly_once();
+  test_requested_schema();
+  test_max_readers_and_capacity();
+  test_upstream_failure();
+  test_lifetimes_and_close();
+  test_disk_tier();
+  test_threads();
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
