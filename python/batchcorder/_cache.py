@@ -544,12 +544,11 @@ class StreamCacheReader:
     ) -> "StreamCacheReader":
         handle = cache._handle.get()
         stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
-        if target is None:
-            schema_ptr, schema = ffi.NULL, cache.schema
-        else:
-            schema_ptr = _requested_schema_pointer(target.__arrow_c_schema__())
-            schema = target
+        # The capsule owns the schema struct: it must outlive the call that reads it.
+        capsule = None if target is None else target.__arrow_c_schema__()
+        schema_ptr = _requested_schema_pointer(capsule)
         check(lib.bc_cache_reader(handle, bool(from_start), schema_ptr, stream))
+        schema = cache.schema if target is None else target
         self = cls.__new__(cls)
         self._stream = stream
         self._array = ffi.new("struct ArrowArray *")

@@ -1,0 +1,422 @@
+"""The Python API of issue 2, as a user sees it: construction, laziness, readers,
+interop with pyarrow, DuckDB, Polars, DataFusion and nanoarrow, errors and max_readers."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import batchcorder
+from batchcorder import CastingStreamCache, StreamCache, StreamCacheReader, UpstreamError
+
+SCHEMA = pa.schema([("id", pa.int64()), ("x", pa.float64()), ("s", pa.string())])
+
+
+def batch(index: int, rows: int = 100) -> pa.RecordBatch:
+    ids = np.arange(index * rows, (index + 1) * rows, dtype=np.int64)
+    return pa.record_batch(
+        [pa.array(ids), pa.array(ids / 2), pa.array([f"r{i}" for i in ids])], schema=SCHEMA
+    )
+
+
+class Counting:
+    """A single-use pyarrow reader over a Python generator that counts its pulls."""
+
+    def __init__(self, batches: int = 10, fail_at: int | None = None, exc: Exception | None = None):
+        self.pulls = 0
+        self.batches = batches
+        self.fail_at = fail_at
+        self.exc = exc or ValueError("x-marker from the producer")
+
+    def reader(self) -> pa.RecordBatchReader:
+        def produce():
+            for index in range(self.batches):
+                if index == self.fail_at:
+                    raise self.exc
+                self.pulls += 1
+                yield batch(index)
+
+        return pa.RecordBatchReader.from_batches(SCHEMA, produce())
+
+
+def expected_table(batches: int = 10) -> pa.Table:
+    return pa.Table.from_batches([batch(i) for i in range(batches)], schema=SCHEMA)
+
+
+# -- construction -----------------------------------------------------------------------
+
+
+def test_accepts_every_kind_of_stream_source():
+    import arro3.core
+    import nanoarrow
+    import polars as pl
+
+    table = expected_table(3)
+    source_table = table  # noqa: F841 - DuckDB finds it by name
+    sources = [
+        table,
+        table.to_reader(),
+        pl.from_arrow(table),
+        duckdb.sql("SELECT * FROM source_table ORDER BY id"),
+        nanoarrow.c_array_stream(table),
+        arro3.core.Table.from_arrow(table),
+    ]
+    for source in sources:
+        cache = StreamCache(source)
+        assert pa.table(cache).to_pydict() == table.to_pydict(), type(source)
+
+
+@pytest.mark.parametrize("bad", [5, [1, 2], {"a": [1]}, "text", None])
+def test_non_stream_source_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="__arrow_c_stream__"):
+        StreamCache(bad)
+
+
+def test_constructor_parameters_in_order():
+    cache = StreamCache(expected_table(1), 1 << 20, None, None, "on_eviction", 3)
+    assert cache.max_readers == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        ({"max_readers": 0}, ValueError, "max_readers"),
+        ({"memory_capacity": 0}, ValueError, "memory_capacity"),
+        ({"memory_capacity": -1}, ValueError, "memory_capacity"),
+        ({"max_readers": 1.5}, TypeError, "max_readers"),
+        ({"memory_capacity": "big"}, TypeError, "memory_capacity"),
+        ({"max_readers": True}, TypeError, "max_readers"),
+        ({"write_policy": "bogus"}, ValueError, "write_policy"),
+    ],
+)
+def test_bad_options_name_the_parameter(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        StreamCache(expected_table(1), **kwargs)
+
+
+def test_source_whose_export_raises_propagates():
+    class Broken:
+        def __arrow_c_stream__(self, requested_schema=None):
+            raise RuntimeError("cannot export today")
+
+    with pytest.raises(RuntimeError, match="cannot export today"):
+        StreamCache(Broken())
+
+
+def test_capsule_with_the_wrong_name_is_a_type_error():
+    class SchemaNotStream:
+        def __arrow_c_stream__(self, requested_schema=None):
+            return SCHEMA.__arrow_c_schema__()
+
+    with pytest.raises(TypeError, match="arrow_array_stream"):
+        StreamCache(SchemaNotStream())
+
+
+def test_version_and_typing_marker():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", batchcorder.__version__)
+    assert os.path.exists(os.path.join(os.path.dirname(batchcorder.__file__), "py.typed"))
+
+
+# -- laziness and exactly-once --------------------------------------------------------
+
+
+def test_ingestion_is_lazy_and_the_upstream_is_read_once():
+    source = Counting(10)
+    cache = StreamCache(source.reader())
+    assert cache.ingested_count == 0 and source.pulls == 0
+    reader = cache.reader()
+    next(reader), next(reader)
+    assert cache.ingested_count == 2 and source.pulls == 2
+    expected = expected_table(10)
+    assert pa.table(cache).equals(expected)
+    assert pa.RecordBatchReader.from_stream(cache).read_all().equals(expected)
+    assert duckdb.sql("SELECT count(*) FROM cache a JOIN cache b USING (id)").fetchall() == [(1000,)]
+    import polars as pl
+
+    assert pl.DataFrame(cache).height == 1000
+    assert source.pulls == 10
+    assert cache.upstream_exhausted
+    assert cache.ingest_all() == 10 and cache.ingest_all() == 10
+    assert source.pulls == 10
+
+
+def test_frontier_reader_starts_where_ingestion_is():
+    cache = StreamCache(Counting(5).reader())
+    early = cache.reader()
+    next(early), next(early)
+    late = cache.reader(from_start=False)
+    assert [b.column(0)[0].as_py() for b in late] == [200, 300, 400]
+
+
+def test_readers_are_independent_record_batch_iterators():
+    cache = StreamCache(Counting(4).reader())
+    a, b = cache.reader(), iter(cache)
+    assert isinstance(a, StreamCacheReader) and iter(a) is a
+    first = next(a)
+    assert isinstance(first, pa.RecordBatch) and first.equals(batch(0))
+    assert [x.equals(batch(i)) for i, x in enumerate(b)] == [True] * 4
+    assert b.closed and not a.closed
+    assert a.read_all().num_rows == 300
+    with pytest.raises(StopIteration):
+        next(b)
+    with pytest.raises(TypeError):
+        StreamCacheReader()
+
+
+def test_export_consumes_a_reader():
+    cache = StreamCache(expected_table(2))
+    reader = cache.reader()
+    assert pa.RecordBatchReader.from_stream(reader).read_all().num_rows == 200
+    assert reader.closed
+    with pytest.raises(ValueError, match="consumed"):
+        reader.__arrow_c_stream__()
+    with pytest.raises(ValueError, match="consumed"):
+        next(reader)
+
+
+def test_schema_properties_and_reprs():
+    cache = StreamCache(Counting(3).reader())
+    assert cache.schema == SCHEMA and pa.schema(cache) == SCHEMA
+    assert "ingested=0" in repr(cache) and "exhausted=False" in repr(cache)
+    reader = cache.reader()
+    next(reader)
+    assert "position=1" in repr(reader) and reader.schema == SCHEMA
+    cache.ingest_all()
+    assert "ingested=3" in repr(cache) and "exhausted=True" in repr(cache)
+    assert "id: int64" in repr(cache)
+
+
+# -- interop ----------------------------------------------------------------------------
+
+
+def test_pyarrow_from_stream_with_a_requested_schema_casts():
+    cache = StreamCache(expected_table(2))
+    wanted = pa.schema([("id", pa.int32()), ("x", pa.float32()), ("s", pa.large_string())])
+    table = pa.RecordBatchReader.from_stream(cache, schema=wanted).read_all()
+    assert table.schema == wanted and table.column("id")[150].as_py() == 150
+
+
+def test_duckdb_asof_join_and_limit():
+    quotes = StreamCache(expected_table(10))
+    trades = StreamCache(expected_table(10))
+    asof = duckdb.sql(
+        "SELECT count(*), sum(q.x) FROM trades t ASOF JOIN quotes q ON t.id >= q.id"
+    ).fetchall()
+    assert asof == [(1000, expected_table(10).column("x").to_numpy().sum())]
+    for _ in range(20):
+        assert len(duckdb.sql("SELECT * FROM quotes LIMIT 5").fetchall()) == 5
+    gc.collect()
+    assert quotes.stats().readers_live == 0
+    assert duckdb.sql("SELECT sum(id) FROM quotes").fetchall() == [(sum(range(1000)),)]
+
+
+def test_datafusion_and_nanoarrow_and_polars_consume_cache_and_readers():
+    import datafusion
+    import nanoarrow
+    import polars as pl
+
+    cache = StreamCache(expected_table(3))
+    ctx = datafusion.SessionContext()
+    assert ctx.from_arrow(cache).count() == 300
+    assert len(nanoarrow.Array(cache)) == 300
+    assert sum(len(chunk) for chunk in nanoarrow.c_array_stream(cache)) == 300
+    assert pl.DataFrame(cache.reader()).height == 300
+    assert ctx.from_arrow(cache.reader()).count() == 300
+
+
+def test_duckdb_from_several_threads():
+    cache = StreamCache(Counting(20).reader())
+    results = []
+
+    def query():
+        con = duckdb.connect()
+        con.register("ds", cache)
+        results.append(con.sql("SELECT count(*), sum(id) FROM ds").fetchall())
+
+    threads = [threading.Thread(target=query) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [[(2000, sum(range(2000)))]] * 4
+
+
+# -- upstream failures ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (ValueError("x-marker"), ValueError),  # pyarrow: EINVAL
+        (RuntimeError("x-marker"), ValueError),  # pyarrow reports any other error as EINVAL
+        (MemoryError("x-marker"), MemoryError),  # ENOMEM
+        (OSError(28, "x-marker"), OSError),  # pyarrow: EIO
+    ],
+)
+def test_upstream_failure_keeps_earlier_batches_and_is_never_retried(exc, kind):
+    source = Counting(10, fail_at=3, exc=exc)
+    cache = StreamCache(source.reader())
+    for _ in range(3):
+        reader = cache.reader()
+        assert [next(reader).column(0)[0].as_py() for _ in range(3)] == [0, 100, 200]
+        with pytest.raises(kind, match="x-marker") as info:
+            next(reader)
+        assert isinstance(info.value, UpstreamError)
+    with pytest.raises(UpstreamError):
+        cache.ingest_all()
+    assert source.pulls == 3
+
+
+# -- max_readers ------------------------------------------------------------------------
+
+
+def test_max_readers_caps_every_way_of_creating_readers():
+    cache = StreamCache(expected_table(3), max_readers=4)
+    for _ in range(10):
+        cache.__arrow_c_schema__()
+        pa.schema(cache)
+    cache.reader()
+    iter(cache)
+    cache.__arrow_c_stream__()
+    pa.table(cache.cast(SCHEMA))
+    with pytest.raises(ValueError, match="max_readers"):
+        cache.reader()
+    assert cache.stats().readers_created == 4
+
+
+def test_duckdb_on_a_single_reader_cache():
+    cache = StreamCache(Counting(5).reader(), max_readers=1)
+    assert duckdb.sql("SELECT count(*) FROM cache").fetchall() == [(500,)]
+
+
+def test_eviction_drops_only_what_every_reader_passed():
+    cache = StreamCache(Counting(10).reader(), max_readers=2)
+    a, b = cache.reader(), cache.reader()
+    for i in range(6):
+        assert next(a).equals(batch(i))
+    for i in range(4):
+        assert next(b).equals(batch(i))
+    assert cache.stats().batches_evicted == 4
+    assert [x.column(0)[0].as_py() for x in b] == [400, 500, 600, 700, 800, 900]
+    assert [x.column(0)[0].as_py() for x in a] == [600, 700, 800, 900]
+
+
+def test_from_start_after_eviction_says_why():
+    cache = StreamCache(Counting(5).reader(), max_readers=1)
+    assert sum(b.num_rows for b in cache.reader()) == 500
+    with pytest.raises(ValueError, match="evicted"):
+        cache.reader(from_start=True)
+
+
+def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
+    script = textwrap.dedent(
+        """
+        import resource, numpy as np, pyarrow as pa
+        from batchcorder import StreamCache
+        schema = pa.schema([("x", pa.float64())])
+        def produce():
+            for i in range(256):            # 256 x 8 MiB = 2 GiB, made on the fly
+                yield pa.record_batch([pa.array(np.full(1 << 20, float(i)))], schema=schema)
+        cache = StreamCache(pa.RecordBatchReader.from_batches(schema, produce()), max_readers=1)
+        reader = cache.reader()
+        total = next(reader).column(0).to_numpy()[0]
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rows = 1 << 20
+        for b in reader:
+            rows += b.num_rows
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        print(rows, grown, cache.stats().batches_evicted)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    rows, grown_kib, evicted = map(int, out.stdout.split())
+    assert rows * 8 == 2 << 30
+    assert evicted == 256
+    assert grown_kib < 64 * 1024, f"peak RSS grew {grown_kib} KiB"
+
+
+# -- memory accounting ------------------------------------------------------------------
+
+
+def test_sliced_batches_are_counted_once():
+    n = 87 * (1 << 20) // 16
+    table = pa.table({"a": np.arange(n, dtype=np.int64), "b": np.ones(n)})
+    cache = StreamCache(table.to_reader(max_chunksize=65536), memory_capacity=200 << 20)
+    assert cache.ingest_all() == -(-n // 65536)
+    held = cache.stats().memory_bytes
+    assert abs(held - table.nbytes) < table.nbytes * 0.1, (held, table.nbytes)
+
+
+def test_over_budget_names_memory_capacity_and_keeps_what_fits():
+    cache = StreamCache(Counting(10).reader(), memory_capacity=8000)
+    with pytest.raises(MemoryError, match="memory_capacity") as info:
+        cache.ingest_all()
+    assert "disk" in str(info.value)
+    kept = cache.ingested_count
+    assert kept >= 1
+    reader = cache.reader()
+    assert [next(reader).equals(batch(i)) for i in range(kept)] == [True] * kept
+    with pytest.raises(MemoryError, match="memory_capacity"):
+        next(reader)
+
+
+# -- cast -------------------------------------------------------------------------------
+
+
+def test_cast_is_replayable_and_checked_up_front():
+    cache = StreamCache(expected_table(2))
+    target = pa.schema([("id", pa.int32()), ("x", pa.float32()), ("s", pa.string())])
+    view = cache.cast(target)
+    assert isinstance(view, CastingStreamCache) and view.schema == target
+    assert pa.table(view).schema == target and pa.table(view).num_rows == 200
+    assert [b.schema for b in view] == [target, target]
+    with pytest.raises(ValueError, match="nope"):
+        cache.cast(pa.schema([("nope", pa.int64()), ("x", pa.float64()), ("s", pa.string())]))
+    with pytest.raises(ValueError, match="fields"):
+        cache.cast(pa.schema([("id", pa.int64())]))
+    with pytest.raises(ValueError, match='"id"'):
+        cache.cast(pa.schema([("id", pa.struct([("a", pa.int8())])), ("x", pa.float64()), ("s", pa.string())]))
+
+
+# -- close and lifetimes ----------------------------------------------------------------
+
+
+def test_close_context_manager_and_use_after_close():
+    with StreamCache(expected_table(3)) as cache:
+        reader = cache.reader()
+        kept = next(reader)
+    assert cache.closed and "closed" in repr(cache)
+    for use in (cache.reader, cache.ingest_all, lambda: next(reader), cache.stats):
+        with pytest.raises(ValueError, match="closed"):
+            use()
+    cache.close()
+    assert kept.column(0)[99].as_py() == 99
+
+
+def test_batches_outlive_the_cache_and_readers():
+    cache = StreamCache(expected_table(2))
+    reader = cache.reader()
+    kept = list(reader)
+    del cache, reader
+    gc.collect()
+    assert pa.Table.from_batches(kept).equals(expected_table(2))
+
+
+def test_stats_fields():
+    cache = StreamCache(Counting(4).reader())
+    list(cache.reader())
+    stats = cache.stats()
+    assert (stats.batches_ingested, stats.rows_ingested) == (4, 400)
+    assert stats.memory_bytes >= 400 * 16 and stats.disk_bytes == 0
+    assert stats.readers_created == 1 and stats.readers_live == 0
+    assert stats.upstream_exhausted and stats.upstream_wait_seconds >= 0
