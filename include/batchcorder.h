@@ -295,6 +295,16 @@ void bc_capsule_release_stream(void *capsule);
 // `reader` is NULL or a live stream; `out` is NULL or valid for writing one array.
 enum BcStatus bc_reader_next(struct ArrowArrayStream *reader, struct ArrowArray *out);
 
+// Cast every later batch of a reader stream made by `bc_cache_reader` to
+// `requested_schema` (same field count and names, castable types; otherwise
+// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged). The schema is
+// only read. For bindings whose readers receive a requested schema after creation.
+//
+// # Safety
+// `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
+enum BcStatus bc_reader_cast(struct ArrowArrayStream *reader,
+                             const struct ArrowSchema *requested_schema);
+
 // The index of the next batch a reader stream made by `bc_cache_reader` returns.
 //
 // # Safety
@@ -322,8 +332,10 @@ struct BcOptions *bc_options_new(void);
 // `opts` is NULL or came from `bc_options_new` and was not freed before.
 void bc_options_free(struct BcOptions *opts);
 
-// Budget in bytes for batches kept in memory (at least 1). Unset, it is three quarters
-// of physical memory. Going over it fails the ingest with `BC_CAPACITY`.
+// Budget in bytes for batches kept in memory. Unset, it is three quarters of physical
+// memory. Memory only: going over it fails the ingest with `BC_CAPACITY`, and 0 is
+// refused by `bc_cache_new`. With the disk tier it bounds the hot layer, and 0 reads every
+// batch from disk.
 //
 // # Safety
 // `opts` is NULL or a live builder.

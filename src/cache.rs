@@ -30,9 +30,11 @@ pub struct CacheOptions {
 impl CacheOptions {
     /// Check every option, naming the one that is wrong.
     pub fn validate(&self) -> Result<()> {
-        if self.memory_capacity == Some(0) {
+        if self.memory_capacity == Some(0) && self.disk.is_none() {
             return Err(Error::InvalidArgument(
-                "memory_capacity must be at least 1 byte; leave it unset for the default".into(),
+                "memory_capacity must be at least 1 byte without the disk tier (0 is allowed \
+                 with it: every batch is then read from disk); leave it unset for the default"
+                    .into(),
             ));
         }
         if self.max_readers == Some(0) {

@@ -83,6 +83,13 @@ impl CacheReader {
         }
     }
 
+    /// Cast every batch from now on to `target` (checked as [`validate_cast`] does).
+    pub fn cast_to(&mut self, target: SchemaRef) -> Result<()> {
+        validate_cast(self.shared.schema(), &target)?;
+        self.target = Some(target);
+        Ok(())
+    }
+
     /// Mark the cache unusable after a panic interrupted this reader's call.
     pub fn poison_cache(&self) {
         self.shared.poison();

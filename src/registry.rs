@@ -42,22 +42,28 @@ impl ReaderRegistry {
 
     /// Claim a reader slot starting at `start`.
     pub fn register(&mut self, start: u64) -> Result<Arc<ReaderSlot>> {
-        if start < self.evicted_below {
-            return Err(Error::Evicted(format!(
-                "cannot start a reader at batch {start}: batches before {} were evicted because \
-                 every one of the max_readers={} readers had passed them; create readers before \
-                 reading, or start the reader at the frontier (from_start=false)",
-                self.evicted_below,
-                self.max_readers.unwrap_or(0)
-            )));
-        }
         if let Some(max) = self.max_readers {
             if self.created >= max {
+                let evicted = match self.evicted_below {
+                    0 => String::new(),
+                    below => format!(
+                        ", and batches before {below} were evicted once every reader had \
+                         passed them, so a new reader could not replay from the start"
+                    ),
+                };
                 return Err(Error::InvalidArgument(format!(
-                    "max_readers={max} readers were already created from this cache; \
-                     pass a larger max_readers when creating it"
+                    "Maximum number of readers ({max}) has been reached: max_readers={max} \
+                     readers were already created from this cache{evicted}; create the cache \
+                     with a larger max_readers, and create every reader before reading"
                 )));
             }
+        }
+        if start < self.evicted_below {
+            return Err(Error::Evicted(format!(
+                "cannot start a reader at batch {start}: batches before {} were evicted; \
+                 start the reader at the frontier (from_start=false)",
+                self.evicted_below
+            )));
         }
         self.prune();
         let slot = Arc::new(ReaderSlot { next: AtomicU64::new(start) });

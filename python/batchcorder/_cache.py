@@ -36,13 +36,13 @@ _import_batch = pa.RecordBatch._import_from_c
 _reader_next = lib.bc_reader_next
 
 
-def _positive_int(name: str, value: Any) -> Optional[int]:
+def _positive_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -191,7 +191,8 @@ class StreamCache:
         compression: Optional[Compression] = None,
         segment_bytes: Optional[int] = None,
     ) -> None:
-        memory_capacity = _positive_int("memory_capacity", memory_capacity)
+        with_disk = disk_path is not None or disk_capacity is not None
+        memory_capacity = _positive_int("memory_capacity", memory_capacity, minimum=0 if with_disk else 1)
         max_readers = _positive_int("max_readers", max_readers)
         if write_policy not in _WRITE_POLICIES:
             raise ValueError(
@@ -560,7 +561,9 @@ class StreamCacheReader:
 
     @property
     def schema(self) -> pa.Schema:
-        """The schema of the batches this reader returns."""
+        """The schema of the batches this reader returns (``ValueError`` once exported)."""
+        if self._exported:
+            self._live_stream()
         return self._schema
 
     @property
@@ -579,7 +582,7 @@ class StreamCacheReader:
         if self._stream is None:
             if self._exported:
                 raise ValueError(
-                    "this reader was consumed by __arrow_c_stream__; "
+                    "this reader was already consumed by __arrow_c_stream__; "
                     "create a new reader with StreamCache.reader()"
                 )
             raise ValueError("this reader is exhausted; create a new one with StreamCache.reader()")
@@ -614,23 +617,37 @@ class StreamCacheReader:
         if stream is not None:
             _free_stream_now(stream)
 
+    def cast(self, target_schema: Any) -> pa.RecordBatchReader:
+        """Consume this reader as a ``pyarrow.RecordBatchReader`` whose batches are cast to
+        ``target_schema`` (same field names and count; ``ValueError`` naming the field
+        otherwise).
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+        >>> cache.reader().cast(pa.schema([("x", pa.int8())])).read_all().schema
+        x: int8
+        """
+        return pa.RecordBatchReader.from_stream(self, schema=_as_schema(target_schema))
+
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         """Hand this reader to a consumer as an ``arrow_array_stream`` PyCapsule.
 
         The reader is consumed: a second export or ``next()`` raises ``ValueError``.
-        ``requested_schema`` is not applied here (allowed by the PyCapsule protocol); use
-        :meth:`StreamCache.cast` for a casting reader.
+        ``requested_schema`` (an ``arrow_schema`` capsule) casts the batches it has not
+        returned yet.
         """
         with self._lock:
             stream = self._live_stream()
+            if requested_schema is not None:
+                check(lib.bc_reader_cast(stream, _requested_schema_pointer(requested_schema)))
             self._stream = None
             self._exported = True
             ffi.gc(stream, None)  # the capsule owns it from here
             return stream_capsule(stream)
 
     def __arrow_c_schema__(self) -> Any:
-        """The schema as an ``arrow_schema`` PyCapsule."""
-        return self._schema.__arrow_c_schema__()
+        """The schema as an ``arrow_schema`` PyCapsule (``ValueError`` once exported)."""
+        return self.schema.__arrow_c_schema__()
 
     def __enter__(self) -> "StreamCacheReader":
         return self

@@ -116,7 +116,7 @@ pub unsafe extern "C" fn bc_cache_check_schema(
     })
 }
 
-fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
+pub(crate) fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
     let ffi = unsafe { &*(schema as *const ArrowSchema).cast::<FFI_ArrowSchema>() };
     Schema::try_from(ffi).map_err(|err| {
         Error::InvalidArgument(format!("argument `requested_schema` is not a valid schema: {err}"))

@@ -154,6 +154,26 @@ pub unsafe extern "C" fn bc_reader_next(
     )
 }
 
+/// Cast every later batch of a reader stream made by `bc_cache_reader` to
+/// `requested_schema` (same field count and names, castable types; otherwise
+/// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged). The schema is
+/// only read. For bindings whose readers receive a requested schema after creation.
+///
+/// # Safety
+/// `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_cast(
+    reader: *mut ArrowArrayStream,
+    requested_schema: *const ArrowSchema,
+) -> BcStatus {
+    guard(|| {}, || {
+        let state = unsafe { reader_arg(reader) }?;
+        let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
+        let target = crate::ffi::cache::import_schema(schema)?;
+        state.reader.cast_to(std::sync::Arc::new(target))
+    })
+}
+
 /// The index of the next batch a reader stream made by `bc_cache_reader` returns.
 ///
 /// # Safety

@@ -74,8 +74,10 @@ pub unsafe extern "C" fn bc_options_free(opts: *mut BcOptions) {
     })
 }
 
-/// Budget in bytes for batches kept in memory (at least 1). Unset, it is three quarters
-/// of physical memory. Going over it fails the ingest with `BC_CAPACITY`.
+/// Budget in bytes for batches kept in memory. Unset, it is three quarters of physical
+/// memory. Memory only: going over it fails the ingest with `BC_CAPACITY`, and 0 is
+/// refused by `bc_cache_new`. With the disk tier it bounds the hot layer, and 0 reads every
+/// batch from disk.
 ///
 /// # Safety
 /// `opts` is NULL or a live builder.
@@ -86,11 +88,6 @@ pub unsafe extern "C" fn bc_options_set_memory_capacity(
 ) -> BcStatus {
     guard(|| {}, || {
         let opts = unsafe { arg_mut(opts, "opts") }?;
-        if bytes == 0 {
-            return Err(Error::InvalidArgument(
-                "memory_capacity must be at least 1 byte".into(),
-            ));
-        }
         opts.options.memory_capacity = Some(bytes);
         Ok(())
     })

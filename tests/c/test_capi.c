@@ -127,8 +127,13 @@ static void test_new_and_misuse(void) {
 static void test_options(void) {
   BcOptions *opts = bc_options_new();
   CHECK(opts != NULL, "bc_options_new");
-  CHECK(bc_options_set_memory_capacity(opts, 0) == BC_INVALID_ARGUMENT, "memory_capacity 0");
+  CHECK(bc_options_set_memory_capacity(opts, 0) == BC_OK, "memory_capacity 0 is an option");
+  struct ArrowArrayStream up = make_producer(1, ROWS, -1, 0, NULL);
+  BcCache *cache = NULL;
+  CHECK(bc_cache_new(&up, opts, &cache) == BC_INVALID_ARGUMENT, "... refused without disk");
   CHECK(contains(bc_last_error(), "memory_capacity"), "message names memory_capacity");
+  CHECK(up.release != NULL && cache == NULL, "the caller keeps the stream");
+  up.release(&up);
   CHECK(bc_options_set_max_readers(opts, 0) == BC_INVALID_ARGUMENT, "max_readers 0");
   CHECK(contains(bc_last_error(), "max_readers"), "message names max_readers");
   CHECK(bc_options_set_max_readers(NULL, 2) == BC_INVALID_ARGUMENT, "NULL opts");
@@ -212,6 +217,17 @@ static void test_requested_schema(void) {
   struct ArrowArray batch;
   CHECK(reader.get_next(&reader, &batch) == 0 && ((const int32_t *)batch.children[0]->buffers[1])[5] == 5,
         "batches are cast");
+  batch.release(&batch);
+  reader.release(&reader);
+
+  CHECK(bc_cache_reader(cache, true, NULL, &reader) == BC_OK, "plain reader");
+  CHECK(bc_reader_cast(&reader, &top) == BC_OK, "cast an existing reader");
+  CHECK(reader.get_schema(&reader, &got) == 0 && strcmp(got.children[0]->format, "i") == 0,
+        "the reader now reports the requested schema");
+  got.release(&got);
+  CHECK(reader.get_next(&reader, &batch) == 0 &&
+            ((const int32_t *)batch.children[0]->buffers[1])[7] == 7,
+        "later batches are cast");
   batch.release(&batch);
   reader.release(&reader);
 
