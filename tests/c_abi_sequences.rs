@@ -244,7 +244,11 @@ fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn call_sequences_match_the_model(

@@ -98,7 +98,17 @@ def _as_schema(schema: Any) -> pa.Schema:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """A snapshot of a cache's counters (from ``bc_cache_stats``)."""
+    """A snapshot of a cache's counters (from ``bc_cache_stats``, which C users read too).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> cache = StreamCache(pa.table({"x": [1, 2, 3]}))
+    >>> _ = cache.ingest_all()
+    >>> stats = cache.stats()
+    >>> stats.batches_ingested, stats.rows_ingested, stats.upstream_exhausted
+    (1, 3, True)
+    """
 
     batches_ingested: int
     rows_ingested: int
@@ -525,7 +535,19 @@ class StreamCacheReader:
     Get one from :meth:`StreamCache.reader`; do not construct it. A reader is its own
     iterator of ``pyarrow.RecordBatch``. Export it once with ``__arrow_c_stream__``
     (``pa.RecordBatchReader.from_stream(reader)``, DuckDB, Polars...); after that it is
-    consumed. Use it from one thread at a time; create one reader per thread.
+    consumed. Calls on one reader are serialized; create one reader per thread for
+    parallel replays. As a context manager it releases the reader on exit.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> cache = StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1))
+    >>> with cache.reader() as reader:
+    ...     first = next(reader)
+    ...     reader.position, first.num_rows
+    (1, 1)
+    >>> pa.RecordBatchReader.from_stream(cache.reader()).read_all().num_rows
+    3
     """
 
     __slots__ = ("_stream", "_array", "_array_address", "_schema", "_exported", "_lock")
@@ -667,6 +689,14 @@ class CastingStreamCache:
 
     Made by :meth:`StreamCache.cast`. Each scan creates a reader of the underlying cache
     (and counts against ``max_readers``).
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+    >>> view = cache.cast(pa.schema([("x", pa.string())]))
+    >>> pa.table(view).column("x").to_pylist(), pa.table(view).num_rows
+    (['1', '2'], 2)
     """
 
     def __init__(self, cache: StreamCache, target_schema: pa.Schema) -> None:

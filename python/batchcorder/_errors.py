@@ -20,6 +20,20 @@ class UpstreamError(BatchcorderError):
     Each instance is also a ``ValueError``, ``MemoryError`` or ``OSError``, after the
     upstream's errno (``EINVAL``, ``ENOMEM``, anything else), so code that catches the
     upstream's own exception type keeps working.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> def produce():
+    ...     yield pa.record_batch({"x": [1]})
+    ...     raise ValueError("feed dropped")
+    >>> cache = StreamCache(pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), produce()))
+    >>> try:
+    ...     cache.ingest_all()
+    ... except UpstreamError as err:
+    ...     isinstance(err, ValueError), "feed dropped" in str(err)
+    (True, True)
     """
 
 
@@ -36,7 +50,18 @@ class _UpstreamOSError(UpstreamError, OSError):
 
 
 class CacheClosedError(BatchcorderError, ValueError):
-    """The cache was closed; build a new one from a fresh source."""
+    """The cache was closed; build a new one from a fresh source.
+
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": [1]}))
+    >>> cache.close()
+    >>> try:
+    ...     cache.reader()
+    ... except CacheClosedError as err:
+    ...     "closed" in str(err)
+    True
+    """
 
 
 class BatchEvictedError(BatchcorderError, ValueError):
