@@ -23,6 +23,14 @@ pub struct BcCache {
     cache: StreamCache,
 }
 
+impl BcCache {
+    /// Hand a cache built in Rust (over any `RecordBatchReader`) to C code, which frees it
+    /// with `bc_cache_free`.
+    pub fn into_raw(cache: StreamCache) -> *mut BcCache {
+        Box::into_raw(Box::new(BcCache { cache }))
+    }
+}
+
 /// Run a call on `cache`, poisoning it if the call panics.
 fn on_cache(cache: *const BcCache, body: impl FnOnce(&StreamCache) -> Result<()>) -> BcStatus {
     let handle = match unsafe { arg(cache, "cache") } {
@@ -65,7 +73,7 @@ pub unsafe extern "C" fn bc_cache_new(
         // Nothing below fails, so the caller keeps the stream on every error path.
         let source = unsafe { CStreamUpstream::take(upstream, schema) };
         let cache = prepared.start(Box::new(source));
-        *out = Box::into_raw(Box::new(BcCache { cache }));
+        *out = BcCache::into_raw(cache);
         Ok(())
     })
 }

@@ -1,0 +1,94 @@
+//! A panic inside the core never crosses the C boundary: it becomes BC_INTERNAL (EIO in a
+//! stream callback), and the cache it interrupted is poisoned.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::sync::Arc;
+
+use arrow_array::{Int64Array, RecordBatch, RecordBatchReader};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use batchcorder::ffi::abi::{ArrowArray, ArrowArrayStream};
+use batchcorder::ffi::bc_last_error;
+use batchcorder::ffi::cache::*;
+use batchcorder::ffi::BcStatus::*;
+use batchcorder::{CacheOptions, StreamCache};
+
+/// Yields one batch, then panics.
+struct PanicsOnSecondBatch {
+    schema: SchemaRef,
+    served: bool,
+}
+
+impl Iterator for PanicsOnSecondBatch {
+    type Item = Result<RecordBatch, ArrowError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.served {
+            panic!("a bug deep inside the upstream");
+        }
+        self.served = true;
+        let ids = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        Some(Ok(RecordBatch::try_new(self.schema.clone(), vec![ids]).unwrap()))
+    }
+}
+
+impl RecordBatchReader for PanicsOnSecondBatch {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+fn panicking_cache() -> *mut BcCache {
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let upstream = PanicsOnSecondBatch { schema, served: false };
+    let cache = StreamCache::new(Box::new(upstream), CacheOptions::default()).unwrap();
+    BcCache::into_raw(cache)
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(bc_last_error()) }.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_panic_is_bc_internal_and_poisons_the_cache() {
+    std::panic::set_hook(Box::new(|_| {})); // keep the expected panics out of the output
+    let cache = panicking_cache();
+    let mut reader = ArrowArrayStream::RELEASED;
+    assert_eq!(unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) }, BC_OK);
+    let mut array: ArrowArray = unsafe { std::mem::zeroed() };
+    let get_next = reader.get_next.unwrap();
+    assert_eq!(unsafe { get_next(&mut reader, &mut array) }, 0, "the first batch is fine");
+    unsafe { (array.release.unwrap())(&mut array) };
+
+    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
+    assert!(last_error().contains("a bug deep inside the upstream"), "{}", last_error());
+
+    // Poisoned: every later call fails cleanly instead of reading half-updated state.
+    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
+    assert!(last_error().contains("poisoned"), "{}", last_error());
+    let mut stats = batchcorder::Stats::default();
+    assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_INTERNAL);
+    let code = unsafe { get_next(&mut reader, &mut array) };
+    assert_eq!(code, libc::EIO);
+    let message = unsafe { CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader)) };
+    assert!(message.to_string_lossy().contains("poisoned"));
+    unsafe { (reader.release.unwrap())(&mut reader) };
+    unsafe { bc_cache_free(cache) };
+}
+
+#[test]
+fn a_panic_inside_a_reader_callback_is_eio() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let cache = panicking_cache();
+    let mut reader = ArrowArrayStream::RELEASED;
+    assert_eq!(unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) }, BC_OK);
+    let mut array: ArrowArray = unsafe { std::mem::zeroed() };
+    let get_next = reader.get_next.unwrap();
+    assert_eq!(unsafe { get_next(&mut reader, &mut array) }, 0);
+    unsafe { (array.release.unwrap())(&mut array) };
+    assert_eq!(unsafe { get_next(&mut reader, &mut array) }, libc::EIO, "the panic, caught");
+    let message = unsafe { CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader)) };
+    assert!(message.to_string_lossy().contains("panic"), "{message:?}");
+    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
+    unsafe { (reader.release.unwrap())(&mut reader) };
+    unsafe { bc_cache_free(cache) };
+}
