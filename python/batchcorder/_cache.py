@@ -388,6 +388,11 @@ class StreamCache:
 
         Raises ``TypeError`` before that: call :meth:`ingest_all` first (a length that
         grew while you looked would be a trap).
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=2))
+        >>> cache.ingest_all(), len(cache)
+        (2, 2)
         """
         if not self.upstream_exhausted:
             raise TypeError(
@@ -425,7 +430,14 @@ class StreamCache:
         return CastingStreamCache(self, _as_schema(target_schema))
 
     def stats(self) -> CacheStats:
-        """A snapshot of the cache's counters."""
+        """A snapshot of the cache's counters.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2]}), max_readers=1)
+        >>> _ = pa.table(cache)
+        >>> cache.stats().readers_created, cache.stats().batches_evicted
+        (1, 1)
+        """
         c_stats = ffi.new("BcStats *")
         check(lib.bc_cache_stats(self._handle.get(), c_stats))
         return CacheStats(
@@ -446,6 +458,12 @@ class StreamCache:
         Idempotent.
 
         Readers then raise ``ValueError``; batches they already returned stay valid.
+
+        >>> import pyarrow as pa
+        >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+        >>> kept = next(iter(cache))
+        >>> cache.close(); cache.closed, kept.num_rows
+        (True, 2)
         """
         if not self.closed:
             self._log_changes()
@@ -630,7 +648,12 @@ class StreamCacheReader:
             return _import_batch(self._array_address, self._schema)
 
     def read_all(self) -> pa.Table:
-        """The rest of the stream as a ``pyarrow.Table``."""
+        """The rest of the stream as a ``pyarrow.Table``.
+
+        >>> import pyarrow as pa
+        >>> StreamCache(pa.table({"x": [1, 2]})).reader().read_all().num_rows
+        2
+        """
         return pa.Table.from_batches(list(self), schema=self._schema)
 
     def close(self) -> None:
