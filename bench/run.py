@@ -1,0 +1,142 @@
+"""Run every workload for ours, the reference release and plain pyarrow, interleaved,
+and write bench/results.md and bench/ratios.png. Called by bench/run.sh."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "5"))
+PYTHONS = {
+    "ours": HERE / ".venv-ours" / "bin" / "python",
+    "ref": HERE / ".venv-ref" / "bin" / "python",
+    "pyarrow": HERE / ".venv-ours" / "bin" / "python",
+}
+WORKLOADS = ["memory", "disk", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced"]
+# Our target per workload: the largest acceptable ratio, and what it is a ratio to.
+TARGETS = {
+    "memory": ("pyarrow", 1.1),
+    "disk": ("ref", 0.5),
+    "tiny-batches": ("pyarrow", 5.0),
+    "4-threads": ("pyarrow", 1.3),
+    "duckdb-selfjoin": ("pyarrow", 1.02),
+    "bounded": ("ref", 1.0),
+    "sliced": ("pyarrow", 1.1),
+}
+
+
+def run_one(impl: str, workload: str) -> dict:
+    command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", impl, "--workload", workload]
+    if QUICK:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"seconds": None, "error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def version(python: Path, module: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version('{module}'))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+def main() -> None:
+    samples: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(REPEATS):
+        for workload in WORKLOADS:
+            for impl in ("ours", "ref", "pyarrow"):  # interleaved, so drift hits all three
+                samples.setdefault((impl, workload), []).append(run_one(impl, workload))
+        print(f"round {repeat + 1}/{REPEATS} done", flush=True)
+
+    c_level = json.loads(
+        subprocess.run([str(HERE.parent / "build" / "c_level")], capture_output=True, text=True,
+                       check=True).stdout
+    )
+    rows, ratios = [], {}
+    for workload in WORKLOADS:
+        seconds = {i: median([s.get("seconds") for s in samples[(i, workload)]]) for i in PYTHONS}
+        base, limit = TARGETS[workload]
+        ours, other = seconds["ours"], seconds[base]
+        ratio = ours / other if ours and other else None
+        ratios[workload] = ratio
+        extra = ""
+        if workload == "tiny-batches":
+            extra = "us/batch: " + ", ".join(
+                f"{i} {median([s.get('us_per_batch') for s in samples[(i, workload)]]):.2f}"
+                for i in PYTHONS if median([s.get('us_per_batch') for s in samples[(i, workload)]])
+            )
+        if workload == "bounded":
+            extra = "RSS growth MiB: " + ", ".join(
+                f"{i} {median([s.get('rss_growth_mib') for s in samples[(i, workload)]]):.0f}"
+                for i in PYTHONS if median([s.get('rss_growth_mib') for s in samples[(i, workload)]]) is not None
+            )
+        errors = {i: s.get("error") for i in PYTHONS for s in samples[(i, workload)] if s.get("error")}
+        if errors:
+            extra += " errors: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
+        verdict = "n/a" if ratio is None else ("met" if ratio <= limit else "MISSED")
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"
+        rows.append(
+            f"| {workload} | {fmt(seconds['ours'])} | {fmt(seconds['ref'])} | {fmt(seconds['pyarrow'])} "
+            f"| {('-' if ratio is None else f'{ratio:.2f}x')} {base} | <= {limit}x | {verdict} | {extra} |"
+        )
+    above = c_level["ns_per_batch"] - c_level["plain_ns_per_batch"]
+    rows.append(
+        f"| c-level | {c_level['ns_per_batch']:.0f} ns/batch | - | plain loop {c_level['plain_ns_per_batch']:.1f} ns "
+        f"| {above:.0f} ns above | < 300 ns | {'met' if above < 300 else 'MISSED'} | get_next + release |"
+    )
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    ours_py = PYTHONS["ours"]
+    header = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.platform()}",
+        f"- python {platform.python_version()}, pyarrow {version(ours_py, 'pyarrow')}, "
+        f"duckdb {version(ours_py, 'duckdb')}, batchcorder ours {version(ours_py, 'batchcorder')}, "
+        f"reference {version(PYTHONS['ref'], 'batchcorder')}",
+        f"- medians of {REPEATS} interleaved runs, each in a fresh process"
+        + (" (BENCH_QUICK: tiny sizes, not comparable)" if QUICK else ""),
+        "",
+        "| workload | ours s | reference s | pyarrow s | ratio | target | verdict | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    text = "\n".join(header + rows) + "\n"
+    (HERE / "results.md").write_text(text + (HERE / "notes.md").read_text())
+    print(text)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [w for w in WORKLOADS if ratios[w] is not None]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.bar(names, [ratios[w] for w in names], color="#4477aa")
+        ax.scatter(names, [TARGETS[w][1] for w in names], color="#cc3311", marker="_", s=600,
+                   label="target", zorder=3)
+        ax.set_ylabel("ours / baseline (lower is better)")
+        ax.set_title("batchcorder: ratio to the target's baseline")
+        ax.legend()
+        plt.xticks(rotation=20)
+        fig.tight_layout()
+        fig.savefig(HERE / "ratios.png", dpi=120)
+    except ImportError:
+        print("matplotlib missing: no chart")
+
+
+if __name__ == "__main__":
+    main()

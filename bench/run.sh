@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# make bench: our build and the reference release (batchcorder==0.1.3), each in its own
+# virtualenv (both are named batchcorder), plus the C-level replay program.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DEPS=(pyarrow numpy duckdb matplotlib)
+if [ ! -x bench/.venv-ours/bin/python ]; then
+  "$PY" -m venv bench/.venv-ours
+  bench/.venv-ours/bin/pip install -q maturin cffi "${DEPS[@]}"
+fi
+PATH="$PWD/bench/.venv-ours/bin:$PATH" bench/.venv-ours/bin/pip install -q --no-build-isolation --force-reinstall --no-deps .
+if [ ! -x bench/.venv-ref/bin/python ]; then
+  "$PY" -m venv bench/.venv-ref
+  bench/.venv-ref/bin/pip install -q "batchcorder==0.1.3" "${DEPS[@]}"
+fi
+cargo build --release
+mkdir -p build
+cc -O2 -std=c11 -Iinclude -o build/c_level bench/c_level.c \
+  -Ltarget/release -lbatchcorder -Wl,-rpath,"$PWD/target/release"
+bench/.venv-ours/bin/python bench/run.py

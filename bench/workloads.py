@@ -1,0 +1,246 @@
+"""One benchmark workload in a fresh process: prints one JSON line.
+
+    python bench/workloads.py --impl ours|ref|pyarrow --workload NAME [--quick]
+
+`ours` and `ref` both import the package named `batchcorder` (run each in its own
+virtualenv); `pyarrow` is the best plain-pyarrow way to do the same job. Source data is
+built before the clock starts; the timed part starts from a fresh single-use reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+BATCH_ROWS = 65_536
+
+
+def owned_batches(rows: int, seed: int = 1) -> list[pa.RecordBatch]:
+    """Batches that own their buffers (as read from Parquet): int64, float64, short string."""
+    rng = np.random.default_rng(seed)
+    pool = pa.array([f"s{i:04d}" for i in range(10_000)])
+    out = []
+    for start in range(0, rows, BATCH_ROWS):
+        n = min(BATCH_ROWS, rows - start)
+        labels = pool.take(pa.array(rng.integers(0, 10_000, n)))  # a fresh allocation
+        out.append(
+            pa.record_batch({"id": np.arange(start, start + n), "x": rng.random(n), "s": labels})
+        )
+    return out
+
+
+def once(batches: list[pa.RecordBatch]) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches))
+
+
+def replay_rows(source) -> int:
+    return pa.RecordBatchReader.from_stream(source).read_all().num_rows
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def memory(impl: str, quick: bool) -> dict:
+    batches = owned_batches(200_000 if quick else 20_000_000)
+    rows = sum(b.num_rows for b in batches)
+
+    def run():
+        if impl == "pyarrow":
+            table = once(batches).read_all()
+            for _ in range(3):
+                assert table.to_reader().read_all().num_rows == rows
+        else:
+            from batchcorder import StreamCache
+
+            cache = StreamCache(once(batches))
+            for _ in range(3):
+                assert replay_rows(cache) == rows
+
+    return {"seconds": timed(run), "bytes": sum(b.nbytes for b in batches)}
+
+
+def disk(impl: str, quick: bool) -> dict:
+    batches = owned_batches(200_000 if quick else 20_000_000)
+    rows = sum(b.num_rows for b in batches)
+    tmp = tempfile.mkdtemp(prefix="bc-bench-")
+    try:
+
+        def run():
+            if impl == "pyarrow":
+                path = os.path.join(tmp, "stream.arrow")
+                with ipc.new_file(path, batches[0].schema) as writer:
+                    for batch in once(batches):
+                        writer.write_batch(batch)
+                for _ in range(3):
+                    with pa.memory_map(path) as source:
+                        assert ipc.open_file(source).read_all().num_rows == rows
+            else:
+                from batchcorder import StreamCache
+
+                cache = StreamCache(
+                    once(batches), memory_capacity=1, disk_path=tmp, disk_capacity=1 << 36
+                )
+                for _ in range(3):
+                    assert replay_rows(cache) == rows
+                cache.close()
+
+        return {"seconds": timed(run)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tiny_batches(impl: str, quick: bool) -> dict:
+    batches = [pa.record_batch({"id": np.arange(i * 64, i * 64 + 64)}) for i in range(1_563)]
+    passes = 3
+
+    def run():
+        if impl == "pyarrow":
+            table = once(batches).read_all()
+            for _ in range(passes):
+                for _batch in table.to_reader():
+                    pass
+        else:
+            from batchcorder import StreamCache
+
+            cache = StreamCache(once(batches))
+            for _ in range(passes):
+                for _batch in cache:
+                    pass
+
+    seconds = timed(run)
+    return {"seconds": seconds, "us_per_batch": seconds / (passes * len(batches)) * 1e6}
+
+
+def four_threads(impl: str, quick: bool) -> dict:
+    batches = owned_batches(200_000 if quick else 20_000_000)
+    rows = sum(b.num_rows for b in batches)
+
+    def run():
+        if impl == "pyarrow":
+            table = once(batches).read_all()
+            make = table.to_reader
+        else:
+            from batchcorder import StreamCache
+
+            cache = StreamCache(once(batches))
+            cache.ingest_all()
+            make = cache.reader
+        results = []
+        threads = [
+            threading.Thread(target=lambda: results.append(replay_rows(make()))) for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [rows] * 4
+
+    return {"seconds": timed(run)}
+
+
+def duckdb_selfjoin(impl: str, quick: bool) -> dict:
+    import duckdb
+
+    batches = owned_batches(100_000 if quick else 2_000_000)
+    query = "SELECT count(*), sum(a.x + b.x) FROM ds a JOIN ds b ON a.id = b.id"
+
+    def run():
+        if impl == "pyarrow":
+            ds = once(batches).read_all()  # noqa: F841 - DuckDB finds it by name
+        else:
+            from batchcorder import StreamCache
+
+            ds = StreamCache(once(batches))  # noqa: F841
+        assert duckdb.sql(query).fetchall()[0][0] == sum(b.num_rows for b in batches)
+
+    return {"seconds": timed(run)}
+
+
+def bounded(impl: str, quick: bool) -> dict:
+    chunk = 1 << 20  # 8 MiB float64 batches made on the fly: 4 GiB in all
+    count = 16 if quick else 512
+    schema = pa.schema([("x", pa.float64())])
+
+    def produce():
+        for i in range(count):
+            yield pa.record_batch([pa.array(np.full(chunk, float(i)))], schema=schema)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def run():
+        source = pa.RecordBatchReader.from_batches(schema, produce())
+        if impl == "pyarrow":
+            rows = sum(b.num_rows for b in source)
+        else:
+            from batchcorder import StreamCache
+
+            cache = StreamCache(source, max_readers=1)
+            rows = sum(b.num_rows for b in cache.reader())
+        assert rows == chunk * count
+
+    seconds = timed(run)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    return {"seconds": seconds, "rss_growth_mib": grown / 1024}
+
+
+def sliced(impl: str, quick: bool) -> dict:
+    rows = 200_000 if quick else 17_500_000  # about 400 MiB with the three columns
+    whole = pa.Table.from_batches(owned_batches(rows))
+    whole = whole.combine_chunks()
+
+    def run():
+        source = whole.to_reader(max_chunksize=BATCH_ROWS)
+        if impl == "pyarrow":
+            table = source.read_all()
+            for _ in range(3):
+                assert table.to_reader().read_all().num_rows == rows
+        else:
+            from batchcorder import StreamCache
+
+            cache = StreamCache(source)
+            for _ in range(3):
+                assert replay_rows(cache) == rows
+
+    try:
+        return {"seconds": timed(run), "bytes": whole.nbytes}
+    except MemoryError as err:
+        return {"seconds": None, "error": f"MemoryError: {err}"[:200]}
+
+
+WORKLOADS = {
+    "memory": memory,
+    "disk": disk,
+    "tiny-batches": tiny_batches,
+    "4-threads": four_threads,
+    "duckdb-selfjoin": duckdb_selfjoin,
+    "bounded": bounded,
+    "sliced": sliced,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--impl", choices=["ours", "ref", "pyarrow"], required=True)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    result = WORKLOADS[args.workload](args.impl, args.quick)
+    print(json.dumps({"impl": args.impl, "workload": args.workload, **result}))
+
+
+if __name__ == "__main__":
+    main()
