@@ -11,7 +11,14 @@ __all__ = ["BatchcorderError", "UpstreamError", "CacheClosedError", "BatchEvicte
 
 
 class BatchcorderError(Exception):
-    """Base class of every error batchcorder raises on its own account."""
+    """Base class of every error batchcorder raises on its own account.
+
+    Each subclass is also the built-in exception a caller would expect (``ValueError``,
+    ``MemoryError``, ``OSError``, ``RuntimeError``), so either can be caught.
+
+    >>> issubclass(CapacityError, BatchcorderError), issubclass(CapacityError, MemoryError)
+    (True, True)
+    """
 
 
 class UpstreamError(BatchcorderError):
@@ -65,15 +72,35 @@ class CacheClosedError(BatchcorderError, ValueError):
 
 
 class BatchEvictedError(BatchcorderError, ValueError):
-    """A batch was already evicted because every ``max_readers`` reader had passed it."""
+    """A batch was already evicted because every ``max_readers`` reader had passed it.
+
+    >>> issubclass(BatchEvictedError, ValueError)
+    True
+    """
 
 
 class CapacityError(BatchcorderError, MemoryError):
-    """A memory or disk budget cannot hold a batch that must be kept."""
+    """A memory or disk budget cannot hold a batch that must be kept.
+
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": list(range(1000))}), memory_capacity=100)
+    >>> try:
+    ...     cache.ingest_all()
+    ... except CapacityError as err:
+    ...     "memory_capacity" in str(err)
+    True
+    """
 
 
 class InternalError(BatchcorderError, RuntimeError):
-    """A bug in batchcorder (a Rust panic caught at the boundary); please report it."""
+    """A bug in batchcorder (a Rust panic caught at the boundary); please report it.
+
+    The cache involved is poisoned: every later call on it raises this too.
+
+    >>> issubclass(InternalError, RuntimeError)
+    True
+    """
 
 
 # BcStatus values, as the header defines them.
