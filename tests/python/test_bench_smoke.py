@@ -15,6 +15,9 @@ def load():
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
+    from batchcorder import StreamCache
+
+    module.StreamCache = StreamCache  # what main() does before timing
     return module
 
 
