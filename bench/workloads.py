@@ -99,6 +99,29 @@ def disk(impl: str, quick: bool) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def disk_ingest(impl: str, quick: bool) -> dict:
+    """Ingest alone into the disk tier, against pyarrow's IPC file writer."""
+    batches = owned_batches(200_000 if quick else 20_000_000)
+    tmp = tempfile.mkdtemp(prefix="bc-bench-")
+    try:
+
+        def run():
+            if impl == "pyarrow":
+                with ipc.new_file(os.path.join(tmp, "s.arrow"), batches[0].schema) as writer:
+                    for batch in once(batches):
+                        writer.write_batch(batch)
+            else:
+                cache = StreamCache(
+                    once(batches), memory_capacity=1, disk_path=tmp, disk_capacity=1 << 36
+                )
+                cache.ingest_all()
+                cache.close()
+
+        return {"seconds": timed(run)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def tiny_batches(impl: str, quick: bool) -> dict:
     batches = [pa.record_batch({"id": np.arange(i * 64, i * 64 + 64)}) for i in range(1_563)]
     passes = 3
@@ -210,6 +233,7 @@ def sliced(impl: str, quick: bool) -> dict:
 WORKLOADS = {
     "memory": memory,
     "disk": disk,
+    "disk-ingest": disk_ingest,
     "tiny-batches": tiny_batches,
     "4-threads": four_threads,
     "duckdb-selfjoin": duckdb_selfjoin,
