@@ -115,7 +115,7 @@ class Owned {
     raw_.release = nullptr;
   }
 
- private:
+ protected:
   Raw raw_;
 };
 
@@ -174,25 +174,17 @@ class Options {
 };
 
 /// One independent reader of a Cache: an owned ArrowArrayStream, released in the
-/// destructor. Move-only. It may outlive the Cache it came from.
-class Reader {
+/// destructor. Move-only. It may outlive the Cache it came from. get() gives the stream
+/// to read in place; release() hands it to a consumer that releases it (DuckDB, pyarrow,
+/// nanoarrow...).
+class Reader : public Owned<ArrowArrayStream> {
  public:
-  /// An empty reader (valid() is false); assign one from Cache::reader().
-  Reader() noexcept { raw_.release = nullptr; }
-  /// Take over a stream made by bc_cache_reader (its release is set to NULL).
-  explicit Reader(ArrowArrayStream *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
-  Reader(Reader &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
-  Reader &operator=(Reader &&other) noexcept {
-    if (this != &other) {
-      reset();
-      raw_ = other.raw_;
-      other.raw_.release = nullptr;
-    }
-    return *this;
-  }
-  Reader(const Reader &) = delete;
-  Reader &operator=(const Reader &) = delete;
-  ~Reader() { reset(); }
+  /// An empty reader (valid() is false); assign one from Cache::reader(). A stream made
+  /// by bc_cache_reader is taken over with Reader(&stream) (its release is set to NULL).
+  using Owned::Owned;
+
+  /// The underlying stream, to read it with any Arrow C Stream consumer in place.
+  ArrowArrayStream *get() noexcept { return &raw_; }
 
   /// The next batch, or std::nullopt at the end of the stream. Throws Error on failure.
   std::optional<Array> next() {
@@ -220,24 +212,6 @@ class Reader {
     }
     return Schema(&out);
   }
-
-  bool valid() const noexcept { return raw_.release != nullptr; }
-  /// The underlying stream, to read it with any Arrow C Stream consumer in place.
-  ArrowArrayStream *get() noexcept { return &raw_; }
-  /// Give up ownership, to hand the stream to a consumer that releases it (DuckDB, pyarrow,
-  /// nanoarrow...). Moves the struct: copy it into the consumer's storage.
-  ArrowArrayStream release() noexcept {
-    ArrowArrayStream out = raw_;
-    raw_.release = nullptr;
-    return out;
-  }
-  void reset() noexcept {
-    if (raw_.release != nullptr) raw_.release(&raw_);
-    raw_.release = nullptr;
-  }
-
- private:
-  ArrowArrayStream raw_;
 };
 
 /// A cache over one upstream Arrow stream. Move-only; frees the handle in its destructor.
