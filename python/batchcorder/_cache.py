@@ -9,7 +9,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import pyarrow as pa
 
@@ -142,7 +142,25 @@ class _Handle:
             check(lib.bc_cache_close(self._pointer))
 
 
-class StreamCache:
+_Self = TypeVar("_Self", bound="_ClosesOnExit")
+
+
+class _ClosesOnExit:
+    """A context manager that calls ``close()`` on exit."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamCache(_ClosesOnExit):
     """Read a single-use Arrow stream once, replay it from any number of readers.
 
     Parameters
@@ -486,12 +504,6 @@ class StreamCache:
         """The schema as an ``arrow_schema`` PyCapsule; creates no reader."""
         return self._schema.__arrow_c_schema__()
 
-    def __enter__(self) -> "StreamCache":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         if self.closed:
             return "<StreamCache closed>"
@@ -547,7 +559,7 @@ def _reader_capsule(handle: Any, requested_schema: Any) -> Any:
     return stream_capsule(stream)
 
 
-class StreamCacheReader:
+class StreamCacheReader(_ClosesOnExit):
     """One pass over a :class:`StreamCache`, with its own position.
 
     Get one from :meth:`StreamCache.reader`; do not construct it. A reader is its own
@@ -693,12 +705,6 @@ class StreamCacheReader:
     def __arrow_c_schema__(self) -> Any:
         """The schema as an ``arrow_schema`` PyCapsule (``ValueError`` once exported)."""
         return self.schema.__arrow_c_schema__()
-
-    def __enter__(self) -> "StreamCacheReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         if self._stream is None:
