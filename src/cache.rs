@@ -91,7 +91,7 @@ pub struct Stats {
 struct State {
     memory: MemoryTier,
     /// Batches on disk, with the policy that put them there.
-    disk: Option<(DiskIndex, WritePolicy)>,
+    disk: Option<DiskIndex>,
     registry: ReaderRegistry,
     /// The upstream's failure (or a budget failure), kept and returned to every reader
     /// that reaches this position: a failed pull is never retried.
@@ -151,7 +151,7 @@ impl StreamCache {
         let disk = match &options.disk {
             Some(disk) => {
                 let (writer, index) = DiskWriter::create(disk)?;
-                Some((writer, index, disk.write_policy))
+                Some((writer, index))
             }
             None => None,
         };
@@ -169,7 +169,7 @@ impl StreamCache {
 #[derive(Debug)]
 pub struct PreparedCache {
     options: CacheOptions,
-    disk: Option<(DiskWriter, DiskIndex, WritePolicy)>,
+    disk: Option<(DiskWriter, DiskIndex)>,
 }
 
 impl PreparedCache {
@@ -177,7 +177,7 @@ impl PreparedCache {
     pub fn start(self, upstream: Upstream) -> StreamCache {
         let capacity = self.options.memory_capacity.unwrap_or_else(default_memory_capacity);
         let (writer, index) = match self.disk {
-            Some((writer, index, policy)) => (Some(writer), Some((index, policy))),
+            Some((writer, index)) => (Some(writer), Some(index)),
             None => (None, None),
         };
         let options = self.options;
@@ -265,7 +265,7 @@ impl StreamCache {
     pub fn stats(&self) -> Result<Stats> {
         let mut state = self.shared.lock_state()?;
         let (disk_bytes, segments_deleted) = match &state.disk {
-            Some((index, _)) => (index.bytes(), index.segments_deleted()),
+            Some(index) => (index.bytes(), index.segments_deleted()),
             None => (0, 0),
         };
         Ok(Stats {
@@ -317,7 +317,8 @@ impl StreamCache {
 
 /// What the ingest path must do outside the state lock once a batch is stored.
 enum Spill {
-    Nothing,
+    /// Nothing more; whether ingestion can go on (false after a failure or close).
+    Nothing(bool),
     /// `OnEviction`: these hot batches must reach disk before they leave memory.
     Write(Vec<(u64, Arc<CachedBatch>)>),
 }
@@ -354,7 +355,7 @@ impl Shared {
                     if let Some(batch) = state.memory.get(position) {
                         return Ok(Some(batch.clone()));
                     }
-                    let on_disk = state.disk.as_ref().and_then(|(d, _)| d.get(position)).cloned();
+                    let on_disk = state.disk.as_ref().and_then(|d| d.get(position)).cloned();
                     drop(state);
                     // Decoded without any lock: readers on many threads read disk at once.
                     return match on_disk {
@@ -404,8 +405,11 @@ impl Shared {
             None => Err(None),
         };
         let position = self.ingested.load(Ordering::Acquire);
-        let outcome = match batch {
-            Ok(batch) => self.store(ingest, position, batch),
+        let open = match batch {
+            Ok(batch) => match self.store(ingest, position, batch)? {
+                Spill::Write(leaving) => self.spill(ingest, leaving)?,
+                Spill::Nothing(open) => open,
+            },
             Err(end) => {
                 let mut state = self.lock_state()?;
                 match end {
@@ -416,18 +420,10 @@ impl Shared {
                         self.exhausted.store(true, Ordering::Release);
                     }
                 }
-                Ok(Spill::Nothing)
+                false
             }
         };
-        let finished = match outcome {
-            Ok(Spill::Nothing) => !self.lock_state()?.is_open_for_ingest(),
-            Ok(Spill::Write(leaving)) => {
-                self.spill(ingest, leaving)?;
-                !self.lock_state()?.is_open_for_ingest()
-            }
-            Err(err) => return Err(err),
-        };
-        if finished {
+        if !open {
             // Released outside the state lock: a release may call back into Python.
             let source = ingest.source.take();
             drop(guard);
@@ -438,7 +434,7 @@ impl Shared {
 
     /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
     fn store(&self, ingest: &mut Ingest, position: u64, batch: RecordBatch) -> Result<Spill> {
-        let policy = self.lock_state()?.disk.as_ref().map(|(_, policy)| *policy);
+        let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
         // OnInsertion: written before the state lock is taken.
         let written = match (policy, ingest.writer.as_mut()) {
             (Some(WritePolicy::OnInsertion), Some(writer)) => Some(writer.write(position, &batch)),
@@ -446,13 +442,13 @@ impl Shared {
         };
         let mut state = self.lock_state()?;
         if state.closed {
-            return Ok(Spill::Nothing);
+            return Ok(Spill::Nothing(false));
         }
         state.evict_passed();
         let rows = batch.num_rows() as u64;
-        let spill = match (policy, written) {
-            (None, _) => match state.memory.push(batch) {
-                Ok(()) => Spill::Nothing,
+        let spill = match written {
+            None if policy.is_none() => match state.memory.push(batch) {
+                Ok(()) => Spill::Nothing(true),
                 Err(over) => {
                     state.failure = Some(Error::Capacity(format!(
                         "batch {position} needs {} bytes but memory_capacity={} bytes already \
@@ -460,28 +456,23 @@ impl Shared {
                          bounded memory, or enable the disk tier",
                         over.needed, over.capacity, over.held
                     )));
-                    return Ok(Spill::Nothing);
+                    return Ok(Spill::Nothing(false));
                 }
             },
-            (Some(_), Some(Err(err))) => {
+            Some(Err(err)) => {
                 state.failure = Some(err);
-                return Ok(Spill::Nothing);
+                return Ok(Spill::Nothing(false));
             }
-            (Some(_), Some(Ok(entry))) => {
+            Some(Ok(entry)) => {
                 state.memory.push_unbounded(batch);
-                if let Some((index, _)) = state.disk.as_mut() {
+                if let Some(index) = state.disk.as_mut() {
                     index.insert(position, entry);
                 }
                 // Everything is on disk already: the hot layer just keeps the newest.
-                while state.memory.over_budget() {
-                    let oldest = state.memory.first();
-                    if !state.memory.pop_oldest_at(oldest) {
-                        break;
-                    }
-                }
-                Spill::Nothing
+                state.memory.trim_to_budget();
+                Spill::Nothing(true)
             }
-            (Some(_), None) => {
+            None => {
                 state.memory.push_unbounded(batch);
                 Spill::Write(state.memory.over_budget_batches())
             }
@@ -492,30 +483,31 @@ impl Shared {
     }
 
     /// `OnEviction`: write the batches leaving the hot layer, then let them go. On failure
-    /// they stay in memory, so nothing already cached is lost.
-    fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<()> {
-        let Some(writer) = ingest.writer.as_mut() else { return Ok(()) };
+    /// they stay in memory, so nothing already cached is lost. Returns whether ingestion
+    /// can go on.
+    fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<bool> {
+        let Some(writer) = ingest.writer.as_mut() else { return Ok(true) };
         for (position, batch) in leaving {
             let written = writer.write(position, batch.batch());
             let mut state = self.lock_state()?;
             if state.closed {
-                return Ok(());
+                return Ok(false);
             }
             match written {
                 Ok(entry) => {
                     if state.memory.pop_oldest_at(position) {
-                        if let Some((index, _)) = state.disk.as_mut() {
+                        if let Some(index) = state.disk.as_mut() {
                             index.insert(position, entry);
                         }
                     }
                 }
                 Err(err) => {
                     state.failure = Some(err);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Called when a reader moves or goes away: drop what every reader has passed.
@@ -537,16 +529,11 @@ impl State {
         if let Some(below) = self.registry.evictable_below(frontier) {
             self.batches_evicted += below - self.registry.evicted_below();
             self.memory.evict_below(below);
-            if let Some((index, _)) = self.disk.as_mut() {
+            if let Some(index) = self.disk.as_mut() {
                 index.evict_below(below);
             }
             self.registry.mark_evicted_below(below);
         }
-    }
-
-    /// False once the upstream ended, failed or the cache closed: it can be released.
-    fn is_open_for_ingest(&self) -> bool {
-        !(self.closed || self.exhausted || self.failure.is_some())
     }
 }
 

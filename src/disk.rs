@@ -176,6 +176,7 @@ impl DiskEntry {
 /// Writes batches into segments; used only by the thread that ingests.
 pub(crate) struct DiskWriter {
     directory: PathBuf,
+    write_policy: WritePolicy,
     segment_bytes: u64,
     capacity: u64,
     /// Bytes of live segments, shared with the index, which subtracts deleted ones.
@@ -187,6 +188,8 @@ pub(crate) struct DiskWriter {
     active: Option<(Arc<Segment>, File)>,
     next_segment: u64,
     dictionaries: HashMap<i64, Message>,
+    /// `dictionaries` as every entry shares it, rebuilt only when a dictionary changes.
+    in_force: Arc<[Message]>,
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
     ipc_schema: Option<SchemaRef>,
     /// Removes the directory with everything in it when the writer goes.
@@ -221,6 +224,7 @@ impl DiskWriter {
         let used = Arc::new(AtomicU64::new(0));
         let writer = Self {
             directory: dir.path().to_path_buf(),
+            write_policy: options.write_policy,
             segment_bytes: options.segment_bytes.max(1),
             capacity: options.capacity,
             used: used.clone(),
@@ -231,10 +235,16 @@ impl DiskWriter {
             active: None,
             next_segment: 0,
             dictionaries: HashMap::new(),
+            in_force: Arc::from([]),
             ipc_schema: None,
             _dir: dir,
         };
         Ok((writer, DiskIndex::new(used)))
+    }
+
+    /// When this writer is given batches.
+    pub fn write_policy(&self) -> WritePolicy {
+        self.write_policy
     }
 
     /// The private directory this cache writes in.
@@ -278,17 +288,16 @@ impl DiskWriter {
                 self.capacity
             )));
         }
-        for dictionary in dictionaries {
-            let id = dictionary_id(&dictionary)?;
-            let message = self.append(position, dictionary)?;
-            self.dictionaries.insert(id, message);
+        if !dictionaries.is_empty() {
+            for dictionary in dictionaries {
+                let id = dictionary_id(&dictionary)?;
+                let message = self.append(position, dictionary)?;
+                self.dictionaries.insert(id, message);
+            }
+            self.in_force = self.dictionaries.values().cloned().collect();
         }
         let message = self.append(position, encoded)?;
-        Ok(DiskEntry {
-            batch: message,
-            dictionaries: self.dictionaries.values().cloned().collect(),
-            ipc_schema,
-        })
+        Ok(DiskEntry { batch: message, dictionaries: self.in_force.clone(), ipc_schema })
     }
 
     fn append(&mut self, position: u64, message: EncodedData) -> Result<Message> {

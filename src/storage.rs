@@ -82,11 +82,6 @@ impl MemoryTier {
         self.first + self.slots.len() as u64
     }
 
-    /// Position of the oldest batch still stored.
-    pub fn first(&self) -> u64 {
-        self.first
-    }
-
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -133,6 +128,13 @@ impl MemoryTier {
     /// True while the batches held exceed the budget.
     pub fn over_budget(&self) -> bool {
         self.bytes > self.capacity
+    }
+
+    /// Drop the oldest batches until the rest fit the budget (they are on disk already).
+    pub fn trim_to_budget(&mut self) {
+        while self.over_budget() && !self.slots.is_empty() {
+            self.evict_below(self.first + 1);
+        }
     }
 
     /// The oldest batches that must leave for the rest to fit the budget.
