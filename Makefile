@@ -43,7 +43,7 @@ demo: install
 	$(VPY) demo/demo.py
 
 test-rust:
-	$(CARGO) test --release $(CARGO_TEST_FLAGS)
+	$(CARGO) test --release --features fault-injection $(CARGO_TEST_FLAGS)
 
 test-c: build
 	$(MAKE) -C tests/c LIBDIR=$(CURDIR)/$(LIBDIR)

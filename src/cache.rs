@@ -460,8 +460,11 @@ impl Shared {
                 }
             },
             Some(Err(err)) => {
+                // The batch in hand stays in memory, over budget if need be: a disk failure
+                // loses nothing that was pulled.
+                state.memory.push_unbounded(batch);
                 state.failure = Some(err);
-                return Ok(Spill::Nothing(false));
+                Spill::Nothing(false)
             }
             Some(Ok(entry)) => {
                 state.memory.push_unbounded(batch);

@@ -26,6 +26,7 @@ use arrow_schema::SchemaRef;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::faults::{FaultInjector, IoPoint};
 
 /// Segments are this large unless one message needs more.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -62,6 +63,9 @@ pub struct DiskOptions {
     pub compression: Compression,
     /// Target size of one segment file.
     pub segment_bytes: u64,
+    /// Tests only: make one disk operation fail.
+    #[cfg(feature = "fault-injection")]
+    pub faults: Option<FaultInjector>,
 }
 
 impl DiskOptions {
@@ -73,7 +77,16 @@ impl DiskOptions {
             write_policy: WritePolicy::default(),
             compression: Compression::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            #[cfg(feature = "fault-injection")]
+            faults: None,
         }
+    }
+
+    fn faults(&self) -> Option<FaultInjector> {
+        #[cfg(feature = "fault-injection")]
+        return self.faults.clone();
+        #[cfg(not(feature = "fault-injection"))]
+        None
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -190,6 +203,7 @@ pub(crate) struct DiskWriter {
     dictionaries: HashMap<i64, Message>,
     /// `dictionaries` as every entry shares it, rebuilt only when a dictionary changes.
     in_force: Arc<[Message]>,
+    faults: Option<FaultInjector>,
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
     ipc_schema: Option<SchemaRef>,
     /// Removes the directory with everything in it when the writer goes.
@@ -206,6 +220,9 @@ impl DiskWriter {
     /// Create the private directory for one cache under `options.path`.
     pub fn create(options: &DiskOptions) -> Result<(Self, DiskIndex)> {
         options.validate()?;
+        let faults = options.faults();
+        inject(&faults, IoPoint::CreateDirectory)
+            .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
         std::fs::create_dir_all(&options.path)
             .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
         let dir = tempfile::Builder::new()
@@ -236,6 +253,7 @@ impl DiskWriter {
             next_segment: 0,
             dictionaries: HashMap::new(),
             in_force: Arc::from([]),
+            faults,
             ipc_schema: None,
             _dir: dir,
         };
@@ -310,7 +328,8 @@ impl DiskWriter {
         }
         let (segment, file) = self.active.as_mut().expect("roll() opened a segment");
         let offset = segment.written.load(Ordering::Acquire);
-        let written = write_at(file, offset, message, &self.options)
+        let fault = inject(&self.faults, IoPoint::Write).err();
+        let written = write_at(file, offset, message, &self.options, fault)
             .map_err(|err| io_error("cannot write to", &segment.path, err))?;
         segment.written.store(offset + written.total as u64, Ordering::Release);
         segment.last_position.store(position, Ordering::Release);
@@ -328,6 +347,10 @@ impl DiskWriter {
         let size = self.segment_bytes.max(needed);
         let path = self.directory.join(format!("segment-{:06}.arrows", self.next_segment));
         self.next_segment += 1;
+        let fail = |point, what| {
+            inject(&self.faults, point).map_err(|err| io_error(what, &path, err))
+        };
+        fail(IoPoint::CreateSegment, "cannot create segment")?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -337,7 +360,9 @@ impl DiskWriter {
             .open(&path)
             .map_err(|err| io_error("cannot create segment", &path, err))?;
         // Sized once, before mapping, and never shrunk: reads of the mapping cannot fault.
+        fail(IoPoint::SizeSegment, "cannot size segment")?;
         file.set_len(size).map_err(|err| io_error("cannot size segment", &path, err))?;
+        fail(IoPoint::MapSegment, "cannot map")?;
         // SAFETY: the file is private to this cache and never truncated while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|err| io_error("cannot map", &path, err))?;
         let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
@@ -369,13 +394,47 @@ fn padded_len(message: &EncodedData) -> usize {
     metadata + message.arrow_data.len().next_multiple_of(ALIGNMENT) + ALIGNMENT
 }
 
+fn inject(faults: &Option<FaultInjector>, point: IoPoint) -> std::io::Result<()> {
+    faults.as_ref().map_or(Ok(()), |faults| faults.check(point))
+}
+
+/// Writes `budget` bytes, then fails with `errno`: a torn write, for fault injection.
+struct Torn<W> {
+    inner: W,
+    budget: usize,
+    errno: i32,
+}
+
+impl<W: Write> Write for Torn<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.budget == 0 {
+            return Err(std::io::Error::from_raw_os_error(self.errno));
+        }
+        let n = self.inner.write(&buf[..buf.len().min(self.budget)])?;
+        self.budget -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn write_at(
     file: &mut File,
     offset: u64,
     message: EncodedData,
     options: &IpcWriteOptions,
+    fault: Option<std::io::Error>,
 ) -> std::io::Result<Written> {
     file.seek(SeekFrom::Start(offset))?;
+    if let Some(error) = fault {
+        // Half the message reaches the file before the failure.
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        let mut torn = Torn { inner: &mut *file, budget: padded_len(&message) / 2, errno };
+        let _ = write_message(&mut torn, message, options);
+        return Err(error);
+    }
     // Small messages go out in one write; large bodies bypass the buffer.
     let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut *file);
     let (metadata_len, body_len) =

@@ -7,6 +7,10 @@ pub mod cache;
 pub mod disk;
 pub mod error;
 pub mod ffi;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+#[cfg(not(feature = "fault-injection"))]
+mod faults;
 pub mod reader;
 mod registry;
 pub mod storage;

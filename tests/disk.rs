@@ -125,7 +125,8 @@ fn over_disk_capacity_fails_and_keeps_what_is_cached() {
         }
     };
     assert!(matches!(&err, Error::Capacity(m) if m.contains("disk_capacity")), "{err}");
-    assert_eq!(read, 2);
+    // Two fit on disk; the third, already pulled, stays in memory rather than being lost.
+    assert_eq!(read, 3);
     let again: Vec<_> = cache.reader(true).unwrap().take(2).map(Result::unwrap).collect();
     assert_eq!(again[1].column(0).as_primitive::<Int64Type>().value(0), 1000);
 }
