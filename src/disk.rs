@@ -398,7 +398,8 @@ fn inject(faults: &Option<FaultInjector>, point: IoPoint) -> std::io::Result<()>
     faults.as_ref().map_or(Ok(()), |faults| faults.check(point))
 }
 
-/// Writes `budget` bytes, then fails with `errno`: a torn write, for fault injection.
+/// Passes writes through until `budget` bytes are written, then fails with `errno`: how
+/// an injected fault tears a message half-way, as a short write on a full disk does.
 struct Torn<W> {
     inner: W,
     budget: usize,
@@ -428,17 +429,20 @@ fn write_at(
     fault: Option<std::io::Error>,
 ) -> std::io::Result<Written> {
     file.seek(SeekFrom::Start(offset))?;
-    if let Some(error) = fault {
-        // Half the message reaches the file before the failure.
-        let errno = error.raw_os_error().unwrap_or(libc::EIO);
-        let mut torn = Torn { inner: &mut *file, budget: padded_len(&message) / 2, errno };
-        let _ = write_message(&mut torn, message, options);
-        return Err(error);
-    }
+    let (budget, errno) = match fault {
+        Some(error) => (padded_len(&message) / 2, error.raw_os_error().unwrap_or(libc::EIO)),
+        None => (usize::MAX, 0),
+    };
     // Small messages go out in one write; large bodies bypass the buffer.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, &mut *file);
-    let (metadata_len, body_len) =
-        write_message(&mut out, message, options).map_err(std::io::Error::other)?;
+    let buffered = std::io::BufWriter::with_capacity(64 << 10, &mut *file);
+    let mut out = Torn { inner: buffered, budget, errno };
+    let (metadata_len, body_len) = write_message(&mut out, message, options).map_err(|err| {
+        // Keep the OS error (ENOSPC, EDQUOT...) that the IPC writer wrapped.
+        match err {
+            arrow_schema::ArrowError::IoError(_, io) => io,
+            other => std::io::Error::other(other),
+        }
+    })?;
     let total = (metadata_len + body_len).next_multiple_of(ALIGNMENT);
     out.write_all(&[0u8; ALIGNMENT][..total - metadata_len - body_len])?;
     out.flush()?;

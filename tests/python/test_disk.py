@@ -113,10 +113,10 @@ def assert_batches_equal(got: Sequence[pa.RecordBatch], expected: Sequence[pa.Re
         assert a.equals(b), f"batch {index} differs"
 
 
-def run_child(script: str, *args: str, timeout: float = 60) -> dict:
+def run_child(script: str, *args: str, timeout: float = 60, wrap: list[str] = []) -> dict:
     """Run `script` in a fresh interpreter; it prints one JSON object as its last line."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
+        [*wrap, sys.executable, "-c", textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -680,10 +680,10 @@ import json, os, resource, signal, sys
 import numpy as np, pyarrow as pa
 from batchcorder import StreamCache
 
-disk_path, policy = sys.argv[1], sys.argv[2]
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-limit = 1 << 20
-resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+disk_path, policy, limit = sys.argv[1], sys.argv[2], sys.argv[3]
+if limit == "file-size":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
 small = [pa.record_batch({"x": np.arange(i * 8192, (i + 1) * 8192, dtype=np.int64)})
          for i in range(40)]                                   # 64 KiB each
@@ -730,16 +730,26 @@ print(json.dumps({
 """
 
 
+# A 4 MiB tmpfs, mounted in a private mount namespace: a filesystem that really fills up.
+TMPFS_4M = ["unshare", "--map-root-user", "--mount", "sh", "-c",
+            'mount -t tmpfs -o size=4m batchcorder-full "$0" && exec "$@"']
+
+
 @pytest.mark.parametrize("policy", ["on_insertion", "on_eviction"])
-def test_full_disk_for_real_with_a_file_size_limit(tmp_path, policy):
-    out = run_child(FULL_DISK_CHILD, str(tmp_path), policy)
+@pytest.mark.parametrize(
+    "limit, expected_errno",
+    [("file-size", errno.EFBIG), ("full-filesystem", errno.ENOSPC)],
+)
+def test_full_disk_for_real(tmp_path, policy, limit, expected_errno):
+    wrap = [*TMPFS_4M, str(tmp_path)] if limit == "full-filesystem" else []
+    out = run_child(FULL_DISK_CHILD, str(tmp_path), policy, limit, wrap=wrap)
     (private,) = out["private"]
     assert private.startswith(str(tmp_path))
     for attempt in (out["first"], out["second"]):
         assert attempt["is_oserror"], attempt
-        assert attempt["errno"] == errno.EFBIG, attempt
+        assert attempt["errno"] == expected_errno, attempt["message"]
         assert private in attempt["message"], attempt
-        assert os.strerror(errno.EFBIG) in attempt["message"], attempt  # "File too large"
+        assert os.strerror(expected_errno) in attempt["message"], attempt
         # Everything before the failure was served, intact; nothing partial was returned.
         assert attempt["prefix_ok"]
         assert 40 <= attempt["count"] <= 41, attempt
