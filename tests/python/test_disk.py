@@ -1108,3 +1108,37 @@ def test_disk_path_may_itself_be_a_symlink_to_a_directory(tmp_path):
         assert len(private_dirs(real)) == 1
     assert list(real.iterdir()) == []
     assert link.is_symlink()
+
+
+# -- edge-shaped streams ------------------------------------------------------------------
+
+
+def edge_streams() -> dict[str, tuple[pa.Schema, list[pa.RecordBatch]]]:
+    int_schema = pa.schema([("x", pa.int64())])
+    no_columns = pa.RecordBatch.from_struct_array(pa.array([{}] * 5, pa.struct([])))
+    uuids = pa.ExtensionArray.from_storage(
+        pa.uuid(), pa.array([bytes(range(16)), bytes(16)], pa.binary(16))
+    )
+    uuid_schema = pa.schema([("u", pa.uuid())])
+    return {
+        "zero-batches": (int_schema, []),
+        "zero-rows": (int_schema, [pa.record_batch([pa.array([], pa.int64())], schema=int_schema)] * 3),
+        "zero-columns": (no_columns.schema, [no_columns, no_columns]),
+        "extension-type": (uuid_schema, [pa.record_batch([uuids], schema=uuid_schema)] * 2),
+    }
+
+
+@pytest.mark.parametrize("tier", ["memory", "disk"])
+@pytest.mark.parametrize("shape", sorted(edge_streams()))
+def test_edge_shaped_streams_replay_through_both_tiers(tmp_path, tier, shape):
+    schema, batches = edge_streams()[shape]
+    disk = {"memory_capacity": 1, "disk_path": tmp_path, "disk_capacity": BIG}
+    source = pa.RecordBatchReader.from_batches(schema, iter(batches))
+    with StreamCache(source, **(disk if tier == "disk" else {})) as cache:
+        for _ in range(2):
+            got = read_all_batches(cache)
+            assert [b.num_rows for b in got] == [b.num_rows for b in batches]
+            assert_batches_equal(got, batches)
+            table = pa.table(cache)
+            assert table.schema == schema
+            assert table.num_rows == sum(b.num_rows for b in batches)
