@@ -144,8 +144,9 @@ fn point() -> impl Strategy<Value = Option<IoPoint>> {
     ]
 }
 
+/// 96 cases, times `BC_STRESS_SCALE` (`make stress`).
 fn cases() -> u32 {
-    std::env::var("BC_FAULT_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(96)
+    96 * std::env::var("BC_STRESS_SCALE").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
 }
 
 proptest! {

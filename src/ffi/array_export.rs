@@ -45,38 +45,47 @@ unsafe impl Sync for ExportTemplate {}
 impl ExportTemplate {
     pub fn new(batch: &RecordBatch) -> Self {
         let exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
-        let mut template = Self { _exported: exported, nodes: Vec::new(), child_indices: Vec::new() };
-        let root: *const ArrowArray = (&template._exported as *const FFI_ArrowArray).cast();
-        // SAFETY: `root` is a valid export tree owned by the template.
-        unsafe { template.flatten(root) };
-        template
+        let (mut nodes, mut child_indices) = (Vec::new(), Vec::new());
+        let root: *const ArrowArray = (&exported as *const FFI_ArrowArray).cast();
+        // SAFETY: `root` is a valid export tree; only the struct itself moves below, and
+        // everything the nodes point at lives in its heap-allocated private data.
+        unsafe { flatten(root, &mut nodes, &mut child_indices) };
+        Self { _exported: exported, nodes, child_indices }
     }
+}
 
-    unsafe fn flatten(&mut self, array: *const ArrowArray) -> usize {
-        let array = unsafe { &*array };
-        let index = self.nodes.len();
-        let n_children = array.n_children as usize;
-        self.nodes.push(TemplateNode {
-            length: array.length,
-            null_count: array.null_count,
-            offset: array.offset,
-            n_buffers: array.n_buffers,
-            buffers: array.buffers.cast_const(),
-            children_start: 0,
-            n_children,
-            dictionary: None,
-        });
-        let children: Vec<usize> = (0..n_children)
-            .map(|i| unsafe { self.flatten(*array.children.add(i)) })
-            .collect();
-        let dictionary =
-            (!array.dictionary.is_null()).then(|| unsafe { self.flatten(array.dictionary) });
-        let node = &mut self.nodes[index];
-        node.children_start = self.child_indices.len();
-        node.dictionary = dictionary;
-        self.child_indices.extend(children);
-        index
-    }
+/// Append `array` and its descendants to `nodes` in pre-order; returns its index.
+///
+/// # Safety
+/// `array` is a valid, unreleased export tree.
+unsafe fn flatten(
+    array: *const ArrowArray,
+    nodes: &mut Vec<TemplateNode>,
+    child_indices: &mut Vec<usize>,
+) -> usize {
+    let array = unsafe { &*array };
+    let index = nodes.len();
+    let n_children = array.n_children as usize;
+    nodes.push(TemplateNode {
+        length: array.length,
+        null_count: array.null_count,
+        offset: array.offset,
+        n_buffers: array.n_buffers,
+        buffers: array.buffers.cast_const(),
+        children_start: 0,
+        n_children,
+        dictionary: None,
+    });
+    let children: Vec<usize> = (0..n_children)
+        .map(|i| unsafe { flatten(*array.children.add(i), nodes, child_indices) })
+        .collect();
+    let dictionary = (!array.dictionary.is_null())
+        .then(|| unsafe { flatten(array.dictionary, nodes, child_indices) });
+    let node = &mut nodes[index];
+    node.children_start = child_indices.len();
+    node.dictionary = dictionary;
+    child_indices.extend(children);
+    index
 }
 
 /// The memory behind one export: nodes 1.. are the root's descendants (node 0 is unused;
@@ -112,8 +121,10 @@ pub(crate) unsafe fn export_cached(cached: &Arc<CachedBatch>, out: *mut ArrowArr
         *slot = unsafe { node_ptr.add(child) };
     }
     let children_ptr = children.as_mut_ptr();
+    // Written through `node_ptr` only: the children and dictionary pointers are derived
+    // from it, so no other borrow of the nodes may be used from here on.
     for (index, shape) in template.nodes.iter().enumerate() {
-        nodes[index] = ArrowArray {
+        let node = ArrowArray {
             length: shape.length,
             null_count: shape.null_count,
             offset: shape.offset,
@@ -129,9 +140,10 @@ pub(crate) unsafe fn export_cached(cached: &Arc<CachedBatch>, out: *mut ArrowArr
             release: Some(release_node),
             private_data: Arc::into_raw(block.clone()).cast_mut().cast(),
         };
+        unsafe { node_ptr.add(index).write(node) };
     }
     // The root moves into the consumer's struct; its slot in the block stays released.
-    let root = std::mem::replace(&mut nodes[0], released());
+    let root = unsafe { ptr::replace(node_ptr, released()) };
     unsafe { ptr::write(out, root) };
 }
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchcorder import StreamCache
+from conftest import STRESS_SCALE
 
 SCHEMA = pa.schema([("id", pa.int64())])
 ROWS = 8
@@ -31,7 +32,7 @@ operation = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150 * STRESS_SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batches=st.integers(0, 10),
     fail_at=st.one_of(st.none(), st.integers(0, 10)),

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 from batchcorder import StreamCache
+from conftest import STRESS_SCALE
 
 ROWS = 512
 SCHEMA = pa.schema([("batch", pa.int64()), ("value", pa.int64()), ("check", pa.int64())])
@@ -70,14 +71,15 @@ def run_threads(targets, timeout: float = 120.0) -> None:
         raise errors[0]
 
 
+@pytest.mark.parametrize("round", range(STRESS_SCALE))
 @pytest.mark.parametrize("tier", ["memory", "disk"])
-def test_sixteen_threads_and_duckdb_over_an_ingesting_generator(tier, tmp_path):
+def test_sixteen_threads_and_duckdb_over_an_ingesting_generator(tier, round, tmp_path):
     batches = 120
     pulls: list[int] = []
     disk = {"disk_path": tmp_path, "disk_capacity": 1 << 30, "memory_capacity": 64 << 10}
     cache = StreamCache(generator_source(batches, pulls), **(disk if tier == "disk" else {}))
     total = sum(range(batches * ROWS))
-    rng = random.Random(7)
+    rng = random.Random(7 + round)
 
     def full_reader():
         for index, batch in enumerate(cache.reader()):

@@ -1,0 +1,38 @@
+# `make stress`: the long reliability runs behind docs/reliability.md (about 30 minutes on
+# 2 cores). `make test` runs the same tests at scale 1 and a short fuzz smoke run.
+
+STRESS_SCALE ?= 25
+FUZZ_SECONDS ?= 900
+STRESS_LOG   ?= build/stress.log
+HOST_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
+
+.PHONY: stress stress-run tsan miri
+
+stress: install
+	mkdir -p build
+	$(MAKE) --no-print-directory stress-run 2>&1 | tee $(STRESS_LOG); exit $${PIPESTATUS[0]}
+
+stress-run:
+	@echo "== stress: scale $(STRESS_SCALE), fuzz $(FUZZ_SECONDS) s, started $$(date -u +%FT%TZ)"
+	BC_STRESS_SCALE=$(STRESS_SCALE) $(CARGO) test --release --features fault-injection
+	BC_STRESS_SCALE=$(STRESS_SCALE) $(VPY) -m pytest -q -p no:cacheprovider \
+	  tests/python/test_model.py tests/python/test_stress.py tests/python/test_disk.py \
+	  --hypothesis-show-statistics
+	$(MAKE) --no-print-directory tsan
+	$(MAKE) --no-print-directory miri
+	$(MAKE) --no-print-directory fuzz-long FUZZ_SECONDS=$(FUZZ_SECONDS)
+	@echo "== stress: finished $$(date -u +%FT%TZ)"
+
+# The core's threaded tests under ThreadSanitizer; std is rebuilt instrumented, which
+# needs rust-src. RUSTC_BOOTSTRAP lets the stable toolchain take -Z flags.
+tsan:
+	rustup component add rust-src
+	RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=target/tsan \
+	  $(CARGO) test -Zbuild-std --target $(HOST_TARGET) --features fault-injection \
+	  --lib --test core --test disk
+
+# The parts with no FFI and no mmap (memory tier, registry, errors, the in-memory core)
+# under Miri, which needs a nightly toolchain.
+miri:
+	rustup toolchain install nightly --profile minimal --component miri
+	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test --lib --test core
