@@ -123,11 +123,19 @@ class CacheStats:
 
 
 class _Handle:
-    """Owns one ``BcCache *``; every use checks that it is still open."""
+    """Owns one ``BcCache *``; every use checks that it is still open.
 
-    def __init__(self, pointer: Any) -> None:
+    ``replay`` holds the batches Python readers have imported, in stream order, when the
+    cache never drops a batch (memory only, no ``max_readers``): later Python readers
+    return those objects instead of crossing the C boundary again. It never holds more
+    than the cache does, since the objects share the cached buffers.
+    """
+
+    def __init__(self, pointer: Any, replayable: bool) -> None:
         self._pointer = ffi.gc(pointer, lib.bc_cache_free)
         self._closed = False
+        self.replay: Optional[list[pa.RecordBatch]] = [] if replayable else None
+        self.replay_lock = threading.Lock()
 
     def get(self) -> Any:
         if self._closed:
@@ -139,7 +147,20 @@ class _Handle:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self.replay is not None:
+                # Readers holding the list see it empty and ask the closed cache instead.
+                self.replay.clear()
+                self.replay = None
             check(lib.bc_cache_close(self._pointer))
+
+    def finished_at(self, position: int) -> bool:
+        """True when the stream is known to end exactly at ``position``."""
+        pointer = self._pointer
+        return (
+            not self._closed
+            and lib.bc_cache_upstream_exhausted(pointer)
+            and lib.bc_cache_ingested_count(pointer) == position
+        )
 
 
 _Self = TypeVar("_Self", bound="_ClosesOnExit")
@@ -255,7 +276,7 @@ class StreamCache(_ClosesOnExit):
         out = ffi.new("BcCache **")
         # Moves the stream on success; on failure the capsule still owns and releases it.
         check(lib.bc_cache_new(upstream, options, out))
-        self._handle = _Handle(out[0])
+        self._handle = _Handle(out[0], replayable=disk_dir is None and max_readers is None)
         self._disk_dir = disk_dir
         rows = getattr(source, "num_rows", None)
         self._source_rows: Optional[int] = rows if isinstance(rows, int) else None
@@ -580,13 +601,22 @@ class StreamCacheReader(_ClosesOnExit):
     3
     """
 
-    __slots__ = ("_stream", "_array", "_array_address", "_schema", "_exported", "_lock")
+    __slots__ = (
+        "_stream", "_array", "_array_address", "_schema", "_exported", "_lock",
+        "_handle", "_replay", "_position", "_lag",
+    )
     _stream: Any
     _array: Any
     _array_address: int
     _schema: pa.Schema
     _exported: bool
     _lock: threading.Lock
+    _handle: _Handle
+    # The cache's imported batches (see _Handle), for plain readers; None otherwise.
+    _replay: Optional[list[pa.RecordBatch]]
+    # Python-side position, and how far the C reader is behind it.
+    _position: int
+    _lag: int
 
     def __init__(self) -> None:
         raise TypeError("create readers with StreamCache.reader()")
@@ -609,6 +639,14 @@ class StreamCacheReader(_ClosesOnExit):
         self._schema = schema
         self._exported = False
         self._lock = threading.Lock()
+        self._handle = cache._handle
+        self._replay = cache._handle.replay if target is None else None
+        self._position = 0
+        self._lag = 0
+        if not from_start and self._replay is not None:
+            out = ffi.new("uint64_t *")
+            check(lib.bc_reader_position(stream, out))
+            self._position = int(out[0])
         return self
 
     @property
@@ -628,7 +666,18 @@ class StreamCacheReader(_ClosesOnExit):
         """Index of the next batch this reader returns."""
         out = ffi.new("uint64_t *")
         check(lib.bc_reader_position(self._live_stream(), out))
-        return int(out[0])
+        return int(out[0]) + self._lag
+
+    def _catch_up(self, stream: Any) -> None:
+        """Move the C reader to this reader's position (it lags after replayed batches)."""
+        array = self._array
+        while self._lag:
+            status = _reader_next(stream, array)
+            if status:
+                raise_status(status)
+            if array.release:
+                array.release(array)
+            self._lag -= 1
 
     def _live_stream(self) -> Any:
         if self._stream is None:
@@ -650,6 +699,24 @@ class StreamCacheReader(_ClosesOnExit):
                 self._live_stream()
             raise StopIteration
         with self._lock:
+            replay = self._replay
+            position = self._position
+            if replay is not None:
+                if position < len(replay):
+                    try:
+                        batch = replay[position]
+                    except IndexError:  # cleared by a concurrent close()
+                        pass
+                    else:
+                        # Imported before by another Python reader: no C call at all.
+                        self._position = position + 1
+                        self._lag += 1
+                        return batch
+                if self._lag and self._handle.finished_at(position):
+                    self._stream = None
+                    _free_stream_now(stream)
+                    raise StopIteration
+            self._catch_up(stream)
             status = _reader_next(stream, self._array)
             if status:
                 raise_status(status)
@@ -657,7 +724,13 @@ class StreamCacheReader(_ClosesOnExit):
                 self._stream = None
                 _free_stream_now(stream)
                 raise StopIteration
-            return _import_batch(self._array_address, self._schema)
+            batch = _import_batch(self._array_address, self._schema)
+            self._position = position + 1
+            if replay is not None and len(replay) == position:
+                with self._handle.replay_lock:
+                    if len(replay) == position:
+                        replay.append(batch)
+            return batch
 
     def read_all(self) -> pa.Table:
         """The rest of the stream as a ``pyarrow.Table``.
@@ -695,6 +768,7 @@ class StreamCacheReader(_ClosesOnExit):
         """
         with self._lock:
             stream = self._live_stream()
+            self._catch_up(stream)
             if requested_schema is not None:
                 check(lib.bc_reader_cast(stream, _requested_schema_pointer(requested_schema)))
             self._stream = None

@@ -420,3 +420,47 @@ def test_stats_fields():
     assert stats.memory_bytes >= 400 * 16 and stats.disk_bytes == 0
     assert stats.readers_created == 1 and stats.readers_live == 0
     assert stats.upstream_exhausted and stats.upstream_wait_seconds >= 0
+
+
+# -- Python replays ---------------------------------------------------------------------
+
+
+def test_python_replays_return_the_batches_imported_before():
+    source = Counting(6)
+    cache = StreamCache(source.reader())
+    first = list(cache)
+    second_reader = cache.reader()
+    second = [next(second_reader) for _ in range(4)]
+    assert all(a is b for a, b in zip(first, second)), "a replay hands out the same objects"
+    assert second_reader.position == 4
+    # The rest of a half-replayed reader goes through pyarrow, from where it stands.
+    rest = pa.RecordBatchReader.from_stream(second_reader).read_all()
+    assert rest.column("id")[0].as_py() == 400 and rest.num_rows == 200
+    assert pa.Table.from_batches(list(cache)).equals(expected_table(6))
+    assert source.pulls == 6
+
+
+def test_python_replays_end_with_the_upstream_failure_and_after_close():
+    cache = StreamCache(Counting(10, fail_at=4).reader())
+    for _ in range(2):
+        reader = cache.reader()
+        assert [next(reader).column(0)[0].as_py() for _ in range(4)] == [0, 100, 200, 300]
+        with pytest.raises(ValueError, match="x-marker"):
+            next(reader)
+    half = cache.reader()
+    next(half)
+    cache.close()
+    with pytest.raises(ValueError, match="closed"):
+        next(half)
+
+
+def test_frontier_and_casting_readers_beside_python_replays():
+    cache = StreamCache(Counting(5).reader())
+    reader = cache.reader()
+    next(reader), next(reader)
+    frontier = cache.reader(from_start=False)
+    assert frontier.position == 2
+    assert [b.column(0)[0].as_py() for b in frontier] == [200, 300, 400]
+    assert [b.column(0)[0].as_py() for b in reader] == [200, 300, 400]
+    casted = cache.cast(pa.schema([("id", pa.int32()), ("x", pa.float64()), ("s", pa.string())]))
+    assert [b.schema.field("id").type for b in casted] == [pa.int32()] * 5
