@@ -33,6 +33,8 @@ _COMPRESSIONS = {
 
 _log = logging.getLogger("batchcorder")
 _import_batch = pa.RecordBatch._import_from_c
+# Python objects kept per cache for fast Python replays (see _Handle).
+_REPLAY_BUDGET_BYTES = 32 << 20
 _reader_next = lib.bc_reader_next
 
 
@@ -125,16 +127,18 @@ class CacheStats:
 class _Handle:
     """Owns one ``BcCache *``; every use checks that it is still open.
 
-    ``replay`` holds the batches Python readers have imported, in stream order, when the
+    ``replay`` holds the first batches Python readers imported, in stream order, when the
     cache never drops a batch (memory only, no ``max_readers``): later Python readers
-    return those objects instead of crossing the C boundary again. It never holds more
-    than the cache does, since the objects share the cached buffers.
+    return those objects instead of crossing the C boundary again. The objects share the
+    cached buffers; their own overhead (about 1 KiB per column, measured) is kept under
+    ``_REPLAY_BUDGET_BYTES``, after which replays take the C path.
     """
 
     def __init__(self, pointer: Any, replayable: bool) -> None:
         self._pointer = ffi.gc(pointer, lib.bc_cache_free)
         self._closed = False
         self.replay: Optional[list[pa.RecordBatch]] = [] if replayable else None
+        self.replay_limit = 0
         self.replay_lock = threading.Lock()
 
     def get(self) -> Any:
@@ -277,6 +281,8 @@ class StreamCache(_ClosesOnExit):
         # Moves the stream on success; on failure the capsule still owns and releases it.
         check(lib.bc_cache_new(upstream, options, out))
         self._handle = _Handle(out[0], replayable=disk_dir is None and max_readers is None)
+        self._schema = _schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
+        self._handle.replay_limit = _REPLAY_BUDGET_BYTES // (1024 * (len(self._schema) + 1))
         self._disk_dir = disk_dir
         rows = getattr(source, "num_rows", None)
         self._source_rows: Optional[int] = rows if isinstance(rows, int) else None
@@ -284,7 +290,6 @@ class StreamCache(_ClosesOnExit):
         _open_caches.add(self)
         self._max_readers = max_readers
         self._memory_capacity = memory_capacity
-        self._schema = _schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
 
     @classmethod
     def in_memory(
@@ -726,7 +731,7 @@ class StreamCacheReader(_ClosesOnExit):
                 raise StopIteration
             batch = _import_batch(self._array_address, self._schema)
             self._position = position + 1
-            if replay is not None and len(replay) == position:
+            if replay is not None and len(replay) == position < self._handle.replay_limit:
                 with self._handle.replay_lock:
                     if len(replay) == position:
                         replay.append(batch)

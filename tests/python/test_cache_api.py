@@ -464,3 +464,14 @@ def test_frontier_and_casting_readers_beside_python_replays():
     assert [b.column(0)[0].as_py() for b in reader] == [200, 300, 400]
     casted = cache.cast(pa.schema([("id", pa.int32()), ("x", pa.float64()), ("s", pa.string())]))
     assert [b.schema.field("id").type for b in casted] == [pa.int32()] * 5
+
+
+def test_python_replays_past_the_object_budget_take_the_c_path():
+    table = pa.table({"id": np.arange(20_000)})
+    cache = StreamCache(table.to_reader(max_chunksize=1))
+    first, second = list(cache), list(cache)
+    limit = cache._handle.replay_limit
+    assert 0 < limit < 20_000
+    assert second[0] is first[0] and second[limit - 1] is first[limit - 1]
+    assert second[limit] is not first[limit], "past the budget, batches are imported anew"
+    assert pa.Table.from_batches(second).equals(table)
