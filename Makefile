@@ -54,10 +54,16 @@ test-python: install
 	$(VPY) -m mypy
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
+# The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
 test: check-header test-rust test-c test-python test-examples test-r
+	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # C, C++, R and Julia users: install-c, uninstall-c, test-examples, test-r (docs/c-users.md).
 include mk/install.mk
+
+# Reliability: fuzz-smoke, fuzz-long (mk/fuzz.mk); stress, tsan, miri (mk/stress.mk).
+include mk/fuzz.mk
+include mk/stress.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/).
 bench: build

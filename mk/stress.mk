@@ -1,8 +1,7 @@
 # `make stress`: the long reliability runs behind docs/reliability.md (about 30 minutes on
-# 2 cores). `make test` runs the same tests at scale 1 and a short fuzz smoke run.
+# 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time). `make test` runs the same tests at scale 1 and a short fuzz smoke run.
 
 STRESS_SCALE ?= 25
-FUZZ_SECONDS ?= 900
 STRESS_LOG   ?= build/stress.log
 HOST_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
 
@@ -10,7 +9,7 @@ HOST_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
 
 stress: install
 	mkdir -p build
-	$(MAKE) --no-print-directory stress-run 2>&1 | tee $(STRESS_LOG); exit $${PIPESTATUS[0]}
+	bash -o pipefail -c '$(MAKE) --no-print-directory stress-run 2>&1 | tee $(STRESS_LOG)'
 
 stress-run:
 	@echo "== stress: scale $(STRESS_SCALE), fuzz $(FUZZ_SECONDS) s, started $$(date -u +%FT%TZ)"
@@ -20,7 +19,7 @@ stress-run:
 	  --hypothesis-show-statistics
 	$(MAKE) --no-print-directory tsan
 	$(MAKE) --no-print-directory miri
-	$(MAKE) --no-print-directory fuzz-long FUZZ_SECONDS=$(FUZZ_SECONDS)
+	$(MAKE) --no-print-directory fuzz-long
 	@echo "== stress: finished $$(date -u +%FT%TZ)"
 
 # The core's threaded tests under ThreadSanitizer; std is rebuilt instrumented, which

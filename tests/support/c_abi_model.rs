@@ -1,0 +1,354 @@
+//! The model of the C ABI shared by the proptest `tests/c_abi_sequences.rs` and the
+//! libFuzzer target `fuzz/fuzz_targets/c_abi_sequences.rs` (both include this file with
+//! `#[path = ...] mod c_abi_model;`).
+//!
+//! `run` plays a sequence of `Op`s against a cache over a C upstream and checks every
+//! result against a model of the stream: every batch a reader returns is the right one,
+//! every error has the right status, and misuse (NULLs, released streams, use after
+//! close, releasing twice) is an error code or a no-op, never a crash. The expectations do
+//! not depend on the `Tier`: the disk tier must behave exactly like memory.
+//!
+//! Indices and counts in `Op` may be anything (the fuzzer makes them arbitrary): `run`
+//! bounds them itself.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::ptr;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::ffi::{from_ffi_and_data_type, FFI_ArrowArray};
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::types::Int64Type;
+use arrow_array::{Int64Array, RecordBatch, RecordBatchIterator, StructArray};
+use arrow_schema::{ArrowError, DataType, Field, Schema};
+use batchcorder::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use batchcorder::ffi::cache::*;
+use batchcorder::ffi::export::{bc_reader_next, bc_reader_position};
+use batchcorder::ffi::options::*;
+use batchcorder::ffi::BcStatus::{self, *};
+use batchcorder::Stats;
+
+pub const ROWS: i64 = 10;
+/// `Op` reader indices are taken modulo this.
+pub const READER_SLOTS: usize = 6;
+/// A `Read` reads at most this many batches (more than any stream has).
+pub const MAX_READ_COUNT: u8 = 16;
+/// Disk budget: never the limit here.
+const DISK_CAPACITY: u64 = 1 << 30;
+/// The smallest segment the C API accepts: a handful of batches each.
+const SEGMENT_BYTES: u64 = 4096;
+/// Hot-layer budgets with the disk tier are below this: at most a couple of batches stay
+/// in memory, the rest are read back from disk.
+const MAX_HOT_BYTES: u64 = 512;
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]))
+}
+
+/// A C stream of `batches` batches whose ids start at position * ROWS, failing at `fail_at`.
+pub fn upstream(batches: i64, fail_at: Option<i64>) -> ArrowArrayStream {
+    let items: Vec<Result<RecordBatch, ArrowError>> = (0..batches)
+        .map_while(|position| {
+            if Some(position) == fail_at {
+                return Some(Err(ArrowError::InvalidArgumentError("producer broke".into())));
+            }
+            let ids = Int64Array::from_iter_values(position * ROWS..(position + 1) * ROWS);
+            Some(Ok(RecordBatch::try_new(schema(), vec![Arc::new(ids)]).unwrap()))
+        })
+        .take_while(|_| true)
+        .collect();
+    let reader = RecordBatchIterator::new(items, schema());
+    // SAFETY: the two structs have one layout (asserted in the library).
+    unsafe { std::mem::transmute(FFI_ArrowArrayStream::new(Box::new(reader))) }
+}
+
+fn released_array() -> ArrowArray {
+    unsafe { std::mem::transmute(FFI_ArrowArray::empty()) }
+}
+
+/// The first id of an exported batch; releases it.
+fn first_id(array: ArrowArray) -> i64 {
+    let ffi: FFI_ArrowArray = unsafe { std::mem::transmute(array) };
+    let data_type = DataType::Struct(schema().fields().clone());
+    let data = unsafe { from_ffi_and_data_type(ffi, data_type) }.unwrap();
+    StructArray::from(data).column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// One call (or a few) on the C ABI. `ReleaseAgain` releases a reader if it is still live,
+/// then calls its saved `release` again on the released struct, which must be a no-op.
+#[derive(Debug, Clone)]
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+pub enum Op {
+    NewReader { from_start: bool },
+    Read { reader: usize, count: u8 },
+    Release { reader: usize },
+    ReleaseAgain { reader: usize },
+    IngestAll,
+    Stats,
+    Close,
+    Misuse { reader: usize },
+}
+
+/// Where the cache keeps its batches.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+pub enum Tier {
+    /// Memory only, default budget.
+    Memory,
+    /// The disk tier in a fresh temporary directory, with a hot layer of
+    /// `hot_bytes % MAX_HOT_BYTES` bytes and compression `compression % 3`.
+    Disk { on_eviction: bool, compression: u8, hot_bytes: u16 },
+}
+
+type ReleaseFn = unsafe extern "C" fn(*mut ArrowArrayStream);
+
+pub struct Reader {
+    stream: ArrowArrayStream,
+    /// The stream's `release` as it was handed out, kept to call it again later.
+    release_fn: ReleaseFn,
+    position: i64,
+    done: bool,
+}
+
+pub struct Model {
+    batches: i64,
+    fail_at: Option<i64>,
+    max_readers: Option<u64>,
+    created: u64,
+    frontier: i64,
+    closed: bool,
+}
+
+impl Model {
+    /// Where the stream stops: the failure or the end.
+    fn stop(&self) -> i64 {
+        self.fail_at.unwrap_or(self.batches)
+    }
+}
+
+/// The disk tier's parent directory; `None` in memory.
+struct DiskDir {
+    parent: tempfile::TempDir,
+    /// Every batch ingested goes to disk right away (nothing evicts it while readers are
+    /// uncapped), so `disk_bytes` must be positive once a batch is in.
+    always_written: bool,
+}
+
+impl DiskDir {
+    /// Entries in the parent: the cache's private directory while it has one.
+    fn entries(&self) -> usize {
+        std::fs::read_dir(self.parent.path()).unwrap().count()
+    }
+}
+
+/// Set the options of `tier` on `opts`.
+fn configure(opts: *mut BcOptions, tier: Tier) -> Option<DiskDir> {
+    let Tier::Disk { on_eviction, compression, hot_bytes } = tier else { return None };
+    let parent = tempfile::tempdir().expect("a temporary directory");
+    let path = CString::new(parent.path().to_str().unwrap()).unwrap();
+    let hot_bytes = u64::from(hot_bytes) % MAX_HOT_BYTES;
+    let policy = if on_eviction { BC_WRITE_ON_EVICTION } else { BC_WRITE_ON_INSERTION };
+    let compressions = [BC_COMPRESSION_NONE, BC_COMPRESSION_LZ4, BC_COMPRESSION_ZSTD];
+    let compression = compressions[usize::from(compression % 3)];
+    unsafe {
+        assert_eq!(bc_options_set_disk(opts, path.as_ptr(), DISK_CAPACITY), BC_OK);
+        assert_eq!(bc_options_set_memory_capacity(opts, hot_bytes), BC_OK);
+        assert_eq!(bc_options_set_write_policy(opts, policy), BC_OK);
+        assert_eq!(bc_options_set_compression(opts, compression), BC_OK);
+        assert_eq!(bc_options_set_segment_bytes(opts, SEGMENT_BYTES), BC_OK);
+    }
+    Some(DiskDir { parent, always_written: !on_eviction || hot_bytes == 0 })
+}
+
+/// `run_on` in memory.
+pub fn run(batches: i64, fail_at: Option<i64>, max_readers: Option<u64>, ops: Vec<Op>) {
+    run_on(Tier::Memory, batches, fail_at, max_readers, ops)
+}
+
+pub fn run_on(
+    tier: Tier,
+    batches: i64,
+    fail_at: Option<i64>,
+    max_readers: Option<u64>,
+    ops: Vec<Op>,
+) {
+    let mut source = upstream(batches, fail_at);
+    let opts = bc_options_new();
+    if let Some(max) = max_readers {
+        assert_eq!(unsafe { bc_options_set_max_readers(opts, max) }, BC_OK);
+    }
+    let disk = configure(opts, tier);
+    let mut cache = ptr::null_mut();
+    assert_eq!(unsafe { bc_cache_new(&mut source, opts, &mut cache) }, BC_OK);
+    assert!(source.release.is_none(), "the cache took the upstream");
+    unsafe { bc_options_free(opts) };
+    if let Some(disk) = &disk {
+        assert_eq!(disk.entries(), 1, "the cache made its private directory");
+    }
+
+    let mut model = Model { batches, fail_at, max_readers, created: 0, frontier: 0, closed: false };
+    let mut readers: Vec<Reader> = Vec::new();
+    for op in ops {
+        match op {
+            Op::NewReader { from_start } => {
+                let mut stream = ArrowArrayStream::RELEASED;
+                let status =
+                    unsafe { bc_cache_reader(cache, from_start, ptr::null(), &mut stream) };
+                if model.closed {
+                    assert_eq!(status, BC_CLOSED);
+                } else if model.max_readers.is_some_and(|max| model.created >= max) {
+                    assert!(matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED), "{status:?}");
+                    assert!(stream.release.is_none(), "out untouched on failure");
+                } else {
+                    assert_eq!(status, BC_OK);
+                    model.created += 1;
+                    let position = if from_start { 0 } else { model.frontier };
+                    let release_fn = stream.release.expect("a live reader");
+                    readers.push(Reader { stream, release_fn, position, done: false });
+                }
+            }
+            Op::Read { reader, count } => {
+                let Some(r) = readers.get_mut(reader % READER_SLOTS) else { continue };
+                for _ in 0..count.min(MAX_READ_COUNT) {
+                    if r.done || r.stream.release.is_none() {
+                        break;
+                    }
+                    let mut array = released_array();
+                    let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
+                    if model.closed {
+                        assert_eq!(status, BC_CLOSED);
+                        break;
+                    }
+                    if r.position == model.stop() && model.fail_at.is_some() {
+                        assert_eq!(status, BC_UPSTREAM);
+                        model.frontier = model.frontier.max(r.position);
+                        break;
+                    }
+                    assert_eq!(status, BC_OK, "reading position {}", r.position);
+                    if r.position == model.batches {
+                        assert!(array.release.is_none(), "end of stream");
+                        r.done = true;
+                        break;
+                    }
+                    assert_eq!(first_id(array), r.position * ROWS, "the right batch");
+                    r.position += 1;
+                    model.frontier = model.frontier.max(r.position);
+                    let mut position = 0;
+                    assert_eq!(unsafe { bc_reader_position(&mut r.stream, &mut position) }, BC_OK);
+                    assert_eq!(position as i64, r.position);
+                }
+            }
+            Op::Release { reader } => {
+                if let Some(r) = readers.get_mut(reader % READER_SLOTS) {
+                    if let Some(release) = r.stream.release {
+                        unsafe { release(&mut r.stream) };
+                    }
+                    assert_released(&r.stream);
+                }
+            }
+            Op::ReleaseAgain { reader } => {
+                if let Some(r) = readers.get_mut(reader % READER_SLOTS) {
+                    if let Some(release) = r.stream.release {
+                        unsafe { release(&mut r.stream) };
+                    }
+                    assert_released(&r.stream);
+                    // The C stream interface forbids this, but a double release must not
+                    // free anything twice: private_data is NULL, so it returns at once.
+                    unsafe { (r.release_fn)(&mut r.stream) };
+                    assert_released(&r.stream);
+                }
+            }
+            Op::IngestAll => {
+                let mut total = 0;
+                let status = unsafe { bc_cache_ingest_all(cache, &mut total) };
+                if model.closed {
+                    assert_eq!(status, BC_CLOSED);
+                } else if model.fail_at.is_some() {
+                    assert_eq!(status, BC_UPSTREAM);
+                    model.frontier = model.stop();
+                } else {
+                    assert_eq!((status, total as i64), (BC_OK, model.batches));
+                    model.frontier = model.batches;
+                }
+            }
+            Op::Stats => {
+                let mut stats = Stats::default();
+                if model.closed {
+                    continue;
+                }
+                assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_OK);
+                assert_eq!(stats.batches_ingested as i64, model.frontier.min(model.stop()));
+                assert_eq!(stats.readers_created, model.created);
+                assert_eq!(unsafe { bc_cache_ingested_count(cache) }, stats.batches_ingested);
+                if let Some(disk) = &disk {
+                    if disk.always_written && model.max_readers.is_none() {
+                        // The disk tier is really in use, not just configured.
+                        assert_eq!(stats.disk_bytes > 0, stats.batches_ingested > 0, "{stats:?}");
+                    }
+                }
+            }
+            Op::Close => {
+                assert_eq!(unsafe { bc_cache_close(cache) }, BC_OK);
+                model.closed = true;
+                if let Some(disk) = &disk {
+                    assert_eq!(disk.entries(), 0, "closing deletes the cache's directory");
+                }
+            }
+            Op::Misuse { reader } => misuse(cache, readers.get_mut(reader % READER_SLOTS)),
+        }
+    }
+    unsafe { bc_cache_free(cache) };
+    // Readers outlive the handle; releasing them last must be clean.
+    for mut r in readers {
+        if let Some(release) = r.stream.release {
+            unsafe { release(&mut r.stream) };
+        }
+        assert_released(&r.stream);
+    }
+    if let Some(disk) = &disk {
+        assert_eq!(disk.entries(), 0, "the last reader took the cache's directory with it");
+    }
+}
+
+fn assert_released(stream: &ArrowArrayStream) {
+    assert!(stream.release.is_none() && stream.private_data.is_null());
+    assert!(stream.get_schema.is_none() && stream.get_next.is_none());
+}
+
+/// NULLs and released structs everywhere: error codes, never a crash.
+pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
+    let null_cache: *mut BcCache = ptr::null_mut();
+    let mut stream = ArrowArrayStream::RELEASED;
+    let mut schema_out: ArrowSchema = unsafe { std::mem::zeroed() };
+    let expect_invalid = |status: BcStatus| assert_eq!(status, BC_INVALID_ARGUMENT);
+    unsafe {
+        expect_invalid(bc_cache_reader(null_cache, true, ptr::null(), &mut stream));
+        expect_invalid(bc_cache_reader(cache, true, ptr::null(), ptr::null_mut()));
+        expect_invalid(bc_cache_schema(null_cache, &mut schema_out));
+        expect_invalid(bc_cache_schema(cache, ptr::null_mut()));
+        expect_invalid(bc_cache_stats(cache, ptr::null_mut()));
+        expect_invalid(bc_cache_check_schema(cache, ptr::null()));
+        expect_invalid(bc_cache_ingest_all(null_cache, ptr::null_mut()));
+        expect_invalid(bc_cache_close(null_cache));
+        let mut released = ArrowArrayStream::RELEASED;
+        expect_invalid(bc_cache_new(&mut released, ptr::null(), &mut ptr::null_mut()));
+        let mut array = released_array();
+        expect_invalid(bc_reader_next(&mut released, &mut array));
+        expect_invalid(bc_reader_next(ptr::null_mut(), &mut array));
+        if let Some(r) = reader {
+            if r.stream.release.is_some() {
+                expect_invalid(bc_reader_next(&mut r.stream, ptr::null_mut()));
+            } else {
+                // A released reader: its callbacks are gone and bc_reader_next refuses it.
+                expect_invalid(bc_reader_next(&mut r.stream, &mut array));
+            }
+        }
+        assert!(!std::ffi::CStr::from_ptr(batchcorder::ffi::bc_last_error()).is_empty());
+        assert_eq!(bc_cache_ingested_count(null_cache), 0);
+        assert!(!bc_cache_upstream_exhausted(null_cache));
+        bc_cache_free(ptr::null_mut());
+        bc_options_free(ptr::null_mut());
+    }
+}
