@@ -2,6 +2,8 @@
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
@@ -12,6 +14,7 @@ pub struct CachedBatch {
     batch: RecordBatch,
     /// What an export layer derives from the batch once and reuses on every read.
     derived: OnceLock<Box<dyn Any + Send + Sync>>,
+    used: AtomicBool,
 }
 
 impl std::fmt::Debug for CachedBatch {
@@ -22,12 +25,18 @@ impl std::fmt::Debug for CachedBatch {
 
 impl CachedBatch {
     pub(crate) fn new(batch: RecordBatch) -> Self {
-        Self { batch, derived: OnceLock::new() }
+        Self { batch, derived: OnceLock::new(), used: AtomicBool::new(false) }
     }
 
     /// The batch as it came from the upstream.
     pub fn batch(&self) -> &RecordBatch {
         &self.batch
+    }
+
+    /// True the first time it is called for this batch, false after: lets an export
+    /// layer build its reusable form only for batches that are read more than once.
+    pub fn first_use(&self) -> bool {
+        !self.used.swap(true, Ordering::AcqRel)
     }
 
     /// A value derived from the batch, built on first use and kept as long as the batch.
@@ -36,6 +45,30 @@ impl CachedBatch {
         self.derived.get_or_init(|| Box::new(build(&self.batch))).downcast_ref()
     }
 }
+
+/// Hashes allocation start addresses: unique and word-aligned, so one multiply and a fold
+/// spread them well, at a fraction of SipHash's cost per ingested buffer.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_usize(self.0 as usize ^ byte as usize);
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        let mixed = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = mixed ^ (mixed >> 29);
+    }
+}
+
+type AddressMap<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
 
 /// An allocation that at least one stored batch points into.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +92,7 @@ struct Slot {
 pub(crate) struct MemoryTier {
     first: u64,
     slots: VecDeque<Slot>,
-    allocations: HashMap<usize, Allocation>,
+    allocations: AddressMap<Allocation>,
     bytes: u64,
     capacity: u64,
 }
@@ -74,7 +107,7 @@ pub(crate) struct OverBudget {
 
 impl MemoryTier {
     pub fn new(capacity: u64) -> Self {
-        Self { first: 0, slots: VecDeque::new(), allocations: HashMap::new(), bytes: 0, capacity }
+        Self { first: 0, slots: VecDeque::new(), allocations: AddressMap::default(), bytes: 0, capacity }
     }
 
     /// Position one past the last stored batch: the ingestion frontier.

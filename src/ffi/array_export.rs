@@ -96,13 +96,15 @@ struct Block {
     children: UnsafeCell<Box<[*mut ArrowArray]>>,
 }
 
-/// Export `cached` into `out`, building its template on first use.
+/// Export `cached` into `out`; from its second export on, through its template.
 ///
 /// # Safety
 /// `out` is valid for writing one `ArrowArray`.
 pub(crate) unsafe fn export_cached(cached: &Arc<CachedBatch>, out: *mut ArrowArray) {
-    let Some(template) = cached.derived(ExportTemplate::new) else {
-        // Another layer claimed the slot: export without the template.
+    // A batch read once (a single pass, or ingestion through a reader) never pays for
+    // a template: only a second read builds one.
+    let template = if cached.first_use() { None } else { cached.derived(ExportTemplate::new) };
+    let Some(template) = template else {
         let data = StructArray::from(cached.batch().clone()).into_data();
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return;
