@@ -1,5 +1,6 @@
 # `make stress`: the long reliability runs behind docs/reliability.md (about 30 minutes on
-# 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time). `make test` runs the same tests at scale 1 and a short fuzz smoke run.
+# 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time). `make test` runs the
+# same tests at scale 1 and a short fuzz smoke run.
 
 STRESS_SCALE ?= 25
 STRESS_LOG   ?= build/stress.log
@@ -33,5 +34,6 @@ tsan:
 # The parts with no FFI and no mmap (memory tier, registry, errors, the in-memory core)
 # under Miri, which needs a nightly toolchain.
 miri:
-	rustup toolchain install nightly --profile minimal --component miri
+	rustup run nightly cargo miri --version >/dev/null 2>&1 \
+	  || rustup toolchain install nightly --profile minimal --component miri
 	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test --lib --test core

@@ -630,6 +630,8 @@ class StreamCacheReader(_ClosesOnExit):
     def _create(
         cls, cache: StreamCache, from_start: bool, target: Optional[pa.Schema]
     ) -> "StreamCacheReader":
+        if not isinstance(from_start, bool):
+            raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
         handle = cache._handle.get()
         stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
         # The capsule owns the schema struct: it must outlive the call that reads it.

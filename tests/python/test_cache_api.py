@@ -475,3 +475,80 @@ def test_python_replays_past_the_object_budget_take_the_c_path():
     assert second[0] is first[0] and second[limit - 1] is first[limit - 1]
     assert second[limit] is not first[limit], "past the budget, batches are imported anew"
     assert pa.Table.from_batches(second).equals(table)
+
+
+# -- bad input, exhaustively ------------------------------------------------------------
+
+
+def _disk(tmp):
+    return {"disk_path": str(tmp), "disk_capacity": 1 << 20}
+
+
+BAD_KWARGS = [
+    ({"memory_capacity": 1.5}, TypeError, "memory_capacity"),
+    ({"memory_capacity": [1]}, TypeError, "memory_capacity"),
+    ({"max_readers": "3"}, TypeError, "max_readers"),
+    ({"max_readers": -2}, ValueError, "max_readers"),
+    ({"write_policy": 5}, ValueError, "write_policy"),
+    ({"write_policy": None}, ValueError, "write_policy"),
+    ({"compression": "gzip"}, ValueError, "compression"),
+    ({"compression": 1}, ValueError, "compression"),
+    ({"segment_bytes": 0}, ValueError, "segment_bytes"),
+    ({"segment_bytes": "1MB"}, TypeError, "segment_bytes"),
+    ({"disk_path": 42, "disk_capacity": 1}, TypeError, "disk_path"),
+    ({"disk_path": b"/tmp", "disk_capacity": 1}, TypeError, "disk_path"),
+    ({"disk_path": "DISK", "disk_capacity": "1GB"}, TypeError, "disk_capacity"),
+    ({"disk_path": "DISK", "disk_capacity": 0}, ValueError, "disk_capacity"),
+    ({"disk_path": "DISK", "disk_capacity": 2.5}, TypeError, "disk_capacity"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, name", BAD_KWARGS)
+def test_every_parameter_refuses_wrong_types_and_values(tmp_path, kwargs, error, name):
+    kwargs = {k: (str(tmp_path) if v == "DISK" else v) for k, v in kwargs.items()}
+    source = Counting(3)
+    with pytest.raises(error, match=name):
+        StreamCache(source.reader(), **kwargs)
+    assert source.pulls == 0, "a refused cache reads nothing"
+
+
+def _consumed_capsule():
+    capsule = expected_table(1).__arrow_c_stream__()
+    pa.RecordBatchReader._import_from_c_capsule(capsule).read_all()
+    return capsule
+
+
+@pytest.mark.parametrize(
+    "returned, error, match",
+    [
+        (5, TypeError, "PyCapsule|capsule"),
+        (None, TypeError, "PyCapsule|capsule"),
+        ("arrow_array_stream", TypeError, "PyCapsule|capsule"),
+        (lambda: SCHEMA.__arrow_c_schema__(), TypeError, "arrow_array_stream"),
+        (_consumed_capsule, ValueError, "released"),
+    ],
+)
+def test_a_source_returning_garbage_is_a_clear_error(returned, error, match):
+    class Garbage:
+        def __arrow_c_stream__(self, requested_schema=None):
+            return returned() if callable(returned) else returned
+
+    with pytest.raises(error, match=match):
+        StreamCache(Garbage())
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.reader(from_start="yes"),
+        lambda c: c.cast("not a schema"),
+        lambda c: c.cast(pa.schema([("nope", pa.int64())])),
+        lambda c: c.__arrow_c_stream__(requested_schema=5),
+        lambda c: c.ingest_all(callback=5),
+    ],
+)
+def test_bad_arguments_to_methods_raise_and_keep_the_cache_working(call):
+    cache = StreamCache(expected_table(2))
+    with pytest.raises((TypeError, ValueError)):
+        call(cache)
+    assert pa.table(cache).equals(expected_table(2))
