@@ -51,6 +51,9 @@ impl CacheOptions {
 
 /// The default memory budget: three quarters of physical memory (all of it if unknown).
 pub fn default_memory_capacity() -> u64 {
+    if cfg!(miri) {
+        return u64::MAX; // Miri cannot ask the OS for the machine's memory
+    }
     // SAFETY: sysconf has no preconditions.
     let (pages, page_size) =
         unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
