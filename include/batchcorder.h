@@ -254,8 +254,9 @@ bool bc_cache_upstream_exhausted(const struct BcCache *cache);
 // Each pointer is NULL or valid.
 enum BcStatus bc_cache_stats(const struct BcCache *cache, struct BcStats *out);
 
-// Drop the cached batches and the upstream, and delete any files. Idempotent. Readers
-// then fail with a clear error; arrays they already returned stay valid.
+// Drop the cached batches and the upstream, and delete any files. Idempotent, and
+// `BC_OK` on a cache poisoned by an internal error too. Readers then fail with a clear
+// error; arrays they already returned stay valid.
 //
 // # Safety
 // `cache` is NULL or a live handle.

@@ -1,7 +1,7 @@
 //! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use arrow_array::{RecordBatch, RecordBatchReader};
@@ -286,11 +286,14 @@ impl StreamCache {
     }
 
     /// Drop all stored batches and the upstream, and delete the disk directory.
-    /// Idempotent. Readers then fail with [`Error::Closed`]; batches they already
-    /// returned stay valid (mapped files stay readable after they are deleted).
+    /// Idempotent, and works on a poisoned cache too. Readers then fail with
+    /// [`Error::Closed`]; batches they already returned stay valid (mapped files stay
+    /// readable after they are deleted).
     pub fn close(&self) -> Result<()> {
         let stored = {
-            let mut state = self.shared.lock_state()?;
+            // Closing a poisoned cache still releases what it holds: dropping needs no
+            // invariant that an interrupted update could have broken.
+            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.closed {
                 return Ok(());
             }
@@ -299,7 +302,7 @@ impl StreamCache {
         };
         drop(stored);
         // Waits for a pull in progress; the puller sees `closed` and discards its batch.
-        let mut ingest = self.shared.ingest.lock().map_err(|_| Error::poisoned())?;
+        let mut ingest = self.shared.ingest.lock().unwrap_or_else(PoisonError::into_inner);
         let (source, writer) = (ingest.source.take(), ingest.writer.take());
         drop(ingest);
         drop(source);

@@ -72,6 +72,8 @@ fn a_panic_is_bc_internal_and_poisons_the_cache() {
     let message = unsafe { CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader)) };
     assert!(message.to_string_lossy().contains("poisoned"));
     unsafe { (reader.release.unwrap())(&mut reader) };
+    // Closing still releases what the poisoned cache holds.
+    assert_eq!(unsafe { bc_cache_close(cache) }, BC_OK);
     unsafe { bc_cache_free(cache) };
 }
 

@@ -212,8 +212,9 @@ pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut Stats) 
     })
 }
 
-/// Drop the cached batches and the upstream, and delete any files. Idempotent. Readers
-/// then fail with a clear error; arrays they already returned stay valid.
+/// Drop the cached batches and the upstream, and delete any files. Idempotent, and
+/// `BC_OK` on a cache poisoned by an internal error too. Readers then fail with a clear
+/// error; arrays they already returned stay valid.
 ///
 /// # Safety
 /// `cache` is NULL or a live handle.

@@ -552,3 +552,49 @@ def test_bad_arguments_to_methods_raise_and_keep_the_cache_working(call):
     with pytest.raises((TypeError, ValueError)):
         call(cache)
     assert pa.table(cache).equals(expected_table(2))
+
+
+def test_a_panic_in_the_core_is_a_runtime_error_and_poisons_the_cache():
+    """A producer bug that trips an assertion inside arrow-rs (an array with fewer
+    children than its schema has fields) comes out as InternalError, a RuntimeError."""
+    from batchcorder import InternalError
+    from batchcorder._capsules import _api
+    from batchcorder._native import ffi
+
+    good = pa.record_batch({"a": [1, 2], "b": [3, 4]})
+    address = lambda ptr: int(ffi.cast("uintptr_t", ptr))  # noqa: E731
+
+    @ffi.callback("int(struct ArrowArrayStream *, struct ArrowSchema *)")
+    def get_schema(stream, out):
+        good.schema._export_to_c(address(out))
+        return 0
+
+    @ffi.callback("int(struct ArrowArrayStream *, struct ArrowArray *)")
+    def get_next(stream, out):
+        good._export_to_c(address(out))
+        out.n_children = 1
+        return 0
+
+    @ffi.callback("const char *(struct ArrowArrayStream *)")
+    def get_last_error(stream):
+        return ffi.NULL
+
+    @ffi.callback("void(struct ArrowArrayStream *)")
+    def release(stream):
+        stream.release = ffi.NULL
+
+    stream = ffi.new("struct ArrowArrayStream *")
+    stream.get_schema, stream.get_next = get_schema, get_next
+    stream.get_last_error, stream.release = get_last_error, release
+
+    class BuggyProducer:
+        def __arrow_c_stream__(self, requested_schema=None):
+            return _api.PyCapsule_New(address(stream), b"arrow_array_stream", None)
+
+    cache = StreamCache(BuggyProducer())
+    with pytest.raises(RuntimeError, match="panic") as info:
+        next(iter(cache))
+    assert isinstance(info.value, InternalError)
+    with pytest.raises(InternalError, match="poisoned"):
+        cache.reader()
+    cache.close()
