@@ -1,4 +1,4 @@
-# `make stress`: the long reliability runs behind docs/reliability.md (about 30 minutes on
+# `make stress`: the long reliability runs behind docs/reliability.md (about 40 minutes on
 # 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time). `make test` runs the
 # same tests at scale 1 and a short fuzz smoke run.
 
