@@ -11,6 +11,9 @@ mod c_abi_model;
 use c_abi_model::{run_on, Op, Tier};
 use proptest::prelude::*;
 
+#[path = "support/stress.rs"]
+mod stress;
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => any::<bool>().prop_map(|from_start| Op::NewReader { from_start }),
@@ -33,17 +36,8 @@ fn tier() -> impl Strategy<Value = Tier> {
     ]
 }
 
-/// 300 cases, times `BC_STRESS_SCALE` (`make stress`).
-fn cases() -> u32 {
-    300 * std::env::var("BC_STRESS_SCALE").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(stress::config(300))]
 
     #[test]
     fn call_sequences_match_the_model(

@@ -16,6 +16,9 @@ use batchcorder::faults::{FaultInjector, IoPoint};
 use batchcorder::{CacheOptions, Error, StreamCache};
 use proptest::prelude::*;
 
+#[path = "support/stress.rs"]
+mod stress;
+
 /// Batches with an id column and a dictionary column whose dictionary changes every
 /// `dictionary_every` batches, so dictionary messages are written too.
 fn source_batches(batches: usize, rows: usize, dictionary_every: usize) -> Vec<RecordBatch> {
@@ -144,17 +147,8 @@ fn point() -> impl Strategy<Value = Option<IoPoint>> {
     ]
 }
 
-/// 96 cases, times `BC_STRESS_SCALE` (`make stress`).
-fn cases() -> u32 {
-    96 * std::env::var("BC_STRESS_SCALE").ok().and_then(|n| n.parse().ok()).unwrap_or(1)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(stress::config(96))]
 
     #[test]
     fn disk_faults_lose_nothing(
