@@ -93,7 +93,7 @@ pub struct Stats {
 #[derive(Debug)]
 struct State {
     memory: MemoryTier,
-    /// Batches on disk, with the policy that put them there.
+    /// Where batches lie on disk.
     disk: Option<DiskIndex>,
     registry: ReaderRegistry,
     /// The upstream's failure (or a budget failure), kept and returned to every reader

@@ -328,7 +328,7 @@ impl DiskWriter {
         }
         let (segment, file) = self.active.as_mut().expect("roll() opened a segment");
         let offset = segment.written.load(Ordering::Acquire);
-        let fault = inject(&self.faults, IoPoint::Write).err();
+        let fault = inject(&self.faults, IoPoint::Write).err().and_then(|err| err.raw_os_error());
         let written = write_at(file, offset, message, &self.options, fault)
             .map_err(|err| io_error("cannot write to", &segment.path, err))?;
         segment.written.store(offset + written.total as u64, Ordering::Release);
@@ -426,11 +426,11 @@ fn write_at(
     offset: u64,
     message: EncodedData,
     options: &IpcWriteOptions,
-    fault: Option<std::io::Error>,
+    fault_errno: Option<i32>,
 ) -> std::io::Result<Written> {
     file.seek(SeekFrom::Start(offset))?;
-    let (budget, errno) = match fault {
-        Some(error) => (padded_len(&message) / 2, error.raw_os_error().unwrap_or(libc::EIO)),
+    let (budget, errno) = match fault_errno {
+        Some(errno) => (padded_len(&message) / 2, errno),
         None => (usize::MAX, 0),
     };
     // Small messages go out in one write; large bodies bypass the buffer.

@@ -67,11 +67,6 @@ impl FaultInjector {
         self.0.fired.load(Ordering::Acquire)
     }
 
-    /// The errno injected failures carry.
-    pub fn errno(&self) -> i32 {
-        self.0.errno
-    }
-
     /// Called before each operation: the error to fail it with, if this is the one.
     pub(crate) fn check(&self, point: IoPoint) -> std::io::Result<()> {
         let plan = &self.0;

@@ -82,9 +82,20 @@ def test_non_stream_source_is_a_type_error(bad):
         StreamCache(bad)
 
 
-def test_constructor_parameters_in_order():
-    cache = StreamCache(expected_table(1), 1 << 20, None, None, "on_eviction", 3)
-    assert cache.max_readers == 3
+def test_constructor_parameters_in_order(tmp_path):
+    def positional(memory_capacity):
+        source = expected_table(3).to_reader(max_chunksize=100)
+        cache = StreamCache(source, memory_capacity, tmp_path, 1 << 30, "on_eviction", 3)
+        cache.ingest_all()
+        return cache
+
+    roomy, tight = positional(1 << 20), positional(1)
+    assert roomy.max_readers == tight.max_readers == 3
+    # on_eviction: a stream that fits memory_capacity never reaches disk_path; one that
+    # does not goes there.
+    assert roomy.stats().disk_bytes == 0 and roomy.stats().memory_bytes > 0
+    assert tight.stats().disk_bytes > 0
+    assert pa.table(tight).equals(expected_table(3))
 
 
 @pytest.mark.parametrize(
