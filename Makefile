@@ -65,8 +65,9 @@ include mk/install.mk
 include mk/fuzz.mk
 include mk/stress.mk
 
-# Speed and memory side by side with plain pyarrow and the reference release (see bench/).
-bench: build
+# Speed and memory side by side with plain pyarrow and the reference release (see bench/);
+# it builds the library once, as the wheel it installs.
+bench:
 	bash bench/run.sh
 
 clean:

@@ -33,6 +33,9 @@ TARGETS = {
     "sliced": ("ours memory, per byte", 1.1),
 }
 
+# Absolute targets: (the workload's result key, its largest acceptable value for ours).
+ABSOLUTE = {"tiny-batches": ("us_per_batch", 2.0), "bounded": ("rss_growth_mib", 64)}
+
 
 def run_one(impl: str, workload: str) -> dict:
     command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", impl, "--workload", workload]
@@ -97,6 +100,13 @@ def main() -> None:
         if errors:
             extra += " errors: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
         verdict = "n/a" if ratio is None else ("met" if ratio <= limit else "MISSED")
+        # Absolute targets beside the ratio: both must hold.
+        absolute = ABSOLUTE.get(workload)
+        if absolute is not None and verdict == "met":
+            key, most = absolute
+            value = median([s.get(key) for s in samples[("ours", workload)]])
+            if value is None or value > most:
+                verdict = f"MISSED ({key} > {most})"
         fmt = lambda v: "-" if v is None else f"{v:.4f}"
         rows.append(
             f"| {workload} | {fmt(seconds['ours'])} | {fmt(seconds['ref'])} | {fmt(seconds['pyarrow'])} "

@@ -14,8 +14,11 @@ if [ ! -x bench/.venv-ref/bin/python ]; then
   "$PY" -m venv bench/.venv-ref
   bench/.venv-ref/bin/pip install -q "batchcorder==0.1.3" "${DEPS[@]}"
 fi
-cargo build --release
-mkdir -p build
+# The C-level program links the library the wheel just built: one Rust build in all.
+NATIVE=$(bench/.venv-ours/bin/python -c 'import batchcorder._native as n, os; print(os.path.dirname(n.__file__))')
+mkdir -p build/bench-lib
+ln -sfn "$NATIVE/lib_native.so" build/bench-lib/libbatchcorder.so
+ln -sfn "$NATIVE/lib_native.so" build/bench-lib/libbatchcorder.so.0
 cc -O2 -std=c11 -Iinclude -o build/c_level bench/c_level.c \
-  -Ltarget/release -lbatchcorder -Wl,-rpath,"$PWD/target/release"
+  -Lbuild/bench-lib -lbatchcorder -Wl,-rpath,"$PWD/build/bench-lib"
 bench/.venv-ours/bin/python bench/run.py

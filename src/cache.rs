@@ -1,11 +1,12 @@
 //! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use arrow_array::{RecordBatch, RecordBatchReader};
-use arrow_schema::SchemaRef;
+use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::disk::{DiskIndex, DiskOptions, DiskWriter, WritePolicy};
 use crate::error::{Error, Result};
@@ -15,6 +16,33 @@ use crate::storage::{CachedBatch, MemoryTier};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
 pub type Upstream = Box<dyn RecordBatchReader + Send>;
+
+/// One batch as a [`BatchSource`] hands it over.
+pub struct Pulled {
+    pub batch: RecordBatch,
+    /// A form of the batch that an export layer reuses on every read (see
+    /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
+    pub derived: Option<Box<dyn Any + Send + Sync>>,
+}
+
+/// An upstream that may hand over more than the batch: the C stream import passes the
+/// producer's own array along, so that replays re-export it without converting.
+/// Every [`Upstream`] is one.
+pub trait BatchSource: Send {
+    fn schema(&self) -> SchemaRef;
+    /// The next batch; `None` at the end.
+    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>>;
+}
+
+impl BatchSource for Upstream {
+    fn schema(&self) -> SchemaRef {
+        RecordBatchReader::schema(self.as_ref())
+    }
+
+    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
+        Some(self.next()?.map(|batch| Pulled { batch, derived: None }))
+    }
+}
 
 /// How a cache stores batches and when it may drop them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,7 +135,7 @@ struct State {
 
 /// What only the ingesting thread touches.
 struct Ingest {
-    source: Option<Upstream>,
+    source: Option<Box<dyn BatchSource>>,
     writer: Option<DiskWriter>,
 }
 
@@ -178,6 +206,11 @@ pub struct PreparedCache {
 impl PreparedCache {
     /// Attach the upstream. Cannot fail.
     pub fn start(self, upstream: Upstream) -> StreamCache {
+        self.start_source(Box::new(upstream))
+    }
+
+    /// Attach an upstream that is a [`BatchSource`]. Cannot fail.
+    pub fn start_source(self, upstream: Box<dyn BatchSource>) -> StreamCache {
         let capacity = self.options.memory_capacity.unwrap_or_else(default_memory_capacity);
         let (writer, index) = match self.disk {
             Some((writer, index)) => (Some(writer), Some(index)),
@@ -399,12 +432,12 @@ impl Shared {
             return Ok(()); // exhausted, failed or closed: the caller's loop sees which
         };
         let started = Instant::now();
-        let pulled = source.next();
+        let pulled = source.pull();
         self.upstream_wait_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 
         let batch = match pulled {
-            Some(Ok(batch)) => match check_schema(&self.schema, &batch) {
-                Ok(()) => Ok(batch),
+            Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
+                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)),
                 Err(err) => Err(Some(err)),
             },
             Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
@@ -439,11 +472,13 @@ impl Shared {
     }
 
     /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
-    fn store(&self, ingest: &mut Ingest, position: u64, batch: RecordBatch) -> Result<Spill> {
+    fn store(&self, ingest: &mut Ingest, position: u64, batch: CachedBatch) -> Result<Spill> {
         let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
         // OnInsertion: written before the state lock is taken.
         let written = match (policy, ingest.writer.as_mut()) {
-            (Some(WritePolicy::OnInsertion), Some(writer)) => Some(writer.write(position, &batch)),
+            (Some(WritePolicy::OnInsertion), Some(writer)) => {
+                Some(writer.write(position, batch.batch()))
+            }
             _ => None,
         };
         let mut state = self.lock_state()?;
@@ -451,7 +486,7 @@ impl Shared {
             return Ok(Spill::Nothing(false));
         }
         state.evict_passed();
-        let rows = batch.num_rows() as u64;
+        let rows = batch.batch().num_rows() as u64;
         let spill = match written {
             None if policy.is_none() => match state.memory.push(batch) {
                 Ok(()) => Spill::Nothing(true),

@@ -15,7 +15,7 @@ pub mod reader;
 mod registry;
 pub mod storage;
 
-pub use cache::{default_memory_capacity, CacheOptions, Stats, StreamCache, Upstream};
+pub use cache::{default_memory_capacity, BatchSource, CacheOptions, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};
 pub use reader::{validate_cast, CacheReader};
 pub use storage::CachedBatch;

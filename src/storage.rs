@@ -1,8 +1,7 @@
 //! The memory tier: cached batches by stream position, with exact byte accounting.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -28,6 +27,15 @@ impl CachedBatch {
         Self { batch, derived: OnceLock::new(), used: AtomicBool::new(false) }
     }
 
+    /// A batch whose derived value its upstream already supplied (see [`crate::Pulled`]).
+    pub(crate) fn with_derived(batch: RecordBatch, derived: Option<Box<dyn Any + Send + Sync>>) -> Self {
+        let cached = Self::new(batch);
+        if let Some(value) = derived {
+            let _ = cached.derived.set(value);
+        }
+        cached
+    }
+
     /// The batch as it came from the upstream.
     pub fn batch(&self) -> &RecordBatch {
         &self.batch
@@ -44,31 +52,18 @@ impl CachedBatch {
     pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce(&RecordBatch) -> T) -> Option<&T> {
         self.derived.get_or_init(|| Box::new(build(&self.batch))).downcast_ref()
     }
-}
 
-/// Hashes allocation start addresses: unique and word-aligned, so one multiply and a fold
-/// spread them well, at a fraction of SipHash's cost per ingested buffer.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_usize(self.0 as usize ^ byte as usize);
-        }
-    }
-
-    fn write_usize(&mut self, address: usize) {
-        let mixed = (address as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = mixed ^ (mixed >> 29);
+    /// The derived value if it exists already (built before, or supplied by the upstream).
+    pub fn derived_if_present<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.derived.get()?.downcast_ref()
     }
 }
 
-type AddressMap<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
+/// Allocations by start address. A B-tree rather than a hash map: it grows by small
+/// nodes, where a hash table's doublings are large allocations that make glibc's malloc
+/// consolidate every freed small chunk of the process (measured: 1.2 us per ingested
+/// batch over a 1 563-batch stream).
+type AddressMap<V> = BTreeMap<usize, V>;
 
 /// An allocation that at least one stored batch points into.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +102,7 @@ pub(crate) struct OverBudget {
 
 impl MemoryTier {
     pub fn new(capacity: u64) -> Self {
-        Self { first: 0, slots: VecDeque::new(), allocations: AddressMap::default(), bytes: 0, capacity }
+        Self { first: 0, slots: VecDeque::new(), allocations: AddressMap::new(), bytes: 0, capacity }
     }
 
     /// Position one past the last stored batch: the ingestion frontier.
@@ -126,8 +121,8 @@ impl MemoryTier {
     }
 
     /// Append the next batch of the stream, unless it would exceed the budget.
-    pub fn push(&mut self, batch: RecordBatch) -> Result<(), OverBudget> {
-        let allocations = distinct_allocations(&batch);
+    pub fn push(&mut self, batch: CachedBatch) -> Result<(), OverBudget> {
+        let allocations = distinct_allocations(batch.batch());
         let added: u64 = allocations
             .iter()
             .map(|&(start, bytes)| match self.allocations.get(&start) {
@@ -143,19 +138,19 @@ impl MemoryTier {
     }
 
     /// Append a batch whatever the budget; the disk tier then trims the hot layer.
-    pub fn push_unbounded(&mut self, batch: RecordBatch) {
-        let allocations = distinct_allocations(&batch);
+    pub fn push_unbounded(&mut self, batch: CachedBatch) {
+        let allocations = distinct_allocations(batch.batch());
         self.insert(batch, allocations);
     }
 
-    fn insert(&mut self, batch: RecordBatch, allocations: Box<[(usize, u64)]>) {
+    fn insert(&mut self, batch: CachedBatch, allocations: Box<[(usize, u64)]>) {
         for &(start, bytes) in allocations.iter() {
             let entry = self.allocations.entry(start).or_insert(Allocation { bytes: 0, users: 0 });
             self.bytes += bytes.saturating_sub(entry.bytes);
             entry.bytes = entry.bytes.max(bytes);
             entry.users += 1;
         }
-        self.slots.push_back(Slot { batch: Arc::new(CachedBatch::new(batch)), allocations });
+        self.slots.push_back(Slot { batch: Arc::new(batch), allocations });
     }
 
     /// True while the batches held exceed the budget.
@@ -268,9 +263,9 @@ mod tests {
     fn slices_of_one_allocation_count_once() {
         let whole = batch((0..1000).collect());
         let mut tier = MemoryTier::new(u64::MAX);
-        tier.push(whole.slice(0, 500)).unwrap();
+        tier.push(CachedBatch::new(whole.slice(0, 500))).unwrap();
         let after_first = tier.bytes();
-        tier.push(whole.slice(500, 500)).unwrap();
+        tier.push(CachedBatch::new(whole.slice(500, 500))).unwrap();
         assert_eq!(tier.bytes(), after_first);
         assert!(after_first >= 8000);
         tier.evict_below(1);
@@ -282,8 +277,8 @@ mod tests {
     #[test]
     fn over_budget_is_refused_and_keeps_state() {
         let mut tier = MemoryTier::new(10_000);
-        tier.push(batch((0..1000).collect())).unwrap();
-        let err = tier.push(batch((0..1000).collect())).unwrap_err();
+        tier.push(CachedBatch::new(batch((0..1000).collect()))).unwrap();
+        let err = tier.push(CachedBatch::new(batch((0..1000).collect()))).unwrap_err();
         assert!(err.needed >= 8000);
         assert_eq!(tier.end(), 1);
         assert!(tier.get(0).is_some());

@@ -36,6 +36,8 @@ _import_batch = pa.RecordBatch._import_from_c
 # Python objects kept per cache for fast Python replays (see _Handle).
 _REPLAY_BUDGET_BYTES = 32 << 20
 _reader_next = lib.bc_reader_next
+# Index of `release` in a `struct ArrowArray` read as machine words.
+_RELEASE_INDEX = ffi.offsetof("struct ArrowArray", "release") // ffi.sizeof("uintptr_t")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
@@ -127,7 +129,7 @@ class CacheStats:
 class _Handle:
     """Owns one ``BcCache *``; every use checks that it is still open.
 
-    ``replay`` holds the first batches Python readers imported, in stream order, when the
+    ``replay`` holds the batches Python readers imported, by position, when the
     cache never drops a batch (memory only, no ``max_readers``): later Python readers
     return those objects instead of crossing the C boundary again. The objects share the
     cached buffers; their own overhead (about 1 KiB per column, measured) is kept under
@@ -137,9 +139,8 @@ class _Handle:
     def __init__(self, pointer: Any, replayable: bool) -> None:
         self._pointer = ffi.gc(pointer, lib.bc_cache_free)
         self._closed = False
-        self.replay: Optional[list[pa.RecordBatch]] = [] if replayable else None
+        self.replay: Optional[dict[int, pa.RecordBatch]] = {} if replayable else None
         self.replay_limit = 0
-        self.replay_lock = threading.Lock()
 
     def get(self) -> Any:
         if self._closed:
@@ -152,7 +153,7 @@ class _Handle:
         if not self._closed:
             self._closed = True
             if self.replay is not None:
-                # Readers holding the list see it empty and ask the closed cache instead.
+                # Readers holding the dict see it empty and ask the closed cache instead.
                 self.replay.clear()
                 self.replay = None
             check(lib.bc_cache_close(self._pointer))
@@ -607,18 +608,21 @@ class StreamCacheReader(_ClosesOnExit):
     """
 
     __slots__ = (
-        "_stream", "_array", "_array_address", "_schema", "_exported", "_lock",
-        "_handle", "_replay", "_position", "_lag",
+        "_stream", "_array", "_array_address", "_release_word", "_schema", "_exported",
+        "_lock", "_handle", "_replay", "_replay_limit", "_position", "_lag",
     )
     _stream: Any
     _array: Any
+    # The array struct as machine words: reading `release` this way makes no cdata object.
+    _release_word: Any
     _array_address: int
     _schema: pa.Schema
     _exported: bool
     _lock: threading.Lock
     _handle: _Handle
     # The cache's imported batches (see _Handle), for plain readers; None otherwise.
-    _replay: Optional[list[pa.RecordBatch]]
+    _replay: Optional[dict[int, pa.RecordBatch]]
+    _replay_limit: int
     # Python-side position, and how far the C reader is behind it.
     _position: int
     _lag: int
@@ -643,11 +647,13 @@ class StreamCacheReader(_ClosesOnExit):
         self._stream = stream
         self._array = ffi.new("struct ArrowArray *")
         self._array_address = int(ffi.cast("uintptr_t", self._array))
+        self._release_word = ffi.cast("uintptr_t *", self._array)
         self._schema = schema
         self._exported = False
         self._lock = threading.Lock()
         self._handle = cache._handle
         self._replay = cache._handle.replay if target is None else None
+        self._replay_limit = cache._handle.replay_limit
         self._position = 0
         self._lag = 0
         if not from_start and self._replay is not None:
@@ -700,43 +706,40 @@ class StreamCacheReader(_ClosesOnExit):
         return self
 
     def __next__(self) -> pa.RecordBatch:
-        stream = self._stream
-        if stream is None:
-            if self._exported:
-                self._live_stream()
-            raise StopIteration
+        # The hot path of `for batch in cache`: kept to as few Python operations as it can.
         with self._lock:
-            replay = self._replay
+            stream = self._stream
+            if stream is None:
+                if self._exported:
+                    self._live_stream()
+                raise StopIteration
             position = self._position
+            replay = self._replay
             if replay is not None:
-                if position < len(replay):
-                    try:
-                        batch = replay[position]
-                    except IndexError:  # cleared by a concurrent close()
-                        pass
-                    else:
-                        # Imported before by another Python reader: no C call at all.
-                        self._position = position + 1
-                        self._lag += 1
-                        return batch
-                if self._lag and self._handle.finished_at(position):
+                batch = replay.get(position)
+                if batch is not None:
+                    # Imported before by another Python reader: no C call at all.
+                    self._position = position + 1
+                    self._lag += 1
+                    return batch
+            if self._lag:
+                if self._handle.finished_at(position):
                     self._stream = None
                     _free_stream_now(stream)
                     raise StopIteration
-            self._catch_up(stream)
+                self._catch_up(stream)
             status = _reader_next(stream, self._array)
             if status:
                 raise_status(status)
-            if not self._array.release:
+            if not self._release_word[_RELEASE_INDEX]:
                 self._stream = None
                 _free_stream_now(stream)
                 raise StopIteration
             batch = _import_batch(self._array_address, self._schema)
             self._position = position + 1
-            if replay is not None and len(replay) == position < self._handle.replay_limit:
-                with self._handle.replay_lock:
-                    if len(replay) == position:
-                        replay.append(batch)
+            if replay is not None and len(replay) < self._replay_limit:
+                # One call, atomic under the GIL: readers racing here keep the first.
+                replay.setdefault(position, batch)
             return batch
 
     def read_all(self) -> pa.Table:

@@ -72,7 +72,7 @@ pub unsafe extern "C" fn bc_cache_new(
         let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
         // Nothing below fails, so the caller keeps the stream on every error path.
         let source = unsafe { CStreamUpstream::take(upstream, schema) };
-        let cache = prepared.start(Box::new(source));
+        let cache = prepared.start_source(Box::new(source));
         *out = BcCache::into_raw(cache);
         Ok(())
     })

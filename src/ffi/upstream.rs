@@ -1,16 +1,19 @@
-//! Import: a C `ArrowArrayStream` as the cache's upstream, keeping the producer's errno.
+//! Import: a C `ArrowArrayStream` as the cache's upstream, keeping the producer's errno
+//! and each producer array as it came, for replays to re-export.
 
 use std::ffi::CStr;
 use std::sync::Arc;
 
 use arrow_array::ffi::{from_ffi_and_data_type, FFI_ArrowArray};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
-use arrow_array::{Array, RecordBatch, RecordBatchOptions, RecordBatchReader, StructArray};
+use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 
+use crate::cache::{BatchSource, Pulled};
 use crate::error::{Error, Result};
 use crate::ffi::abi::ArrowArrayStream;
+use crate::ffi::array_export::{ExportRoot, OwnedArray};
 
 /// An upstream C stream, owned: dropping it calls its `release`.
 pub struct CStreamUpstream {
@@ -51,12 +54,17 @@ impl CStreamUpstream {
         Self { stream, schema, row_type }
     }
 
-    fn import(&self, array: FFI_ArrowArray) -> std::result::Result<RecordBatch, ArrowError> {
-        let data = unsafe { from_ffi_and_data_type(array, self.row_type.clone()) }?;
+    /// arrow-rs imports the batch through a second root over the producer's tree, which
+    /// the cache keeps whole: replays export copies of its structs.
+    fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
+        let tree = Arc::new(OwnedArray::new(array));
+        let root = OwnedArray::shared_import_root(&tree);
+        let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let (_, columns, _) = rows.into_parts();
-        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        Ok(Pulled { batch, derived: Some(Box::new(ExportRoot::new(tree))) })
     }
 }
 
@@ -79,10 +87,12 @@ fn errno_error(errno: i32, message: String) -> ArrowError {
     }
 }
 
-impl Iterator for CStreamUpstream {
-    type Item = std::result::Result<RecordBatch, ArrowError>;
+impl BatchSource for CStreamUpstream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
         let raw: *mut ArrowArrayStream = (&mut self.stream as *mut FFI_ArrowArrayStream).cast();
         let Some(get_next) = self.stream.get_next() else {
             return Some(Err(ArrowError::CDataInterface("upstream has no get_next".into())));
@@ -96,11 +106,5 @@ impl Iterator for CStreamUpstream {
             return None;
         }
         Some(self.import(array))
-    }
-}
-
-impl RecordBatchReader for CStreamUpstream {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
     }
 }

@@ -433,6 +433,46 @@ def test_stats_fields():
     assert stats.upstream_exhausted and stats.upstream_wait_seconds >= 0
 
 
+# -- replays hand out the producer's own buffers -----------------------------------------
+
+
+def _buffer_addresses(data: pa.Table | pa.RecordBatch) -> list[int]:
+    """The address of every buffer of every column, children and dictionaries too."""
+    found: list[int] = []
+
+    def walk(array: pa.Array) -> None:
+        found.extend(b.address for b in array.buffers() if b is not None)
+        if isinstance(array, pa.DictionaryArray):
+            walk(array.dictionary)
+
+    for column in data.columns:
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        for chunk in chunks:
+            walk(chunk)
+    return found
+
+
+def test_replays_export_the_producers_buffers_without_copying():
+    table = pa.table(
+        {
+            "id": pa.array([1, None, 3, 4, 5, 6], pa.int64()),
+            "s": pa.array(["a", "bb", None, "d", "e", "f"]),
+            "tags": pa.array([[1], [], None, [2, 3], [4], [5, 6]], pa.list_(pa.int32())),
+            "point": pa.array([{"x": i, "y": float(i)} for i in range(6)]),
+            "kind": pa.array(["p", "q", "p", "p", "q", "r"]).dictionary_encode(),
+        }
+    )
+    # Slices of one table: each batch points into the same allocations with an offset.
+    source = pa.Table.from_batches(table.to_batches(max_chunksize=4))
+    cache = StreamCache(source.to_reader(max_chunksize=2))
+    replays = [pa.RecordBatchReader.from_stream(cache).read_all() for _ in range(3)]
+    replays.append(pa.Table.from_batches(list(cache.reader())))
+    expected = _buffer_addresses(source.to_reader(max_chunksize=2).read_all())
+    for replay in replays:
+        assert replay.equals(table)
+        assert _buffer_addresses(replay) == expected, "a replay copied or moved a buffer"
+
+
 # -- Python replays ---------------------------------------------------------------------
 
 
