@@ -91,6 +91,9 @@ def main() -> None:
                 f"{i} {median([s.get('us_per_batch') for s in samples[(i, workload)]]):.2f}"
                 for i in PYTHONS if median([s.get('us_per_batch') for s in samples[(i, workload)]])
             )
+            crossed = median([s.get("c_roundtrip_us_per_batch") for s in samples[("pyarrow", workload)]])
+            if crossed is not None:
+                extra += f"; one pyarrow pass of the source through C: {crossed:.2f}"
         if workload == "bounded":
             extra = "RSS growth MiB: " + ", ".join(
                 f"{i} {median([s.get('rss_growth_mib') for s in samples[(i, workload)]]):.0f}"
