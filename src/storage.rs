@@ -11,7 +11,8 @@ use arrow_data::ArrayData;
 /// One cached batch, shared by the store and every reader that has read it.
 pub struct CachedBatch {
     batch: RecordBatch,
-    /// What an export layer derives from the batch once and reuses on every read.
+    /// What an export layer reuses on every read: derived from the batch once, or handed
+    /// over by the upstream with it (`Pulled::derived`).
     derived: OnceLock<Box<dyn Any + Send + Sync>>,
     used: AtomicBool,
 }
