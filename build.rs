@@ -18,7 +18,11 @@ fn main() {
     };
     std::fs::create_dir_all(&target_dir).expect("target directory must be writable");
     // `make header` copies this one to include/batchcorder.h; `make check-header` diffs it.
-    generate(&crate_dir, public.clone(), &target_dir.join("batchcorder.h"));
+    generate(
+        &crate_dir,
+        public.clone(),
+        &target_dir.join("batchcorder.h"),
+    );
 
     let mut config = public;
     config.header = None;
@@ -44,8 +48,10 @@ fn main() {
 fn link_args() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let major = std::env::var("CARGO_PKG_VERSION_MAJOR").unwrap();
-    if matches!(os.as_str(), "linux" | "android" | "freebsd" | "netbsd" | "openbsd" | "dragonfly")
-    {
+    if matches!(
+        os.as_str(),
+        "linux" | "android" | "freebsd" | "netbsd" | "openbsd" | "dragonfly"
+    ) {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libbatchcorder.so.{major}");
     }
 }

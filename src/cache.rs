@@ -40,7 +40,10 @@ impl BatchSource for Upstream {
     }
 
     fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
-        Some(self.next()?.map(|batch| Pulled { batch, derived: None }))
+        Some(self.next()?.map(|batch| Pulled {
+            batch,
+            derived: None,
+        }))
     }
 }
 
@@ -83,8 +86,12 @@ pub fn default_memory_capacity() -> u64 {
         return u64::MAX; // Miri cannot ask the OS for the machine's memory
     }
     // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) =
-        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages > 0 && page_size > 0 {
         (pages as u64).saturating_mul(page_size as u64) / 4 * 3
     } else {
@@ -211,7 +218,10 @@ impl PreparedCache {
 
     /// Attach an upstream that is a [`BatchSource`]. Cannot fail.
     pub fn start_source(self, upstream: Box<dyn BatchSource>) -> StreamCache {
-        let capacity = self.options.memory_capacity.unwrap_or_else(default_memory_capacity);
+        let capacity = self
+            .options
+            .memory_capacity
+            .unwrap_or_else(default_memory_capacity);
         let (writer, index) = match self.disk {
             Some((writer, index)) => (Some(writer), Some(index)),
             None => (None, None),
@@ -229,7 +239,10 @@ impl PreparedCache {
         };
         let shared = Shared {
             schema: upstream.schema(),
-            ingest: Mutex::new(Ingest { source: Some(upstream), writer }),
+            ingest: Mutex::new(Ingest {
+                source: Some(upstream),
+                writer,
+            }),
             state: Mutex::new(state),
             ingested: AtomicU64::new(0),
             exhausted: AtomicBool::new(false),
@@ -237,7 +250,9 @@ impl PreparedCache {
             upstream_wait_ns: AtomicU64::new(0),
             evicts: options.max_readers.is_some(),
         };
-        StreamCache { shared: Arc::new(shared) }
+        StreamCache {
+            shared: Arc::new(shared),
+        }
     }
 }
 
@@ -326,16 +341,27 @@ impl StreamCache {
         let stored = {
             // Closing a poisoned cache still releases what it holds: dropping needs no
             // invariant that an interrupted update could have broken.
-            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if state.closed {
                 return Ok(());
             }
             state.closed = true;
-            (std::mem::replace(&mut state.memory, MemoryTier::new(0)), state.disk.take())
+            (
+                std::mem::replace(&mut state.memory, MemoryTier::new(0)),
+                state.disk.take(),
+            )
         };
         drop(stored);
         // Waits for a pull in progress; the puller sees `closed` and discards its batch.
-        let mut ingest = self.shared.ingest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ingest = self
+            .shared
+            .ingest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (source, writer) = (ingest.source.take(), ingest.writer.take());
         drop(ingest);
         drop(source);
@@ -398,7 +424,9 @@ impl Shared {
                     drop(state);
                     // Decoded without any lock: readers on many threads read disk at once.
                     return match on_disk {
-                        Some(entry) => Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?)))),
+                        Some(entry) => {
+                            Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?))))
+                        }
                         None => Err(Error::Evicted(format!(
                             "batch {position} was evicted because every one of the \
                              max_readers readers had passed it"
@@ -433,7 +461,8 @@ impl Shared {
         };
         let started = Instant::now();
         let pulled = source.pull();
-        self.upstream_wait_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.upstream_wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 
         let batch = match pulled {
             Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
@@ -530,7 +559,9 @@ impl Shared {
     /// they stay in memory, so nothing already cached is lost. Returns whether ingestion
     /// can go on.
     fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<bool> {
-        let Some(writer) = ingest.writer.as_mut() else { return Ok(true) };
+        let Some(writer) = ingest.writer.as_mut() else {
+            return Ok(true);
+        };
         for (position, batch) in leaving {
             let written = writer.write(position, batch.batch());
             let mut state = self.lock_state()?;

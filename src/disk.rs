@@ -127,7 +127,9 @@ pub(crate) struct Segment {
 
 impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Segment").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,11 +144,17 @@ struct Message {
 
 impl Message {
     fn block(&self) -> Block {
-        Block::new(self.offset as i64, self.metadata_len as i32, self.body_len as i64)
+        Block::new(
+            self.offset as i64,
+            self.metadata_len as i32,
+            self.body_len as i64,
+        )
     }
 
     fn bytes(&self) -> Buffer {
-        self.segment.buffer.slice_with_length(self.offset, self.metadata_len + self.body_len)
+        self.segment
+            .buffer
+            .slice_with_length(self.offset, self.metadata_len + self.body_len)
     }
 }
 
@@ -167,10 +175,15 @@ impl DiskEntry {
         // SAFETY: these files are written by this process into a private directory.
         let mut decoder = unsafe { decoder.with_skip_validation(true) };
         let failed = |err: arrow_schema::ArrowError| {
-            Error::io(format!("cannot decode batch from {}: {err}", self.batch.segment.path.display()))
+            Error::io(format!(
+                "cannot decode batch from {}: {err}",
+                self.batch.segment.path.display()
+            ))
         };
         for dictionary in self.dictionaries.iter() {
-            decoder.read_dictionary(&dictionary.block(), &dictionary.bytes()).map_err(failed)?;
+            decoder
+                .read_dictionary(&dictionary.block(), &dictionary.bytes())
+                .map_err(failed)?;
         }
         let decoded = decoder
             .read_record_batch(&self.batch.block(), &self.batch.bytes())
@@ -212,7 +225,9 @@ pub(crate) struct DiskWriter {
 
 impl std::fmt::Debug for DiskWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DiskWriter").field("directory", &self.directory).finish_non_exhaustive()
+        f.debug_struct("DiskWriter")
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
     }
 }
 
@@ -282,10 +297,11 @@ impl DiskWriter {
                     &mut self.tracker,
                     &self.options,
                 );
-                let schema = arrow_ipc::convert::try_schema_from_flatbuffer_bytes(
-                    &message.ipc_message,
-                )
-                .map_err(|err| Error::io(format!("cannot encode the schema as IPC: {err}")))?;
+                let schema =
+                    arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&message.ipc_message)
+                        .map_err(|err| {
+                            Error::io(format!("cannot encode the schema as IPC: {err}"))
+                        })?;
                 let schema = Arc::new(schema);
                 self.ipc_schema = Some(schema.clone());
                 schema
@@ -295,8 +311,11 @@ impl DiskWriter {
             .generator
             .encode(batch, &mut self.tracker, &self.options, &mut self.context)
             .map_err(|err| Error::io(format!("cannot encode batch {position} as IPC: {err}")))?;
-        let needed: u64 =
-            dictionaries.iter().chain([&encoded]).map(|m| padded_len(m) as u64).sum();
+        let needed: u64 = dictionaries
+            .iter()
+            .chain([&encoded])
+            .map(|m| padded_len(m) as u64)
+            .sum();
         let used = self.used.load(Ordering::Acquire);
         if used + needed > self.capacity {
             return Err(Error::Capacity(format!(
@@ -315,7 +334,11 @@ impl DiskWriter {
             self.in_force = self.dictionaries.values().cloned().collect();
         }
         let message = self.append(position, encoded)?;
-        Ok(DiskEntry { batch: message, dictionaries: self.in_force.clone(), ipc_schema })
+        Ok(DiskEntry {
+            batch: message,
+            dictionaries: self.in_force.clone(),
+            ipc_schema,
+        })
     }
 
     fn append(&mut self, position: u64, message: EncodedData) -> Result<Message> {
@@ -328,10 +351,14 @@ impl DiskWriter {
         }
         let (segment, file) = self.active.as_mut().expect("roll() opened a segment");
         let offset = segment.written.load(Ordering::Acquire);
-        let fault = inject(&self.faults, IoPoint::Write).err().and_then(|err| err.raw_os_error());
+        let fault = inject(&self.faults, IoPoint::Write)
+            .err()
+            .and_then(|err| err.raw_os_error());
         let written = write_at(file, offset, message, &self.options, fault)
             .map_err(|err| io_error("cannot write to", &segment.path, err))?;
-        segment.written.store(offset + written.total as u64, Ordering::Release);
+        segment
+            .written
+            .store(offset + written.total as u64, Ordering::Release);
         segment.last_position.store(position, Ordering::Release);
         self.used.fetch_add(written.total as u64, Ordering::AcqRel);
         Ok(Message {
@@ -345,11 +372,12 @@ impl DiskWriter {
     /// Start a new segment that can hold at least `needed` bytes.
     fn roll(&mut self, needed: u64) -> Result<()> {
         let size = self.segment_bytes.max(needed);
-        let path = self.directory.join(format!("segment-{:06}.arrows", self.next_segment));
+        let path = self
+            .directory
+            .join(format!("segment-{:06}.arrows", self.next_segment));
         self.next_segment += 1;
-        let fail = |point, what| {
-            inject(&self.faults, point).map_err(|err| io_error(what, &path, err))
-        };
+        let fail =
+            |point, what| inject(&self.faults, point).map_err(|err| io_error(what, &path, err));
         fail(IoPoint::CreateSegment, "cannot create segment")?;
         let file = OpenOptions::new()
             .read(true)
@@ -361,7 +389,8 @@ impl DiskWriter {
             .map_err(|err| io_error("cannot create segment", &path, err))?;
         // Sized once, before mapping, and never shrunk: reads of the mapping cannot fault.
         fail(IoPoint::SizeSegment, "cannot size segment")?;
-        file.set_len(size).map_err(|err| io_error("cannot size segment", &path, err))?;
+        file.set_len(size)
+            .map_err(|err| io_error("cannot size segment", &path, err))?;
         fail(IoPoint::MapSegment, "cannot map")?;
         // SAFETY: the file is private to this cache and never truncated while mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|err| io_error("cannot map", &path, err))?;
@@ -435,7 +464,11 @@ fn write_at(
     };
     // Small messages go out in one write; large bodies bypass the buffer.
     let buffered = std::io::BufWriter::with_capacity(64 << 10, &mut *file);
-    let mut out = Torn { inner: buffered, budget, errno };
+    let mut out = Torn {
+        inner: buffered,
+        budget,
+        errno,
+    };
     let (metadata_len, body_len) = write_message(&mut out, message, options).map_err(|err| {
         // Keep the OS error (ENOSPC, EDQUOT...) that the IPC writer wrapped.
         match err {
@@ -446,7 +479,11 @@ fn write_at(
     let total = (metadata_len + body_len).next_multiple_of(ALIGNMENT);
     out.write_all(&[0u8; ALIGNMENT][..total - metadata_len - body_len])?;
     out.flush()?;
-    Ok(Written { metadata_len, body_len, total })
+    Ok(Written {
+        metadata_len,
+        body_len,
+        total,
+    })
 }
 
 fn dictionary_id(message: &EncodedData) -> Result<i64> {
@@ -468,12 +505,21 @@ pub(crate) struct DiskIndex {
 
 impl DiskIndex {
     fn new(used: Arc<AtomicU64>) -> Self {
-        Self { entries: BTreeMap::new(), segments: VecDeque::new(), used, segments_deleted: 0 }
+        Self {
+            entries: BTreeMap::new(),
+            segments: VecDeque::new(),
+            used,
+            segments_deleted: 0,
+        }
     }
 
     pub fn insert(&mut self, position: u64, entry: DiskEntry) {
         let segment = entry.segment();
-        if !self.segments.back().is_some_and(|last| Arc::ptr_eq(last, segment)) {
+        if !self
+            .segments
+            .back()
+            .is_some_and(|last| Arc::ptr_eq(last, segment))
+        {
             self.segments.push_back(segment.clone());
         }
         self.entries.insert(position, entry);
@@ -503,7 +549,8 @@ impl DiskIndex {
             let segment = self.segments.pop_front().expect("checked non-empty");
             // Mapped buffers handed out stay valid: unlinking keeps the inode until unmapped.
             let _ = std::fs::remove_file(&segment.path);
-            self.used.fetch_sub(segment.written.load(Ordering::Acquire), Ordering::AcqRel);
+            self.used
+                .fetch_sub(segment.written.load(Ordering::Acquire), Ordering::AcqRel);
             self.segments_deleted += 1;
         }
     }

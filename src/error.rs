@@ -37,7 +37,10 @@ impl Error {
             ArrowError::InvalidArgumentError(_) => libc::EINVAL,
             _ => libc::EIO,
         };
-        Error::Upstream { message: upstream_message(err), errno }
+        Error::Upstream {
+            message: upstream_message(err),
+            errno,
+        }
     }
 
     /// The errno a C Stream callback returns for this error.
@@ -53,7 +56,10 @@ impl Error {
 
     /// A disk-tier failure without an OS error behind it.
     pub(crate) fn io(message: impl Into<String>) -> Self {
-        Error::Io { message: message.into(), errno: libc::EIO }
+        Error::Io {
+            message: message.into(),
+            errno: libc::EIO,
+        }
     }
 
     pub(crate) fn poisoned() -> Self {

@@ -73,9 +73,11 @@ impl FaultInjector {
         if plan.points & point.bit() == 0 {
             return Ok(());
         }
-        let before = plan.remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-            Some(left.saturating_sub(1))
-        });
+        let before = plan
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left.saturating_sub(1))
+            });
         if before == Ok(0) && plan.fired.fetch_add(1, Ordering::AcqRel) == 0 {
             return Err(std::io::Error::from_raw_os_error(plan.errno));
         }

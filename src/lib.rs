@@ -6,16 +6,18 @@
 pub mod cache;
 pub mod disk;
 pub mod error;
-pub mod ffi;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
+pub mod ffi;
 pub mod reader;
 mod registry;
 pub mod storage;
 
-pub use cache::{default_memory_capacity, BatchSource, CacheOptions, Pulled, Stats, StreamCache, Upstream};
+pub use cache::{
+    default_memory_capacity, BatchSource, CacheOptions, Pulled, Stats, StreamCache, Upstream,
+};
 pub use error::{Error, Result};
 pub use reader::{validate_cast, CacheReader};
 pub use storage::CachedBatch;

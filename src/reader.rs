@@ -40,7 +40,13 @@ impl CacheReader {
         slot: Arc<ReaderSlot>,
         target: Option<SchemaRef>,
     ) -> Self {
-        Self { shared, next: start, slot, target, finished: false }
+        Self {
+            shared,
+            next: start,
+            slot,
+            target,
+            finished: false,
+        }
     }
 
     /// Index of the next batch this reader returns.
@@ -55,7 +61,9 @@ impl CacheReader {
 
     /// The schema of the batches this reader returns.
     pub fn output_schema(&self) -> SchemaRef {
-        self.target.clone().unwrap_or_else(|| self.shared.schema().clone())
+        self.target
+            .clone()
+            .unwrap_or_else(|| self.shared.schema().clone())
     }
 
     /// The next stored batch as cached, without any cast; `None` at the end.
@@ -102,7 +110,9 @@ impl CacheReader {
 
     /// The next batch, cast to the target schema if there is one; `None` at the end.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let Some(cached) = self.next_cached()? else { return Ok(None) };
+        let Some(cached) = self.next_cached()? else {
+            return Ok(None);
+        };
         match &self.target {
             None => Ok(Some(cached.batch().clone())),
             Some(target) => cast_batch(cached.batch(), target).map(Some),

@@ -28,7 +28,12 @@ pub(crate) struct ReaderRegistry {
 
 impl ReaderRegistry {
     pub fn new(max_readers: Option<u64>) -> Self {
-        Self { max_readers, created: 0, live: Vec::new(), evicted_below: 0 }
+        Self {
+            max_readers,
+            created: 0,
+            live: Vec::new(),
+            evicted_below: 0,
+        }
     }
 
     pub fn created(&self) -> u64 {
@@ -66,7 +71,9 @@ impl ReaderRegistry {
             )));
         }
         self.prune();
-        let slot = Arc::new(ReaderSlot { next: AtomicU64::new(start) });
+        let slot = Arc::new(ReaderSlot {
+            next: AtomicU64::new(start),
+        });
         self.live.push(Arc::downgrade(&slot));
         self.created += 1;
         Ok(slot)

@@ -19,17 +19,26 @@ pub struct CachedBatch {
 
 impl std::fmt::Debug for CachedBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CachedBatch").field("rows", &self.batch.num_rows()).finish()
+        f.debug_struct("CachedBatch")
+            .field("rows", &self.batch.num_rows())
+            .finish()
     }
 }
 
 impl CachedBatch {
     pub(crate) fn new(batch: RecordBatch) -> Self {
-        Self { batch, derived: OnceLock::new(), used: AtomicBool::new(false) }
+        Self {
+            batch,
+            derived: OnceLock::new(),
+            used: AtomicBool::new(false),
+        }
     }
 
     /// A batch whose derived value its upstream already supplied (see [`crate::Pulled`]).
-    pub(crate) fn with_derived(batch: RecordBatch, derived: Option<Box<dyn Any + Send + Sync>>) -> Self {
+    pub(crate) fn with_derived(
+        batch: RecordBatch,
+        derived: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Self {
         let cached = Self::new(batch);
         if let Some(value) = derived {
             let _ = cached.derived.set(value);
@@ -50,8 +59,13 @@ impl CachedBatch {
 
     /// A value derived from the batch, built on first use and kept as long as the batch.
     /// One type per cache: `None` if another type was stored first.
-    pub fn derived<T: Any + Send + Sync>(&self, build: impl FnOnce(&RecordBatch) -> T) -> Option<&T> {
-        self.derived.get_or_init(|| Box::new(build(&self.batch))).downcast_ref()
+    pub fn derived<T: Any + Send + Sync>(
+        &self,
+        build: impl FnOnce(&RecordBatch) -> T,
+    ) -> Option<&T> {
+        self.derived
+            .get_or_init(|| Box::new(build(&self.batch)))
+            .downcast_ref()
     }
 
     /// The derived value if it exists already (built before, or supplied by the upstream).
@@ -103,7 +117,13 @@ pub(crate) struct OverBudget {
 
 impl MemoryTier {
     pub fn new(capacity: u64) -> Self {
-        Self { first: 0, slots: VecDeque::new(), allocations: AddressMap::new(), bytes: 0, capacity }
+        Self {
+            first: 0,
+            slots: VecDeque::new(),
+            allocations: AddressMap::new(),
+            bytes: 0,
+            capacity,
+        }
     }
 
     /// Position one past the last stored batch: the ingestion frontier.
@@ -132,7 +152,11 @@ impl MemoryTier {
             })
             .sum();
         if self.bytes + added > self.capacity {
-            return Err(OverBudget { needed: added, held: self.bytes, capacity: self.capacity });
+            return Err(OverBudget {
+                needed: added,
+                held: self.bytes,
+                capacity: self.capacity,
+            });
         }
         self.insert(batch, allocations);
         Ok(())
@@ -146,12 +170,18 @@ impl MemoryTier {
 
     fn insert(&mut self, batch: CachedBatch, allocations: Box<[(usize, u64)]>) {
         for &(start, bytes) in allocations.iter() {
-            let entry = self.allocations.entry(start).or_insert(Allocation { bytes: 0, users: 0 });
+            let entry = self
+                .allocations
+                .entry(start)
+                .or_insert(Allocation { bytes: 0, users: 0 });
             self.bytes += bytes.saturating_sub(entry.bytes);
             entry.bytes = entry.bytes.max(bytes);
             entry.users += 1;
         }
-        self.slots.push_back(Slot { batch: Arc::new(batch), allocations });
+        self.slots.push_back(Slot {
+            batch: Arc::new(batch),
+            allocations,
+        });
     }
 
     /// True while the batches held exceed the budget.
@@ -198,7 +228,9 @@ impl MemoryTier {
     pub fn evict_below(&mut self, position: u64) -> u64 {
         let mut dropped = 0;
         while self.first < position {
-            let Some(slot) = self.slots.pop_front() else { break };
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
             self.release(&slot);
             self.first += 1;
             dropped += 1;
@@ -243,7 +275,10 @@ fn collect_allocations(data: &ArrayData, found: &mut Vec<(usize, u64)>) {
     let nulls = data.nulls().map(|n| n.buffer());
     for buffer in data.buffers().iter().chain(nulls) {
         if buffer.capacity() > 0 {
-            found.push((buffer.data_ptr().as_ptr() as usize, buffer.capacity() as u64));
+            found.push((
+                buffer.data_ptr().as_ptr() as usize,
+                buffer.capacity() as u64,
+            ));
         }
     }
     for child in data.child_data() {
@@ -278,8 +313,11 @@ mod tests {
     #[test]
     fn over_budget_is_refused_and_keeps_state() {
         let mut tier = MemoryTier::new(10_000);
-        tier.push(CachedBatch::new(batch((0..1000).collect()))).unwrap();
-        let err = tier.push(CachedBatch::new(batch((0..1000).collect()))).unwrap_err();
+        tier.push(CachedBatch::new(batch((0..1000).collect())))
+            .unwrap();
+        let err = tier
+            .push(CachedBatch::new(batch((0..1000).collect())))
+            .unwrap_err();
         assert!(err.needed >= 8000);
         assert_eq!(tier.end(), 1);
         assert!(tier.get(0).is_some());

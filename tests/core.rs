@@ -26,7 +26,9 @@ impl Iterator for Counting {
     fn next(&mut self) -> Option<Self::Item> {
         self.pulls.fetch_add(1, Ordering::SeqCst);
         if Some(self.next) == self.fail_at {
-            return Some(Err(ArrowError::InvalidArgumentError("producer broke".into())));
+            return Some(Err(ArrowError::InvalidArgumentError(
+                "producer broke".into(),
+            )));
         }
         if self.next == self.batches {
             return None;
@@ -34,7 +36,11 @@ impl Iterator for Counting {
         let start = (self.next * self.rows) as i64;
         self.next += 1;
         let ids = Int64Array::from_iter_values(start..start + self.rows as i64);
-        Some(Ok(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(ids)]).unwrap()))
+        Some(Ok(RecordBatch::try_new(
+            self.schema.clone(),
+            vec![Arc::new(ids)],
+        )
+        .unwrap()))
     }
 }
 
@@ -47,7 +53,14 @@ impl RecordBatchReader for Counting {
 fn upstream(batches: usize, fail_at: Option<usize>) -> (Box<Counting>, Arc<AtomicUsize>) {
     let pulls = Arc::new(AtomicUsize::new(0));
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    let source = Counting { schema, next: 0, batches, rows: 100, fail_at, pulls: pulls.clone() };
+    let source = Counting {
+        schema,
+        next: 0,
+        batches,
+        rows: 100,
+        fail_at,
+        pulls: pulls.clone(),
+    };
     (Box::new(source), pulls)
 }
 
@@ -57,11 +70,24 @@ fn cache(batches: usize, options: CacheOptions) -> (StreamCache, Arc<AtomicUsize
 }
 
 fn id_sum(batches: impl IntoIterator<Item = RecordBatch>) -> i64 {
-    batches.into_iter().map(|b| b.column(0).as_primitive::<Int64Type>().values().iter().sum::<i64>()).sum()
+    batches
+        .into_iter()
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
+        .sum()
 }
 
 fn read_all(cache: &StreamCache, from_start: bool) -> Vec<RecordBatch> {
-    cache.reader(from_start).unwrap().map(Result::unwrap).collect()
+    cache
+        .reader(from_start)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
@@ -70,12 +96,19 @@ fn ingests_lazily_and_exactly_once() {
     assert_eq!(pulls.load(Ordering::SeqCst), 0);
     let mut first = cache.reader(true).unwrap();
     first.next().unwrap().unwrap();
-    assert_eq!((cache.ingested_count(), pulls.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(
+        (cache.ingested_count(), pulls.load(Ordering::SeqCst)),
+        (1, 1)
+    );
     let expected: i64 = (0..1000).sum();
     for _ in 0..3 {
         assert_eq!(id_sum(read_all(&cache, true)), expected);
     }
-    assert_eq!(pulls.load(Ordering::SeqCst), 11, "10 batches and one end-of-stream");
+    assert_eq!(
+        pulls.load(Ordering::SeqCst),
+        11,
+        "10 batches and one end-of-stream"
+    );
     assert_eq!(cache.ingest_all().unwrap(), 10);
     assert_eq!(cache.ingest_all().unwrap(), 10);
     assert!(cache.upstream_exhausted());
@@ -115,19 +148,30 @@ fn upstream_failure_is_kept_and_never_retried() {
 
 #[test]
 fn max_readers_caps_and_evicts_what_all_passed() {
-    let options = CacheOptions { max_readers: Some(2), ..Default::default() };
+    let options = CacheOptions {
+        max_readers: Some(2),
+        ..Default::default()
+    };
     let (cache, _) = cache(10, options);
     let mut a = cache.reader(true).unwrap();
     for _ in 0..6 {
         a.next().unwrap().unwrap();
     }
-    assert_eq!(cache.stats().unwrap().batches_evicted, 0, "reader b may still start at 0");
+    assert_eq!(
+        cache.stats().unwrap().batches_evicted,
+        0,
+        "reader b may still start at 0"
+    );
     let mut b = cache.reader(true).unwrap();
     assert!(matches!(cache.reader(true), Err(Error::InvalidArgument(_))));
     for _ in 0..5 {
         b.next().unwrap().unwrap();
     }
-    assert_eq!(cache.stats().unwrap().batches_evicted, 5, "both passed 0..5");
+    assert_eq!(
+        cache.stats().unwrap().batches_evicted,
+        5,
+        "both passed 0..5"
+    );
     drop(b);
     a.next().unwrap().unwrap();
     let stats = cache.stats().unwrap();
@@ -137,7 +181,11 @@ fn max_readers_caps_and_evicts_what_all_passed() {
 
 #[test]
 fn bounded_pass_keeps_memory_flat() {
-    let options = CacheOptions { max_readers: Some(1), memory_capacity: Some(4096), disk: None };
+    let options = CacheOptions {
+        max_readers: Some(1),
+        memory_capacity: Some(4096),
+        disk: None,
+    };
     let (cache, _) = cache(1000, options);
     let total = id_sum(read_all(&cache, true));
     assert_eq!(total, (0..100_000).sum::<i64>());
@@ -148,13 +196,19 @@ fn bounded_pass_keeps_memory_flat() {
 
 #[test]
 fn over_budget_fails_and_keeps_earlier_batches() {
-    let options = CacheOptions { memory_capacity: Some(2000), ..Default::default() };
+    let options = CacheOptions {
+        memory_capacity: Some(2000),
+        ..Default::default()
+    };
     let (cache, _) = cache(5, options);
     let mut reader = cache.reader(true).unwrap();
     reader.next_batch().unwrap().unwrap();
     reader.next_batch().unwrap().unwrap();
     let err = reader.next_batch().unwrap_err();
-    assert!(matches!(&err, Error::Capacity(m) if m.contains("memory_capacity")), "{err}");
+    assert!(
+        matches!(&err, Error::Capacity(m) if m.contains("memory_capacity")),
+        "{err}"
+    );
     assert_eq!(read_all_ok(&cache), 2);
 }
 
@@ -184,13 +238,24 @@ fn close_fails_readers_but_not_returned_batches() {
 fn readers_cast_to_a_requested_schema() {
     let (cache, _) = cache(3, CacheOptions::default());
     let target = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
-    let reader = cache.reader_with_schema(true, Some(target.clone())).unwrap();
+    let reader = cache
+        .reader_with_schema(true, Some(target.clone()))
+        .unwrap();
     let batches: Vec<_> = reader.map(Result::unwrap).collect();
     assert_eq!(batches[0].schema(), target);
-    assert_eq!(batches[2].column(0).as_primitive::<Int32Type>().value(99), 299);
+    assert_eq!(
+        batches[2].column(0).as_primitive::<Int32Type>().value(99),
+        299
+    );
 
-    let wrong_name = Arc::new(Schema::new(vec![Field::new("other", DataType::Int64, true)]));
-    let err = cache.reader_with_schema(true, Some(wrong_name)).unwrap_err();
+    let wrong_name = Arc::new(Schema::new(vec![Field::new(
+        "other",
+        DataType::Int64,
+        true,
+    )]));
+    let err = cache
+        .reader_with_schema(true, Some(wrong_name))
+        .unwrap_err();
     assert!(err.to_string().contains("\"other\""), "{err}");
     let uncastable = Arc::new(Schema::new(vec![Field::new(
         "id",
@@ -219,10 +284,19 @@ fn concurrent_readers_during_ingestion_see_the_same_stream() {
 #[test]
 fn zero_max_readers_and_zero_capacity_are_refused() {
     for options in [
-        CacheOptions { max_readers: Some(0), ..Default::default() },
-        CacheOptions { memory_capacity: Some(0), ..Default::default() },
+        CacheOptions {
+            max_readers: Some(0),
+            ..Default::default()
+        },
+        CacheOptions {
+            memory_capacity: Some(0),
+            ..Default::default()
+        },
     ] {
         let (source, _) = upstream(1, None);
-        assert!(matches!(StreamCache::new(source, options), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            StreamCache::new(source, options),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

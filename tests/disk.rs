@@ -5,9 +5,7 @@ use std::thread;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{
-    DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray,
-};
+use arrow_array::{DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use batchcorder::disk::{Compression, DiskOptions, WritePolicy};
 use batchcorder::{CacheOptions, Error, StreamCache};
@@ -26,8 +24,11 @@ fn id_batches(batches: usize, rows: usize) -> Vec<RecordBatch> {
 fn disk_cache(batches: Vec<RecordBatch>, disk: DiskOptions, memory: u64) -> StreamCache {
     let schema = batches[0].schema();
     let source = RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
-    let options =
-        CacheOptions { memory_capacity: Some(memory), disk: Some(disk), ..Default::default() };
+    let options = CacheOptions {
+        memory_capacity: Some(memory),
+        disk: Some(disk),
+        ..Default::default()
+    };
     StreamCache::new(Box::new(source), options).unwrap()
 }
 
@@ -35,7 +36,14 @@ fn sum_ids(cache: &StreamCache) -> i64 {
     cache
         .reader(true)
         .unwrap()
-        .map(|b| b.unwrap().column(0).as_primitive::<Int64Type>().values().iter().sum::<i64>())
+        .map(|b| {
+            b.unwrap()
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
         .sum()
 }
 
@@ -59,7 +67,14 @@ fn both_policies_round_trip_with_threads() {
                 let reader = cache.reader(true).unwrap();
                 thread::spawn(move || {
                     reader
-                        .map(|b| b.unwrap().column(0).as_primitive::<Int64Type>().values().iter().sum::<i64>())
+                        .map(|b| {
+                            b.unwrap()
+                                .column(0)
+                                .as_primitive::<Int64Type>()
+                                .values()
+                                .iter()
+                                .sum::<i64>()
+                        })
                         .sum::<i64>()
                 })
             })
@@ -68,8 +83,14 @@ fn both_policies_round_trip_with_threads() {
             assert_eq!(handle.join().unwrap(), expected, "{policy:?}");
         }
         let stats = cache.stats().unwrap();
-        assert!(stats.memory_bytes <= 20_000, "hot layer stays in budget: {stats:?}");
-        assert!(stats.disk_bytes >= 48 * 8000, "all but the hot batches on disk: {stats:?}");
+        assert!(
+            stats.memory_bytes <= 20_000,
+            "hot layer stays in budget: {stats:?}"
+        );
+        assert!(
+            stats.disk_bytes >= 48 * 8000,
+            "all but the hot batches on disk: {stats:?}"
+        );
         assert_eq!(sum_ids(&cache), expected);
     }
 }
@@ -89,7 +110,10 @@ fn on_eviction_never_writes_a_stream_that_fits() {
 #[test]
 fn passed_segments_are_deleted_with_max_readers() {
     let parent = tempfile::tempdir().unwrap();
-    let disk = DiskOptions { segment_bytes: 16 << 10, ..DiskOptions::new(parent.path(), 1 << 30) };
+    let disk = DiskOptions {
+        segment_bytes: 16 << 10,
+        ..DiskOptions::new(parent.path(), 1 << 30)
+    };
     let schema = id_batches(1, 1)[0].schema();
     let source = RecordBatchIterator::new(id_batches(200, 1000).into_iter().map(Ok), schema);
     let options = CacheOptions {
@@ -107,14 +131,21 @@ fn passed_segments_are_deleted_with_max_readers() {
     }
     let stats = cache.stats().unwrap();
     assert!(stats.segments_deleted >= 190, "{stats:?}");
-    assert!(peak_files <= 3, "at most a few live segments, saw {peak_files}");
+    assert!(
+        peak_files <= 3,
+        "at most a few live segments, saw {peak_files}"
+    );
     assert!(stats.disk_bytes <= 3 * (16 << 10) + 16_384, "{stats:?}");
 }
 
 #[test]
 fn over_disk_capacity_fails_and_keeps_what_is_cached() {
     let parent = tempfile::tempdir().unwrap();
-    let cache = disk_cache(id_batches(10, 1000), DiskOptions::new(parent.path(), 20_000), 1);
+    let cache = disk_cache(
+        id_batches(10, 1000),
+        DiskOptions::new(parent.path(), 20_000),
+        1,
+    );
     let mut reader = cache.reader(true).unwrap();
     let mut read = 0;
     let err = loop {
@@ -124,17 +155,32 @@ fn over_disk_capacity_fails_and_keeps_what_is_cached() {
             Err(err) => break err,
         }
     };
-    assert!(matches!(&err, Error::Capacity(m) if m.contains("disk_capacity")), "{err}");
+    assert!(
+        matches!(&err, Error::Capacity(m) if m.contains("disk_capacity")),
+        "{err}"
+    );
     // Two fit on disk; the third, already pulled, stays in memory rather than being lost.
     assert_eq!(read, 3);
-    let again: Vec<_> = cache.reader(true).unwrap().take(2).map(Result::unwrap).collect();
-    assert_eq!(again[1].column(0).as_primitive::<Int64Type>().value(0), 1000);
+    let again: Vec<_> = cache
+        .reader(true)
+        .unwrap()
+        .take(2)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        again[1].column(0).as_primitive::<Int64Type>().value(0),
+        1000
+    );
 }
 
 #[test]
 fn close_and_drop_remove_the_directory_and_arrays_stay_valid() {
     let parent = tempfile::tempdir().unwrap();
-    let cache = disk_cache(id_batches(5, 1000), DiskOptions::new(parent.path(), 1 << 30), 1);
+    let cache = disk_cache(
+        id_batches(5, 1000),
+        DiskOptions::new(parent.path(), 1 << 30),
+        1,
+    );
     let dir = cache.disk_directory().unwrap();
     let kept = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
     assert!(dir.exists());
@@ -144,7 +190,11 @@ fn close_and_drop_remove_the_directory_and_arrays_stay_valid() {
     let ids = kept.column(0).as_primitive::<Int64Type>();
     assert_eq!(ids.values().iter().sum::<i64>(), (0..1000).sum());
 
-    let cache = disk_cache(id_batches(5, 1000), DiskOptions::new(parent.path(), 1 << 30), 1);
+    let cache = disk_cache(
+        id_batches(5, 1000),
+        DiskOptions::new(parent.path(), 1 << 30),
+        1,
+    );
     let dir = cache.disk_directory().unwrap();
     sum_ids(&cache);
     drop(cache);
@@ -154,10 +204,15 @@ fn close_and_drop_remove_the_directory_and_arrays_stay_valid() {
 #[test]
 fn disk_reads_are_zero_copy_unless_compressed() {
     let parent = tempfile::tempdir().unwrap();
-    for (compression, zero_copy) in
-        [(Compression::None, true), (Compression::Lz4, false), (Compression::Zstd, false)]
-    {
-        let disk = DiskOptions { compression, ..DiskOptions::new(parent.path(), 1 << 30) };
+    for (compression, zero_copy) in [
+        (Compression::None, true),
+        (Compression::Lz4, false),
+        (Compression::Zstd, false),
+    ] {
+        let disk = DiskOptions {
+            compression,
+            ..DiskOptions::new(parent.path(), 1 << 30)
+        };
         let cache = disk_cache(id_batches(3, 10_000), disk, 1);
         let a = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
         let b = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
@@ -171,13 +226,21 @@ fn disk_reads_are_zero_copy_unless_compressed() {
 #[test]
 fn dictionary_replacement_round_trips() {
     let parent = tempfile::tempdir().unwrap();
-    let field = Field::new("c", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false);
+    let field = Field::new(
+        "c",
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        false,
+    );
     let schema = Arc::new(Schema::new(vec![field]));
     let batches: Vec<_> = [["x", "y"], ["p", "q"], ["x", "y"]]
         .iter()
         .map(|values| {
             let keys = arrow_array::Int32Array::from(vec![0, 1, 0]);
-            let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(StringArray::from(values.to_vec()))).unwrap();
+            let dict = DictionaryArray::<Int32Type>::try_new(
+                keys,
+                Arc::new(StringArray::from(values.to_vec())),
+            )
+            .unwrap();
             RecordBatch::try_new(schema.clone(), vec![Arc::new(dict)]).unwrap()
         })
         .collect();
@@ -189,17 +252,31 @@ fn dictionary_replacement_round_trips() {
             .map(|b| {
                 let b = b.unwrap();
                 let column = arrow_cast::cast(b.column(0), &DataType::Utf8).unwrap();
-                column.as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap().to_string())
+                    .collect()
             })
             .collect();
-        assert_eq!(decoded, vec![vec!["x", "y", "x"], vec!["p", "q", "p"], vec!["x", "y", "x"]]);
+        assert_eq!(
+            decoded,
+            vec![
+                vec!["x", "y", "x"],
+                vec!["p", "q", "p"],
+                vec!["x", "y", "x"]
+            ]
+        );
     }
 }
 
 #[test]
 fn a_vanished_directory_is_an_io_error_and_cached_batches_stay() {
     let parent = tempfile::tempdir().unwrap();
-    let disk = DiskOptions { segment_bytes: 8 << 10, ..DiskOptions::new(parent.path(), 1 << 30) };
+    let disk = DiskOptions {
+        segment_bytes: 8 << 10,
+        ..DiskOptions::new(parent.path(), 1 << 30)
+    };
     let cache = disk_cache(id_batches(10, 1000), disk, 1);
     let mut reader = cache.reader(true).unwrap();
     reader.next_batch().unwrap().unwrap();
@@ -211,7 +288,10 @@ fn a_vanished_directory_is_an_io_error_and_cached_batches_stay() {
             Err(err) => break err,
         }
     };
-    assert!(matches!(&err, Error::Io { message, errno } if message.contains("segment") && *errno == libc::ENOENT), "{err}");
+    assert!(
+        matches!(&err, Error::Io { message, errno } if message.contains("segment") && *errno == libc::ENOENT),
+        "{err}"
+    );
     let first = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
     assert_eq!(first.num_rows(), 1000);
 }
@@ -224,8 +304,14 @@ fn bad_disk_options_name_the_parameter() {
         (DiskOptions::new(std::env::temp_dir(), 0), "disk_capacity"),
     ];
     for (disk, name) in bad {
-        let options = CacheOptions { disk: Some(disk), ..Default::default() };
+        let options = CacheOptions {
+            disk: Some(disk),
+            ..Default::default()
+        };
         let err = StreamCache::prepare(options).unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains(name)), "{err}");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains(name)),
+            "{err}"
+        );
     }
 }

@@ -32,7 +32,8 @@ fn source_batches(batches: usize, rows: usize, dictionary_every: usize) -> Vec<R
             let start = (b * rows) as i64;
             let ids = Int64Array::from_iter_values(start..start + rows as i64);
             let generation = b / dictionary_every;
-            let values = StringArray::from_iter_values((0..3).map(|v| format!("g{generation}-{v}")));
+            let values =
+                StringArray::from_iter_values((0..3).map(|v| format!("g{generation}-{v}")));
             let keys = Int32Array::from_iter_values((0..rows as i32).map(|r| r % 3));
             let tags = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values)).unwrap();
             RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(tags)]).unwrap()
@@ -98,7 +99,10 @@ fn run(case: Case) {
         Err(err) => {
             // Only the directory can fail before the first pull, and then nothing was read.
             assert_eq!(faults.fired(), 1);
-            assert!(matches!(&err, Error::Io { errno, .. } if *errno == case.errno), "{err}");
+            assert!(
+                matches!(&err, Error::Io { errno, .. } if *errno == case.errno),
+                "{err}"
+            );
             assert_eq!(pulls.load(Ordering::SeqCst), 0, "the upstream is untouched");
             assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
             return;
@@ -107,7 +111,10 @@ fn run(case: Case) {
 
     let (first, error) = replay(&cache);
     for (position, batch) in first.iter().enumerate() {
-        assert_eq!(batch, &expected[position], "batch {position} is the right one");
+        assert_eq!(
+            batch, &expected[position],
+            "batch {position} is the right one"
+        );
     }
     let pulled = pulls.load(Ordering::SeqCst);
     match &error {
@@ -117,7 +124,11 @@ fn run(case: Case) {
         Some(Error::Io { errno, message }) => {
             assert_eq!(faults.fired(), 1, "{message}");
             assert_eq!(*errno, case.errno, "{message}");
-            assert_eq!(pulled, first.len(), "every pulled batch is served: nothing lost");
+            assert_eq!(
+                pulled,
+                first.len(),
+                "every pulled batch is served: nothing lost"
+            );
         }
         Some(other) => panic!("a disk fault must be an I/O error, got {other}"),
     }
@@ -129,11 +140,19 @@ fn run(case: Case) {
     let (second, again) = replay(&cache);
     assert_eq!(second, first);
     assert_eq!(again, error);
-    assert_eq!(pulls.load(Ordering::SeqCst), pulled, "a failure is never retried");
+    assert_eq!(
+        pulls.load(Ordering::SeqCst),
+        pulled,
+        "a failure is never retried"
+    );
 
     drop(cache);
     drop((first, second));
-    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0, "the directory is gone");
+    assert_eq!(
+        std::fs::read_dir(parent.path()).unwrap().count(),
+        0,
+        "the directory is gone"
+    );
 }
 
 fn point() -> impl Strategy<Value = Option<IoPoint>> {

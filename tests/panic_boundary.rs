@@ -27,7 +27,9 @@ impl Iterator for PanicsOnSecondBatch {
         }
         self.served = true;
         let ids = Arc::new(Int64Array::from(vec![1, 2, 3]));
-        Some(Ok(RecordBatch::try_new(self.schema.clone(), vec![ids]).unwrap()))
+        Some(Ok(
+            RecordBatch::try_new(self.schema.clone(), vec![ids]).unwrap()
+        ))
     }
 }
 
@@ -39,13 +41,18 @@ impl RecordBatchReader for PanicsOnSecondBatch {
 
 fn panicking_cache() -> *mut BcCache {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-    let upstream = PanicsOnSecondBatch { schema, served: false };
+    let upstream = PanicsOnSecondBatch {
+        schema,
+        served: false,
+    };
     let cache = StreamCache::new(Box::new(upstream), CacheOptions::default()).unwrap();
     BcCache::into_raw(cache)
 }
 
 fn last_error() -> String {
-    unsafe { CStr::from_ptr(bc_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(bc_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -53,17 +60,34 @@ fn a_panic_is_bc_internal_and_poisons_the_cache() {
     std::panic::set_hook(Box::new(|_| {})); // keep the expected panics out of the output
     let cache = panicking_cache();
     let mut reader = ArrowArrayStream::RELEASED;
-    assert_eq!(unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) }, BC_OK);
+    assert_eq!(
+        unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) },
+        BC_OK
+    );
     let mut array: ArrowArray = unsafe { std::mem::zeroed() };
     let get_next = reader.get_next.unwrap();
-    assert_eq!(unsafe { get_next(&mut reader, &mut array) }, 0, "the first batch is fine");
+    assert_eq!(
+        unsafe { get_next(&mut reader, &mut array) },
+        0,
+        "the first batch is fine"
+    );
     unsafe { (array.release.unwrap())(&mut array) };
 
-    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
-    assert!(last_error().contains("a bug deep inside the upstream"), "{}", last_error());
+    assert_eq!(
+        unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) },
+        BC_INTERNAL
+    );
+    assert!(
+        last_error().contains("a bug deep inside the upstream"),
+        "{}",
+        last_error()
+    );
 
     // Poisoned: every later call fails cleanly instead of reading half-updated state.
-    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
+    assert_eq!(
+        unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) },
+        BC_INTERNAL
+    );
     assert!(last_error().contains("poisoned"), "{}", last_error());
     let mut stats = batchcorder::Stats::default();
     assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_INTERNAL);
@@ -82,15 +106,25 @@ fn a_panic_inside_a_reader_callback_is_eio() {
     std::panic::set_hook(Box::new(|_| {}));
     let cache = panicking_cache();
     let mut reader = ArrowArrayStream::RELEASED;
-    assert_eq!(unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) }, BC_OK);
+    assert_eq!(
+        unsafe { bc_cache_reader(cache, true, ptr::null(), &mut reader) },
+        BC_OK
+    );
     let mut array: ArrowArray = unsafe { std::mem::zeroed() };
     let get_next = reader.get_next.unwrap();
     assert_eq!(unsafe { get_next(&mut reader, &mut array) }, 0);
     unsafe { (array.release.unwrap())(&mut array) };
-    assert_eq!(unsafe { get_next(&mut reader, &mut array) }, libc::EIO, "the panic, caught");
+    assert_eq!(
+        unsafe { get_next(&mut reader, &mut array) },
+        libc::EIO,
+        "the panic, caught"
+    );
     let message = unsafe { CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader)) };
     assert!(message.to_string_lossy().contains("panic"), "{message:?}");
-    assert_eq!(unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) }, BC_INTERNAL);
+    assert_eq!(
+        unsafe { bc_cache_ingest_all(cache, ptr::null_mut()) },
+        BC_INTERNAL
+    );
     unsafe { (reader.release.unwrap())(&mut reader) };
     unsafe { bc_cache_free(cache) };
 }

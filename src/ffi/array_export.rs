@@ -3,14 +3,15 @@
 //!
 //! The kept tree is the upstream producer's own array when the batch came through the C
 //! stream import (so a replay costs no conversion at all), or an arrow-rs export made on
-//! the batch's second read otherwise. One read costs three allocations (the shared block,
-//! its nodes, its child pointers) and one reference count per node, whatever the buffers.
-//! Children can be moved out and released on their own, as the C Data Interface allows:
-//! every node holds a reference to the block, and the block keeps the cached batch (so
-//! the kept tree and its buffers) alive.
+//! the batch's second read otherwise. One read costs one allocation (a block holding the
+//! nodes and their child pointers) whatever the buffers. Children can be moved out and
+//! released on their own, as the C Data Interface allows: every node holds a reference
+//! to the block, and the block keeps the cached batch (so the kept tree and its buffers)
+//! alive.
 
-use std::cell::UnsafeCell;
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StructArray};
@@ -60,7 +61,9 @@ impl Drop for OwnedArray {
 }
 
 unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
-    let Some(array) = (unsafe { array.as_mut() }) else { return };
+    let Some(array) = (unsafe { array.as_mut() }) else {
+        return;
+    };
     let tree = array.private_data.cast::<OwnedArray>().cast_const();
     array.release = None;
     array.private_data = ptr::null_mut();
@@ -68,14 +71,21 @@ unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
     drop(unsafe { Arc::from_raw(tree) });
 }
 
-/// The array tree every export of one cached batch copies.
+/// The array tree kept for one cached batch, with the image every export copies.
 pub(crate) struct ExportRoot {
-    tree: Arc<OwnedArray>,
-    /// Nodes below the root (children and dictionaries, recursively).
-    descendants: usize,
-    /// Child pointers of all nodes, added up.
-    child_slots: usize,
+    /// Owns the buffers the image points to.
+    _tree: Arc<OwnedArray>,
+    shape: BlockShape,
+    /// The root node, then an export block's contents after its header (every node below
+    /// the root, then the child pointer arrays), with each pointer into the block written
+    /// as its offset from the block's start. One contiguous copy, so a replay touches a
+    /// few cache lines per batch instead of chasing the tree's own pointers.
+    image: Box<[u64]>,
 }
+
+const NODE_WORDS: usize = size_of::<ArrowArray>() / size_of::<u64>();
+const _: () = assert!(size_of::<ArrowArray>() % size_of::<u64>() == 0);
+const _: () = assert!(align_of::<ArrowArray>() <= align_of::<u64>());
 
 impl ExportRoot {
     /// Keep `tree`, an unreleased array tree, for exports.
@@ -83,7 +93,24 @@ impl ExportRoot {
         let (mut descendants, mut child_slots) = (0, 0);
         // SAFETY: an unreleased tree is valid to read.
         unsafe { count(&tree.0, &mut descendants, &mut child_slots) };
-        Self { tree, descendants, child_slots }
+        let shape = BlockShape::new(descendants, child_slots);
+        let words = (descendants + 1) * NODE_WORDS + child_slots;
+        let mut builder = ImageBuilder {
+            shape,
+            image: vec![0; words].into_boxed_slice(),
+            next_node: 1,
+            next_child: 0,
+        };
+        // SAFETY: as above; `count` sized the shape and the image for this tree.
+        unsafe {
+            let root = builder.place(&tree.0);
+            builder.write_node(0, root);
+        }
+        Self {
+            _tree: tree,
+            shape,
+            image: builder.image,
+        }
     }
 
     /// Export `batch` once with arrow-rs and keep the result.
@@ -110,72 +137,147 @@ unsafe fn count(array: &ArrowArray, descendants: &mut usize, child_slots: &mut u
     }
 }
 
-/// The memory behind one export: every node below the root (the root lives in the
-/// consumer's struct) and the child pointer arrays.
-struct Block {
-    _batch: Arc<CachedBatch>,
-    nodes: UnsafeCell<Box<[ArrowArray]>>,
-    children: UnsafeCell<Box<[*mut ArrowArray]>>,
-}
-
-/// Where the next node and the next child pointers of a block go.
-struct Cursor {
-    block: *const Block,
-    nodes: *mut ArrowArray,
+/// Lays a tree out in block order: nodes depth first, each node's child pointers together.
+struct ImageBuilder {
+    shape: BlockShape,
+    image: Box<[u64]>,
+    /// Node 0 is the root; the block holds the nodes from 1 on.
     next_node: usize,
-    children: *mut *mut ArrowArray,
     next_child: usize,
 }
 
-impl Cursor {
-    /// A copy of `source` whose descendants are copied into the block.
+impl ImageBuilder {
+    /// `source` as an image node, with its descendants placed after it.
     ///
     /// # Safety
-    /// `source` is a valid tree no larger than the block was sized for; `self.block` is
-    /// an `Arc` that one more reference may be taken from.
-    unsafe fn copy(&mut self, source: &ArrowArray) -> ArrowArray {
+    /// `source` is a valid tree that fits the shape.
+    unsafe fn place(&mut self, source: &ArrowArray) -> ArrowArray {
         let n_children = source.n_children.max(0) as usize;
         let children = if n_children == 0 {
-            ptr::null_mut()
+            0
         } else {
-            let first = unsafe { self.children.add(self.next_child) };
+            let first = self.next_child;
             self.next_child += n_children;
+            let slots = (self.shape.descendants + 1) * NODE_WORDS + first;
             for i in 0..n_children {
-                let child = unsafe { self.copy_below(&**source.children.add(i)) };
-                unsafe { first.add(i).write(child) };
+                let child = unsafe { self.place_below(&**source.children.add(i)) };
+                self.image[slots + i] = child as u64;
             }
-            first
+            self.shape.children_offset + first * size_of::<*mut ArrowArray>()
         };
         let dictionary = match unsafe { source.dictionary.as_ref() } {
-            Some(dictionary) => unsafe { self.copy_below(dictionary) },
-            None => ptr::null_mut(),
+            Some(dictionary) => unsafe { self.place_below(dictionary) },
+            None => 0,
         };
-        unsafe { Arc::increment_strong_count(self.block) };
         ArrowArray {
-            children,
-            dictionary,
+            children: ptr::without_provenance_mut(children),
+            dictionary: ptr::without_provenance_mut(dictionary),
             release: Some(release_node),
-            private_data: self.block.cast_mut().cast(),
+            private_data: ptr::null_mut(),
             ..*source
         }
     }
 
-    /// Copy `source` into the next node of the block; returns where it went.
-    unsafe fn copy_below(&mut self, source: &ArrowArray) -> *mut ArrowArray {
-        let slot = unsafe { self.nodes.add(self.next_node) };
+    /// Place `source` as the next node below the root; returns its offset in a block.
+    unsafe fn place_below(&mut self, source: &ArrowArray) -> usize {
+        let index = self.next_node;
         self.next_node += 1;
-        let node = unsafe { self.copy(source) };
-        unsafe { slot.write(node) };
-        slot
+        let node = unsafe { self.place(source) };
+        unsafe { self.write_node(index, node) };
+        self.shape.nodes_offset + (index - 1) * size_of::<ArrowArray>()
+    }
+
+    /// # Safety
+    /// `index` is a node of the shape.
+    unsafe fn write_node(&mut self, index: usize, node: ArrowArray) {
+        let words = &mut self.image[index * NODE_WORDS..(index + 1) * NODE_WORDS];
+        // SAFETY: `ArrowArray` is plain data of whole words (asserted above).
+        unsafe {
+            words
+                .as_mut_ptr()
+                .cast::<ArrowArray>()
+                .write_unaligned(node)
+        };
     }
 }
 
-/// Export `cached` into `out`: a copy of its kept tree, or (a batch with none, read for
+/// The layout of one export's allocation: a [`Block`] header, then every node below the
+/// root (the root lives in the consumer's struct), then the child pointer arrays.
+#[derive(Clone, Copy)]
+struct BlockShape {
+    layout: Layout,
+    nodes_offset: usize,
+    children_offset: usize,
+    descendants: usize,
+    child_slots: usize,
+}
+
+impl BlockShape {
+    fn new(descendants: usize, child_slots: usize) -> Self {
+        let nodes = Layout::array::<ArrowArray>(descendants).expect("array trees are small");
+        let (layout, nodes_offset) = Layout::new::<Block>().extend(nodes).expect("small");
+        let children = Layout::array::<*mut ArrowArray>(child_slots).expect("small");
+        let (layout, children_offset) = layout.extend(children).expect("small");
+        debug_assert_eq!(children_offset, nodes_offset + nodes.size());
+        Self {
+            layout: layout.pad_to_align(),
+            nodes_offset,
+            children_offset,
+            descendants,
+            child_slots,
+        }
+    }
+}
+
+/// The header of one export's allocation ([`BlockShape`] gives the rest). The nodes are
+/// plain structs, so freeing the block only drops this header.
+struct Block {
+    /// One for each node of the export not yet released, the root included.
+    references: AtomicUsize,
+    layout: Layout,
+    /// Keeps the kept tree, and so every buffer the nodes point to, alive.
+    _batch: Arc<CachedBatch>,
+}
+
+impl Block {
+    /// Give back `count` references; the last one frees the block.
+    ///
+    /// # Safety
+    /// The caller holds `count` references to `block`, and uses none of them after this.
+    unsafe fn drop_references(block: *mut Block, count: usize) {
+        // The same ordering as `Arc`: uses through every reference happen before the free.
+        if unsafe { &(*block).references }.fetch_sub(count, Ordering::Release) != count {
+            return;
+        }
+        fence(Ordering::Acquire);
+        let layout = unsafe { (*block).layout };
+        unsafe {
+            ptr::drop_in_place(block);
+            dealloc(block.cast(), layout);
+        }
+    }
+}
+
+/// Turn an image node's offsets into pointers into the block at `base`.
+///
+/// # Safety
+/// `node` comes from an image of the block's shape.
+unsafe fn rebase(node: &mut ArrowArray, base: *mut u8) {
+    if !node.children.is_null() {
+        node.children = unsafe { base.add(node.children.addr()) }.cast();
+    }
+    if !node.dictionary.is_null() {
+        node.dictionary = unsafe { base.add(node.dictionary.addr()) }.cast();
+    }
+    node.private_data = base.cast();
+}
+
+/// Export `cached` into `out`: a copy of its kept image, or (a batch with none, read for
 /// the first time) a direct arrow-rs export, so that a batch read once builds nothing.
 ///
 /// # Safety
 /// `out` is valid for writing one `ArrowArray`.
-pub(crate) unsafe fn export_cached(cached: &Arc<CachedBatch>, out: *mut ArrowArray) {
+pub(crate) unsafe fn export_cached(cached: Arc<CachedBatch>, out: *mut ArrowArray) {
     let root = match cached.derived_if_present::<ExportRoot>() {
         Some(root) => Some(root),
         None if cached.first_use() => None,
@@ -186,78 +288,123 @@ pub(crate) unsafe fn export_cached(cached: &Arc<CachedBatch>, out: *mut ArrowArr
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return;
     };
-    let block = Arc::new(Block {
-        _batch: cached.clone(),
-        nodes: UnsafeCell::new((0..root.descendants).map(|_| released()).collect()),
-        children: UnsafeCell::new(vec![ptr::null_mut(); root.child_slots].into()),
-    });
-    // Every write below goes through these two pointers (and pointers derived from them),
-    // so no borrow of the block's contents is used after them.
-    let mut cursor = Cursor {
-        block: Arc::as_ptr(&block),
-        nodes: unsafe { (*block.nodes.get()).as_mut_ptr() },
-        next_node: 0,
-        children: unsafe { (*block.children.get()).as_mut_ptr() },
-        next_child: 0,
+    let (shape, image) = (root.shape, root.image.as_ptr());
+    let tail_len = (root.image.len() - NODE_WORDS) * size_of::<u64>();
+    // SAFETY: the layout has the header's size at least, so it is not zero-sized.
+    let base = unsafe { alloc(shape.layout) };
+    if base.is_null() {
+        handle_alloc_error(shape.layout);
+    }
+    let header = Block {
+        references: AtomicUsize::new(shape.descendants + 1),
+        layout: shape.layout,
+        // Keeps `root`, so the image, alive until the block is freed.
+        _batch: cached,
     };
-    // SAFETY: the block was sized for this tree, and `block` holds a reference until the
-    // end of this function, after which the nodes' references keep it alive.
-    let exported = unsafe { cursor.copy(&root.tree.0) };
-    unsafe { ptr::write(out, exported) };
-}
-
-fn released() -> ArrowArray {
-    ArrowArray {
-        length: 0,
-        null_count: 0,
-        offset: 0,
-        n_buffers: 0,
-        n_children: 0,
-        buffers: ptr::null_mut(),
-        children: ptr::null_mut(),
-        dictionary: ptr::null_mut(),
-        release: None,
-        private_data: ptr::null_mut(),
+    // SAFETY: the block was allocated for this shape, and the image holds the root node
+    // and then exactly the block's contents after the header; every offset in it points
+    // inside the block. Each node of the export holds one of the block's references.
+    unsafe {
+        base.cast::<Block>().write(header);
+        let image_tail = image.add(NODE_WORDS).cast::<u8>();
+        ptr::copy_nonoverlapping(image_tail, base.add(shape.nodes_offset), tail_len);
+        let nodes = base.add(shape.nodes_offset).cast::<ArrowArray>();
+        for i in 0..shape.descendants {
+            rebase(&mut *nodes.add(i), base);
+        }
+        let children = base.add(shape.children_offset).cast::<*mut ArrowArray>();
+        for i in 0..shape.child_slots {
+            let slot = children.add(i);
+            *slot = base.add((*slot).addr()).cast();
+        }
+        let mut exported = ptr::read(image.cast::<ArrowArray>());
+        rebase(&mut exported, base);
+        ptr::write(out, exported);
     }
 }
 
-/// Release one node: first the children and dictionary not moved out, then its block
-/// reference.
+/// Release one node, and with it the children and dictionary not moved out.
 unsafe extern "C" fn release_node(array: *mut ArrowArray) {
-    let Some(array) = (unsafe { array.as_mut() }) else { return };
-    for i in 0..array.n_children.max(0) as usize {
-        let child = unsafe { *array.children.add(i) };
-        if let Some(release) = unsafe { (*child).release } {
-            unsafe { release(child) };
+    let Some(array) = (unsafe { array.as_mut() }) else {
+        return;
+    };
+    let block = array.private_data.cast::<Block>();
+    // SAFETY: every node of the block holds one reference, given back here at once.
+    unsafe {
+        let released = release_in_block(array, block);
+        Block::drop_references(block, released);
+    }
+}
+
+/// Mark `array` and the descendants still in it released; returns how many nodes of
+/// `block` that was, so their references go back in one atomic operation.
+///
+/// # Safety
+/// `array` is an unreleased node of `block`.
+unsafe fn release_in_block(array: &mut ArrowArray, block: *mut Block) -> usize {
+    let mut released = 1;
+    let dictionary = [array.dictionary].into_iter().filter(|d| !d.is_null());
+    let children = (0..array.n_children.max(0) as usize).map(|i| unsafe { *array.children.add(i) });
+    for node in children.chain(dictionary) {
+        let node = unsafe { &mut *node };
+        match node.release {
+            None => {} // moved out by the consumer
+            Some(_) if node.private_data == block.cast() => {
+                released += unsafe { release_in_block(node, block) };
+            }
+            Some(release) => unsafe { release(node) },
         }
     }
-    if !array.dictionary.is_null() {
-        if let Some(release) = unsafe { (*array.dictionary).release } {
-            unsafe { release(array.dictionary) };
-        }
-    }
-    let block = array.private_data.cast::<Block>().cast_const();
     array.release = None;
     array.private_data = ptr::null_mut();
-    // SAFETY: each live node holds exactly one reference, taken in `Cursor::copy`.
-    drop(unsafe { Arc::from_raw(block) });
+    released
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
-    use arrow_array::types::Int64Type;
-    use arrow_array::{DictionaryArray, Int64Array, StringArray};
+    use arrow_array::types::{Int32Type, Int64Type};
+    use arrow_array::{ArrayRef, DictionaryArray, Int64Array, ListArray, StringArray};
     use arrow_data::ffi::FFI_ArrowArray;
-    use arrow_schema::DataType;
+    use arrow_schema::{DataType, Field};
+
+    fn released() -> ArrowArray {
+        ArrowArray {
+            length: 0,
+            null_count: 0,
+            offset: 0,
+            n_buffers: 0,
+            n_children: 0,
+            buffers: ptr::null_mut(),
+            children: ptr::null_mut(),
+            dictionary: ptr::null_mut(),
+            release: None,
+            private_data: ptr::null_mut(),
+        }
+    }
 
     fn batch() -> RecordBatch {
         let ids = Arc::new(Int64Array::from(vec![Some(1), None, Some(3)]));
         let keys = arrow_array::Int32Array::from(vec![0, 1, 0]);
-        let dict = DictionaryArray::try_new(keys, Arc::new(StringArray::from(vec!["a", "b"])))
-            .unwrap();
-        RecordBatch::try_from_iter([("id", ids as _), ("tag", Arc::new(dict) as _)]).unwrap()
+        let dict =
+            DictionaryArray::try_new(keys, Arc::new(StringArray::from(vec!["a", "b"]))).unwrap();
+        // Nodes two levels down, and a dictionary below a child: every kind of offset.
+        let lists = ListArray::from_iter_primitive::<Int32Type, _, _>([
+            Some(vec![Some(1), None]),
+            None,
+            Some(vec![]),
+        ]);
+        let nested = StructArray::from(vec![(
+            Arc::new(Field::new("values", lists.data_type().clone(), true)),
+            Arc::new(lists) as ArrayRef,
+        )]);
+        RecordBatch::try_from_iter([
+            ("id", ids as ArrayRef),
+            ("tag", Arc::new(dict) as _),
+            ("nested", Arc::new(nested) as _),
+        ])
+        .unwrap()
     }
 
     fn import(array: ArrowArray, batch: &RecordBatch) -> RecordBatch {
@@ -276,7 +423,10 @@ mod tests {
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { arrow_array::ffi::from_ffi_and_data_type(root, data_type) }.unwrap();
         let imported = RecordBatch::from(StructArray::from(data));
-        Arc::new(CachedBatch::with_derived(imported, Some(Box::new(ExportRoot::new(tree)))))
+        Arc::new(CachedBatch::with_derived(
+            imported,
+            Some(Box::new(ExportRoot::new(tree))),
+        ))
     }
 
     fn first_buffer(batch: &RecordBatch) -> arrow_buffer::Buffer {
@@ -286,11 +436,14 @@ mod tests {
     #[test]
     fn exports_round_trip_and_outlive_the_cache() {
         let original = batch();
-        for cached in [Arc::new(CachedBatch::new(original.clone())), seeded(&original)] {
+        for cached in [
+            Arc::new(CachedBatch::new(original.clone())),
+            seeded(&original),
+        ] {
             // Direct, template build and copy for a plain batch; copies for a seeded one.
             let mut exports = [released(), released(), released()];
             for out in &mut exports {
-                unsafe { export_cached(&cached, out) };
+                unsafe { export_cached(cached.clone(), out) };
             }
             drop(cached);
             for out in exports {
@@ -306,24 +459,34 @@ mod tests {
         let alone = buffer.strong_count();
         let cached = seeded(&original);
         let mut out = released();
-        unsafe { export_cached(&cached, &mut out) };
+        unsafe { export_cached(cached.clone(), &mut out) };
         drop(cached);
-        assert!(buffer.strong_count() > alone, "an export keeps the producer's tree");
+        assert!(
+            buffer.strong_count() > alone,
+            "an export keeps the producer's tree"
+        );
         let reimported = import(out, &original);
         assert_eq!(reimported, original);
         drop(reimported);
-        assert_eq!(buffer.strong_count(), alone, "the producer's tree was not released");
+        assert_eq!(
+            buffer.strong_count(),
+            alone,
+            "the producer's tree was not released"
+        );
     }
 
     #[test]
     fn a_moved_child_outlives_its_parent() {
         let original = batch();
-        for cached in [Arc::new(CachedBatch::new(original.clone())), seeded(&original)] {
+        for cached in [
+            Arc::new(CachedBatch::new(original.clone())),
+            seeded(&original),
+        ] {
             let mut root = released();
             unsafe {
-                export_cached(&cached, &mut root);
+                export_cached(cached.clone(), &mut root);
                 (root.release.unwrap())(&mut root);
-                export_cached(&cached, &mut root);
+                export_cached(cached.clone(), &mut root);
             }
             // Move child 0 out, as a consumer may, then release the parent first.
             let child_ptr = unsafe { *root.children };

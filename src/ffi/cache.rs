@@ -56,26 +56,29 @@ pub unsafe extern "C" fn bc_cache_new(
     opts: *const BcOptions,
     out: *mut *mut BcCache,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let stream = unsafe { arg(upstream, "upstream") }?;
-        let out = unsafe { arg_mut(out, "out") }?;
-        if stream.release.is_none() {
-            return Err(Error::InvalidArgument(
-                "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
-            ));
-        }
-        let options = match unsafe { opts.as_ref() } {
-            Some(opts) => opts.cache_options(),
-            None => CacheOptions::default(),
-        };
-        let prepared = StreamCache::prepare(options)?;
-        let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
-        // Nothing below fails, so the caller keeps the stream on every error path.
-        let source = unsafe { CStreamUpstream::take(upstream, schema) };
-        let cache = prepared.start_source(Box::new(source));
-        *out = BcCache::into_raw(cache);
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let stream = unsafe { arg(upstream, "upstream") }?;
+            let out = unsafe { arg_mut(out, "out") }?;
+            if stream.release.is_none() {
+                return Err(Error::InvalidArgument(
+                    "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
+                ));
+            }
+            let options = match unsafe { opts.as_ref() } {
+                Some(opts) => opts.cache_options(),
+                None => CacheOptions::default(),
+            };
+            let prepared = StreamCache::prepare(options)?;
+            let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
+            // Nothing below fails, so the caller keeps the stream on every error path.
+            let source = unsafe { CStreamUpstream::take(upstream, schema) };
+            let cache = prepared.start_source(Box::new(source));
+            *out = BcCache::into_raw(cache);
+            Ok(())
+        },
+    )
 }
 
 /// Write a new independent reader into `*out` as an `ArrowArrayStream`.
@@ -127,7 +130,9 @@ pub unsafe extern "C" fn bc_cache_check_schema(
 pub(crate) fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
     let ffi = unsafe { &*(schema as *const ArrowSchema).cast::<FFI_ArrowSchema>() };
     Schema::try_from(ffi).map_err(|err| {
-        Error::InvalidArgument(format!("argument `requested_schema` is not a valid schema: {err}"))
+        Error::InvalidArgument(format!(
+            "argument `requested_schema` is not a valid schema: {err}"
+        ))
     })
 }
 
@@ -154,7 +159,10 @@ pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowS
 /// # Safety
 /// Each pointer is NULL or valid.
 #[no_mangle]
-pub unsafe extern "C" fn bc_cache_ingest_all(cache: *mut BcCache, out_batches: *mut u64) -> BcStatus {
+pub unsafe extern "C" fn bc_cache_ingest_all(
+    cache: *mut BcCache,
+    out_batches: *mut u64,
+) -> BcStatus {
     on_cache(cache, |cache| {
         let total = cache.ingest_all()?;
         if let Some(out) = unsafe { out_batches.as_mut() } {
@@ -171,7 +179,10 @@ pub unsafe extern "C" fn bc_cache_ingest_all(cache: *mut BcCache, out_batches: *
 /// # Safety
 /// Each pointer is NULL or valid.
 #[no_mangle]
-pub unsafe extern "C" fn bc_cache_ingest_next(cache: *mut BcCache, out_pulled: *mut bool) -> BcStatus {
+pub unsafe extern "C" fn bc_cache_ingest_next(
+    cache: *mut BcCache,
+    out_pulled: *mut bool,
+) -> BcStatus {
     on_cache(cache, |cache| {
         let pulled = cache.ingest_next()?;
         if let Some(out) = unsafe { out_pulled.as_mut() } {
@@ -187,7 +198,9 @@ pub unsafe extern "C" fn bc_cache_ingest_next(cache: *mut BcCache, out_pulled: *
 /// `cache` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
-    guard_value(0, || unsafe { cache.as_ref() }.map_or(0, |c| c.cache.ingested_count()))
+    guard_value(0, || {
+        unsafe { cache.as_ref() }.map_or(0, |c| c.cache.ingested_count())
+    })
 }
 
 /// True once the upstream reported its end (false for NULL).
@@ -196,7 +209,9 @@ pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
 /// `cache` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_upstream_exhausted(cache: *const BcCache) -> bool {
-    guard_value(false, || unsafe { cache.as_ref() }.is_some_and(|c| c.cache.upstream_exhausted()))
+    guard_value(false, || {
+        unsafe { cache.as_ref() }.is_some_and(|c| c.cache.upstream_exhausted())
+    })
 }
 
 /// Counters of the cache, written into `*out`.

@@ -30,13 +30,16 @@ pub unsafe extern "C" fn bc_capsule_adopt_stream(
     capsule: *mut c_void,
     stream: *mut ArrowArrayStream,
 ) -> BcStatus {
-    guard(|| {}, || {
-        unsafe { arg(capsule.cast_const(), "capsule") }?;
-        unsafe { arg(stream.cast_const(), "stream") }?;
-        let mut adopted = adopted().lock().unwrap_or_else(|e| e.into_inner());
-        adopted.insert(capsule as usize, stream as usize);
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            unsafe { arg(capsule.cast_const(), "capsule") }?;
+            unsafe { arg(stream.cast_const(), "stream") }?;
+            let mut adopted = adopted().lock().unwrap_or_else(|e| e.into_inner());
+            adopted.insert(capsule as usize, stream as usize);
+            Ok(())
+        },
+    )
 }
 
 /// A `PyCapsule_Destructor`: releases and frees the stream adopted by `capsule`. A
@@ -51,8 +54,7 @@ pub unsafe extern "C" fn bc_capsule_release_stream(capsule: *mut c_void) {
         adopted.remove(&(capsule as usize))
     };
     if let Some(stream) = stream {
-        let _ = std::panic::catch_unwind(|| unsafe {
-            bc_stream_free(stream as *mut ArrowArrayStream)
-        });
+        let _ =
+            std::panic::catch_unwind(|| unsafe { bc_stream_free(stream as *mut ArrowArrayStream) });
     }
 }

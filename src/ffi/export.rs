@@ -22,7 +22,10 @@ struct Exported {
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
 pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
-    let private = Box::new(Exported { reader, last_error: CString::default() });
+    let private = Box::new(Exported {
+        reader,
+        last_error: CString::default(),
+    });
     ArrowArrayStream {
         get_schema: Some(get_schema),
         get_next: Some(get_next),
@@ -50,7 +53,9 @@ unsafe fn callback(
     stream: *mut ArrowArrayStream,
     body: impl FnOnce(&mut Exported) -> Result<()>,
 ) -> c_int {
-    let Some(state) = (unsafe { exported(stream) }) else { return libc::EINVAL };
+    let Some(state) = (unsafe { exported(stream) }) else {
+        return libc::EINVAL;
+    };
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *state)));
     let err = match outcome {
         Ok(Ok(())) => return 0,
@@ -75,7 +80,7 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
         match state.reader.next_cached()? {
             Some(cached) => {
                 // SAFETY: `out` is valid for writes (checked by the caller).
-                unsafe { export_cached(&cached, out) };
+                unsafe { export_cached(cached, out) };
                 return Ok(());
             }
             None => FFI_ArrowArray::empty(),
@@ -101,11 +106,19 @@ fn require_out<T>(out: *mut T) -> Result<()> {
 }
 
 unsafe extern "C" fn get_schema(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
-    unsafe { callback(stream, |state| require_out(out).and_then(|()| schema_into(state, out))) }
+    unsafe {
+        callback(stream, |state| {
+            require_out(out).and_then(|()| schema_into(state, out))
+        })
+    }
 }
 
 unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
-    unsafe { callback(stream, |state| require_out(out).and_then(|()| next_into(state, out))) }
+    unsafe {
+        callback(stream, |state| {
+            require_out(out).and_then(|()| next_into(state, out))
+        })
+    }
 }
 
 unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
@@ -116,7 +129,9 @@ unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_c
 }
 
 unsafe extern "C" fn release(stream: *mut ArrowArrayStream) {
-    let Some(stream) = (unsafe { stream.as_mut() }) else { return };
+    let Some(stream) = (unsafe { stream.as_mut() }) else {
+        return;
+    };
     if stream.private_data.is_null() {
         return;
     }
@@ -166,12 +181,15 @@ pub unsafe extern "C" fn bc_reader_cast(
     reader: *mut ArrowArrayStream,
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let state = unsafe { reader_arg(reader) }?;
-        let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
-        let target = crate::ffi::cache::import_schema(schema)?;
-        state.reader.cast_to(std::sync::Arc::new(target))
-    })
+    guard(
+        || {},
+        || {
+            let state = unsafe { reader_arg(reader) }?;
+            let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
+            let target = crate::ffi::cache::import_schema(schema)?;
+            state.reader.cast_to(std::sync::Arc::new(target))
+        },
+    )
 }
 
 /// The index of the next batch a reader stream made by `bc_cache_reader` returns.
@@ -183,11 +201,14 @@ pub unsafe extern "C" fn bc_reader_position(
     reader: *mut ArrowArrayStream,
     out: *mut u64,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let position = unsafe { reader_arg(reader) }?.reader.position();
-        *unsafe { arg_mut(out, "out") }? = position;
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let position = unsafe { reader_arg(reader) }?.reader.position();
+            *unsafe { arg_mut(out, "out") }? = position;
+            Ok(())
+        },
+    )
 }
 
 unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Exported> {
@@ -204,7 +225,9 @@ unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Export
 /// allocation failed.
 #[no_mangle]
 pub extern "C" fn bc_stream_new() -> *mut ArrowArrayStream {
-    crate::ffi::guard_value(ptr::null_mut(), || Box::into_raw(Box::new(ArrowArrayStream::RELEASED)))
+    crate::ffi::guard_value(ptr::null_mut(), || {
+        Box::into_raw(Box::new(ArrowArrayStream::RELEASED))
+    })
 }
 
 /// Release `stream` if it is still live, then free the struct itself. NULL is ignored.

@@ -73,7 +73,10 @@ pub(crate) fn c_message(text: &str) -> CString {
 /// Record `err` as this thread's last error and return its status.
 pub(crate) fn fail(err: &Error) -> BcStatus {
     LAST_ERROR.with(|last| {
-        *last.borrow_mut() = LastError { message: c_message(&err.to_string()), errno: err.errno() };
+        *last.borrow_mut() = LastError {
+            message: c_message(&err.to_string()),
+            errno: err.errno(),
+        };
     });
     BcStatus::from(err)
 }
@@ -90,10 +93,7 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Error {
 
 /// Run the body of a fallible export: errors become a status and a message, and a panic
 /// becomes `BC_INTERNAL` after `on_panic` ran (which poisons the cache involved).
-pub(crate) fn guard(
-    on_panic: impl FnOnce(),
-    body: impl FnOnce() -> crate::Result<()>,
-) -> BcStatus {
+pub(crate) fn guard(on_panic: impl FnOnce(), body: impl FnOnce() -> crate::Result<()>) -> BcStatus {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => BcStatus::BC_OK,
         Ok(Err(err)) => fail(&err),
@@ -140,7 +140,9 @@ pub extern "C" fn bc_version() -> *const c_char {
 /// Owned by the library; valid until the next `bc_*` call on this thread. Never NULL.
 #[no_mangle]
 pub extern "C" fn bc_last_error() -> *const c_char {
-    guard_value(c"".as_ptr(), || LAST_ERROR.with(|last| last.borrow().message.as_ptr()))
+    guard_value(c"".as_ptr(), || {
+        LAST_ERROR.with(|last| last.borrow().message.as_ptr())
+    })
 }
 
 /// The errno class of the last failed `bc_*` call on this thread: the upstream's own

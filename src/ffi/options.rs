@@ -86,11 +86,14 @@ pub unsafe extern "C" fn bc_options_set_memory_capacity(
     opts: *mut BcOptions,
     bytes: u64,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        opts.options.memory_capacity = Some(bytes);
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            opts.options.memory_capacity = Some(bytes);
+            Ok(())
+        },
+    )
 }
 
 /// Cap the readers ever created from the cache at `max_readers` (at least 1). Once all
@@ -104,14 +107,19 @@ pub unsafe extern "C" fn bc_options_set_max_readers(
     opts: *mut BcOptions,
     max_readers: u64,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        if max_readers == 0 {
-            return Err(Error::InvalidArgument("max_readers must be at least 1".into()));
-        }
-        opts.options.max_readers = Some(max_readers);
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            if max_readers == 0 {
+                return Err(Error::InvalidArgument(
+                    "max_readers must be at least 1".into(),
+                ));
+            }
+            opts.options.max_readers = Some(max_readers);
+            Ok(())
+        },
+    )
 }
 
 /// Enable the disk tier: batches are written as Arrow IPC into a fresh private
@@ -127,17 +135,20 @@ pub unsafe extern "C" fn bc_options_set_disk(
     dir_utf8: *const c_char,
     capacity_bytes: u64,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
-        let dir = dir.to_str().map_err(|_| {
-            Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into())
-        })?;
-        let disk = DiskOptions::new(dir, capacity_bytes);
-        disk.validate()?;
-        opts.options.disk = Some(disk);
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
+            let dir = dir.to_str().map_err(|_| {
+                Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into())
+            })?;
+            let disk = DiskOptions::new(dir, capacity_bytes);
+            disk.validate()?;
+            opts.options.disk = Some(disk);
+            Ok(())
+        },
+    )
 }
 
 /// When the disk tier writes a batch: `BC_WRITE_ON_INSERTION` (every batch, as it is
@@ -152,20 +163,23 @@ pub unsafe extern "C" fn bc_options_set_write_policy(
     opts: *mut BcOptions,
     policy: BcWritePolicy,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        let policy = match policy {
-            BC_WRITE_ON_INSERTION => WritePolicy::OnInsertion,
-            BC_WRITE_ON_EVICTION => WritePolicy::OnEviction,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "write_policy {other} is not BC_WRITE_ON_INSERTION or BC_WRITE_ON_EVICTION"
-                )))
-            }
-        };
-        opts.write_policy = policy;
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            let policy = match policy {
+                BC_WRITE_ON_INSERTION => WritePolicy::OnInsertion,
+                BC_WRITE_ON_EVICTION => WritePolicy::OnEviction,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "write_policy {other} is not BC_WRITE_ON_INSERTION or BC_WRITE_ON_EVICTION"
+                    )))
+                }
+            };
+            opts.write_policy = policy;
+            Ok(())
+        },
+    )
 }
 
 /// IPC buffer compression for the disk tier: `BC_COMPRESSION_NONE` (the default; reads
@@ -179,20 +193,23 @@ pub unsafe extern "C" fn bc_options_set_compression(
     opts: *mut BcOptions,
     compression: BcCompression,
 ) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        opts.compression = match compression {
-            BC_COMPRESSION_NONE => Compression::None,
-            BC_COMPRESSION_LZ4 => Compression::Lz4,
-            BC_COMPRESSION_ZSTD => Compression::Zstd,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "compression {other} is not BC_COMPRESSION_NONE, _LZ4 or _ZSTD"
-                )))
-            }
-        };
-        Ok(())
-    })
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            opts.compression = match compression {
+                BC_COMPRESSION_NONE => Compression::None,
+                BC_COMPRESSION_LZ4 => Compression::Lz4,
+                BC_COMPRESSION_ZSTD => Compression::Zstd,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "compression {other} is not BC_COMPRESSION_NONE, _LZ4 or _ZSTD"
+                    )))
+                }
+            };
+            Ok(())
+        },
+    )
 }
 
 /// Target size in bytes of one disk segment file (at least 4096; default 64 MiB). A
@@ -203,15 +220,21 @@ pub unsafe extern "C" fn bc_options_set_compression(
 /// # Safety
 /// `opts` is NULL or a live builder.
 #[no_mangle]
-pub unsafe extern "C" fn bc_options_set_segment_bytes(opts: *mut BcOptions, bytes: u64) -> BcStatus {
-    guard(|| {}, || {
-        let opts = unsafe { arg_mut(opts, "opts") }?;
-        if bytes < 4096 {
-            return Err(Error::InvalidArgument(format!(
-                "segment_bytes must be at least 4096, got {bytes}"
-            )));
-        }
-        opts.segment_bytes = bytes;
-        Ok(())
-    })
+pub unsafe extern "C" fn bc_options_set_segment_bytes(
+    opts: *mut BcOptions,
+    bytes: u64,
+) -> BcStatus {
+    guard(
+        || {},
+        || {
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            if bytes < 4096 {
+                return Err(Error::InvalidArgument(format!(
+                    "segment_bytes must be at least 4096, got {bytes}"
+                )));
+            }
+            opts.segment_bytes = bytes;
+            Ok(())
+        },
+    )
 }

@@ -35,7 +35,10 @@ impl CStreamUpstream {
         let mut ffi_schema = FFI_ArrowSchema::empty();
         let code = unsafe { get_schema(raw, (&mut ffi_schema as *mut FFI_ArrowSchema).cast()) };
         if code != 0 {
-            return Err(Error::Upstream { message: unsafe { last_error(raw) }, errno: code });
+            return Err(Error::Upstream {
+                message: unsafe { last_error(raw) },
+                errno: code,
+            });
         }
         let schema = Schema::try_from(&ffi_schema).map_err(|err| Error::Upstream {
             message: format!("the upstream schema cannot be imported: {err}"),
@@ -51,7 +54,11 @@ impl CStreamUpstream {
     pub unsafe fn take(raw: *mut ArrowArrayStream, schema: SchemaRef) -> Self {
         let stream = unsafe { FFI_ArrowArrayStream::from_raw(raw.cast()) };
         let row_type = DataType::Struct(schema.fields().clone());
-        Self { stream, schema, row_type }
+        Self {
+            stream,
+            schema,
+            row_type,
+        }
     }
 
     /// arrow-rs imports the batch through a second root over the producer's tree, which
@@ -64,16 +71,24 @@ impl CStreamUpstream {
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let (_, columns, _) = rows.into_parts();
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
-        Ok(Pulled { batch, derived: Some(Box::new(ExportRoot::new(tree))) })
+        Ok(Pulled {
+            batch,
+            derived: Some(Box::new(ExportRoot::new(tree))),
+        })
     }
 }
 
 /// The message a failed stream call left, or a placeholder when it left none.
 unsafe fn last_error(raw: *mut ArrowArrayStream) -> String {
     let stream = unsafe { &*raw };
-    let text = stream.get_last_error.map(|get| unsafe { get(raw) }).filter(|p| !p.is_null());
+    let text = stream
+        .get_last_error
+        .map(|get| unsafe { get(raw) })
+        .filter(|p| !p.is_null());
     match text {
-        Some(ptr) => unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned(),
+        Some(ptr) => unsafe { CStr::from_ptr(ptr) }
+            .to_string_lossy()
+            .into_owned(),
         None => "the upstream stream failed without a message".into(),
     }
 }
@@ -95,7 +110,9 @@ impl BatchSource for CStreamUpstream {
     fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
         let raw: *mut ArrowArrayStream = (&mut self.stream as *mut FFI_ArrowArrayStream).cast();
         let Some(get_next) = self.stream.get_next() else {
-            return Some(Err(ArrowError::CDataInterface("upstream has no get_next".into())));
+            return Some(Err(ArrowError::CDataInterface(
+                "upstream has no get_next".into(),
+            )));
         };
         let mut array = FFI_ArrowArray::empty();
         let code = unsafe { get_next(raw.cast(), &mut array) };

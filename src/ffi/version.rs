@@ -20,7 +20,10 @@ const fn parse(text: &str) -> u32 {
     let mut value = 0u32;
     let mut i = 0;
     while i < bytes.len() {
-        assert!(bytes[i].is_ascii_digit(), "version component is not a number");
+        assert!(
+            bytes[i].is_ascii_digit(),
+            "version component is not a number"
+        );
         value = value * 10 + (bytes[i] - b'0') as u32;
         i += 1;
     }

@@ -52,10 +52,14 @@ pub fn upstream(batches: i64, fail_at: Option<i64>) -> ArrowArrayStream {
     let items: Vec<Result<RecordBatch, ArrowError>> = (0..batches)
         .map_while(|position| {
             if Some(position) == fail_at {
-                return Some(Err(ArrowError::InvalidArgumentError("producer broke".into())));
+                return Some(Err(ArrowError::InvalidArgumentError(
+                    "producer broke".into(),
+                )));
             }
             let ids = Int64Array::from_iter_values(position * ROWS..(position + 1) * ROWS);
-            Some(Ok(RecordBatch::try_new(schema(), vec![Arc::new(ids)]).unwrap()))
+            Some(Ok(
+                RecordBatch::try_new(schema(), vec![Arc::new(ids)]).unwrap()
+            ))
         })
         .take_while(|_| true)
         .collect();
@@ -73,7 +77,10 @@ fn first_id(array: ArrowArray) -> i64 {
     let ffi: FFI_ArrowArray = unsafe { std::mem::transmute(array) };
     let data_type = DataType::Struct(schema().fields().clone());
     let data = unsafe { from_ffi_and_data_type(ffi, data_type) }.unwrap();
-    StructArray::from(data).column(0).as_primitive::<Int64Type>().value(0)
+    StructArray::from(data)
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0)
 }
 
 /// One call (or a few) on the C ABI. `ReleaseAgain` releases a reader if it is still live,
@@ -99,7 +106,11 @@ pub enum Tier {
     Memory,
     /// The disk tier in a fresh temporary directory, with a hot layer of
     /// `hot_bytes % MAX_HOT_BYTES` bytes and compression `compression % 3`.
-    Disk { on_eviction: bool, compression: u8, hot_bytes: u16 },
+    Disk {
+        on_eviction: bool,
+        compression: u8,
+        hot_bytes: u16,
+    },
 }
 
 type ReleaseFn = unsafe extern "C" fn(*mut ArrowArrayStream);
@@ -145,21 +156,38 @@ impl DiskDir {
 
 /// Set the options of `tier` on `opts`.
 fn configure(opts: *mut BcOptions, tier: Tier) -> Option<DiskDir> {
-    let Tier::Disk { on_eviction, compression, hot_bytes } = tier else { return None };
+    let Tier::Disk {
+        on_eviction,
+        compression,
+        hot_bytes,
+    } = tier
+    else {
+        return None;
+    };
     let parent = tempfile::tempdir().expect("a temporary directory");
     let path = CString::new(parent.path().to_str().unwrap()).unwrap();
     let hot_bytes = u64::from(hot_bytes) % MAX_HOT_BYTES;
-    let policy = if on_eviction { BC_WRITE_ON_EVICTION } else { BC_WRITE_ON_INSERTION };
+    let policy = if on_eviction {
+        BC_WRITE_ON_EVICTION
+    } else {
+        BC_WRITE_ON_INSERTION
+    };
     let compressions = [BC_COMPRESSION_NONE, BC_COMPRESSION_LZ4, BC_COMPRESSION_ZSTD];
     let compression = compressions[usize::from(compression % 3)];
     unsafe {
-        assert_eq!(bc_options_set_disk(opts, path.as_ptr(), DISK_CAPACITY), BC_OK);
+        assert_eq!(
+            bc_options_set_disk(opts, path.as_ptr(), DISK_CAPACITY),
+            BC_OK
+        );
         assert_eq!(bc_options_set_memory_capacity(opts, hot_bytes), BC_OK);
         assert_eq!(bc_options_set_write_policy(opts, policy), BC_OK);
         assert_eq!(bc_options_set_compression(opts, compression), BC_OK);
         assert_eq!(bc_options_set_segment_bytes(opts, SEGMENT_BYTES), BC_OK);
     }
-    Some(DiskDir { parent, always_written: !on_eviction || hot_bytes == 0 })
+    Some(DiskDir {
+        parent,
+        always_written: !on_eviction || hot_bytes == 0,
+    })
 }
 
 /// `run_on` in memory.
@@ -181,14 +209,24 @@ pub fn run_on(
     }
     let disk = configure(opts, tier);
     let mut cache = ptr::null_mut();
-    assert_eq!(unsafe { bc_cache_new(&mut source, opts, &mut cache) }, BC_OK);
+    assert_eq!(
+        unsafe { bc_cache_new(&mut source, opts, &mut cache) },
+        BC_OK
+    );
     assert!(source.release.is_none(), "the cache took the upstream");
     unsafe { bc_options_free(opts) };
     if let Some(disk) = &disk {
         assert_eq!(disk.entries(), 1, "the cache made its private directory");
     }
 
-    let mut model = Model { batches, fail_at, max_readers, created: 0, frontier: 0, closed: false };
+    let mut model = Model {
+        batches,
+        fail_at,
+        max_readers,
+        created: 0,
+        frontier: 0,
+        closed: false,
+    };
     let mut readers: Vec<Reader> = Vec::new();
     for op in ops {
         match op {
@@ -199,18 +237,28 @@ pub fn run_on(
                 if model.closed {
                     assert_eq!(status, BC_CLOSED);
                 } else if model.max_readers.is_some_and(|max| model.created >= max) {
-                    assert!(matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED), "{status:?}");
+                    assert!(
+                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
+                        "{status:?}"
+                    );
                     assert!(stream.release.is_none(), "out untouched on failure");
                 } else {
                     assert_eq!(status, BC_OK);
                     model.created += 1;
                     let position = if from_start { 0 } else { model.frontier };
                     let release_fn = stream.release.expect("a live reader");
-                    readers.push(Reader { stream, release_fn, position, done: false });
+                    readers.push(Reader {
+                        stream,
+                        release_fn,
+                        position,
+                        done: false,
+                    });
                 }
             }
             Op::Read { reader, count } => {
-                let Some(r) = readers.get_mut(reader % READER_SLOTS) else { continue };
+                let Some(r) = readers.get_mut(reader % READER_SLOTS) else {
+                    continue;
+                };
                 for _ in 0..count.min(MAX_READ_COUNT) {
                     if r.done || r.stream.release.is_none() {
                         break;
@@ -236,7 +284,10 @@ pub fn run_on(
                     r.position += 1;
                     model.frontier = model.frontier.max(r.position);
                     let mut position = 0;
-                    assert_eq!(unsafe { bc_reader_position(&mut r.stream, &mut position) }, BC_OK);
+                    assert_eq!(
+                        unsafe { bc_reader_position(&mut r.stream, &mut position) },
+                        BC_OK
+                    );
                     assert_eq!(position as i64, r.position);
                 }
             }
@@ -279,13 +330,23 @@ pub fn run_on(
                     continue;
                 }
                 assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_OK);
-                assert_eq!(stats.batches_ingested as i64, model.frontier.min(model.stop()));
+                assert_eq!(
+                    stats.batches_ingested as i64,
+                    model.frontier.min(model.stop())
+                );
                 assert_eq!(stats.readers_created, model.created);
-                assert_eq!(unsafe { bc_cache_ingested_count(cache) }, stats.batches_ingested);
+                assert_eq!(
+                    unsafe { bc_cache_ingested_count(cache) },
+                    stats.batches_ingested
+                );
                 if let Some(disk) = &disk {
                     if disk.always_written && model.max_readers.is_none() {
                         // The disk tier is really in use, not just configured.
-                        assert_eq!(stats.disk_bytes > 0, stats.batches_ingested > 0, "{stats:?}");
+                        assert_eq!(
+                            stats.disk_bytes > 0,
+                            stats.batches_ingested > 0,
+                            "{stats:?}"
+                        );
                     }
                 }
             }
@@ -308,7 +369,11 @@ pub fn run_on(
         assert_released(&r.stream);
     }
     if let Some(disk) = &disk {
-        assert_eq!(disk.entries(), 0, "the last reader took the cache's directory with it");
+        assert_eq!(
+            disk.entries(),
+            0,
+            "the last reader took the cache's directory with it"
+        );
     }
 }
 
@@ -333,7 +398,11 @@ pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
         expect_invalid(bc_cache_ingest_all(null_cache, ptr::null_mut()));
         expect_invalid(bc_cache_close(null_cache));
         let mut released = ArrowArrayStream::RELEASED;
-        expect_invalid(bc_cache_new(&mut released, ptr::null(), &mut ptr::null_mut()));
+        expect_invalid(bc_cache_new(
+            &mut released,
+            ptr::null(),
+            &mut ptr::null_mut(),
+        ));
         let mut array = released_array();
         expect_invalid(bc_reader_next(&mut released, &mut array));
         expect_invalid(bc_reader_next(ptr::null_mut(), &mut array));

@@ -3,6 +3,13 @@
 use proptest::test_runner::Config;
 
 pub fn config(base: u32) -> Config {
-    let scale = std::env::var("BC_STRESS_SCALE").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
-    Config { cases: base * scale, failure_persistence: None, ..Config::default() }
+    let scale = std::env::var("BC_STRESS_SCALE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    Config {
+        cases: base * scale,
+        failure_persistence: None,
+        ..Config::default()
+    }
 }
