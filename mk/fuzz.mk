@@ -2,7 +2,7 @@
 # model with tests/c_abi_sequences.rs through tests/support/c_abi_model.rs).
 #
 # Included from the top-level Makefile, or used on its own from the repository root:
-#   make -f mk/fuzz.mk fuzz-smoke                    # the seed corpus, then 60 s of fuzzing
+#   make -f mk/fuzz.mk fuzz-smoke                    # the seed corpus, then 60 s (unoptimised)
 #   make -f mk/fuzz.mk fuzz-long FUZZ_SECONDS=3600   # default 1200 s
 #
 # Needs only the stable toolchain: RUSTC_BOOTSTRAP=1 lets it take the nightly flags that
@@ -45,12 +45,13 @@ fuzz-tool:
 fuzz-build: fuzz-tool
 	$(BC_FUZZ) build $(FUZZ_TARGET) --sanitizer address
 
-# Every seed once, then FUZZ_SMOKE_SECONDS of fuzzing.
-fuzz-smoke: fuzz-build
+# Every seed once, then FUZZ_SMOKE_SECONDS of fuzzing. An unoptimised build (--dev, debug
+# assertions on): it compiles in about half the time, and a short run needs no speed.
+fuzz-smoke: fuzz-tool
 	mkdir -p $(BC_FUZZ_ROOT)/$(FUZZ_WORK_CORPUS)
-	$(BC_FUZZ) run $(FUZZ_TARGET) --sanitizer address $(FUZZ_SEEDS) -- \
+	$(BC_FUZZ) run $(FUZZ_TARGET) --dev --sanitizer address $(FUZZ_SEEDS) -- \
 	  $(FUZZ_LIBFUZZER_FLAGS) -runs=0
-	$(BC_FUZZ) run $(FUZZ_TARGET) --sanitizer address $(FUZZ_WORK_CORPUS) $(FUZZ_SEEDS) -- \
+	$(BC_FUZZ) run $(FUZZ_TARGET) --dev --sanitizer address $(FUZZ_WORK_CORPUS) $(FUZZ_SEEDS) -- \
 	  $(FUZZ_LIBFUZZER_FLAGS) -max_total_time=$(FUZZ_SMOKE_SECONDS)
 
 fuzz-long: fuzz-build
