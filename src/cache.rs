@@ -1,6 +1,5 @@
 //! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -12,7 +11,7 @@ use crate::disk::{DiskIndex, DiskOptions, DiskWriter, WritePolicy};
 use crate::error::{Error, Result};
 use crate::reader::CacheReader;
 use crate::registry::ReaderRegistry;
-use crate::storage::{CachedBatch, MemoryTier};
+use crate::storage::{CachedBatch, Derived, MemoryTier};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
 pub type Upstream = Box<dyn RecordBatchReader + Send>;
@@ -22,7 +21,7 @@ pub struct Pulled {
     pub batch: RecordBatch,
     /// A form of the batch that an export layer reuses on every read (see
     /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
-    pub derived: Option<Box<dyn Any + Send + Sync>>,
+    pub derived: Option<Box<dyn Derived>>,
 }
 
 /// An upstream that may hand over more than the batch: the C stream import passes the

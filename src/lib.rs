@@ -20,4 +20,4 @@ pub use cache::{
 };
 pub use error::{Error, Result};
 pub use reader::{validate_cast, CacheReader};
-pub use storage::CachedBatch;
+pub use storage::{CachedBatch, Derived};

@@ -19,7 +19,7 @@ use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 
 use crate::ffi::abi::ArrowArray;
-use crate::storage::CachedBatch;
+use crate::storage::{prefetch, CachedBatch, Derived};
 
 /// An `ArrowArray` tree this library owns; released when dropped.
 pub(crate) struct OwnedArray(ArrowArray);
@@ -120,6 +120,17 @@ impl ExportRoot {
         Self::new(Arc::new(OwnedArray::new(exported)))
     }
 }
+
+impl Derived for ExportRoot {
+    /// The image is what a read copies.
+    fn prefetch(&self) {
+        for line in self.image.chunks(CACHE_LINE_WORDS) {
+            prefetch(line.as_ptr());
+        }
+    }
+}
+
+const CACHE_LINE_WORDS: usize = 64 / size_of::<u64>();
 
 /// Count the nodes below `array` and the child pointers of its whole tree.
 ///
