@@ -417,6 +417,7 @@ impl Shared {
                 }
                 if position < state.memory.end() {
                     if let Some(batch) = state.memory.get(position) {
+                        state.memory.prefetch_after(position);
                         return Ok(Some(batch.clone()));
                     }
                     let on_disk = state.disk.as_ref().and_then(|d| d.get(position)).cloned();
