@@ -204,12 +204,7 @@ impl ImageBuilder {
     unsafe fn write_node(&mut self, index: usize, node: ArrowArray) {
         let words = &mut self.image[index * NODE_WORDS..(index + 1) * NODE_WORDS];
         // SAFETY: `ArrowArray` is plain data of whole words (asserted above).
-        unsafe {
-            words
-                .as_mut_ptr()
-                .cast::<ArrowArray>()
-                .write_unaligned(node)
-        };
+        unsafe { words.as_mut_ptr().cast::<ArrowArray>().write(node) };
     }
 }
 
@@ -226,10 +221,12 @@ struct BlockShape {
 
 impl BlockShape {
     fn new(descendants: usize, child_slots: usize) -> Self {
-        let nodes = Layout::array::<ArrowArray>(descendants).expect("array trees are small");
-        let (layout, nodes_offset) = Layout::new::<Block>().extend(nodes).expect("small");
-        let children = Layout::array::<*mut ArrowArray>(child_slots).expect("small");
-        let (layout, children_offset) = layout.extend(children).expect("small");
+        // A tree that overflows a layout could not be in memory in the first place.
+        const TREE_FITS: &str = "an array tree in memory has a layout";
+        let nodes = Layout::array::<ArrowArray>(descendants).expect(TREE_FITS);
+        let (layout, nodes_offset) = Layout::new::<Block>().extend(nodes).expect(TREE_FITS);
+        let children = Layout::array::<*mut ArrowArray>(child_slots).expect(TREE_FITS);
+        let (layout, children_offset) = layout.extend(children).expect(TREE_FITS);
         debug_assert_eq!(children_offset, nodes_offset + nodes.size());
         Self {
             layout: layout.pad_to_align(),
@@ -484,6 +481,33 @@ mod tests {
             buffer.strong_count(),
             alone,
             "the producer's tree was not released"
+        );
+    }
+
+    #[test]
+    fn a_moved_grandchild_keeps_the_block_until_it_is_released() {
+        let original = batch();
+        let buffer = first_buffer(&original);
+        let alone = buffer.strong_count();
+        let cached = seeded(&original);
+        let mut root = released();
+        unsafe { export_cached(cached.clone(), &mut root) };
+        drop(cached);
+        // The list below column "nested", moved out; then its grandparent is released.
+        let nested = unsafe { &mut **root.children.add(2) };
+        let mut moved = unsafe { ptr::replace(*nested.children, released()) };
+        unsafe { (root.release.unwrap())(&mut root) };
+        assert!(root.release.is_none());
+        assert!(
+            buffer.strong_count() > alone,
+            "the moved node's block was freed while the node was alive"
+        );
+        unsafe { (moved.release.unwrap())(&mut moved) };
+        assert!(moved.release.is_none());
+        assert_eq!(
+            buffer.strong_count(),
+            alone,
+            "the block outlived its last node"
         );
     }
 
