@@ -61,6 +61,18 @@ pub extern "C" fn bc_options_new() -> *mut BcOptions {
     })
 }
 
+/// Change a live builder behind the panic guard: NULL `opts` fails naming the argument,
+/// and `change` either succeeds or leaves the builder as it was.
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+unsafe fn update(
+    opts: *mut BcOptions,
+    change: impl FnOnce(&mut BcOptions) -> crate::Result<()>,
+) -> BcStatus {
+    guard(|| {}, || change(unsafe { arg_mut(opts, "opts") }?))
+}
+
 /// Free an options builder. NULL is ignored.
 ///
 /// # Safety
@@ -86,14 +98,11 @@ pub unsafe extern "C" fn bc_options_set_memory_capacity(
     opts: *mut BcOptions,
     bytes: u64,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            opts.options.memory_capacity = Some(bytes);
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        opts.options.memory_capacity = Some(bytes);
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
 
 /// Cap the readers ever created from the cache at `max_readers` (at least 1). Once all
@@ -107,19 +116,16 @@ pub unsafe extern "C" fn bc_options_set_max_readers(
     opts: *mut BcOptions,
     max_readers: u64,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            if max_readers == 0 {
-                return Err(Error::InvalidArgument(
-                    "max_readers must be at least 1".into(),
-                ));
-            }
-            opts.options.max_readers = Some(max_readers);
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        if max_readers == 0 {
+            return Err(Error::InvalidArgument(
+                "max_readers must be at least 1".into(),
+            ));
+        }
+        opts.options.max_readers = Some(max_readers);
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
 
 /// Enable the disk tier: batches are written as Arrow IPC into a fresh private
@@ -135,20 +141,17 @@ pub unsafe extern "C" fn bc_options_set_disk(
     dir_utf8: *const c_char,
     capacity_bytes: u64,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
-            let dir = dir.to_str().map_err(|_| {
-                Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into())
-            })?;
-            let disk = DiskOptions::new(dir, capacity_bytes);
-            disk.validate()?;
-            opts.options.disk = Some(disk);
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
+        let dir = dir
+            .to_str()
+            .map_err(|_| Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into()))?;
+        let disk = DiskOptions::new(dir, capacity_bytes);
+        disk.validate()?;
+        opts.options.disk = Some(disk);
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
 
 /// When the disk tier writes a batch: `BC_WRITE_ON_INSERTION` (every batch, as it is
@@ -163,23 +166,20 @@ pub unsafe extern "C" fn bc_options_set_write_policy(
     opts: *mut BcOptions,
     policy: BcWritePolicy,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            let policy = match policy {
-                BC_WRITE_ON_INSERTION => WritePolicy::OnInsertion,
-                BC_WRITE_ON_EVICTION => WritePolicy::OnEviction,
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "write_policy {other} is not BC_WRITE_ON_INSERTION or BC_WRITE_ON_EVICTION"
-                    )))
-                }
-            };
-            opts.write_policy = policy;
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        let policy = match policy {
+            BC_WRITE_ON_INSERTION => WritePolicy::OnInsertion,
+            BC_WRITE_ON_EVICTION => WritePolicy::OnEviction,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "write_policy {other} is not BC_WRITE_ON_INSERTION or BC_WRITE_ON_EVICTION"
+                )))
+            }
+        };
+        opts.write_policy = policy;
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
 
 /// IPC buffer compression for the disk tier: `BC_COMPRESSION_NONE` (the default; reads
@@ -193,23 +193,20 @@ pub unsafe extern "C" fn bc_options_set_compression(
     opts: *mut BcOptions,
     compression: BcCompression,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            opts.compression = match compression {
-                BC_COMPRESSION_NONE => Compression::None,
-                BC_COMPRESSION_LZ4 => Compression::Lz4,
-                BC_COMPRESSION_ZSTD => Compression::Zstd,
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "compression {other} is not BC_COMPRESSION_NONE, _LZ4 or _ZSTD"
-                    )))
-                }
-            };
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        opts.compression = match compression {
+            BC_COMPRESSION_NONE => Compression::None,
+            BC_COMPRESSION_LZ4 => Compression::Lz4,
+            BC_COMPRESSION_ZSTD => Compression::Zstd,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "compression {other} is not BC_COMPRESSION_NONE, _LZ4 or _ZSTD"
+                )))
+            }
+        };
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
 
 /// Target size in bytes of one disk segment file (at least 4096; default 64 MiB). A
@@ -224,17 +221,14 @@ pub unsafe extern "C" fn bc_options_set_segment_bytes(
     opts: *mut BcOptions,
     bytes: u64,
 ) -> BcStatus {
-    guard(
-        || {},
-        || {
-            let opts = unsafe { arg_mut(opts, "opts") }?;
-            if bytes < 4096 {
-                return Err(Error::InvalidArgument(format!(
-                    "segment_bytes must be at least 4096, got {bytes}"
-                )));
-            }
-            opts.segment_bytes = bytes;
-            Ok(())
-        },
-    )
+    let change = |opts: &mut BcOptions| {
+        if bytes < 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "segment_bytes must be at least 4096, got {bytes}"
+            )));
+        }
+        opts.segment_bytes = bytes;
+        Ok(())
+    };
+    unsafe { update(opts, change) }
 }
