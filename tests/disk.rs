@@ -33,9 +33,12 @@ fn disk_cache(batches: Vec<RecordBatch>, disk: DiskOptions, memory: u64) -> Stre
 }
 
 fn sum_ids(cache: &StreamCache) -> i64 {
-    cache
-        .reader(true)
-        .unwrap()
+    sum_read(cache.reader(true).unwrap())
+}
+
+/// The sum of column 0 over every batch a reader returns.
+fn sum_read<E: std::fmt::Debug>(reader: impl Iterator<Item = Result<RecordBatch, E>>) -> i64 {
+    reader
         .map(|b| {
             b.unwrap()
                 .column(0)
@@ -65,18 +68,7 @@ fn both_policies_round_trip_with_threads() {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let reader = cache.reader(true).unwrap();
-                thread::spawn(move || {
-                    reader
-                        .map(|b| {
-                            b.unwrap()
-                                .column(0)
-                                .as_primitive::<Int64Type>()
-                                .values()
-                                .iter()
-                                .sum::<i64>()
-                        })
-                        .sum::<i64>()
-                })
+                thread::spawn(move || sum_read(reader))
             })
             .collect();
         for handle in handles {
