@@ -42,9 +42,9 @@ install: venv
 demo: install
 	$(VPY) demo/demo.py
 
-# The dev profile: debug assertions and overflow checks on, and about a quarter of the build
-# time of --release, whose thin-LTO link of every test binary took 15 minutes on 2 cores.
-# `make stress` runs the same tests in release at a larger scale.
+# The dev profile: debug assertions and overflow checks on, and a short build (about 2
+# minutes from cold on 2 cores, where --release with thin LTO took 15); the tests take
+# seconds either way. `make stress` runs the same tests in release at a larger scale.
 test-rust:
 	$(CARGO) test --features fault-injection $(CARGO_TEST_FLAGS)
 
