@@ -188,20 +188,22 @@ def duckdb_selfjoin(impl: str, quick: bool) -> dict:
     import duckdb
 
     batches = owned_batches(100_000 if quick else 2_000_000)
+    rows = sum(b.num_rows for b in batches)
+
     query = "SELECT count(*), sum(a.x + b.x) FROM ds a JOIN ds b ON a.id = b.id"
+
+    def joined_rows(ds) -> int:  # noqa: ARG001 - DuckDB finds `ds` by name
+        return duckdb.sql(query).fetchall()[0][0]
+
     # DuckDB's first query in a process starts its threads and its Arrow scan (about
     # 0.1 s): done before the clock for every side, on a table and on a C stream.
     warm = pa.table({"id": [1], "x": [1.0]})
-    stream = TableStreams(warm) if impl == "pyarrow" else StreamCache(once(warm.to_batches()))
-    for ds in (warm, stream):  # noqa: B007 - DuckDB finds it by name
-        duckdb.sql(query).fetchall()
+    joined_rows(warm)
+    joined_rows(TableStreams(warm) if impl == "pyarrow" else StreamCache(once(warm.to_batches())))
 
     def run():
-        if impl == "pyarrow":
-            ds = once(batches).read_all()  # noqa: F841 - DuckDB finds it by name
-        else:
-            ds = StreamCache(once(batches))  # noqa: F841
-        assert duckdb.sql(query).fetchall()[0][0] == sum(b.num_rows for b in batches)
+        source = once(batches)
+        assert joined_rows(source.read_all() if impl == "pyarrow" else StreamCache(source)) == rows
 
     result = {"seconds": timed(run)}
     if impl == "pyarrow":
@@ -209,12 +211,8 @@ def duckdb_selfjoin(impl: str, quick: bool) -> dict:
         # the same table handed over as a plain C stream (a fresh pyarrow export per
         # scan, nothing cached), the path DuckDB takes for any `__arrow_c_stream__` object.
         table = once(batches).read_all()
-
-        def query_on(ds):  # noqa: ARG001 - DuckDB finds it by name
-            assert duckdb.sql(query).fetchall()[0][0] == table.num_rows
-
-        result["warm_table_seconds"] = timed(lambda: query_on(table))
-        result["warm_c_stream_seconds"] = timed(lambda: query_on(TableStreams(table)))
+        result["warm_table_seconds"] = timed(lambda: joined_rows(table))
+        result["warm_c_stream_seconds"] = timed(lambda: joined_rows(TableStreams(table)))
     return result
 
 
