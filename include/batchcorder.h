@@ -312,6 +312,22 @@ enum BcStatus bc_reader_cast(struct ArrowArrayStream *reader,
 // `reader` is NULL or a live stream; `out` is NULL or valid for one write.
 enum BcStatus bc_reader_position(struct ArrowArrayStream *reader, uint64_t *out);
 
+// Make `*out` a view of `reader`, a live stream made by `bc_cache_reader`: a second
+// `ArrowArrayStream` whose `get_schema`, `get_next` and `get_last_error` go through
+// `reader`, so reads through either advance one position. For bindings whose Arrow
+// library takes a stream over when it imports one (pyarrow's
+// `RecordBatchReader._import_from_c`) but that keep using the reader itself
+// (`bc_reader_position`, `bc_reader_next` for status codes).
+//
+// The view does not own `reader`: releasing the view leaves `reader` as it is, and the
+// caller releases the view (or stops calling it) before `reader` is released or freed.
+// Like `reader`, the view is never to be called concurrently with it. On failure `*out`
+// is untouched.
+//
+// # Safety
+// `reader` is NULL or a live stream; `out` is NULL or valid for writing one stream.
+enum BcStatus bc_reader_view(struct ArrowArrayStream *reader, struct ArrowArrayStream *out);
+
 // A heap-allocated, released `ArrowArrayStream` for bindings that need a stable address
 // (a PyCapsule, an R external pointer). Free it with `bc_stream_free`. NULL only if
 // allocation failed.

@@ -575,6 +575,14 @@ def _free_stream_now(stream: Any) -> None:
     lib.bc_stream_free(stream)
 
 
+def _open_view(stream: Any) -> pa.RecordBatchReader:
+    """A pyarrow reader over a ``bc_reader_view`` of ``stream``: it imports each batch in
+    C++, about 1 us less per batch than a cffi call plus ``RecordBatch._import_from_c``."""
+    view = ffi.new("struct ArrowArrayStream *")
+    check(lib.bc_reader_view(stream, view))
+    return pa.RecordBatchReader._import_from_c(int(ffi.cast("uintptr_t", view)))
+
+
 def _reader_capsule(handle: Any, requested_schema: Any) -> Any:
     stream = lib.bc_stream_new()
     if stream == ffi.NULL:
@@ -609,7 +617,7 @@ class StreamCacheReader(_ClosesOnExit):
 
     __slots__ = (
         "_stream", "_array", "_array_address", "_release_word", "_schema", "_exported",
-        "_lock", "_handle", "_replay", "_replay_limit", "_position", "_lag",
+        "_lock", "_handle", "_replay", "_replay_limit", "_position", "_lag", "_view",
     )
     _stream: Any
     _array: Any
@@ -626,6 +634,9 @@ class StreamCacheReader(_ClosesOnExit):
     # Python-side position, and how far the C reader is behind it.
     _position: int
     _lag: int
+    # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read that
+    # crosses the C boundary; dropped before `_stream` is released.
+    _view: Optional[pa.RecordBatchReader]
 
     def __init__(self) -> None:
         raise TypeError("create readers with StreamCache.reader()")
@@ -656,6 +667,7 @@ class StreamCacheReader(_ClosesOnExit):
         self._replay_limit = cache._handle.replay_limit
         self._position = 0
         self._lag = 0
+        self._view = None
         if not from_start and self._replay is not None:
             out = ffi.new("uint64_t *")
             check(lib.bc_reader_position(stream, out))
@@ -724,23 +736,43 @@ class StreamCacheReader(_ClosesOnExit):
                     return batch
             if self._lag:
                 if self._handle.finished_at(position):
-                    self._stream = None
-                    _free_stream_now(stream)
+                    self._end(stream)
                     raise StopIteration
                 self._catch_up(stream)
-            status = _reader_next(stream, self._array)
-            if status:
-                raise_status(status)
-            if not self._release_word[_RELEASE_INDEX]:
-                self._stream = None
-                _free_stream_now(stream)
-                raise StopIteration
-            batch = _import_batch(self._array_address, self._schema)
+            view = self._view
+            if view is None:
+                view = self._view = _open_view(stream)
+            try:
+                batch = view.read_next_batch()
+            except StopIteration:
+                self._end(stream)
+                raise
+            except Exception:  # noqa: BLE001 - asked again below, for its typed status
+                batch = None
+            if batch is None:
+                self._view = None
+                batch = self._next_through_c(stream)
             self._position = position + 1
             if replay is not None and len(replay) < self._replay_limit:
                 # One call, atomic under the GIL: readers racing here keep the first.
                 replay.setdefault(position, batch)
             return batch
+
+    def _end(self, stream: Any) -> None:
+        self._view = None
+        self._stream = None
+        _free_stream_now(stream)
+
+    def _next_through_c(self, stream: Any) -> pa.RecordBatch:
+        """The next batch through ``bc_reader_next``, after a read through the view failed:
+        the cache's failures persist, so this call gives the failure's typed status."""
+        status = _reader_next(stream, self._array)
+        if status:
+            raise_status(status)
+        if not self._release_word[_RELEASE_INDEX]:
+            self._end(stream)
+            raise StopIteration
+        return _import_batch(self._array_address, self._schema)
 
     def read_all(self) -> pa.Table:
         """The rest of the stream as a ``pyarrow.Table``.
@@ -753,9 +785,11 @@ class StreamCacheReader(_ClosesOnExit):
 
     def close(self) -> None:
         """Release the reader now instead of at garbage collection. Idempotent."""
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            _free_stream_now(stream)
+        with self._lock:  # not while another thread reads through it
+            stream, self._stream = self._stream, None
+            self._view = None
+            if stream is not None:
+                _free_stream_now(stream)
 
     def cast(self, target_schema: Any) -> pa.RecordBatchReader:
         """Consume this reader as a ``pyarrow.RecordBatchReader`` whose batches are cast to
@@ -781,6 +815,7 @@ class StreamCacheReader(_ClosesOnExit):
             self._catch_up(stream)
             if requested_schema is not None:
                 check(lib.bc_reader_cast(stream, _requested_schema_pointer(requested_schema)))
+            self._view = None
             self._stream = None
             self._exported = True
             ffi.gc(stream, None)  # the capsule owns it from here

@@ -211,6 +211,67 @@ pub unsafe extern "C" fn bc_reader_position(
     )
 }
 
+/// Make `*out` a view of `reader`, a live stream made by `bc_cache_reader`: a second
+/// `ArrowArrayStream` whose `get_schema`, `get_next` and `get_last_error` go through
+/// `reader`, so reads through either advance one position. For bindings whose Arrow
+/// library takes a stream over when it imports one (pyarrow's
+/// `RecordBatchReader._import_from_c`) but that keep using the reader itself
+/// (`bc_reader_position`, `bc_reader_next` for status codes).
+///
+/// The view does not own `reader`: releasing the view leaves `reader` as it is, and the
+/// caller releases the view (or stops calling it) before `reader` is released or freed.
+/// Like `reader`, the view is never to be called concurrently with it. On failure `*out`
+/// is untouched.
+///
+/// # Safety
+/// `reader` is NULL or a live stream; `out` is NULL or valid for writing one stream.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_view(
+    reader: *mut ArrowArrayStream,
+    out: *mut ArrowArrayStream,
+) -> BcStatus {
+    guard(
+        || {},
+        || {
+            unsafe { reader_arg(reader) }?;
+            require_out(out)?;
+            let view = ArrowArrayStream {
+                get_schema: Some(view_get_schema),
+                get_next: Some(view_get_next),
+                get_last_error: Some(view_get_last_error),
+                release: Some(view_release),
+                private_data: reader.cast(),
+            };
+            // SAFETY: `out` is valid for writes (checked above).
+            unsafe { ptr::write(out, view) };
+            Ok(())
+        },
+    )
+}
+
+/// The reader stream a view reads through (checked again by each callback).
+unsafe fn viewed(view: *mut ArrowArrayStream) -> *mut ArrowArrayStream {
+    unsafe { view.as_ref() }.map_or(ptr::null_mut(), |view| view.private_data.cast())
+}
+
+unsafe extern "C" fn view_get_schema(view: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
+    unsafe { get_schema(viewed(view), out) }
+}
+
+unsafe extern "C" fn view_get_next(view: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
+    unsafe { get_next(viewed(view), out) }
+}
+
+unsafe extern "C" fn view_get_last_error(view: *mut ArrowArrayStream) -> *const c_char {
+    unsafe { get_last_error(viewed(view)) }
+}
+
+unsafe extern "C" fn view_release(view: *mut ArrowArrayStream) {
+    if let Some(view) = unsafe { view.as_mut() } {
+        *view = ArrowArrayStream::RELEASED;
+    }
+}
+
 unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Exported> {
     let stream = unsafe { arg_mut(reader, "reader") }?;
     unsafe { exported(stream) }.ok_or_else(|| {

@@ -345,6 +345,42 @@ static void test_lifetimes_and_close(void) {
   bc_cache_free(cache);
 }
 
+static void test_reader_view(void) {
+  BcCache *cache = new_cache(10, 4, NULL, NULL);
+  struct ArrowArrayStream reader, view, untouched;
+  struct ArrowArray batch;
+  struct ArrowSchema schema;
+  uint64_t position = 9;
+  bc_cache_reader(cache, true, NULL, &reader);
+  CHECK(bc_reader_view(NULL, &view) == BC_INVALID_ARGUMENT, "view of NULL");
+  CHECK(bc_reader_view(&reader, NULL) == BC_INVALID_ARGUMENT, "view into NULL");
+  struct ArrowArrayStream foreign = make_producer(1, 1, -1, 0, NULL);
+  untouched = foreign;
+  CHECK(bc_reader_view(&foreign, &view) == BC_INVALID_ARGUMENT, "view of a foreign stream");
+  CHECK(memcmp(&foreign, &untouched, sizeof foreign) == 0, "a refused view changes nothing");
+  foreign.release(&foreign);
+
+  CHECK(bc_reader_view(&reader, &view) == BC_OK, "view");
+  CHECK(view.get_schema(&view, &schema) == 0 && schema.n_children == 2, "schema through the view");
+  schema.release(&schema);
+  CHECK(view.get_next(&view, &batch) == 0 && first_id(&batch) == 0, "batch 0 through the view");
+  batch.release(&batch);
+  CHECK(reader.get_next(&reader, &batch) == 0 && first_id(&batch) == ROWS, "batch 1 through the reader");
+  batch.release(&batch);
+  CHECK(bc_reader_position(&reader, &position) == BC_OK && position == 2, "one position for both");
+  for (int i = 2; i < 4; i++) {
+    CHECK(view.get_next(&view, &batch) == 0 && first_id(&batch) == i * ROWS, "later batches");
+    batch.release(&batch);
+  }
+  CHECK(view.get_next(&view, &batch) == EINVAL, "the upstream's errno through the view");
+  CHECK(contains(view.get_last_error(&view), "producer broke on purpose"), "its message too");
+  view.release(&view);
+  CHECK(view.release == NULL, "the view is released");
+  CHECK(bc_reader_next(&reader, &batch) == BC_UPSTREAM, "the reader is live after the view");
+  reader.release(&reader);
+  bc_cache_free(cache);
+}
+
 static void test_disk_tier(void) {
   char dir[] = "/tmp/bc-c-test-XXXXXX";
   CHECK(mkdtemp(dir) != NULL, "temp dir");
@@ -417,6 +453,7 @@ int main(void) {
   test_max_readers_and_capacity();
   test_upstream_failure();
   test_lifetimes_and_close();
+  test_reader_view();
   test_disk_tier();
   test_threads();
   printf("%d passed, %d failed\n", passed, failed);
