@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "5"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "9"))
 PYTHONS = {
     "ours": HERE / ".venv-ours" / "bin" / "python",
     "ref": HERE / ".venv-ref" / "bin" / "python",
@@ -50,6 +50,12 @@ def run_one(impl: str, workload: str) -> dict:
 def median(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def spread(values: list) -> str:
+    """The range of one side's samples, so that a reader sees how noisy a median is."""
+    values = [v for v in values if v is not None]
+    return f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else "-"
 
 
 def version(python: Path, module: str) -> str:
@@ -105,6 +111,13 @@ def main() -> None:
                 f"{i} {median([s.get('rss_growth_mib') for s in samples[(i, workload)]]):.0f}"
                 for i in PYTHONS if median([s.get('rss_growth_mib') for s in samples[(i, workload)]]) is not None
             )
+        if workload != "sliced":
+            ranges = ", ".join(
+                f"{i} {spread([x.get('seconds') for x in samples[(i, workload)]])}"
+                for i in dict.fromkeys(("ours", base))
+            )
+            extra = f"{extra}; " if extra else ""
+            extra += f"range s: {ranges}"
         errors = {i: s.get("error") for i in PYTHONS for s in samples[(i, workload)] if s.get("error")}
         if errors:
             extra += " errors: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
