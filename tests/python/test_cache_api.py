@@ -649,3 +649,71 @@ def test_a_panic_in_the_core_is_a_runtime_error_and_poisons_the_cache():
     with pytest.raises(InternalError, match="poisoned"):
         cache.reader()
     cache.close()
+
+
+# -- readers that mix Python reads, replays and an export --------------------------------
+
+
+def first_ids(batches) -> list[int]:
+    return [b.column(0)[0].as_py() for b in batches]
+
+
+def test_python_reads_then_export_continue_at_the_same_batch():
+    source = Counting(6)
+    cache = StreamCache(source.reader())
+    first = cache.reader()
+    assert first_ids([next(first), next(first)]) == [0, 100]
+    assert first.position == 2 and source.pulls == 2  # still lazy
+    rest = pa.RecordBatchReader.from_stream(first).read_all()
+    assert first_ids(rest.to_batches()) == [200, 300, 400, 500]
+    assert first.closed
+    with pytest.raises(ValueError, match="consumed"):
+        next(first)
+    # A second reader replays the batches the first one imported, then crosses to C for
+    # the ones only the export read, then hands the rest to pyarrow at the right place.
+    second = cache.reader()
+    assert first_ids([next(second) for _ in range(4)]) == [0, 100, 200, 300]
+    assert second.position == 4
+    assert first_ids(pa.RecordBatchReader.from_stream(second).read_all().to_batches()) == [400, 500]
+    assert source.pulls == 6
+
+
+def test_an_upstream_failure_reaches_python_readers_typed_every_time():
+    cache = StreamCache(Counting(5, fail_at=2).reader())
+    for reader in (cache.reader(), cache.reader()):
+        assert first_ids([next(reader), next(reader)]) == [0, 100]
+        for _ in range(2):
+            with pytest.raises(UpstreamError, match="x-marker from the producer") as failure:
+                next(reader)
+            assert isinstance(failure.value, ValueError)
+            assert failure.value.__context__ is None  # no pyarrow exception chained in
+        assert reader.position == 2
+
+
+def test_closing_a_reader_waits_for_a_read_in_progress_on_another_thread():
+    release = threading.Event()
+    started = threading.Event()
+
+    def produce():
+        yield batch(0)
+        started.set()
+        release.wait(timeout=30)
+        yield batch(1)
+
+    cache = StreamCache(pa.RecordBatchReader.from_batches(SCHEMA, produce()))
+    reader = cache.reader()
+    next(reader)
+    got = []
+    worker = threading.Thread(target=lambda: got.append(next(reader)))
+    worker.start()
+    assert started.wait(timeout=30)
+    closer = threading.Thread(target=reader.close)
+    closer.start()
+    closer.join(timeout=0.2)
+    assert closer.is_alive()  # blocked behind the read, not freeing the stream under it
+    release.set()
+    worker.join(timeout=30)
+    closer.join(timeout=30)
+    assert first_ids(got) == [100] and reader.closed
+    with pytest.raises(StopIteration):
+        next(reader)
