@@ -438,8 +438,17 @@ mod tests {
         ))
     }
 
-    fn first_buffer(batch: &RecordBatch) -> arrow_buffer::Buffer {
-        batch.column(0).to_data().buffers()[0].clone()
+    /// An export of a seeded batch that outlived its cache entry, with the batch, its first
+    /// buffer and that buffer's strong count without the cache: the export alone keeps
+    /// the producer's tree.
+    fn sole_export() -> (RecordBatch, arrow_buffer::Buffer, usize, ArrowArray) {
+        let original = batch();
+        let buffer = original.column(0).to_data().buffers()[0].clone();
+        let alone = buffer.strong_count();
+        let cached = seeded(&original);
+        let mut out = released();
+        unsafe { export_cached(cached, &mut out) };
+        (original, buffer, alone, out)
     }
 
     #[test]
@@ -463,13 +472,7 @@ mod tests {
 
     #[test]
     fn the_producer_tree_is_released_once_everything_is_gone() {
-        let original = batch();
-        let buffer = first_buffer(&original);
-        let alone = buffer.strong_count();
-        let cached = seeded(&original);
-        let mut out = released();
-        unsafe { export_cached(cached.clone(), &mut out) };
-        drop(cached);
+        let (original, buffer, alone, out) = sole_export();
         assert!(
             buffer.strong_count() > alone,
             "an export keeps the producer's tree"
@@ -486,13 +489,7 @@ mod tests {
 
     #[test]
     fn a_moved_grandchild_keeps_the_block_until_it_is_released() {
-        let original = batch();
-        let buffer = first_buffer(&original);
-        let alone = buffer.strong_count();
-        let cached = seeded(&original);
-        let mut root = released();
-        unsafe { export_cached(cached.clone(), &mut root) };
-        drop(cached);
+        let (_original, buffer, alone, mut root) = sole_export();
         // The list below column "nested", moved out; then its grandparent is released.
         let nested = unsafe { &mut **root.children.add(2) };
         let mut moved = unsafe { ptr::replace(*nested.children, released()) };
