@@ -312,12 +312,22 @@ enum BcStatus bc_reader_cast(struct ArrowArrayStream *reader,
 // `reader` is NULL or a live stream; `out` is NULL or valid for one write.
 enum BcStatus bc_reader_position(struct ArrowArrayStream *reader, uint64_t *out);
 
+// The outcome of the latest `get_schema` or `get_next` call on `reader` (made by
+// `bc_cache_reader`), or on a view of it, as a status: `BC_OK` if that call succeeded or
+// none was made. Any other status is the failure's own, with `bc_last_error()` and
+// `bc_last_error_errno()` set as if this call had failed. For bindings that read through
+// the Arrow callbacks, which carry only an errno, and report typed errors.
+//
+// # Safety
+// `reader` is NULL or a live stream.
+enum BcStatus bc_reader_failure(struct ArrowArrayStream *reader);
+
 // Make `*out` a view of `reader`, a live stream made by `bc_cache_reader`: a second
 // `ArrowArrayStream` whose `get_schema`, `get_next` and `get_last_error` go through
 // `reader`, so reads through either advance one position. For bindings whose Arrow
 // library takes a stream over when it imports one (pyarrow's
 // `RecordBatchReader._import_from_c`) but that keep using the reader itself
-// (`bc_reader_position`, `bc_reader_next` for status codes).
+// (`bc_reader_position`, `bc_reader_failure` for the status of a failed read).
 //
 // The view does not own `reader`: releasing the view leaves `reader` as it is, and the
 // caller releases the view (or stops calling it) before `reader` is released or freed.

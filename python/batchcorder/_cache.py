@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 import pyarrow as pa
 
 from ._capsules import SCHEMA_NAME, STREAM_NAME, capsule_pointer, stream_capsule
-from ._errors import CacheClosedError, check, raise_status
+from ._errors import CacheClosedError, check, raise_status, status_error
 from ._native import ffi, lib
 
 __all__ = ["StreamCache", "StreamCacheReader", "CastingStreamCache", "CacheStats"]
@@ -32,12 +32,9 @@ _COMPRESSIONS = {
 }
 
 _log = logging.getLogger("batchcorder")
-_import_batch = pa.RecordBatch._import_from_c
 # Python objects kept per cache for fast Python replays (see _Handle).
 _REPLAY_BUDGET_BYTES = 32 << 20
 _reader_next = lib.bc_reader_next
-# Index of `release` in a `struct ArrowArray` read as machine words.
-_RELEASE_INDEX = ffi.offsetof("struct ArrowArray", "release") // ffi.sizeof("uintptr_t")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
@@ -616,14 +613,10 @@ class StreamCacheReader(_ClosesOnExit):
     """
 
     __slots__ = (
-        "_stream", "_array", "_array_address", "_release_word", "_schema", "_exported",
+        "_stream", "_schema", "_exported",
         "_lock", "_handle", "_replay", "_replay_limit", "_position", "_lag", "_view",
     )
     _stream: Any
-    _array: Any
-    # The array struct as machine words: reading `release` this way makes no cdata object.
-    _release_word: Any
-    _array_address: int
     _schema: pa.Schema
     _exported: bool
     _lock: threading.Lock
@@ -656,9 +649,6 @@ class StreamCacheReader(_ClosesOnExit):
         schema = cache.schema if target is None else target
         self = cls.__new__(cls)
         self._stream = stream
-        self._array = ffi.new("struct ArrowArray *")
-        self._array_address = int(ffi.cast("uintptr_t", self._array))
-        self._release_word = ffi.cast("uintptr_t *", self._array)
         self._schema = schema
         self._exported = False
         self._lock = threading.Lock()
@@ -695,7 +685,7 @@ class StreamCacheReader(_ClosesOnExit):
 
     def _catch_up(self, stream: Any) -> None:
         """Move the C reader to this reader's position (it lags after replayed batches)."""
-        array = self._array
+        array = ffi.new("struct ArrowArray *")
         while self._lag:
             status = _reader_next(stream, array)
             if status:
@@ -747,11 +737,13 @@ class StreamCacheReader(_ClosesOnExit):
             except StopIteration:
                 self._end(stream)
                 raise
-            except Exception:  # noqa: BLE001 - asked again below, for its typed status
-                batch = None
-            if batch is None:
-                self._view = None
-                batch = self._next_through_c(stream)
+            except Exception:
+                self._view = None  # made again on the next read, in a known state
+                status = lib.bc_reader_failure(stream)
+                if status:
+                    # Our own failure, typed; pyarrow's rendering of it adds nothing.
+                    raise status_error(status) from None
+                raise
             self._position = position + 1
             if replay is not None and len(replay) < self._replay_limit:
                 # One call, atomic under the GIL: readers racing here keep the first.
@@ -759,20 +751,10 @@ class StreamCacheReader(_ClosesOnExit):
             return batch
 
     def _end(self, stream: Any) -> None:
+        """Release the reader: its view first, then its stream."""
         self._view = None
         self._stream = None
         _free_stream_now(stream)
-
-    def _next_through_c(self, stream: Any) -> pa.RecordBatch:
-        """The next batch through ``bc_reader_next``, after a read through the view failed:
-        the cache's failures persist, so this call gives the failure's typed status."""
-        status = _reader_next(stream, self._array)
-        if status:
-            raise_status(status)
-        if not self._release_word[_RELEASE_INDEX]:
-            self._end(stream)
-            raise StopIteration
-        return _import_batch(self._array_address, self._schema)
 
     def read_all(self) -> pa.Table:
         """The rest of the stream as a ``pyarrow.Table``.
@@ -786,10 +768,8 @@ class StreamCacheReader(_ClosesOnExit):
     def close(self) -> None:
         """Release the reader now instead of at garbage collection. Idempotent."""
         with self._lock:  # not while another thread reads through it
-            stream, self._stream = self._stream, None
-            self._view = None
-            if stream is not None:
-                _free_stream_now(stream)
+            if self._stream is not None:
+                self._end(self._stream)
 
     def cast(self, target_schema: Any) -> pa.RecordBatchReader:
         """Consume this reader as a ``pyarrow.RecordBatchReader`` whose batches are cast to

@@ -118,26 +118,31 @@ def last_error() -> tuple[str, int]:
     return ffi.string(lib.bc_last_error()).decode("utf-8", "replace"), lib.bc_last_error_errno()
 
 
-def raise_status(status: int) -> NoReturn:
-    """Raise the exception for a non-OK ``BcStatus``; call it right after the failed call."""
+def status_error(status: int) -> Exception:
+    """The exception for a non-OK ``BcStatus``; build it right after the failed call."""
     message, code = last_error()
     if status == _INVALID_ARGUMENT:
-        raise ValueError(message)
+        return ValueError(message)
     if status == _CAPACITY:
-        raise CapacityError(message)
+        return CapacityError(message)
     if status == _IO:
-        raise OSError(code or _errno.EIO, message)
+        return OSError(code or _errno.EIO, message)
     if status == _UPSTREAM:
         if code == _errno.EINVAL:
-            raise _UpstreamValueError(message)
+            return _UpstreamValueError(message)
         if code == _errno.ENOMEM:
-            raise _UpstreamMemoryError(message)
-        raise _UpstreamOSError(code or _errno.EIO, message)
+            return _UpstreamMemoryError(message)
+        return _UpstreamOSError(code or _errno.EIO, message)
     if status == _EVICTED:
-        raise BatchEvictedError(message)
+        return BatchEvictedError(message)
     if status == _CLOSED:
-        raise CacheClosedError(message)
-    raise InternalError(message)
+        return CacheClosedError(message)
+    return InternalError(message)
+
+
+def raise_status(status: int) -> NoReturn:
+    """Raise the exception for a non-OK ``BcStatus``; call it right after the failed call."""
+    raise status_error(status)
 
 
 def check(status: int) -> None:

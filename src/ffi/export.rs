@@ -18,6 +18,8 @@ use crate::reader::CacheReader;
 struct Exported {
     reader: CacheReader,
     last_error: CString,
+    /// The error of the latest callback, if it failed: its status for `bc_reader_failure`.
+    failure: Option<Error>,
 }
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
@@ -25,6 +27,7 @@ pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
     let private = Box::new(Exported {
         reader,
         last_error: CString::default(),
+        failure: None,
     });
     ArrowArrayStream {
         get_schema: Some(get_schema),
@@ -58,7 +61,12 @@ unsafe fn callback(
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *state)));
     let err = match outcome {
-        Ok(Ok(())) => return 0,
+        Ok(Ok(())) => {
+            if state.failure.is_some() {
+                state.failure = None;
+            }
+            return 0;
+        }
         Ok(Err(err)) => err,
         Err(payload) => {
             state.reader.poison_cache();
@@ -66,7 +74,9 @@ unsafe fn callback(
         }
     };
     state.last_error = c_message(&err.to_string());
-    err.errno()
+    let errno = err.errno();
+    state.failure = Some(err);
+    errno
 }
 
 /// Move the next batch of `state` into `out` (released at the end of the stream).
@@ -211,12 +221,31 @@ pub unsafe extern "C" fn bc_reader_position(
     )
 }
 
+/// The outcome of the latest `get_schema` or `get_next` call on `reader` (made by
+/// `bc_cache_reader`), or on a view of it, as a status: `BC_OK` if that call succeeded or
+/// none was made. Any other status is the failure's own, with `bc_last_error()` and
+/// `bc_last_error_errno()` set as if this call had failed. For bindings that read through
+/// the Arrow callbacks, which carry only an errno, and report typed errors.
+///
+/// # Safety
+/// `reader` is NULL or a live stream.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_failure(reader: *mut ArrowArrayStream) -> BcStatus {
+    guard(
+        || {},
+        || match unsafe { reader_arg(reader) }?.failure.clone() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        },
+    )
+}
+
 /// Make `*out` a view of `reader`, a live stream made by `bc_cache_reader`: a second
 /// `ArrowArrayStream` whose `get_schema`, `get_next` and `get_last_error` go through
 /// `reader`, so reads through either advance one position. For bindings whose Arrow
 /// library takes a stream over when it imports one (pyarrow's
 /// `RecordBatchReader._import_from_c`) but that keep using the reader itself
-/// (`bc_reader_position`, `bc_reader_next` for status codes).
+/// (`bc_reader_position`, `bc_reader_failure` for the status of a failed read).
 ///
 /// The view does not own `reader`: releasing the view leaves `reader` as it is, and the
 /// caller releases the view (or stops calling it) before `reader` is released or freed.

@@ -363,6 +363,7 @@ static void test_reader_view(void) {
   CHECK(bc_reader_view(&reader, &view) == BC_OK, "view");
   CHECK(view.get_schema(&view, &schema) == 0 && schema.n_children == 2, "schema through the view");
   schema.release(&schema);
+  CHECK(bc_reader_failure(&reader) == BC_OK, "no failure before any read");
   CHECK(view.get_next(&view, &batch) == 0 && first_id(&batch) == 0, "batch 0 through the view");
   batch.release(&batch);
   CHECK(reader.get_next(&reader, &batch) == 0 && first_id(&batch) == ROWS, "batch 1 through the reader");
@@ -374,6 +375,10 @@ static void test_reader_view(void) {
   }
   CHECK(view.get_next(&view, &batch) == EINVAL, "the upstream's errno through the view");
   CHECK(contains(view.get_last_error(&view), "producer broke on purpose"), "its message too");
+  CHECK(bc_reader_failure(&reader) == BC_UPSTREAM && bc_last_error_errno() == EINVAL &&
+            contains(bc_last_error(), "producer broke on purpose"),
+        "bc_reader_failure types the failure read through the view");
+  CHECK(bc_reader_failure(NULL) == BC_INVALID_ARGUMENT, "bc_reader_failure of NULL");
   view.release(&view);
   CHECK(view.release == NULL, "the view is released");
   CHECK(bc_reader_next(&reader, &batch) == BC_UPSTREAM, "the reader is live after the view");

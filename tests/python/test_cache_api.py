@@ -686,7 +686,8 @@ def test_an_upstream_failure_reaches_python_readers_typed_every_time():
             with pytest.raises(UpstreamError, match="x-marker from the producer") as failure:
                 next(reader)
             assert isinstance(failure.value, ValueError)
-            assert failure.value.__context__ is None  # no pyarrow exception chained in
+            # Raised as ours: no pyarrow exception shown chained in the traceback.
+            assert failure.value.__cause__ is None and failure.value.__suppress_context__
         assert reader.position == 2
 
 
