@@ -136,8 +136,9 @@ class _Handle:
     def __init__(self, pointer: Any, replayable: bool) -> None:
         self._pointer = ffi.gc(pointer, lib.bc_cache_free)
         self._closed = False
-        self.replay: Optional[dict[int, pa.RecordBatch]] = {} if replayable else None
+        self.replay: Optional[list[pa.RecordBatch]] = [] if replayable else None
         self.replay_limit = 0
+        self.replay_lock = threading.Lock()
 
     def get(self) -> Any:
         if self._closed:
@@ -154,6 +155,17 @@ class _Handle:
                 self.replay.clear()
                 self.replay = None
             check(lib.bc_cache_close(self._pointer))
+
+    def keep(self, replay: list[pa.RecordBatch], position: int, batch: pa.RecordBatch) -> None:
+        """Keep ``batch`` for later Python readers if it is the next one ``replay`` lacks.
+
+        A list by position is cheaper to fill and to free than a dict. A batch past its
+        end (read by a reader that started at the frontier) is not kept; readers racing
+        for the same position keep the first.
+        """
+        with self.replay_lock:
+            if position == len(replay):
+                replay.append(batch)
 
     def finished_at(self, position: int) -> bool:
         """True when the stream is known to end exactly at ``position``."""
@@ -622,7 +634,7 @@ class StreamCacheReader(_ClosesOnExit):
     _lock: threading.Lock
     _handle: _Handle
     # The cache's imported batches (see _Handle), for plain readers; None otherwise.
-    _replay: Optional[dict[int, pa.RecordBatch]]
+    _replay: Optional[list[pa.RecordBatch]]
     _replay_limit: int
     # Python-side position, and how far the C reader is behind it.
     _position: int
@@ -717,9 +729,12 @@ class StreamCacheReader(_ClosesOnExit):
                 raise StopIteration
             position = self._position
             replay = self._replay
-            if replay is not None:
-                batch = replay.get(position)
-                if batch is not None:
+            if replay is not None and position < len(replay):
+                try:
+                    batch = replay[position]
+                except IndexError:  # close() emptied it meanwhile: the C path says so
+                    pass
+                else:
                     # Imported before by another Python reader: no C call at all.
                     self._position = position + 1
                     self._lag += 1
@@ -745,9 +760,8 @@ class StreamCacheReader(_ClosesOnExit):
                     raise status_error(status) from None
                 raise
             self._position = position + 1
-            if replay is not None and len(replay) < self._replay_limit:
-                # One call, atomic under the GIL: readers racing here keep the first.
-                replay.setdefault(position, batch)
+            if replay is not None and position < self._replay_limit:
+                self._handle.keep(replay, position, batch)
             return batch
 
     def _end(self, stream: Any) -> None:
