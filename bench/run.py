@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "9"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "1" if QUICK else "15"))
 PYTHONS = {
     "ours": HERE / ".venv-ours" / "bin" / "python",
     "ref": HERE / ".venv-ref" / "bin" / "python",
