@@ -151,7 +151,7 @@ class _Handle:
         if not self._closed:
             self._closed = True
             if self.replay is not None:
-                # Readers holding the dict see it empty and ask the closed cache instead.
+                # Readers holding the list see it empty and ask the closed cache instead.
                 self.replay.clear()
                 self.replay = None
             check(lib.bc_cache_close(self._pointer))

@@ -517,6 +517,17 @@ def test_frontier_and_casting_readers_beside_python_replays():
     assert [b.schema.field("id").type for b in casted] == [pa.int32()] * 5
 
 
+def test_python_replays_stay_in_order_when_a_frontier_reader_reads_first():
+    cache = StreamCache(Counting(5).reader())
+    consumer = pa.RecordBatchReader.from_stream(cache)
+    consumer.read_next_batch(), consumer.read_next_batch()  # ingested, seen by no Python reader
+    frontier = cache.reader(from_start=False)
+    assert [b.column(0)[0].as_py() for b in frontier] == [200, 300, 400]
+    first, second = list(cache), list(cache)
+    assert [b.column(0)[0].as_py() for b in second] == [0, 100, 200, 300, 400]
+    assert all(a is b for a, b in zip(first, second)), "the first full pass is replayed as is"
+
+
 def test_python_replays_past_the_object_budget_take_the_c_path():
     table = pa.table({"id": np.arange(20_000)})
     cache = StreamCache(table.to_reader(max_chunksize=1))
