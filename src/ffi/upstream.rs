@@ -69,7 +69,10 @@ impl CStreamUpstream {
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let (_, columns, _) = rows.into_parts();
+        let (_, mut columns, _) = rows.into_parts();
+        // `StructArray::from` collects the columns in place into the import's child list,
+        // whose capacity is for `ArrayData`s: 544 bytes kept for one column, otherwise.
+        columns.shrink_to_fit();
         let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
         Ok(Pulled {
             batch,
