@@ -186,6 +186,11 @@ int bc_last_error_errno(void);
 // NULL (memory only, defaults) and is copied, not kept. The caller frees `*out` with
 // `bc_cache_free`.
 //
+// The cache keeps the columns of each array the upstream hands over, moved out of their
+// root array as the C Data Interface allows ("Moving child arrays"), and releases the
+// root at once. So the upstream must let a moved child outlive its parent, as the
+// interface requires (DuckDB's exporter did not before late 2023).
+//
 // # Safety
 // Each pointer is NULL or valid: `upstream` a live stream, `opts` a live builder,
 // `out` writable.

@@ -25,7 +25,7 @@ pub struct Pulled {
 }
 
 /// An upstream that may hand over more than the batch: the C stream import passes the
-/// producer's own array along, so that replays re-export it without converting.
+/// producer's own columns along, so that replays re-export them without converting.
 /// Every [`Upstream`] is one.
 pub trait BatchSource: Send {
     fn schema(&self) -> SchemaRef;

@@ -1,9 +1,9 @@
 //! Fast array export: every read of a cached batch copies an image of the `ArrowArray`
 //! structs of one array tree kept for the batch, instead of converting the batch again.
 //!
-//! The kept tree is the upstream producer's own array when the batch came through the C
-//! stream import (so a replay costs no conversion at all), or an arrow-rs export made on
-//! the batch's second read otherwise. Its image is laid out once, contiguous, so a read
+//! The kept tree is the upstream producer's own columns (under a root of ours) when the
+//! batch came through the C stream import (so a replay costs no conversion at all), or an
+//! arrow-rs export made on the batch's second read otherwise. Its image is laid out once, contiguous, so a read
 //! touches a few cache lines, and costs one allocation (a block holding the nodes and
 //! their child pointers) whatever the buffers. Children can be moved out and
 //! released on their own, as the C Data Interface allows: every node holds a reference

@@ -1,5 +1,5 @@
 //! Import: a C `ArrowArrayStream` as the cache's upstream, keeping the producer's errno
-//! and each producer array as it came, for replays to re-export.
+//! and the columns of each producer array as they came, for replays to re-export.
 
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -61,8 +61,8 @@ impl CStreamUpstream {
         }
     }
 
-    /// arrow-rs imports the batch through a second root over the producer's tree, which
-    /// the cache keeps whole: replays export copies of its structs.
+    /// arrow-rs imports the batch through a second root over the producer's columns,
+    /// which the cache keeps (see [`OwnedArray`]): replays export copies of their structs.
     fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
         let tree = Arc::new(OwnedArray::new(array));
         let root = OwnedArray::shared_import_root(&tree);
