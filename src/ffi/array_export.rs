@@ -57,11 +57,15 @@ impl OwnedArray {
         let mut root = unsafe { ptr::read((&array as *const FFI_ArrowArray).cast::<ArrowArray>()) };
         std::mem::forget(array);
         // SAFETY: an unreleased array is valid to read.
-        let validity = (root.n_buffers > 0).then(|| unsafe { *root.buffers });
-        if root.n_children <= 0
-            || !root.dictionary.is_null()
-            || validity.is_some_and(|v| !v.is_null())
-        {
+        let validity =
+            (root.n_buffers > 0 && !root.buffers.is_null()).then(|| unsafe { *root.buffers });
+        // Anything else, malformed trees included, is kept whole for arrow-rs to judge.
+        let movable = root.n_children > 0
+            && root.dictionary.is_null()
+            && validity.is_none_or(|v| v.is_null())
+            && !root.children.is_null()
+            && (0..root.n_children as usize).all(|i| unsafe { !(*root.children.add(i)).is_null() });
+        if !movable {
             return Self {
                 root,
                 children: Vec::new(),
