@@ -592,6 +592,32 @@ mod tests {
     }
 
     #[test]
+    fn a_root_with_an_offset_keeps_it_below_our_own_root() {
+        let original = batch();
+        // A producer may put a slice's offset on the root, over whole children.
+        let whole = FFI_ArrowArray::new(&StructArray::from(original.clone()).into_data());
+        let mut raw = unsafe { std::mem::transmute::<FFI_ArrowArray, ArrowArray>(whole) };
+        (raw.offset, raw.length) = (1, 2);
+        let produced = unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(raw) };
+        let tree = Arc::new(OwnedArray::new(produced));
+        assert_eq!((tree.root.offset, tree.root.length), (1, 2));
+        let root = OwnedArray::shared_import_root(&tree);
+        let expected = original.slice(1, 2);
+        let imported = import(
+            unsafe { std::mem::transmute::<FFI_ArrowArray, ArrowArray>(root) },
+            &original,
+        );
+        assert_eq!(imported, expected);
+        let cached = Arc::new(CachedBatch::with_derived(
+            imported,
+            Some(Box::new(ExportRoot::new(tree))),
+        ));
+        let mut out = released();
+        unsafe { export_cached(cached, &mut out) };
+        assert_eq!(import(out, &original), expected);
+    }
+
+    #[test]
     fn a_root_with_a_validity_bitmap_is_kept_whole() {
         static ROOTS_RELEASED: AtomicUsize = AtomicUsize::new(0);
         let ids: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
