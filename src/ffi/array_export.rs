@@ -500,8 +500,12 @@ mod tests {
     /// with the producer's tree kept for exports.
     fn seeded(batch: &RecordBatch) -> Arc<CachedBatch> {
         let produced = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
-        let tree = Arc::new(OwnedArray::new(produced));
-        let data_type = DataType::Struct(batch.schema().fields().clone());
+        cached_tree(Arc::new(OwnedArray::new(produced)), batch.schema())
+    }
+
+    /// `tree` imported through a second root as a batch of `schema`, kept for exports.
+    fn cached_tree(tree: Arc<OwnedArray>, schema: arrow_schema::SchemaRef) -> Arc<CachedBatch> {
+        let data_type = DataType::Struct(schema.fields().clone());
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { arrow_array::ffi::from_ffi_and_data_type(root, data_type) }.unwrap();
         let imported = RecordBatch::from(StructArray::from(data));
@@ -570,16 +574,8 @@ mod tests {
             buffer.strong_count() > alone,
             "the columns were released with the root"
         );
-        let root = OwnedArray::shared_import_root(&tree);
-        let imported = import(
-            unsafe { std::mem::transmute::<FFI_ArrowArray, ArrowArray>(root) },
-            &original,
-        );
-        assert_eq!(imported, original);
-        let cached = Arc::new(CachedBatch::with_derived(
-            imported,
-            Some(Box::new(ExportRoot::new(tree))),
-        ));
+        let cached = cached_tree(tree, original.schema());
+        assert_eq!(cached.batch(), &original);
         let mut out = released();
         unsafe { export_cached(cached.clone(), &mut out) };
         drop(cached);
@@ -601,17 +597,9 @@ mod tests {
         let produced = unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(raw) };
         let tree = Arc::new(OwnedArray::new(produced));
         assert_eq!((tree.root.offset, tree.root.length), (1, 2));
-        let root = OwnedArray::shared_import_root(&tree);
+        let cached = cached_tree(tree, original.schema());
         let expected = original.slice(1, 2);
-        let imported = import(
-            unsafe { std::mem::transmute::<FFI_ArrowArray, ArrowArray>(root) },
-            &original,
-        );
-        assert_eq!(imported, expected);
-        let cached = Arc::new(CachedBatch::with_derived(
-            imported,
-            Some(Box::new(ExportRoot::new(tree))),
-        ));
+        assert_eq!(cached.batch(), &expected);
         let mut out = released();
         unsafe { export_cached(cached, &mut out) };
         assert_eq!(import(out, &original), expected);
