@@ -17,16 +17,15 @@ use crate::reader::CacheReader;
 /// What an exported stream's `private_data` points to.
 struct Exported {
     reader: CacheReader,
-    last_error: CString,
-    /// The error of the latest callback, if it failed: its status for `bc_reader_failure`.
-    failure: Option<Error>,
+    /// The error of the latest callback, if it failed, with the message `get_last_error`
+    /// returns; its status is what `bc_reader_failure` reports.
+    failure: Option<(Error, CString)>,
 }
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
 pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
     let private = Box::new(Exported {
         reader,
-        last_error: CString::default(),
         failure: None,
     });
     ArrowArrayStream {
@@ -62,9 +61,7 @@ unsafe fn callback(
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *state)));
     let err = match outcome {
         Ok(Ok(())) => {
-            if state.failure.is_some() {
-                state.failure = None;
-            }
+            state.failure = None;
             return 0;
         }
         Ok(Err(err)) => err,
@@ -73,9 +70,9 @@ unsafe fn callback(
             panic_message(payload.as_ref())
         }
     };
-    state.last_error = c_message(&err.to_string());
     let errno = err.errno();
-    state.failure = Some(err);
+    let message = c_message(&err.to_string());
+    state.failure = Some((err, message));
     errno
 }
 
@@ -133,7 +130,10 @@ unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArra
 
 unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
     match unsafe { exported(stream) } {
-        Some(state) if !state.last_error.is_empty() => state.last_error.as_ptr(),
+        Some(Exported {
+            failure: Some((_, message)),
+            ..
+        }) => message.as_ptr(),
         _ => ptr::null(),
     }
 }
@@ -233,8 +233,8 @@ pub unsafe extern "C" fn bc_reader_position(
 pub unsafe extern "C" fn bc_reader_failure(reader: *mut ArrowArrayStream) -> BcStatus {
     guard(
         || {},
-        || match unsafe { reader_arg(reader) }?.failure.clone() {
-            Some(err) => Err(err),
+        || match &unsafe { reader_arg(reader) }?.failure {
+            Some((err, _)) => Err(err.clone()),
             None => Ok(()),
         },
     )
