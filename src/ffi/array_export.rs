@@ -3,12 +3,12 @@
 //!
 //! The kept tree is the upstream producer's own columns (under a root of ours) when the
 //! batch came through the C stream import (so a replay costs no conversion at all), or an
-//! arrow-rs export made on the batch's second read otherwise. Its image is laid out once, contiguous, so a read
-//! touches a few cache lines, and costs one allocation (a block holding the nodes and
-//! their child pointers) whatever the buffers. Children can be moved out and
-//! released on their own, as the C Data Interface allows: every node holds a reference
-//! to the block, and the block keeps the cached batch (so the kept tree and its buffers)
-//! alive.
+//! arrow-rs export made on the batch's second read otherwise. Its image is laid out once,
+//! contiguous, so a read touches a few cache lines, and costs one allocation (a block
+//! holding the nodes and their child pointers) whatever the buffers. Children can be moved
+//! out and released on their own, as the C Data Interface allows: every node holds a
+//! reference to the block, and the block keeps the cached batch (so the kept tree and its
+//! buffers) alive.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ffi::c_void;
@@ -612,8 +612,16 @@ mod tests {
         let field = Arc::new(Field::new("id", DataType::Int64, false));
         let nulls = arrow_buffer::NullBuffer::from(vec![true, false, true]);
         let rows = StructArray::try_new(vec![field].into(), vec![ids], Some(nulls)).unwrap();
-        let tree = OwnedArray::new(counting_root(&rows.into_data(), &ROOTS_RELEASED));
+        let tree = Arc::new(OwnedArray::new(counting_root(
+            &rows.to_data(),
+            &ROOTS_RELEASED,
+        )));
         assert_eq!(ROOTS_RELEASED.load(Ordering::SeqCst), 0);
+        // Imported through the shared root, the bitmap is still there.
+        let root = OwnedArray::shared_import_root(&tree);
+        let data_type = rows.data_type().clone();
+        let data = unsafe { arrow_array::ffi::from_ffi_and_data_type(root, data_type) }.unwrap();
+        assert_eq!(StructArray::from(data), rows);
         drop(tree);
         assert_eq!(ROOTS_RELEASED.load(Ordering::SeqCst), 1);
     }
