@@ -6,14 +6,19 @@
 (3, 3)
 """
 
+from typing import Any
+
 from ._cache import CacheStats, CastingStreamCache, StreamCache, StreamCacheReader
 from ._errors import (
     BatchcorderError,
     BatchEvictedError,
     CacheClosedError,
     CapacityError,
+    DiskError,
     InternalError,
+    InvalidArgumentError,
     UpstreamError,
+    public_class as _public_class,
 )
 from ._native import ffi as _ffi
 from ._native import lib as _lib
@@ -26,10 +31,24 @@ __all__ = [
     "CastingStreamCache",
     "CacheStats",
     "BatchcorderError",
-    "UpstreamError",
-    "CacheClosedError",
-    "BatchEvictedError",
+    "InvalidArgumentError",
     "CapacityError",
+    "DiskError",
+    "UpstreamError",
+    "BatchEvictedError",
+    "CacheClosedError",
     "InternalError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The exception classes made per built-in on first use, by name:
+    ``UpstreamRuntimeError``, ``UpstreamKeyError``, ``DiskPermissionError``, ...
+
+    >>> import batchcorder
+    >>> cls = batchcorder.UpstreamTypeError
+    >>> issubclass(cls, batchcorder.UpstreamError), issubclass(cls, TypeError)
+    (True, True)
+    """
+    return _public_class(name)

@@ -1,80 +1,59 @@
-"""Exceptions, and the one helper that turns a C status into a typed exception."""
+"""Exceptions, and the one helper that turns a C status into a typed exception.
+
+Every exception made from a ``BcStatus`` is a :class:`BatchcorderError` and also the
+built-in exception a caller would catch; the only exceptions to that rule are an
+upstream's ``KeyboardInterrupt`` and ``SystemExit``, which arrive as themselves so that
+``except Exception`` does not swallow them. The mapping lives here and only here.
+"""
 
 from __future__ import annotations
 
+import builtins
 import errno as _errno
-from typing import NoReturn
+import re
+import sys
+import threading
+from typing import NoReturn, Optional
 
 from ._native import ffi, lib
 
-__all__ = ["BatchcorderError", "UpstreamError", "CacheClosedError", "BatchEvictedError"]
+__all__ = [
+    "BatchcorderError",
+    "InvalidArgumentError",
+    "CapacityError",
+    "DiskError",
+    "UpstreamError",
+    "BatchEvictedError",
+    "CacheClosedError",
+    "InternalError",
+]
+
+# The module the public classes are shown under, and can be pickled from.
+_PUBLIC_MODULE = "batchcorder"
 
 
 class BatchcorderError(Exception):
     """Base class of every error batchcorder raises on its own account.
 
     Each subclass is also the built-in exception a caller would expect (``ValueError``,
-    ``MemoryError``, ``OSError``, ``RuntimeError``), so either can be caught.
+    ``MemoryError``, ``OSError``, ``RuntimeError``, ...), so either can be caught.
 
     >>> issubclass(CapacityError, BatchcorderError), issubclass(CapacityError, MemoryError)
     (True, True)
     """
 
 
-class UpstreamError(BatchcorderError):
-    """The upstream stream failed; the message is the upstream's own.
-
-    Each instance is also a ``ValueError``, ``MemoryError`` or ``OSError``, after the
-    upstream's errno (``EINVAL``, ``ENOMEM``, anything else), so code that catches the
-    upstream's own exception type keeps working.
-
-    Examples
-    --------
-    >>> import pyarrow as pa
-    >>> from batchcorder import StreamCache
-    >>> def produce():
-    ...     yield pa.record_batch({"x": [1]})
-    ...     raise ValueError("feed dropped")
-    >>> cache = StreamCache(pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), produce()))
-    >>> try:
-    ...     cache.ingest_all()
-    ... except UpstreamError as err:
-    ...     isinstance(err, ValueError), "feed dropped" in str(err)
-    (True, True)
-    """
-
-
-class _UpstreamValueError(UpstreamError, ValueError):
-    pass
-
-
-class _UpstreamMemoryError(UpstreamError, MemoryError):
-    pass
-
-
-class _UpstreamOSError(UpstreamError, OSError):
-    pass
-
-
-class CacheClosedError(BatchcorderError, ValueError):
-    """The cache was closed; build a new one from a fresh source.
+class InvalidArgumentError(BatchcorderError, ValueError):
+    """A call was given something it cannot use (``BC_INVALID_ARGUMENT``): a bad option, a
+    released stream, an impossible cast, the reader cap reached, a consumed reader.
 
     >>> import pyarrow as pa
     >>> from batchcorder import StreamCache
     >>> cache = StreamCache(pa.table({"x": [1]}))
-    >>> cache.close()
     >>> try:
-    ...     cache.reader()
-    ... except CacheClosedError as err:
-    ...     "closed" in str(err)
-    True
-    """
-
-
-class BatchEvictedError(BatchcorderError, ValueError):
-    """A batch was already evicted because every ``max_readers`` reader had passed it.
-
-    >>> issubclass(BatchEvictedError, ValueError)
+    ...     cache.cast(pa.schema([("y", pa.int64())]))
+    ... except InvalidArgumentError as err:
+    ...     isinstance(err, ValueError)
     True
     """
 
@@ -93,6 +72,86 @@ class CapacityError(BatchcorderError, MemoryError):
     """
 
 
+class DiskError(BatchcorderError, OSError):
+    """The disk tier failed (``BC_IO``): a full disk, a quota, permissions, a vanished file.
+
+    ``errno`` is the operating system's, and an errno that Python gives its own
+    ``OSError`` subclass makes an instance of that subclass too (``DiskPermissionError``
+    for ``EACCES``, ``DiskFileNotFoundError`` for ``ENOENT``), so ``except
+    PermissionError`` or ``except FileNotFoundError`` catch it.
+
+    >>> import batchcorder
+    >>> cls = batchcorder.DiskPermissionError
+    >>> issubclass(cls, DiskError), issubclass(cls, PermissionError)
+    (True, True)
+    """
+
+
+class UpstreamError(BatchcorderError):
+    """The upstream stream failed; the message is the upstream's own.
+
+    Each instance is also the built-in exception the upstream raised, when it can be
+    recovered: a Python source read through pyarrow (``RecordBatchReader.from_batches``
+    over a generator, for example) names its exception, so a ``RuntimeError``,
+    ``TypeError`` or ``KeyError`` there is an ``UpstreamError`` that is also a
+    ``RuntimeError``, ``TypeError`` or ``KeyError`` here; a class of the source's own is
+    recovered as its nearest built-in base. An ``OSError`` keeps its errno and its
+    subclass (``PermissionError`` for ``EACCES``). The upstream's Python traceback is a
+    note on the exception (``__notes__``), not part of its message. A source that names no
+    Python exception gives a ``ValueError``, ``MemoryError`` or ``OSError`` after its
+    errno (``EINVAL``, ``ENOMEM``, anything else).
+
+    A ``KeyboardInterrupt`` (Ctrl-C while the upstream runs) or ``SystemExit`` in the
+    upstream arrives as that built-in itself, not as an ``UpstreamError``.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> def produce():
+    ...     yield pa.record_batch({"x": [1]})
+    ...     raise RuntimeError("feed dropped")
+    >>> cache = StreamCache(pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), produce()))
+    >>> try:
+    ...     cache.ingest_all()
+    ... except UpstreamError as err:
+    ...     print(type(err).__name__, isinstance(err, RuntimeError), str(err))
+    UpstreamRuntimeError True upstream stream failed: RuntimeError: feed dropped
+    >>> next(cache.reader()).num_rows  # the batch before the failure is still there
+    1
+    """
+
+    def __str__(self) -> str:
+        # The message alone: not OSError's "[Errno N] " (the upstream's text has its own),
+        # nor KeyError's repr of it.
+        if isinstance(self, OSError) and len(self.args) == 2:
+            return str(self.args[1])
+        return BaseException.__str__(self)
+
+
+class BatchEvictedError(BatchcorderError, ValueError):
+    """A batch was already evicted because every ``max_readers`` reader had passed it.
+
+    >>> issubclass(BatchEvictedError, ValueError)
+    True
+    """
+
+
+class CacheClosedError(BatchcorderError, ValueError):
+    """The cache was closed; build a new one from a fresh source.
+
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": [1]}))
+    >>> cache.close()
+    >>> try:
+    ...     cache.reader()
+    ... except CacheClosedError as err:
+    ...     "closed" in str(err)
+    True
+    """
+
+
 class InternalError(BatchcorderError, RuntimeError):
     """A bug in batchcorder (a Rust panic caught at the boundary); please report it.
 
@@ -103,14 +162,301 @@ class InternalError(BatchcorderError, RuntimeError):
     """
 
 
+# Shown (in tracebacks) and pickled as attributes of the package, where they are exported.
+for _public in (
+    BatchcorderError,
+    InvalidArgumentError,
+    CapacityError,
+    DiskError,
+    UpstreamError,
+    BatchEvictedError,
+    CacheClosedError,
+    InternalError,
+):
+    _public.__module__ = _PUBLIC_MODULE
+
+
+# -- classes made per built-in ----------------------------------------------------------
+
+# (family, built-in) -> class, or None when that built-in cannot be combined.
+_made: dict[tuple[type[BatchcorderError], type[BaseException]], Optional[type[BatchcorderError]]] = {}
+_made_lock = threading.Lock()
+# The prefix each family's made classes are named with.
+_PREFIX: dict[type[BatchcorderError], str] = {UpstreamError: "Upstream", DiskError: "Disk"}
+
+
+def _made_class(
+    family: type[BatchcorderError], builtin: type[BaseException]
+) -> Optional[type[BatchcorderError]]:
+    """The class that is both ``family`` and ``builtin`` (made once, named like
+    ``UpstreamRuntimeError`` or ``DiskPermissionError``, shown as a ``batchcorder``
+    attribute), or None if Python cannot make one that takes a message."""
+    if builtin is Exception or (family is DiskError and builtin is OSError):
+        return family
+    key = (family, builtin)
+    with _made_lock:
+        if key in _made:
+            return _made[key]
+        name = _PREFIX[family] + builtin.__name__
+        made: Optional[type[BatchcorderError]]
+        try:
+            made = type(
+                name,
+                (family, builtin),
+                {
+                    "__module__": _PUBLIC_MODULE,
+                    "__qualname__": name,
+                    "__doc__": f"A ``{family.__name__}`` that is also a ``{builtin.__name__}``.",
+                },
+            )
+            # Both ways instances are made here must work (UnicodeDecodeError's, for one,
+            # needs five arguments).
+            made("probe")
+            if issubclass(made, OSError):
+                made(_errno.EIO, "probe")
+        except Exception:  # a layout conflict or a constructor that needs more
+            made = None
+        _made[key] = made
+        return made
+
+
+def public_class(name: str) -> type[BatchcorderError]:
+    """A made class by its public name, for ``batchcorder.<name>`` (and so for pickle).
+
+    >>> public_class("UpstreamKeyError").__mro__[1:4] == (UpstreamError, BatchcorderError, KeyError)
+    True
+    """
+    for family, prefix in _PREFIX.items():
+        builtin = getattr(builtins, name[len(prefix):], None) if name.startswith(prefix) else None
+        if isinstance(builtin, type) and issubclass(builtin, Exception):
+            if family is DiskError and not issubclass(builtin, OSError):
+                continue
+            made = _made_class(family, builtin)
+            if made is not None and made.__name__ == name:
+                return made
+    raise AttributeError(f"module 'batchcorder' has no attribute {name!r}")
+
+
+def _builtins_of(cls: type[BaseException]) -> list[type[BaseException]]:
+    """The built-in exception classes in ``cls``'s MRO, most specific first."""
+    return [
+        base
+        for base in cls.__mro__
+        if isinstance(base, type)
+        and issubclass(base, BaseException)
+        and base.__module__ == "builtins"
+    ]
+
+
+def _oserror_class(code: int, least: type[BaseException] = OSError) -> type[BaseException]:
+    """The ``OSError`` subclass Python itself picks for ``code``, if it is a ``least``."""
+    specific = type(OSError(code, ""))
+    return specific if issubclass(specific, least) else least
+
+
+def disk_error(code: int, message: str) -> BatchcorderError:
+    """The exception for ``BC_IO``: a :class:`DiskError` of the errno's own subclass."""
+    code = code or _errno.EIO
+    made = _made_class(DiskError, _oserror_class(code)) or DiskError
+    return made(code, message)
+
+
+# -- what pyarrow reports about a Python source ------------------------------------------
+
+# pyarrow (arrow/python/common.cc, ConvertPyError) renders a Python exception in a stream
+# callback as "<status code>: <str(exc)>. Detail: Python exception: <traceback>", where
+# the traceback is Python's own format, ending in "<type>: <str(exc)>", for example
+#   "Unknown error: r-msg. Detail: Python exception: Traceback (most recent call last):
+#    \n  File ..., in gen\n    raise e\nRuntimeError: r-msg\n"
+# and batchcorder prefixes it with "upstream stream failed: ".
+_DETAIL = ". Detail: Python exception: "
+# The status code pyarrow picks for each Python exception, and the built-ins it picks it
+# for (Unknown error is everything else).
+_ARROW_CODES: dict[str, tuple[type[BaseException], ...]] = {
+    "Invalid": (ValueError, OverflowError),
+    "Type error": (TypeError,),
+    "Key error": (KeyError,),
+    "Index error": (IndexError,),
+    "IOError": (OSError,),
+    "Out of memory": (MemoryError,),
+    "NotImplemented": (NotImplementedError,),
+    "Unknown error": (),
+}
+_CODE_AT_END = re.compile(r"(?:^|(?<=: ))(" + "|".join(map(re.escape, _ARROW_CODES)) + r"): \Z")
+_CODE_ANYWHERE = re.compile(r"(?:^|(?<=: ))(" + "|".join(map(re.escape, _ARROW_CODES)) + r"): ")
+_CHAINED = re.compile(
+    r"\n\n(?:The above exception was the direct cause of the following exception:"
+    r"|During handling of the above exception, another exception occurred:)\n\n"
+)
+_TYPE_LINE = re.compile(r"([A-Za-z_][\w.<>]*)(?:: (.*))?\Z", re.DOTALL)
+_ERRNO = re.compile(r"\[[Ee]rrno (\d+)\]")
+
+
+class _Report:
+    """An upstream's failure message, taken apart."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # shown to the user: without the traceback
+        self.traceback: Optional[str] = None
+        self.type_name: Optional[str] = None  # as the traceback names it
+        self.text: Optional[str] = None  # str() of the upstream's exception
+        self.code: Optional[str] = None  # pyarrow's status code
+        head, found, traceback = message.partition(_DETAIL)
+        if not found:
+            return
+        self.message = head
+        self.traceback = traceback
+        self._find_exception(traceback)
+        if self.text is not None and head.endswith(self.text):
+            before = head[: len(head) - len(self.text)]
+            at_end = _CODE_AT_END.search(before)
+            if at_end is not None and self.type_name is not None:
+                self.code = at_end.group(1)
+                # "Unknown error: r-msg" says less than "RuntimeError: r-msg".
+                shown = self.type_name + (": " + self.text if self.text else "")
+                self.message = before[: at_end.start()] + shown
+                return
+        anywhere = _CODE_ANYWHERE.search(head)
+        if anywhere is not None:
+            self.code = anywhere.group(1)
+
+    def _find_exception(self, traceback: str) -> None:
+        # The last exception of a chain is the one raised; its line is the first in its
+        # section not indented, after "Traceback (most recent call last):".
+        lines = _CHAINED.split(traceback)[-1].rstrip("\n").split("\n")
+        for at, line in enumerate(lines):
+            if not line or line[0].isspace() or line.startswith("Traceback (most recent call last)"):
+                continue
+            matched = _TYPE_LINE.match("\n".join([line, *lines[at + 1 :]]))
+            if matched is not None:
+                self.type_name = matched.group(1)
+                self.text = matched.group(2) or ""
+            return
+
+    def builtin(self) -> Optional[type[BaseException]]:
+        """The most specific built-in exception the upstream's is, if it can be told."""
+        resolved = _resolve(self.type_name) if self.type_name else None
+        family = _ARROW_CODES.get(self.code or "", ())
+        if resolved is not None:
+            found = _builtins_of(resolved)[0]
+            # pyarrow picked its status code with isinstance: trust the name only if it
+            # agrees (it names a class of this process, which could be another one).
+            if not family or issubclass(found, family):
+                return found
+        return family[0] if family else None
+
+
+def _resolve(name: str) -> Optional[type[BaseException]]:
+    """The exception class a traceback names, if this process has it loaded: a built-in,
+    a class of ``__main__``, or ``module.Class`` of an imported module. Nothing is
+    imported."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        places = [(builtins, parts), (sys.modules.get("__main__"), parts)]
+    else:
+        places = [
+            (sys.modules.get(".".join(parts[:split])), parts[split:])
+            for split in range(len(parts) - 1, 0, -1)
+        ]
+    for place, path in places:
+        found: object = place
+        try:
+            for attr in path:
+                found = getattr(found, attr, None)
+        except Exception:  # a module's __getattr__ may do anything
+            continue
+        if found is not None and isinstance(found, type) and issubclass(found, BaseException):
+            return found
+    return None
+
+
+_HAS_ADD_NOTE = sys.version_info >= (3, 11)
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    if _HAS_ADD_NOTE:
+        err.add_note(note)
+    else:  # Python 3.10: kept where 3.11 keeps notes, though 3.10 does not print them
+        err.__notes__ = [*getattr(err, "__notes__", []), note]
+
+
+def _traceback_note(traceback: str) -> str:
+    header = "Traceback (most recent call last):\n"
+    if traceback.startswith(header):
+        traceback = traceback[len(header) :]
+    return "Upstream traceback (most recent call last):\n" + traceback.rstrip("\n")
+
+
+def _system_exit_code(text: str) -> object:
+    """The exit code a ``SystemExit`` had, from its ``str()``."""
+    if text in ("", "None"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def upstream_error(code: int, message: str) -> BaseException:
+    """The exception for ``BC_UPSTREAM``, from the upstream's errno and message."""
+    report = _Report(message)
+    builtin = report.builtin()
+    err: BaseException
+    if builtin is not None and issubclass(builtin, (KeyboardInterrupt, SystemExit)):
+        if issubclass(builtin, SystemExit):
+            err = SystemExit(_system_exit_code(report.text or ""))
+            _add_note(err, report.message)
+        else:
+            err = KeyboardInterrupt(report.message)
+    else:
+        if builtin is None or not issubclass(builtin, Exception):
+            # No Python exception named: the errno says what it can.
+            if report.traceback is not None:
+                builtin = Exception
+            elif code == _errno.EINVAL:
+                builtin = ValueError
+            elif code == _errno.ENOMEM:
+                builtin = MemoryError
+            else:
+                builtin = OSError
+        if issubclass(builtin, OSError):
+            # pyarrow reports every OSError as EIO; the real errno is in its text.
+            if code in (0, _errno.EIO):
+                found = _ERRNO.search(report.text if report.text is not None else message)
+                if found is not None:
+                    code = int(found.group(1))
+            code = code or _errno.EIO
+            builtin = _oserror_class(code, builtin)
+        made: Optional[type[BatchcorderError]] = None
+        for candidate in _builtins_of(builtin):
+            if issubclass(candidate, Exception):
+                made = _made_class(UpstreamError, candidate)
+                if made is not None:
+                    break
+        made = made or UpstreamError
+        err = made(code, report.message) if issubclass(made, OSError) else made(report.message)
+    if report.traceback is not None:
+        _add_note(err, _traceback_note(report.traceback))
+    return err
+
+
+# -- statuses ---------------------------------------------------------------------------
+
 # BcStatus values, as the header defines them.
 OK = lib.BC_OK
-_INVALID_ARGUMENT = lib.BC_INVALID_ARGUMENT
-_CAPACITY = lib.BC_CAPACITY
-_IO = lib.BC_IO
-_UPSTREAM = lib.BC_UPSTREAM
-_EVICTED = lib.BC_EVICTED
-_CLOSED = lib.BC_CLOSED
+
+# The exception class of every failing BcStatus; BC_IO and BC_UPSTREAM pick a subclass
+# from the errno and message. tests/python/test_errors.py checks that every status the
+# header defines is here.
+STATUS_CLASSES: dict[int, type[BatchcorderError]] = {
+    lib.BC_INVALID_ARGUMENT: InvalidArgumentError,
+    lib.BC_CAPACITY: CapacityError,
+    lib.BC_IO: DiskError,
+    lib.BC_UPSTREAM: UpstreamError,
+    lib.BC_EVICTED: BatchEvictedError,
+    lib.BC_CLOSED: CacheClosedError,
+    lib.BC_INTERNAL: InternalError,
+}
 
 
 def last_error() -> tuple[str, int]:
@@ -118,26 +464,30 @@ def last_error() -> tuple[str, int]:
     return ffi.string(lib.bc_last_error()).decode("utf-8", "replace"), lib.bc_last_error_errno()
 
 
-def status_error(status: int) -> Exception:
-    """The exception for a non-OK ``BcStatus``; build it right after the failed call."""
+def status_error(status: int) -> BaseException:
+    """The exception for a non-OK ``BcStatus``; build it right after the failed call.
+
+    A :class:`BatchcorderError` for every status, except an upstream's
+    ``KeyboardInterrupt`` or ``SystemExit``, which is returned as itself.
+    """
     message, code = last_error()
-    if status == _INVALID_ARGUMENT:
-        return ValueError(message)
-    if status == _CAPACITY:
-        return CapacityError(message)
-    if status == _IO:
-        return OSError(code or _errno.EIO, message)
-    if status == _UPSTREAM:
-        if code == _errno.EINVAL:
-            return _UpstreamValueError(message)
-        if code == _errno.ENOMEM:
-            return _UpstreamMemoryError(message)
-        return _UpstreamOSError(code or _errno.EIO, message)
-    if status == _EVICTED:
-        return BatchEvictedError(message)
-    if status == _CLOSED:
-        return CacheClosedError(message)
-    return InternalError(message)
+    return error_for(status, code, message)
+
+
+def error_for(status: int, code: int, message: str) -> BaseException:
+    """The exception for ``status`` with this errno and message.
+
+    >>> import errno
+    >>> err = error_for(lib.BC_UPSTREAM, errno.EINVAL, "upstream stream failed: Invalid: bad")
+    >>> type(err).__name__, isinstance(err, ValueError), str(err)
+    ('UpstreamValueError', True, 'upstream stream failed: Invalid: bad')
+    """
+    cls = STATUS_CLASSES.get(status, InternalError)
+    if cls is UpstreamError:
+        return upstream_error(code, message)
+    if cls is DiskError:
+        return disk_error(code, message)
+    return cls(message)
 
 
 def raise_status(status: int) -> NoReturn:

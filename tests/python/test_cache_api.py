@@ -274,7 +274,7 @@ def test_duckdb_from_several_threads():
     "exc, kind",
     [
         (ValueError("x-marker"), ValueError),  # pyarrow: EINVAL
-        (RuntimeError("x-marker"), ValueError),  # pyarrow reports any other error as EINVAL
+        (RuntimeError("x-marker"), RuntimeError),  # EINVAL, typed from pyarrow's detail
         (MemoryError("x-marker"), MemoryError),  # ENOMEM
         (OSError(28, "x-marker"), OSError),  # pyarrow: EIO
     ],
