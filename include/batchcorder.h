@@ -142,11 +142,22 @@ typedef struct BcStats {
   uint64_t upstream_wait_ns;
 } BcStats;
 
+// What a reader's cast does with a value that does not convert: one of the
+// `BC_CAST_FAILURE_*` values.
+typedef uint32_t BcCastFailure;
+
 // When the disk tier writes a batch: one of the `BC_WRITE_*` values.
 typedef uint32_t BcWritePolicy;
 
 // IPC buffer compression on disk: one of the `BC_COMPRESSION_*` values.
 typedef uint32_t BcCompression;
+
+// The read of the batch holding the value fails with `BC_INVALID_ARGUMENT` (`EINVAL`
+// through `get_next`), naming the field and the value; the reader stays at that batch.
+#define BC_CAST_FAILURE_ERROR 0
+
+// The value becomes null.
+#define BC_CAST_FAILURE_NULL 1
 
 // Write every batch to disk as it is ingested (the default).
 #define BC_WRITE_ON_INSERTION 0
@@ -191,6 +202,10 @@ int bc_last_error_errno(void);
 // root at once. So the upstream must let a moved child outlive its parent, as the
 // interface requires (DuckDB's exporter did not before late 2023).
 //
+// Each array is checked against the stream's schema before it is kept (buffer and child
+// counts, dictionaries, lengths and offsets): a malformed one fails with `BC_UPSTREAM`,
+// a message saying what is wrong, and every batch before it stays readable.
+//
 // # Safety
 // Each pointer is NULL or valid: `upstream` a live stream, `opts` a live builder,
 // `out` writable.
@@ -202,7 +217,8 @@ enum BcStatus bc_cache_new(struct ArrowArrayStream *upstream,
 //
 // `from_start=false` starts at the ingestion frontier. `requested_schema` may be NULL;
 // otherwise each batch is cast to it (same field count and names, castable types), and
-// an impossible request is `BC_INVALID_ARGUMENT` naming the field. The schema is only
+// an impossible request is `BC_INVALID_ARGUMENT` naming the field. A value that does not
+// convert fails the read of its batch (see `bc_reader_cast_with` for null instead). The schema is only
 // read, never released. The caller releases `*out`; it may outlive the cache handle.
 //
 // # Safety
@@ -302,14 +318,26 @@ void bc_capsule_release_stream(void *capsule);
 enum BcStatus bc_reader_next(struct ArrowArrayStream *reader, struct ArrowArray *out);
 
 // Cast every later batch of a reader stream made by `bc_cache_reader` to
-// `requested_schema` (same field count and names, castable types; otherwise
-// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged). The schema is
-// only read. For bindings whose readers receive a requested schema after creation.
+// `requested_schema`, failing on a value that does not convert: `bc_reader_cast_with`
+// with `BC_CAST_FAILURE_ERROR`.
 //
 // # Safety
 // `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
 enum BcStatus bc_reader_cast(struct ArrowArrayStream *reader,
                              const struct ArrowSchema *requested_schema);
+
+// Cast every later batch of a reader stream made by `bc_cache_reader` to
+// `requested_schema` (same field count and names, castable types; otherwise
+// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged), with
+// `on_failure` (a `BC_CAST_FAILURE_*` value) saying what a value that does not convert
+// does. The schema is only read. For bindings whose readers receive a requested schema
+// after creation, and for casts that turn such values into nulls.
+//
+// # Safety
+// `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
+enum BcStatus bc_reader_cast_with(struct ArrowArrayStream *reader,
+                                  const struct ArrowSchema *requested_schema,
+                                  BcCastFailure on_failure);
 
 // The index of the next batch a reader stream made by `bc_cache_reader` returns.
 //
@@ -335,7 +363,9 @@ enum BcStatus bc_reader_failure(struct ArrowArrayStream *reader);
 // (`bc_reader_position`, `bc_reader_failure` for the status of a failed read).
 //
 // The view does not own `reader`: releasing the view leaves `reader` as it is, and the
-// caller releases the view (or stops calling it) before `reader` is released or freed.
+// caller releases the view (or stops calling it) before `reader` is released. Either
+// struct may be moved (copied to another address, as the C Data Interface allows): the
+// view reads through the reader's private state, not through the struct's address.
 // Like `reader`, the view is never to be called concurrently with it. On failure `*out`
 // is untouched.
 //

@@ -85,7 +85,8 @@ inline void check(BcStatus status, const char *call) {
 template <typename Raw>
 class Owned {
  public:
-  Owned() noexcept { raw_.release = nullptr; }
+  /// An empty, released struct: every member zeroed, as a consumer may read any of them.
+  Owned() noexcept : raw_{} {}
   /// Take over `raw` (its release is set to NULL).
   explicit Owned(Raw *raw) noexcept : raw_(*raw) { raw->release = nullptr; }
   Owned(Owned &&other) noexcept : raw_(other.raw_) { other.raw_.release = nullptr; }
@@ -107,12 +108,12 @@ class Owned {
   /// Give up ownership: the returned struct is the caller's to release.
   Raw release() noexcept {
     Raw out = raw_;
-    raw_.release = nullptr;
+    raw_ = Raw{};
     return out;
   }
   void reset() noexcept {
     if (raw_.release != nullptr) raw_.release(&raw_);
-    raw_.release = nullptr;
+    raw_ = Raw{};
   }
 
  protected:
@@ -201,14 +202,14 @@ class Reader : public Owned<ArrowArrayStream> {
     return out;
   }
 
-  /// The stream's schema (the requested one, if the reader was made with one).
+  /// The stream's schema (the requested one, if the reader was made with one). Throws
+  /// Error with the failure's own status (BC_CLOSED, BC_INTERNAL...).
   Schema schema() {
+    if (!valid()) throw Error(BC_INVALID_ARGUMENT, "Reader::schema: the reader is empty or released", EINVAL);
     ArrowSchema out;
-    int rc = raw_.get_schema == nullptr ? EINVAL : raw_.get_schema(&raw_, &out);
-    if (rc != 0) {
-      const char *message = raw_.get_last_error ? raw_.get_last_error(&raw_) : nullptr;
-      throw Error(BC_INVALID_ARGUMENT,
-                  std::string("get_schema: ") + (message ? message : "failed"), rc);
+    if (raw_.get_schema(&raw_, &out) != 0) {
+      BcStatus status = bc_reader_failure(&raw_);
+      detail::check(status == BC_OK ? BC_INTERNAL : status, "get_schema");
     }
     return Schema(&out);
   }

@@ -9,7 +9,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::disk::{DiskIndex, DiskOptions, DiskWriter, WritePolicy};
 use crate::error::{Error, Result};
-use crate::reader::CacheReader;
+use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
 use crate::storage::{CachedBatch, Derived, MemoryTier};
 
@@ -266,14 +266,14 @@ impl StreamCache {
         self.reader_with_schema(from_start, None)
     }
 
-    /// A new reader whose batches are cast to `target` (see [`crate::validate_cast`]).
+    /// A new reader whose batches are cast as `target` says (see [`crate::validate_cast`]).
     pub fn reader_with_schema(
         &self,
         from_start: bool,
-        target: Option<SchemaRef>,
+        target: Option<Cast>,
     ) -> Result<CacheReader> {
         if let Some(target) = &target {
-            crate::reader::validate_cast(&self.shared.schema, target)?;
+            crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
         }
         let mut state = self.shared.lock_state()?;
         if state.closed {

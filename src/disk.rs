@@ -6,7 +6,7 @@
 //! truncated, so a mapping can never fault. The cache keeps its own index of message
 //! blocks, which lets any batch be decoded alone, with the dictionaries in force at it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -111,7 +111,35 @@ impl DiskOptions {
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Io {
         message: format!("{what} {}: {err}", path.display()),
-        errno: err.raw_os_error().unwrap_or(libc::EIO),
+        errno: os_errno(&err),
+    }
+}
+
+/// The OS error behind `err`, also when a library wrapped it: tempfile keeps the OS
+/// error only in its message, "... (os error N) at path ...". EIO when there is none.
+fn os_errno(err: &std::io::Error) -> i32 {
+    use std::io::ErrorKind;
+    if let Some(errno) = err.raw_os_error() {
+        return errno;
+    }
+    let text = err.to_string();
+    let quoted = text
+        .split_once("(os error ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(number, _)| number.parse().ok());
+    if let Some(errno) = quoted {
+        return errno;
+    }
+    match err.kind() {
+        ErrorKind::PermissionDenied => libc::EACCES,
+        ErrorKind::NotFound => libc::ENOENT,
+        ErrorKind::AlreadyExists => libc::EEXIST,
+        ErrorKind::StorageFull => libc::ENOSPC,
+        ErrorKind::QuotaExceeded => libc::EDQUOT,
+        ErrorKind::ReadOnlyFilesystem => libc::EROFS,
+        ErrorKind::NotADirectory => libc::ENOTDIR,
+        ErrorKind::OutOfMemory => libc::ENOMEM,
+        _ => libc::EIO,
     }
 }
 
@@ -213,7 +241,7 @@ pub(crate) struct DiskWriter {
     context: IpcWriteContext,
     active: Option<(Arc<Segment>, File)>,
     next_segment: u64,
-    dictionaries: HashMap<i64, Message>,
+    dictionaries: DictionaryLog,
     /// `dictionaries` as every entry shares it, rebuilt only when a dictionary changes.
     in_force: Arc<[Message]>,
     faults: Option<FaultInjector>,
@@ -266,7 +294,7 @@ impl DiskWriter {
             context: IpcWriteContext::default(),
             active: None,
             next_segment: 0,
-            dictionaries: HashMap::new(),
+            dictionaries: DictionaryLog::default(),
             in_force: Arc::from([]),
             faults,
             ipc_schema: None,
@@ -297,6 +325,7 @@ impl DiskWriter {
                     &mut self.tracker,
                     &self.options,
                 );
+                self.dictionaries = DictionaryLog::for_schema(&message.ipc_message)?;
                 let schema =
                     arrow_ipc::convert::try_schema_from_flatbuffer_bytes(&message.ipc_message)
                         .map_err(|err| {
@@ -329,9 +358,9 @@ impl DiskWriter {
             for dictionary in dictionaries {
                 let id = dictionary_id(&dictionary)?;
                 let message = self.append(position, dictionary)?;
-                self.dictionaries.insert(id, message);
+                self.dictionaries.record(id, message);
             }
-            self.in_force = self.dictionaries.values().cloned().collect();
+            self.in_force = self.dictionaries.in_force();
         }
         let message = self.append(position, encoded)?;
         Ok(DiskEntry {
@@ -484,6 +513,80 @@ fn write_at(
         body_len,
         total,
     })
+}
+
+/// The dictionary messages written so far that a batch decoded now needs, in the order
+/// the IPC writer emitted them.
+///
+/// Order matters: a dictionary whose values hold another dictionary (nested dictionaries)
+/// is decoded against the inner dictionary in force when it was written. So a replaced
+/// dictionary is forgotten only once no dictionary still in force was written against it.
+#[derive(Debug, Default)]
+struct DictionaryLog {
+    /// (id, message, superseded by a later message of the same id), oldest first.
+    written: Vec<(i64, Message, bool)>,
+    /// For each dictionary id, the ids of the dictionaries nested in its values.
+    nested: HashMap<i64, Vec<i64>>,
+}
+
+impl DictionaryLog {
+    /// A log for the schema in `schema_message`, an encoded IPC schema message.
+    fn for_schema(schema_message: &[u8]) -> Result<Self> {
+        let fields = arrow_ipc::root_as_message(schema_message)
+            .ok()
+            .and_then(|m| m.header_as_schema())
+            .and_then(|s| s.fields())
+            .ok_or_else(|| Error::Internal("the IPC writer emitted a malformed schema".into()))?;
+        let mut nested = HashMap::new();
+        for field in fields {
+            collect_nested_dictionaries(field, &mut nested);
+        }
+        Ok(Self {
+            written: Vec::new(),
+            nested,
+        })
+    }
+
+    fn record(&mut self, id: i64, message: Message) {
+        for entry in self.written.iter_mut().filter(|entry| entry.0 == id) {
+            entry.2 = true;
+        }
+        self.written.push((id, message, false));
+        // Newest first: a superseded message stays only while a kept later one nests it.
+        let mut needed: HashSet<i64> = HashSet::new();
+        let mut kept = Vec::with_capacity(self.written.len());
+        for (id, message, superseded) in self.written.drain(..).rev() {
+            if superseded && !needed.contains(&id) {
+                continue;
+            }
+            needed.remove(&id);
+            needed.extend(self.nested.get(&id).into_iter().flatten());
+            kept.push((id, message, superseded));
+        }
+        kept.reverse();
+        self.written = kept;
+    }
+
+    fn in_force(&self) -> Arc<[Message]> {
+        self.written.iter().map(|(_, m, _)| m.clone()).collect()
+    }
+}
+
+/// Record, for every dictionary-encoded field at or below `field`, the dictionary ids
+/// below it; returns the ids at or below `field`.
+fn collect_nested_dictionaries(
+    field: arrow_ipc::Field<'_>,
+    nested: &mut HashMap<i64, Vec<i64>>,
+) -> Vec<i64> {
+    let mut below = Vec::new();
+    for child in field.children().into_iter().flatten() {
+        below.extend(collect_nested_dictionaries(child, nested));
+    }
+    if let Some(dictionary) = field.dictionary() {
+        nested.insert(dictionary.id(), below.clone());
+        below.push(dictionary.id());
+    }
+    below
 }
 
 fn dictionary_id(message: &EncodedData) -> Result<i64> {

@@ -19,5 +19,5 @@ pub use cache::{
     default_memory_capacity, BatchSource, CacheOptions, Pulled, Stats, StreamCache, Upstream,
 };
 pub use error::{Error, Result};
-pub use reader::{validate_cast, CacheReader};
+pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
 pub use storage::{CachedBatch, Derived};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
-use arrow_cast::{can_cast_types, cast};
+use arrow_cast::{can_cast_types, cast_with_options, CastOptions};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 use crate::cache::Shared;
@@ -19,8 +19,37 @@ pub struct CacheReader {
     shared: Arc<Shared>,
     next: u64,
     slot: Arc<ReaderSlot>,
-    target: Option<SchemaRef>,
+    target: Option<Cast>,
     finished: bool,
+}
+
+/// What a cast does with a value that does not convert (a string that is not a number,
+/// an integer out of the target's range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCastFailure {
+    /// The read fails, naming the field and the value, and the reader stays at the batch
+    /// (pyarrow's `safe=True`).
+    #[default]
+    Error,
+    /// The value becomes null (pyarrow's `safe=False`).
+    Null,
+}
+
+/// A cast applied to every batch a reader returns.
+#[derive(Debug, Clone)]
+pub struct Cast {
+    pub schema: SchemaRef,
+    pub on_failure: OnCastFailure,
+}
+
+impl Cast {
+    /// A cast to `schema` that fails on a value that does not convert.
+    pub fn to(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            on_failure: OnCastFailure::Error,
+        }
+    }
 }
 
 impl std::fmt::Debug for CacheReader {
@@ -38,7 +67,7 @@ impl CacheReader {
         shared: Arc<Shared>,
         start: u64,
         slot: Arc<ReaderSlot>,
-        target: Option<SchemaRef>,
+        target: Option<Cast>,
     ) -> Self {
         Self {
             shared,
@@ -61,40 +90,48 @@ impl CacheReader {
 
     /// The schema of the batches this reader returns.
     pub fn output_schema(&self) -> SchemaRef {
-        self.target
-            .clone()
-            .unwrap_or_else(|| self.shared.schema().clone())
+        match &self.target {
+            Some(cast) => cast.schema.clone(),
+            None => self.shared.schema().clone(),
+        }
     }
 
     /// The next stored batch as cached, without any cast; `None` at the end.
     pub fn next_cached(&mut self) -> Result<Option<Arc<CachedBatch>>> {
+        let batch = self.current()?;
+        self.advance(batch.is_some());
+        Ok(batch)
+    }
+
+    /// The batch at this reader's position, without moving.
+    fn current(&self) -> Result<Option<Arc<CachedBatch>>> {
         if self.finished {
             return Ok(None);
         }
-        match self.shared.batch_at(self.next)? {
-            Some(batch) => {
-                self.next += 1;
-                self.slot.advance_to(self.next);
-                if self.shared.evicts() {
-                    self.shared.reader_moved();
-                }
-                Ok(Some(batch))
-            }
-            None => {
-                self.finished = true;
-                self.slot.advance_to(u64::MAX);
-                if self.shared.evicts() {
-                    self.shared.reader_moved();
-                }
-                Ok(None)
-            }
+        self.shared.batch_at(self.next)
+    }
+
+    /// Move past the current batch, or mark the end of the stream.
+    fn advance(&mut self, past_batch: bool) {
+        if self.finished {
+            return;
+        }
+        if past_batch {
+            self.next += 1;
+            self.slot.advance_to(self.next);
+        } else {
+            self.finished = true;
+            self.slot.advance_to(u64::MAX);
+        }
+        if self.shared.evicts() {
+            self.shared.reader_moved();
         }
     }
 
-    /// Cast every batch from now on to `target` (checked as [`validate_cast`] does).
-    pub fn cast_to(&mut self, target: SchemaRef) -> Result<()> {
-        validate_cast(self.shared.schema(), &target)?;
-        self.target = Some(target);
+    /// Cast every batch from now on as `cast` says (checked as [`validate_cast`] does).
+    pub fn cast_to(&mut self, cast: Cast) -> Result<()> {
+        validate_cast(self.shared.schema(), &cast.schema)?;
+        self.target = Some(cast);
         Ok(())
     }
 
@@ -109,14 +146,18 @@ impl CacheReader {
     }
 
     /// The next batch, cast to the target schema if there is one; `None` at the end.
+    /// A batch that fails its cast is not passed: the next call tries it again.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let Some(cached) = self.next_cached()? else {
+        let Some(cached) = self.current()? else {
+            self.advance(false);
             return Ok(None);
         };
-        match &self.target {
-            None => Ok(Some(cached.batch().clone())),
-            Some(target) => cast_batch(cached.batch(), target).map(Some),
-        }
+        let batch = match &self.target {
+            None => cached.batch().clone(),
+            Some(cast) => cast_batch(cached.batch(), cast, self.next)?,
+        };
+        self.advance(true);
+        Ok(Some(batch))
     }
 }
 
@@ -176,7 +217,13 @@ pub fn validate_cast(source: &Schema, target: &Schema) -> Result<()> {
     Ok(())
 }
 
-fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+fn cast_batch(batch: &RecordBatch, cast: &Cast, position: u64) -> Result<RecordBatch> {
+    let options = CastOptions {
+        // arrow-rs's `safe` means "null on failure", the opposite of pyarrow's.
+        safe: cast.on_failure == OnCastFailure::Null,
+        ..CastOptions::default()
+    };
+    let target = &cast.schema;
     let columns = batch
         .columns()
         .iter()
@@ -185,9 +232,11 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
             if column.data_type() == field.data_type() {
                 Ok(column.clone())
             } else {
-                cast(column, field.data_type()).map_err(|err| {
+                cast_with_options(column, field.data_type(), &options).map_err(|err| {
                     Error::InvalidArgument(format!(
-                        "cannot cast field {:?} to {}: {err}",
+                        "cannot cast field {:?} of batch {position} to {}: {err}; fix the \
+                         value, or cast with safe=False (BC_CAST_FAILURE_NULL in C) to \
+                         turn values that do not convert into nulls",
                         field.name(),
                         field.data_type()
                     ))

@@ -6,9 +6,9 @@ use std::thread;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
-use arrow_array::{Int64Array, RecordBatch, RecordBatchReader};
+use arrow_array::{Array, Int64Array, RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
-use batchcorder::{CacheOptions, Error, StreamCache};
+use batchcorder::{CacheOptions, Cast, Error, OnCastFailure, StreamCache};
 
 /// An upstream of `batches` batches of `rows` ids each, failing at `fail_at` if set,
 /// counting every call to `next`.
@@ -239,7 +239,7 @@ fn readers_cast_to_a_requested_schema() {
     let (cache, _) = cache(3, CacheOptions::default());
     let target = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)]));
     let reader = cache
-        .reader_with_schema(true, Some(target.clone()))
+        .reader_with_schema(true, Some(Cast::to(target.clone())))
         .unwrap();
     let batches: Vec<_> = reader.map(Result::unwrap).collect();
     assert_eq!(batches[0].schema(), target);
@@ -254,7 +254,7 @@ fn readers_cast_to_a_requested_schema() {
         true,
     )]));
     let err = cache
-        .reader_with_schema(true, Some(wrong_name))
+        .reader_with_schema(true, Some(Cast::to(wrong_name)))
         .unwrap_err();
     assert!(err.to_string().contains("\"other\""), "{err}");
     let uncastable = Arc::new(Schema::new(vec![Field::new(
@@ -262,7 +262,42 @@ fn readers_cast_to_a_requested_schema() {
         DataType::Struct(vec![Field::new("a", DataType::Int8, true)].into()),
         true,
     )]));
-    assert!(cache.reader_with_schema(true, Some(uncastable)).is_err());
+    assert!(cache
+        .reader_with_schema(true, Some(Cast::to(uncastable)))
+        .is_err());
+}
+
+#[test]
+fn a_value_that_does_not_convert_fails_its_batch_without_passing_it() {
+    // int8 holds ids up to 127: batch 1 (ids 100..199) does not convert.
+    let (cache, _) = cache(3, CacheOptions::default());
+    let target = Arc::new(Schema::new(vec![Field::new("id", DataType::Int8, true)]));
+    let mut reader = cache
+        .reader_with_schema(true, Some(Cast::to(target.clone())))
+        .unwrap();
+    assert!(reader.next_batch().unwrap().is_some());
+    for _ in 0..2 {
+        let err = reader.next_batch().unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("\"id\"") && text.contains("128"), "{text}");
+        assert_eq!(reader.position(), 1);
+    }
+
+    let nulls = Cast {
+        schema: target,
+        on_failure: OnCastFailure::Null,
+    };
+    let batches: Vec<_> = cache
+        .reader_with_schema(true, Some(nulls))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let second = batches[1]
+        .column(0)
+        .as_primitive::<arrow_array::types::Int8Type>();
+    assert_eq!((batches.len(), second.null_count()), (3, 72));
+    assert_eq!(second.value(27), 127);
 }
 
 #[test]

@@ -307,3 +307,149 @@ fn bad_disk_options_name_the_parameter() {
         );
     }
 }
+
+/// `dictionary<values=list<dictionary<values=string>>>` batches: each outer value is a
+/// list of inner keys, so decoding the outer dictionary needs the inner one first.
+fn nested_dictionary_batches(inner_per_batch: &[&[&str]]) -> Vec<RecordBatch> {
+    let inner_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let list_type = DataType::List(Arc::new(Field::new("item", inner_type.clone(), true)));
+    let outer_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(list_type.clone()));
+    let schema = Arc::new(Schema::new(vec![Field::new("c", outer_type, false)]));
+    inner_per_batch
+        .iter()
+        .map(|inner_values| {
+            let n = inner_values.len() as i32;
+            let inner = DictionaryArray::<Int32Type>::try_new(
+                arrow_array::Int32Array::from((0..n).rev().collect::<Vec<_>>()),
+                Arc::new(StringArray::from(inner_values.to_vec())),
+            )
+            .unwrap();
+            let offsets = arrow_buffer::OffsetBuffer::from_lengths([1, (n - 1) as usize]);
+            let field = Arc::new(Field::new("item", inner_type.clone(), true));
+            let lists = arrow_array::ListArray::new(field, offsets, Arc::new(inner), None);
+            let outer = DictionaryArray::<Int32Type>::try_new(
+                arrow_array::Int32Array::from(vec![1, 0, 1]),
+                Arc::new(lists),
+            )
+            .unwrap();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(outer)]).unwrap()
+        })
+        .collect()
+}
+
+/// Every value of a nested dictionary column, decoded through both levels.
+fn nested_values(batch: &RecordBatch) -> Vec<Vec<String>> {
+    let outer = batch.column(0).as_dictionary::<Int32Type>();
+    let lists = outer.values().as_list::<i32>();
+    outer
+        .keys()
+        .values()
+        .iter()
+        .map(|&key| {
+            let items = lists.value(key as usize);
+            let items = arrow_cast::cast(&items, &DataType::Utf8).unwrap();
+            let items = items.as_string::<i32>();
+            items.iter().map(|v| v.unwrap().to_string()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn nested_dictionaries_come_back_whole_from_disk() {
+    let parent = tempfile::tempdir().unwrap();
+    let inner: [&[&str]; 3] = [&["a", "b", "c"], &["d", "e", "f", "g"], &["a", "b", "c"]];
+    let expected: Vec<_> = nested_dictionary_batches(&inner)
+        .iter()
+        .map(nested_values)
+        .collect();
+    // The order the dictionaries were decoded in used to depend on a hash map's seed,
+    // which differs per cache: many fresh caches catch an order that breaks.
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for _ in 0..8 {
+            let disk = DiskOptions {
+                compression,
+                ..DiskOptions::new(parent.path(), 1 << 30)
+            };
+            let cache = disk_cache(nested_dictionary_batches(&inner), disk, 0);
+            for _ in 0..2 {
+                let replayed: Vec<_> = cache
+                    .reader(true)
+                    .unwrap()
+                    .map(|b| nested_values(&b.unwrap()))
+                    .collect();
+                assert_eq!(replayed, expected, "{compression:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_inner_dictionary_replaced_under_an_unchanged_outer_one_reads_back() {
+    // The second batch's inner dictionary lists the same strings in another order, with
+    // keys that give the same lists: the outer dictionary is logically unchanged, so the
+    // IPC writer re-sends only the inner one, and the outer one written with the first
+    // inner dictionary must still be decoded against it.
+    let parent = tempfile::tempdir().unwrap();
+    let inner_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    let list_type = DataType::List(Arc::new(Field::new("item", inner_type.clone(), true)));
+    let outer_type = DataType::Dictionary(Box::new(DataType::Int32), Box::new(list_type));
+    let schema = Arc::new(Schema::new(vec![Field::new("c", outer_type, false)]));
+    let batch = |values: [&str; 2], keys: [i32; 2]| {
+        let inner = DictionaryArray::<Int32Type>::try_new(
+            arrow_array::Int32Array::from(keys.to_vec()),
+            Arc::new(StringArray::from(values.to_vec())),
+        )
+        .unwrap();
+        let offsets = arrow_buffer::OffsetBuffer::from_lengths([2]);
+        let field = Arc::new(Field::new("item", inner_type.clone(), true));
+        let lists = arrow_array::ListArray::new(field, offsets, Arc::new(inner), None);
+        let outer = DictionaryArray::<Int32Type>::try_new(
+            arrow_array::Int32Array::from(vec![0, 0]),
+            Arc::new(lists),
+        )
+        .unwrap();
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(outer)]).unwrap()
+    };
+    let batches = vec![batch(["a", "b"], [0, 1]), batch(["b", "a"], [1, 0])];
+    let expected: Vec<_> = batches.iter().map(nested_values).collect();
+    assert_eq!(expected[0], expected[1]);
+    for _ in 0..8 {
+        let cache = disk_cache(batches.clone(), DiskOptions::new(parent.path(), 1 << 30), 0);
+        let replayed: Vec<_> = cache
+            .reader(true)
+            .unwrap()
+            .map(|b| nested_values(&b.unwrap()))
+            .collect();
+        assert_eq!(replayed, expected);
+    }
+}
+
+#[test]
+fn an_unwritable_disk_path_keeps_its_os_error() {
+    // Root may write anywhere but in sysfs; anyone else is refused by a 0500 directory.
+    let parent = tempfile::tempdir().unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    let path = if root {
+        std::path::PathBuf::from("/sys")
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = parent.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        locked
+    };
+    let options = CacheOptions {
+        disk: Some(DiskOptions::new(&path, 1 << 20)),
+        ..Default::default()
+    };
+    match StreamCache::prepare(options).unwrap_err() {
+        Error::Io { errno, message } => {
+            assert!(
+                errno == libc::EACCES || errno == libc::EPERM,
+                "{errno}: {message}"
+            );
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}

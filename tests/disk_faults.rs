@@ -65,7 +65,16 @@ struct Case {
     errno: i32,
 }
 
-fn run(case: Case) {
+/// What a case saw: the batches served before the error, the error, and the cache's
+/// counters after the replays.
+struct Outcome {
+    served: usize,
+    error: Option<Error>,
+    fired: u64,
+    stats: Option<batchcorder::Stats>,
+}
+
+fn run(case: Case) -> Outcome {
     let parent = tempfile::tempdir().unwrap();
     let expected = source_batches(case.batches, 200, 3);
     let pulls = Arc::new(AtomicUsize::new(0));
@@ -105,7 +114,12 @@ fn run(case: Case) {
             );
             assert_eq!(pulls.load(Ordering::SeqCst), 0, "the upstream is untouched");
             assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
-            return;
+            return Outcome {
+                served: 0,
+                error: Some(err),
+                fired: faults.fired(),
+                stats: None,
+            };
         }
     };
 
@@ -146,13 +160,21 @@ fn run(case: Case) {
         "a failure is never retried"
     );
 
+    let stats = cache.stats().unwrap();
     drop(cache);
+    let served = first.len();
     drop((first, second));
     assert_eq!(
         std::fs::read_dir(parent.path()).unwrap().count(),
         0,
         "the directory is gone"
     );
+    Outcome {
+        served,
+        error,
+        fired: faults.fired(),
+        stats: Some(stats),
+    }
 }
 
 fn point() -> impl Strategy<Value = Option<IoPoint>> {
@@ -193,7 +215,8 @@ proptest! {
 
 #[test]
 fn a_torn_write_leaves_earlier_batches_readable() {
-    // The 5th message write fails half-way through; batches before it are read from disk.
+    // The 5th message write (batch 3's new dictionary: batches 0 and 3 send one) fails
+    // half-way through; batches 0 to 2 are read back from disk, batch 3 from memory.
     let case = Case {
         batches: 10,
         policy: WritePolicy::OnInsertion,
@@ -204,5 +227,28 @@ fn a_torn_write_leaves_earlier_batches_readable() {
         succeed: 4,
         errno: libc::ENOSPC,
     };
-    run(case);
+    let outcome = run(case);
+    assert_eq!(outcome.fired, 1, "the fault fired");
+    assert!(
+        matches!(
+            outcome.error,
+            Some(Error::Io {
+                errno: libc::ENOSPC,
+                ..
+            })
+        ),
+        "{:?}",
+        outcome.error
+    );
+    assert_eq!(
+        outcome.served, 4,
+        "three batches from disk, and the one in hand"
+    );
+    let stats = outcome.stats.unwrap();
+    assert!(stats.disk_bytes > 0, "{stats:?}");
+    let one_batch = source_batches(1, 200, 3)[0].get_array_memory_size() as u64;
+    assert!(
+        stats.memory_bytes <= one_batch,
+        "only the batch in hand is in memory, so the others were read from disk: {stats:?}"
+    );
 }

@@ -79,6 +79,16 @@ def _schema_from_c(fill: Any) -> pa.Schema:
     return pa.Schema._import_from_c(int(ffi.cast("uintptr_t", c_schema)))
 
 
+def _cast_reader(stream: Any, target: pa.Schema, safe: bool) -> None:
+    """Make the reader ``stream`` cast its later batches to ``target``."""
+    if not isinstance(safe, bool):
+        raise TypeError(f"safe must be a bool, got {type(safe).__name__}")
+    on_failure = lib.BC_CAST_FAILURE_ERROR if safe else lib.BC_CAST_FAILURE_NULL
+    # The capsule owns the schema struct: it must outlive the call that reads it.
+    capsule = target.__arrow_c_schema__()
+    check(lib.bc_reader_cast_with(stream, _requested_schema_pointer(capsule), on_failure))
+
+
 def _requested_schema_pointer(requested_schema: Any) -> Any:
     if requested_schema is None:
         return ffi.NULL
@@ -470,18 +480,21 @@ class StreamCache(_ClosesOnExit):
         if now.segments_deleted > before.segments_deleted:
             _log.debug("deleted %d segments", now.segments_deleted - before.segments_deleted)
 
-    def cast(self, target_schema: Any) -> "CastingStreamCache":
+    def cast(self, target_schema: Any, *, safe: bool = True) -> "CastingStreamCache":
         """A replayable view whose readers cast every batch to ``target_schema``.
 
         Field count and names must match; an impossible cast raises ``ValueError``
-        naming the field.
+        naming the field. As in pyarrow, a value that does not convert (``"b"`` to int64,
+        1000 to int8) makes the read of its batch raise ``ValueError`` naming the field and
+        the value, and the reader stays at that batch; ``safe=False`` turns such values
+        into nulls instead.
 
         >>> import pyarrow as pa
         >>> cache = StreamCache(pa.table({"x": [1, 2]}))
         >>> pa.table(cache.cast(pa.schema([("x", pa.float64())]))).schema.field("x").type
         DataType(double)
         """
-        return CastingStreamCache(self, _as_schema(target_schema))
+        return CastingStreamCache(self, _as_schema(target_schema), safe=safe)
 
     def stats(self) -> CacheStats:
         """A snapshot of the cache's counters.
@@ -592,14 +605,19 @@ def _open_view(stream: Any) -> pa.RecordBatchReader:
     return pa.RecordBatchReader._import_from_c(int(ffi.cast("uintptr_t", view)))
 
 
-def _reader_capsule(handle: Any, requested_schema: Any) -> Any:
+def _reader_capsule(handle: Any, requested_schema: Any, cast: Optional[tuple[pa.Schema, bool]] = None) -> Any:
+    """A new reader from the start as a capsule, cast to ``requested_schema`` (a capsule)
+    or as ``cast`` (a schema and ``safe``) says."""
     stream = lib.bc_stream_new()
     if stream == ffi.NULL:
         raise MemoryError("cannot allocate an ArrowArrayStream")
-    status = lib.bc_cache_reader(handle, True, _requested_schema_pointer(requested_schema), stream)
-    if status != 0:
+    try:
+        check(lib.bc_cache_reader(handle, True, _requested_schema_pointer(requested_schema), stream))
+        if cast is not None:
+            _cast_reader(stream, *cast)
+    except BaseException:
         lib.bc_stream_free(stream)
-        raise_status(status)
+        raise
     return stream_capsule(stream)
 
 
@@ -648,16 +666,19 @@ class StreamCacheReader(_ClosesOnExit):
 
     @classmethod
     def _create(
-        cls, cache: StreamCache, from_start: bool, target: Optional[pa.Schema]
+        cls,
+        cache: StreamCache,
+        from_start: bool,
+        target: Optional[pa.Schema],
+        safe: bool = True,
     ) -> "StreamCacheReader":
         if not isinstance(from_start, bool):
             raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
         handle = cache._handle.get()
         stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
-        # The capsule owns the schema struct: it must outlive the call that reads it.
-        capsule = None if target is None else target.__arrow_c_schema__()
-        schema_ptr = _requested_schema_pointer(capsule)
-        check(lib.bc_cache_reader(handle, bool(from_start), schema_ptr, stream))
+        check(lib.bc_cache_reader(handle, bool(from_start), ffi.NULL, stream))
+        if target is not None:
+            _cast_reader(stream, target, safe)
         schema = cache.schema if target is None else target
         self = cls.__new__(cls)
         self._stream = stream
@@ -785,17 +806,30 @@ class StreamCacheReader(_ClosesOnExit):
             if self._stream is not None:
                 self._end(self._stream)
 
-    def cast(self, target_schema: Any) -> pa.RecordBatchReader:
+    def cast(self, target_schema: Any, *, safe: bool = True) -> pa.RecordBatchReader:
         """Consume this reader as a ``pyarrow.RecordBatchReader`` whose batches are cast to
         ``target_schema`` (same field names and count; ``ValueError`` naming the field
         otherwise).
 
+        A value that does not convert makes the read of its batch raise
+        ``pyarrow.ArrowInvalid`` naming the field and the value, as pyarrow's own casts
+        do; ``safe=False`` turns such values into nulls instead.
+
         >>> import pyarrow as pa
-        >>> cache = StreamCache(pa.table({"x": [1, 2]}))
-        >>> cache.reader().cast(pa.schema([("x", pa.int8())])).read_all().schema
-        x: int8
+        >>> cache = StreamCache(pa.table({"x": [1, 2, 1000]}))
+        >>> reader = cache.reader().cast(pa.schema([("x", pa.int8())]), safe=False)
+        >>> reader.read_all().column("x").to_pylist()
+        [1, 2, None]
         """
-        return pa.RecordBatchReader.from_stream(self, schema=_as_schema(target_schema))
+        target = _as_schema(target_schema)
+        if safe is True:
+            return pa.RecordBatchReader.from_stream(self, schema=target)
+        with self._lock:
+            stream = self._live_stream()
+            self._catch_up(stream)
+            _cast_reader(stream, target, safe)
+            self._schema = target
+        return pa.RecordBatchReader.from_stream(self)
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         """Hand this reader to a consumer as an ``arrow_array_stream`` PyCapsule.
@@ -841,11 +875,14 @@ class CastingStreamCache:
     (['1', '2'], 2)
     """
 
-    def __init__(self, cache: StreamCache, target_schema: pa.Schema) -> None:
+    def __init__(self, cache: StreamCache, target_schema: pa.Schema, *, safe: bool = True) -> None:
+        if not isinstance(safe, bool):
+            raise TypeError(f"safe must be a bool, got {type(safe).__name__}")
         capsule = target_schema.__arrow_c_schema__()
         check(lib.bc_cache_check_schema(cache._handle.get(), _requested_schema_pointer(capsule)))
         self._cache = cache
         self._target = target_schema
+        self._safe = safe
 
     @property
     def schema(self) -> pa.Schema:
@@ -854,17 +891,18 @@ class CastingStreamCache:
 
     def reader(self, from_start: bool = True) -> StreamCacheReader:
         """A new reader whose batches are cast to the target schema."""
-        return StreamCacheReader._create(self._cache, from_start, self._target)
+        return StreamCacheReader._create(self._cache, from_start, self._target, self._safe)
 
     def __iter__(self) -> StreamCacheReader:
         return self.reader()
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
         """A new casting reader as a PyCapsule (``requested_schema`` is not re-applied)."""
-        return _reader_capsule(self._cache._handle.get(), self._target.__arrow_c_schema__())
+        return _reader_capsule(self._cache._handle.get(), None, (self._target, self._safe))
 
     def __arrow_c_schema__(self) -> Any:
         return self._target.__arrow_c_schema__()
 
     def __repr__(self) -> str:
-        return f"<CastingStreamCache target=({_fields(self._target)}) of {self._cache!r}>"
+        unsafe = "" if self._safe else " safe=False"
+        return f"<CastingStreamCache target=({_fields(self._target)}){unsafe} of {self._cache!r}>"

@@ -13,6 +13,7 @@ use crate::ffi::export::export_reader;
 use crate::ffi::options::BcOptions;
 use crate::ffi::upstream::CStreamUpstream;
 use crate::ffi::{arg, arg_mut, guard, guard_value, BcStatus};
+use crate::reader::Cast;
 
 /// A cache over one upstream stream.
 ///
@@ -52,6 +53,10 @@ fn on_cache(cache: *const BcCache, body: impl FnOnce(&StreamCache) -> Result<()>
 /// root at once. So the upstream must let a moved child outlive its parent, as the
 /// interface requires (DuckDB's exporter did not before late 2023).
 ///
+/// Each array is checked against the stream's schema before it is kept (buffer and child
+/// counts, dictionaries, lengths and offsets): a malformed one fails with `BC_UPSTREAM`,
+/// a message saying what is wrong, and every batch before it stays readable.
+///
 /// # Safety
 /// Each pointer is NULL or valid: `upstream` a live stream, `opts` a live builder,
 /// `out` writable.
@@ -90,7 +95,8 @@ pub unsafe extern "C" fn bc_cache_new(
 ///
 /// `from_start=false` starts at the ingestion frontier. `requested_schema` may be NULL;
 /// otherwise each batch is cast to it (same field count and names, castable types), and
-/// an impossible request is `BC_INVALID_ARGUMENT` naming the field. The schema is only
+/// an impossible request is `BC_INVALID_ARGUMENT` naming the field. A value that does not
+/// convert fails the read of its batch (see `bc_reader_cast_with` for null instead). The schema is only
 /// read, never released. The caller releases `*out`; it may outlive the cache handle.
 ///
 /// # Safety
@@ -108,7 +114,7 @@ pub unsafe extern "C" fn bc_cache_reader(
         }
         let target = match unsafe { requested_schema.as_ref() } {
             None => None,
-            Some(schema) => Some(Arc::new(import_schema(schema)?)),
+            Some(schema) => Some(Cast::to(Arc::new(import_schema(schema)?))),
         };
         let reader = cache.reader_with_schema(from_start, target)?;
         unsafe { ptr::write(out, export_reader(reader)) };

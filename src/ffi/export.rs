@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::ffi::array_export::export_cached;
 use crate::ffi::{arg_mut, c_message, guard, panic_message, BcStatus};
-use crate::reader::CacheReader;
+use crate::reader::{CacheReader, Cast, OnCastFailure};
 
 /// What an exported stream's `private_data` points to.
 struct Exported {
@@ -50,12 +50,10 @@ unsafe fn exported<'a>(stream: *mut ArrowArrayStream) -> Option<&'a mut Exported
     }
 }
 
-/// Run a stream callback: an error or a caught panic becomes an errno plus a message.
-unsafe fn callback(
-    stream: *mut ArrowArrayStream,
-    body: impl FnOnce(&mut Exported) -> Result<()>,
-) -> c_int {
-    let Some(state) = (unsafe { exported(stream) }) else {
+/// Run a stream callback on `state` (a reader's, or the one a view reads through): an
+/// error or a caught panic becomes an errno plus a message.
+fn callback(state: Option<&mut Exported>, body: impl FnOnce(&mut Exported) -> Result<()>) -> c_int {
+    let Some(state) = state else {
         return libc::EINVAL;
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| body(&mut *state)));
@@ -112,30 +110,38 @@ fn require_out<T>(out: *mut T) -> Result<()> {
     Ok(())
 }
 
-unsafe extern "C" fn get_schema(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
-    unsafe {
-        callback(stream, |state| {
-            require_out(out).and_then(|()| schema_into(state, out))
-        })
-    }
+fn schema_callback(state: Option<&mut Exported>, out: *mut ArrowSchema) -> c_int {
+    callback(state, |state| {
+        require_out(out).and_then(|()| schema_into(state, out))
+    })
 }
 
-unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
-    unsafe {
-        callback(stream, |state| {
-            require_out(out).and_then(|()| next_into(state, out))
-        })
-    }
+fn next_callback(state: Option<&mut Exported>, out: *mut ArrowArray) -> c_int {
+    callback(state, |state| {
+        require_out(out).and_then(|()| next_into(state, out))
+    })
 }
 
-unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
-    match unsafe { exported(stream) } {
+fn last_error_of(state: Option<&mut Exported>) -> *const c_char {
+    match state {
         Some(Exported {
             failure: Some((_, message)),
             ..
         }) => message.as_ptr(),
         _ => ptr::null(),
     }
+}
+
+unsafe extern "C" fn get_schema(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
+    schema_callback(unsafe { exported(stream) }, out)
+}
+
+unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
+    next_callback(unsafe { exported(stream) }, out)
+}
+
+unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
+    last_error_of(unsafe { exported(stream) })
 }
 
 unsafe extern "C" fn release(stream: *mut ArrowArrayStream) {
@@ -179,10 +185,18 @@ pub unsafe extern "C" fn bc_reader_next(
     )
 }
 
+/// What a reader's cast does with a value that does not convert: one of the
+/// `BC_CAST_FAILURE_*` values.
+pub type BcCastFailure = u32;
+/// The read of the batch holding the value fails with `BC_INVALID_ARGUMENT` (`EINVAL`
+/// through `get_next`), naming the field and the value; the reader stays at that batch.
+pub const BC_CAST_FAILURE_ERROR: BcCastFailure = 0;
+/// The value becomes null.
+pub const BC_CAST_FAILURE_NULL: BcCastFailure = 1;
+
 /// Cast every later batch of a reader stream made by `bc_cache_reader` to
-/// `requested_schema` (same field count and names, castable types; otherwise
-/// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged). The schema is
-/// only read. For bindings whose readers receive a requested schema after creation.
+/// `requested_schema`, failing on a value that does not convert: `bc_reader_cast_with`
+/// with `BC_CAST_FAILURE_ERROR`.
 ///
 /// # Safety
 /// `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
@@ -191,13 +205,44 @@ pub unsafe extern "C" fn bc_reader_cast(
     reader: *mut ArrowArrayStream,
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
+    unsafe { bc_reader_cast_with(reader, requested_schema, BC_CAST_FAILURE_ERROR) }
+}
+
+/// Cast every later batch of a reader stream made by `bc_cache_reader` to
+/// `requested_schema` (same field count and names, castable types; otherwise
+/// `BC_INVALID_ARGUMENT` naming the field, and the reader is unchanged), with
+/// `on_failure` (a `BC_CAST_FAILURE_*` value) saying what a value that does not convert
+/// does. The schema is only read. For bindings whose readers receive a requested schema
+/// after creation, and for casts that turn such values into nulls.
+///
+/// # Safety
+/// `reader` is NULL or a live stream; `requested_schema` is NULL or a valid schema.
+#[no_mangle]
+pub unsafe extern "C" fn bc_reader_cast_with(
+    reader: *mut ArrowArrayStream,
+    requested_schema: *const ArrowSchema,
+    on_failure: BcCastFailure,
+) -> BcStatus {
     guard(
         || {},
         || {
             let state = unsafe { reader_arg(reader) }?;
             let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
+            let on_failure = match on_failure {
+                BC_CAST_FAILURE_ERROR => OnCastFailure::Error,
+                BC_CAST_FAILURE_NULL => OnCastFailure::Null,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "argument `on_failure` is {other}; pass BC_CAST_FAILURE_ERROR or \
+                         BC_CAST_FAILURE_NULL"
+                    )))
+                }
+            };
             let target = crate::ffi::cache::import_schema(schema)?;
-            state.reader.cast_to(std::sync::Arc::new(target))
+            state.reader.cast_to(Cast {
+                schema: std::sync::Arc::new(target),
+                on_failure,
+            })
         },
     )
 }
@@ -248,7 +293,9 @@ pub unsafe extern "C" fn bc_reader_failure(reader: *mut ArrowArrayStream) -> BcS
 /// (`bc_reader_position`, `bc_reader_failure` for the status of a failed read).
 ///
 /// The view does not own `reader`: releasing the view leaves `reader` as it is, and the
-/// caller releases the view (or stops calling it) before `reader` is released or freed.
+/// caller releases the view (or stops calling it) before `reader` is released. Either
+/// struct may be moved (copied to another address, as the C Data Interface allows): the
+/// view reads through the reader's private state, not through the struct's address.
 /// Like `reader`, the view is never to be called concurrently with it. On failure `*out`
 /// is untouched.
 ///
@@ -262,14 +309,14 @@ pub unsafe extern "C" fn bc_reader_view(
     guard(
         || {},
         || {
-            unsafe { reader_arg(reader) }?;
+            let state: *mut Exported = unsafe { reader_arg(reader) }?;
             require_out(out)?;
             let view = ArrowArrayStream {
                 get_schema: Some(view_get_schema),
                 get_next: Some(view_get_next),
                 get_last_error: Some(view_get_last_error),
                 release: Some(view_release),
-                private_data: reader.cast(),
+                private_data: state.cast(),
             };
             // SAFETY: `out` is valid for writes (checked above).
             unsafe { ptr::write(out, view) };
@@ -278,21 +325,27 @@ pub unsafe extern "C" fn bc_reader_view(
     )
 }
 
-/// The reader stream a view reads through (checked again by each callback).
-unsafe fn viewed(view: *mut ArrowArrayStream) -> *mut ArrowArrayStream {
-    unsafe { view.as_ref() }.map_or(ptr::null_mut(), |view| view.private_data.cast())
+/// The reader state a live view reads through.
+unsafe fn viewed<'a>(view: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
+    let view = unsafe { view.as_ref() }?;
+    let ours = view
+        .release
+        .is_some_and(|f| std::ptr::fn_addr_eq(f, view_release as unsafe extern "C" fn(_)));
+    // SAFETY: a live view's private data is its reader's state, which outlives it.
+    (ours && !view.private_data.is_null())
+        .then(|| unsafe { &mut *view.private_data.cast::<Exported>() })
 }
 
 unsafe extern "C" fn view_get_schema(view: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
-    unsafe { get_schema(viewed(view), out) }
+    schema_callback(unsafe { viewed(view) }, out)
 }
 
 unsafe extern "C" fn view_get_next(view: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
-    unsafe { get_next(viewed(view), out) }
+    next_callback(unsafe { viewed(view) }, out)
 }
 
 unsafe extern "C" fn view_get_last_error(view: *mut ArrowArrayStream) -> *const c_char {
-    unsafe { get_last_error(viewed(view)) }
+    last_error_of(unsafe { viewed(view) })
 }
 
 unsafe extern "C" fn view_release(view: *mut ArrowArrayStream) {

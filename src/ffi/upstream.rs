@@ -12,7 +12,7 @@ use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 
 use crate::cache::{BatchSource, Pulled};
 use crate::error::{Error, Result};
-use crate::ffi::abi::ArrowArrayStream;
+use crate::ffi::abi::{ArrowArray, ArrowArrayStream};
 use crate::ffi::array_export::{ExportRoot, OwnedArray};
 
 /// An upstream C stream, owned: dropping it calls its `release`.
@@ -64,9 +64,14 @@ impl CStreamUpstream {
     /// arrow-rs imports the batch through a second root over the producer's columns,
     /// which the cache keeps (see [`OwnedArray`]): replays export copies of their structs.
     fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
+        // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
+        let raw = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        // arrow-rs trusts the tree's shape (and asserts on some of it): check it first.
+        unsafe { check_shape(raw, &self.row_type, "the batch") }.map_err(malformed)?;
         let tree = Arc::new(OwnedArray::new(array));
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
+        data.validate().map_err(|err| malformed(err.to_string()))?;
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let (_, mut columns, _) = rows.into_parts();
@@ -78,6 +83,103 @@ impl CStreamUpstream {
             batch,
             derived: Some(Box::new(ExportRoot::new(tree))),
         })
+    }
+}
+
+fn malformed(problem: String) -> ArrowError {
+    ArrowError::InvalidArgumentError(format!(
+        "the upstream produced a malformed batch: {problem}; the batches before it stay \
+         readable"
+    ))
+}
+
+/// Check that `array` has the buffers, children and dictionary the C Data Interface
+/// gives `data_type`, with lengths and offsets that are not negative; `path` names the
+/// node in the message.
+///
+/// # Safety
+/// `array` is an unreleased array: its pointers are NULL or valid for their counts.
+unsafe fn check_shape(
+    array: &ArrowArray,
+    data_type: &DataType,
+    path: &str,
+) -> std::result::Result<(), String> {
+    if array.release.is_none() {
+        return Err(format!("{path} is released"));
+    }
+    if array.length < 0 || array.offset < 0 || array.null_count < -1 {
+        return Err(format!(
+            "{path} ({data_type}) has length {}, offset {} and null count {}",
+            array.length, array.offset, array.null_count
+        ));
+    }
+    let layout = arrow_data::layout(data_type);
+    let expected = layout.buffers.len() + usize::from(layout.can_contain_null_mask);
+    let buffers = usize::try_from(array.n_buffers).unwrap_or(usize::MAX);
+    // A view type also has its variadic data buffers and one buffer of their sizes.
+    let buffers_ok = if layout.variadic {
+        buffers != usize::MAX && buffers > expected
+    } else {
+        buffers == expected
+    };
+    if !buffers_ok {
+        return Err(format!(
+            "{path} ({data_type}) has {} buffers where its type has {expected}{}",
+            array.n_buffers,
+            if layout.variadic { " and more" } else { "" }
+        ));
+    }
+    if buffers > 0 && array.buffers.is_null() {
+        return Err(format!("{path} ({data_type}) has a NULL buffer list"));
+    }
+    let children: Vec<(String, &DataType)> = match data_type {
+        DataType::List(field)
+        | DataType::LargeList(field)
+        | DataType::ListView(field)
+        | DataType::LargeListView(field)
+        | DataType::FixedSizeList(field, _)
+        | DataType::Map(field, _) => vec![(field.name().clone(), field.data_type())],
+        DataType::Struct(fields) => fields
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type()))
+            .collect(),
+        DataType::Union(fields, _) => fields
+            .iter()
+            .map(|(_, f)| (f.name().clone(), f.data_type()))
+            .collect(),
+        DataType::RunEndEncoded(run_ends, values) => vec![
+            (run_ends.name().clone(), run_ends.data_type()),
+            (values.name().clone(), values.data_type()),
+        ],
+        _ => Vec::new(),
+    };
+    if array.n_children != children.len() as i64 {
+        return Err(format!(
+            "{path} ({data_type}) has {} children where its type has {}",
+            array.n_children,
+            children.len()
+        ));
+    }
+    if !children.is_empty() && array.children.is_null() {
+        return Err(format!("{path} ({data_type}) has a NULL child list"));
+    }
+    for (index, (name, child_type)) in children.into_iter().enumerate() {
+        // SAFETY: the child list holds `n_children` pointers (checked above).
+        let child = unsafe { *array.children.add(index) };
+        let Some(child) = (unsafe { child.as_ref() }) else {
+            return Err(format!("{path} has a NULL child {index} ({name:?})"));
+        };
+        unsafe { check_shape(child, child_type, &format!("{path}'s child {name:?}")) }?;
+    }
+    match (data_type, unsafe { array.dictionary.as_ref() }) {
+        (DataType::Dictionary(_, values), Some(dictionary)) => unsafe {
+            check_shape(dictionary, values, &format!("the dictionary of {path}"))
+        },
+        (DataType::Dictionary(..), None) => Err(format!("{path} ({data_type}) has no dictionary")),
+        (_, Some(_)) => Err(format!(
+            "{path} ({data_type}) has a dictionary but its type is not dictionary-encoded"
+        )),
+        (_, None) => Ok(()),
     }
 }
 

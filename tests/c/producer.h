@@ -1,5 +1,6 @@
 /* A small hand-written Arrow C stream producer for the C tests: N batches of
- * {id: int64, x: float64}, ROWS rows each, optionally failing at batch FAIL_AT. */
+ * {id: int64, x: float64}, ROWS rows each, optionally failing at batch FAIL_AT, or handing
+ * over a malformed batch (one child for two fields) at MALFORMED_AT. */
 #ifndef BC_TEST_PRODUCER_H
 #define BC_TEST_PRODUCER_H
 
@@ -12,6 +13,7 @@
 
 typedef struct {
   int64_t batches, rows, next, fail_at; /* fail_at < 0: never */
+  int64_t malformed_at;                  /* < 0: never */
   int fail_errno, fail_schema;
   int64_t *pulls; /* caller-owned counter of get_next calls, may be NULL */
 } Producer;
@@ -83,10 +85,14 @@ static int producer_next(struct ArrowArrayStream *stream, struct ArrowArray *out
   out->length = p->rows;
   out->n_buffers = 1;
   out->buffers = (const void **)calloc(1, sizeof(void *));
-  out->n_children = 2;
+  out->n_children = p->next == p->malformed_at ? 1 : 2;
   out->children = (struct ArrowArray **)calloc(2, sizeof(struct ArrowArray *));
   out->children[0] = column(p->rows, ids);
-  out->children[1] = column(p->rows, xs);
+  if (out->n_children == 2) {
+    out->children[1] = column(p->rows, xs);
+  } else {
+    free(xs);
+  }
   out->release = release_array;
   p->next++;
   return 0;
@@ -110,6 +116,7 @@ static struct ArrowArrayStream make_producer(int64_t batches, int64_t rows, int6
   p->rows = rows;
   p->fail_at = fail_at;
   p->fail_errno = fail_errno;
+  p->malformed_at = -1;
   p->pulls = pulls;
   struct ArrowArrayStream s;
   s.get_schema = producer_schema;

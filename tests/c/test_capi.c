@@ -231,6 +231,37 @@ static void test_requested_schema(void) {
   batch.release(&batch);
   reader.release(&reader);
 
+  /* int8 holds ids up to 127: batch 1 (ids 100..199) holds values that do not convert. */
+  fill_requested(&top, kids, "c", "id");
+  CHECK(bc_cache_reader(cache, true, &top, &reader) == BC_OK, "int64 -> int8 reader");
+  CHECK(bc_reader_next(&reader, &batch) == BC_OK && batch.children[0]->null_count == 0,
+        "batch 0 fits int8");
+  batch.release(&batch);
+  uint64_t position = 0;
+  for (int i = 0; i < 2; i++) {
+    CHECK(bc_reader_next(&reader, &batch) == BC_INVALID_ARGUMENT &&
+              contains(bc_last_error(), "128") && contains(bc_last_error(), "\"id\""),
+          "a value that does not convert fails its batch, naming the field and the value");
+    CHECK(bc_reader_position(&reader, &position) == BC_OK && position == 1,
+          "the failed batch is not passed");
+  }
+  CHECK(reader.get_next(&reader, &batch) == EINVAL && contains(reader.get_last_error(&reader), "128"),
+        "get_next fails the same way");
+  reader.release(&reader);
+  CHECK(bc_cache_reader(cache, true, NULL, &reader) == BC_OK, "plain reader");
+  CHECK(bc_reader_cast_with(&reader, &top, 7) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "on_failure"),
+        "an unknown on_failure is refused, named");
+  kids[0]->flags = 2; /* ARROW_FLAG_NULLABLE: the nulls need a nullable field */
+  CHECK(bc_reader_cast_with(&reader, &top, BC_CAST_FAILURE_NULL) == BC_OK, "null on failure");
+  CHECK(bc_reader_next(&reader, &batch) == BC_OK, "batch 0");
+  batch.release(&batch);
+  CHECK(bc_reader_next(&reader, &batch) == BC_OK && batch.children[0]->null_count == 72 &&
+            ((const int8_t *)batch.children[0]->buffers[1])[27] == 127,
+        "values that do not convert become nulls, the rest stay");
+  batch.release(&batch);
+  reader.release(&reader);
+
   fill_requested(&top, kids, "l", "nope");
   CHECK(bc_cache_reader(cache, true, &top, &reader) == BC_INVALID_ARGUMENT, "wrong name");
   CHECK(contains(bc_last_error(), "nope"), "message names the field");
@@ -304,6 +335,34 @@ static void test_upstream_failure(void) {
   }
   CHECK(pulls == 4, "the failed pull is never retried");
   CHECK(bc_cache_ingest_all(cache, NULL) == BC_UPSTREAM, "ingest_all reports it too");
+  bc_cache_free(cache);
+}
+
+static void test_malformed_upstream(void) {
+  struct ArrowArrayStream up = make_producer(5, ROWS, -1, 0, NULL);
+  ((Producer *)up.private_data)->malformed_at = 2;
+  BcCache *cache = NULL;
+  CHECK(bc_cache_new(&up, NULL, &cache) == BC_OK, "cache over a producer that breaks its schema");
+  struct ArrowArrayStream reader;
+  struct ArrowArray batch;
+  uint64_t position = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    bc_cache_reader(cache, true, NULL, &reader);
+    for (int i = 0; i < 2; i++) {
+      CHECK(bc_reader_next(&reader, &batch) == BC_OK && first_id(&batch) == i * ROWS,
+            "the batches before the malformed one are readable");
+      batch.release(&batch);
+    }
+    CHECK(bc_reader_next(&reader, &batch) == BC_UPSTREAM, "a malformed batch is the upstream's error");
+    CHECK(contains(bc_last_error(), "malformed") && contains(bc_last_error(), "1 children") &&
+              contains(bc_last_error(), "has 2"),
+          "the message says what is wrong");
+    CHECK(bc_reader_position(&reader, &position) == BC_OK && position == 2, "at the malformed batch");
+    reader.release(&reader);
+  }
+  BcStats stats;
+  CHECK(bc_cache_stats(cache, &stats) == BC_OK && stats.batches_ingested == 2,
+        "the cache is not poisoned, and kept the two batches");
   bc_cache_free(cache);
 }
 
@@ -383,6 +442,23 @@ static void test_reader_view(void) {
   CHECK(view.release == NULL, "the view is released");
   CHECK(bc_reader_next(&reader, &batch) == BC_UPSTREAM, "the reader is live after the view");
   reader.release(&reader);
+
+  /* A consumer may move a stream struct: both the reader and its view keep working. */
+  struct ArrowArrayStream moved_reader, moved_view;
+  bc_cache_reader(cache, true, NULL, &reader);
+  CHECK(bc_reader_view(&reader, &view) == BC_OK, "a second view");
+  moved_reader = reader;
+  memset(&reader, 0xAB, sizeof reader);
+  moved_view = view;
+  memset(&view, 0xAB, sizeof view);
+  CHECK(moved_view.get_next(&moved_view, &batch) == 0 && first_id(&batch) == 0,
+        "a moved view reads through a moved reader");
+  batch.release(&batch);
+  CHECK(moved_reader.get_next(&moved_reader, &batch) == 0 && first_id(&batch) == ROWS,
+        "the moved reader shares the position");
+  batch.release(&batch);
+  moved_view.release(&moved_view);
+  moved_reader.release(&moved_reader);
   bc_cache_free(cache);
 }
 
@@ -458,6 +534,7 @@ int main(void) {
   test_max_readers_and_capacity();
   test_upstream_failure();
   test_lifetimes_and_close();
+  test_malformed_upstream();
   test_reader_view();
   test_disk_tier();
   test_threads();

@@ -621,15 +621,16 @@ def test_bad_arguments_to_methods_raise_and_keep_the_cache_working(call):
     assert pa.table(cache).equals(expected_table(2))
 
 
-def test_a_panic_in_the_core_is_a_runtime_error_and_poisons_the_cache():
-    """A producer bug that trips an assertion inside arrow-rs (an array with fewer
-    children than its schema has fields) comes out as InternalError, a RuntimeError."""
-    from batchcorder import InternalError
+def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before():
+    """A producer bug (an array with fewer children than its schema has fields) used to
+    trip an assertion inside arrow-rs and poison the cache; it is the upstream's error."""
+    from batchcorder import UpstreamError
     from batchcorder._capsules import _api
     from batchcorder._native import ffi
 
     good = pa.record_batch({"a": [1, 2], "b": [3, 4]})
     address = lambda ptr: int(ffi.cast("uintptr_t", ptr))  # noqa: E731
+    calls = []
 
     @ffi.callback("int(struct ArrowArrayStream *, struct ArrowSchema *)")
     def get_schema(stream, out):
@@ -638,8 +639,10 @@ def test_a_panic_in_the_core_is_a_runtime_error_and_poisons_the_cache():
 
     @ffi.callback("int(struct ArrowArrayStream *, struct ArrowArray *)")
     def get_next(stream, out):
+        calls.append(1)
         good._export_to_c(address(out))
-        out.n_children = 1
+        if len(calls) == 2:
+            out.n_children = 1
         return 0
 
     @ffi.callback("const char *(struct ArrowArrayStream *)")
@@ -659,11 +662,18 @@ def test_a_panic_in_the_core_is_a_runtime_error_and_poisons_the_cache():
             return _api.PyCapsule_New(address(stream), b"arrow_array_stream", None)
 
     cache = StreamCache(BuggyProducer())
-    with pytest.raises(RuntimeError, match="panic") as info:
-        next(iter(cache))
-    assert isinstance(info.value, InternalError)
-    with pytest.raises(InternalError, match="poisoned"):
-        cache.reader()
+    reader = cache.reader()
+    assert next(reader).equals(good)
+    with pytest.raises(UpstreamError, match="malformed") as info:
+        next(reader)
+    assert "1 children" in str(info.value) and "has 2" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    # Not poisoned: the batch before the bad one replays, and the failure is kept.
+    again = cache.reader()
+    assert next(again).equals(good)
+    with pytest.raises(UpstreamError, match="malformed"):
+        next(again)
+    assert cache.stats().batches_ingested == 1 and len(calls) == 2
     cache.close()
 
 

@@ -387,34 +387,51 @@ pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
     let null_cache: *mut BcCache = ptr::null_mut();
     let mut stream = ArrowArrayStream::RELEASED;
     let mut schema_out: ArrowSchema = unsafe { std::mem::zeroed() };
-    let expect_invalid = |status: BcStatus| assert_eq!(status, BC_INVALID_ARGUMENT);
+    // Each failure sets its own message, naming the argument: a stale one would name
+    // the previous call's.
+    let expect_invalid = |status: BcStatus, argument: &str| {
+        assert_eq!(status, BC_INVALID_ARGUMENT);
+        let message = unsafe { std::ffi::CStr::from_ptr(batchcorder::ffi::bc_last_error()) };
+        let message = message.to_string_lossy();
+        assert!(
+            message.contains(&format!("argument `{argument}`")),
+            "{message}"
+        );
+    };
     unsafe {
-        expect_invalid(bc_cache_reader(null_cache, true, ptr::null(), &mut stream));
-        expect_invalid(bc_cache_reader(cache, true, ptr::null(), ptr::null_mut()));
-        expect_invalid(bc_cache_schema(null_cache, &mut schema_out));
-        expect_invalid(bc_cache_schema(cache, ptr::null_mut()));
-        expect_invalid(bc_cache_stats(cache, ptr::null_mut()));
-        expect_invalid(bc_cache_check_schema(cache, ptr::null()));
-        expect_invalid(bc_cache_ingest_all(null_cache, ptr::null_mut()));
-        expect_invalid(bc_cache_close(null_cache));
+        expect_invalid(
+            bc_cache_reader(null_cache, true, ptr::null(), &mut stream),
+            "cache",
+        );
+        expect_invalid(
+            bc_cache_reader(cache, true, ptr::null(), ptr::null_mut()),
+            "out",
+        );
+        expect_invalid(bc_cache_schema(null_cache, &mut schema_out), "cache");
+        expect_invalid(bc_cache_schema(cache, ptr::null_mut()), "out");
+        expect_invalid(bc_cache_stats(cache, ptr::null_mut()), "out");
+        expect_invalid(
+            bc_cache_check_schema(cache, ptr::null()),
+            "requested_schema",
+        );
+        expect_invalid(bc_cache_ingest_all(null_cache, ptr::null_mut()), "cache");
+        expect_invalid(bc_cache_close(null_cache), "cache");
         let mut released = ArrowArrayStream::RELEASED;
-        expect_invalid(bc_cache_new(
-            &mut released,
-            ptr::null(),
-            &mut ptr::null_mut(),
-        ));
+        expect_invalid(
+            bc_cache_new(&mut released, ptr::null(), &mut ptr::null_mut()),
+            "upstream",
+        );
         let mut array = released_array();
-        expect_invalid(bc_reader_next(&mut released, &mut array));
-        expect_invalid(bc_reader_next(ptr::null_mut(), &mut array));
+        expect_invalid(bc_reader_next(&mut released, &mut array), "reader");
+        expect_invalid(bc_reader_next(ptr::null_mut(), &mut array), "reader");
         if let Some(r) = reader {
             if r.stream.release.is_some() {
-                expect_invalid(bc_reader_next(&mut r.stream, ptr::null_mut()));
+                expect_invalid(bc_reader_next(&mut r.stream, ptr::null_mut()), "out");
             } else {
                 // A released reader: its callbacks are gone and bc_reader_next refuses it.
-                expect_invalid(bc_reader_next(&mut r.stream, &mut array));
+                expect_invalid(bc_reader_next(&mut r.stream, &mut array), "reader");
             }
         }
-        assert!(!std::ffi::CStr::from_ptr(batchcorder::ffi::bc_last_error()).is_empty());
         assert_eq!(bc_cache_ingested_count(null_cache), 0);
         assert!(!bc_cache_upstream_exhausted(null_cache));
         bc_cache_free(ptr::null_mut());

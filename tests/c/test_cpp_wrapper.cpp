@@ -1,0 +1,58 @@
+// The C++ wrapper's own behaviour: empty objects are zeroed, and failures keep their status.
+#include <cstdio>
+#include <cstring>
+
+#include "batchcorder.hpp"
+#include "producer.h"
+
+static int passed, failed;
+
+#define CHECK(cond, name)                                             \
+  do {                                                                \
+    if (cond) {                                                       \
+      passed++;                                                       \
+    } else {                                                          \
+      failed++;                                                       \
+      std::printf("not ok - %s (line %d): %s\n", name, __LINE__, #cond); \
+    }                                                                 \
+  } while (0)
+
+template <typename F>
+static BcStatus status_of(F &&call) {
+  try {
+    call();
+  } catch (const batchcorder::Error &err) {
+    return err.status();
+  }
+  return BC_OK;
+}
+
+int main() {
+  batchcorder::Reader empty;
+  ArrowArrayStream zeroed;
+  std::memset(&zeroed, 0, sizeof zeroed);
+  CHECK(std::memcmp(empty.get(), &zeroed, sizeof zeroed) == 0, "an empty Reader is all zeros");
+  CHECK(status_of([&] { empty.schema(); }) == BC_INVALID_ARGUMENT, "schema() of an empty Reader throws");
+  batchcorder::Array array;
+  CHECK(array.get()->n_children == 0 && array.get()->children == nullptr, "an empty Array is zeroed");
+
+  ArrowArrayStream up = make_producer(3, 10, -1, 0, nullptr);
+  batchcorder::Cache cache(&up);
+  batchcorder::Reader reader = cache.reader();
+  CHECK(reader.schema()->n_children == 2, "schema() of a live reader");
+  ArrowArrayStream handed = reader.release();
+  CHECK(!reader.valid() && reader.get()->get_next == nullptr, "release() leaves a zeroed Reader");
+  batchcorder::Reader again(&handed);
+  int batches = 0;
+  while (again.next()) batches++;
+  CHECK(batches == 3, "a handed-back reader reads every batch");
+
+  // A read that fails through a callback: schema() reports the reader's own status.
+  cache.close();
+  batchcorder::Reader late(&handed);  // handed is released: an empty reader
+  CHECK(!late.valid(), "taking over a released stream gives an empty reader");
+  CHECK(status_of([&] { cache.reader(); }) == BC_CLOSED, "a closed cache refuses readers with BC_CLOSED");
+
+  std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
