@@ -8,7 +8,10 @@
 
 from typing import Any
 
-from ._cache import CacheStats, CastingStreamCache, StreamCache, StreamCacheReader
+from ._cache import StreamCache
+from ._casting import CastingStreamCache
+from ._reader import StreamCacheReader
+from ._stats import CacheStats
 from ._errors import (
     BatchcorderError,
     BatchEvictedError,

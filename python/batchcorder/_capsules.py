@@ -40,6 +40,14 @@ def capsule_pointer(capsule: Any, name: bytes, what: str) -> int:
     return int(address)
 
 
+def requested_schema_pointer(requested_schema: Any) -> Any:
+    """The ``struct ArrowSchema *`` in an ``arrow_schema`` capsule, or NULL for None."""
+    if requested_schema is None:
+        return ffi.NULL
+    address = capsule_pointer(requested_schema, SCHEMA_NAME, "requested_schema")
+    return ffi.cast("struct ArrowSchema *", address)
+
+
 def stream_capsule(stream: Any) -> Any:
     """Wrap a ``bc_stream_new`` struct in a capsule that now owns it."""
     address = int(ffi.cast("uintptr_t", stream))

@@ -537,7 +537,7 @@ def test_python_replays_past_the_object_budget_take_the_c_path():
     table = pa.table({"id": np.arange(20_000)})
     cache = StreamCache(table.to_reader(max_chunksize=1))
     first, second = list(cache), list(cache)
-    limit = cache._handle.replay_limit
+    limit = cache._replay.limit
     assert 0 < limit < 20_000
     assert second[0] is first[0] and second[limit - 1] is first[limit - 1]
     assert second[limit] is not first[limit], "past the budget, batches are imported anew"

@@ -1,0 +1,296 @@
+"""StreamCacheReader: one pass over a cache, and the reader streams behind it."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Optional
+
+import pyarrow as pa
+
+from ._capsules import requested_schema_pointer, stream_capsule
+from ._errors import check, status_error
+from ._handle import ClosesOnExit
+from ._native import ffi, lib
+from ._replay import Replay, skip
+from ._schema import as_schema, fields
+
+if TYPE_CHECKING:
+    from ._cache import StreamCache
+
+
+def cast_failure(safe: Any) -> int:
+    """The ``BC_CAST_FAILURE_*`` mode for a caller's ``safe``, which must be a bool."""
+    if not isinstance(safe, bool):
+        raise TypeError(f"safe must be a bool, got {type(safe).__name__}")
+    return int(lib.BC_CAST_FAILURE_ERROR if safe else lib.BC_CAST_FAILURE_NULL)
+
+
+def cast_reader(stream: Any, target: pa.Schema, safe: bool) -> None:
+    """Make the reader ``stream`` cast its later batches to ``target``."""
+    on_failure = cast_failure(safe)
+    # The capsule owns the schema struct: it must outlive the call that reads it.
+    capsule = target.__arrow_c_schema__()
+    check(lib.bc_reader_cast_with(stream, requested_schema_pointer(capsule), on_failure))
+
+
+def reader_capsule(cache: Any, requested_schema: Any, cast: Optional[tuple[pa.Schema, bool]] = None) -> Any:
+    """A new reader of the ``BcCache *`` ``cache`` from the start, as a capsule, cast to
+    ``requested_schema`` (a capsule) or as ``cast`` (a schema and ``safe``) says."""
+    stream = lib.bc_stream_new()
+    if stream == ffi.NULL:
+        raise MemoryError("cannot allocate an ArrowArrayStream")
+    try:
+        check(lib.bc_cache_reader(cache, True, requested_schema_pointer(requested_schema), stream))
+        if cast is not None:
+            cast_reader(stream, *cast)
+    except BaseException:
+        lib.bc_stream_free(stream)
+        raise
+    return stream_capsule(stream)
+
+
+def _free_stream_now(stream: Any) -> None:
+    """Free a ``bc_stream_new`` struct now, detaching its garbage-collection destructor."""
+    ffi.gc(stream, None)
+    lib.bc_stream_free(stream)
+
+
+def _open_view(stream: Any) -> pa.RecordBatchReader:
+    """A pyarrow reader over a ``bc_reader_view`` of ``stream``: pyarrow imports each batch
+    in C++, which is cheaper than a cffi call plus ``RecordBatch._import_from_c``."""
+    view = ffi.new("struct ArrowArrayStream *")
+    check(lib.bc_reader_view(stream, view))
+    return pa.RecordBatchReader._import_from_c(int(ffi.cast("uintptr_t", view)))
+
+
+class StreamCacheReader(ClosesOnExit):
+    """One pass over a :class:`StreamCache`, with its own position.
+
+    Get one from :meth:`StreamCache.reader`; do not construct it. A reader is its own
+    iterator of ``pyarrow.RecordBatch``. Export it once with ``__arrow_c_stream__``
+    (``pa.RecordBatchReader.from_stream(reader)``, DuckDB, Polars...); after that it is
+    consumed. Calls on one reader are serialized; create one reader per thread for
+    parallel replays. As a context manager it releases the reader on exit.
+
+    Examples
+    --------
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1))
+    >>> with cache.reader() as reader:
+    ...     first = next(reader)
+    ...     reader.position, first.num_rows
+    (1, 1)
+    >>> pa.RecordBatchReader.from_stream(cache.reader()).read_all().num_rows
+    3
+    """
+
+    __slots__ = ("_stream", "_schema", "_exported", "_lock", "_replay", "_position", "_lag", "_view")
+    _stream: Any
+    _schema: pa.Schema
+    _exported: bool
+    _lock: threading.Lock
+    # The cache's Python replays, for plain readers; None otherwise.
+    _replay: Optional[Replay]
+    # Python-side position, and how far the C reader is behind it.
+    _position: int
+    _lag: int
+    # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read that
+    # crosses the C boundary; dropped before `_stream` is released.
+    _view: Optional[pa.RecordBatchReader]
+
+    def __init__(self) -> None:
+        raise TypeError("create readers with StreamCache.reader()")
+
+    @classmethod
+    def _create(
+        cls,
+        cache: StreamCache,
+        from_start: bool,
+        target: Optional[pa.Schema],
+        safe: bool = True,
+    ) -> StreamCacheReader:
+        if not isinstance(from_start, bool):
+            raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
+        handle = cache._handle.get()
+        stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
+        check(lib.bc_cache_reader(handle, bool(from_start), ffi.NULL, stream))
+        if target is not None:
+            cast_reader(stream, target, safe)
+        schema = cache.schema if target is None else target
+        self = cls.__new__(cls)
+        self._stream = stream
+        self._schema = schema
+        self._exported = False
+        self._lock = threading.Lock()
+        self._replay = cache._replay if target is None else None
+        self._position = 0
+        self._lag = 0
+        self._view = None
+        if not from_start and self._replay is not None:
+            out = ffi.new("uint64_t *")
+            check(lib.bc_reader_position(stream, out))
+            self._position = int(out[0])
+        return self
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The schema of the batches this reader returns (``ValueError`` once exported)."""
+        if self._exported:
+            self._live_stream()
+        return self._schema
+
+    @property
+    def closed(self) -> bool:
+        """True once the reader is exhausted or exported through ``__arrow_c_stream__``."""
+        return self._stream is None
+
+    @property
+    def position(self) -> int:
+        """Index of the next batch this reader returns."""
+        out = ffi.new("uint64_t *")
+        check(lib.bc_reader_position(self._live_stream(), out))
+        return int(out[0]) + self._lag
+
+    def _catch_up(self, stream: Any) -> None:
+        """Move the C reader to this reader's position (it lags after replayed batches)."""
+        array = ffi.new("struct ArrowArray *")
+        while self._lag:
+            skip(stream, array)
+            self._lag -= 1
+
+    def _live_stream(self) -> Any:
+        if self._stream is None:
+            if self._exported:
+                raise ValueError(
+                    "this reader was already consumed by __arrow_c_stream__; "
+                    "create a new reader with StreamCache.reader()"
+                )
+            raise ValueError("this reader is exhausted; create a new one with StreamCache.reader()")
+        return self._stream
+
+    def __iter__(self) -> StreamCacheReader:
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
+        # The hot path of `for batch in cache`: kept to as few Python operations as it can.
+        with self._lock:
+            stream = self._stream
+            if stream is None:
+                if self._exported:
+                    self._live_stream()
+                raise StopIteration
+            position = self._position
+            replay = self._replay
+            if replay is not None:
+                batches = replay.batches
+                if position < len(batches):
+                    try:
+                        batch = batches[position]
+                    except IndexError:  # close() emptied it meanwhile: the C path says so
+                        pass
+                    else:
+                        # Imported before by another Python reader: no C call at all.
+                        self._position = position + 1
+                        self._lag += 1
+                        return batch
+                if self._lag:
+                    if replay.finished_at(position):
+                        self._end(stream)
+                        raise StopIteration
+                    self._catch_up(stream)
+            view = self._view
+            if view is None:
+                view = self._view = _open_view(stream)
+            try:
+                batch = view.read_next_batch()
+            except StopIteration:
+                self._end(stream)
+                raise
+            except Exception:
+                self._view = None  # made again on the next read, in a known state
+                status = lib.bc_reader_failure(stream)
+                if status:
+                    # Our own failure, typed; pyarrow's rendering of it adds nothing.
+                    raise status_error(status) from None
+                raise
+            self._position = position + 1
+            if replay is not None and position < replay.limit:
+                replay.keep(position, batch)
+            return batch
+
+    def _end(self, stream: Any) -> None:
+        """Release the reader: its view first, then its stream."""
+        self._view = None
+        self._stream = None
+        _free_stream_now(stream)
+
+    def read_all(self) -> pa.Table:
+        """The rest of the stream as a ``pyarrow.Table``.
+
+        >>> import pyarrow as pa
+        >>> from batchcorder import StreamCache
+        >>> StreamCache(pa.table({"x": [1, 2]})).reader().read_all().num_rows
+        2
+        """
+        return pa.Table.from_batches(list(self), schema=self._schema)
+
+    def close(self) -> None:
+        """Release the reader now instead of at garbage collection. Idempotent."""
+        with self._lock:  # not while another thread reads through it
+            if self._stream is not None:
+                self._end(self._stream)
+
+    def cast(self, target_schema: Any, *, safe: bool = True) -> pa.RecordBatchReader:
+        """Consume this reader as a ``pyarrow.RecordBatchReader`` whose batches are cast to
+        ``target_schema`` (same field names and count; ``ValueError`` naming the field
+        otherwise).
+
+        A value that does not convert makes the read of its batch raise
+        ``pyarrow.ArrowInvalid`` naming the field and the value, as pyarrow's own casts
+        do; ``safe=False`` turns such values into nulls instead.
+
+        >>> import pyarrow as pa
+        >>> from batchcorder import StreamCache
+        >>> cache = StreamCache(pa.table({"x": [1, 2, 1000]}))
+        >>> reader = cache.reader().cast(pa.schema([("x", pa.int8())]), safe=False)
+        >>> reader.read_all().column("x").to_pylist()
+        [1, 2, None]
+        """
+        target = as_schema(target_schema)
+        if safe is True:
+            return pa.RecordBatchReader.from_stream(self, schema=target)
+        with self._lock:
+            stream = self._live_stream()
+            self._catch_up(stream)
+            cast_reader(stream, target, safe)
+            self._schema = target
+        return pa.RecordBatchReader.from_stream(self)
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        """Hand this reader to a consumer as an ``arrow_array_stream`` PyCapsule.
+
+        The reader is consumed: a second export or ``next()`` raises ``ValueError``.
+        ``requested_schema`` (an ``arrow_schema`` capsule) casts the batches it has not
+        returned yet.
+        """
+        with self._lock:
+            stream = self._live_stream()
+            self._catch_up(stream)
+            if requested_schema is not None:
+                check(lib.bc_reader_cast(stream, requested_schema_pointer(requested_schema)))
+            self._view = None
+            self._stream = None
+            self._exported = True
+            ffi.gc(stream, None)  # the capsule owns it from here
+            return stream_capsule(stream)
+
+    def __arrow_c_schema__(self) -> Any:
+        """The schema as an ``arrow_schema`` PyCapsule (``ValueError`` once exported)."""
+        return self.schema.__arrow_c_schema__()
+
+    def __repr__(self) -> str:
+        if self._stream is None:
+            state = "exported" if self._exported else "exhausted"
+            return f"<StreamCacheReader closed ({state})>"
+        return f"<StreamCacheReader position={self.position} closed=False schema=({fields(self._schema)})>"
