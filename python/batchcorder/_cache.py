@@ -111,7 +111,6 @@ class StreamCache(ClosesOnExit):
         self._logged: Optional[CacheStats] = None
         _open_caches.add(self)
         self._max_readers = max_readers
-        self._memory_capacity = memory_capacity
 
     @classmethod
     def in_memory(

@@ -1,54 +1,71 @@
-"""Turning ``StreamCache``'s arguments into a ``BcOptions``."""
+"""Turning ``StreamCache``'s arguments into a ``BcOptions``.
+
+Python converts and forwards: it checks only what the conversion needs (an int that fits
+a ``uint64_t``, a known name for an enum, a path), and the ``bc_options_set_*`` calls and
+``bc_cache_new`` check the values, so each value rule has one home.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
-from ._errors import check
+from ._errors import InvalidArgumentError, check
 from ._native import ffi, lib
 
 WritePolicy = Literal["on_insertion", "on_eviction"]
 Compression = Literal["lz4", "zstd"]
-_WRITE_POLICIES = {
+_WRITE_POLICIES: Mapping[Any, int] = {
     "on_insertion": lib.BC_WRITE_ON_INSERTION,
     "on_eviction": lib.BC_WRITE_ON_EVICTION,
 }
-_COMPRESSIONS = {
+_COMPRESSIONS: Mapping[Any, int] = {
     None: lib.BC_COMPRESSION_NONE,
     "lz4": lib.BC_COMPRESSION_LZ4,
     "zstd": lib.BC_COMPRESSION_ZSTD,
 }
+_UINT64_END = 1 << 64
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> Optional[int]:
+def _uint64(name: str, value: Any) -> Optional[int]:
+    """``value`` as a ``uint64_t`` for cffi, or None when it is None."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if not 0 <= value < _UINT64_END:
+        raise InvalidArgumentError(f"{name} must be between 0 and 2**64 - 1, got {value}")
     return value
 
 
-def _disk_dir(disk_path: Any, disk_capacity: Any) -> Optional[Path]:
-    """Check the disk tier's two parameters, which go together."""
+def _enum(name: str, value: Any, values: Mapping[Any, int]) -> int:
+    """The C enum value for the name ``value`` among ``values``."""
+    try:
+        return values[value]
+    except (KeyError, TypeError):  # TypeError: unhashable
+        *most, last = map(repr, values)
+        raise InvalidArgumentError(
+            f"{name} must be {', '.join(most)} or {last}, got {value!r}"
+        ) from None
+
+
+def _disk(disk_path: Any, disk_capacity: Any) -> Optional[tuple[bytes, int]]:
+    """The disk tier's directory and capacity for ``bc_options_set_disk``, or None."""
     if disk_path is None and disk_capacity is None:
         return None
+    # One C call takes both, so a Python caller gives both or neither.
     if disk_path is None or disk_capacity is None:
         missing = "disk_path" if disk_path is None else "disk_capacity"
-        raise ValueError(
+        raise InvalidArgumentError(
             f"disk_path and disk_capacity go together: {missing} is missing; "
             "give both to enable the disk tier, or neither"
         )
-    if not isinstance(disk_path, (str, os.PathLike)):
+    path = os.fspath(disk_path) if isinstance(disk_path, os.PathLike) else disk_path
+    if not isinstance(path, str):
         raise TypeError(f"disk_path must be a str or os.PathLike, got {type(disk_path).__name__}")
-    _positive_int("disk_capacity", disk_capacity)
-    path = Path(disk_path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"disk_path {str(path)!r} is a file; pass a directory")
-    return path
+    capacity = _uint64("disk_capacity", disk_capacity)
+    assert capacity is not None
+    return os.fsencode(path), capacity
 
 
 def options(
@@ -61,26 +78,24 @@ def options(
     segment_bytes: Any,
 ) -> Any:
     """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments."""
-    with_disk = disk_path is not None or disk_capacity is not None
-    memory_capacity = _positive_int("memory_capacity", memory_capacity, minimum=0 if with_disk else 1)
-    max_readers = _positive_int("max_readers", max_readers)
-    if write_policy not in _WRITE_POLICIES:
-        raise ValueError(
-            f"write_policy must be 'on_insertion' or 'on_eviction', got {write_policy!r}"
-        )
-    if compression not in _COMPRESSIONS:
-        raise ValueError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
-    disk_dir = _disk_dir(disk_path, disk_capacity)
-    segment_bytes = _positive_int("segment_bytes", segment_bytes)
-    built = ffi.gc(lib.bc_options_new(), lib.bc_options_free)
-    if memory_capacity is not None:
-        check(lib.bc_options_set_memory_capacity(built, memory_capacity))
-    if max_readers is not None:
-        check(lib.bc_options_set_max_readers(built, max_readers))
-    if disk_dir is not None:
-        check(lib.bc_options_set_disk(built, os.fsencode(disk_dir), disk_capacity))
-        check(lib.bc_options_set_write_policy(built, _WRITE_POLICIES[write_policy]))
-        check(lib.bc_options_set_compression(built, _COMPRESSIONS[compression]))
-        if segment_bytes is not None:
-            check(lib.bc_options_set_segment_bytes(built, segment_bytes))
+    memory = _uint64("memory_capacity", memory_capacity)
+    readers = _uint64("max_readers", max_readers)
+    policy = _enum("write_policy", write_policy, _WRITE_POLICIES)
+    codec = _enum("compression", compression, _COMPRESSIONS)
+    disk = _disk(disk_path, disk_capacity)
+    segment = _uint64("segment_bytes", segment_bytes)
+    raw = lib.bc_options_new()
+    if raw == ffi.NULL:
+        raise MemoryError("cannot allocate a BcOptions")
+    built = ffi.gc(raw, lib.bc_options_free)
+    if memory is not None:
+        check(lib.bc_options_set_memory_capacity(built, memory))
+    if readers is not None:
+        check(lib.bc_options_set_max_readers(built, readers))
+    if disk is not None:
+        check(lib.bc_options_set_disk(built, *disk))
+    check(lib.bc_options_set_write_policy(built, policy))
+    check(lib.bc_options_set_compression(built, codec))
+    if segment is not None:
+        check(lib.bc_options_set_segment_bytes(built, segment))
     return built
