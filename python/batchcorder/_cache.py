@@ -17,7 +17,6 @@ from ._native import ffi, lib
 from ._options import Compression, WritePolicy, options
 from ._progress import ingest_reporting, log_changes
 from ._reader import StreamCacheReader, reader_capsule
-from ._replay import Replay
 from ._schema import as_schema, fields, schema_from_c
 from ._stats import CacheStats, read_stats
 
@@ -103,9 +102,6 @@ class StreamCache(ClosesOnExit):
         self._handle = CacheHandle(out[0])
         self._schema = schema_from_c(lambda c: lib.bc_cache_schema(out[0], c))
         self._with_disk = disk_path is not None
-        # Only a cache that never drops a batch can hand the same objects out again.
-        replayable = not self._with_disk and max_readers is None
-        self._replay = Replay(self._handle, len(self._schema)) if replayable else None
         rows = getattr(source, "num_rows", None)
         self._source_rows: Optional[int] = rows if isinstance(rows, int) else None
         self._logged: Optional[CacheStats] = None
@@ -294,8 +290,6 @@ class StreamCache(ClosesOnExit):
         """
         if not self.closed:
             self._log_changes()
-        if self._replay is not None:
-            self._replay.clear()
         self._handle.close()
 
     # -- protocols --------------------------------------------------------------------

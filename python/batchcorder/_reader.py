@@ -11,7 +11,6 @@ from ._capsules import requested_schema_pointer, stream_capsule
 from ._errors import check, status_error
 from ._handle import ClosesOnExit
 from ._native import ffi, lib
-from ._replay import Replay, skip
 from ._schema import as_schema, fields
 
 if TYPE_CHECKING:
@@ -85,16 +84,11 @@ class StreamCacheReader(ClosesOnExit):
     3
     """
 
-    __slots__ = ("_stream", "_schema", "_exported", "_lock", "_replay", "_position", "_lag", "_view")
+    __slots__ = ("_stream", "_schema", "_exported", "_lock", "_view")
     _stream: Any
     _schema: pa.Schema
     _exported: bool
     _lock: threading.Lock
-    # The cache's Python replays, for plain readers; None otherwise.
-    _replay: Optional[Replay]
-    # Python-side position, and how far the C reader is behind it.
-    _position: int
-    _lag: int
     # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read that
     # crosses the C boundary; dropped before `_stream` is released.
     _view: Optional[pa.RecordBatchReader]
@@ -123,14 +117,7 @@ class StreamCacheReader(ClosesOnExit):
         self._schema = schema
         self._exported = False
         self._lock = threading.Lock()
-        self._replay = cache._replay if target is None else None
-        self._position = 0
-        self._lag = 0
         self._view = None
-        if not from_start and self._replay is not None:
-            out = ffi.new("uint64_t *")
-            check(lib.bc_reader_position(stream, out))
-            self._position = int(out[0])
         return self
 
     @property
@@ -150,14 +137,7 @@ class StreamCacheReader(ClosesOnExit):
         """Index of the next batch this reader returns."""
         out = ffi.new("uint64_t *")
         check(lib.bc_reader_position(self._live_stream(), out))
-        return int(out[0]) + self._lag
-
-    def _catch_up(self, stream: Any) -> None:
-        """Move the C reader to this reader's position (it lags after replayed batches)."""
-        array = ffi.new("struct ArrowArray *")
-        while self._lag:
-            skip(stream, array)
-            self._lag -= 1
+        return int(out[0])
 
     def _live_stream(self) -> Any:
         if self._stream is None:
@@ -180,25 +160,6 @@ class StreamCacheReader(ClosesOnExit):
                 if self._exported:
                     self._live_stream()
                 raise StopIteration
-            position = self._position
-            replay = self._replay
-            if replay is not None:
-                batches = replay.batches
-                if position < len(batches):
-                    try:
-                        batch = batches[position]
-                    except IndexError:  # close() emptied it meanwhile: the C path says so
-                        pass
-                    else:
-                        # Imported before by another Python reader: no C call at all.
-                        self._position = position + 1
-                        self._lag += 1
-                        return batch
-                if self._lag:
-                    if replay.finished_at(position):
-                        self._end(stream)
-                        raise StopIteration
-                    self._catch_up(stream)
             view = self._view
             if view is None:
                 view = self._view = _open_view(stream)
@@ -214,9 +175,6 @@ class StreamCacheReader(ClosesOnExit):
                     # Our own failure, typed; pyarrow's rendering of it adds nothing.
                     raise status_error(status) from None
                 raise
-            self._position = position + 1
-            if replay is not None and position < replay.limit:
-                replay.keep(position, batch)
             return batch
 
     def _end(self, stream: Any) -> None:
@@ -262,7 +220,6 @@ class StreamCacheReader(ClosesOnExit):
             return pa.RecordBatchReader.from_stream(self, schema=target)
         with self._lock:
             stream = self._live_stream()
-            self._catch_up(stream)
             cast_reader(stream, target, safe)
             self._schema = target
         return pa.RecordBatchReader.from_stream(self)
@@ -276,7 +233,6 @@ class StreamCacheReader(ClosesOnExit):
         """
         with self._lock:
             stream = self._live_stream()
-            self._catch_up(stream)
             if requested_schema is not None:
                 check(lib.bc_reader_cast(stream, requested_schema_pointer(requested_schema)))
             self._view = None
