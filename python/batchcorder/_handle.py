@@ -29,7 +29,7 @@ class ClosesOnExit:
 class CacheHandle:
     """Owns one ``BcCache *``; every use checks that it is still open.
 
-    A cache and its readers share it, so that the C cache lives as long as any of them.
+    Readers do not hold it: a C reader keeps the cached batches alive by itself.
     """
 
     __slots__ = ("_pointer", "closed")

@@ -32,19 +32,33 @@ def cast_reader(stream: Any, target: pa.Schema, safe: bool) -> None:
     check(lib.bc_reader_cast_with(stream, requested_schema_pointer(capsule), on_failure))
 
 
-def reader_capsule(cache: Any, requested_schema: Any, cast: Optional[tuple[pa.Schema, bool]] = None) -> Any:
-    """A new reader of the ``BcCache *`` ``cache`` from the start, as a capsule, cast to
-    ``requested_schema`` (a capsule) or as ``cast`` (a schema and ``safe``) says."""
-    stream = lib.bc_stream_new()
-    if stream == ffi.NULL:
+def new_stream(
+    cache: Any,
+    from_start: bool,
+    requested_schema: Any = None,
+    cast: Optional[tuple[pa.Schema, bool]] = None,
+) -> Any:
+    """A new reader of the ``BcCache *`` ``cache`` in a ``bc_stream_new`` struct freed at
+    garbage collection, cast to ``requested_schema`` (a capsule) or as ``cast`` (a schema
+    and ``safe``) says."""
+    raw = lib.bc_stream_new()
+    if raw == ffi.NULL:
         raise MemoryError("cannot allocate an ArrowArrayStream")
-    try:
-        check(lib.bc_cache_reader(cache, True, requested_schema_pointer(requested_schema), stream))
-        if cast is not None:
-            cast_reader(stream, *cast)
-    except BaseException:
-        lib.bc_stream_free(stream)
-        raise
+    stream = ffi.gc(raw, lib.bc_stream_free)
+    check(lib.bc_cache_reader(cache, from_start, requested_schema_pointer(requested_schema), stream))
+    if cast is not None:
+        cast_reader(stream, *cast)
+    return stream
+
+
+def reader_capsule(cache: Any, requested_schema: Any, cast: Optional[tuple[pa.Schema, bool]] = None) -> Any:
+    """A new reader from the start, as a capsule (see :func:`new_stream`)."""
+    return _into_capsule(new_stream(cache, True, requested_schema, cast))
+
+
+def _into_capsule(stream: Any) -> Any:
+    """Hand a ``new_stream`` struct over to a capsule, which frees it from then on."""
+    ffi.gc(stream, None)
     return stream_capsule(stream)
 
 
@@ -89,8 +103,8 @@ class StreamCacheReader(ClosesOnExit):
     _schema: pa.Schema
     _exported: bool
     _lock: threading.Lock
-    # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read that
-    # crosses the C boundary; dropped before `_stream` is released.
+    # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read;
+    # dropped before `_stream` is released.
     _view: Optional[pa.RecordBatchReader]
 
     def __init__(self) -> None:
@@ -106,15 +120,11 @@ class StreamCacheReader(ClosesOnExit):
     ) -> StreamCacheReader:
         if not isinstance(from_start, bool):
             raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
-        handle = cache._handle.get()
-        stream = ffi.gc(lib.bc_stream_new(), lib.bc_stream_free)
-        check(lib.bc_cache_reader(handle, bool(from_start), ffi.NULL, stream))
-        if target is not None:
-            cast_reader(stream, target, safe)
-        schema = cache.schema if target is None else target
+        cast = None if target is None else (target, safe)
+        stream = new_stream(cache._handle.get(), from_start, None, cast)
         self = cls.__new__(cls)
         self._stream = stream
-        self._schema = schema
+        self._schema = cache.schema if target is None else target
         self._exported = False
         self._lock = threading.Lock()
         self._view = None
@@ -238,8 +248,7 @@ class StreamCacheReader(ClosesOnExit):
             self._view = None
             self._stream = None
             self._exported = True
-            ffi.gc(stream, None)  # the capsule owns it from here
-            return stream_capsule(stream)
+            return _into_capsule(stream)
 
     def __arrow_c_schema__(self) -> Any:
         """The schema as an ``arrow_schema`` PyCapsule (``ValueError`` once exported)."""
