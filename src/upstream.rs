@@ -10,10 +10,10 @@ use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 
-use crate::cache::{BatchSource, Pulled};
-use crate::error::{Error, Result};
-use crate::ffi::abi::{ArrowArray, ArrowArrayStream};
-use crate::ffi::array_export::{ExportRoot, OwnedArray};
+use crate::abi::{ArrowArray, ArrowArrayStream};
+use crate::array_export::{ExportRoot, OwnedArray};
+use batchcorder_core::{BatchSource, Pulled};
+use batchcorder_core::{Error, Result};
 
 /// An upstream C stream, owned: dropping it calls its `release`.
 pub struct CStreamUpstream {

@@ -8,11 +8,11 @@ use arrow_array::{Array, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 
-use crate::error::{Error, Result};
-use crate::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use crate::ffi::array_export::export_cached;
-use crate::ffi::{arg_mut, c_message, guard, panic_message, BcStatus};
-use crate::reader::{CacheReader, Cast, OnCastFailure};
+use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use crate::array_export::export_cached;
+use crate::boundary::{arg_mut, c_message, guard, panic_message, BcStatus};
+use batchcorder_core::{CacheReader, Cast, OnCastFailure};
+use batchcorder_core::{Error, Result};
 
 /// What an exported stream's `private_data` points to.
 struct Exported {
@@ -173,7 +173,7 @@ pub unsafe extern "C" fn bc_reader_next(
 ) -> BcStatus {
     let state: *mut Exported = match unsafe { reader_arg(reader) } {
         Ok(state) => state,
-        Err(err) => return crate::ffi::fail(&err),
+        Err(err) => return crate::boundary::fail(&err),
     };
     guard(
         // SAFETY: runs only after the body unwound, so nothing else borrows the reader.
@@ -227,7 +227,7 @@ pub unsafe extern "C" fn bc_reader_cast_with(
         || {},
         || {
             let state = unsafe { reader_arg(reader) }?;
-            let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
+            let schema = unsafe { crate::boundary::arg(requested_schema, "requested_schema") }?;
             let on_failure = match on_failure {
                 BC_CAST_FAILURE_ERROR => OnCastFailure::Error,
                 BC_CAST_FAILURE_NULL => OnCastFailure::Null,
@@ -238,7 +238,7 @@ pub unsafe extern "C" fn bc_reader_cast_with(
                     )))
                 }
             };
-            let target = crate::ffi::cache::import_schema(schema)?;
+            let target = crate::cache::import_schema(schema)?;
             state.reader.cast_to(Cast {
                 schema: std::sync::Arc::new(target),
                 on_failure,
@@ -368,7 +368,7 @@ unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Export
 /// allocation failed.
 #[no_mangle]
 pub extern "C" fn bc_stream_new() -> *mut ArrowArrayStream {
-    crate::ffi::guard_value(ptr::null_mut(), || {
+    crate::boundary::guard_value(ptr::null_mut(), || {
         Box::into_raw(Box::new(ArrowArrayStream::RELEASED))
     })
 }
