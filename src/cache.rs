@@ -10,6 +10,7 @@ use crate::abi::{ArrowArrayStream, ArrowSchema};
 use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
 use crate::export::export_reader;
 use crate::options::BcOptions;
+use crate::schema_copy::SchemaCopy;
 use crate::upstream::CStreamUpstream;
 use batchcorder_core::Cast;
 use batchcorder_core::{CacheOptions, Stats, StreamCache};
@@ -22,23 +23,37 @@ use batchcorder_core::{Error, Result};
 /// invalidate them, `bc_cache_close` makes them fail cleanly.
 pub struct BcCache {
     cache: StreamCache,
+    /// The schema as the upstream's producer wrote it, which readers hand out; `None`
+    /// for a cache built in Rust, whose readers export arrow-rs's schema.
+    exact_schema: Option<Arc<SchemaCopy>>,
+}
+
+impl std::ops::Deref for BcCache {
+    type Target = StreamCache;
+
+    fn deref(&self) -> &StreamCache {
+        &self.cache
+    }
 }
 
 impl BcCache {
     /// Hand a cache built in Rust (over any `RecordBatchReader`) to C code, which frees it
     /// with `bc_cache_free`.
     pub fn into_raw(cache: StreamCache) -> *mut BcCache {
-        Box::into_raw(Box::new(BcCache { cache }))
+        Box::into_raw(Box::new(BcCache {
+            cache,
+            exact_schema: None,
+        }))
     }
 }
 
 /// Run a call on `cache`, poisoning it if the call panics.
-fn on_cache(cache: *const BcCache, body: impl FnOnce(&StreamCache) -> Result<()>) -> BcStatus {
+fn on_cache(cache: *const BcCache, body: impl FnOnce(&BcCache) -> Result<()>) -> BcStatus {
     let handle = match unsafe { arg(cache, "cache") } {
         Ok(handle) => handle,
         Err(err) => return crate::boundary::fail(&err),
     };
-    guard(|| handle.cache.poison(), || body(&handle.cache))
+    guard(|| handle.cache.poison(), || body(handle))
 }
 
 /// Create a cache over `upstream`, reading nothing yet.
@@ -81,11 +96,14 @@ pub unsafe extern "C" fn bc_cache_new(
                 None => CacheOptions::default(),
             };
             let prepared = StreamCache::prepare(options)?;
-            let schema = unsafe { CStreamUpstream::schema_of(upstream) }?;
+            let (schema, exact) = unsafe { CStreamUpstream::schema_of(upstream) }?;
             // Nothing below fails, so the caller keeps the stream on every error path.
             let source = unsafe { CStreamUpstream::take(upstream, schema) };
             let cache = prepared.start_source(Box::new(source));
-            *out = BcCache::into_raw(cache);
+            *out = Box::into_raw(Box::new(BcCache {
+                cache,
+                exact_schema: Some(Arc::new(exact)),
+            }));
             Ok(())
         },
     )
@@ -117,7 +135,7 @@ pub unsafe extern "C" fn bc_cache_reader(
             Some(schema) => Some(Cast::to(Arc::new(import_schema(schema)?))),
         };
         let reader = cache.reader_with_schema(from_start, target)?;
-        unsafe { ptr::write(out, export_reader(reader)) };
+        unsafe { ptr::write(out, export_reader(reader, cache.exact_schema.clone())) };
         Ok(())
     })
 }
@@ -156,6 +174,10 @@ pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowS
     on_cache(cache, |cache| {
         if out.is_null() {
             return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+        }
+        if let Some(exact) = &cache.exact_schema {
+            unsafe { ptr::write(out, exact.export()) };
+            return Ok(());
         }
         let schema = FFI_ArrowSchema::try_from(cache.schema().as_ref())
             .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;

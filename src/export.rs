@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::Arc;
 
 use arrow_array::{Array, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
@@ -11,21 +12,28 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::array_export::export_cached;
 use crate::boundary::{arg_mut, c_message, guard, panic_message, BcStatus};
+use crate::schema_copy::SchemaCopy;
 use batchcorder_core::{CacheReader, Cast, OnCastFailure};
 use batchcorder_core::{Error, Result};
 
 /// What an exported stream's `private_data` points to.
 struct Exported {
     reader: CacheReader,
+    /// The upstream's own schema, given out while the reader does not cast.
+    exact_schema: Option<Arc<SchemaCopy>>,
     /// The error of the latest callback, if it failed, with the message `get_last_error`
     /// returns; its status is what `bc_reader_failure` reports.
     failure: Option<(Error, CString)>,
 }
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
-pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
+pub(crate) fn export_reader(
+    reader: CacheReader,
+    exact_schema: Option<Arc<SchemaCopy>>,
+) -> ArrowArrayStream {
     let private = Box::new(Exported {
         reader,
+        exact_schema,
         failure: None,
     });
     ArrowArrayStream {
@@ -97,6 +105,11 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
 }
 
 fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
+    if let (false, Some(exact)) = (state.reader.casts(), &state.exact_schema) {
+        // SAFETY: `out` is valid for writes (checked by the caller).
+        unsafe { ptr::write(out, exact.export()) };
+        return Ok(());
+    }
     let schema = FFI_ArrowSchema::try_from(state.reader.output_schema().as_ref())
         .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
     unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
