@@ -42,11 +42,11 @@ install: venv
 demo: install
 	$(VPY) demo/demo.py
 
-# The dev profile: debug assertions and overflow checks on, and a short build (about 2
-# minutes from cold on 2 cores, where --release with thin LTO took 15); the tests take
-# seconds either way. `make stress` runs the same tests in release at a larger scale.
+# The dev profile: debug assertions and overflow checks on, and a much shorter build than
+# release (bench/notes.md); the tests take seconds either way. `make stress` runs the
+# same tests in release at a larger scale.
 test-rust:
-	$(CARGO) test --features fault-injection $(CARGO_TEST_FLAGS)
+	$(CARGO) test --workspace --features fault-injection $(CARGO_TEST_FLAGS)
 
 test-c: build
 	$(MAKE) -C tests/c LIBDIR=$(CURDIR)/$(LIBDIR)

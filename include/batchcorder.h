@@ -55,7 +55,8 @@ typedef enum BcStatus {
   // The upstream producer failed; its message is kept and `bc_last_error_errno()` has
   // its errno.
   BC_UPSTREAM = 4,
-  // A needed batch was already evicted (`max_readers`).
+  // Not returned by this version: eviction never drops a batch that a live reader has
+  // not passed. Kept so that the values of the other statuses stay as they were.
   BC_EVICTED = 5,
   // The cache was closed.
   BC_CLOSED = 6,
@@ -118,7 +119,7 @@ typedef struct ArrowArrayStream {
 } ArrowArrayStream;
 #endif
 
-// Counters describing a cache, as `bc_cache_stats` reports them.
+// Counters describing a cache, as `bc_cache_stats` writes them.
 typedef struct BcStats {
   // Batches pulled from the upstream.
   uint64_t batches_ingested;

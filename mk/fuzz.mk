@@ -6,7 +6,7 @@
 #   make -f mk/fuzz.mk fuzz-long FUZZ_SECONDS=3600   # default 1200 s
 #
 # Needs only the stable toolchain: RUSTC_BOOTSTRAP=1 lets it take the nightly flags that
-# cargo-fuzz passes (-Zsanitizer=address). cargo-fuzz is installed if missing (~45 s).
+# cargo-fuzz passes (-Zsanitizer=address). cargo-fuzz is installed if missing.
 # Both targets fail on any crash, failed model assertion, ASan or LeakSanitizer report,
 # timeout or RSS blow-up; the reproducer is saved in fuzz/artifacts/c_abi_sequences/ and
 # replays with
@@ -46,8 +46,8 @@ fuzz-build: fuzz-tool
 	$(BC_FUZZ) build $(FUZZ_TARGET) --sanitizer address
 
 # Every seed once, then FUZZ_SMOKE_SECONDS of fuzzing. An unoptimised build (--dev, debug
-# assertions on): under 4 minutes from cold on 2 cores, where the optimised one took about
-# 10, and a short run needs no speed. fuzz-long keeps the optimised build.
+# assertions on) builds far faster, and a short run needs no speed. fuzz-long keeps the
+# optimised build.
 fuzz-smoke: fuzz-tool
 	mkdir -p $(BC_FUZZ_ROOT)/$(FUZZ_WORK_CORPUS)
 	$(BC_FUZZ) run $(FUZZ_TARGET) --dev --sanitizer address $(FUZZ_SEEDS) -- \

@@ -14,7 +14,7 @@ stress: install
 
 stress-run:
 	@echo "== stress: scale $(STRESS_SCALE), fuzz $(FUZZ_SECONDS) s, started $$(date -u +%FT%TZ)"
-	BC_STRESS_SCALE=$(STRESS_SCALE) $(CARGO) test --release --features fault-injection
+	BC_STRESS_SCALE=$(STRESS_SCALE) $(CARGO) test --workspace --release --features fault-injection
 	BC_STRESS_SCALE=$(STRESS_SCALE) $(VPY) -m pytest -q -p no:cacheprovider \
 	  tests/python/test_model.py tests/python/test_stress.py tests/python/test_disk.py \
 	  --hypothesis-show-statistics
@@ -28,7 +28,7 @@ stress-run:
 tsan:
 	rustup component add rust-src
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=target/tsan \
-	  $(CARGO) test -Zbuild-std --target $(HOST_TARGET) --features fault-injection \
+	  $(CARGO) test -Zbuild-std --target $(HOST_TARGET) -p batchcorder-core --features fault-injection \
 	  --lib --test core --test disk
 
 # The parts with no FFI and no mmap (memory tier, registry, errors, the in-memory core)
@@ -36,5 +36,5 @@ tsan:
 miri:
 	rustup run nightly cargo miri --version >/dev/null 2>&1 \
 	  || rustup toolchain install nightly --profile minimal --component miri
-	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test --lib --test core -- \
+	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test -p batchcorder-core --lib --test core -- \
 	  --skip bounded_pass  # 1000 batches: hours under Miri; TSan and the release run cover it

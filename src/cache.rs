@@ -1,107 +1,256 @@
-//! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
+//! `BcCache`: the C handle to a [`StreamCache`] and the `bc_cache_*` calls on it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::ptr;
+use std::sync::Arc;
 
-use arrow_array::{RecordBatch, RecordBatchReader};
-use arrow_schema::{ArrowError, SchemaRef};
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::Schema;
 
-use crate::disk::{DiskIndex, DiskOptions, DiskWriter, WritePolicy};
-use crate::error::{Error, Result};
-use crate::reader::{CacheReader, Cast};
-use crate::registry::ReaderRegistry;
-use crate::storage::{CachedBatch, Derived, MemoryTier};
+use crate::abi::{ArrowArrayStream, ArrowSchema};
+use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
+use crate::export::export_reader;
+use crate::options::BcOptions;
+use crate::schema_copy::SchemaCopy;
+use crate::upstream::CStreamUpstream;
+use batchcorder_core::Cast;
+use batchcorder_core::{CacheOptions, Stats, StreamCache};
+use batchcorder_core::{Error, Result};
 
-/// The upstream a cache reads from: any Arrow record batch reader.
-pub type Upstream = Box<dyn RecordBatchReader + Send>;
-
-/// One batch as a [`BatchSource`] hands it over.
-pub struct Pulled {
-    pub batch: RecordBatch,
-    /// A form of the batch that an export layer reuses on every read (see
-    /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
-    pub derived: Option<Box<dyn Derived>>,
+/// A cache over one upstream stream.
+///
+/// Thread-safe: any `bc_cache_*` call may run on any thread, concurrently with others on
+/// the same cache. Readers it hands out may outlive it: `bc_cache_free` does not
+/// invalidate them, `bc_cache_close` makes them fail cleanly.
+pub struct BcCache {
+    cache: StreamCache,
+    /// The schema as the upstream's producer wrote it, which readers hand out; `None`
+    /// for a cache built in Rust, whose readers export arrow-rs's schema.
+    exact_schema: Option<Arc<SchemaCopy>>,
 }
 
-/// An upstream that may hand over more than the batch: the C stream import passes the
-/// producer's own columns along, so that replays re-export them without converting.
-/// Every [`Upstream`] is one.
-pub trait BatchSource: Send {
-    fn schema(&self) -> SchemaRef;
-    /// The next batch; `None` at the end.
-    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>>;
-}
+impl std::ops::Deref for BcCache {
+    type Target = StreamCache;
 
-impl BatchSource for Upstream {
-    fn schema(&self) -> SchemaRef {
-        RecordBatchReader::schema(self.as_ref())
+    fn deref(&self) -> &StreamCache {
+        &self.cache
     }
+}
 
-    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
-        Some(self.next()?.map(|batch| Pulled {
-            batch,
-            derived: None,
+impl BcCache {
+    /// Hand a cache built in Rust (over any `RecordBatchReader`) to C code, which frees it
+    /// with `bc_cache_free`.
+    pub fn into_raw(cache: StreamCache) -> *mut BcCache {
+        Box::into_raw(Box::new(BcCache {
+            cache,
+            exact_schema: None,
         }))
     }
 }
 
-/// How a cache stores batches and when it may drop them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheOptions {
-    /// Budget in bytes for batches held in memory; `None` is [`default_memory_capacity`].
-    pub memory_capacity: Option<u64>,
-    /// Cap on readers ever created; enables eviction of batches all of them have passed.
-    pub max_readers: Option<u64>,
-    /// The disk tier; `None` keeps everything in memory.
-    pub disk: Option<DiskOptions>,
-}
-
-impl CacheOptions {
-    /// Check every option, naming the one that is wrong.
-    pub fn validate(&self) -> Result<()> {
-        if self.memory_capacity == Some(0) && self.disk.is_none() {
-            return Err(Error::InvalidArgument(
-                "memory_capacity must be at least 1 byte without the disk tier (0 is allowed \
-                 with it: every batch is then read from disk); leave it unset for the default"
-                    .into(),
-            ));
-        }
-        if self.max_readers == Some(0) {
-            return Err(Error::InvalidArgument(
-                "max_readers must be at least 1; leave it unset to keep every batch".into(),
-            ));
-        }
-        match &self.disk {
-            Some(disk) => disk.validate(),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The default memory budget: three quarters of physical memory (all of it if unknown).
-pub fn default_memory_capacity() -> u64 {
-    if cfg!(miri) {
-        return u64::MAX; // Miri cannot ask the OS for the machine's memory
-    }
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
+/// Run a call on `cache`, poisoning it if the call panics.
+fn on_cache(cache: *const BcCache, body: impl FnOnce(&BcCache) -> Result<()>) -> BcStatus {
+    let handle = match unsafe { arg(cache, "cache") } {
+        Ok(handle) => handle,
+        Err(err) => return crate::boundary::fail(&err),
     };
-    if pages > 0 && page_size > 0 {
-        (pages as u64).saturating_mul(page_size as u64) / 4 * 3
-    } else {
-        u64::MAX
-    }
+    guard(|| handle.cache.poison(), || body(handle))
 }
 
-/// Counters describing a cache, as `bc_cache_stats` reports them.
+/// Create a cache over `upstream`, reading nothing yet.
+///
+/// Ownership: takes `upstream` by move. On `BC_OK`, `upstream->release` is NULL and the
+/// cache owns the stream; on failure the caller still owns it, untouched. `opts` may be
+/// NULL (memory only, defaults) and is copied, not kept. The caller frees `*out` with
+/// `bc_cache_free`.
+///
+/// The cache keeps the columns of each array the upstream hands over, moved out of their
+/// root array as the C Data Interface allows ("Moving child arrays"), and releases the
+/// root at once. So the upstream must let a moved child outlive its parent, as the
+/// interface requires (DuckDB's exporter did not before late 2023).
+///
+/// Each array is checked against the stream's schema before it is kept (buffer and child
+/// counts, dictionaries, lengths and offsets): a malformed one fails with `BC_UPSTREAM`,
+/// a message saying what is wrong, and every batch before it stays readable.
+///
+/// # Safety
+/// Each pointer is NULL or valid: `upstream` a live stream, `opts` a live builder,
+/// `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_new(
+    upstream: *mut ArrowArrayStream,
+    opts: *const BcOptions,
+    out: *mut *mut BcCache,
+) -> BcStatus {
+    guard(
+        || {},
+        || {
+            let stream = unsafe { arg(upstream, "upstream") }?;
+            let out = unsafe { arg_mut(out, "out") }?;
+            if stream.release.is_none() {
+                return Err(Error::InvalidArgument(
+                    "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
+                ));
+            }
+            let options = match unsafe { opts.as_ref() } {
+                Some(opts) => opts.cache_options(),
+                None => CacheOptions::default(),
+            };
+            let prepared = StreamCache::prepare(options)?;
+            let (schema, exact) = unsafe { CStreamUpstream::schema_of(upstream) }?;
+            // Nothing below fails, so the caller keeps the stream on every error path.
+            let source = unsafe { CStreamUpstream::take(upstream, schema) };
+            let cache = prepared.start_source(Box::new(source));
+            *out = Box::into_raw(Box::new(BcCache {
+                cache,
+                exact_schema: Some(Arc::new(exact)),
+            }));
+            Ok(())
+        },
+    )
+}
+
+/// Write a new independent reader into `*out` as an `ArrowArrayStream`.
+///
+/// `from_start=false` starts at the ingestion frontier. `requested_schema` may be NULL;
+/// otherwise each batch is cast to it (same field count and names, castable types), and
+/// an impossible request is `BC_INVALID_ARGUMENT` naming the field. A value that does not
+/// convert fails the read of its batch (see `bc_reader_cast_with` for null instead). The schema is only
+/// read, never released. The caller releases `*out`; it may outlive the cache handle.
+///
+/// # Safety
+/// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_reader(
+    cache: *mut BcCache,
+    from_start: bool,
+    requested_schema: *const ArrowSchema,
+    out: *mut ArrowArrayStream,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        if out.is_null() {
+            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+        }
+        let target = match unsafe { requested_schema.as_ref() } {
+            None => None,
+            Some(schema) => Some(Cast::to(Arc::new(import_schema(schema)?))),
+        };
+        let reader = cache.reader_with_schema(from_start, target)?;
+        unsafe { ptr::write(out, export_reader(reader, cache.exact_schema.clone())) };
+        Ok(())
+    })
+}
+
+/// Check, without creating a reader, that `requested_schema` is one that
+/// `bc_cache_reader` can cast this cache's batches to. The schema is only read.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_check_schema(
+    cache: *const BcCache,
+    requested_schema: *const ArrowSchema,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let target = import_schema(unsafe { arg(requested_schema, "requested_schema") }?)?;
+        batchcorder_core::validate_cast(&cache.schema(), &target)
+    })
+}
+
+pub(crate) fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
+    let ffi = unsafe { &*(schema as *const ArrowSchema).cast::<FFI_ArrowSchema>() };
+    Schema::try_from(ffi).map_err(|err| {
+        Error::InvalidArgument(format!(
+            "argument `requested_schema` is not a valid schema: {err}"
+        ))
+    })
+}
+
+/// Write the stream's schema into `*out`; the caller releases it.
+///
+/// # Safety
+/// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowSchema) -> BcStatus {
+    on_cache(cache, |cache| {
+        if out.is_null() {
+            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
+        }
+        if let Some(exact) = &cache.exact_schema {
+            unsafe { ptr::write(out, exact.export()) };
+            return Ok(());
+        }
+        let schema = FFI_ArrowSchema::try_from(cache.schema().as_ref())
+            .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
+        unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
+        Ok(())
+    })
+}
+
+/// Pull the whole upstream into the cache. Idempotent. `out_batches` may be NULL;
+/// otherwise it receives the total batch count.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingest_all(
+    cache: *mut BcCache,
+    out_batches: *mut u64,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let total = cache.ingest_all()?;
+        if let Some(out) = unsafe { out_batches.as_mut() } {
+            *out = total;
+        }
+        Ok(())
+    })
+}
+
+/// Pull one more batch from the upstream into the cache. `*out_pulled` (may be NULL)
+/// is true if a batch was pulled, false once the upstream is exhausted. For progress
+/// reporting; `bc_cache_ingest_all` is the same in a loop.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingest_next(
+    cache: *mut BcCache,
+    out_pulled: *mut bool,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let pulled = cache.ingest_next()?;
+        if let Some(out) = unsafe { out_pulled.as_mut() } {
+            *out = pulled;
+        }
+        Ok(())
+    })
+}
+
+/// Batches pulled from the upstream so far (0 for NULL). Never waits on ingestion.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
+    guard_value(0, || {
+        unsafe { cache.as_ref() }.map_or(0, |c| c.cache.ingested_count())
+    })
+}
+
+/// True once the upstream reported its end (false for NULL).
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_upstream_exhausted(cache: *const BcCache) -> bool {
+    guard_value(false, || {
+        unsafe { cache.as_ref() }.is_some_and(|c| c.cache.upstream_exhausted())
+    })
+}
+
+/// Counters describing a cache, as `bc_cache_stats` writes them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
+pub struct BcStats {
     /// Batches pulled from the upstream.
     pub batches_ingested: u64,
     /// Rows in those batches.
@@ -124,504 +273,69 @@ pub struct Stats {
     pub upstream_wait_ns: u64,
 }
 
-#[derive(Debug)]
-struct State {
-    memory: MemoryTier,
-    /// Where batches lie on disk.
-    disk: Option<DiskIndex>,
-    registry: ReaderRegistry,
-    /// The upstream's failure (or a budget failure), kept and returned to every reader
-    /// that reaches this position: a failed pull is never retried.
-    failure: Option<Error>,
-    exhausted: bool,
-    closed: bool,
-    rows_ingested: u64,
-    batches_evicted: u64,
-}
-
-/// What only the ingesting thread touches.
-struct Ingest {
-    source: Option<Box<dyn BatchSource>>,
-    writer: Option<DiskWriter>,
-}
-
-pub(crate) struct Shared {
-    schema: SchemaRef,
-    /// Held only by the thread that pulls from the upstream and writes to disk.
-    ingest: Mutex<Ingest>,
-    state: Mutex<State>,
-    ingested: AtomicU64,
-    exhausted: AtomicBool,
-    poisoned: AtomicBool,
-    upstream_wait_ns: AtomicU64,
-    evicts: bool,
-}
-
-/// A replayable cache over a single-use stream.
-///
-/// Thread-safe: every method takes `&self`. Readers keep the storage alive, so dropping
-/// the cache does not invalidate them; [`StreamCache::close`] does, with a clean error.
-#[derive(Clone)]
-pub struct StreamCache {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for StreamCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamCache")
-            .field("ingested", &self.ingested_count())
-            .field("exhausted", &self.upstream_exhausted())
-            .finish_non_exhaustive()
-    }
-}
-
-impl StreamCache {
-    /// Wrap `upstream`. Nothing is read from it until a reader asks.
-    pub fn new(upstream: Upstream, options: CacheOptions) -> Result<Self> {
-        Ok(Self::prepare(options)?.start(upstream))
-    }
-
-    /// Check the options and create the disk directory, before any upstream is taken:
-    /// a caller that fails here still owns its stream.
-    pub fn prepare(options: CacheOptions) -> Result<PreparedCache> {
-        options.validate()?;
-        let disk = match &options.disk {
-            Some(disk) => {
-                let (writer, index) = DiskWriter::create(disk)?;
-                Some((writer, index))
-            }
-            None => None,
-        };
-        Ok(PreparedCache { options, disk })
-    }
-
-    /// The private directory of the disk tier, if there is one.
-    pub fn disk_directory(&self) -> Option<std::path::PathBuf> {
-        let ingest = self.shared.ingest.lock().ok()?;
-        ingest.writer.as_ref().map(|w| w.directory().to_path_buf())
-    }
-}
-
-/// A cache whose options are checked and whose storage exists, waiting for its upstream.
-#[derive(Debug)]
-pub struct PreparedCache {
-    options: CacheOptions,
-    disk: Option<(DiskWriter, DiskIndex)>,
-}
-
-impl PreparedCache {
-    /// Attach the upstream. Cannot fail.
-    pub fn start(self, upstream: Upstream) -> StreamCache {
-        self.start_source(Box::new(upstream))
-    }
-
-    /// Attach an upstream that is a [`BatchSource`]. Cannot fail.
-    pub fn start_source(self, upstream: Box<dyn BatchSource>) -> StreamCache {
-        let capacity = self
-            .options
-            .memory_capacity
-            .unwrap_or_else(default_memory_capacity);
-        let (writer, index) = match self.disk {
-            Some((writer, index)) => (Some(writer), Some(index)),
-            None => (None, None),
-        };
-        let options = self.options;
-        let state = State {
-            memory: MemoryTier::new(capacity),
-            disk: index,
-            registry: ReaderRegistry::new(options.max_readers),
-            failure: None,
-            exhausted: false,
-            closed: false,
-            rows_ingested: 0,
-            batches_evicted: 0,
-        };
-        let shared = Shared {
-            schema: upstream.schema(),
-            ingest: Mutex::new(Ingest {
-                source: Some(upstream),
-                writer,
-            }),
-            state: Mutex::new(state),
-            ingested: AtomicU64::new(0),
-            exhausted: AtomicBool::new(false),
-            poisoned: AtomicBool::new(false),
-            upstream_wait_ns: AtomicU64::new(0),
-            evicts: options.max_readers.is_some(),
-        };
-        StreamCache {
-            shared: Arc::new(shared),
-        }
-    }
-}
-
-impl StreamCache {
-    /// The schema of the stream.
-    pub fn schema(&self) -> SchemaRef {
-        self.shared.schema.clone()
-    }
-
-    /// A new reader at batch 0 (`from_start`) or at the ingestion frontier.
-    pub fn reader(&self, from_start: bool) -> Result<CacheReader> {
-        self.reader_with_schema(from_start, None)
-    }
-
-    /// A new reader whose batches are cast as `target` says (see [`crate::validate_cast`]).
-    pub fn reader_with_schema(
-        &self,
-        from_start: bool,
-        target: Option<Cast>,
-    ) -> Result<CacheReader> {
-        if let Some(target) = &target {
-            crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
-        }
-        let mut state = self.shared.lock_state()?;
-        if state.closed {
-            return Err(Error::Closed);
-        }
-        let start = if from_start { 0 } else { state.memory.end() };
-        let slot = state.registry.register(start)?;
-        drop(state);
-        Ok(CacheReader::new(self.shared.clone(), start, slot, target))
-    }
-
-    /// Pull the next batch from the upstream into the cache; false once it is exhausted.
-    pub fn ingest_next(&self) -> Result<bool> {
-        let frontier = self.shared.ingested.load(Ordering::Acquire);
-        Ok(self.shared.batch_at(frontier)?.is_some())
-    }
-
-    /// Pull the whole upstream into the cache; returns the batch count. Idempotent.
-    pub fn ingest_all(&self) -> Result<u64> {
-        loop {
-            let frontier = self.shared.ingested.load(Ordering::Acquire);
-            if self.shared.batch_at(frontier)?.is_none() {
-                return Ok(self.ingested_count());
-            }
-        }
-    }
-
-    /// Batches pulled from the upstream so far. Never blocks on ingestion.
-    pub fn ingested_count(&self) -> u64 {
-        self.shared.ingested.load(Ordering::Acquire)
-    }
-
-    /// True once the upstream has reported its end.
-    pub fn upstream_exhausted(&self) -> bool {
-        self.shared.exhausted.load(Ordering::Acquire)
-    }
-
-    /// Current counters.
-    pub fn stats(&self) -> Result<Stats> {
-        let mut state = self.shared.lock_state()?;
-        let (disk_bytes, segments_deleted) = match &state.disk {
-            Some(index) => (index.bytes(), index.segments_deleted()),
-            None => (0, 0),
-        };
-        Ok(Stats {
-            batches_ingested: self.ingested_count(),
-            rows_ingested: state.rows_ingested,
-            memory_bytes: state.memory.bytes(),
+impl From<Stats> for BcStats {
+    fn from(stats: Stats) -> Self {
+        let Stats {
+            batches_ingested,
+            rows_ingested,
+            memory_bytes,
             disk_bytes,
-            batches_evicted: state.batches_evicted,
+            batches_evicted,
             segments_deleted,
-            readers_live: state.registry.live(),
-            readers_created: state.registry.created(),
-            upstream_exhausted: state.exhausted,
-            upstream_wait_ns: self.shared.upstream_wait_ns.load(Ordering::Relaxed),
-        })
+            readers_live,
+            readers_created,
+            upstream_exhausted,
+            upstream_wait_ns,
+        } = stats;
+        Self {
+            batches_ingested,
+            rows_ingested,
+            memory_bytes,
+            disk_bytes,
+            batches_evicted,
+            segments_deleted,
+            readers_live,
+            readers_created,
+            upstream_exhausted,
+            upstream_wait_ns,
+        }
     }
+}
 
-    /// Drop all stored batches and the upstream, and delete the disk directory.
-    /// Idempotent, and works on a poisoned cache too. Readers then fail with
-    /// [`Error::Closed`]; batches they already returned stay valid (mapped files stay
-    /// readable after they are deleted).
-    pub fn close(&self) -> Result<()> {
-        let stored = {
-            // Closing a poisoned cache still releases what it holds: dropping needs no
-            // invariant that an interrupted update could have broken.
-            let mut state = self
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if state.closed {
-                return Ok(());
-            }
-            state.closed = true;
-            (
-                std::mem::replace(&mut state.memory, MemoryTier::new(0)),
-                state.disk.take(),
-            )
-        };
-        drop(stored);
-        // Waits for a pull in progress; the puller sees `closed` and discards its batch.
-        let mut ingest = self
-            .shared
-            .ingest
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (source, writer) = (ingest.source.take(), ingest.writer.take());
-        drop(ingest);
-        drop(source);
-        drop(writer);
+/// Counters of the cache, written into `*out`.
+///
+/// # Safety
+/// Each pointer is NULL or valid.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut BcStats) -> BcStatus {
+    on_cache(cache, |cache| {
+        let stats = cache.stats()?;
+        *unsafe { arg_mut(out, "out") }? = stats.into();
         Ok(())
-    }
-
-    /// Whether [`StreamCache::close`] was called.
-    pub fn is_closed(&self) -> bool {
-        self.shared.lock_state().map(|s| s.closed).unwrap_or(true)
-    }
-
-    /// Mark the cache unusable after a panic interrupted one of its calls.
-    pub fn poison(&self) {
-        self.shared.poison();
-    }
+    })
 }
 
-/// What the ingest path must do outside the state lock once a batch is stored.
-enum Spill {
-    /// Nothing more; whether ingestion can go on (false after a failure or close).
-    Nothing(bool),
-    /// `OnEviction`: these hot batches must reach disk before they leave memory.
-    Write(Vec<(u64, Arc<CachedBatch>)>),
+/// Drop the cached batches and the upstream, and delete any files. Idempotent, and
+/// `BC_OK` on a cache poisoned by an internal error too. Readers then fail with a clear
+/// error; arrays they already returned stay valid.
+///
+/// # Safety
+/// `cache` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_close(cache: *mut BcCache) -> BcStatus {
+    on_cache(cache, |cache| cache.close())
 }
 
-impl Shared {
-    pub(crate) fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    pub(crate) fn poison(&self) {
-        self.poisoned.store(true, Ordering::Release);
-    }
-
-    fn lock_state(&self) -> Result<MutexGuard<'_, State>> {
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(Error::poisoned());
+/// Free the handle. NULL is ignored. Readers already handed out stay valid and keep the
+/// storage alive until they are released.
+///
+/// # Safety
+/// `cache` is NULL or came from `bc_cache_new` and was not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_free(cache: *mut BcCache) {
+    guard_value((), || {
+        if !cache.is_null() {
+            drop(unsafe { Box::from_raw(cache) });
         }
-        self.state.lock().map_err(|_| Error::poisoned())
-    }
-
-    fn lock_ingest(&self) -> Result<MutexGuard<'_, Ingest>> {
-        self.ingest.lock().map_err(|_| Error::poisoned())
-    }
-
-    /// The batch at `position`, pulling from the upstream as needed; `None` past the end.
-    pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
-        loop {
-            {
-                let state = self.lock_state()?;
-                if state.closed {
-                    return Err(Error::Closed);
-                }
-                if position < state.memory.end() {
-                    if let Some(batch) = state.memory.get(position) {
-                        state.memory.prefetch_after(position);
-                        return Ok(Some(batch.clone()));
-                    }
-                    let on_disk = state.disk.as_ref().and_then(|d| d.get(position)).cloned();
-                    drop(state);
-                    // Decoded without any lock: readers on many threads read disk at once.
-                    return match on_disk {
-                        Some(entry) => {
-                            Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?))))
-                        }
-                        None => Err(Error::Evicted(format!(
-                            "batch {position} was evicted because every one of the \
-                             max_readers readers had passed it"
-                        ))),
-                    };
-                }
-                if let Some(failure) = &state.failure {
-                    return Err(failure.clone());
-                }
-                if state.exhausted {
-                    return Ok(None);
-                }
-            }
-            self.pull_next(position)?;
-        }
-    }
-
-    /// Pull one batch from the upstream, unless another thread got there first.
-    ///
-    /// Only the ingest lock is held while the upstream runs: a pyarrow upstream over a
-    /// Python generator takes the GIL inside `next`, so holding the state lock here could
-    /// deadlock against a thread that holds the GIL and reads a cached batch. Disk writes
-    /// also happen under the ingest lock alone.
-    fn pull_next(&self, wanted: u64) -> Result<()> {
-        let mut guard = self.lock_ingest()?;
-        let ingest = &mut *guard;
-        if self.ingested.load(Ordering::Acquire) > wanted {
-            return Ok(());
-        }
-        let Some(source) = ingest.source.as_mut() else {
-            return Ok(()); // exhausted, failed or closed: the caller's loop sees which
-        };
-        let started = Instant::now();
-        let pulled = source.pull();
-        self.upstream_wait_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-
-        let batch = match pulled {
-            Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
-                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)),
-                Err(err) => Err(Some(err)),
-            },
-            Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
-            None => Err(None),
-        };
-        let position = self.ingested.load(Ordering::Acquire);
-        let open = match batch {
-            Ok(batch) => match self.store(ingest, position, batch)? {
-                Spill::Write(leaving) => self.spill(ingest, leaving)?,
-                Spill::Nothing(open) => open,
-            },
-            Err(end) => {
-                let mut state = self.lock_state()?;
-                match end {
-                    _ if state.closed => {}
-                    Some(err) => state.failure = Some(err),
-                    None => {
-                        state.exhausted = true;
-                        self.exhausted.store(true, Ordering::Release);
-                    }
-                }
-                false
-            }
-        };
-        if !open {
-            // Released outside the state lock: a release may call back into Python.
-            let source = ingest.source.take();
-            drop(guard);
-            drop(source);
-        }
-        Ok(())
-    }
-
-    /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
-    fn store(&self, ingest: &mut Ingest, position: u64, batch: CachedBatch) -> Result<Spill> {
-        let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
-        // OnInsertion: written before the state lock is taken.
-        let written = match (policy, ingest.writer.as_mut()) {
-            (Some(WritePolicy::OnInsertion), Some(writer)) => {
-                Some(writer.write(position, batch.batch()))
-            }
-            _ => None,
-        };
-        let mut state = self.lock_state()?;
-        if state.closed {
-            return Ok(Spill::Nothing(false));
-        }
-        state.evict_passed();
-        let rows = batch.batch().num_rows() as u64;
-        let spill = match written {
-            None if policy.is_none() => match state.memory.push(batch) {
-                Ok(()) => Spill::Nothing(true),
-                Err(over) => {
-                    state.failure = Some(Error::Capacity(format!(
-                        "batch {position} needs {} bytes but memory_capacity={} bytes already \
-                         holds {}; raise memory_capacity, set max_readers to stream in \
-                         bounded memory, or enable the disk tier",
-                        over.needed, over.capacity, over.held
-                    )));
-                    return Ok(Spill::Nothing(false));
-                }
-            },
-            Some(Err(err)) => {
-                // The batch in hand stays in memory, over budget if need be: a disk failure
-                // loses nothing that was pulled.
-                state.memory.push_unbounded(batch);
-                state.failure = Some(err);
-                Spill::Nothing(false)
-            }
-            Some(Ok(entry)) => {
-                state.memory.push_unbounded(batch);
-                if let Some(index) = state.disk.as_mut() {
-                    index.insert(position, entry);
-                }
-                // Everything is on disk already: the hot layer just keeps the newest.
-                state.memory.trim_to_budget();
-                Spill::Nothing(true)
-            }
-            None => {
-                state.memory.push_unbounded(batch);
-                Spill::Write(state.memory.over_budget_batches())
-            }
-        };
-        state.rows_ingested += rows;
-        self.ingested.store(state.memory.end(), Ordering::Release);
-        Ok(spill)
-    }
-
-    /// `OnEviction`: write the batches leaving the hot layer, then let them go. On failure
-    /// they stay in memory, so nothing already cached is lost. Returns whether ingestion
-    /// can go on.
-    fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<bool> {
-        let Some(writer) = ingest.writer.as_mut() else {
-            return Ok(true);
-        };
-        for (position, batch) in leaving {
-            let written = writer.write(position, batch.batch());
-            let mut state = self.lock_state()?;
-            if state.closed {
-                return Ok(false);
-            }
-            match written {
-                Ok(entry) => {
-                    if state.memory.pop_oldest_at(position) {
-                        if let Some(index) = state.disk.as_mut() {
-                            index.insert(position, entry);
-                        }
-                    }
-                }
-                Err(err) => {
-                    state.failure = Some(err);
-                    return Ok(false);
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Called when a reader moves or goes away: drop what every reader has passed.
-    pub(crate) fn reader_moved(&self) {
-        if let Ok(mut state) = self.lock_state() {
-            state.evict_passed();
-        }
-    }
-
-    /// Whether readers' positions can free batches (`max_readers` is set).
-    pub(crate) fn evicts(&self) -> bool {
-        self.evicts
-    }
-}
-
-impl State {
-    fn evict_passed(&mut self) {
-        let frontier = self.memory.end();
-        if let Some(below) = self.registry.evictable_below(frontier) {
-            self.batches_evicted += below - self.registry.evicted_below();
-            self.memory.evict_below(below);
-            if let Some(index) = self.disk.as_mut() {
-                index.evict_below(below);
-            }
-            self.registry.mark_evicted_below(below);
-        }
-    }
-}
-
-fn check_schema(expected: &SchemaRef, batch: &RecordBatch) -> Result<()> {
-    let actual = batch.schema_ref();
-    if Arc::ptr_eq(expected, actual) || expected.fields() == actual.fields() {
-        return Ok(());
-    }
-    Err(Error::Upstream {
-        message: format!(
-            "the upstream produced a batch whose schema {actual} differs from its declared \
-             schema {expected}"
-        ),
-        errno: libc::EINVAL,
     })
 }

@@ -1,23 +1,16 @@
-//! batchcorder: read a single-use Arrow stream once, replay it from any number of readers.
-//!
-//! The core ([`StreamCache`], [`CacheReader`]) is a safe Rust API; the `ffi` module is the
-//! thin C boundary that `include/batchcorder.h` describes.
+//! libbatchcorder: the C ABI of batchcorder over the Arrow C Stream Interface, as
+//! `include/batchcorder.h` describes it. A thin layer: the cache itself is the
+//! `batchcorder-core` crate (core/), which Rust users depend on directly.
 
+pub mod abi;
+mod array_export;
+pub mod boundary;
 pub mod cache;
-pub mod disk;
-pub mod error;
-#[cfg(feature = "fault-injection")]
-pub mod faults;
-#[cfg(not(feature = "fault-injection"))]
-mod faults;
-pub mod ffi;
-pub mod reader;
-mod registry;
-pub mod storage;
+pub mod capsule;
+pub mod export;
+pub mod options;
+mod schema_copy;
+pub mod upstream;
+pub mod version;
 
-pub use cache::{
-    default_memory_capacity, BatchSource, CacheOptions, Pulled, Stats, StreamCache, Upstream,
-};
-pub use error::{Error, Result};
-pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
-pub use storage::{CachedBatch, Derived};
+pub use boundary::{bc_last_error, bc_last_error_errno, bc_version, BcStatus};

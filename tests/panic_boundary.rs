@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use arrow_array::{Int64Array, RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
-use batchcorder::ffi::abi::{ArrowArray, ArrowArrayStream};
-use batchcorder::ffi::bc_last_error;
-use batchcorder::ffi::cache::*;
-use batchcorder::ffi::BcStatus::*;
-use batchcorder::{CacheOptions, StreamCache};
+use batchcorder::abi::{ArrowArray, ArrowArrayStream};
+use batchcorder::bc_last_error;
+use batchcorder::cache::*;
+use batchcorder::BcStatus::*;
+use batchcorder_core::{CacheOptions, StreamCache};
 
 /// Yields one batch, then panics.
 struct PanicsOnSecondBatch {
@@ -89,7 +89,7 @@ fn a_panic_is_bc_internal_and_poisons_the_cache() {
         BC_INTERNAL
     );
     assert!(last_error().contains("poisoned"), "{}", last_error());
-    let mut stats = batchcorder::Stats::default();
+    let mut stats = batchcorder::cache::BcStats::default();
     assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_INTERNAL);
     let code = unsafe { get_next(&mut reader, &mut array) };
     assert_eq!(code, libc::EIO);

@@ -23,12 +23,12 @@ use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::types::Int64Type;
 use arrow_array::{Int64Array, RecordBatch, RecordBatchIterator, StructArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema};
-use batchcorder::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use batchcorder::ffi::cache::*;
-use batchcorder::ffi::export::{bc_reader_next, bc_reader_position};
-use batchcorder::ffi::options::*;
-use batchcorder::ffi::BcStatus::{self, *};
-use batchcorder::Stats;
+use batchcorder::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use batchcorder::cache::BcStats as Stats;
+use batchcorder::cache::*;
+use batchcorder::export::{bc_reader_next, bc_reader_position};
+use batchcorder::options::*;
+use batchcorder::BcStatus::{self, *};
 
 pub const ROWS: i64 = 10;
 /// `Op` reader indices are taken modulo this.
@@ -391,7 +391,7 @@ pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
     // the previous call's.
     let expect_invalid = |status: BcStatus, argument: &str| {
         assert_eq!(status, BC_INVALID_ARGUMENT);
-        let message = unsafe { std::ffi::CStr::from_ptr(batchcorder::ffi::bc_last_error()) };
+        let message = unsafe { std::ffi::CStr::from_ptr(batchcorder::bc_last_error()) };
         let message = message.to_string_lossy();
         assert!(
             message.contains(&format!("argument `{argument}`")),

@@ -16,11 +16,11 @@ use std::ptr;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arrow_array::{Array, RecordBatch, StructArray};
+use arrow_array::{Array, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 
-use crate::ffi::abi::ArrowArray;
-use crate::storage::{prefetch, CachedBatch, Derived};
+use crate::abi::ArrowArray;
+use batchcorder_core::storage::{prefetch, CachedBatch, Derived};
 
 /// An `ArrowArray` tree this library owns; released when dropped.
 ///
@@ -29,7 +29,7 @@ use crate::storage::{prefetch, CachedBatch, Derived};
 /// the producer's root is released at once, below a root of our own. What a producer
 /// keeps for the root alone is then freed at ingestion instead of living as long as the
 /// cached batch: pyarrow builds a struct type, its name map and a struct array for every
-/// batch it exports (about 0.7 KB per batch, measured).
+/// batch it exports (bench/notes.md has the figures).
 pub(crate) struct OwnedArray {
     root: ArrowArray,
     /// The moved children; empty when the producer's root is kept whole.
@@ -184,12 +184,6 @@ impl ExportRoot {
             shape,
             image: builder.image,
         }
-    }
-
-    /// Export `batch` once with arrow-rs and keep the result.
-    fn from_batch(batch: &RecordBatch) -> Self {
-        let exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
-        Self::new(Arc::new(OwnedArray::new(exported)))
     }
 }
 
@@ -353,18 +347,14 @@ unsafe fn rebase(node: &mut ArrowArray, base: *mut u8) {
     node.private_data = base.cast();
 }
 
-/// Export `cached` into `out`: a copy of its kept image, or (a batch with none, read for
-/// the first time) a direct arrow-rs export, so that a batch read once builds nothing.
+/// Export `cached` into `out`: a copy of the image kept with it (every batch that came
+/// through the C stream import has one), or else a direct arrow-rs export (a batch read
+/// back from disk, which is decoded anew for every read, or one from a Rust upstream).
 ///
 /// # Safety
 /// `out` is valid for writing one `ArrowArray`.
 pub(crate) unsafe fn export_cached(cached: Arc<CachedBatch>, out: *mut ArrowArray) {
-    let root = match cached.derived_if_present::<ExportRoot>() {
-        Some(root) => Some(root),
-        None if cached.first_use() => None,
-        None => cached.derived(ExportRoot::from_batch),
-    };
-    let Some(root) = root else {
+    let Some(root) = cached.derived_if_present::<ExportRoot>() else {
         let data = StructArray::from(cached.batch().clone()).into_data();
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return;
@@ -446,7 +436,7 @@ mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int32Type, Int64Type};
-    use arrow_array::{ArrayRef, DictionaryArray, Int64Array, ListArray, StringArray};
+    use arrow_array::{ArrayRef, DictionaryArray, Int64Array, ListArray, RecordBatch, StringArray};
     use arrow_data::ffi::FFI_ArrowArray;
     use arrow_schema::{DataType, Field};
     use std::sync::atomic::AtomicUsize;

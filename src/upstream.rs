@@ -10,10 +10,11 @@ use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 
-use crate::cache::{BatchSource, Pulled};
-use crate::error::{Error, Result};
-use crate::ffi::abi::{ArrowArray, ArrowArrayStream};
-use crate::ffi::array_export::{ExportRoot, OwnedArray};
+use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use crate::array_export::{ExportRoot, OwnedArray};
+use crate::schema_copy::SchemaCopy;
+use batchcorder_core::{BatchSource, Pulled};
+use batchcorder_core::{Error, Result};
 
 /// An upstream C stream, owned: dropping it calls its `release`.
 pub struct CStreamUpstream {
@@ -23,11 +24,12 @@ pub struct CStreamUpstream {
 }
 
 impl CStreamUpstream {
-    /// Read the schema of a stream the caller still owns; the stream is not consumed.
+    /// Read the schema of a stream the caller still owns, as arrow-rs holds it and as the
+    /// producer wrote it; the stream is not consumed.
     ///
     /// # Safety
     /// `raw` points to a live, unreleased stream.
-    pub unsafe fn schema_of(raw: *mut ArrowArrayStream) -> Result<SchemaRef> {
+    pub(crate) unsafe fn schema_of(raw: *mut ArrowArrayStream) -> Result<(SchemaRef, SchemaCopy)> {
         let stream = unsafe { &mut *raw };
         let get_schema = stream.get_schema.ok_or_else(|| {
             Error::InvalidArgument("upstream stream has no get_schema callback".into())
@@ -40,11 +42,17 @@ impl CStreamUpstream {
                 errno: code,
             });
         }
-        let schema = Schema::try_from(&ffi_schema).map_err(|err| Error::Upstream {
-            message: format!("the upstream schema cannot be imported: {err}"),
+        let invalid = |problem: String| Error::Upstream {
+            message: format!("the upstream schema cannot be imported: {problem}"),
             errno: libc::EINVAL,
-        })?;
-        Ok(Arc::new(schema))
+        };
+        // SAFETY: the layouts are equal (abi.rs); the producer just wrote it.
+        let raw_schema = unsafe { &*(&ffi_schema as *const FFI_ArrowSchema).cast::<ArrowSchema>() };
+        let exact = unsafe { SchemaCopy::of(raw_schema) }.map_err(invalid)?;
+        let readable: FFI_ArrowSchema =
+            unsafe { std::mem::transmute(exact.utf8_metadata_only().export()) };
+        let schema = Schema::try_from(&readable).map_err(|err| invalid(err.to_string()))?;
+        Ok((Arc::new(schema), exact))
     }
 
     /// Take ownership of `raw`, leaving it released (its `release` is NULL afterwards).

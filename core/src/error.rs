@@ -17,8 +17,6 @@ pub enum Error {
     Io { message: String, errno: i32 },
     /// The upstream producer failed; `errno` is its C Stream error code.
     Upstream { message: String, errno: i32 },
-    /// A batch that a reader needs was dropped by `max_readers` eviction.
-    Evicted(String),
     /// The cache was closed.
     Closed,
     /// A bug: a panic, or a lock poisoned by one.
@@ -46,7 +44,7 @@ impl Error {
     /// The errno a C Stream callback returns for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::InvalidArgument(_) | Error::Evicted(_) | Error::Closed => libc::EINVAL,
+            Error::InvalidArgument(_) | Error::Closed => libc::EINVAL,
             Error::Capacity(_) => libc::ENOMEM,
             Error::Io { errno, .. } => *errno,
             Error::Internal(_) => libc::EIO,
@@ -85,10 +83,9 @@ fn upstream_message(err: &ArrowError) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m)
-            | Error::Capacity(m)
-            | Error::Io { message: m, .. }
-            | Error::Evicted(m) => f.write_str(m),
+            Error::InvalidArgument(m) | Error::Capacity(m) | Error::Io { message: m, .. } => {
+                f.write_str(m)
+            }
             Error::Upstream { message, .. } => write!(f, "upstream stream failed: {message}"),
             Error::Closed => f.write_str(
                 "the cache is closed; build a new cache from a fresh source to read again",

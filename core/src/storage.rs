@@ -3,13 +3,14 @@
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
 use arrow_data::ArrayData;
 
-/// A form of a cached batch that an export layer keeps with it ([`CachedBatch::derived`]).
+/// A value that a layer over the core keeps with each cached batch
+/// ([`CachedBatch::derived`]): the C ABI keeps the batch's exported array tree, so that
+/// every replay copies it instead of converting the batch again.
 pub trait Derived: Any + Send + Sync {
     /// Hint the CPU to load what a read of the batch will touch. The memory tier calls it
     /// a little ahead of a reader going in order, so that replays do not wait on memory.
@@ -22,7 +23,6 @@ pub struct CachedBatch {
     /// What an export layer reuses on every read: derived from the batch once, or handed
     /// over by the upstream with it (`Pulled::derived`).
     derived: OnceLock<Box<dyn Derived>>,
-    used: AtomicBool,
 }
 
 impl std::fmt::Debug for CachedBatch {
@@ -34,16 +34,16 @@ impl std::fmt::Debug for CachedBatch {
 }
 
 impl CachedBatch {
-    pub(crate) fn new(batch: RecordBatch) -> Self {
+    /// A batch with nothing derived from it yet.
+    pub fn new(batch: RecordBatch) -> Self {
         Self {
             batch,
             derived: OnceLock::new(),
-            used: AtomicBool::new(false),
         }
     }
 
-    /// A batch whose derived value its upstream already supplied (see [`crate::Pulled`]).
-    pub(crate) fn with_derived(batch: RecordBatch, derived: Option<Box<dyn Derived>>) -> Self {
+    /// A batch whose derived value is already at hand (as a [`crate::Pulled`] hands it).
+    pub fn with_derived(batch: RecordBatch, derived: Option<Box<dyn Derived>>) -> Self {
         let cached = Self::new(batch);
         if let Some(value) = derived {
             let _ = cached.derived.set(value);
@@ -54,12 +54,6 @@ impl CachedBatch {
     /// The batch as it came from the upstream.
     pub fn batch(&self) -> &RecordBatch {
         &self.batch
-    }
-
-    /// True the first time it is called for this batch, false after: lets an export
-    /// layer build its reusable form only for batches that are read more than once.
-    pub fn first_use(&self) -> bool {
-        !self.used.swap(true, Ordering::AcqRel)
     }
 
     /// A value derived from the batch, built on first use and kept as long as the batch.
@@ -76,8 +70,9 @@ impl CachedBatch {
     }
 }
 
-/// Start loading the cache line at `address`; only a hint, so any address will do.
-pub(crate) fn prefetch<T: ?Sized>(address: *const T) {
+/// Start loading the cache line at `address`; only a hint, so any address will do. For
+/// [`Derived::prefetch`] implementations.
+pub fn prefetch<T: ?Sized>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults and reads nothing the program sees.
     unsafe {
@@ -89,8 +84,7 @@ pub(crate) fn prefetch<T: ?Sized>(address: *const T) {
 
 /// Allocations by start address. A B-tree rather than a hash map: it grows by small
 /// nodes, where a hash table's doublings are large allocations that make glibc's malloc
-/// consolidate every freed small chunk of the process (measured: 1.2 us per ingested
-/// batch over a 1 563-batch stream).
+/// consolidate every freed small chunk of the process (bench/notes.md).
 type AddressMap<V> = BTreeMap<usize, V>;
 
 /// An allocation that at least one stored batch points into.
@@ -161,7 +155,7 @@ impl MemoryTier {
 
     /// Start loading the memory of the batches after `position`, for a reader going in
     /// order: one level of pointers further for each batch closer, so that by its turn a
-    /// batch is in cache (a replay from C: 400 to 255 ns per batch on a slow-memory VM).
+    /// batch is in cache.
     pub fn prefetch_after(&self, position: u64) {
         let Some(index) = self.index(position) else {
             return;

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 
-use crate::ffi::abi::ArrowArrayStream;
-use crate::ffi::export::bc_stream_free;
-use crate::ffi::{arg, guard, BcStatus};
+use crate::abi::ArrowArrayStream;
+use crate::boundary::{arg, guard, BcStatus};
+use crate::export::bc_stream_free;
 
 fn adopted() -> &'static Mutex<HashMap<usize, usize>> {
     static ADOPTED: OnceLock<Mutex<HashMap<usize, usize>>> = OnceLock::new();

@@ -27,86 +27,10 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
+use crate::options::{Compression, DiskOptions, WritePolicy};
 
-/// Segments are this large unless one message needs more.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
 const ALIGNMENT: usize = 64;
-
-/// When a batch is written to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WritePolicy {
-    /// Every batch, as it is ingested (replays read most batches zero-copy from disk).
-    #[default]
-    OnInsertion,
-    /// Only when it leaves the hot layer: a stream that fits in memory never touches disk.
-    OnEviction,
-}
-
-/// IPC buffer compression on disk. Compressed batches are copied when read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    #[default]
-    None,
-    Lz4,
-    Zstd,
-}
-
-/// Where and how the disk tier stores batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskOptions {
-    /// Parent directory; created if missing. The cache works in a private subdirectory.
-    pub path: PathBuf,
-    /// Budget in bytes for batch data on disk.
-    pub capacity: u64,
-    pub write_policy: WritePolicy,
-    pub compression: Compression,
-    /// Target size of one segment file.
-    pub segment_bytes: u64,
-    /// Tests only: make one disk operation fail.
-    #[cfg(feature = "fault-injection")]
-    pub faults: Option<FaultInjector>,
-}
-
-impl DiskOptions {
-    /// Disk options with the defaults for everything but the path and the budget.
-    pub fn new(path: impl Into<PathBuf>, capacity: u64) -> Self {
-        Self {
-            path: path.into(),
-            capacity,
-            write_policy: WritePolicy::default(),
-            compression: Compression::default(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
-            #[cfg(feature = "fault-injection")]
-            faults: None,
-        }
-    }
-
-    fn faults(&self) -> Option<FaultInjector> {
-        #[cfg(feature = "fault-injection")]
-        return self.faults.clone();
-        #[cfg(not(feature = "fault-injection"))]
-        None
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.capacity == 0 {
-            return Err(Error::InvalidArgument(
-                "disk_capacity must be at least 1 byte".into(),
-            ));
-        }
-        if self.path.as_os_str().is_empty() {
-            return Err(Error::InvalidArgument("disk_path must not be empty".into()));
-        }
-        if self.path.exists() && !self.path.is_dir() {
-            return Err(Error::InvalidArgument(format!(
-                "disk_path {} exists and is not a directory; pass a directory",
-                self.path.display()
-            )));
-        }
-        Ok(())
-    }
-}
 
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Io {
@@ -261,8 +185,8 @@ impl std::fmt::Debug for DiskWriter {
 
 impl DiskWriter {
     /// Create the private directory for one cache under `options.path`.
+    /// `options` were validated by [`crate::CacheOptions::validate`].
     pub fn create(options: &DiskOptions) -> Result<(Self, DiskIndex)> {
-        options.validate()?;
         let faults = options.faults();
         inject(&faults, IoPoint::CreateDirectory)
             .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;

@@ -3,29 +3,37 @@
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::Arc;
 
 use arrow_array::{Array, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 
-use crate::error::{Error, Result};
-use crate::ffi::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use crate::ffi::array_export::export_cached;
-use crate::ffi::{arg_mut, c_message, guard, panic_message, BcStatus};
-use crate::reader::{CacheReader, Cast, OnCastFailure};
+use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+use crate::array_export::export_cached;
+use crate::boundary::{arg_mut, c_message, guard, panic_message, BcStatus};
+use crate::schema_copy::SchemaCopy;
+use batchcorder_core::{CacheReader, Cast, OnCastFailure};
+use batchcorder_core::{Error, Result};
 
 /// What an exported stream's `private_data` points to.
 struct Exported {
     reader: CacheReader,
+    /// The upstream's own schema, given out while the reader does not cast.
+    exact_schema: Option<Arc<SchemaCopy>>,
     /// The error of the latest callback, if it failed, with the message `get_last_error`
     /// returns; its status is what `bc_reader_failure` reports.
     failure: Option<(Error, CString)>,
 }
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
-pub(crate) fn export_reader(reader: CacheReader) -> ArrowArrayStream {
+pub(crate) fn export_reader(
+    reader: CacheReader,
+    exact_schema: Option<Arc<SchemaCopy>>,
+) -> ArrowArrayStream {
     let private = Box::new(Exported {
         reader,
+        exact_schema,
         failure: None,
     });
     ArrowArrayStream {
@@ -97,6 +105,11 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
 }
 
 fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
+    if let (false, Some(exact)) = (state.reader.casts(), &state.exact_schema) {
+        // SAFETY: `out` is valid for writes (checked by the caller).
+        unsafe { ptr::write(out, exact.export()) };
+        return Ok(());
+    }
     let schema = FFI_ArrowSchema::try_from(state.reader.output_schema().as_ref())
         .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
     unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
@@ -173,7 +186,7 @@ pub unsafe extern "C" fn bc_reader_next(
 ) -> BcStatus {
     let state: *mut Exported = match unsafe { reader_arg(reader) } {
         Ok(state) => state,
-        Err(err) => return crate::ffi::fail(&err),
+        Err(err) => return crate::boundary::fail(&err),
     };
     guard(
         // SAFETY: runs only after the body unwound, so nothing else borrows the reader.
@@ -227,7 +240,7 @@ pub unsafe extern "C" fn bc_reader_cast_with(
         || {},
         || {
             let state = unsafe { reader_arg(reader) }?;
-            let schema = unsafe { crate::ffi::arg(requested_schema, "requested_schema") }?;
+            let schema = unsafe { crate::boundary::arg(requested_schema, "requested_schema") }?;
             let on_failure = match on_failure {
                 BC_CAST_FAILURE_ERROR => OnCastFailure::Error,
                 BC_CAST_FAILURE_NULL => OnCastFailure::Null,
@@ -238,7 +251,7 @@ pub unsafe extern "C" fn bc_reader_cast_with(
                     )))
                 }
             };
-            let target = crate::ffi::cache::import_schema(schema)?;
+            let target = crate::cache::import_schema(schema)?;
             state.reader.cast_to(Cast {
                 schema: std::sync::Arc::new(target),
                 on_failure,
@@ -368,7 +381,7 @@ unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Export
 /// allocation failed.
 #[no_mangle]
 pub extern "C" fn bc_stream_new() -> *mut ArrowArrayStream {
-    crate::ffi::guard_value(ptr::null_mut(), || {
+    crate::boundary::guard_value(ptr::null_mut(), || {
         Box::into_raw(Box::new(ArrowArrayStream::RELEASED))
     })
 }

@@ -33,22 +33,20 @@ const fn parse(text: &str) -> u32 {
 const _: () = {
     assert!(
         BATCHCORDER_VERSION_MAJOR == parse(env!("CARGO_PKG_VERSION_MAJOR")),
-        "update BATCHCORDER_VERSION_MAJOR in src/ffi/version.rs to Cargo.toml's version"
+        "update BATCHCORDER_VERSION_MAJOR in src/version.rs to Cargo.toml's version"
     );
     assert!(
         BATCHCORDER_VERSION_MINOR == parse(env!("CARGO_PKG_VERSION_MINOR")),
-        "update BATCHCORDER_VERSION_MINOR in src/ffi/version.rs to Cargo.toml's version"
+        "update BATCHCORDER_VERSION_MINOR in src/version.rs to Cargo.toml's version"
     );
     assert!(
         BATCHCORDER_VERSION_PATCH == parse(env!("CARGO_PKG_VERSION_PATCH")),
-        "update BATCHCORDER_VERSION_PATCH in src/ffi/version.rs to Cargo.toml's version"
+        "update BATCHCORDER_VERSION_PATCH in src/version.rs to Cargo.toml's version"
     );
 };
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn bc_version_is_the_package_version() {
         // The macros are checked against the package version at compile time above.

@@ -11,12 +11,12 @@ use arrow_array::{
     DictionaryArray, Int32Array, Int64Array, RecordBatch, RecordBatchIterator, StringArray,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema};
-use batchcorder::disk::{Compression, DiskOptions, WritePolicy};
-use batchcorder::faults::{FaultInjector, IoPoint};
-use batchcorder::{CacheOptions, Error, StreamCache};
+use batchcorder_core::faults::{FaultInjector, IoPoint};
+use batchcorder_core::{CacheOptions, Error, StreamCache};
+use batchcorder_core::{Compression, DiskOptions, WritePolicy};
 use proptest::prelude::*;
 
-#[path = "support/stress.rs"]
+#[path = "../../tests/support/stress.rs"]
 mod stress;
 
 /// Batches with an id column and a dictionary column whose dictionary changes every
@@ -71,7 +71,7 @@ struct Outcome {
     served: usize,
     error: Option<Error>,
     fired: u64,
-    stats: Option<batchcorder::Stats>,
+    stats: Option<batchcorder_core::Stats>,
 }
 
 fn run(case: Case) -> Outcome {

@@ -63,13 +63,6 @@ impl ReaderRegistry {
                 )));
             }
         }
-        if start < self.evicted_below {
-            return Err(Error::Evicted(format!(
-                "cannot start a reader at batch {start}: batches before {} were evicted; \
-                 start the reader at the frontier (from_start=false)",
-                self.evicted_below
-            )));
-        }
         self.prune();
         let slot = Arc::new(ReaderSlot {
             next: AtomicU64::new(start),
@@ -127,13 +120,5 @@ mod tests {
         drop(second);
         assert_eq!(registry.evictable_below(10), Some(5));
         assert!(registry.register(0).is_err(), "cap of 2 reached");
-    }
-
-    #[test]
-    fn start_before_evicted_is_refused() {
-        let mut registry = ReaderRegistry::new(None);
-        registry.mark_evicted_below(4);
-        assert!(matches!(registry.register(0), Err(Error::Evicted(_))));
-        assert!(registry.register(4).is_ok());
     }
 }

@@ -2,10 +2,10 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::cache::CacheOptions;
-use crate::disk::{Compression, DiskOptions, WritePolicy, DEFAULT_SEGMENT_BYTES};
-use crate::error::Error;
-use crate::ffi::{arg, arg_mut, guard, guard_value, BcStatus};
+use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
+use batchcorder_core::options::{check_max_readers, check_segment_bytes};
+use batchcorder_core::Error;
+use batchcorder_core::{CacheOptions, Compression, DiskOptions, WritePolicy};
 
 /// When the disk tier writes a batch: one of the `BC_WRITE_*` values.
 pub type BcWritePolicy = u32;
@@ -29,21 +29,18 @@ pub const BC_COMPRESSION_ZSTD: BcCompression = 2;
 /// as soon as that returns.
 pub struct BcOptions {
     options: CacheOptions,
-    write_policy: WritePolicy,
-    compression: Compression,
-    segment_bytes: u64,
+    /// The disk tier's options, which may be set before `bc_options_set_disk` enables it.
+    disk: DiskOptions,
+    disk_enabled: bool,
 }
 
 impl BcOptions {
     /// The options `bc_cache_new` uses.
     pub(crate) fn cache_options(&self) -> CacheOptions {
-        let mut options = self.options.clone();
-        if let Some(disk) = options.disk.as_mut() {
-            disk.write_policy = self.write_policy;
-            disk.compression = self.compression;
-            disk.segment_bytes = self.segment_bytes;
+        CacheOptions {
+            disk: self.disk_enabled.then(|| self.disk.clone()),
+            ..self.options.clone()
         }
-        options
     }
 }
 
@@ -54,9 +51,8 @@ pub extern "C" fn bc_options_new() -> *mut BcOptions {
     guard_value(std::ptr::null_mut(), || {
         Box::into_raw(Box::new(BcOptions {
             options: CacheOptions::default(),
-            write_policy: WritePolicy::default(),
-            compression: Compression::default(),
-            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            disk: DiskOptions::new("", 0),
+            disk_enabled: false,
         }))
     })
 }
@@ -68,7 +64,7 @@ pub extern "C" fn bc_options_new() -> *mut BcOptions {
 /// `opts` is NULL or a live builder.
 unsafe fn update(
     opts: *mut BcOptions,
-    change: impl FnOnce(&mut BcOptions) -> crate::Result<()>,
+    change: impl FnOnce(&mut BcOptions) -> batchcorder_core::Result<()>,
 ) -> BcStatus {
     guard(|| {}, || change(unsafe { arg_mut(opts, "opts") }?))
 }
@@ -117,11 +113,7 @@ pub unsafe extern "C" fn bc_options_set_max_readers(
     max_readers: u64,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
-        if max_readers == 0 {
-            return Err(Error::InvalidArgument(
-                "max_readers must be at least 1".into(),
-            ));
-        }
+        check_max_readers(max_readers)?;
         opts.options.max_readers = Some(max_readers);
         Ok(())
     };
@@ -146,9 +138,14 @@ pub unsafe extern "C" fn bc_options_set_disk(
         let dir = dir
             .to_str()
             .map_err(|_| Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into()))?;
-        let disk = DiskOptions::new(dir, capacity_bytes);
+        let disk = DiskOptions {
+            path: dir.into(),
+            capacity: capacity_bytes,
+            ..opts.disk.clone()
+        };
         disk.validate()?;
-        opts.options.disk = Some(disk);
+        opts.disk = disk;
+        opts.disk_enabled = true;
         Ok(())
     };
     unsafe { update(opts, change) }
@@ -176,7 +173,7 @@ pub unsafe extern "C" fn bc_options_set_write_policy(
                 )))
             }
         };
-        opts.write_policy = policy;
+        opts.disk.write_policy = policy;
         Ok(())
     };
     unsafe { update(opts, change) }
@@ -194,7 +191,7 @@ pub unsafe extern "C" fn bc_options_set_compression(
     compression: BcCompression,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
-        opts.compression = match compression {
+        opts.disk.compression = match compression {
             BC_COMPRESSION_NONE => Compression::None,
             BC_COMPRESSION_LZ4 => Compression::Lz4,
             BC_COMPRESSION_ZSTD => Compression::Zstd,
@@ -222,12 +219,8 @@ pub unsafe extern "C" fn bc_options_set_segment_bytes(
     bytes: u64,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
-        if bytes < 4096 {
-            return Err(Error::InvalidArgument(format!(
-                "segment_bytes must be at least 4096, got {bytes}"
-            )));
-        }
-        opts.segment_bytes = bytes;
+        check_segment_bytes(bytes)?;
+        opts.disk.segment_bytes = bytes;
         Ok(())
     };
     unsafe { update(opts, change) }

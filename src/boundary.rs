@@ -1,20 +1,11 @@
-//! The C boundary: status codes, the thread-local error message and the panic guard that
-//! every `bc_*` export goes through. The functions themselves live in the submodules.
-
-pub mod abi;
-pub(crate) mod array_export;
-pub mod cache;
-pub mod capsule;
-pub mod export;
-pub mod options;
-pub mod upstream;
-pub mod version;
+//! The boundary every `bc_*` export goes through: status codes, the thread-local error
+//! message, NULL checks that name the argument, and the panic guard.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::Error;
+use batchcorder_core::Error;
 
 /// The result of every fallible `bc_*` call. `BC_OK` is 0; read `bc_last_error()` for the
 /// message of anything else.
@@ -33,7 +24,8 @@ pub enum BcStatus {
     /// The upstream producer failed; its message is kept and `bc_last_error_errno()` has
     /// its errno.
     BC_UPSTREAM = 4,
-    /// A needed batch was already evicted (`max_readers`).
+    /// Not returned by this version: eviction never drops a batch that a live reader has
+    /// not passed. Kept so that the values of the other statuses stay as they were.
     BC_EVICTED = 5,
     /// The cache was closed.
     BC_CLOSED = 6,
@@ -48,7 +40,6 @@ impl From<&Error> for BcStatus {
             Error::Capacity(_) => BcStatus::BC_CAPACITY,
             Error::Io { .. } => BcStatus::BC_IO,
             Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
-            Error::Evicted(_) => BcStatus::BC_EVICTED,
             Error::Closed => BcStatus::BC_CLOSED,
             Error::Internal(_) => BcStatus::BC_INTERNAL,
         }
@@ -93,7 +84,10 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Error {
 
 /// Run the body of a fallible export: errors become a status and a message, and a panic
 /// becomes `BC_INTERNAL` after `on_panic` ran (which poisons the cache involved).
-pub(crate) fn guard(on_panic: impl FnOnce(), body: impl FnOnce() -> crate::Result<()>) -> BcStatus {
+pub(crate) fn guard(
+    on_panic: impl FnOnce(),
+    body: impl FnOnce() -> batchcorder_core::Result<()>,
+) -> BcStatus {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => BcStatus::BC_OK,
         Ok(Err(err)) => fail(&err),
@@ -113,7 +107,7 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to a live `T` for `'a`.
-pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> crate::Result<&'a T> {
+pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> batchcorder_core::Result<&'a T> {
     unsafe { ptr.as_ref() }.ok_or_else(|| {
         Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
     })
@@ -123,7 +117,10 @@ pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> crate::Result<&'a 
 ///
 /// # Safety
 /// A non-NULL `ptr` must point to a live `T` for `'a`, borrowed by nothing else.
-pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> crate::Result<&'a mut T> {
+pub(crate) unsafe fn arg_mut<'a, T>(
+    ptr: *mut T,
+    name: &str,
+) -> batchcorder_core::Result<&'a mut T> {
     unsafe { ptr.as_mut() }.ok_or_else(|| {
         Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
     })

@@ -7,8 +7,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use batchcorder::disk::{Compression, DiskOptions, WritePolicy};
-use batchcorder::{CacheOptions, Error, StreamCache};
+use batchcorder_core::{CacheOptions, Error, StreamCache};
+use batchcorder_core::{Compression, DiskOptions, WritePolicy};
 
 fn id_batches(batches: usize, rows: usize) -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));

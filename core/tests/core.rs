@@ -8,7 +8,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{Array, Int64Array, RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
-use batchcorder::{CacheOptions, Cast, Error, OnCastFailure, StreamCache};
+use batchcorder_core::{CacheOptions, Cast, Error, OnCastFailure, StreamCache};
 
 /// An upstream of `batches` batches of `rows` ids each, failing at `fail_at` if set,
 /// counting every call to `next`.

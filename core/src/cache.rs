@@ -1,0 +1,572 @@
+//! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_schema::{ArrowError, SchemaRef};
+
+use crate::disk::{DiskIndex, DiskWriter};
+use crate::error::{Error, Result};
+use crate::options::{default_memory_capacity, CacheOptions, WritePolicy};
+use crate::reader::{CacheReader, Cast};
+use crate::registry::ReaderRegistry;
+use crate::storage::{CachedBatch, Derived, MemoryTier};
+
+/// The upstream a cache reads from: any Arrow record batch reader.
+pub type Upstream = Box<dyn RecordBatchReader + Send>;
+
+/// One batch as a [`BatchSource`] hands it over.
+pub struct Pulled {
+    pub batch: RecordBatch,
+    /// A form of the batch that an export layer reuses on every read (see
+    /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
+    pub derived: Option<Box<dyn Derived>>,
+}
+
+/// An upstream that may hand over more than the batch: the C stream import passes the
+/// producer's own columns along, so that replays re-export them without converting.
+/// Every [`Upstream`] is one.
+pub trait BatchSource: Send {
+    fn schema(&self) -> SchemaRef;
+    /// The next batch; `None` at the end.
+    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>>;
+}
+
+impl BatchSource for Upstream {
+    fn schema(&self) -> SchemaRef {
+        RecordBatchReader::schema(self.as_ref())
+    }
+
+    fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
+        Some(self.next()?.map(|batch| Pulled {
+            batch,
+            derived: None,
+        }))
+    }
+}
+
+/// Counters describing a cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches pulled from the upstream.
+    pub batches_ingested: u64,
+    /// Rows in those batches.
+    pub rows_ingested: u64,
+    /// Bytes of batch buffers held in memory, each allocation counted once.
+    pub memory_bytes: u64,
+    /// Bytes of batch data held on disk.
+    pub disk_bytes: u64,
+    /// Batches dropped because every reader had passed them (`max_readers`).
+    pub batches_evicted: u64,
+    /// Disk segments deleted because every reader had passed them.
+    pub segments_deleted: u64,
+    /// Readers alive now.
+    pub readers_live: u64,
+    /// Readers created since the cache was made.
+    pub readers_created: u64,
+    /// Whether the upstream reported its end.
+    pub upstream_exhausted: bool,
+    /// Nanoseconds spent inside the upstream's `next`.
+    pub upstream_wait_ns: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    memory: MemoryTier,
+    /// Where batches lie on disk.
+    disk: Option<DiskIndex>,
+    registry: ReaderRegistry,
+    /// The upstream's failure (or a budget failure), kept and returned to every reader
+    /// that reaches this position: a failed pull is never retried.
+    failure: Option<Error>,
+    exhausted: bool,
+    closed: bool,
+    rows_ingested: u64,
+    batches_evicted: u64,
+}
+
+/// What only the ingesting thread touches.
+struct Ingest {
+    source: Option<Box<dyn BatchSource>>,
+    writer: Option<DiskWriter>,
+}
+
+pub(crate) struct Shared {
+    schema: SchemaRef,
+    /// Held only by the thread that pulls from the upstream and writes to disk.
+    ingest: Mutex<Ingest>,
+    state: Mutex<State>,
+    ingested: AtomicU64,
+    exhausted: AtomicBool,
+    poisoned: AtomicBool,
+    upstream_wait_ns: AtomicU64,
+    evicts: bool,
+}
+
+/// A replayable cache over a single-use stream.
+///
+/// Thread-safe: every method takes `&self`. Readers keep the storage alive, so dropping
+/// the cache does not invalidate them; [`StreamCache::close`] does, with a clean error.
+#[derive(Clone)]
+pub struct StreamCache {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StreamCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamCache")
+            .field("ingested", &self.ingested_count())
+            .field("exhausted", &self.upstream_exhausted())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamCache {
+    /// Wrap `upstream`. Nothing is read from it until a reader asks.
+    pub fn new(upstream: Upstream, options: CacheOptions) -> Result<Self> {
+        Ok(Self::prepare(options)?.start(upstream))
+    }
+
+    /// Check the options and create the disk directory, before any upstream is taken:
+    /// a caller that fails here still owns its stream.
+    pub fn prepare(options: CacheOptions) -> Result<PreparedCache> {
+        options.validate()?;
+        let disk = match &options.disk {
+            Some(disk) => {
+                let (writer, index) = DiskWriter::create(disk)?;
+                Some((writer, index))
+            }
+            None => None,
+        };
+        Ok(PreparedCache { options, disk })
+    }
+
+    /// The private directory of the disk tier, if there is one.
+    pub fn disk_directory(&self) -> Option<std::path::PathBuf> {
+        let ingest = self.shared.ingest.lock().ok()?;
+        ingest.writer.as_ref().map(|w| w.directory().to_path_buf())
+    }
+}
+
+/// A cache whose options are checked and whose storage exists, waiting for its upstream.
+#[derive(Debug)]
+pub struct PreparedCache {
+    options: CacheOptions,
+    disk: Option<(DiskWriter, DiskIndex)>,
+}
+
+impl PreparedCache {
+    /// Attach the upstream. Cannot fail.
+    pub fn start(self, upstream: Upstream) -> StreamCache {
+        self.start_source(Box::new(upstream))
+    }
+
+    /// Attach an upstream that is a [`BatchSource`]. Cannot fail.
+    pub fn start_source(self, upstream: Box<dyn BatchSource>) -> StreamCache {
+        let capacity = self
+            .options
+            .memory_capacity
+            .unwrap_or_else(default_memory_capacity);
+        let (writer, index) = match self.disk {
+            Some((writer, index)) => (Some(writer), Some(index)),
+            None => (None, None),
+        };
+        let options = self.options;
+        let state = State {
+            memory: MemoryTier::new(capacity),
+            disk: index,
+            registry: ReaderRegistry::new(options.max_readers),
+            failure: None,
+            exhausted: false,
+            closed: false,
+            rows_ingested: 0,
+            batches_evicted: 0,
+        };
+        let shared = Shared {
+            schema: upstream.schema(),
+            ingest: Mutex::new(Ingest {
+                source: Some(upstream),
+                writer,
+            }),
+            state: Mutex::new(state),
+            ingested: AtomicU64::new(0),
+            exhausted: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
+            upstream_wait_ns: AtomicU64::new(0),
+            evicts: options.max_readers.is_some(),
+        };
+        StreamCache {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl StreamCache {
+    /// The schema of the stream.
+    pub fn schema(&self) -> SchemaRef {
+        self.shared.schema.clone()
+    }
+
+    /// A new reader at batch 0 (`from_start`) or at the ingestion frontier.
+    pub fn reader(&self, from_start: bool) -> Result<CacheReader> {
+        self.reader_with_schema(from_start, None)
+    }
+
+    /// A new reader whose batches are cast as `target` says (see [`crate::validate_cast`]).
+    pub fn reader_with_schema(
+        &self,
+        from_start: bool,
+        target: Option<Cast>,
+    ) -> Result<CacheReader> {
+        if let Some(target) = &target {
+            crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
+        }
+        let mut state = self.shared.lock_state()?;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        let start = if from_start { 0 } else { state.memory.end() };
+        let slot = state.registry.register(start)?;
+        drop(state);
+        Ok(CacheReader::new(self.shared.clone(), start, slot, target))
+    }
+
+    /// Pull the next batch from the upstream into the cache; false once it is exhausted.
+    pub fn ingest_next(&self) -> Result<bool> {
+        let frontier = self.shared.ingested.load(Ordering::Acquire);
+        Ok(self.shared.batch_at(frontier)?.is_some())
+    }
+
+    /// Pull the whole upstream into the cache; returns the batch count. Idempotent.
+    pub fn ingest_all(&self) -> Result<u64> {
+        loop {
+            let frontier = self.shared.ingested.load(Ordering::Acquire);
+            if self.shared.batch_at(frontier)?.is_none() {
+                return Ok(self.ingested_count());
+            }
+        }
+    }
+
+    /// Batches pulled from the upstream so far. Never blocks on ingestion.
+    pub fn ingested_count(&self) -> u64 {
+        self.shared.ingested.load(Ordering::Acquire)
+    }
+
+    /// True once the upstream has reported its end.
+    pub fn upstream_exhausted(&self) -> bool {
+        self.shared.exhausted.load(Ordering::Acquire)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut state = self.shared.lock_state()?;
+        let (disk_bytes, segments_deleted) = match &state.disk {
+            Some(index) => (index.bytes(), index.segments_deleted()),
+            None => (0, 0),
+        };
+        Ok(Stats {
+            batches_ingested: self.ingested_count(),
+            rows_ingested: state.rows_ingested,
+            memory_bytes: state.memory.bytes(),
+            disk_bytes,
+            batches_evicted: state.batches_evicted,
+            segments_deleted,
+            readers_live: state.registry.live(),
+            readers_created: state.registry.created(),
+            upstream_exhausted: state.exhausted,
+            upstream_wait_ns: self.shared.upstream_wait_ns.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Drop all stored batches and the upstream, and delete the disk directory.
+    /// Idempotent, and works on a poisoned cache too. Readers then fail with
+    /// [`Error::Closed`]; batches they already returned stay valid (mapped files stay
+    /// readable after they are deleted).
+    pub fn close(&self) -> Result<()> {
+        let stored = {
+            // Closing a poisoned cache still releases what it holds: dropping needs no
+            // invariant that an interrupted update could have broken.
+            let mut state = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.closed {
+                return Ok(());
+            }
+            state.closed = true;
+            (
+                std::mem::replace(&mut state.memory, MemoryTier::new(0)),
+                state.disk.take(),
+            )
+        };
+        drop(stored);
+        // Waits for a pull in progress; the puller sees `closed` and discards its batch.
+        let mut ingest = self
+            .shared
+            .ingest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (source, writer) = (ingest.source.take(), ingest.writer.take());
+        drop(ingest);
+        drop(source);
+        drop(writer);
+        Ok(())
+    }
+
+    /// Mark the cache unusable: every later call on it and its readers fails with
+    /// [`Error::Internal`]. For a layer that catches a panic in a call on the cache (the C
+    /// ABI does), whose state the panic may have left half-updated.
+    pub fn poison(&self) {
+        self.shared.poison();
+    }
+}
+
+/// What the ingest path must do outside the state lock once a batch is stored.
+enum Spill {
+    /// Nothing more; whether ingestion can go on (false after a failure or close).
+    Nothing(bool),
+    /// `OnEviction`: these hot batches must reach disk before they leave memory.
+    Write(Vec<(u64, Arc<CachedBatch>)>),
+}
+
+impl Shared {
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub(crate) fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    fn lock_state(&self) -> Result<MutexGuard<'_, State>> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::poisoned());
+        }
+        self.state.lock().map_err(|_| Error::poisoned())
+    }
+
+    fn lock_ingest(&self) -> Result<MutexGuard<'_, Ingest>> {
+        self.ingest.lock().map_err(|_| Error::poisoned())
+    }
+
+    /// The batch at `position`, pulling from the upstream as needed; `None` past the end.
+    pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
+        loop {
+            {
+                let state = self.lock_state()?;
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                if position < state.memory.end() {
+                    if let Some(batch) = state.memory.get(position) {
+                        state.memory.prefetch_after(position);
+                        return Ok(Some(batch.clone()));
+                    }
+                    let on_disk = state.disk.as_ref().and_then(|d| d.get(position)).cloned();
+                    drop(state);
+                    // Decoded without any lock: readers on many threads read disk at once.
+                    return match on_disk {
+                        Some(entry) => {
+                            Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?))))
+                        }
+                        // Eviction keeps every batch a live reader has not passed.
+                        None => Err(Error::Internal(format!(
+                            "batch {position} is neither in memory nor on disk"
+                        ))),
+                    };
+                }
+                if let Some(failure) = &state.failure {
+                    return Err(failure.clone());
+                }
+                if state.exhausted {
+                    return Ok(None);
+                }
+            }
+            self.pull_next(position)?;
+        }
+    }
+
+    /// Pull one batch from the upstream, unless another thread got there first.
+    ///
+    /// Only the ingest lock is held while the upstream runs: a pyarrow upstream over a
+    /// Python generator takes the GIL inside `next`, so holding the state lock here could
+    /// deadlock against a thread that holds the GIL and reads a cached batch. Disk writes
+    /// also happen under the ingest lock alone.
+    fn pull_next(&self, wanted: u64) -> Result<()> {
+        let mut guard = self.lock_ingest()?;
+        let ingest = &mut *guard;
+        if self.ingested.load(Ordering::Acquire) > wanted {
+            return Ok(());
+        }
+        let Some(source) = ingest.source.as_mut() else {
+            return Ok(()); // exhausted, failed or closed: the caller's loop sees which
+        };
+        let started = Instant::now();
+        let pulled = source.pull();
+        self.upstream_wait_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+
+        let batch = match pulled {
+            Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
+                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)),
+                Err(err) => Err(Some(err)),
+            },
+            Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
+            None => Err(None),
+        };
+        let position = self.ingested.load(Ordering::Acquire);
+        let open = match batch {
+            Ok(batch) => match self.store(ingest, position, batch)? {
+                Spill::Write(leaving) => self.spill(ingest, leaving)?,
+                Spill::Nothing(open) => open,
+            },
+            Err(end) => {
+                let mut state = self.lock_state()?;
+                match end {
+                    _ if state.closed => {}
+                    Some(err) => state.failure = Some(err),
+                    None => {
+                        state.exhausted = true;
+                        self.exhausted.store(true, Ordering::Release);
+                    }
+                }
+                false
+            }
+        };
+        if !open {
+            // Released outside the state lock: a release may call back into Python.
+            let source = ingest.source.take();
+            drop(guard);
+            drop(source);
+        }
+        Ok(())
+    }
+
+    /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
+    fn store(&self, ingest: &mut Ingest, position: u64, batch: CachedBatch) -> Result<Spill> {
+        let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
+        // OnInsertion: written before the state lock is taken.
+        let written = match (policy, ingest.writer.as_mut()) {
+            (Some(WritePolicy::OnInsertion), Some(writer)) => {
+                Some(writer.write(position, batch.batch()))
+            }
+            _ => None,
+        };
+        let mut state = self.lock_state()?;
+        if state.closed {
+            return Ok(Spill::Nothing(false));
+        }
+        state.evict_passed();
+        let rows = batch.batch().num_rows() as u64;
+        let spill = match written {
+            None if policy.is_none() => match state.memory.push(batch) {
+                Ok(()) => Spill::Nothing(true),
+                Err(over) => {
+                    state.failure = Some(Error::Capacity(format!(
+                        "batch {position} needs {} bytes but memory_capacity={} bytes already \
+                         holds {}; raise memory_capacity, set max_readers to stream in \
+                         bounded memory, or enable the disk tier",
+                        over.needed, over.capacity, over.held
+                    )));
+                    return Ok(Spill::Nothing(false));
+                }
+            },
+            Some(Err(err)) => {
+                // The batch in hand stays in memory, over budget if need be: a disk failure
+                // loses nothing that was pulled.
+                state.memory.push_unbounded(batch);
+                state.failure = Some(err);
+                Spill::Nothing(false)
+            }
+            Some(Ok(entry)) => {
+                state.memory.push_unbounded(batch);
+                if let Some(index) = state.disk.as_mut() {
+                    index.insert(position, entry);
+                }
+                // Everything is on disk already: the hot layer just keeps the newest.
+                state.memory.trim_to_budget();
+                Spill::Nothing(true)
+            }
+            None => {
+                state.memory.push_unbounded(batch);
+                Spill::Write(state.memory.over_budget_batches())
+            }
+        };
+        state.rows_ingested += rows;
+        self.ingested.store(state.memory.end(), Ordering::Release);
+        Ok(spill)
+    }
+
+    /// `OnEviction`: write the batches leaving the hot layer, then let them go. On failure
+    /// they stay in memory, so nothing already cached is lost. Returns whether ingestion
+    /// can go on.
+    fn spill(&self, ingest: &mut Ingest, leaving: Vec<(u64, Arc<CachedBatch>)>) -> Result<bool> {
+        let Some(writer) = ingest.writer.as_mut() else {
+            return Ok(true);
+        };
+        for (position, batch) in leaving {
+            let written = writer.write(position, batch.batch());
+            let mut state = self.lock_state()?;
+            if state.closed {
+                return Ok(false);
+            }
+            match written {
+                Ok(entry) => {
+                    if state.memory.pop_oldest_at(position) {
+                        if let Some(index) = state.disk.as_mut() {
+                            index.insert(position, entry);
+                        }
+                    }
+                }
+                Err(err) => {
+                    state.failure = Some(err);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Called when a reader moves or goes away: drop what every reader has passed.
+    pub(crate) fn reader_moved(&self) {
+        if let Ok(mut state) = self.lock_state() {
+            state.evict_passed();
+        }
+    }
+
+    /// Whether readers' positions can free batches (`max_readers` is set).
+    pub(crate) fn evicts(&self) -> bool {
+        self.evicts
+    }
+}
+
+impl State {
+    fn evict_passed(&mut self) {
+        let frontier = self.memory.end();
+        if let Some(below) = self.registry.evictable_below(frontier) {
+            self.batches_evicted += below - self.registry.evicted_below();
+            self.memory.evict_below(below);
+            if let Some(index) = self.disk.as_mut() {
+                index.evict_below(below);
+            }
+            self.registry.mark_evicted_below(below);
+        }
+    }
+}
+
+fn check_schema(expected: &SchemaRef, batch: &RecordBatch) -> Result<()> {
+    let actual = batch.schema_ref();
+    if Arc::ptr_eq(expected, actual) || expected.fields() == actual.fields() {
+        return Ok(());
+    }
+    Err(Error::Upstream {
+        message: format!(
+            "the upstream produced a batch whose schema {actual} differs from its declared \
+             schema {expected}"
+        ),
+        errno: libc::EINVAL,
+    })
+}
