@@ -389,6 +389,15 @@ void bc_stream_free(struct ArrowArrayStream *stream);
 // The caller frees it with `bc_options_free`. Returns NULL only if allocation failed.
 struct BcOptions *bc_options_new(void);
 
+// Check every option and the rules between them (memory_capacity 0 needs the disk
+// tier) as `bc_cache_new` will, without creating anything: `BC_INVALID_ARGUMENT` names
+// the option that is wrong. For bindings whose source is consumed once handed over, so
+// that a refused option leaves it unread.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_options_validate(const struct BcOptions *opts);
+
 // Free an options builder. NULL is ignored.
 //
 // # Safety

@@ -130,12 +130,15 @@ pub unsafe extern "C" fn bc_cache_reader(
         if out.is_null() {
             return Err(Error::InvalidArgument("argument `out` is NULL".into()));
         }
-        let target = match unsafe { requested_schema.as_ref() } {
-            None => None,
-            Some(schema) => Some(Cast::to(Arc::new(import_schema(schema)?))),
+        let (target, exact) = match unsafe { requested_schema.as_ref() } {
+            None => (None, cache.exact_schema.clone()),
+            Some(schema) => {
+                let (target, exact) = requested(schema)?;
+                (Some(Cast::to(Arc::new(target))), Some(Arc::new(exact)))
+            }
         };
         let reader = cache.reader_with_schema(from_start, target)?;
-        unsafe { ptr::write(out, export_reader(reader, cache.exact_schema.clone())) };
+        unsafe { ptr::write(out, export_reader(reader, exact)) };
         Ok(())
     })
 }
@@ -151,18 +154,22 @@ pub unsafe extern "C" fn bc_cache_check_schema(
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
     on_cache(cache, |cache| {
-        let target = import_schema(unsafe { arg(requested_schema, "requested_schema") }?)?;
+        let (target, _) = requested(unsafe { arg(requested_schema, "requested_schema") }?)?;
         batchcorder_core::validate_cast(&cache.schema(), &target)
     })
 }
 
-pub(crate) fn import_schema(schema: &ArrowSchema) -> Result<Schema> {
-    let ffi = unsafe { &*(schema as *const ArrowSchema).cast::<FFI_ArrowSchema>() };
-    Schema::try_from(ffi).map_err(|err| {
+/// A requested schema as arrow-rs casts to it, and exactly as the caller wrote it, which
+/// the reader hands out.
+pub(crate) fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
+    let invalid = |problem: String| {
         Error::InvalidArgument(format!(
-            "argument `requested_schema` is not a valid schema: {err}"
+            "argument `requested_schema` is not a valid schema: {problem}"
         ))
-    })
+    };
+    let exact = unsafe { SchemaCopy::of(schema) }.map_err(invalid)?;
+    let target = exact.to_arrow().map_err(|err| invalid(err.to_string()))?;
+    Ok((target, exact))
 }
 
 /// Write the stream's schema into `*out`; the caller releases it.

@@ -19,12 +19,19 @@ use batchcorder_core::{Error, Result};
 /// What an exported stream's `private_data` points to.
 struct Exported {
     reader: CacheReader,
-    /// The upstream's own schema, given out while the reader does not cast.
+    /// The schema handed out, exactly as its producer wrote it: the upstream's, or the
+    /// requested one of a casting reader. `None` for a cache built in Rust.
     exact_schema: Option<Arc<SchemaCopy>>,
     /// The error of the latest callback, if it failed, with the message `get_last_error`
     /// returns; its status is what `bc_reader_failure` reports.
     failure: Option<(Error, CString)>,
 }
+
+type StreamRelease = unsafe extern "C" fn(*mut ArrowArrayStream);
+/// The one address of each release callback, which tells our streams from others: a
+/// function's own address may differ between codegen units, a static's value cannot.
+static READER_RELEASE: StreamRelease = release;
+static VIEW_RELEASE: StreamRelease = view_release;
 
 /// Wrap `reader` as a C stream; the stream's `release` drops it.
 pub(crate) fn export_reader(
@@ -40,7 +47,7 @@ pub(crate) fn export_reader(
         get_schema: Some(get_schema),
         get_next: Some(get_next),
         get_last_error: Some(get_last_error),
-        release: Some(release),
+        release: Some(READER_RELEASE),
         private_data: Box::into_raw(private).cast(),
     }
 }
@@ -50,7 +57,7 @@ unsafe fn exported<'a>(stream: *mut ArrowArrayStream) -> Option<&'a mut Exported
     let stream = unsafe { stream.as_mut() }?;
     let ours = stream
         .release
-        .is_some_and(|f| std::ptr::fn_addr_eq(f, release as unsafe extern "C" fn(_)));
+        .is_some_and(|f| std::ptr::fn_addr_eq(f, READER_RELEASE));
     if ours && !stream.private_data.is_null() {
         Some(unsafe { &mut *stream.private_data.cast::<Exported>() })
     } else {
@@ -105,7 +112,7 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
 }
 
 fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
-    if let (false, Some(exact)) = (state.reader.casts(), &state.exact_schema) {
+    if let Some(exact) = &state.exact_schema {
         // SAFETY: `out` is valid for writes (checked by the caller).
         unsafe { ptr::write(out, exact.export()) };
         return Ok(());
@@ -251,11 +258,13 @@ pub unsafe extern "C" fn bc_reader_cast_with(
                     )))
                 }
             };
-            let target = crate::cache::import_schema(schema)?;
+            let (target, exact) = crate::cache::requested(schema)?;
             state.reader.cast_to(Cast {
-                schema: std::sync::Arc::new(target),
+                schema: Arc::new(target),
                 on_failure,
-            })
+            })?;
+            state.exact_schema = Some(Arc::new(exact));
+            Ok(())
         },
     )
 }
@@ -328,7 +337,7 @@ pub unsafe extern "C" fn bc_reader_view(
                 get_schema: Some(view_get_schema),
                 get_next: Some(view_get_next),
                 get_last_error: Some(view_get_last_error),
-                release: Some(view_release),
+                release: Some(VIEW_RELEASE),
                 private_data: state.cast(),
             };
             // SAFETY: `out` is valid for writes (checked above).
@@ -343,7 +352,7 @@ unsafe fn viewed<'a>(view: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
     let view = unsafe { view.as_ref() }?;
     let ours = view
         .release
-        .is_some_and(|f| std::ptr::fn_addr_eq(f, view_release as unsafe extern "C" fn(_)));
+        .is_some_and(|f| std::ptr::fn_addr_eq(f, VIEW_RELEASE));
     // SAFETY: a live view's private data is its reader's state, which outlives it.
     (ours && !view.private_data.is_null())
         .then(|| unsafe { &mut *view.private_data.cast::<Exported>() })

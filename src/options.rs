@@ -69,6 +69,21 @@ unsafe fn update(
     guard(|| {}, || change(unsafe { arg_mut(opts, "opts") }?))
 }
 
+/// Check every option and the rules between them (memory_capacity 0 needs the disk
+/// tier) as `bc_cache_new` will, without creating anything: `BC_INVALID_ARGUMENT` names
+/// the option that is wrong. For bindings whose source is consumed once handed over, so
+/// that a refused option leaves it unread.
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_validate(opts: *const BcOptions) -> BcStatus {
+    guard(
+        || {},
+        || unsafe { arg(opts, "opts") }?.cache_options().validate(),
+    )
+}
+
 /// Free an options builder. NULL is ignored.
 ///
 /// # Safety

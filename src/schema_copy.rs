@@ -6,6 +6,9 @@
 use std::ffi::{c_char, CStr, CString};
 use std::ptr;
 
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::{ArrowError, Schema};
+
 use crate::abi::ArrowSchema;
 
 /// One node of a copied schema tree.
@@ -72,9 +75,17 @@ impl SchemaCopy {
         })
     }
 
-    /// The same tree without the metadata entries whose key or value is not UTF-8, which
-    /// arrow-rs cannot hold.
-    pub fn utf8_metadata_only(&self) -> Self {
+    /// The schema as arrow-rs holds it: without the metadata entries whose key or value
+    /// is not UTF-8, and without what arrow-rs has no place for.
+    pub fn to_arrow(&self) -> Result<Schema, ArrowError> {
+        // SAFETY: the layouts are equal (abi.rs); the export is a fresh, owned tree.
+        let exported: FFI_ArrowSchema =
+            unsafe { std::mem::transmute(self.utf8_metadata_only().export()) };
+        Schema::try_from(&exported)
+    }
+
+    /// The same tree without the metadata entries whose key or value is not UTF-8.
+    fn utf8_metadata_only(&self) -> Self {
         Self {
             metadata: self.metadata.as_deref().and_then(utf8_entries),
             children: self.children.iter().map(Self::utf8_metadata_only).collect(),
@@ -205,8 +216,7 @@ fn utf8_entries(metadata: &[u8]) -> Option<Box<[u8]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_schema::ffi::FFI_ArrowSchema;
-    use arrow_schema::{DataType, Field, Schema};
+    use arrow_schema::{DataType, Field};
     use std::collections::HashMap;
 
     #[test]
@@ -252,9 +262,7 @@ mod tests {
         assert_eq!(unsafe { metadata_bytes(exported.metadata) }, &bytes[..]);
         let back: FFI_ArrowSchema = unsafe { std::mem::transmute(exported) };
         drop(back);
-        let utf8 = copy.utf8_metadata_only().export();
-        let back: FFI_ArrowSchema = unsafe { std::mem::transmute(utf8) };
-        let schema = Schema::try_from(&back).unwrap();
+        let schema = copy.to_arrow().unwrap();
         assert_eq!(
             schema.metadata(),
             &HashMap::from([("ok".into(), "yes".into())])

@@ -8,7 +8,7 @@ use arrow_array::ffi::{from_ffi_and_data_type, FFI_ArrowArray};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::{Array, RecordBatch, RecordBatchOptions, StructArray};
 use arrow_schema::ffi::FFI_ArrowSchema;
-use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
 
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::array_export::{ExportRoot, OwnedArray};
@@ -49,9 +49,7 @@ impl CStreamUpstream {
         // SAFETY: the layouts are equal (abi.rs); the producer just wrote it.
         let raw_schema = unsafe { &*(&ffi_schema as *const FFI_ArrowSchema).cast::<ArrowSchema>() };
         let exact = unsafe { SchemaCopy::of(raw_schema) }.map_err(invalid)?;
-        let readable: FFI_ArrowSchema =
-            unsafe { std::mem::transmute(exact.utf8_metadata_only().export()) };
-        let schema = Schema::try_from(&readable).map_err(|err| invalid(err.to_string()))?;
+        let schema = exact.to_arrow().map_err(|err| invalid(err.to_string()))?;
         Ok((Arc::new(schema), exact))
     }
 

@@ -98,4 +98,6 @@ def options(
     check(lib.bc_options_set_compression(built, codec))
     if segment is not None:
         check(lib.bc_options_set_segment_bytes(built, segment))
+    # The rules between options, before the caller hands over a source it cannot get back.
+    check(lib.bc_options_validate(built))
     return built

@@ -128,6 +128,9 @@ static void test_options(void) {
   BcOptions *opts = bc_options_new();
   CHECK(opts != NULL, "bc_options_new");
   CHECK(bc_options_set_memory_capacity(opts, 0) == BC_OK, "memory_capacity 0 is an option");
+  CHECK(bc_options_validate(opts) == BC_INVALID_ARGUMENT && contains(bc_last_error(), "memory_capacity"),
+        "bc_options_validate refuses it without disk, before any stream is handed over");
+  CHECK(bc_options_validate(NULL) == BC_INVALID_ARGUMENT, "bc_options_validate of NULL");
   struct ArrowArrayStream up = make_producer(1, ROWS, -1, 0, NULL);
   BcCache *cache = NULL;
   CHECK(bc_cache_new(&up, opts, &cache) == BC_INVALID_ARGUMENT, "... refused without disk");
@@ -143,6 +146,8 @@ static void test_options(void) {
   CHECK(bc_options_set_disk(opts, NULL, 10) == BC_INVALID_ARGUMENT, "NULL disk dir");
   CHECK(bc_options_set_disk(opts, "/tmp", 0) == BC_INVALID_ARGUMENT, "zero disk capacity");
   CHECK(bc_options_set_write_policy(opts, BC_WRITE_ON_EVICTION) == BC_OK, "write policy");
+  CHECK(bc_options_set_disk(opts, "/tmp", 1 << 20) == BC_OK && bc_options_validate(opts) == BC_OK,
+        "memory_capacity 0 with the disk tier is valid");
   bc_options_free(opts);
 }
 

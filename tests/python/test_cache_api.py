@@ -572,6 +572,21 @@ def test_every_parameter_refuses_wrong_types_and_values(tmp_path, kwargs, error,
     assert isinstance(info.value, batchcorder.InvalidArgumentError) or error is TypeError
 
 
+@pytest.mark.parametrize(
+    "kwargs", [{"memory_capacity": 0}, {"disk_path": "FILE", "disk_capacity": 1 << 20}]
+)
+def test_a_refused_option_leaves_a_single_use_source_unconsumed(tmp_path, kwargs):
+    # Rules between options are checked before the source is exported: a pyarrow
+    # RecordBatchReader handed over is consumed even if bc_cache_new then refuses it.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    kwargs = {k: (a_file if v == "FILE" else v) for k, v in kwargs.items()}
+    source = pa.table({"x": [1, 2, 3]}).to_reader()
+    with pytest.raises(batchcorder.InvalidArgumentError):
+        StreamCache(source, **kwargs)
+    assert source.read_all().num_rows == 3
+
+
 def _consumed_capsule():
     capsule = expected_table(1).__arrow_c_stream__()
     pa.RecordBatchReader._import_from_c_capsule(capsule).read_all()
