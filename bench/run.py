@@ -20,6 +20,10 @@ PYTHONS = {
     "ref": HERE / ".venv-ref" / "bin" / "python",
     "pyarrow": HERE / ".venv-ours" / "bin" / "python",
 }
+# run.sh built BENCH_BASELINE (a git revision) as "before": our code at that revision.
+BASELINE = os.environ.get("BENCH_BASELINE_NAME")
+if BASELINE:
+    PYTHONS["before"] = HERE / ".venv-base" / "bin" / "python"
 WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced"]
 # Our target per workload: the largest acceptable ratio, and what it is a ratio to.
 TARGETS = {
@@ -38,7 +42,9 @@ ABSOLUTE = {"tiny-batches": ("us_per_batch", 2.0), "bounded": ("rss_growth_mib",
 
 
 def run_one(impl: str, workload: str) -> dict:
-    command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", impl, "--workload", workload]
+    # "before" is our own code at another revision: the same workload code as "ours".
+    as_impl = "ours" if impl == "before" else impl
+    command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", as_impl, "--workload", workload]
     if QUICK:
         command.append("--quick")
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -68,7 +74,7 @@ def main() -> None:
     samples: dict[tuple[str, str], list[dict]] = {}
     for repeat in range(REPEATS):
         for workload in WORKLOADS:
-            for impl in ("ours", "ref", "pyarrow"):  # interleaved, so drift hits all three
+            for impl in PYTHONS:  # interleaved, so drift hits every side alike
                 samples.setdefault((impl, workload), []).append(run_one(impl, workload))
         print(f"round {repeat + 1}/{REPEATS} done", flush=True)
 
@@ -155,6 +161,21 @@ def main() -> None:
         "| workload | ours s | reference s | pyarrow s | ratio | target | verdict | notes |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if BASELINE:
+        header_before = [
+            "",
+            f"Before and after, in this run: ours against {BASELINE}, built from a clean checkout.",
+            "",
+            "| workload | before s | ours s | ours / before |",
+            "|---|---|---|---|",
+        ]
+        for workload in WORKLOADS:
+            now = median([s.get("seconds") for s in samples[("ours", workload)]])
+            then = median([s.get("seconds") for s in samples[("before", workload)]])
+            change = f"{now / then:.2f}x" if now and then else "-"
+            fmt = lambda v: "-" if v is None else f"{v:.4f}"
+            header_before.append(f"| {workload} | {fmt(then)} | {fmt(now)} | {change} |")
+        rows = rows + header_before
     text = "\n".join(header + rows) + "\n"
     (HERE / "results.md").write_text(text + (HERE / "notes.md").read_text())
     print(text)

@@ -14,6 +14,21 @@ if [ ! -x bench/.venv-ref/bin/python ]; then
   "$PY" -m venv bench/.venv-ref
   bench/.venv-ref/bin/pip install -q "batchcorder==0.1.3" "${DEPS[@]}"
 fi
+# BENCH_BASELINE=<git revision>: the same workloads for that revision too ("before"),
+# built from a clean checkout of it into bench/.venv-base, interleaved with the others.
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  rm -rf build/bench-base && mkdir -p build/bench-base
+  git archive "$BENCH_BASELINE" | tar -x -C build/bench-base
+  if [ ! -x bench/.venv-base/bin/python ]; then
+    "$PY" -m venv bench/.venv-base
+    bench/.venv-base/bin/pip install -q maturin cffi "${DEPS[@]}"
+  fi
+  echo "building the baseline $BENCH_BASELINE ($(git rev-parse --short "$BENCH_BASELINE"))"
+  (cd build/bench-base && CARGO_TARGET_DIR="$PWD/../bench-base-target" \
+    PATH="$OLDPWD/bench/.venv-base/bin:$PATH" "$OLDPWD/bench/.venv-base/bin/pip" install \
+    --no-build-isolation --force-reinstall --no-deps .)
+  export BENCH_BASELINE_NAME="$BENCH_BASELINE ($(git rev-parse --short "$BENCH_BASELINE"))"
+fi
 # The C-level program links the library the wheel just built: one Rust build in all.
 NATIVE=$(bench/.venv-ours/bin/python -c 'import batchcorder._native as n, os; print(os.path.dirname(n.__file__))')
 mkdir -p build/bench-lib
