@@ -73,7 +73,8 @@ impl CStreamUpstream {
         // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
         let raw = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
         // arrow-rs trusts the tree's shape (and asserts on some of it): check it first.
-        unsafe { check_shape(raw, &self.row_type, "the batch") }.map_err(malformed)?;
+        unsafe { check_shape(raw, &self.row_type) }
+            .map_err(|problem| malformed(format!("the batch: {problem}")))?;
         let tree = Arc::new(OwnedArray::new(array));
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
@@ -100,93 +101,130 @@ fn malformed(problem: String) -> ArrowError {
 }
 
 /// Check that `array` has the buffers, children and dictionary the C Data Interface
-/// gives `data_type`, with lengths and offsets that are not negative; `path` names the
-/// node in the message.
+/// gives `data_type`, with lengths and offsets that are not negative, and children long
+/// enough for their parent. Allocates nothing unless it fails: it runs on every batch.
 ///
 /// # Safety
 /// `array` is an unreleased array: its pointers are NULL or valid for their counts.
-unsafe fn check_shape(
-    array: &ArrowArray,
-    data_type: &DataType,
-    path: &str,
-) -> std::result::Result<(), String> {
+unsafe fn check_shape(array: &ArrowArray, data_type: &DataType) -> std::result::Result<(), String> {
     if array.release.is_none() {
-        return Err(format!("{path} is released"));
+        return Err("it is released".into());
     }
     if array.length < 0 || array.offset < 0 || array.null_count < -1 {
         return Err(format!(
-            "{path} ({data_type}) has length {}, offset {} and null count {}",
+            "it ({data_type}) has length {}, offset {} and null count {}",
             array.length, array.offset, array.null_count
         ));
     }
-    let layout = arrow_data::layout(data_type);
-    let expected = layout.buffers.len() + usize::from(layout.can_contain_null_mask);
-    let buffers = usize::try_from(array.n_buffers).unwrap_or(usize::MAX);
-    // A view type also has its variadic data buffers and one buffer of their sizes.
-    let buffers_ok = if layout.variadic {
-        buffers != usize::MAX && buffers > expected
+    let (expected, variadic) = buffer_count(data_type);
+    let buffers_ok = if variadic {
+        array.n_buffers > expected
     } else {
-        buffers == expected
+        array.n_buffers == expected
     };
     if !buffers_ok {
         return Err(format!(
-            "{path} ({data_type}) has {} buffers where its type has {expected}{}",
+            "it ({data_type}) has {} buffers where its type has {expected}{}",
             array.n_buffers,
-            if layout.variadic { " and more" } else { "" }
+            if variadic { " and more" } else { "" }
         ));
     }
-    if buffers > 0 && array.buffers.is_null() {
-        return Err(format!("{path} ({data_type}) has a NULL buffer list"));
+    if array.n_buffers > 0 && array.buffers.is_null() {
+        return Err(format!("it ({data_type}) has a NULL buffer list"));
     }
-    let children: Vec<(String, &DataType)> = match data_type {
+    let children = child_count(data_type);
+    if array.n_children != children as i64 {
+        return Err(format!(
+            "it ({data_type}) has {} children where its type has {children}",
+            array.n_children
+        ));
+    }
+    if children > 0 && array.children.is_null() {
+        return Err(format!("it ({data_type}) has a NULL child list"));
+    }
+    // Children of a struct, or of a sparse union, hold a row for each of their parent's.
+    let rows = matches!(
+        data_type,
+        DataType::Struct(_) | DataType::Union(_, arrow_schema::UnionMode::Sparse)
+    )
+    .then(|| array.offset + array.length);
+    for index in 0..children {
+        let (name, child_type) = child_field(data_type, index);
+        let in_child = |problem: String| format!("its child {name:?}: {problem}");
+        // SAFETY: the child list holds `n_children` pointers (checked above).
+        let Some(child) = (unsafe { (*array.children.add(index)).as_ref() }) else {
+            return Err(in_child("it is NULL".into()));
+        };
+        unsafe { check_shape(child, child_type) }.map_err(in_child)?;
+        if let Some(rows) = rows.filter(|&rows| child.length < rows) {
+            return Err(in_child(format!(
+                "it has {} rows where its parent needs {rows}",
+                child.length
+            )));
+        }
+    }
+    match (data_type, unsafe { array.dictionary.as_ref() }) {
+        (DataType::Dictionary(_, values), Some(dictionary)) => {
+            unsafe { check_shape(dictionary, values) }
+                .map_err(|problem| format!("its dictionary: {problem}"))
+        }
+        (DataType::Dictionary(..), None) => Err(format!("it ({data_type}) has no dictionary")),
+        (_, Some(_)) => Err(format!(
+            "it ({data_type}) has a dictionary but its type is not dictionary-encoded"
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
+/// The buffers the C Data Interface gives an array of `data_type`, and whether more may
+/// follow (the variadic buffers of a view type, then their sizes).
+fn buffer_count(data_type: &DataType) -> (i64, bool) {
+    match data_type {
+        DataType::Null | DataType::RunEndEncoded(..) => (0, false),
+        DataType::Union(_, arrow_schema::UnionMode::Sparse) => (1, false),
+        DataType::Union(_, arrow_schema::UnionMode::Dense) => (2, false),
+        DataType::Dictionary(keys, _) => buffer_count(keys),
+        DataType::Utf8View | DataType::BinaryView => (2, true),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => {
+            (3, false)
+        }
+        DataType::ListView(_) | DataType::LargeListView(_) => (3, false),
+        DataType::List(_) | DataType::LargeList(_) | DataType::Map(..) => (2, false),
+        DataType::Struct(_) | DataType::FixedSizeList(..) => (1, false),
+        _ => (2, false),
+    }
+}
+
+fn child_count(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::List(_)
+        | DataType::LargeList(_)
+        | DataType::ListView(_)
+        | DataType::LargeListView(_)
+        | DataType::FixedSizeList(..)
+        | DataType::Map(..) => 1,
+        DataType::Struct(fields) => fields.len(),
+        DataType::Union(fields, _) => fields.len(),
+        DataType::RunEndEncoded(..) => 2,
+        _ => 0,
+    }
+}
+
+/// The name and type of child `index` of `data_type` (below [`child_count`]).
+fn child_field(data_type: &DataType, index: usize) -> (&str, &DataType) {
+    let field = match data_type {
         DataType::List(field)
         | DataType::LargeList(field)
         | DataType::ListView(field)
         | DataType::LargeListView(field)
         | DataType::FixedSizeList(field, _)
-        | DataType::Map(field, _) => vec![(field.name().clone(), field.data_type())],
-        DataType::Struct(fields) => fields
-            .iter()
-            .map(|f| (f.name().clone(), f.data_type()))
-            .collect(),
-        DataType::Union(fields, _) => fields
-            .iter()
-            .map(|(_, f)| (f.name().clone(), f.data_type()))
-            .collect(),
-        DataType::RunEndEncoded(run_ends, values) => vec![
-            (run_ends.name().clone(), run_ends.data_type()),
-            (values.name().clone(), values.data_type()),
-        ],
-        _ => Vec::new(),
+        | DataType::Map(field, _) => field,
+        DataType::Struct(fields) => &fields[index],
+        DataType::Union(fields, _) => fields.iter().nth(index).expect("index below child_count").1,
+        DataType::RunEndEncoded(run_ends, values) => [run_ends, values][index],
+        other => unreachable!("{other} has no children"),
     };
-    if array.n_children != children.len() as i64 {
-        return Err(format!(
-            "{path} ({data_type}) has {} children where its type has {}",
-            array.n_children,
-            children.len()
-        ));
-    }
-    if !children.is_empty() && array.children.is_null() {
-        return Err(format!("{path} ({data_type}) has a NULL child list"));
-    }
-    for (index, (name, child_type)) in children.into_iter().enumerate() {
-        // SAFETY: the child list holds `n_children` pointers (checked above).
-        let child = unsafe { *array.children.add(index) };
-        let Some(child) = (unsafe { child.as_ref() }) else {
-            return Err(format!("{path} has a NULL child {index} ({name:?})"));
-        };
-        unsafe { check_shape(child, child_type, &format!("{path}'s child {name:?}")) }?;
-    }
-    match (data_type, unsafe { array.dictionary.as_ref() }) {
-        (DataType::Dictionary(_, values), Some(dictionary)) => unsafe {
-            check_shape(dictionary, values, &format!("the dictionary of {path}"))
-        },
-        (DataType::Dictionary(..), None) => Err(format!("{path} ({data_type}) has no dictionary")),
-        (_, Some(_)) => Err(format!(
-            "{path} ({data_type}) has a dictionary but its type is not dictionary-encoded"
-        )),
-        (_, None) => Ok(()),
-    }
+    (field.name(), field.data_type())
 }
 
 /// The message a failed stream call left, or a placeholder when it left none.

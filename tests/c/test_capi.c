@@ -10,20 +10,8 @@
 #include <unistd.h>
 
 #include "batchcorder.h"
+#include "check.h"
 #include "producer.h"
-
-static int passed, failed;
-
-#define CHECK(cond, name)                                           \
-  do {                                                              \
-    if (cond) {                                                     \
-      passed++;                                                     \
-    } else {                                                        \
-      failed++;                                                     \
-      printf("not ok - %s (line %d): %s\n", name, __LINE__, #cond); \
-      printf("  last error: %s\n", bc_last_error());                \
-    }                                                               \
-  } while (0)
 
 static const int64_t ROWS = 100;
 

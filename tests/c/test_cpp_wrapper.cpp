@@ -3,19 +3,8 @@
 #include <cstring>
 
 #include "batchcorder.hpp"
+#include "check.h"
 #include "producer.h"
-
-static int passed, failed;
-
-#define CHECK(cond, name)                                             \
-  do {                                                                \
-    if (cond) {                                                       \
-      passed++;                                                       \
-    } else {                                                          \
-      failed++;                                                       \
-      std::printf("not ok - %s (line %d): %s\n", name, __LINE__, #cond); \
-    }                                                                 \
-  } while (0)
 
 template <typename F>
 static BcStatus status_of(F &&call) {
