@@ -8,7 +8,8 @@ CARGO     ?= cargo
 LIBDIR    := target/release
 CARGO_TEST_FLAGS ?=
 
-.PHONY: all build header check-header venv install demo test test-rust test-c test-python bench clean
+.PHONY: all build header check-header venv venv-test wheel sdist install-python demo test test-rust \
+  test-c test-python test-wheel bench clean
 
 all: build
 
@@ -16,52 +17,85 @@ build:
 	$(CARGO) build --release
 	ln -sfn libbatchcorder.so $(LIBDIR)/libbatchcorder.so.$(BC_MAJOR)
 
-# Regenerate the committed public header (cbindgen runs in build.rs, pinned in Cargo.toml).
-header: build
-	cp $(LIBDIR)/../batchcorder.h include/batchcorder.h
+# The committed headers, public and cffi's, from the sources (tools/header pins cbindgen).
+HEADERS := include/batchcorder.h include/batchcorder_cffi.h
+header:
+	$(CARGO) run -q -p batchcorder-header -- include
 
-# Fails when include/batchcorder.h differs from what cbindgen makes of the sources.
-check-header: build
-	@diff -u include/batchcorder.h target/batchcorder.h \
-	  || { echo "include/batchcorder.h is stale: run 'make header' and commit it"; exit 1; }
+# Fails when a committed header differs from what cbindgen makes of the sources.
+check-header:
+	$(CARGO) run -q -p batchcorder-header -- target/headers
+	@for h in $(HEADERS); do diff -u $$h target/headers/$$(basename $$h) \
+	  || { echo "$$h is stale: run 'make header' and commit it"; exit 1; }; done
 
+# What the build and the demo need; the tests' own packages come with venv-test.
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q "maturin>=1.16,<2" "cffi>=1.17" "pyarrow>=14" \
-	  "numpy" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" "datafusion>=40" \
-	  "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60"
+	$(VPY) -m pip install --progress-bar on "maturin>=1.16,<2" "cffi>=1.17" "ziglang>=0.13" \
+	  "pyarrow>=14" "numpy" "duckdb>=1.1"
+	touch $@
+$(VENV)/.test-ready: $(VENV)/.ready
+	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
+	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" \
+	  "auditwheel>=6"
 	touch $@
 
 venv: $(VENV)/.ready
+venv-test: $(VENV)/.test-ready
 
-# Builds the wheel (maturin, cffi bindings) and installs it, as `pip install .` does.
-install: venv
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+# The wheel: one manylinux2014 (glibc 2.17) x86_64 wheel for every CPython from 3.10 on,
+# linked by zig against glibc 2.17's symbols. Rebuilt only when a source changed; cargo's
+# own progress lines show while it compiles.
+WHEEL_DIR     := target/wheels
+WHEEL_STAMP   := $(WHEEL_DIR)/.built
+WHEEL_SOURCES := $(shell find src core/src python/batchcorder -type f -not -name '*.pyc') \
+  Cargo.toml core/Cargo.toml Cargo.lock pyproject.toml build.rs include/batchcorder_cffi.h \
+  README.md LICENSE-MIT LICENSE-APACHE
+$(WHEEL_STAMP): $(WHEEL_SOURCES) | venv
+	rm -f $(WHEEL_DIR)/batchcorder-*.whl
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin build --release --zig \
+	  --compatibility manylinux2014 --out $(WHEEL_DIR)
+	touch $@
+wheel: $(WHEEL_STAMP)
 
-demo: install
+# An sdist that `pip install` builds on any machine with cargo.
+sdist: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin sdist --out target/sdist
+
+# The wheel installed into .venv, for the demo and the tests.
+$(VENV)/.installed: $(WHEEL_STAMP)
+	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/batchcorder-*.whl
+	touch $@
+install-python: $(VENV)/.installed
+
+demo: install-python
 	$(VPY) demo/demo.py
 
 # The dev profile: debug assertions and overflow checks on, and a much shorter build than
 # release (bench/notes.md); the tests take seconds either way. `make stress` runs the
 # same tests in release at a larger scale.
 test-rust:
-	$(CARGO) test --workspace --features fault-injection $(CARGO_TEST_FLAGS)
+	$(CARGO) test --workspace --exclude batchcorder-header --features fault-injection $(CARGO_TEST_FLAGS)
 
 test-c: build
 	$(MAKE) -C tests/c LIBDIR=$(CURDIR)/$(LIBDIR)
 
-test-python: install
+test-python: install-python venv-test
 	mkdir -p build
 	$(VPY) -m pytest -q tests/python
 	$(VPY) -m mypy
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
 # The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
-test: check-header test-rust test-c test-python test-examples test-r
+test: check-header test-rust test-c test-python test-wheel test-examples test-r
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
-# C, C++, R and Julia users: install-c, uninstall-c, test-examples, test-r (docs/c-users.md).
+# The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite
+# passes against its copy installed in a fresh virtualenv, with no cargo on the PATH.
+test-wheel: wheel venv-test
+	bash tests/wheel/test-wheel.sh $(WHEEL_DIR)
+
+# C, C++, R and Julia users: install, uninstall, test-examples, test-r (docs/c-users.md).
 include mk/install.mk
 
 # Reliability: fuzz-smoke, fuzz-long (mk/fuzz.mk); stress, tsan, miri (mk/stress.mk).

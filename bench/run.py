@@ -25,6 +25,9 @@ BASELINE = os.environ.get("BENCH_BASELINE_NAME")
 if BASELINE:
     PYTHONS["before"] = HERE / ".venv-base" / "bin" / "python"
 WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced"]
+# BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick).
+if os.environ.get("BENCH_WORKLOADS"):
+    WORKLOADS = [w for w in WORKLOADS if w in os.environ["BENCH_WORKLOADS"].split(",")]
 # Our target per workload: the largest acceptable ratio, and what it is a ratio to.
 TARGETS = {
     "memory": ("pyarrow", 1.1),

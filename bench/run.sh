@@ -17,16 +17,17 @@ fi
 # BENCH_BASELINE=<git revision>: the same workloads for that revision too ("before"),
 # built from a clean checkout of it into bench/.venv-base, interleaved with the others.
 if [ -n "${BENCH_BASELINE:-}" ]; then
-  rm -rf build/bench-base && mkdir -p build/bench-base
-  git archive "$BENCH_BASELINE" | tar -x -C build/bench-base
+  # Outside the checkout: inside it, cargo would take the baseline for a workspace member.
+  base_src=$(mktemp -d "${TMPDIR:-/tmp}/batchcorder-base-XXXXXX")
+  trap 'rm -rf "$base_src"' EXIT
+  git archive "$BENCH_BASELINE" | tar -x -C "$base_src"
   if [ ! -x bench/.venv-base/bin/python ]; then
     "$PY" -m venv bench/.venv-base
     bench/.venv-base/bin/pip install -q maturin cffi "${DEPS[@]}"
   fi
   echo "building the baseline $BENCH_BASELINE ($(git rev-parse --short "$BENCH_BASELINE"))"
-  (cd build/bench-base && CARGO_TARGET_DIR="$PWD/../bench-base-target" \
-    PATH="$OLDPWD/bench/.venv-base/bin:$PATH" "$OLDPWD/bench/.venv-base/bin/pip" install \
-    --no-build-isolation --force-reinstall --no-deps .)
+  CARGO_TARGET_DIR="$PWD/build/bench-base-target" PATH="$PWD/bench/.venv-base/bin:$PATH" \
+    bench/.venv-base/bin/pip install --no-build-isolation --force-reinstall --no-deps "$base_src"
   export BENCH_BASELINE_NAME="$BENCH_BASELINE ($(git rev-parse --short "$BENCH_BASELINE"))"
 fi
 # The C-level program links the library the wheel just built: one Rust build in all.

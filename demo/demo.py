@@ -1,8 +1,9 @@
 """batchcorder demo: cache a single-use Parquet scan once, replay it through DuckDB and pyarrow.
 
 Run with `make demo`. Writes a Parquet file of a few million rows to a temporary
-directory, opens it as a once-only stream, and shows that the file is read exactly once
-although DuckDB scans it twice (a self-join) and pyarrow replays it again.
+directory and opens it as a once-only stream. On the bare stream, a second DuckDB query
+fails: the first consumed it. Through a StreamCache, two DuckDB queries and a pyarrow
+replay all see every row, and the file is read exactly once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def main() -> None:
         print(f"wrote {ROWS:,} rows to {path.name} in {time.perf_counter() - started:.2f} s")
 
         parquet = pq.ParquetFile(path)
+        bare = pa.RecordBatchReader.from_batches(
+            parquet.schema_arrow, parquet.iter_batches(batch_size=65_536)
+        )
+        first = duckdb.sql("SELECT count(*) FROM bare").fetchall()[0][0]
+        print(f"bare stream, first DuckDB query: {first:,} rows")
+        try:
+            duckdb.sql("SELECT count(*) FROM bare").fetchall()
+            raise AssertionError("a second query on a bare single-use stream worked")
+        except duckdb.Error as err:
+            print(f"bare stream, second DuckDB query fails: {str(err).splitlines()[0]}")
+
         batches_read = 0
 
         def scan_once():

@@ -1,8 +1,8 @@
 # mk/install.mk: libbatchcorder for C, C++, R and Julia users (docs/c-users.md).
 #
 # Included from the top-level Makefile, or used on its own from the repository root:
-#   make -f mk/install.mk install-c PREFIX=$HOME/.local     # DESTDIR=... stages a package
-#   make -f mk/install.mk uninstall-c PREFIX=$HOME/.local
+#   make -f mk/install.mk install PREFIX=$HOME/.local     # DESTDIR=... stages a package
+#   make -f mk/install.mk uninstall PREFIX=$HOME/.local
 #   make -f mk/install.mk test-examples   # install into build/, build + run the examples
 #   make -f mk/install.mk test-r          # the R recipe (installs R from Debian if missing)
 #
@@ -59,7 +59,7 @@ BC_SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(libdir)|g' \
   -e 's|@NATIVE_STATIC_LIBS_CMAKE@|$(subst $(BC_SPACE),;,$(filter-out -lc,$(patsubst -l%,%,$(BC_NATIVE_STATIC_LIBS))))|g' \
   -e 's|@SIZEOF_VOID_P@|8|g'
 
-.PHONY: c-lib install-c uninstall-c test-examples test-r
+.PHONY: c-lib install uninstall install-c uninstall-c test-examples test-r
 
 # The release build, plus the libbatchcorder.so.MAJOR link that the SONAME asks for, so that
 # programs linked against target/release also run from there (rpath or LD_LIBRARY_PATH).
@@ -67,8 +67,9 @@ c-lib:
 	cd $(BC_ROOT) && $(CARGO) build --release
 	ln -sfn libbatchcorder.so $(BC_RELEASE_DIR)/libbatchcorder.so.$(BC_MAJOR)
 
-install-c: c-lib
-	@test -n "$(BC_VERSION)" || { echo "install-c: no version found in Cargo.toml"; exit 1; }
+# The C library, headers, pkg-config and CMake files (the Python package installs with pip).
+install: c-lib
+	@test -n "$(BC_VERSION)" || { echo "install: no version found in Cargo.toml"; exit 1; }
 	$(INSTALL) -d $(DESTDIR)$(libdir) $(DESTDIR)$(includedir) $(DESTDIR)$(libdir)/pkgconfig \
 	  $(DESTDIR)$(libdir)/cmake/batchcorder
 	@if [ "$(INSTALL_STRIP)" = 1 ]; then \
@@ -99,12 +100,16 @@ install-c: c-lib
 	  > $(DESTDIR)$(libdir)/cmake/batchcorder/batchcorderConfigVersion.cmake
 	@echo "installed libbatchcorder $(BC_VERSION) into $(DESTDIR)$(PREFIX)"
 
-# Removes exactly what install-c installed (for this version), and the cmake/batchcorder
+# Removes exactly what install installed (for this version), and the cmake/batchcorder
 # directory if that leaves it empty.
-uninstall-c:
+uninstall:
 	rm -f $(addprefix $(DESTDIR),$(BC_INSTALLED_FILES))
 	-rmdir $(DESTDIR)$(libdir)/cmake/batchcorder 2>/dev/null
 	@echo "uninstalled libbatchcorder $(BC_VERSION) from $(DESTDIR)$(PREFIX)"
+
+# The names these targets had before `make install` installed the C library.
+install-c: install
+uninstall-c: uninstall
 
 # ABI checks on the built library and the Julia recipe, then the C and C++ examples built
 # from an installed tree with pkg-config and CMake, run under valgrind.

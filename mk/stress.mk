@@ -8,7 +8,7 @@ HOST_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
 
 .PHONY: stress stress-run tsan miri
 
-stress: install
+stress: install-python venv-test
 	mkdir -p build
 	bash -o pipefail -c '$(MAKE) --no-print-directory stress-run 2>&1 | tee $(STRESS_LOG)'
 

@@ -274,3 +274,79 @@ impl BatchSource for CStreamUpstream {
         Some(self.import(array))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int32Array, StringArray};
+    use arrow_schema::Field;
+
+    /// A struct array {a: int32, s: utf8} of 3 rows, exported by arrow-rs.
+    fn exported() -> (FFI_ArrowArray, DataType) {
+        let fields = vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+        ];
+        let array = StructArray::new(
+            fields.clone().into(),
+            vec![
+                Arc::new(Int32Array::from(vec![1, 2, 3])),
+                Arc::new(StringArray::from(vec!["x", "y", "z"])),
+            ],
+            None,
+        );
+        (
+            FFI_ArrowArray::new(&array.into_data()),
+            DataType::Struct(fields.into()),
+        )
+    }
+
+    fn check(array: &FFI_ArrowArray, data_type: &DataType) -> std::result::Result<(), String> {
+        let raw = unsafe { &*(array as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        unsafe { check_shape(raw, data_type) }
+    }
+
+    fn child(array: &mut FFI_ArrowArray, index: usize) -> &mut ArrowArray {
+        let raw = unsafe { &mut *(array as *mut FFI_ArrowArray).cast::<ArrowArray>() };
+        unsafe { &mut **raw.children.add(index) }
+    }
+
+    #[test]
+    fn a_well_formed_batch_passes() {
+        let (array, data_type) = exported();
+        assert_eq!(check(&array, &data_type), Ok(()));
+    }
+
+    #[test]
+    fn each_malformed_shape_is_named() {
+        let (mut array, data_type) = exported();
+        child(&mut array, 0).length = 2;
+        let problem = check(&array, &data_type).unwrap_err();
+        assert!(
+            problem.contains("\"a\"") && problem.contains("2 rows"),
+            "{problem}"
+        );
+        child(&mut array, 0).length = 3;
+
+        child(&mut array, 1).n_buffers = 2;
+        let problem = check(&array, &data_type).unwrap_err();
+        assert!(
+            problem.contains("\"s\"") && problem.contains("2 buffers"),
+            "{problem}"
+        );
+        child(&mut array, 1).n_buffers = 3;
+
+        let other = DataType::Struct(vec![Field::new("a", DataType::Int32, true)].into());
+        let problem = check(&array, &other).unwrap_err();
+        assert!(
+            problem.contains("2 children") && problem.contains("has 1"),
+            "{problem}"
+        );
+
+        child(&mut array, 0).offset = -1;
+        let problem = check(&array, &data_type).unwrap_err();
+        assert!(problem.contains("offset -1"), "{problem}");
+        child(&mut array, 0).offset = 0;
+        assert_eq!(check(&array, &data_type), Ok(()));
+    }
+}

@@ -40,17 +40,17 @@ need() {
   apt_install "$@" && command -v "$tool" >/dev/null
 }
 
-install_into() {  # PREFIX: a fresh install, as `make install-c PREFIX=...` does it
+install_into() {  # PREFIX: a fresh install, as `make install PREFIX=...` does it
   rm -rf "$1"
-  "$make" --no-print-directory -f "$root/mk/install.mk" install-c PREFIX="$1" >/dev/null
+  "$make" --no-print-directory -f "$root/mk/install.mk" install PREFIX="$1" >/dev/null
   echo "installed into $1"
 }
 
 uninstall_from() {  # PREFIX: uninstall, and check nothing of ours is left
-  "$make" --no-print-directory -f "$root/mk/install.mk" uninstall-c PREFIX="$1" >/dev/null
+  "$make" --no-print-directory -f "$root/mk/install.mk" uninstall PREFIX="$1" >/dev/null
   local left
   left=$(find "$1" \( -type f -o -type l \) 2>/dev/null || true)
-  [ -z "$left" ] || fail "uninstall-c left files behind in $1: $left"
+  [ -z "$left" ] || fail "uninstall left files behind in $1: $left"
   ok "uninstalled from $1: no files left"
 }
 
@@ -82,10 +82,10 @@ examples)
   have_valgrind=0
   if need valgrind valgrind; then have_valgrind=1; else echo "valgrind not installed: running the examples without it"; fi
 
-  step "install-c with DESTDIR (a staged package) and uninstall-c"
+  step "install with DESTDIR (a staged package) and uninstall"
   stage=$work/stage
   rm -rf "$stage"
-  "$make" --no-print-directory -f "$root/mk/install.mk" install-c DESTDIR="$stage" \
+  "$make" --no-print-directory -f "$root/mk/install.mk" install DESTDIR="$stage" \
     PREFIX=/opt/batchcorder >/dev/null
   expected="lib/cmake/batchcorder/batchcorderConfig.cmake
 lib/cmake/batchcorder/batchcorderConfigVersion.cmake
@@ -107,14 +107,14 @@ $got"
   grep -q '^prefix=/opt/batchcorder$' "$lib/pkgconfig/batchcorder.pc" || fail "batchcorder.pc prefix"
   bash "$root/tests/abi/check-symbols.sh" "$lib/libbatchcorder.so.$version" "$major"
   ok "staged: the 10 files, links and config paths are right"
-  "$make" --no-print-directory -f "$root/mk/install.mk" uninstall-c DESTDIR="$stage" \
+  "$make" --no-print-directory -f "$root/mk/install.mk" uninstall DESTDIR="$stage" \
     PREFIX=/opt/batchcorder >/dev/null
   left=$(find "$stage" \( -type f -o -type l \))
-  [ -z "$left" ] || fail "uninstall-c left: $left"
-  ok "uninstall-c with DESTDIR removed every file"
+  [ -z "$left" ] || fail "uninstall left: $left"
+  ok "uninstall with DESTDIR removed every file"
 
   prefix=$work/prefix
-  step "install-c PREFIX=$prefix"
+  step "install PREFIX=$prefix"
   install_into "$prefix"
   export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
   [ "$(pkg-config --modversion batchcorder)" = "$version" ] || fail "pkg-config --modversion"
@@ -168,7 +168,7 @@ $got"
     skipped=2
   fi
 
-  step "uninstall-c PREFIX=$prefix"
+  step "uninstall PREFIX=$prefix"
   uninstall_from "$prefix"
   echo
   echo "test-examples: $passed passed, 0 failed${skipped:+, $skipped skipped}"
@@ -181,7 +181,7 @@ r)
     exit 0
   fi
   prefix=$work/r-prefix
-  step "install-c PREFIX=$prefix"
+  step "install PREFIX=$prefix"
   install_into "$prefix"
   export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 
@@ -198,7 +198,7 @@ r)
   (cd "$work/r" && Rscript replay.R ./bcr.so) || fail "replay.R"
   ok "examples/r"
 
-  step "uninstall-c PREFIX=$prefix"
+  step "uninstall PREFIX=$prefix"
   uninstall_from "$prefix"
   echo
   echo "test-r: $passed passed, 0 failed"

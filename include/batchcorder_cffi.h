@@ -1,0 +1,163 @@
+#define BATCHCORDER_VERSION_MAJOR 0
+
+#define BATCHCORDER_VERSION_MINOR 2
+
+#define BATCHCORDER_VERSION_PATCH 0
+
+typedef enum BcStatus {
+  BC_OK = 0,
+  BC_INVALID_ARGUMENT = 1,
+  BC_CAPACITY = 2,
+  BC_IO = 3,
+  BC_UPSTREAM = 4,
+  BC_EVICTED = 5,
+  BC_CLOSED = 6,
+  BC_INTERNAL = 7,
+} BcStatus;
+
+typedef struct BcCache BcCache;
+
+typedef struct BcOptions BcOptions;
+
+typedef struct ArrowSchema {
+  const char *format;
+  const char *name;
+  const char *metadata;
+  int64_t flags;
+  int64_t n_children;
+  struct ArrowSchema **children;
+  struct ArrowSchema *dictionary;
+  void (*release)(struct ArrowSchema *schema);
+  void *private_data;
+} ArrowSchema;
+
+typedef struct ArrowArray {
+  int64_t length;
+  int64_t null_count;
+  int64_t offset;
+  int64_t n_buffers;
+  int64_t n_children;
+  const void **buffers;
+  struct ArrowArray **children;
+  struct ArrowArray *dictionary;
+  void (*release)(struct ArrowArray *array);
+  void *private_data;
+} ArrowArray;
+
+typedef struct ArrowArrayStream {
+  int (*get_schema)(struct ArrowArrayStream *stream, struct ArrowSchema *out);
+  int (*get_next)(struct ArrowArrayStream *stream, struct ArrowArray *out);
+  const char *(*get_last_error)(struct ArrowArrayStream *stream);
+  void (*release)(struct ArrowArrayStream *stream);
+  void *private_data;
+} ArrowArrayStream;
+
+typedef struct BcStats {
+  uint64_t batches_ingested;
+  uint64_t rows_ingested;
+  uint64_t memory_bytes;
+  uint64_t disk_bytes;
+  uint64_t batches_evicted;
+  uint64_t segments_deleted;
+  uint64_t readers_live;
+  uint64_t readers_created;
+  bool upstream_exhausted;
+  uint64_t upstream_wait_ns;
+} BcStats;
+
+typedef uint32_t BcCastFailure;
+
+typedef uint32_t BcWritePolicy;
+
+typedef uint32_t BcCompression;
+
+#define BC_CAST_FAILURE_ERROR 0
+
+#define BC_CAST_FAILURE_NULL 1
+
+#define BC_WRITE_ON_INSERTION 0
+
+#define BC_WRITE_ON_EVICTION 1
+
+#define BC_COMPRESSION_NONE 0
+
+#define BC_COMPRESSION_LZ4 1
+
+#define BC_COMPRESSION_ZSTD 2
+
+const char *bc_version(void);
+
+const char *bc_last_error(void);
+
+int bc_last_error_errno(void);
+
+enum BcStatus bc_cache_new(struct ArrowArrayStream *upstream,
+                           const struct BcOptions *opts,
+                           struct BcCache **out);
+
+enum BcStatus bc_cache_reader(struct BcCache *cache,
+                              bool from_start,
+                              const struct ArrowSchema *requested_schema,
+                              struct ArrowArrayStream *out);
+
+enum BcStatus bc_cache_check_schema(const struct BcCache *cache,
+                                    const struct ArrowSchema *requested_schema);
+
+enum BcStatus bc_cache_schema(const struct BcCache *cache, struct ArrowSchema *out);
+
+enum BcStatus bc_cache_ingest_all(struct BcCache *cache, uint64_t *out_batches);
+
+enum BcStatus bc_cache_ingest_next(struct BcCache *cache, bool *out_pulled);
+
+uint64_t bc_cache_ingested_count(const struct BcCache *cache);
+
+bool bc_cache_upstream_exhausted(const struct BcCache *cache);
+
+enum BcStatus bc_cache_stats(const struct BcCache *cache, struct BcStats *out);
+
+enum BcStatus bc_cache_close(struct BcCache *cache);
+
+void bc_cache_free(struct BcCache *cache);
+
+enum BcStatus bc_capsule_adopt_stream(void *capsule, struct ArrowArrayStream *stream);
+
+void bc_capsule_release_stream(void *capsule);
+
+enum BcStatus bc_reader_next(struct ArrowArrayStream *reader, struct ArrowArray *out);
+
+enum BcStatus bc_reader_cast(struct ArrowArrayStream *reader,
+                             const struct ArrowSchema *requested_schema);
+
+enum BcStatus bc_reader_cast_with(struct ArrowArrayStream *reader,
+                                  const struct ArrowSchema *requested_schema,
+                                  BcCastFailure on_failure);
+
+enum BcStatus bc_reader_position(struct ArrowArrayStream *reader, uint64_t *out);
+
+enum BcStatus bc_reader_failure(struct ArrowArrayStream *reader);
+
+enum BcStatus bc_reader_view(struct ArrowArrayStream *reader, struct ArrowArrayStream *out);
+
+struct ArrowArrayStream *bc_stream_new(void);
+
+void bc_stream_free(struct ArrowArrayStream *stream);
+
+struct BcOptions *bc_options_new(void);
+
+enum BcStatus bc_options_validate(const struct BcOptions *opts);
+
+void bc_options_free(struct BcOptions *opts);
+
+enum BcStatus bc_options_set_memory_capacity(struct BcOptions *opts, uint64_t bytes);
+
+enum BcStatus bc_options_set_max_readers(struct BcOptions *opts, uint64_t max_readers);
+
+enum BcStatus bc_options_set_disk(struct BcOptions *opts,
+                                  const char *dir_utf8,
+                                  uint64_t capacity_bytes);
+
+enum BcStatus bc_options_set_write_policy(struct BcOptions *opts, BcWritePolicy policy);
+
+enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression compression);
+
+enum BcStatus bc_options_set_segment_bytes(struct BcOptions *opts, uint64_t bytes);

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The wheel as a user installs it: `test-wheel.sh WHEEL_DIR`.
+# 1. auditwheel finds it consistent with manylinux_2_17 (manylinux2014), x86_64;
+# 2. on every CPython found here (python3.10 ... python3.14 on the PATH), a fresh
+#    virtualenv takes the wheel and the test dependencies from the package index, and the
+#    Python suite runs from a copy of tests/python outside the checkout, with no cargo on
+#    the PATH, so it can only import the installed package.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+wheels=$(cd "$1" && pwd)
+wheel=$(ls "$wheels"/batchcorder-*.whl)
+work="$root/build/test-wheel"
+rm -rf "$work" && mkdir -p "$work"
+
+echo "== auditwheel show $(basename "$wheel")"
+"$root/.venv/bin/auditwheel" show "$wheel" | tee "$work/auditwheel.txt"
+tr -s ' \n' ' ' < "$work/auditwheel.txt" \
+  | grep -q 'consistent with the following platform tag: "manylinux_2_17_x86_64"' \
+  || { echo "the wheel is not manylinux_2_17_x86_64"; exit 1; }
+# One wheel for every CPython 3: py3-none, tagged for glibc 2.17 under both names.
+case "$(basename "$wheel")" in
+  *-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl) ;;
+  *) echo "unexpected wheel tags: $(basename "$wheel")"; exit 1 ;;
+esac
+
+# The suite and the two files it reads (the README's examples, the benchmark workloads),
+# laid out as in the checkout.
+mkdir -p "$work/tests" "$work/bench"
+cp -r "$root/tests/python" "$work/tests/python"
+cp "$root/README.md" "$work/"
+cp "$root/bench/workloads.py" "$work/bench/"
+# No cargo, rustc or maturin: only the system's tools and the virtualenv.
+clean_path=/usr/local/bin:/usr/bin:/bin
+# Every CPython 3.10+ interpreter here that runs: on the PATH (pyenv's shims included),
+# Debian's in /usr/bin, and pyenv's installed versions. One per minor version.
+candidates=()
+for minor in 10 11 12 13 14; do
+  candidates+=("$(command -v "python3.$minor" || true)" "/usr/bin/python3.$minor")
+done
+candidates+=("${PYENV_ROOT:-$HOME/.pyenv}"/versions/*/bin/python3)
+declare -A seen=()
+tested=()
+for python in "${candidates[@]}"; do
+  [ -x "$python" ] || continue
+  version=$("$python" -c 'import sys; assert sys.implementation.name == "cpython" and sys.version_info >= (3, 10); print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+  [ -z "${seen[$version]:-}" ] || continue
+  seen[$version]=1
+  echo "== CPython $version ($python): a fresh virtualenv with the wheel"
+  venv="$work/venv-$version"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q "$wheel" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" \
+    "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "tqdm>=4.60" "numpy"
+  (cd "$work" && env -i HOME="$HOME" PATH="$venv/bin:$clean_path" LANG=C.UTF-8 \
+     "$venv/bin/python" -c 'import shutil, batchcorder, sys
+assert shutil.which("cargo") is None, "cargo is on the PATH"
+assert "site-packages" in batchcorder.__file__, batchcorder.__file__
+print("batchcorder", batchcorder.__version__, "from", batchcorder.__file__)')
+  (cd "$work" && env -i HOME="$HOME" PATH="$venv/bin:$clean_path" LANG=C.UTF-8 \
+     "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/python)
+  tested+=("$version")
+done
+[ ${#tested[@]} -gt 0 ] || { echo "no CPython 3.10+ found"; exit 1; }
+echo "test-wheel: the installed wheel passed on CPython ${tested[*]}"
