@@ -9,7 +9,7 @@ LIBDIR    := target/release
 CARGO_TEST_FLAGS ?=
 
 .PHONY: all build header check-header venv venv-test wheel sdist install-python demo test test-rust \
-  test-c test-python test-wheel bench clean
+  test-c test-python test-wheel test-sdist bench clean
 
 all: build
 
@@ -60,7 +60,19 @@ wheel: $(WHEEL_STAMP)
 
 # An sdist that `pip install` builds on any machine with cargo.
 sdist: venv
+	rm -f target/sdist/batchcorder-*.tar.gz
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin sdist --out target/sdist
+
+# pip builds the sdist in a fresh virtualenv (reusing this checkout's compiled
+# dependencies), and the installed package replays a stream.
+test-sdist: sdist build
+	rm -rf build/test-sdist && $(PYTHON) -m venv build/test-sdist
+	CARGO_TARGET_DIR=$(CURDIR)/target build/test-sdist/bin/pip install --progress-bar on \
+	  target/sdist/batchcorder-*.tar.gz
+	cd build && test-sdist/bin/python -c 'import pyarrow as pa, batchcorder; \
+	  c = batchcorder.StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1)); \
+	  assert [pa.table(c).num_rows for _ in range(2)] == [3, 3]; \
+	  print("test-sdist: the sdist built and replays:", batchcorder.__file__)'
 
 # The wheel installed into .venv, for the demo and the tests.
 $(VENV)/.installed: $(WHEEL_STAMP)
@@ -87,7 +99,7 @@ test-python: install-python venv-test
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
 
 # The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
-test: check-header test-rust test-c test-python test-wheel test-examples test-r
+test: check-header test-rust test-c test-python test-wheel test-sdist test-examples test-r
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite
