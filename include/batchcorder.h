@@ -449,6 +449,19 @@ enum BcStatus bc_options_set_write_policy(struct BcOptions *opts, BcWritePolicy 
 // `opts` is NULL or a live builder.
 enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression compression);
 
+// Read ahead: a background thread (named `batchcorder-prefetch`) ingests up to
+// `batches` (at least 1) ahead of the fastest reader, while the next batch fits the memory
+// budget (the disk budget with the disk tier), so that a slow upstream and a slow
+// consumer overlap. That thread then calls the upstream's `get_next`, holding no lock a
+// cached read needs (a reader that outruns it calls `get_next` itself, one call at a
+// time); a pyarrow upstream over a Python generator takes the GIL there. It ends at the
+// end of the stream, an upstream error (kept at its batch), `bc_cache_close`, or when
+// the cache and all its readers are gone.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_options_set_prefetch(struct BcOptions *opts, uint64_t batches);
+
 // Target size in bytes of one disk segment file (at least 4096; default 64 MiB). A
 // batch larger than this gets a segment of its own. With `max_readers`, a segment is
 // deleted once every reader has passed all of its batches, so smaller segments give

@@ -113,6 +113,17 @@ pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> batchcorder_core::
     })
 }
 
+/// Check an output argument, which a call writes only on success and which may hold
+/// anything before (so it is never read or borrowed): fail naming it when it is NULL.
+pub(crate) fn out_arg<T>(out: *mut T, name: &str) -> batchcorder_core::Result<*mut T> {
+    if out.is_null() {
+        return Err(Error::InvalidArgument(format!(
+            "argument `{name}` is NULL; pass where to write the result"
+        )));
+    }
+    Ok(out)
+}
+
 /// Borrow `ptr` mutably, or fail with a message naming the argument.
 ///
 /// # Safety

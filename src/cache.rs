@@ -7,7 +7,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::Schema;
 
 use crate::abi::{ArrowArrayStream, ArrowSchema};
-use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
+use crate::boundary::{arg, guard, guard_value, out_arg, BcStatus};
 use crate::export::export_reader;
 use crate::options::BcOptions;
 use crate::schema_copy::SchemaCopy;
@@ -85,7 +85,7 @@ pub unsafe extern "C" fn bc_cache_new(
         || {},
         || {
             let stream = unsafe { arg(upstream, "upstream") }?;
-            let out = unsafe { arg_mut(out, "out") }?;
+            let out = out_arg(out, "out")?;
             if stream.release.is_none() {
                 return Err(Error::InvalidArgument(
                     "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
@@ -100,10 +100,11 @@ pub unsafe extern "C" fn bc_cache_new(
             // Nothing below fails, so the caller keeps the stream on every error path.
             let source = unsafe { CStreamUpstream::take(upstream, schema) };
             let cache = prepared.start_source(Box::new(source));
-            *out = Box::into_raw(Box::new(BcCache {
+            let handle = Box::into_raw(Box::new(BcCache {
                 cache,
                 exact_schema: Some(Arc::new(exact)),
             }));
+            unsafe { out.write(handle) };
             Ok(())
         },
     )
@@ -127,9 +128,7 @@ pub unsafe extern "C" fn bc_cache_reader(
     out: *mut ArrowArrayStream,
 ) -> BcStatus {
     on_cache(cache, |cache| {
-        if out.is_null() {
-            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
-        }
+        out_arg(out, "out")?;
         let (target, exact) = match unsafe { requested_schema.as_ref() } {
             None => (None, cache.exact_schema.clone()),
             Some(schema) => {
@@ -179,9 +178,7 @@ pub(crate) fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowSchema) -> BcStatus {
     on_cache(cache, |cache| {
-        if out.is_null() {
-            return Err(Error::InvalidArgument("argument `out` is NULL".into()));
-        }
+        out_arg(out, "out")?;
         if let Some(exact) = &cache.exact_schema {
             unsafe { ptr::write(out, exact.export()) };
             return Ok(());
@@ -317,7 +314,7 @@ impl From<Stats> for BcStats {
 pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut BcStats) -> BcStatus {
     on_cache(cache, |cache| {
         let stats = cache.stats()?;
-        *unsafe { arg_mut(out, "out") }? = stats.into();
+        unsafe { out_arg(out, "out")?.write(stats.into()) };
         Ok(())
     })
 }

@@ -11,7 +11,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::array_export::export_cached;
-use crate::boundary::{arg_mut, c_message, guard, panic_message, BcStatus};
+use crate::boundary::{arg_mut, c_message, guard, out_arg, panic_message, BcStatus};
 use crate::schema_copy::SchemaCopy;
 use batchcorder_core::{CacheReader, Cast, OnCastFailure};
 use batchcorder_core::{Error, Result};
@@ -123,22 +123,15 @@ fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
     Ok(())
 }
 
-fn require_out<T>(out: *mut T) -> Result<()> {
-    if out.is_null() {
-        return Err(Error::InvalidArgument("argument `out` is NULL".into()));
-    }
-    Ok(())
-}
-
 fn schema_callback(state: Option<&mut Exported>, out: *mut ArrowSchema) -> c_int {
     callback(state, |state| {
-        require_out(out).and_then(|()| schema_into(state, out))
+        out_arg(out, "out").and_then(|out| schema_into(state, out))
     })
 }
 
 fn next_callback(state: Option<&mut Exported>, out: *mut ArrowArray) -> c_int {
     callback(state, |state| {
-        require_out(out).and_then(|()| next_into(state, out))
+        out_arg(out, "out").and_then(|out| next_into(state, out))
     })
 }
 
@@ -198,10 +191,7 @@ pub unsafe extern "C" fn bc_reader_next(
     guard(
         // SAFETY: runs only after the body unwound, so nothing else borrows the reader.
         || unsafe { (*state).reader.poison_cache() },
-        || {
-            require_out(out)?;
-            next_into(unsafe { &mut *state }, out)
-        },
+        || next_into(unsafe { &mut *state }, out_arg(out, "out")?),
     )
 }
 
@@ -282,7 +272,7 @@ pub unsafe extern "C" fn bc_reader_position(
         || {},
         || {
             let position = unsafe { reader_arg(reader) }?.reader.position();
-            *unsafe { arg_mut(out, "out") }? = position;
+            unsafe { out_arg(out, "out")?.write(position) };
             Ok(())
         },
     )
@@ -332,7 +322,7 @@ pub unsafe extern "C" fn bc_reader_view(
         || {},
         || {
             let state: *mut Exported = unsafe { reader_arg(reader) }?;
-            require_out(out)?;
+            let out = out_arg(out, "out")?;
             let view = ArrowArrayStream {
                 get_schema: Some(view_get_schema),
                 get_next: Some(view_get_next),

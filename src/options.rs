@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CStr};
 
 use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
-use batchcorder_core::options::{check_max_readers, check_segment_bytes};
+use batchcorder_core::options::{check_max_readers, check_prefetch, check_segment_bytes};
 use batchcorder_core::Error;
 use batchcorder_core::{CacheOptions, Compression, DiskOptions, WritePolicy};
 
@@ -216,6 +216,27 @@ pub unsafe extern "C" fn bc_options_set_compression(
                 )))
             }
         };
+        Ok(())
+    };
+    unsafe { update(opts, change) }
+}
+
+/// Read ahead: a background thread (named `batchcorder-prefetch`) ingests up to
+/// `batches` (at least 1) ahead of the fastest reader, while the next batch fits the memory
+/// budget (the disk budget with the disk tier), so that a slow upstream and a slow
+/// consumer overlap. That thread then calls the upstream's `get_next`, holding no lock a
+/// cached read needs (a reader that outruns it calls `get_next` itself, one call at a
+/// time); a pyarrow upstream over a Python generator takes the GIL there. It ends at the
+/// end of the stream, an upstream error (kept at its batch), `bc_cache_close`, or when
+/// the cache and all its readers are gone.
+///
+/// # Safety
+/// `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_prefetch(opts: *mut BcOptions, batches: u64) -> BcStatus {
+    let change = |opts: &mut BcOptions| {
+        check_prefetch(batches)?;
+        opts.options.prefetch = Some(batches);
         Ok(())
     };
     unsafe { update(opts, change) }

@@ -10,6 +10,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use crate::disk::{DiskIndex, DiskWriter};
 use crate::error::{Error, Result};
 use crate::options::{default_memory_capacity, CacheOptions, WritePolicy};
+use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
 use crate::storage::{CachedBatch, Derived, MemoryTier};
@@ -85,6 +86,8 @@ struct State {
     closed: bool,
     rows_ingested: u64,
     batches_evicted: u64,
+    /// Bytes of the newest batch stored: what the read-ahead thread expects the next to need.
+    last_batch_bytes: u64,
 }
 
 /// What only the ingesting thread touches.
@@ -103,6 +106,17 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     upstream_wait_ns: AtomicU64,
     evicts: bool,
+    /// Wakes the read-ahead thread, when `prefetch` is set.
+    prefetch: Option<Arc<Signal>>,
+    disk_capacity: Option<u64>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(signal) = &self.prefetch {
+            signal.stop();
+        }
+    }
 }
 
 /// A replayable cache over a single-use stream.
@@ -183,7 +197,9 @@ impl PreparedCache {
             closed: false,
             rows_ingested: 0,
             batches_evicted: 0,
+            last_batch_bytes: 0,
         };
+        let prefetch = options.prefetch.map(|_| Arc::new(Signal::default()));
         let shared = Shared {
             schema: upstream.schema(),
             ingest: Mutex::new(Ingest {
@@ -196,10 +212,14 @@ impl PreparedCache {
             poisoned: AtomicBool::new(false),
             upstream_wait_ns: AtomicU64::new(0),
             evicts: options.max_readers.is_some(),
+            prefetch: prefetch.clone(),
+            disk_capacity: options.disk.as_ref().map(|disk| disk.capacity),
         };
-        StreamCache {
-            shared: Arc::new(shared),
+        let shared = Arc::new(shared);
+        if let (Some(signal), Some(ahead)) = (prefetch, options.prefetch) {
+            crate::prefetch::spawn(&shared, signal, ahead);
         }
+        StreamCache { shared }
     }
 }
 
@@ -303,6 +323,9 @@ impl StreamCache {
             )
         };
         drop(stored);
+        if let Some(signal) = &self.shared.prefetch {
+            signal.notify(); // the read-ahead thread sees `closed` and ends
+        }
         // Waits for a pull in progress; the puller sees `closed` and discards its batch.
         let mut ingest = self
             .shared
@@ -461,6 +484,9 @@ impl Shared {
         }
         state.evict_passed();
         let rows = batch.batch().num_rows() as u64;
+        if self.prefetch.is_some() {
+            state.last_batch_bytes = batch.batch().get_array_memory_size() as u64;
+        }
         let spill = match written {
             None if policy.is_none() => match state.memory.push(batch) {
                 Ok(()) => Spill::Nothing(true),
@@ -530,20 +556,58 @@ impl Shared {
         Ok(true)
     }
 
-    /// Called when a reader moves or goes away: drop what every reader has passed.
+    /// Called when a reader moves or goes away: drop what every reader has passed, and
+    /// let the read-ahead thread look again.
     pub(crate) fn reader_moved(&self) {
-        if let Ok(mut state) = self.lock_state() {
-            state.evict_passed();
+        if self.evicts {
+            if let Ok(mut state) = self.lock_state() {
+                state.evict_passed();
+            }
+        }
+        if let Some(signal) = &self.prefetch {
+            signal.notify();
         }
     }
 
-    /// Whether readers' positions can free batches (`max_readers` is set).
-    pub(crate) fn evicts(&self) -> bool {
-        self.evicts
+    /// Whether readers' moves matter: they free batches (`max_readers`) or let the
+    /// read-ahead thread go further (`prefetch`).
+    pub(crate) fn watches_readers(&self) -> bool {
+        self.evicts || self.prefetch.is_some()
+    }
+
+    /// One look of the read-ahead thread: pull the next batch if the fastest reader is
+    /// less than `ahead` batches behind the frontier and another batch fits the budgets.
+    /// Runs on that thread, which then calls the upstream.
+    pub(crate) fn prefetch_step(&self, ahead: u64) -> Step {
+        let Ok(mut state) = self.lock_state() else {
+            return Step::Done;
+        };
+        if state.closed || state.exhausted || state.failure.is_some() {
+            return Step::Done;
+        }
+        let frontier = state.memory.end();
+        let fastest = state.registry.fastest_position();
+        if frontier >= fastest.saturating_add(ahead) || !state.has_room(self.disk_capacity) {
+            return Step::Wait;
+        }
+        drop(state);
+        match self.pull_next(frontier) {
+            Ok(()) => Step::Pulled,
+            Err(_) => Step::Done,
+        }
     }
 }
 
 impl State {
+    /// Whether a batch the size of the last one fits the budget of the tier it lands in.
+    fn has_room(&self, disk_capacity: Option<u64>) -> bool {
+        let next = self.last_batch_bytes;
+        match (&self.disk, disk_capacity) {
+            (Some(index), Some(capacity)) => index.bytes().saturating_add(next) <= capacity,
+            _ => self.memory.bytes().saturating_add(next) <= self.memory.capacity(),
+        }
+    }
+
     fn evict_passed(&mut self) {
         let frontier = self.memory.end();
         if let Some(below) = self.registry.evictable_below(frontier) {

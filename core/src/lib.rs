@@ -37,6 +37,7 @@ pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
 pub mod options;
+mod prefetch;
 pub mod reader;
 mod registry;
 pub mod storage;

@@ -20,6 +20,9 @@ pub struct CacheOptions {
     pub max_readers: Option<u64>,
     /// The disk tier; `None` keeps everything in memory.
     pub disk: Option<DiskOptions>,
+    /// Read ahead: a background thread ingests up to this many batches ahead of the
+    /// fastest reader (within the memory and disk budgets); `None` reads only on demand.
+    pub prefetch: Option<u64>,
 }
 
 impl CacheOptions {
@@ -35,6 +38,9 @@ impl CacheOptions {
         if let Some(max_readers) = self.max_readers {
             check_max_readers(max_readers)?;
         }
+        if let Some(prefetch) = self.prefetch {
+            check_prefetch(prefetch)?;
+        }
         match &self.disk {
             Some(disk) => disk.validate(),
             None => Ok(()),
@@ -47,6 +53,16 @@ pub fn check_max_readers(max_readers: u64) -> Result<()> {
     if max_readers == 0 {
         return Err(Error::InvalidArgument(
             "max_readers must be at least 1; leave it unset to keep every batch".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `prefetch` must be at least 1 batch.
+pub fn check_prefetch(prefetch: u64) -> Result<()> {
+    if prefetch == 0 {
+        return Err(Error::InvalidArgument(
+            "prefetch must be at least 1 batch; leave it unset to read only on demand".into(),
         ));
     }
     Ok(())

@@ -123,7 +123,7 @@ impl CacheReader {
             self.finished = true;
             self.slot.advance_to(u64::MAX);
         }
-        if self.shared.evicts() {
+        if self.shared.watches_readers() {
             self.shared.reader_moved();
         }
     }
@@ -163,7 +163,7 @@ impl CacheReader {
 
 impl Drop for CacheReader {
     fn drop(&mut self) {
-        if self.shared.evicts() {
+        if self.shared.watches_readers() {
             // A reader that is gone needs nothing more.
             self.slot.advance_to(u64::MAX);
             self.shared.reader_moved();

@@ -90,6 +90,18 @@ impl ReaderRegistry {
         (needed > self.evicted_below).then_some(needed)
     }
 
+    /// The position of the live reader furthest ahead that has not finished; 0 with none.
+    pub fn fastest_position(&mut self) -> u64 {
+        self.prune();
+        self.live
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|slot| slot.next.load(Ordering::Acquire))
+            .filter(|&position| position != u64::MAX)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn evicted_below(&self) -> u64 {
         self.evicted_below
     }

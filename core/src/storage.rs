@@ -142,6 +142,10 @@ impl MemoryTier {
         self.bytes
     }
 
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// The batch at `position`, or `None` when it was evicted or not yet stored.
     pub fn get(&self, position: u64) -> Option<&Arc<CachedBatch>> {
         self.slots

@@ -184,7 +184,7 @@ fn bounded_pass_keeps_memory_flat() {
     let options = CacheOptions {
         max_readers: Some(1),
         memory_capacity: Some(4096),
-        disk: None,
+        ..Default::default()
     };
     let (cache, _) = cache(1000, options);
     let total = id_sum(read_all(&cache, true));
@@ -334,4 +334,172 @@ fn zero_max_readers_and_zero_capacity_are_refused() {
             Err(Error::InvalidArgument(_))
         ));
     }
+}
+
+// -- prefetch: a background thread reads ahead of the fastest reader -------------------
+
+/// Wait (at most 10 s) until `done` holds; false if it never did.
+fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(std::time::Duration::from_millis(2));
+    }
+    false
+}
+
+/// Give a read-ahead thread time to go further than it should, if it would.
+fn settle() {
+    thread::sleep(std::time::Duration::from_millis(50));
+}
+
+fn prefetching(batches: usize, ahead: u64) -> (StreamCache, Arc<AtomicUsize>) {
+    let options = CacheOptions {
+        prefetch: Some(ahead),
+        ..Default::default()
+    };
+    cache(batches, options)
+}
+
+#[test]
+fn prefetch_reads_ahead_of_the_fastest_reader_and_no_further() {
+    let (cache, pulls) = prefetching(100, 5);
+    assert!(
+        eventually(|| cache.ingested_count() == 5),
+        "before any reader"
+    );
+    settle();
+    assert_eq!(
+        (cache.ingested_count(), pulls.load(Ordering::SeqCst)),
+        (5, 5)
+    );
+
+    let mut slow = cache.reader(true).unwrap();
+    let mut fast = cache.reader(true).unwrap();
+    for _ in 0..20 {
+        fast.next_batch().unwrap().unwrap();
+    }
+    slow.next_batch().unwrap().unwrap();
+    assert!(
+        eventually(|| cache.ingested_count() == 25),
+        "5 ahead of the fastest"
+    );
+    settle();
+    assert_eq!(cache.ingested_count(), 25);
+    // The readers see the whole stream, in order, whoever pulled each batch.
+    let rest: Vec<RecordBatch> = fast.map(Result::unwrap).collect();
+    assert_eq!(rest.len(), 80);
+    assert_eq!(
+        pulls.load(Ordering::SeqCst),
+        101,
+        "100 batches and the end, once each"
+    );
+    drop(slow);
+}
+
+#[test]
+fn prefetch_stops_at_close() {
+    let (cache, pulls) = prefetching(1000, 3);
+    assert!(eventually(|| cache.ingested_count() == 3));
+    let mut reader = cache.reader(true).unwrap();
+    reader.next_batch().unwrap().unwrap();
+    cache.close().unwrap();
+    let after = pulls.load(Ordering::SeqCst);
+    settle();
+    assert!(after <= 5, "{after}");
+    assert_eq!(
+        pulls.load(Ordering::SeqCst),
+        after,
+        "nothing pulled after close"
+    );
+    assert_eq!(reader.next_batch().unwrap_err(), Error::Closed);
+}
+
+#[test]
+fn an_upstream_error_reaches_readers_at_its_batch_with_prefetch() {
+    let (source, pulls) = upstream(50, Some(7));
+    let options = CacheOptions {
+        prefetch: Some(20),
+        ..Default::default()
+    };
+    let cache = StreamCache::new(source, options).unwrap();
+    assert!(
+        eventually(|| pulls.load(Ordering::SeqCst) == 8),
+        "the thread met the error"
+    );
+    for _ in 0..2 {
+        let mut reader = cache.reader(true).unwrap();
+        for _ in 0..7 {
+            reader.next_batch().unwrap().unwrap();
+        }
+        let err = reader.next_batch().unwrap_err();
+        assert!(matches!(err, Error::Upstream { .. }), "{err:?}");
+    }
+    settle();
+    assert_eq!(pulls.load(Ordering::SeqCst), 8, "never pulled again");
+}
+
+#[test]
+fn prefetch_stays_within_the_memory_budget() {
+    // Each batch holds 800 bytes of ids: about 3 fit.
+    let options = CacheOptions {
+        memory_capacity: Some(2500),
+        prefetch: Some(50),
+        ..Default::default()
+    };
+    let (cache, _) = cache(100, options);
+    assert!(eventually(|| cache.ingested_count() >= 2));
+    settle();
+    let stats = cache.stats().unwrap();
+    assert!(stats.memory_bytes <= 2500, "{stats:?}");
+    // Read ahead filled the budget without failing: the batches it holds replay.
+    assert_eq!(
+        read_all_until_error(&cache),
+        stats.batches_ingested as usize
+    );
+}
+
+/// Batches a reader returns from the start before its first error.
+fn read_all_until_error(cache: &StreamCache) -> usize {
+    let mut reader = cache.reader(true).unwrap();
+    let mut read = 0;
+    while let Ok(Some(_)) = reader.next_batch() {
+        read += 1;
+    }
+    read
+}
+
+#[test]
+fn prefetch_with_max_readers_streams_in_a_small_budget() {
+    let options = CacheOptions {
+        memory_capacity: Some(2500),
+        max_readers: Some(2),
+        prefetch: Some(2),
+        ..Default::default()
+    };
+    let (cache, _) = cache(200, options);
+    // Two readers in step: each batch is dropped once both passed it, so the cache holds
+    // the batch between them and the two read ahead; read-ahead never overfills it.
+    let (mut a, mut b) = (cache.reader(true).unwrap(), cache.reader(true).unwrap());
+    let mut sums = (0, 0);
+    while let Some(batch) = a.next_batch().unwrap() {
+        sums.0 += id_sum([batch]);
+        sums.1 += id_sum([b.next_batch().unwrap().unwrap()]);
+        assert!(cache.stats().unwrap().memory_bytes <= 2500);
+    }
+    let all = (0..20_000).sum::<i64>();
+    assert_eq!(sums, (all, all));
+    assert_eq!(cache.stats().unwrap().batches_evicted, 200);
+}
+
+#[test]
+fn prefetch_zero_is_refused_naming_it() {
+    let options = CacheOptions {
+        prefetch: Some(0),
+        ..Default::default()
+    };
+    let err = StreamCache::prepare(options).unwrap_err();
+    assert!(err.to_string().contains("prefetch"), "{err}");
 }

@@ -112,6 +112,7 @@ fn passed_segments_are_deleted_with_max_readers() {
         memory_capacity: Some(1),
         max_readers: Some(1),
         disk: Some(disk),
+        ..Default::default()
     };
     let cache = StreamCache::new(Box::new(source), options).unwrap();
     let dir = cache.disk_directory().unwrap();

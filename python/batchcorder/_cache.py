@@ -56,6 +56,12 @@ class StreamCache(ClosesOnExit):
         Keyword-only: target size of one segment file on disk (default 64 MiB, at least
         4096). With ``max_readers``, a segment is deleted once every reader has passed
         it, so smaller segments give disk space back sooner.
+    prefetch
+        Keyword-only: a background thread reads up to this many batches ahead of the
+        fastest reader, within the memory and disk budgets, so that a slow source and a
+        slow consumer overlap. The source then runs on that thread (pyarrow takes the GIL
+        there for a Python generator). Default ``None``: the source is read only as
+        readers ask.
 
     Examples
     --------
@@ -79,11 +85,12 @@ class StreamCache(ClosesOnExit):
         *,
         compression: Optional[Compression] = None,
         segment_bytes: Optional[int] = None,
+        prefetch: Optional[int] = None,
     ) -> None:
         # Built before the source is touched: refused options leave it unread.
         built = options(
             memory_capacity, disk_path, disk_capacity, write_policy, max_readers,
-            compression, segment_bytes,
+            compression, segment_bytes, prefetch,
         )
         if not hasattr(source, "__arrow_c_stream__"):
             raise TypeError(
@@ -107,6 +114,7 @@ class StreamCache(ClosesOnExit):
         self._logged: Optional[CacheStats] = None
         _open_caches.add(self)
         self._max_readers = max_readers
+        self._prefetch = prefetch
 
     @classmethod
     def in_memory(
@@ -314,6 +322,7 @@ class StreamCache(ClosesOnExit):
             return "<StreamCache closed>"
         stats = self.stats()
         cap = "" if self._max_readers is None else f" max_readers={self._max_readers}"
+        cap += "" if self._prefetch is None else f" prefetch={self._prefetch}"
         tier = "memory+disk" if self._with_disk else "memory"
         disk = f" disk_bytes={stats.disk_bytes}" if self._with_disk else ""
         return (

@@ -76,6 +76,7 @@ def options(
     max_readers: Any,
     compression: Any,
     segment_bytes: Any,
+    prefetch: Any = None,
 ) -> Any:
     """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments."""
     memory = _uint64("memory_capacity", memory_capacity)
@@ -84,6 +85,7 @@ def options(
     codec = _enum("compression", compression, _COMPRESSIONS)
     disk = _disk(disk_path, disk_capacity)
     segment = _uint64("segment_bytes", segment_bytes)
+    ahead = _uint64("prefetch", prefetch)
     raw = lib.bc_options_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate a BcOptions")
@@ -98,6 +100,8 @@ def options(
     check(lib.bc_options_set_compression(built, codec))
     if segment is not None:
         check(lib.bc_options_set_segment_bytes(built, segment))
+    if ahead is not None:
+        check(lib.bc_options_set_prefetch(built, ahead))
     # The rules between options, before the caller hands over a source it cannot get back.
     check(lib.bc_options_validate(built))
     return built

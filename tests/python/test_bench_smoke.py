@@ -24,7 +24,8 @@ def load():
 @pytest.mark.parametrize("impl", ["ours", "pyarrow"])
 @pytest.mark.parametrize(
     "workload",
-    ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced"],
+    ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
+     "prefetch"],
 )
 def test_workload_runs_on_tiny_sizes(impl, workload):
     result = load().WORKLOADS[workload](impl, True)
