@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
 use crate::options::{Compression, DiskOptions, WritePolicy};
+use crate::spill_dir::{self, SpillDir};
 
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
 const ALIGNMENT: usize = 64;
@@ -172,7 +173,7 @@ pub(crate) struct DiskWriter {
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
     ipc_schema: Option<SchemaRef>,
     /// Removes the directory with everything in it when the writer goes.
-    _dir: tempfile::TempDir,
+    _dir: SpillDir,
 }
 
 impl std::fmt::Debug for DiskWriter {
@@ -192,10 +193,8 @@ impl DiskWriter {
             .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
         std::fs::create_dir_all(&options.path)
             .map_err(|err| io_error("cannot create disk_path", &options.path, err))?;
-        let dir = tempfile::Builder::new()
-            .prefix("batchcorder-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(&options.path)
+        spill_dir::remove_abandoned(&options.path);
+        let dir = SpillDir::create(&options.path)
             .map_err(|err| io_error("cannot create a cache directory in", &options.path, err))?;
         let compression = match options.compression {
             Compression::None => None,

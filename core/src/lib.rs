@@ -40,6 +40,7 @@ pub mod options;
 mod prefetch;
 pub mod reader;
 mod registry;
+mod spill_dir;
 pub mod storage;
 
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};

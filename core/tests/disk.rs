@@ -454,3 +454,58 @@ fn an_unwritable_disk_path_keeps_its_os_error() {
         other => panic!("expected an I/O error, got {other:?}"),
     }
 }
+
+/// The private folders (named like ours) directly under `parent`.
+fn private_folders(parent: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("batchcorder-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_new_cache_removes_folders_whose_owner_is_gone_and_nothing_else() {
+    let parent = tempfile::tempdir().unwrap();
+    let path = parent.path();
+    // What a process killed mid-stream leaves: a private folder, an owner file nobody
+    // locks, a segment.
+    let dead = path.join("batchcorder-dead01");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("owner.lock"), b"").unwrap();
+    std::fs::write(dead.join("segment-000000.arrows"), vec![0u8; 4096]).unwrap();
+    // Not ours to judge: no owner file, a file with our prefix, another folder.
+    std::fs::create_dir(path.join("batchcorder-no-owner")).unwrap();
+    std::fs::write(path.join("batchcorder-a-file"), b"keep").unwrap();
+    std::fs::create_dir(path.join("results")).unwrap();
+    std::fs::write(path.join("results/owner.lock"), b"").unwrap();
+
+    let live = disk_cache(id_batches(3, 10), DiskOptions::new(path, 1 << 20), 0);
+    live.ingest_all().unwrap();
+    let live_folder = live.disk_directory().unwrap();
+    assert!(!dead.exists(), "the dead owner's folder is removed");
+
+    let second = disk_cache(id_batches(3, 10), DiskOptions::new(path, 1 << 20), 0);
+    assert!(live_folder.exists(), "a live cache's folder stays");
+    assert_eq!(sum_ids(&live), (0..30).sum::<i64>(), "and it still reads");
+    assert!(path.join("batchcorder-no-owner").is_dir());
+    assert_eq!(
+        std::fs::read(path.join("batchcorder-a-file")).unwrap(),
+        b"keep"
+    );
+    assert!(path.join("results/owner.lock").exists());
+    assert_eq!(
+        private_folders(path).len(),
+        4,
+        "{:?}",
+        private_folders(path)
+    );
+    drop((live, second));
+    assert_eq!(
+        private_folders(path),
+        vec!["batchcorder-a-file", "batchcorder-no-owner"],
+        "each cache removes its own folder when it goes"
+    );
+}
