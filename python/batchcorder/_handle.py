@@ -25,6 +25,14 @@ class ClosesOnExit:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} cannot be pickled: its batches live in this process. "
+            "To share them with another process, fork it after the cache is filled "
+            "(a forked child reads its parent's cache), or hand the other process the "
+            "source itself"
+        )
+
 
 class CacheHandle:
     """Owns one ``BcCache *``; every use checks that it is still open.
