@@ -26,8 +26,10 @@ if BASELINE:
     PYTHONS["before"] = HERE / ".venv-base" / "bin" / "python"
 WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
              "prefetch"]
-# BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick).
-if os.environ.get("BENCH_WORKLOADS"):
+# BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick),
+# and writes build/bench-partial.md instead of the committed results.
+PARTIAL = bool(os.environ.get("BENCH_WORKLOADS"))
+if PARTIAL:
     WORKLOADS = [w for w in WORKLOADS if w in os.environ["BENCH_WORKLOADS"].split(",")]
 # Our target per workload: the largest acceptable ratio, and what it is a ratio to.
 TARGETS = {
@@ -182,6 +184,12 @@ def main() -> None:
             header_before.append(f"| {workload} | {fmt(then)} | {fmt(now)} | {change} |")
         rows = rows + header_before
     text = "\n".join(header + rows) + "\n"
+    if PARTIAL:
+        out = HERE.parent / "build" / "bench-partial.md"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(text)
+        print(f"a partial run: written to {out}, bench/results.md untouched")
+        return
     (HERE / "results.md").write_text(text + (HERE / "notes.md").read_text())
     print(text)
     try:
