@@ -25,7 +25,7 @@ BASELINE = os.environ.get("BENCH_BASELINE_NAME")
 if BASELINE:
     PYTHONS["before"] = HERE / ".venv-base" / "bin" / "python"
 WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
-             "prefetch"]
+             "prefetch", "first-pass-1", "first-pass-3", "first-pass-10"]
 # BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick),
 # and writes build/bench-partial.md instead of the committed results.
 PARTIAL = bool(os.environ.get("BENCH_WORKLOADS"))
@@ -42,6 +42,10 @@ TARGETS = {
     "bounded": ("ref", 1.0),
     "sliced": ("ours memory, per byte", 1.1),
     "prefetch": ("pyarrow", 1.15),
+    # Issue 20: against pyarrow's own round trip of the source through the C interface.
+    "first-pass-1": ("pyarrow", 2.0),
+    "first-pass-3": ("pyarrow", 2.0),
+    "first-pass-10": ("pyarrow", 2.0),
 }
 
 # Absolute targets: (the workload's result key, its largest acceptable value for ours).
@@ -105,7 +109,7 @@ def main() -> None:
             ratio = ours / other if ours and other else None
         ratios[workload] = ratio
         extra = ""
-        if workload == "tiny-batches":
+        if workload == "tiny-batches" or workload.startswith("first-pass"):
             extra = "us/batch: " + ", ".join(
                 f"{i} {median([s.get('us_per_batch') for s in samples[(i, workload)]]):.2f}"
                 for i in PYTHONS if median([s.get('us_per_batch') for s in samples[(i, workload)]])

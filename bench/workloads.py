@@ -269,6 +269,37 @@ def sliced(impl: str, quick: bool) -> dict:
         return {"seconds": None, "error": f"MemoryError: {err}"[:200]}
 
 
+def first_pass(columns: int):
+    """The first pass over 1 563 batches of 64 rows with `columns` columns (int64, float64
+    and string in turn), built by pyarrow. pyarrow's side is its own round trip of the same
+    source through the C stream interface, the floor of any cache outside pyarrow."""
+
+    def workload(impl: str, quick: bool) -> dict:
+        count = 100 if quick else 1_563
+        kinds = [
+            lambda i: pa.array(range(i * 64, i * 64 + 64), pa.int64()),
+            lambda i: pa.array([float(v) for v in range(64)], pa.float64()),
+            lambda i: pa.array([f"s{i}-{v}" for v in range(64)], pa.string()),
+        ]
+        batches = [
+            pa.record_batch({f"c{c}": kinds[c % 3](i) for c in range(columns)})
+            for i in range(count)
+        ]
+
+        def run():
+            if impl == "pyarrow":
+                for _batch in pa.RecordBatchReader.from_stream(once(batches)):
+                    pass
+            else:
+                for _batch in StreamCache(once(batches)):
+                    pass
+
+        seconds = timed(run)
+        return {"seconds": seconds, "us_per_batch": seconds / count * 1e6}
+
+    return workload
+
+
 def prefetch_pipeline(impl: str, quick: bool) -> dict:
     """A source and a consumer that each take 1 ms per batch. pyarrow's side is the longer
     of the two alone (the consumer over batches at hand); ours reads ahead with
@@ -308,6 +339,9 @@ WORKLOADS = {
     "bounded": bounded,
     "sliced": sliced,
     "prefetch": prefetch_pipeline,
+    "first-pass-1": first_pass(1),
+    "first-pass-3": first_pass(3),
+    "first-pass-10": first_pass(10),
 }
 
 

@@ -25,7 +25,7 @@ def load():
 @pytest.mark.parametrize(
     "workload",
     ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
-     "prefetch"],
+     "prefetch", "first-pass-1", "first-pass-3", "first-pass-10"],
 )
 def test_workload_runs_on_tiny_sizes(impl, workload):
     result = load().WORKLOADS[workload](impl, True)
