@@ -112,6 +112,7 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
 }
 
 fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
+    state.reader.ensure_open()?;
     if let Some(exact) = &state.exact_schema {
         // SAFETY: `out` is valid for writes (checked by the caller).
         unsafe { ptr::write(out, exact.export()) };

@@ -48,7 +48,7 @@ impl SchemaCopy {
         let metadata = if schema.metadata.is_null() {
             None
         } else {
-            Some(unsafe { metadata_bytes(schema.metadata) }.into())
+            Some(unsafe { copy_metadata(schema.metadata) })
         };
         let count = usize::try_from(schema.n_children)
             .map_err(|_| format!("a schema node has {} children", schema.n_children))?;
@@ -165,12 +165,12 @@ unsafe extern "C" fn release_exported(schema: *mut ArrowSchema) {
     schema.private_data = ptr::null_mut();
 }
 
-/// The bytes of C Data Interface metadata: an int32 pair count, then for each pair an
-/// int32 length and the key's bytes, an int32 length and the value's bytes.
+/// A copy of C Data Interface metadata: an int32 pair count, then for each pair an int32
+/// length and the key's bytes, an int32 length and the value's bytes.
 ///
 /// # Safety
 /// `metadata` points to metadata in that encoding.
-unsafe fn metadata_bytes(metadata: *const c_char) -> &'static [u8] {
+unsafe fn copy_metadata(metadata: *const c_char) -> Box<[u8]> {
     let read_i32 =
         |at: usize| unsafe { ptr::read_unaligned(metadata.add(at).cast::<i32>()).max(0) as usize };
     let pairs = read_i32(0);
@@ -178,7 +178,7 @@ unsafe fn metadata_bytes(metadata: *const c_char) -> &'static [u8] {
     for _ in 0..pairs * 2 {
         at += 4 + read_i32(at);
     }
-    unsafe { std::slice::from_raw_parts(metadata.cast::<u8>(), at) }
+    unsafe { std::slice::from_raw_parts(metadata.cast::<u8>(), at) }.into()
 }
 
 /// The entries of `metadata` whose key and value are UTF-8, re-encoded; `None` if none is.
@@ -259,7 +259,7 @@ mod tests {
             dictionary: None,
         };
         let exported = copy.export();
-        assert_eq!(unsafe { metadata_bytes(exported.metadata) }, &bytes[..]);
+        assert_eq!(&*unsafe { copy_metadata(exported.metadata) }, &bytes[..]);
         let back: FFI_ArrowSchema = unsafe { std::mem::transmute(exported) };
         drop(back);
         let schema = copy.to_arrow().unwrap();

@@ -108,7 +108,6 @@ pub(crate) struct Shared {
     evicts: bool,
     /// Wakes the read-ahead thread, when `prefetch` is set.
     prefetch: Option<Arc<Signal>>,
-    disk_capacity: Option<u64>,
 }
 
 impl Drop for Shared {
@@ -213,7 +212,6 @@ impl PreparedCache {
             upstream_wait_ns: AtomicU64::new(0),
             evicts: options.max_readers.is_some(),
             prefetch: prefetch.clone(),
-            disk_capacity: options.disk.as_ref().map(|disk| disk.capacity),
         };
         let shared = Arc::new(shared);
         if let (Some(signal), Some(ahead)) = (prefetch, options.prefetch) {
@@ -369,6 +367,13 @@ impl Shared {
             return Err(Error::poisoned());
         }
         self.state.lock().map_err(|_| Error::poisoned())
+    }
+
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        match self.lock_state()?.closed {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
     }
 
     fn lock_ingest(&self) -> Result<MutexGuard<'_, Ingest>> {
@@ -587,7 +592,7 @@ impl Shared {
         }
         let frontier = state.memory.end();
         let fastest = state.registry.fastest_position();
-        if frontier >= fastest.saturating_add(ahead) || !state.has_room(self.disk_capacity) {
+        if frontier >= fastest.saturating_add(ahead) || !state.has_room() {
             return Step::Wait;
         }
         drop(state);
@@ -600,11 +605,11 @@ impl Shared {
 
 impl State {
     /// Whether a batch the size of the last one fits the budget of the tier it lands in.
-    fn has_room(&self, disk_capacity: Option<u64>) -> bool {
+    fn has_room(&self) -> bool {
         let next = self.last_batch_bytes;
-        match (&self.disk, disk_capacity) {
-            (Some(index), Some(capacity)) => index.bytes().saturating_add(next) <= capacity,
-            _ => self.memory.bytes().saturating_add(next) <= self.memory.capacity(),
+        match &self.disk {
+            Some(index) => index.has_room_for(next),
+            None => self.memory.bytes().saturating_add(next) <= self.memory.capacity(),
         }
     }
 

@@ -223,7 +223,7 @@ impl DiskWriter {
             ipc_schema: None,
             _dir: dir,
         };
-        Ok((writer, DiskIndex::new(used)))
+        Ok((writer, DiskIndex::new(used, options.capacity)))
     }
 
     /// When this writer is given batches.
@@ -526,17 +526,25 @@ pub(crate) struct DiskIndex {
     entries: BTreeMap<u64, DiskEntry>,
     segments: VecDeque<Arc<Segment>>,
     used: Arc<AtomicU64>,
+    /// `disk_capacity`, which the writer enforces.
+    capacity: u64,
     segments_deleted: u64,
 }
 
 impl DiskIndex {
-    fn new(used: Arc<AtomicU64>) -> Self {
+    fn new(used: Arc<AtomicU64>, capacity: u64) -> Self {
         Self {
             entries: BTreeMap::new(),
             segments: VecDeque::new(),
             used,
+            capacity,
             segments_deleted: 0,
         }
+    }
+
+    /// Whether `bytes` more fit the disk budget now.
+    pub fn has_room_for(&self, bytes: u64) -> bool {
+        self.bytes().saturating_add(bytes) <= self.capacity
     }
 
     pub fn insert(&mut self, position: u64, entry: DiskEntry) {

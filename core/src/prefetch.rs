@@ -55,12 +55,11 @@ pub(crate) enum Step {
 /// dropping the last handle and reader ends it.
 pub(crate) fn spawn(shared: &Arc<Shared>, signal: Arc<Signal>, ahead: u64) {
     let weak = Arc::downgrade(shared);
-    let started = std::thread::Builder::new()
+    // If no thread can be started, readers pull the upstream themselves, as without
+    // prefetch: nothing is lost but the overlap.
+    let _detached = std::thread::Builder::new()
         .name("batchcorder-prefetch".into())
         .spawn(move || run(weak, signal, ahead));
-    if started.is_err() {
-        // Without the thread, readers pull the upstream themselves, as with no prefetch.
-    }
 }
 
 fn run(cache: Weak<Shared>, signal: Arc<Signal>, ahead: u64) {

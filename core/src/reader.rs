@@ -83,9 +83,10 @@ impl CacheReader {
         self.next
     }
 
-    /// True once the reader has returned the end of the stream.
-    pub fn is_finished(&self) -> bool {
-        self.finished
+    /// Fail with [`Error::Closed`] once the cache is closed (or the poisoned error), as a
+    /// read would: for a caller that asks the schema of a reader.
+    pub fn ensure_open(&self) -> Result<()> {
+        self.shared.ensure_open()
     }
 
     /// The schema of the batches this reader returns.

@@ -382,6 +382,9 @@ static void test_lifetimes_and_close(void) {
   struct ArrowArray batch;
   CHECK(reader.get_next(&reader, &batch) != 0, "reader after close fails");
   CHECK(contains(reader.get_last_error(&reader), "closed"), "message says closed");
+  struct ArrowSchema no_schema;
+  CHECK(reader.get_schema(&reader, &no_schema) == EINVAL && bc_reader_failure(&reader) == BC_CLOSED,
+        "get_schema after close fails too, typed BC_CLOSED");
   CHECK(bc_reader_next(&reader, &batch) == BC_CLOSED, "BC_CLOSED");
   reader.release(&reader);
   CHECK(bc_cache_reader(cache, true, NULL, &reader) == BC_CLOSED, "no new reader after close");

@@ -36,8 +36,10 @@ int main() {
   while (again.next()) batches++;
   CHECK(batches == 3, "a handed-back reader reads every batch");
 
-  // A read that fails through a callback: schema() reports the reader's own status.
+  // get_schema fails once the cache is closed: schema() reports the reader's own status,
+  // which only the library knows (the callback returns an errno).
   cache.close();
+  CHECK(status_of([&] { again.schema(); }) == BC_CLOSED, "schema() of a closed cache's reader is BC_CLOSED");
   batchcorder::Reader late(&handed);  // handed is released: an empty reader
   CHECK(!late.valid(), "taking over a released stream gives an empty reader");
   CHECK(status_of([&] { cache.reader(); }) == BC_CLOSED, "a closed cache refuses readers with BC_CLOSED");
