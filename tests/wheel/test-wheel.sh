@@ -22,6 +22,14 @@ case "$(basename "$wheel")" in
   *-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl) ;;
   *) echo "unexpected wheel tags: $(basename "$wheel")"; exit 1 ;;
 esac
+# Release metadata a package index shows: both licence texts and the project's links.
+metadata=$("$root/.venv/bin/python" -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+print(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())' "$wheel")
+for line in "License-File: LICENSE-MIT" "License-File: LICENSE-APACHE" \
+            "Project-URL: Repository, " "Project-URL: Changelog, "; do
+  grep -q "^$line" <<<"$metadata" || { echo "the wheel's METADATA lacks '$line'"; exit 1; }
+done
 
 # The suite and the two files it reads (the README's examples, the benchmark workloads),
 # laid out as in the checkout.
