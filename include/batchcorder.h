@@ -62,6 +62,9 @@ typedef enum BcStatus {
   BC_CLOSED = 6,
   // A bug: a Rust panic caught at the boundary. The cache involved is poisoned.
   BC_INTERNAL = 7,
+  // A persisted cache's files are damaged, edited, truncated, or not a persisted
+  // cache at all (checked against its manifest and checksums).
+  BC_CORRUPT = 8,
 } BcStatus;
 
 // A cache over one upstream stream.
@@ -152,6 +155,19 @@ typedef uint32_t BcWritePolicy;
 
 // IPC buffer compression on disk: one of the `BC_COMPRESSION_*` values.
 typedef uint32_t BcCompression;
+
+// What a persisted cache's manifest records, as `bc_cache_persist` and `bc_cache_open`
+// report it.
+typedef struct BcPersisted {
+  // The save's id: 32 lowercase hex digits and a NUL. New for every save; a reference
+  // to a persisted cache (a pickled one, say) names it, so that a cache saved again to
+  // the same path is not taken for the old one.
+  char id[33];
+  // Batches in the cache.
+  uint64_t batches;
+  // Rows in those batches.
+  uint64_t rows;
+} BcPersisted;
 
 // The read of the batch holding the value fails with `BC_INVALID_ARGUMENT` (`EINVAL`
 // through `get_next`), naming the field and the value; the reader stays at that batch.
@@ -470,6 +486,62 @@ enum BcStatus bc_options_set_prefetch(struct BcOptions *opts, uint64_t batches);
 // # Safety
 // `opts` is NULL or a live builder.
 enum BcStatus bc_options_set_segment_bytes(struct BcOptions *opts, uint64_t bytes);
+
+// Read the rest of the upstream and save the whole stream to `path_utf8`, a directory
+// that must not exist yet (an empty one is replaced), whose parent exists.
+//
+// The save is a standard Arrow IPC file (`data.arrow`) with a manifest and checksums,
+// written in a staging folder beside the target, synced, and renamed into place: a crash
+// leaves nothing at `path_utf8`. `BC_INVALID_ARGUMENT` if the path is taken, if another
+// save took it first, if `max_readers` already evicted batches, or if a batch replaces a
+// dictionary (the IPC file format cannot hold that); `BC_IO` for the file system's
+// errors. `out` may be NULL; on `BC_OK` it receives the manifest's record. The cache
+// stays usable either way. No lock is held while the upstream runs.
+//
+// # Safety
+// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` writable.
+enum BcStatus bc_cache_persist(struct BcCache *cache,
+                               const char *path_utf8,
+                               struct BcPersisted *out);
+
+// Open the cache persisted at `path_utf8`, read-only, as a finished cache: readers replay
+// it through memory maps of its data file, so processes that open it share the page
+// cache. Any number of processes may open it at once.
+//
+// The manifest, the checksums file, the data file's size, schema and footer are checked
+// first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
+// wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
+// With `verify`, each batch is checked against its checksum on its first read in this
+// process (`BC_CORRUPT` on a mismatch); without, it is only validated structurally.
+// `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
+// NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
+// deletes nothing.
+//
+// # Safety
+// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` and
+// `out_info` writable.
+enum BcStatus bc_cache_open(const char *path_utf8,
+                            bool verify,
+                            uint64_t max_readers,
+                            struct BcPersisted *out_info,
+                            struct BcCache **out);
+
+// A persisted copy of `cache` that another process can open with `bc_cache_open`: the
+// directory it was opened from or last persisted to; for a disk-tier cache never
+// persisted, a save made once (reading the rest of the upstream) inside its private
+// folder, deleted when the cache is closed. `BC_INVALID_ARGUMENT` for a memory-only cache
+// never persisted. `out_path` receives the directory as a NUL-terminated UTF-8 string
+// the caller frees with `bc_string_free`; `out_info` may be NULL.
+//
+// # Safety
+// Each pointer is NULL or valid; `out_path` and `out_info` are writable.
+enum BcStatus bc_cache_share(struct BcCache *cache, char **out_path, struct BcPersisted *out_info);
+
+// Free a string the library handed out (`bc_cache_share`'s path). NULL is ignored.
+//
+// # Safety
+// `text` is NULL or came from this library and was not freed before.
+void bc_string_free(char *text);
 
 #ifdef __cplusplus
 }  // extern "C"

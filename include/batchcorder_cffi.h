@@ -13,6 +13,7 @@ typedef enum BcStatus {
   BC_EVICTED = 5,
   BC_CLOSED = 6,
   BC_INTERNAL = 7,
+  BC_CORRUPT = 8,
 } BcStatus;
 
 typedef struct BcCache BcCache;
@@ -70,6 +71,12 @@ typedef uint32_t BcCastFailure;
 typedef uint32_t BcWritePolicy;
 
 typedef uint32_t BcCompression;
+
+typedef struct BcPersisted {
+  char id[33];
+  uint64_t batches;
+  uint64_t rows;
+} BcPersisted;
 
 #define BC_CAST_FAILURE_ERROR 0
 
@@ -163,3 +170,17 @@ enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression c
 enum BcStatus bc_options_set_prefetch(struct BcOptions *opts, uint64_t batches);
 
 enum BcStatus bc_options_set_segment_bytes(struct BcOptions *opts, uint64_t bytes);
+
+enum BcStatus bc_cache_persist(struct BcCache *cache,
+                               const char *path_utf8,
+                               struct BcPersisted *out);
+
+enum BcStatus bc_cache_open(const char *path_utf8,
+                            bool verify,
+                            uint64_t max_readers,
+                            struct BcPersisted *out_info,
+                            struct BcCache **out);
+
+enum BcStatus bc_cache_share(struct BcCache *cache, char **out_path, struct BcPersisted *out_info);
+
+void bc_string_free(char *text);

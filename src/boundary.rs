@@ -31,6 +31,9 @@ pub enum BcStatus {
     BC_CLOSED = 6,
     /// A bug: a Rust panic caught at the boundary. The cache involved is poisoned.
     BC_INTERNAL = 7,
+    /// A persisted cache's files are damaged, edited, truncated, or not a persisted
+    /// cache at all (checked against its manifest and checksums).
+    BC_CORRUPT = 8,
 }
 
 impl From<&Error> for BcStatus {
@@ -42,6 +45,7 @@ impl From<&Error> for BcStatus {
             Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
             Error::Closed => BcStatus::BC_CLOSED,
             Error::Internal(_) => BcStatus::BC_INTERNAL,
+            Error::Corrupt(_) => BcStatus::BC_CORRUPT,
         }
     }
 }
@@ -111,6 +115,19 @@ pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> batchcorder_core::
     unsafe { ptr.as_ref() }.ok_or_else(|| {
         Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
     })
+}
+
+/// Borrow a NUL-terminated UTF-8 string argument, or fail naming it.
+///
+/// # Safety
+/// A non-NULL `ptr` must point to a NUL-terminated string that lives for `'a`.
+pub(crate) unsafe fn utf8_arg<'a>(
+    ptr: *const c_char,
+    name: &str,
+) -> batchcorder_core::Result<&'a str> {
+    let text = unsafe { std::ffi::CStr::from_ptr(arg(ptr, name)?) };
+    text.to_str()
+        .map_err(|_| Error::InvalidArgument(format!("argument `{name}` is not valid UTF-8")))
 }
 
 /// Check an output argument, which a call writes only on success and which may hold

@@ -48,7 +48,10 @@ impl BcCache {
 }
 
 /// Run a call on `cache`, poisoning it if the call panics.
-fn on_cache(cache: *const BcCache, body: impl FnOnce(&BcCache) -> Result<()>) -> BcStatus {
+pub(crate) fn on_cache(
+    cache: *const BcCache,
+    body: impl FnOnce(&BcCache) -> Result<()>,
+) -> BcStatus {
     let handle = match unsafe { arg(cache, "cache") } {
         Ok(handle) => handle,
         Err(err) => return crate::boundary::fail(&err),

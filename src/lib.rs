@@ -9,6 +9,7 @@ pub mod cache;
 pub mod capsule;
 pub mod export;
 pub mod options;
+pub mod persist;
 mod schema_copy;
 pub mod upstream;
 pub mod version;

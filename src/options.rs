@@ -1,8 +1,8 @@
 //! `BcOptions`: the C builder for [`CacheOptions`].
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 
-use crate::boundary::{arg, arg_mut, guard, guard_value, BcStatus};
+use crate::boundary::{arg, arg_mut, guard, guard_value, utf8_arg, BcStatus};
 use batchcorder_core::options::{check_max_readers, check_prefetch, check_segment_bytes};
 use batchcorder_core::Error;
 use batchcorder_core::{CacheOptions, Compression, DiskOptions, WritePolicy};
@@ -149,10 +149,7 @@ pub unsafe extern "C" fn bc_options_set_disk(
     capacity_bytes: u64,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
-        let dir = unsafe { CStr::from_ptr(arg(dir_utf8, "dir_utf8")?) };
-        let dir = dir
-            .to_str()
-            .map_err(|_| Error::InvalidArgument("argument `dir_utf8` is not valid UTF-8".into()))?;
+        let dir = unsafe { utf8_arg(dir_utf8, "dir_utf8") }?;
         let disk = DiskOptions {
             path: dir.into(),
             capacity: capacity_bytes,

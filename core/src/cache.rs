@@ -108,6 +108,11 @@ pub(crate) struct Shared {
     evicts: bool,
     /// Wakes the read-ahead thread, when `prefetch` is set.
     prefetch: Option<Arc<Signal>>,
+    /// The persisted copy another process can open: where this cache was opened from,
+    /// or its latest save.
+    pub(crate) persisted: Mutex<Option<crate::Persisted>>,
+    /// Held by [`StreamCache::share`] while it saves, so that it saves once.
+    pub(crate) save_lock: Mutex<()>,
 }
 
 impl Drop for Shared {
@@ -212,6 +217,8 @@ impl PreparedCache {
             upstream_wait_ns: AtomicU64::new(0),
             evicts: options.max_readers.is_some(),
             prefetch: prefetch.clone(),
+            persisted: Mutex::new(None),
+            save_lock: Mutex::new(()),
         };
         let shared = Arc::new(shared);
         if let (Some(signal), Some(ahead)) = (prefetch, options.prefetch) {
@@ -222,6 +229,59 @@ impl PreparedCache {
 }
 
 impl StreamCache {
+    /// A finished cache over a persisted file's `index`: nothing to ingest, nothing in
+    /// memory, every batch read from the index.
+    pub(crate) fn from_persisted(
+        schema: SchemaRef,
+        index: DiskIndex,
+        rows: u64,
+        max_readers: Option<u64>,
+    ) -> Result<Self> {
+        if let Some(max_readers) = max_readers {
+            crate::options::check_max_readers(max_readers)?;
+        }
+        let batches = index.len();
+        let state = State {
+            memory: MemoryTier::starting_at(batches),
+            disk: Some(index),
+            registry: ReaderRegistry::new(max_readers),
+            failure: None,
+            exhausted: true,
+            closed: false,
+            rows_ingested: rows,
+            batches_evicted: 0,
+            last_batch_bytes: 0,
+        };
+        let shared = Shared {
+            schema,
+            ingest: Mutex::new(Ingest {
+                source: None,
+                writer: None,
+            }),
+            state: Mutex::new(state),
+            ingested: AtomicU64::new(batches),
+            exhausted: AtomicBool::new(true),
+            poisoned: AtomicBool::new(false),
+            upstream_wait_ns: AtomicU64::new(0),
+            evicts: max_readers.is_some(),
+            prefetch: None,
+            persisted: Mutex::new(None),
+            save_lock: Mutex::new(()),
+        };
+        Ok(StreamCache {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The batch at `position`, ingesting up to it; `None` past the end.
+    pub(crate) fn batch_at(&self, position: u64) -> Result<Option<Arc<CachedBatch>>> {
+        self.shared.batch_at(position)
+    }
+
     /// The schema of the stream.
     pub fn schema(&self) -> SchemaRef {
         self.shared.schema.clone()

@@ -33,7 +33,7 @@ use crate::spill_dir::{self, SpillDir};
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
 const ALIGNMENT: usize = 64;
 
-fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+pub(crate) fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Io {
         message: format!("{what} {}: {err}", path.display()),
         errno: os_errno(&err),
@@ -68,10 +68,12 @@ fn os_errno(err: &std::io::Error) -> i32 {
     }
 }
 
-/// One segment file, mapped once at its full size.
+/// One segment file: a spill segment, mapped once at its full size, or a persisted
+/// cache's data file, mapped one message at a time so that a process maps only what its
+/// live batches use.
 pub(crate) struct Segment {
     path: PathBuf,
-    buffer: Buffer,
+    backing: Backing,
     /// Bytes of messages written into it.
     written: AtomicU64,
     /// Highest stream position with a message in it.
@@ -86,9 +88,67 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+enum Backing {
+    Mapped(Buffer),
+    Persisted(File),
+}
+
+impl Segment {
+    /// A persisted data file, read from but never written or deleted.
+    pub(crate) fn persisted(path: PathBuf, file: File, len: u64) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            backing: Backing::Persisted(file),
+            written: AtomicU64::new(len),
+            last_position: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn is_persisted(&self) -> bool {
+        matches!(self.backing, Backing::Persisted(_))
+    }
+
+    /// The bytes at `offset..offset + len`, zero-copy.
+    fn bytes(&self, offset: usize, len: usize) -> Result<Buffer> {
+        match &self.backing {
+            Backing::Mapped(buffer) => Ok(buffer.slice_with_length(offset, len)),
+            Backing::Persisted(file) => map_range(file, &self.path, offset as u64, len),
+        }
+    }
+
+    /// Bytes a spill segment can hold; a persisted file takes no more.
+    fn room(&self) -> u64 {
+        match &self.backing {
+            Backing::Mapped(buffer) => buffer.len() as u64,
+            Backing::Persisted(_) => 0,
+        }
+    }
+}
+
+/// Map `len` bytes of `file` at `offset` (any offset: the mapping starts at the page
+/// below it) as a buffer that unmaps them when its last slice goes.
+pub(crate) fn map_range(file: &File, path: &Path, offset: u64, len: usize) -> Result<Buffer> {
+    if len == 0 {
+        return Ok(Buffer::from_vec(Vec::<u8>::new()));
+    }
+    // SAFETY: persisted files are never written after their save; a caller that edits
+    // one while it is open breaks that contract, as with any memory-mapped file.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(file)
+    }
+    .map_err(|err| io_error("cannot map", path, err))?;
+    let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
+        .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
+    // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
+    Ok(unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) })
+}
+
 /// Where one IPC message lies.
 #[derive(Debug, Clone)]
-struct Message {
+pub(crate) struct Message {
     segment: Arc<Segment>,
     offset: usize,
     metadata_len: usize,
@@ -104,10 +164,28 @@ impl Message {
         )
     }
 
-    fn bytes(&self) -> Buffer {
+    fn bytes(&self) -> Result<Buffer> {
         self.segment
-            .buffer
-            .slice_with_length(self.offset, self.metadata_len + self.body_len)
+            .bytes(self.offset, self.metadata_len + self.body_len)
+    }
+
+    /// XXH3-64 of the message's bytes.
+    pub(crate) fn checksum(&self) -> Result<u64> {
+        Ok(twox_hash::XxHash3_64::oneshot(self.bytes()?.as_slice()))
+    }
+
+    /// A message of a persisted file, at `block`.
+    pub(crate) fn persisted(segment: &Arc<Segment>, block: &Block) -> Result<Self> {
+        let field = |value: i64, what: &str| {
+            usize::try_from(value)
+                .map_err(|_| Error::Corrupt(format!("a block's {what} is negative ({value})")))
+        };
+        Ok(Self {
+            segment: segment.clone(),
+            offset: field(block.offset(), "offset")?,
+            metadata_len: field(block.metaDataLength().into(), "metadata length")?,
+            body_len: field(block.bodyLength(), "body length")?,
+        })
     }
 }
 
@@ -118,28 +196,69 @@ pub(crate) struct DiskEntry {
     dictionaries: Arc<[Message]>,
     /// The schema as the IPC writer numbered its dictionaries, which the decoder needs.
     ipc_schema: SchemaRef,
+    /// For a persisted batch: the checksum its bytes must match before they are trusted.
+    checksum: Option<Arc<Checksum>>,
+}
+
+/// A persisted batch's expected checksum, checked on its first read in this process.
+#[derive(Debug)]
+pub(crate) struct Checksum {
+    expected: u64,
+    verified: std::sync::atomic::AtomicBool,
+}
+
+impl Checksum {
+    pub(crate) fn new(expected: u64) -> Arc<Self> {
+        Arc::new(Self {
+            expected,
+            verified: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
     /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let bytes = self.batch.bytes()?;
+        let trusted = match &self.checksum {
+            // Our own spill files, written by this process into a private directory.
+            None => true,
+            Some(checksum) if checksum.verified.load(Ordering::Acquire) => true,
+            Some(checksum) => {
+                if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != checksum.expected {
+                    return Err(Error::Corrupt(format!(
+                        "a batch at byte {} of {} does not match its checksum: the file was \
+                         edited or damaged; persist the stream again",
+                        self.batch.offset,
+                        self.batch.segment.path.display()
+                    )));
+                }
+                checksum.verified.store(true, Ordering::Release);
+                true
+            }
+        };
         let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
-        // SAFETY: these files are written by this process into a private directory.
-        let mut decoder = unsafe { decoder.with_skip_validation(true) };
+        // SAFETY: skipped only for bytes this process wrote or whose checksum matched the
+        // one taken when they were written; anything else is validated in full.
+        let mut decoder = unsafe { decoder.with_skip_validation(trusted) };
         let failed = |err: arrow_schema::ArrowError| {
-            Error::io(format!(
+            let message = format!(
                 "cannot decode batch from {}: {err}",
                 self.batch.segment.path.display()
-            ))
+            );
+            match self.segment().is_persisted() {
+                true => Error::Corrupt(message),
+                false => Error::io(message),
+            }
         };
         for dictionary in self.dictionaries.iter() {
             decoder
-                .read_dictionary(&dictionary.block(), &dictionary.bytes())
+                .read_dictionary(&dictionary.block(), &dictionary.bytes()?)
                 .map_err(failed)?;
         }
         let decoded = decoder
-            .read_record_batch(&self.batch.block(), &self.batch.bytes())
+            .read_record_batch(&self.batch.block(), &bytes)
             .map_err(failed)?
             .ok_or_else(|| Error::io("a disk block holds no record batch"))?;
         let options = RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
@@ -149,6 +268,21 @@ impl DiskEntry {
 
     fn segment(&self) -> &Arc<Segment> {
         &self.batch.segment
+    }
+
+    /// A batch of a persisted file; `dictionaries` are checked already.
+    pub(crate) fn persisted(
+        batch: Message,
+        dictionaries: Arc<[Message]>,
+        ipc_schema: SchemaRef,
+        checksum: Option<Arc<Checksum>>,
+    ) -> Self {
+        Self {
+            batch,
+            dictionaries,
+            ipc_schema,
+            checksum,
+        }
     }
 }
 
@@ -290,13 +424,14 @@ impl DiskWriter {
             batch: message,
             dictionaries: self.in_force.clone(),
             ipc_schema,
+            checksum: None,
         })
     }
 
     fn append(&mut self, position: u64, message: EncodedData) -> Result<Message> {
         let len = padded_len(&message);
         let fits = self.active.as_ref().is_some_and(|(segment, _)| {
-            segment.written.load(Ordering::Acquire) + len as u64 <= segment.buffer.len() as u64
+            segment.written.load(Ordering::Acquire) + len as u64 <= segment.room()
         });
         if !fits {
             self.roll(len as u64)?;
@@ -353,7 +488,7 @@ impl DiskWriter {
         let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) };
         let segment = Arc::new(Segment {
             path,
-            buffer,
+            backing: Backing::Mapped(buffer),
             written: AtomicU64::new(0),
             last_position: AtomicU64::new(0),
         });
@@ -532,6 +667,21 @@ pub(crate) struct DiskIndex {
 }
 
 impl DiskIndex {
+    /// The index of a persisted cache: its batches in order, none of them deletable.
+    pub(crate) fn persisted(entries: Vec<DiskEntry>) -> Self {
+        let segments = entries.first().map(|entry| entry.segment().clone());
+        let bytes = segments
+            .as_ref()
+            .map_or(0, |s| s.written.load(Ordering::Acquire));
+        Self {
+            entries: (0u64..).zip(entries).collect(),
+            segments: segments.into_iter().collect(),
+            used: Arc::new(AtomicU64::new(bytes)),
+            capacity: bytes,
+            segments_deleted: 0,
+        }
+    }
+
     fn new(used: Arc<AtomicU64>, capacity: u64) -> Self {
         Self {
             entries: BTreeMap::new(),
@@ -559,6 +709,11 @@ impl DiskIndex {
         self.entries.insert(position, entry);
     }
 
+    /// Batches indexed now.
+    pub fn len(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
     pub fn get(&self, position: u64) -> Option<&DiskEntry> {
         self.entries.get(&position)
     }
@@ -577,7 +732,7 @@ impl DiskIndex {
         self.entries = self.entries.split_off(&position);
         while self.segments.len() > 1 {
             let oldest = &self.segments[0];
-            if oldest.last_position.load(Ordering::Acquire) >= position {
+            if oldest.is_persisted() || oldest.last_position.load(Ordering::Acquire) >= position {
                 break;
             }
             let segment = self.segments.pop_front().expect("checked non-empty");

@@ -19,6 +19,9 @@ pub enum Error {
     Upstream { message: String, errno: i32 },
     /// The cache was closed.
     Closed,
+    /// A persisted cache's files are not what its save wrote: damaged, edited, truncated,
+    /// or not a persisted cache at all.
+    Corrupt(String),
     /// A bug: a panic, or a lock poisoned by one.
     Internal(String),
 }
@@ -48,6 +51,7 @@ impl Error {
             Error::Capacity(_) => libc::ENOMEM,
             Error::Io { errno, .. } => *errno,
             Error::Internal(_) => libc::EIO,
+            Error::Corrupt(_) => libc::EILSEQ,
             Error::Upstream { errno, .. } => *errno,
         }
     }
@@ -83,9 +87,10 @@ fn upstream_message(err: &ArrowError) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m) | Error::Capacity(m) | Error::Io { message: m, .. } => {
-                f.write_str(m)
-            }
+            Error::InvalidArgument(m)
+            | Error::Capacity(m)
+            | Error::Corrupt(m)
+            | Error::Io { message: m, .. } => f.write_str(m),
             Error::Upstream { message, .. } => write!(f, "upstream stream failed: {message}"),
             Error::Closed => f.write_str(
                 "the cache is closed; build a new cache from a fresh source to read again",

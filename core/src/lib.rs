@@ -37,6 +37,7 @@ pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
 pub mod options;
+pub mod persist;
 mod prefetch;
 pub mod reader;
 mod registry;
@@ -46,5 +47,6 @@ pub mod storage;
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};
 pub use options::{default_memory_capacity, CacheOptions, Compression, DiskOptions, WritePolicy};
+pub use persist::{OpenOptions, Persisted};
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
 pub use storage::{CachedBatch, Derived};

@@ -46,6 +46,50 @@ impl SpillDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Give the folder the name `target` for good: drop the owner mark, sync, and rename
+    /// it, failing if `target` exists (an empty directory there is replaced). Used for a
+    /// persisted cache's save, staged in a folder that a cleaner removes if the saving
+    /// process dies.
+    pub fn commit(self, target: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(self.path().join(OWNER))?;
+        File::open(self.path())?.sync_all()?;
+        match std::fs::remove_dir(target) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        rename_no_replace(self.path(), target)?;
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
+        File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+        let _ = self.dir.keep();
+        Ok(())
+    }
+}
+
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths. renameat2 through syscall: glibc 2.17, the
+    // wheel's floor, has no wrapper for it.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Take the exclusive flock of `file` without waiting; false if another holds it.

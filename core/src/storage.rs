@@ -133,6 +133,14 @@ impl MemoryTier {
         }
     }
 
+    /// An empty tier whose frontier is `position`: the batches before it live elsewhere.
+    pub fn starting_at(position: u64) -> Self {
+        Self {
+            first: position,
+            ..Self::new(0)
+        }
+    }
+
     /// Position one past the last stored batch: the ingestion frontier.
     pub fn end(&self) -> u64 {
         self.first + self.slots.len() as u64

@@ -95,7 +95,7 @@ fn on_eviction_never_writes_a_stream_that_fits() {
         ..DiskOptions::new(parent.path(), 1 << 30)
     };
     let cache = disk_cache(id_batches(10, 100), disk, 1 << 20);
-    assert_eq!(sum_ids(&cache), (0..1000).sum());
+    assert_eq!(sum_ids(&cache), (0..1000i64).sum::<i64>());
     assert_eq!(cache.stats().unwrap().disk_bytes, 0);
 }
 
@@ -181,7 +181,7 @@ fn close_and_drop_remove_the_directory_and_arrays_stay_valid() {
     assert!(!dir.exists());
     assert_eq!(files_in(parent.path()), 0);
     let ids = kept.column(0).as_primitive::<Int64Type>();
-    assert_eq!(ids.values().iter().sum::<i64>(), (0..1000).sum());
+    assert_eq!(ids.values().iter().sum::<i64>(), (0..1000i64).sum::<i64>());
 
     let cache = disk_cache(
         id_batches(5, 1000),
@@ -212,7 +212,7 @@ fn disk_reads_are_zero_copy_unless_compressed() {
         let ptr = |batch: &RecordBatch| batch.column(0).to_data().buffers()[0].as_ptr();
         // Two decodes of one mapped message share its bytes; copies never do.
         assert_eq!(ptr(&a) == ptr(&b), zero_copy, "{compression:?}");
-        assert_eq!(sum_ids(&cache), (0..30_000).sum());
+        assert_eq!(sum_ids(&cache), (0..30_000i64).sum::<i64>());
     }
 }
 

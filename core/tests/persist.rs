@@ -1,0 +1,409 @@
+//! Persisted caches through the Rust core: real directories, real files, real threads.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use batchcorder_core::{CacheOptions, DiskOptions, Error, OpenOptions, StreamCache};
+
+fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new(
+            "kind",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            true,
+        ),
+    ]));
+    (0..count)
+        .map(|b| {
+            let start = (b * rows) as i64;
+            let ids = Int64Array::from_iter_values(start..start + rows as i64);
+            let names =
+                StringArray::from_iter_values((0..rows).map(|i| format!("n{}", start + i as i64)));
+            let kinds: DictionaryArray<Int32Type> =
+                (0..rows).map(|i| ["a", "b", "c"][i % 3]).collect();
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(ids), Arc::new(names), Arc::new(kinds)],
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn cache_over(source: Vec<RecordBatch>, options: CacheOptions) -> StreamCache {
+    let schema = source[0].schema();
+    let reader = RecordBatchIterator::new(source.into_iter().map(Ok), schema);
+    StreamCache::new(Box::new(reader), options).unwrap()
+}
+
+fn read_all(cache: &StreamCache) -> Vec<RecordBatch> {
+    cache.reader(true).unwrap().map(|b| b.unwrap()).collect()
+}
+
+fn open(path: &Path) -> Result<StreamCache, Error> {
+    StreamCache::open(path, &OpenOptions::default()).map(|(cache, _)| cache)
+}
+
+fn saved(dir: &Path) -> (Vec<RecordBatch>, PathBuf) {
+    let source = batches(5, 100);
+    let target = dir.join("saved");
+    let cache = cache_over(source.clone(), CacheOptions::default());
+    let info = cache.persist(&target).unwrap();
+    assert_eq!((info.batches, info.rows, info.id.len()), (5, 500, 32));
+    (source, target)
+}
+
+#[test]
+fn a_persisted_cache_opens_with_the_same_batches_from_memory_and_disk_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = batches(7, 50);
+    let disk = CacheOptions {
+        memory_capacity: Some(1),
+        disk: Some(DiskOptions::new(dir.path().join("spill"), 1 << 30)),
+        ..Default::default()
+    };
+    for (name, options) in [("memory", CacheOptions::default()), ("disk", disk)] {
+        let target = dir.path().join(name);
+        let cache = cache_over(source.clone(), options);
+        cache.persist(&target).unwrap();
+        let names: Vec<_> = fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, ["checksums.xxh3", "data.arrow", "manifest.json"]);
+        let opened = open(&target).unwrap();
+        assert_eq!(read_all(&opened), source, "{name}");
+        assert_eq!(read_all(&opened), source, "{name}, second pass");
+        assert!(opened.upstream_exhausted());
+        assert_eq!(opened.stats().unwrap().rows_ingested, 350);
+        // The source cache still serves its readers after the save.
+        assert_eq!(read_all(&cache), source);
+    }
+}
+
+#[test]
+fn the_data_file_is_a_plain_arrow_ipc_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let file = fs::File::open(target.join("data.arrow")).unwrap();
+    let reader = arrow_ipc::reader::FileReader::try_new(file, None).unwrap();
+    assert_eq!(reader.schema(), source[0].schema());
+    let read: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    assert_eq!(read, source);
+}
+
+#[test]
+fn many_threads_read_one_opened_cache_and_many_opens_coexist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let first = open(&target).unwrap();
+    let second = open(&target).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let cache = if i % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            thread::spawn(move || read_all(&cache))
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().unwrap(), source);
+    }
+    // Closing an opened cache deletes nothing.
+    first.close().unwrap();
+    assert_eq!(read_all(&open(&target).unwrap()), source);
+}
+
+#[test]
+fn max_readers_on_an_opened_cache_caps_readers_and_deletes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let options = OpenOptions {
+        max_readers: Some(1),
+        ..Default::default()
+    };
+    let (cache, _) = StreamCache::open(&target, &options).unwrap();
+    assert_eq!(read_all(&cache), source);
+    assert!(matches!(cache.reader(true), Err(Error::InvalidArgument(_))));
+    assert_eq!(cache.stats().unwrap().batches_evicted, 5);
+    assert_eq!(read_all(&open(&target).unwrap()), source);
+}
+
+#[test]
+fn an_edited_batch_is_refused_at_its_read_and_the_batches_before_it_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    // Flip the last byte of the third batch's body: a value, not the structure.
+    let data = target.join("data.arrow");
+    let mut bytes = fs::read(&data).unwrap();
+    let ids = source[2].column(0).as_primitive::<Int64Type>().values();
+    let needle: Vec<u8> = ids.iter().take(4).flat_map(|v| v.to_le_bytes()).collect();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the third batch's ids are in the file");
+    bytes[at] ^= 0x01;
+    fs::write(&data, &bytes).unwrap();
+
+    let cache = open(&target).unwrap();
+    let mut reader = cache.reader(true).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap(), source[0]);
+    assert_eq!(reader.next().unwrap().unwrap(), source[1]);
+    let err = reader.next().unwrap().unwrap_err().to_string();
+    assert!(err.contains("does not match its checksum"), "{err}");
+
+    // Without verification the edit is not caught, but nothing crashes either.
+    let trusting = OpenOptions {
+        verify: false,
+        ..Default::default()
+    };
+    let (cache, _) = StreamCache::open(&target, &trusting).unwrap();
+    let read = read_all(&cache);
+    assert_eq!(read.len(), 5);
+    assert_ne!(read[2], source[2]);
+}
+
+fn corrupt(open_result: Result<StreamCache, Error>, expected: &str) {
+    match open_result {
+        Err(Error::Corrupt(message)) => assert!(message.contains(expected), "{message}"),
+        Err(other) => panic!("expected Corrupt({expected}), got {other:?}"),
+        Ok(_) => panic!("expected Corrupt({expected}), the cache opened"),
+    }
+}
+
+#[test]
+fn damaged_truncated_or_foreign_directories_are_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target) = saved(dir.path());
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        fs::create_dir(&to).unwrap();
+        for entry in fs::read_dir(&target).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        to
+    };
+
+    let truncated = copy("truncated");
+    let data = fs::read(truncated.join("data.arrow")).unwrap();
+    fs::write(truncated.join("data.arrow"), &data[..data.len() - 100]).unwrap();
+    corrupt(open(&truncated), "truncated or edited");
+
+    let footer = copy("footer");
+    let mut data = fs::read(footer.join("data.arrow")).unwrap();
+    let at = data.len() - 40;
+    data[at] ^= 0xff;
+    fs::write(footer.join("data.arrow"), &data).unwrap();
+    assert!(matches!(open(&footer), Err(Error::Corrupt(_))));
+
+    let sums = copy("sums");
+    let mut bytes = fs::read(sums.join("checksums.xxh3")).unwrap();
+    bytes[0] ^= 1;
+    fs::write(sums.join("checksums.xxh3"), &bytes).unwrap();
+    corrupt(open(&sums), "checksums.xxh3 does not match the manifest");
+
+    let missing = copy("missing");
+    fs::remove_file(missing.join("data.arrow")).unwrap();
+    corrupt(open(&missing), "data.arrow is missing");
+
+    let garbled = copy("garbled");
+    fs::write(garbled.join("manifest.json"), b"{not json").unwrap();
+    corrupt(open(&garbled), "not JSON");
+
+    let foreign = dir.path().join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("notes.txt"), b"someone else's").unwrap();
+    corrupt(open(&foreign), "holds no manifest.json");
+    fs::write(foreign.join("manifest.json"), br#"{"format": "other"}"#).unwrap();
+    corrupt(open(&foreign), "is not a persisted batchcorder cache");
+
+    let newer = copy("newer");
+    let manifest = fs::read_to_string(newer.join("manifest.json")).unwrap();
+    fs::write(
+        newer.join("manifest.json"),
+        manifest.replace("\"format_version\": 1", "\"format_version\": 99"),
+    )
+    .unwrap();
+    match open(&newer) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("format version 99"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    match open(&dir.path().join("nowhere")) {
+        Err(Error::Io { errno, .. }) => assert_eq!(errno, libc::ENOENT),
+        other => panic!("{other:?}"),
+    }
+    match open(&target.join("manifest.json")) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("it is a file"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing was deleted from any of them.
+    assert!(foreign.join("notes.txt").exists());
+    assert!(target.join("data.arrow").exists());
+}
+
+#[test]
+fn persist_refuses_a_taken_path_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_over(batches(2, 10), CacheOptions::default());
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"keep me").unwrap();
+    let full = dir.path().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("theirs"), b"keep me too").unwrap();
+    for taken in [&file, &full] {
+        match cache.persist(taken) {
+            Err(Error::InvalidArgument(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"keep me");
+    assert_eq!(fs::read(full.join("theirs")).unwrap(), b"keep me too");
+    match cache.persist(&dir.path().join("no/such/parent")) {
+        Err(Error::Io { errno, .. }) => assert_eq!(errno, libc::ENOENT),
+        other => panic!("{other:?}"),
+    }
+    // An empty directory is taken; a second save to the same path is refused.
+    let empty = dir.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    cache.persist(&empty).unwrap();
+    assert!(matches!(
+        cache.persist(&empty),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Only the saves are left: no staging folder.
+    let mut left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a-file", "empty", "full"]);
+}
+
+#[test]
+fn two_saves_to_one_path_at_once_leave_one_whole_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("race");
+    let source = batches(20, 1000);
+    let results: Vec<_> = (0..4)
+        .map(|_| {
+            let cache = cache_over(source.clone(), CacheOptions::default());
+            let target = target.clone();
+            thread::spawn(move || cache.persist(&target))
+        })
+        .map(|h| h.join().unwrap())
+        .collect();
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(lost, Error::InvalidArgument(_)), "{lost:?}");
+    }
+    assert_eq!(read_all(&open(&target).unwrap()), source);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn an_abandoned_staging_folder_is_removed_by_the_next_save_but_a_live_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // A save that died: a staging folder whose owner file nobody holds.
+    let dead = dir.path().join("batchcorder-dead01");
+    fs::create_dir(&dead).unwrap();
+    fs::write(dead.join("owner.lock"), b"").unwrap();
+    fs::write(dead.join("data.arrow"), b"half").unwrap();
+    // Another program's folder that merely looks like ours.
+    let lookalike = dir.path().join("batchcorder-notes");
+    fs::create_dir(&lookalike).unwrap();
+    fs::write(lookalike.join("readme"), b"mine").unwrap();
+    // A live cache's spill folder in the same parent.
+    let live = cache_over(
+        batches(2, 10),
+        CacheOptions {
+            disk: Some(DiskOptions::new(dir.path(), 1 << 20)),
+            ..Default::default()
+        },
+    );
+    live.ingest_all().unwrap();
+    let live_folder = live.disk_directory().unwrap();
+
+    let cache = cache_over(batches(2, 10), CacheOptions::default());
+    cache.persist(&dir.path().join("saved")).unwrap();
+    assert!(!dead.exists());
+    assert!(lookalike.join("readme").exists());
+    assert!(live_folder.exists());
+    assert_eq!(read_all(&live).len(), 2);
+    // The half-written folder, had it stayed, would not open either.
+    corrupt(open(&lookalike), "holds no manifest.json");
+}
+
+#[test]
+fn share_gives_the_opened_or_persisted_copy_and_saves_a_disk_cache_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = cache_over(batches(3, 10), CacheOptions::default());
+    assert!(matches!(memory.share(), Err(Error::InvalidArgument(_))));
+    let info = memory.persist(&dir.path().join("kept")).unwrap();
+    assert_eq!(memory.share().unwrap(), info);
+    let (opened, _) = StreamCache::open(&info.path, &OpenOptions::default()).unwrap();
+    assert_eq!(opened.share().unwrap(), info);
+
+    let disk = cache_over(
+        batches(3, 10),
+        CacheOptions {
+            disk: Some(DiskOptions::new(dir.path().join("spill"), 1 << 20)),
+            ..Default::default()
+        },
+    );
+    let first = disk.share().unwrap();
+    assert_eq!(disk.share().unwrap(), first);
+    assert!(first.path.starts_with(disk.disk_directory().unwrap()));
+    assert_eq!(read_all(&open(&first.path).unwrap()), batches(3, 10));
+    disk.close().unwrap();
+    assert!(!first.path.exists());
+}
+
+#[test]
+fn persist_after_eviction_or_over_a_replaced_dictionary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let evicting = cache_over(
+        batches(3, 10),
+        CacheOptions {
+            max_readers: Some(1),
+            ..Default::default()
+        },
+    );
+    assert_eq!(read_all(&evicting).len(), 3);
+    match evicting.persist(&dir.path().join("evicted")) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("evicted"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "d",
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        false,
+    )]));
+    let one: DictionaryArray<Int32Type> = ["x", "y"].into_iter().collect();
+    let other: DictionaryArray<Int32Type> = ["p", "q"].into_iter().collect();
+    let replaced = vec![
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(one)]).unwrap(),
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(other)]).unwrap(),
+    ];
+    let cache = cache_over(replaced, CacheOptions::default());
+    match cache.persist(&dir.path().join("replaced")) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("replaces a dictionary"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,158 @@
+//! `bc_cache_persist` and `bc_cache_open`: a whole stream saved to a directory, and
+//! opened read-only from any process.
+
+use std::ffi::{c_char, CString};
+use std::path::Path;
+
+use crate::boundary::{guard, guard_value, out_arg, utf8_arg, BcStatus};
+use crate::cache::{on_cache, BcCache};
+use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache};
+
+/// What a persisted cache's manifest records, as `bc_cache_persist` and `bc_cache_open`
+/// report it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BcPersisted {
+    /// The save's id: 32 lowercase hex digits and a NUL. New for every save; a reference
+    /// to a persisted cache (a pickled one, say) names it, so that a cache saved again to
+    /// the same path is not taken for the old one.
+    pub id: [c_char; 33],
+    /// Batches in the cache.
+    pub batches: u64,
+    /// Rows in those batches.
+    pub rows: u64,
+}
+
+impl From<&Persisted> for BcPersisted {
+    fn from(saved: &Persisted) -> Self {
+        let mut id = [0 as c_char; 33];
+        for (slot, byte) in id.iter_mut().zip(saved.id.bytes().take(32)) {
+            *slot = byte as c_char;
+        }
+        Self {
+            id,
+            batches: saved.batches,
+            rows: saved.rows,
+        }
+    }
+}
+
+/// Read the rest of the upstream and save the whole stream to `path_utf8`, a directory
+/// that must not exist yet (an empty one is replaced), whose parent exists.
+///
+/// The save is a standard Arrow IPC file (`data.arrow`) with a manifest and checksums,
+/// written in a staging folder beside the target, synced, and renamed into place: a crash
+/// leaves nothing at `path_utf8`. `BC_INVALID_ARGUMENT` if the path is taken, if another
+/// save took it first, if `max_readers` already evicted batches, or if a batch replaces a
+/// dictionary (the IPC file format cannot hold that); `BC_IO` for the file system's
+/// errors. `out` may be NULL; on `BC_OK` it receives the manifest's record. The cache
+/// stays usable either way. No lock is held while the upstream runs.
+///
+/// # Safety
+/// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_persist(
+    cache: *mut BcCache,
+    path_utf8: *const c_char,
+    out: *mut BcPersisted,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
+        let saved = cache.persist(Path::new(path))?;
+        if let Some(out) = unsafe { out.as_mut() } {
+            *out = (&saved).into();
+        }
+        Ok(())
+    })
+}
+
+/// Open the cache persisted at `path_utf8`, read-only, as a finished cache: readers replay
+/// it through memory maps of its data file, so processes that open it share the page
+/// cache. Any number of processes may open it at once.
+///
+/// The manifest, the checksums file, the data file's size, schema and footer are checked
+/// first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
+/// wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
+/// With `verify`, each batch is checked against its checksum on its first read in this
+/// process (`BC_CORRUPT` on a mismatch); without, it is only validated structurally.
+/// `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
+/// NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
+/// deletes nothing.
+///
+/// # Safety
+/// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` and
+/// `out_info` writable.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_open(
+    path_utf8: *const c_char,
+    verify: bool,
+    max_readers: u64,
+    out_info: *mut BcPersisted,
+    out: *mut *mut BcCache,
+) -> BcStatus {
+    guard(
+        || {},
+        || {
+            let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
+            let out = out_arg(out, "out")?;
+            let options = OpenOptions {
+                verify,
+                max_readers: (max_readers > 0).then_some(max_readers),
+            };
+            let (cache, opened): (StreamCache, Persisted) =
+                StreamCache::open(Path::new(path), &options)?;
+            if let Some(info) = unsafe { out_info.as_mut() } {
+                *info = (&opened).into();
+            }
+            unsafe { out.write(BcCache::into_raw(cache)) };
+            Ok(())
+        },
+    )
+}
+
+/// A persisted copy of `cache` that another process can open with `bc_cache_open`: the
+/// directory it was opened from or last persisted to; for a disk-tier cache never
+/// persisted, a save made once (reading the rest of the upstream) inside its private
+/// folder, deleted when the cache is closed. `BC_INVALID_ARGUMENT` for a memory-only cache
+/// never persisted. `out_path` receives the directory as a NUL-terminated UTF-8 string
+/// the caller frees with `bc_string_free`; `out_info` may be NULL.
+///
+/// # Safety
+/// Each pointer is NULL or valid; `out_path` and `out_info` are writable.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_share(
+    cache: *mut BcCache,
+    out_path: *mut *mut c_char,
+    out_info: *mut BcPersisted,
+) -> BcStatus {
+    on_cache(cache, |cache| {
+        let out_path = out_arg(out_path, "out_path")?;
+        let shared = cache.share()?;
+        let path = shared.path.to_str().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the persisted copy's path {} is not UTF-8",
+                shared.path.display()
+            ))
+        })?;
+        let path = CString::new(path)
+            .map_err(|_| Error::InvalidArgument("the persisted copy's path holds a NUL".into()))?;
+        if let Some(info) = unsafe { out_info.as_mut() } {
+            *info = (&shared).into();
+        }
+        unsafe { out_path.write(path.into_raw()) };
+        Ok(())
+    })
+}
+
+/// Free a string the library handed out (`bc_cache_share`'s path). NULL is ignored.
+///
+/// # Safety
+/// `text` is NULL or came from this library and was not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn bc_string_free(text: *mut c_char) {
+    guard_value((), || {
+        if !text.is_null() {
+            drop(unsafe { CString::from_raw(text) });
+        }
+    })
+}
