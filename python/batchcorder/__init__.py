@@ -8,7 +8,7 @@
 
 from typing import Any
 
-from ._cache import StreamCache
+from ._cache import PersistedCache, StreamCache
 from ._casting import CastingStreamCache
 from ._reader import StreamCacheReader
 from ._stats import CacheStats
@@ -17,6 +17,7 @@ from ._errors import (
     BatchEvictedError,
     CacheClosedError,
     CapacityError,
+    CorruptCacheError,
     DiskError,
     InternalError,
     InvalidArgumentError,
@@ -31,6 +32,7 @@ __version__: str = _ffi.string(_lib.bc_version()).decode()
 __all__ = [
     "StreamCache",
     "StreamCacheReader",
+    "PersistedCache",
     "CastingStreamCache",
     "CacheStats",
     "BatchcorderError",
@@ -40,6 +42,7 @@ __all__ = [
     "UpstreamError",
     "BatchEvictedError",
     "CacheClosedError",
+    "CorruptCacheError",
     "InternalError",
     "__version__",
 ]

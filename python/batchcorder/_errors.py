@@ -25,6 +25,7 @@ __all__ = [
     "UpstreamError",
     "BatchEvictedError",
     "CacheClosedError",
+    "CorruptCacheError",
     "InternalError",
 ]
 
@@ -152,6 +153,22 @@ class CacheClosedError(BatchcorderError, ValueError):
     """
 
 
+class CorruptCacheError(BatchcorderError, ValueError):
+    """A persisted cache's files are not what its save wrote (``BC_CORRUPT``): damaged,
+    edited, truncated, or not a persisted cache at all. The message names the file and
+    what does not match; persist the stream again.
+
+    >>> import tempfile
+    >>> from batchcorder import StreamCache
+    >>> with tempfile.TemporaryDirectory() as empty:
+    ...     try:
+    ...         StreamCache.open(empty)
+    ...     except CorruptCacheError as err:
+    ...         "holds no manifest.json" in str(err)
+    True
+    """
+
+
 class InternalError(BatchcorderError, RuntimeError):
     """A bug in batchcorder (a Rust panic caught at the boundary); please report it.
 
@@ -171,6 +188,7 @@ for _public in (
     UpstreamError,
     BatchEvictedError,
     CacheClosedError,
+    CorruptCacheError,
     InternalError,
 ):
     _public.__module__ = _PUBLIC_MODULE
@@ -321,6 +339,7 @@ STATUS_CLASSES: dict[int, type[BatchcorderError]] = {
     lib.BC_EVICTED: BatchEvictedError,
     lib.BC_CLOSED: CacheClosedError,
     lib.BC_INTERNAL: InternalError,
+    lib.BC_CORRUPT: CorruptCacheError,
 }
 
 

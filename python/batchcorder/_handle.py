@@ -27,10 +27,10 @@ class ClosesOnExit:
 
     def __reduce__(self) -> Any:
         raise TypeError(
-            f"a {type(self).__name__} cannot be pickled: its batches live in this process. "
-            "To share them with another process, fork it after the cache is filled "
-            "(a forked child reads its parent's cache), or hand the other process the "
-            "source itself"
+            f"a {type(self).__name__} cannot be pickled: it is a position in this "
+            "process's cache. Pickle the StreamCache instead (once persisted, or with a "
+            "disk_path, it pickles as a reference to its files) and make readers in the "
+            "other process; a forked child reads its parent's filled cache as it is"
         )
 
 

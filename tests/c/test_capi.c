@@ -492,6 +492,114 @@ static void test_disk_tier(void) {
   bc_options_free(opts);
 }
 
+/* Remove a save made by the test: its three files, then the directory. */
+static void remove_save(const char *path) {
+  const char *files[] = {"manifest.json", "checksums.xxh3", "data.arrow"};
+  char file[512];
+  for (int i = 0; i < 3; i++) {
+    snprintf(file, sizeof file, "%s/%s", path, files[i]);
+    unlink(file);
+  }
+  rmdir(path);
+}
+
+static void test_persist_and_open(void) {
+  char dir[] = "/tmp/bc-c-persist-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL, "temp dir");
+  char path[256], taken[256];
+  snprintf(path, sizeof path, "%s/saved", dir);
+  snprintf(taken, sizeof taken, "%s/taken", dir);
+
+  int64_t pulls = 0;
+  BcCache *cache = new_cache(12, -1, NULL, &pulls);
+  BcPersisted info;
+  memset(&info, 0x5a, sizeof info);
+  CHECK(bc_cache_persist(cache, path, &info) == BC_OK, "persist a whole stream");
+  CHECK(info.batches == 12 && info.rows == (uint64_t)(12 * ROWS), "counts in the record");
+  CHECK(strlen(info.id) == 32, "a 32-digit id");
+  CHECK(pulls == 13, "persist reads the upstream once, to its end");
+  struct ArrowArrayStream reader;
+  bc_cache_reader(cache, true, NULL, &reader);
+  CHECK(drain(&reader, NULL) == expected_sum(12), "the cache still replays after a save");
+
+  /* A taken path, NULL arguments: status and message, outputs untouched. */
+  CHECK(mkdir(taken, 0700) == 0, "a directory that is not empty");
+  char marker[300];
+  snprintf(marker, sizeof marker, "%s/keep", taken);
+  FILE *f = fopen(marker, "w");
+  fputs("theirs", f);
+  fclose(f);
+  BcPersisted untouched;
+  memset(&untouched, 0x5a, sizeof untouched);
+  CHECK(bc_cache_persist(cache, taken, &untouched) == BC_INVALID_ARGUMENT, "a taken path");
+  CHECK(contains(bc_last_error(), "not empty"), "the message says why");
+  CHECK(((unsigned char *)&untouched)[0] == 0x5a, "no output on failure");
+  CHECK(access(marker, F_OK) == 0, "nothing of theirs was deleted");
+  CHECK(bc_cache_persist(cache, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL path");
+  CHECK(contains(bc_last_error(), "path_utf8"), "the message names the argument");
+  CHECK(bc_cache_persist(NULL, path, NULL) == BC_INVALID_ARGUMENT, "NULL cache");
+
+  /* Open it twice, read both, close one: the files stay. */
+  BcCache *first = NULL, *second = NULL;
+  BcPersisted opened;
+  CHECK(bc_cache_open(path, true, 0, &opened, &first) == BC_OK, "open");
+  CHECK(strcmp(opened.id, info.id) == 0, "the same save");
+  CHECK(bc_cache_open(path, false, 1, NULL, &second) == BC_OK, "open again, without verify");
+  CHECK(bc_cache_upstream_exhausted(first) && bc_cache_ingested_count(first) == 12, "finished");
+  int64_t batches = 0;
+  bc_cache_reader(first, true, NULL, &reader);
+  CHECK(drain(&reader, &batches) == expected_sum(12) && batches == 12, "replay an opened cache");
+  bc_cache_reader(second, true, NULL, &reader);
+  CHECK(drain(&reader, NULL) == expected_sum(12), "replay the second open");
+  CHECK(bc_cache_reader(second, true, NULL, &reader) == BC_INVALID_ARGUMENT, "max_readers=1 holds");
+  struct ArrowSchema schema;
+  CHECK(bc_cache_schema(first, &schema) == BC_OK && schema.n_children == 2 &&
+            strcmp(schema.children[0]->name, "id") == 0,
+        "its schema");
+  schema.release(&schema);
+
+  /* share: an opened cache names its directory. */
+  char *shared = NULL;
+  CHECK(bc_cache_share(first, &shared, NULL) == BC_OK && strcmp(shared, path) == 0, "share");
+  bc_string_free(shared);
+  CHECK(bc_cache_close(first) == BC_OK, "close an opened cache");
+  bc_cache_free(first);
+  bc_cache_free(second);
+  snprintf(marker, sizeof marker, "%s/data.arrow", path);
+  CHECK(access(marker, F_OK) == 0, "closing deletes none of its files");
+
+  /* A memory-only cache never persisted has nothing to share. */
+  BcCache *memory = new_cache(2, -1, NULL, NULL);
+  shared = (char *)0x1;
+  CHECK(bc_cache_share(memory, &shared, NULL) == BC_INVALID_ARGUMENT, "memory-only: no share");
+  CHECK(shared == (char *)0x1, "no output on failure");
+  bc_cache_free(memory);
+
+  /* Bad input to open. */
+  BcCache *out = (BcCache *)0x1;
+  CHECK(bc_cache_open(taken, true, 0, NULL, &out) == BC_CORRUPT, "not a save");
+  CHECK(contains(bc_last_error(), "manifest.json"), "the message says what is missing");
+  CHECK(out == (BcCache *)0x1, "no output on failure");
+  char nowhere[300];
+  snprintf(nowhere, sizeof nowhere, "%s/nowhere", dir);
+  CHECK(bc_cache_open(nowhere, true, 0, NULL, &out) == BC_IO, "a missing path");
+  CHECK(bc_last_error_errno() == ENOENT, "with ENOENT");
+  CHECK(bc_cache_open(NULL, true, 0, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
+  CHECK(bc_cache_open(path, true, 0, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
+
+  /* A truncated data file. */
+  CHECK(truncate(marker, 100) == 0, "truncate the data file");
+  CHECK(bc_cache_open(path, true, 0, NULL, &out) == BC_CORRUPT, "a truncated save");
+  CHECK(contains(bc_last_error(), "truncated"), "the message says so");
+
+  bc_cache_free(cache);
+  remove_save(path);
+  snprintf(marker, sizeof marker, "%s/keep", taken);
+  unlink(marker);
+  rmdir(taken);
+  CHECK(rmdir(dir) == 0, "no staging folder was left behind");
+}
+
 typedef struct {
   BcCache *cache;
   int64_t sum;
@@ -533,6 +641,7 @@ int main(void) {
   test_malformed_upstream();
   test_reader_view();
   test_disk_tier();
+  test_persist_and_open();
   test_threads();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -74,13 +74,3 @@ def test_a_forked_childs_exit_leaves_the_parents_folder(tmp_path):
     assert pa.table(cache).column("x").to_pylist() == list(range(10))
     cache.close()
     assert folders(tmp_path) == []
-
-
-def test_pickling_a_cache_or_a_reader_says_how_to_share_it(tmp_path):
-    import pickle
-
-    cache = StreamCache(pa.table({"x": [1]}), disk_path=tmp_path, disk_capacity=1 << 20)
-    for obj in (cache, cache.reader()):
-        with pytest.raises(TypeError, match=f"{type(obj).__name__} cannot be pickled.*fork"):
-            pickle.dumps(obj)
-    cache.close()

@@ -27,6 +27,7 @@ from batchcorder import (
     CacheClosedError,
     CapacityError,
     DiskError,
+    CorruptCacheError,
     InternalError,
     InvalidArgumentError,
     StreamCache,
@@ -343,6 +344,7 @@ EXPECTED = {
     "BC_EVICTED": (BatchEvictedError, ValueError),
     "BC_CLOSED": (CacheClosedError, ValueError),
     "BC_INTERNAL": (InternalError, RuntimeError),
+    "BC_CORRUPT": (CorruptCacheError, ValueError),
 }
 
 
