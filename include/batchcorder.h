@@ -465,6 +465,17 @@ enum BcStatus bc_options_set_write_policy(struct BcOptions *opts, BcWritePolicy 
 // `opts` is NULL or a live builder.
 enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression compression);
 
+// Save the stream to the directory `path_utf8` as it is ingested, as `bc_cache_persist`
+// would at the end: the save appears there, whole, once the upstream reports its end
+// (`bc_cache_share` then names it). An upstream failure or `bc_cache_close` before that
+// leaves nothing at the path. The path must not exist yet (an empty directory is taken)
+// and its parent must: `bc_cache_new` checks that before it takes the upstream. A
+// failed write stops ingestion at that batch with the error, as a disk-tier failure does.
+//
+// # Safety
+// `opts` is NULL or a live builder; `path_utf8` is NULL or a NUL-terminated string.
+enum BcStatus bc_options_set_persist(struct BcOptions *opts, const char *path_utf8);
+
 // Read ahead: a background thread (named `batchcorder-prefetch`) ingests up to
 // `batches` (at least 1) ahead of the fastest reader, while the next batch fits the memory
 // budget (the disk budget with the disk tier), so that a slow upstream and a slow

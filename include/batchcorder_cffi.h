@@ -167,6 +167,8 @@ enum BcStatus bc_options_set_write_policy(struct BcOptions *opts, BcWritePolicy 
 
 enum BcStatus bc_options_set_compression(struct BcOptions *opts, BcCompression compression);
 
+enum BcStatus bc_options_set_persist(struct BcOptions *opts, const char *path_utf8);
+
 enum BcStatus bc_options_set_prefetch(struct BcOptions *opts, uint64_t batches);
 
 enum BcStatus bc_options_set_segment_bytes(struct BcOptions *opts, uint64_t bytes);

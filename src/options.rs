@@ -218,6 +218,33 @@ pub unsafe extern "C" fn bc_options_set_compression(
     unsafe { update(opts, change) }
 }
 
+/// Save the stream to the directory `path_utf8` as it is ingested, as `bc_cache_persist`
+/// would at the end: the save appears there, whole, once the upstream reports its end
+/// (`bc_cache_share` then names it). An upstream failure or `bc_cache_close` before that
+/// leaves nothing at the path. The path must not exist yet (an empty directory is taken)
+/// and its parent must: `bc_cache_new` checks that before it takes the upstream. A
+/// failed write stops ingestion at that batch with the error, as a disk-tier failure does.
+///
+/// # Safety
+/// `opts` is NULL or a live builder; `path_utf8` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn bc_options_set_persist(
+    opts: *mut BcOptions,
+    path_utf8: *const c_char,
+) -> BcStatus {
+    let change = |opts: &mut BcOptions| {
+        let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
+        if path.is_empty() {
+            return Err(Error::InvalidArgument(
+                "argument `path_utf8` is empty; pass the directory to save to".into(),
+            ));
+        }
+        opts.options.persist = Some(path.into());
+        Ok(())
+    };
+    unsafe { update(opts, change) }
+}
+
 /// Read ahead: a background thread (named `batchcorder-prefetch`) ingests up to
 /// `batches` (at least 1) ahead of the fastest reader, while the next batch fits the memory
 /// budget (the disk budget with the disk tier), so that a slow upstream and a slow

@@ -10,6 +10,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use crate::disk::{DiskIndex, DiskWriter};
 use crate::error::{Error, Result};
 use crate::options::{default_memory_capacity, CacheOptions, WritePolicy};
+use crate::persist::Saver;
 use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
@@ -94,6 +95,8 @@ struct State {
 struct Ingest {
     source: Option<Box<dyn BatchSource>>,
     writer: Option<DiskWriter>,
+    /// The save made as the stream is ingested (`CacheOptions::persist`).
+    saver: Option<Saver>,
 }
 
 pub(crate) struct Shared {
@@ -158,7 +161,12 @@ impl StreamCache {
             }
             None => None,
         };
-        Ok(PreparedCache { options, disk })
+        let saver = options.persist.as_deref().map(Saver::new).transpose()?;
+        Ok(PreparedCache {
+            options,
+            disk,
+            saver,
+        })
     }
 
     /// The private directory of the disk tier, if there is one.
@@ -173,6 +181,7 @@ impl StreamCache {
 pub struct PreparedCache {
     options: CacheOptions,
     disk: Option<(DiskWriter, DiskIndex)>,
+    saver: Option<Saver>,
 }
 
 impl PreparedCache {
@@ -209,6 +218,7 @@ impl PreparedCache {
             ingest: Mutex::new(Ingest {
                 source: Some(upstream),
                 writer,
+                saver: self.saver,
             }),
             state: Mutex::new(state),
             ingested: AtomicU64::new(0),
@@ -257,6 +267,7 @@ impl StreamCache {
             ingest: Mutex::new(Ingest {
                 source: None,
                 writer: None,
+                saver: None,
             }),
             state: Mutex::new(state),
             ingested: AtomicU64::new(batches),
@@ -390,10 +401,15 @@ impl StreamCache {
             .ingest
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (source, writer) = (ingest.source.take(), ingest.writer.take());
+        let (source, writer, saver) = (
+            ingest.source.take(),
+            ingest.writer.take(),
+            ingest.saver.take(),
+        );
         drop(ingest);
         drop(source);
         drop(writer);
+        drop(saver); // an unfinished save: its staging folder goes with it
         Ok(())
     }
 
@@ -507,15 +523,35 @@ impl Shared {
         };
         let position = self.ingested.load(Ordering::Acquire);
         let open = match batch {
-            Ok(batch) => match self.store(ingest, position, batch)? {
-                Spill::Write(leaving) => self.spill(ingest, leaving)?,
-                Spill::Nothing(open) => open,
-            },
-            Err(end) => {
+            Ok(batch) => {
+                let saved = match ingest.saver.as_mut() {
+                    Some(saver) => saver.write(position, batch.batch()),
+                    None => Ok(()),
+                };
+                let open = match self.store(ingest, position, batch)? {
+                    Spill::Write(leaving) => self.spill(ingest, leaving)?,
+                    Spill::Nothing(open) => open,
+                };
+                match saved {
+                    Ok(()) => open,
+                    // The batch in hand is served; the stream stops after it.
+                    Err(err) => self.fail_unless_closed(err)?,
+                }
+            }
+            Err(Some(err)) => self.fail_unless_closed(err)?,
+            Err(None) => {
+                let saved = ingest.saver.take().map(|saver| saver.finish(&self.schema));
                 let mut state = self.lock_state()?;
-                match end {
+                match saved {
                     _ if state.closed => {}
-                    Some(err) => state.failure = Some(err),
+                    Some(Err(err)) => state.failure = Some(err),
+                    Some(Ok(saved)) => {
+                        if let Ok(mut slot) = self.persisted.lock() {
+                            *slot = Some(saved);
+                        }
+                        state.exhausted = true;
+                        self.exhausted.store(true, Ordering::Release);
+                    }
                     None => {
                         state.exhausted = true;
                         self.exhausted.store(true, Ordering::Release);
@@ -526,11 +562,22 @@ impl Shared {
         };
         if !open {
             // Released outside the state lock: a release may call back into Python.
-            let source = ingest.source.take();
+            let (source, saver) = (ingest.source.take(), ingest.saver.take());
             drop(guard);
             drop(source);
+            drop(saver);
         }
         Ok(())
+    }
+
+    /// Keep `err` as the failure every reader meets at the frontier; false (ingestion
+    /// stops).
+    fn fail_unless_closed(&self, err: Error) -> Result<bool> {
+        let mut state = self.lock_state()?;
+        if !state.closed && state.failure.is_none() {
+            state.failure = Some(err);
+        }
+        Ok(false)
     }
 
     /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.

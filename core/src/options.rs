@@ -23,6 +23,10 @@ pub struct CacheOptions {
     /// Read ahead: a background thread ingests up to this many batches ahead of the
     /// fastest reader (within the memory and disk budgets); `None` reads only on demand.
     pub prefetch: Option<u64>,
+    /// Save the stream to this directory as it is ingested (see
+    /// [`StreamCache::persist`](crate::StreamCache::persist)); the save is complete once the
+    /// upstream ends. The path must not exist yet.
+    pub persist: Option<PathBuf>,
 }
 
 impl CacheOptions {

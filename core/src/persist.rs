@@ -19,6 +19,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
 use arrow_ipc::{Block, MetadataVersion};
 use arrow_schema::{ArrowError, SchemaRef};
@@ -85,19 +86,13 @@ impl StreamCache {
                  without max_readers"
             )));
         }
-        spill_dir::remove_abandoned(&parent);
-        let staging = SpillDir::create(&parent)
-            .map_err(|err| io_error("cannot create a staging folder in", &parent, err))?;
-        let (batches, rows) = self.write_data(&staging.path().join(DATA))?;
-        let id = random_id(staging.path())?;
-        let saved = Persisted {
-            path: path.to_path_buf(),
-            id,
-            batches,
-            rows,
-        };
-        write_manifest(staging.path(), &saved, &self.schema())?;
-        self.commit_save(staging, path)?;
+        let mut saver = Saver::start(path, parent)?;
+        let mut position = 0;
+        while let Some(batch) = self.batch_at(position)? {
+            saver.write(position, batch.batch())?;
+            position += 1;
+        }
+        let saved = saver.finish(&self.schema())?;
         self.remember(&saved);
         Ok(saved)
     }
@@ -134,58 +129,10 @@ impl StreamCache {
         self.shared().persisted.lock().ok()?.clone()
     }
 
-    fn remember(&self, saved: &Persisted) {
+    pub(crate) fn remember(&self, saved: &Persisted) {
         if let Ok(mut slot) = self.shared().persisted.lock() {
             *slot = Some(saved.clone());
         }
-    }
-
-    fn commit_save(&self, staging: SpillDir, path: &Path) -> Result<()> {
-        staging
-            .commit(path)
-            .map_err(|err| match err.raw_os_error() {
-                Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Error::InvalidArgument(format!(
-                    "cannot persist to {}: it appeared while this save ran (another save to the \
-                 same path finished first); pick another path",
-                    path.display()
-                )),
-                _ => io_error("cannot move the save into place at", path, err),
-            })
-    }
-
-    fn write_data(&self, path: &Path) -> Result<(u64, u64)> {
-        let file = create_file(path)?;
-        let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
-            .map_err(|err| Error::Internal(format!("IPC options: {err}")))?;
-        let out = BufWriter::with_capacity(1 << 20, file);
-        let written = |err: ArrowError| write_error(path, err);
-        let mut writer =
-            FileWriter::try_new_with_options(out, &self.schema(), options).map_err(written)?;
-        let mut rows = 0;
-        let mut position = 0;
-        while let Some(batch) = self.batch_at(position)? {
-            rows += batch.batch().num_rows() as u64;
-            writer.write(batch.batch()).map_err(|err| match err {
-                ArrowError::InvalidArgumentError(m) if m.contains("replacement") => {
-                    Error::InvalidArgument(format!(
-                        "cannot persist: batch {position} replaces a dictionary, which an Arrow \
-                         IPC file cannot hold ({m}); cast the dictionary columns to their value \
-                         type (cache.cast) and persist that"
-                    ))
-                }
-                other => written(other),
-            })?;
-            position += 1;
-        }
-        writer.finish().map_err(written)?;
-        let file = writer
-            .into_inner()
-            .map_err(written)?
-            .into_inner()
-            .map_err(|err| io_error("cannot write", path, err.into_error()))?;
-        file.sync_all()
-            .map_err(|err| io_error("cannot sync", path, err))?;
-        Ok((position, rows))
     }
 
     /// Open the persisted cache at `path`, read-only. Its files are checked against the
@@ -261,6 +208,118 @@ impl StreamCache {
         };
         cache.remember(&opened);
         Ok((cache, opened))
+    }
+}
+
+/// A save in progress: batches go into a data file in a locked staging folder beside the
+/// target; [`Saver::finish`] adds the checksums and the manifest and moves the folder into
+/// place. Dropped unfinished, it removes the staging folder.
+pub(crate) struct Saver {
+    target: PathBuf,
+    staging: SpillDir,
+    writer: Option<FileWriter<BufWriter<File>>>,
+    batches: u64,
+    rows: u64,
+}
+
+impl std::fmt::Debug for Saver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Saver")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Saver {
+    /// Check that `target` is free and create the staging folder; writes nothing yet.
+    pub(crate) fn new(target: &Path) -> Result<Self> {
+        let parent = check_target(target)?;
+        Self::start(target, parent)
+    }
+
+    fn start(target: &Path, parent: PathBuf) -> Result<Self> {
+        spill_dir::remove_abandoned(&parent);
+        let staging = SpillDir::create(&parent)
+            .map_err(|err| io_error("cannot create a staging folder in", &parent, err))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            staging,
+            writer: None,
+            batches: 0,
+            rows: 0,
+        })
+    }
+
+    fn data_path(&self) -> PathBuf {
+        self.staging.path().join(DATA)
+    }
+
+    fn writer(&mut self, schema: &SchemaRef) -> Result<&mut FileWriter<BufWriter<File>>> {
+        if self.writer.is_none() {
+            let path = self.data_path();
+            let file = create_file(&path)?;
+            let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
+                .map_err(|err| Error::Internal(format!("IPC options: {err}")))?;
+            let out = BufWriter::with_capacity(1 << 20, file);
+            let writer = FileWriter::try_new_with_options(out, schema, options)
+                .map_err(|err| write_error(&path, err))?;
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().expect("created above"))
+    }
+
+    /// Append the batch at stream `position`.
+    pub(crate) fn write(&mut self, position: u64, batch: &RecordBatch) -> Result<()> {
+        let path = self.data_path();
+        let writer = self.writer(batch.schema_ref())?;
+        writer.write(batch).map_err(|err| match err {
+            ArrowError::InvalidArgumentError(m) if m.contains("replacement") => {
+                Error::InvalidArgument(format!(
+                    "cannot persist: batch {position} replaces a dictionary, which an Arrow \
+                     IPC file cannot hold ({m}); cast the dictionary columns to their value \
+                     type (cache.cast) and persist that"
+                ))
+            }
+            other => write_error(&path, other),
+        })?;
+        self.batches += 1;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Close the data file, write the checksums and the manifest, sync everything, and
+    /// rename the staging folder to the target.
+    pub(crate) fn finish(mut self, schema: &SchemaRef) -> Result<Persisted> {
+        let path = self.data_path();
+        self.writer(schema)?;
+        let mut writer = self.writer.take().expect("created above");
+        writer.finish().map_err(|err| write_error(&path, err))?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| write_error(&path, err))?
+            .into_inner()
+            .map_err(|err| io_error("cannot write", &path, err.into_error()))?;
+        file.sync_all()
+            .map_err(|err| io_error("cannot sync", &path, err))?;
+        let saved = Persisted {
+            path: self.target.clone(),
+            id: random_id(self.staging.path())?,
+            batches: self.batches,
+            rows: self.rows,
+        };
+        write_manifest(self.staging.path(), &saved, schema)?;
+        let target = self.target;
+        self.staging
+            .commit(&target)
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Error::InvalidArgument(format!(
+                    "cannot persist to {}: it appeared while this save ran (another save to the \
+                 same path finished first); pick another path",
+                    target.display()
+                )),
+                _ => io_error("cannot move the save into place at", &target, err),
+            })?;
+        Ok(saved)
     }
 }
 

@@ -407,3 +407,73 @@ fn persist_after_eviction_or_over_a_replaced_dictionary_is_refused() {
     }
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn the_persist_option_saves_as_the_stream_is_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = batches(6, 100);
+    let target = dir.path().join("as-ingested");
+    let cache = cache_over(
+        source.clone(),
+        CacheOptions {
+            persist: Some(target.clone()),
+            max_readers: Some(1),
+            ..Default::default()
+        },
+    );
+    let mut reader = cache.reader(true).unwrap();
+    assert_eq!(reader.next().unwrap().unwrap(), source[0]);
+    assert!(
+        !target.exists(),
+        "the save appears only once the stream is whole"
+    );
+    assert_eq!(reader.by_ref().map(|b| b.unwrap()).count(), 5);
+    assert!(cache.upstream_exhausted());
+    // Evicted from memory as the reader passed, yet saved whole.
+    assert_eq!(cache.stats().unwrap().batches_evicted, 6);
+    let saved = cache.persisted_copy().unwrap();
+    assert_eq!((saved.path.as_path(), saved.batches), (target.as_path(), 6));
+    assert_eq!(read_all(&open(&target).unwrap()), source);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn the_persist_option_leaves_nothing_after_an_upstream_failure_or_a_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = batches(4, 10);
+    let schema = source[0].schema();
+    let failing = source
+        .clone()
+        .into_iter()
+        .map(Ok)
+        .take(2)
+        .chain([Err(arrow_schema::ArrowError::ComputeError("boom".into()))]);
+    let options = |name: &str| CacheOptions {
+        persist: Some(dir.path().join(name)),
+        ..Default::default()
+    };
+    let cache = StreamCache::new(
+        Box::new(RecordBatchIterator::new(failing, schema)),
+        options("failed"),
+    )
+    .unwrap();
+    assert!(cache.ingest_all().is_err());
+    assert_eq!(read_all_ok(&cache), 2);
+    let closed = cache_over(source, options("closed"));
+    closed.ingest_next().unwrap();
+    closed.close().unwrap();
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    // A taken target is refused before the upstream is taken.
+    fs::create_dir(dir.path().join("taken")).unwrap();
+    fs::write(dir.path().join("taken/x"), b"x").unwrap();
+    let prepared = StreamCache::prepare(options("taken"));
+    assert!(matches!(prepared, Err(Error::InvalidArgument(_))));
+}
+
+fn read_all_ok(cache: &StreamCache) -> usize {
+    cache
+        .reader(true)
+        .unwrap()
+        .take_while(|b| b.is_ok())
+        .count()
+}

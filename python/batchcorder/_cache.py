@@ -16,7 +16,7 @@ from ._casting import CastingStreamCache
 from ._errors import CorruptCacheError, InvalidArgumentError, check
 from ._handle import CacheHandle, ClosesOnExit
 from ._native import ffi, lib
-from ._options import Compression, WritePolicy, options
+from ._options import Compression, WritePolicy, options, path_bytes
 from ._progress import ingest_reporting, log_changes
 from ._reader import StreamCacheReader, reader_capsule
 from ._schema import as_schema, fields, schema_from_c
@@ -82,6 +82,13 @@ class StreamCache(ClosesOnExit):
         slow consumer overlap. The source then runs on that thread (pyarrow takes the GIL
         there for a Python generator). Default ``None``: the source is read only as
         readers ask.
+    persist_path
+        Keyword-only: save the stream to this directory as it is read, as
+        :meth:`persist` would at the end; the save appears there, whole, when the
+        source ends, and the cache then pickles as a reference to it. With
+        ``max_readers``, a stream larger than memory is saved in one bounded pass. A
+        source error or ``close()`` before the end leaves nothing there. The path must
+        not exist yet; its parent must.
 
     Examples
     --------
@@ -109,11 +116,12 @@ class StreamCache(ClosesOnExit):
         compression: Optional[Compression] = None,
         segment_bytes: Optional[int] = None,
         prefetch: Optional[int] = None,
+        persist_path: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
         # Built before the source is touched: refused options leave it unread.
         built = options(
             memory_capacity, disk_path, disk_capacity, write_policy, max_readers,
-            compression, segment_bytes, prefetch,
+            compression, segment_bytes, prefetch, persist_path,
         )
         if not hasattr(source, "__arrow_c_stream__"):
             raise TypeError(
@@ -189,12 +197,12 @@ class StreamCache(ClosesOnExit):
             raise InvalidArgumentError(
                 f"max_readers must be an int of at least 1 or None, got {max_readers!r}"
             )
-        text = os.fsdecode(os.fspath(path))
+        encoded = path_bytes("path", path)
         info = ffi.new("BcPersisted *")
         out = ffi.new("BcCache **")
-        check(lib.bc_cache_open(text.encode(), verify, max_readers or 0, info, out))
+        check(lib.bc_cache_open(encoded, verify, max_readers or 0, info, out))
         cache = cls.__new__(cls)
-        opened = PersistedCache._from_c(text, info)
+        opened = PersistedCache._from_c(os.fsdecode(encoded), info)
         cache._adopt(out[0], max_readers, None, opened=opened, verify=verify)
         return cache
 
@@ -223,10 +231,10 @@ class StreamCache(ClosesOnExit):
         ...     pa.ipc.open_file(saved.path / "data.arrow").read_all().num_rows
         2
         """
-        text = os.fsdecode(os.fspath(path))
+        encoded = path_bytes("path", path)
         info = ffi.new("BcPersisted *")
-        check(lib.bc_cache_persist(self._handle.get(), text.encode(), info))
-        return PersistedCache._from_c(text, info)
+        check(lib.bc_cache_persist(self._handle.get(), encoded, info))
+        return PersistedCache._from_c(os.fsdecode(encoded), info)
 
     def __reduce__(self) -> Any:
         """A persisted or disk-backed cache pickles as a reference to its directory: the

@@ -60,12 +60,18 @@ def _disk(disk_path: Any, disk_capacity: Any) -> Optional[tuple[bytes, int]]:
             f"disk_path and disk_capacity go together: {missing} is missing; "
             "give both to enable the disk tier, or neither"
         )
-    path = os.fspath(disk_path) if isinstance(disk_path, os.PathLike) else disk_path
-    if not isinstance(path, str):
-        raise TypeError(f"disk_path must be a str or os.PathLike, got {type(disk_path).__name__}")
     capacity = _uint64("disk_capacity", disk_capacity)
     assert capacity is not None
-    return os.fsencode(path), capacity
+    return path_bytes("disk_path", disk_path), capacity
+
+
+def path_bytes(name: str, value: Any) -> bytes:
+    """A ``str`` or ``os.PathLike`` argument as the bytes the C calls take."""
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
+    return os.fsencode(path)
+
 
 
 def options(
@@ -77,6 +83,7 @@ def options(
     compression: Any,
     segment_bytes: Any,
     prefetch: Any = None,
+    persist_path: Any = None,
 ) -> Any:
     """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments."""
     memory = _uint64("memory_capacity", memory_capacity)
@@ -86,6 +93,7 @@ def options(
     disk = _disk(disk_path, disk_capacity)
     segment = _uint64("segment_bytes", segment_bytes)
     ahead = _uint64("prefetch", prefetch)
+    save = None if persist_path is None else path_bytes("persist_path", persist_path)
     raw = lib.bc_options_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate a BcOptions")
@@ -102,6 +110,8 @@ def options(
         check(lib.bc_options_set_segment_bytes(built, segment))
     if ahead is not None:
         check(lib.bc_options_set_prefetch(built, ahead))
+    if save is not None:
+        check(lib.bc_options_set_persist(built, save))
     # The rules between options, before the caller hands over a source it cannot get back.
     check(lib.bc_options_validate(built))
     return built

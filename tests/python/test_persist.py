@@ -289,3 +289,37 @@ def test_closed_caches_refuse_persist_and_pickle(tmp_path):
         cache.persist(tmp_path / "after")
     with pytest.raises(ValueError, match="closed"):
         pickle.dumps(cache)
+
+
+def test_persist_path_saves_as_the_source_is_read_in_bounded_memory(tmp_path):
+    data = table(50_000)
+    target = tmp_path / "as-read"
+    with StreamCache(single_use(data), max_readers=1, persist_path=target) as cache:
+        assert not target.exists()
+        assert sum_ids(cache) == sum(range(50_000))
+        assert cache.stats().batches_evicted == 50 and cache.stats().memory_bytes == 0
+        # Saved whole although every batch left memory, and it pickles by reference.
+        assert pa.table(pickle.loads(pickle.dumps(cache))) == data
+    assert pa.ipc.open_file(target / "data.arrow").read_all() == data
+
+
+def test_persist_path_leaves_nothing_when_the_source_fails_or_the_cache_closes(tmp_path):
+    def failing():
+        yield pa.record_batch({"x": [1, 2]})
+        raise RuntimeError("source broke")
+
+    source = pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), failing())
+    cache = StreamCache(source, persist_path=tmp_path / "failed")
+    with pytest.raises(RuntimeError, match="source broke"):
+        cache.ingest_all()
+    closed = StreamCache(single_use(table()), persist_path=tmp_path / "closed")
+    next(iter(closed))
+    closed.close()
+    assert os.listdir(tmp_path) == []
+    # A taken path is refused before the source is read.
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    reader = single_use(table())
+    with pytest.raises(InvalidArgumentError, match="not empty"):
+        StreamCache(reader, persist_path=tmp_path / "taken")
+    assert reader.read_all().num_rows == 10_000
