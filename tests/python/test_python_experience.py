@@ -127,15 +127,24 @@ def test_spills_evictions_and_deletions_are_logged_at_debug(tmp_path, caplog):
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "batchcorder")
 
 
-def readme_python_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+def doc_python_blocks() -> list[tuple[str, int, str]]:
+    """Every ```python block of the README and docs/*.md: (file, index, code)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = []
+    for page in pages:
+        found = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+        blocks += [(page.name, index, code) for index, code in enumerate(found)]
+    return blocks
 
 
-@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
-def test_readme_python_blocks_run_as_written(index, tmp_path):
-    block = readme_python_blocks()[index]
+@pytest.mark.parametrize(
+    "page, index, code", doc_python_blocks(), ids=lambda v: str(v)[:24].strip()
+)
+def test_doc_python_blocks_run_as_written(page, index, code, tmp_path):
+    # A script file, not `-c`: spawned workers import functions from __main__ by path.
+    script = tmp_path / "example.py"
+    script.write_text(code)
     result = subprocess.run(
-        [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, f"{page} block {index}:\n{result.stderr}"
