@@ -38,3 +38,8 @@ ln -sfn "$NATIVE/lib_native.so" build/bench-lib/libbatchcorder.so.0
 cc -O2 -std=c11 -Iinclude -o build/c_level bench/c_level.c \
   -Lbuild/bench-lib -lbatchcorder -Wl,-rpath,"$PWD/build/bench-lib"
 bench/.venv-ours/bin/python bench/run.py
+# Persisted caches across processes (issue 18): ours against pa.memory_map, no reference
+# (0.1 has no persisted caches). Skipped by a partial run unless it names "processes".
+if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",processes,"* ]]; then
+  bench/.venv-ours/bin/python bench/processes.py ${BENCH_QUICK:+--quick} --out bench/processes.md
+fi

@@ -108,11 +108,14 @@ impl Segment {
         matches!(self.backing, Backing::Persisted(_))
     }
 
-    /// The bytes at `offset..offset + len`, zero-copy.
-    fn bytes(&self, offset: usize, len: usize) -> Result<Buffer> {
+    /// The bytes at `offset..offset + len`, zero-copy; `whole` when all of them are about
+    /// to be read, so a fresh mapping is faulted in at once rather than page by page.
+    fn bytes(&self, offset: usize, len: usize, whole: bool) -> Result<Buffer> {
         match &self.backing {
             Backing::Mapped(buffer) => Ok(buffer.slice_with_length(offset, len)),
-            Backing::Persisted(file) => map_range(file, &self.path, offset as u64, len),
+            Backing::Persisted(file) => {
+                map_range(file, &self.path, offset as u64, len, whole)
+            }
         }
     }
 
@@ -126,19 +129,26 @@ impl Segment {
 }
 
 /// Map `len` bytes of `file` at `offset` (any offset: the mapping starts at the page
-/// below it) as a buffer that unmaps them when its last slice goes.
-pub(crate) fn map_range(file: &File, path: &Path, offset: u64, len: usize) -> Result<Buffer> {
+/// below it) as a buffer that unmaps them when its last slice goes; `populate` faults
+/// every page in up front.
+pub(crate) fn map_range(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+    populate: bool,
+) -> Result<Buffer> {
     if len == 0 {
         return Ok(Buffer::from_vec(Vec::<u8>::new()));
     }
     // SAFETY: persisted files are never written after their save; a caller that edits
     // one while it is open breaks that contract, as with any memory-mapped file.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .map(file)
+    let mut options = memmap2::MmapOptions::new();
+    options.offset(offset).len(len);
+    if populate {
+        options.populate();
     }
+    let map = unsafe { options.map(file) }
     .map_err(|err| io_error("cannot map", path, err))?;
     let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
         .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
@@ -165,13 +175,18 @@ impl Message {
     }
 
     fn bytes(&self) -> Result<Buffer> {
+        self.bytes_for(false)
+    }
+
+    /// The bytes; `whole` when every one of them is about to be read.
+    fn bytes_for(&self, whole: bool) -> Result<Buffer> {
         self.segment
-            .bytes(self.offset, self.metadata_len + self.body_len)
+            .bytes(self.offset, self.metadata_len + self.body_len, whole)
     }
 
     /// XXH3-64 of the message's bytes.
     pub(crate) fn checksum(&self) -> Result<u64> {
-        Ok(twox_hash::XxHash3_64::oneshot(self.bytes()?.as_slice()))
+        Ok(twox_hash::XxHash3_64::oneshot(self.bytes_for(true)?.as_slice()))
     }
 
     /// A message of a persisted file, at `block`.
@@ -220,7 +235,11 @@ impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
     /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let bytes = self.batch.bytes()?;
+        let unverified = self
+            .checksum
+            .as_ref()
+            .is_some_and(|c| !c.verified.load(Ordering::Acquire));
+        let bytes = self.batch.bytes_for(unverified)?;
         let trusted = match &self.checksum {
             // Our own spill files, written by this process into a private directory.
             None => true,

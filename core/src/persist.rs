@@ -595,7 +595,7 @@ impl Footer {
         if len < 8 + TRAILER {
             return Err(damaged(format!("it has only {len} bytes")));
         }
-        let trailer = map_range(file, path, len - TRAILER, TRAILER as usize)?;
+        let trailer = map_range(file, path, len - TRAILER, TRAILER as usize, false)?;
         let trailer: [u8; 10] = trailer.as_slice().try_into().expect("10 bytes");
         let footer_len = arrow_ipc::reader::read_footer_length(trailer)
             .map_err(|err| damaged(err.to_string()))? as u64;
@@ -604,7 +604,7 @@ impl Footer {
                 "its footer length {footer_len} overruns the file"
             )));
         }
-        let bytes = map_range(file, path, len - TRAILER - footer_len, footer_len as usize)?;
+        let bytes = map_range(file, path, len - TRAILER - footer_len, footer_len as usize, true)?;
         let footer = arrow_ipc::root_as_footer(bytes.as_slice())
             .map_err(|err| damaged(format!("its footer does not parse ({err})")))?;
         let schema = footer
@@ -664,7 +664,7 @@ impl Footer {
         let mut at = 0u64;
         for (start, end) in blocks.into_iter().chain([(len, len)]) {
             if start > at {
-                hasher.write(map_range(file, path, at, (start - at) as usize)?.as_slice());
+                hasher.write(map_range(file, path, at, (start - at) as usize, true)?.as_slice());
             }
             at = at.max(end);
         }

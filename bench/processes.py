@@ -1,0 +1,210 @@
+"""Persisted caches across processes (issue 18): N worker processes replay one save,
+against the same processes reading the same Arrow file through `pa.memory_map`; and the
+time to open a save of 10 000 batches.
+
+    python bench/processes.py [--quick] [--out FILE]
+
+Workers are fresh processes that start together; each reports the wall-clock span of
+its timed part (open, read every batch, sum its columns) and its peak RSS growth over
+that part. Total time is from the first worker's start to the last one's end. Rounds
+interleave the sides; the figures are medians. The page cache is warm for both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+HERE = Path(__file__).resolve().parent
+WORKERS = 4
+
+
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field}")
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM, the peak RSS, to the current RSS
+
+
+def consume(batches) -> int:
+    """What a replaying worker does with each batch: touch every numeric value."""
+    total = 0
+    for batch in batches:
+        for column in batch.columns:
+            if pa.types.is_string(column.type):
+                total += pc.sum(pc.binary_length(column)).as_py() or 0
+            else:
+                total += int(pc.sum(column).as_py() or 0)
+    return total
+
+
+def worker(side: str, path: str) -> None:
+    import batchcorder  # noqa: F401 - imported before the clock, as pyarrow is
+
+    consume([pa.record_batch({"i": [1], "s": ["a"]})])  # load the compute kernels first
+    reset_peak_rss()
+    start_rss = status_mib("VmRSS")
+    start = time.time()
+    if side == "mmap":
+        with pa.memory_map(os.path.join(path, "data.arrow")) as source:
+            reader = pa.ipc.open_file(source)
+            total = consume(reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        from batchcorder import StreamCache
+
+        with StreamCache.open(path, verify=(side == "ours")) as cache:
+            total = consume(cache)
+    end = time.time()
+    peak = status_mib("VmHWM")
+    print(json.dumps({"start": start, "end": end, "rss_growth_mib": peak - start_rss, "sum": total}))
+
+
+def make_save(path: Path, gib: float) -> pa.Schema:
+    from batchcorder import StreamCache
+
+    rows_per_batch = 1 << 16
+    bytes_per_row = 8 + 8 + 8 + 4 + 12  # int64, float64, int64, string offsets + ~12 chars
+    batches = int(gib * (1 << 30) / (bytes_per_row * rows_per_batch))
+    rng = np.random.default_rng(7)
+
+    def produce():
+        for b in range(batches):
+            ids = np.arange(b * rows_per_batch, (b + 1) * rows_per_batch)
+            yield pa.record_batch(
+                {
+                    "id": ids,
+                    "x": rng.random(rows_per_batch),
+                    "y": rng.integers(0, 1 << 40, rows_per_batch),
+                    "s": pc.cast(pa.array(ids * 7919), pa.string()),
+                }
+            )
+
+    first = next(produce())
+    reader = pa.RecordBatchReader.from_batches(first.schema, produce())
+    started = time.perf_counter()
+    saved = StreamCache(reader, max_readers=1).persist(path)
+    took = time.perf_counter() - started
+    size = os.path.getsize(path / "data.arrow")
+    print(f"saved {saved.batches} batches, {size / (1 << 30):.2f} GiB in {took:.1f} s", file=sys.stderr)
+    return first.schema
+
+
+def run_workers(side: str, path: Path) -> dict:
+    command = [sys.executable, __file__, "--worker", side, str(path)]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(WORKERS)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{side} worker failed")
+        results.append(json.loads(out))
+    assert len({r["sum"] for r in results}) == 1, results
+    return {
+        "seconds": max(r["end"] for r in results) - min(r["start"] for r in results),
+        "rss_growth_mib": sum(r["rss_growth_mib"] for r in results),
+        "sum": results[0]["sum"],
+    }
+
+
+def open_times(path: Path, fresh_runs: int) -> tuple[float, float]:
+    """Median ms to open a save: in this (long-lived) process, and in fresh processes."""
+    from batchcorder import StreamCache
+
+    inside = []
+    for _ in range(21):
+        started = time.perf_counter()
+        StreamCache.open(path).close()
+        inside.append((time.perf_counter() - started) * 1000)
+    code = (
+        "import time, sys; from batchcorder import StreamCache; t = time.perf_counter(); "
+        "StreamCache.open(sys.argv[1]).close(); print((time.perf_counter() - t) * 1000)"
+    )
+    fresh = [
+        float(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, check=True).stdout)
+        for _ in range(fresh_runs)
+    ]
+    return statistics.median(inside), statistics.median(fresh)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", nargs=2)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=str(HERE.parent / "build" / "bench-processes.md"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+    from batchcorder import StreamCache
+
+    work = HERE.parent / "build" / "bench-processes"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    gib = 0.0625 if args.quick else 2.0
+    save = work / "big"
+    make_save(save, gib)
+    data_bytes = os.path.getsize(save / "data.arrow")
+    subprocess.run(["cat", str(save / "data.arrow")], stdout=subprocess.DEVNULL, check=True)
+
+    rounds = 1 if args.quick else 5
+    sides = ["mmap", "ours", "ours-noverify"]
+    results: dict[str, list[dict]] = {side: [] for side in sides}
+    for round_ in range(rounds):
+        for side in sides:
+            results[side].append(run_workers(side, save))
+        print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
+
+    small = work / "small"
+    table = pa.table({"id": np.arange(100_000), "x": np.random.default_rng(1).random(100_000),
+                      "s": pc.cast(pa.array(np.arange(100_000)), pa.string())})
+    StreamCache(table.to_reader(max_chunksize=10)).persist(small)
+    inside_ms, fresh_ms = open_times(small, 3 if args.quick else 11)
+
+    med = {side: {k: statistics.median(r[k] for r in results[side]) for k in ("seconds", "rss_growth_mib")}
+           for side in sides}
+    budget = 0.10 * WORKERS * data_bytes / (1 << 20)
+    lines = [
+        f"# Persisted caches across processes ({WORKERS} workers, "
+        f"{data_bytes / (1 << 30):.2f} GiB save, median of {rounds} rounds)",
+        "",
+        "| side | total s | vs pa.memory_map | sum of RSS growth MiB |",
+        "|---|---|---|---|",
+    ]
+    for side in sides:
+        m = med[side]
+        lines.append(f"| {side} | {m['seconds']:.3f} | {m['seconds'] / med['mmap']['seconds']:.2f}x "
+                     f"| {m['rss_growth_mib']:.0f} |")
+    lines += [
+        "",
+        f"Targets: total within 1.05x of pa.memory_map; RSS growth under {budget:.0f} MiB "
+        f"(10% of {WORKERS} x the data).",
+        "",
+        f"Opening a save of 10 000 batches: {inside_ms:.2f} ms in a long-lived process, "
+        f"{fresh_ms:.2f} ms in a fresh one (median; target under 10 ms).",
+        "",
+    ]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
