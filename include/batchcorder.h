@@ -169,6 +169,10 @@ typedef struct BcPersisted {
   uint64_t rows;
 } BcPersisted;
 
+// When `bc_cache_open` checks a batch against its checksum: one of the `BC_VERIFY_*`
+// values.
+typedef uint32_t BcVerify;
+
 // The read of the batch holding the value fails with `BC_INVALID_ARGUMENT` (`EINVAL`
 // through `get_next`), naming the field and the value; the reader stays at that batch.
 #define BC_CAST_FAILURE_ERROR 0
@@ -190,6 +194,18 @@ typedef struct BcPersisted {
 
 // Zstandard compression; reads decompress into new buffers.
 #define BC_COMPRESSION_ZSTD 2
+
+// Only if the data file was modified after its save (its modification time differs
+// from the manifest's): an edit or a damaging copy is caught, an untouched save is read
+// at full speed. The default.
+#define BC_VERIFY_IF_MODIFIED 0
+
+// Every batch, on its first read in the process.
+#define BC_VERIFY_ALWAYS 1
+
+// Never; batches are only validated structurally (no crash, but an edited value is
+// not caught).
+#define BC_VERIFY_NEVER 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -522,8 +538,9 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 // The manifest, the checksums file, the data file's size, schema and footer are checked
 // first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
 // wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
-// With `verify`, each batch is checked against its checksum on its first read in this
-// process (`BC_CORRUPT` on a mismatch); without, it is only validated structurally.
+// `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
+// first read in this process (`BC_CORRUPT` on a mismatch); a batch not checked is
+// validated structurally, so a damaged file never crashes the reader.
 // `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
 // NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
 // deletes nothing.
@@ -532,7 +549,7 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 // Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` and
 // `out_info` writable.
 enum BcStatus bc_cache_open(const char *path_utf8,
-                            bool verify,
+                            BcVerify verify,
                             uint64_t max_readers,
                             struct BcPersisted *out_info,
                             struct BcCache **out);

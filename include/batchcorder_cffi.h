@@ -78,6 +78,8 @@ typedef struct BcPersisted {
   uint64_t rows;
 } BcPersisted;
 
+typedef uint32_t BcVerify;
+
 #define BC_CAST_FAILURE_ERROR 0
 
 #define BC_CAST_FAILURE_NULL 1
@@ -91,6 +93,12 @@ typedef struct BcPersisted {
 #define BC_COMPRESSION_LZ4 1
 
 #define BC_COMPRESSION_ZSTD 2
+
+#define BC_VERIFY_IF_MODIFIED 0
+
+#define BC_VERIFY_ALWAYS 1
+
+#define BC_VERIFY_NEVER 2
 
 const char *bc_version(void);
 
@@ -178,7 +186,7 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
                                struct BcPersisted *out);
 
 enum BcStatus bc_cache_open(const char *path_utf8,
-                            bool verify,
+                            BcVerify verify,
                             uint64_t max_readers,
                             struct BcPersisted *out_info,
                             struct BcCache **out);

@@ -6,7 +6,20 @@ use std::path::Path;
 
 use crate::boundary::{guard, guard_value, out_arg, utf8_arg, BcStatus};
 use crate::cache::{on_cache, BcCache};
-use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache};
+use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache, Verify};
+
+/// When `bc_cache_open` checks a batch against its checksum: one of the `BC_VERIFY_*`
+/// values.
+pub type BcVerify = u32;
+/// Only if the data file was modified after its save (its modification time differs
+/// from the manifest's): an edit or a damaging copy is caught, an untouched save is read
+/// at full speed. The default.
+pub const BC_VERIFY_IF_MODIFIED: BcVerify = 0;
+/// Every batch, on its first read in the process.
+pub const BC_VERIFY_ALWAYS: BcVerify = 1;
+/// Never; batches are only validated structurally (no crash, but an edited value is
+/// not caught).
+pub const BC_VERIFY_NEVER: BcVerify = 2;
 
 /// What a persisted cache's manifest records, as `bc_cache_persist` and `bc_cache_open`
 /// report it.
@@ -73,8 +86,9 @@ pub unsafe extern "C" fn bc_cache_persist(
 /// The manifest, the checksums file, the data file's size, schema and footer are checked
 /// first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
 /// wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
-/// With `verify`, each batch is checked against its checksum on its first read in this
-/// process (`BC_CORRUPT` on a mismatch); without, it is only validated structurally.
+/// `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
+/// first read in this process (`BC_CORRUPT` on a mismatch); a batch not checked is
+/// validated structurally, so a damaged file never crashes the reader.
 /// `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
 /// NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
 /// deletes nothing.
@@ -85,7 +99,7 @@ pub unsafe extern "C" fn bc_cache_persist(
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_open(
     path_utf8: *const c_char,
-    verify: bool,
+    verify: BcVerify,
     max_readers: u64,
     out_info: *mut BcPersisted,
     out: *mut *mut BcCache,
@@ -95,6 +109,17 @@ pub unsafe extern "C" fn bc_cache_open(
         || {
             let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
             let out = out_arg(out, "out")?;
+            let verify = match verify {
+                BC_VERIFY_IF_MODIFIED => Verify::IfModified,
+                BC_VERIFY_ALWAYS => Verify::Always,
+                BC_VERIFY_NEVER => Verify::Never,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "argument `verify` is {other}; pass BC_VERIFY_IF_MODIFIED, \
+                         BC_VERIFY_ALWAYS or BC_VERIFY_NEVER"
+                    )))
+                }
+            };
             let options = OpenOptions {
                 verify,
                 max_readers: (max_readers > 0).then_some(max_readers),

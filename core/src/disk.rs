@@ -113,9 +113,7 @@ impl Segment {
     fn bytes(&self, offset: usize, len: usize, whole: bool) -> Result<Buffer> {
         match &self.backing {
             Backing::Mapped(buffer) => Ok(buffer.slice_with_length(offset, len)),
-            Backing::Persisted(file) => {
-                map_range(file, &self.path, offset as u64, len, whole)
-            }
+            Backing::Persisted(file) => map_range(file, &self.path, offset as u64, len, whole),
         }
     }
 
@@ -148,8 +146,7 @@ pub(crate) fn map_range(
     if populate {
         options.populate();
     }
-    let map = unsafe { options.map(file) }
-    .map_err(|err| io_error("cannot map", path, err))?;
+    let map = unsafe { options.map(file) }.map_err(|err| io_error("cannot map", path, err))?;
     let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
         .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
     // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
@@ -186,7 +183,9 @@ impl Message {
 
     /// XXH3-64 of the message's bytes.
     pub(crate) fn checksum(&self) -> Result<u64> {
-        Ok(twox_hash::XxHash3_64::oneshot(self.bytes_for(true)?.as_slice()))
+        Ok(twox_hash::XxHash3_64::oneshot(
+            self.bytes_for(true)?.as_slice(),
+        ))
     }
 
     /// A message of a persisted file, at `block`.

@@ -47,6 +47,6 @@ pub mod storage;
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};
 pub use options::{default_memory_capacity, CacheOptions, Compression, DiskOptions, WritePolicy};
-pub use persist::{OpenOptions, Persisted};
+pub use persist::{OpenOptions, Persisted, Verify};
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
 pub use storage::{CachedBatch, Derived};

@@ -41,24 +41,26 @@ const CHECKSUMS: &str = "checksums.xxh3";
 /// Message alignment in the data file, as in the disk tier.
 const ALIGNMENT: usize = 64;
 
-/// How [`StreamCache::open`] opens a persisted cache.
-#[derive(Debug, Clone)]
-pub struct OpenOptions {
-    /// Check each batch against its checksum on its first read in this process (one
-    /// pass over its bytes). Off, batches are validated structurally instead, which
-    /// catches what could crash but not an edited value.
-    pub verify: bool,
-    /// As [`crate::CacheOptions::max_readers`].
-    pub max_readers: Option<u64>,
+/// When a persisted batch is checked against its checksum (on its first read in the
+/// process: one pass over its bytes). A batch not checked is validated structurally,
+/// which catches everything that could crash, but not an edited value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// When the data file was modified after its save (its modification time differs
+    /// from the one the manifest records): an edit or a damaging copy is caught, and an
+    /// untouched save is read at full speed.
+    #[default]
+    IfModified,
+    Always,
+    Never,
 }
 
-impl Default for OpenOptions {
-    fn default() -> Self {
-        Self {
-            verify: true,
-            max_readers: None,
-        }
-    }
+/// How [`StreamCache::open`] opens a persisted cache.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub verify: Verify,
+    /// As [`crate::CacheOptions::max_readers`].
+    pub max_readers: Option<u64>,
 }
 
 /// What a save wrote, as its manifest records it.
@@ -111,7 +113,9 @@ impl StreamCache {
                     .into(),
             ));
         };
-        // One save at a time; a second caller finds the first one's copy.
+        // Read to the end before taking the save lock: no lock is held across the
+        // upstream. Then one save at a time; a second caller finds the first one's copy.
+        self.ingest_all()?;
         let _saving = self
             .shared()
             .save_lock
@@ -151,6 +155,11 @@ impl StreamCache {
                 layout.data_bytes
             )));
         }
+        let verify = match options.verify {
+            Verify::Always => true,
+            Verify::Never => false,
+            Verify::IfModified => modified_ns(&file, &data_path)? != layout.data_modified_ns,
+        };
         let footer = Footer::read(&file, &data_path, len)?;
         if footer.batches.len() as u64 != layout.batches
             || footer.checksummed() != layout.checksums.len()
@@ -174,7 +183,7 @@ impl StreamCache {
         let mut dictionaries = Vec::with_capacity(footer.dictionaries.len());
         for (block, expected) in footer.dictionaries.iter().zip(dictionary_sums) {
             let message = Message::persisted(&segment, block)?;
-            if options.verify && message.checksum()? != *expected {
+            if verify && message.checksum()? != *expected {
                 return Err(layout.damaged(format!(
                     "a dictionary at byte {} of {DATA} does not match its checksum: it was \
                      edited or damaged",
@@ -186,7 +195,7 @@ impl StreamCache {
         let dictionaries: Arc<[Message]> = dictionaries.into();
         let mut entries = Vec::with_capacity(footer.batches.len());
         for (block, expected) in footer.batches.iter().zip(batch_sums) {
-            let checksum = options.verify.then(|| Checksum::new(*expected));
+            let checksum = verify.then(|| Checksum::new(*expected));
             entries.push(DiskEntry::persisted(
                 Message::persisted(&segment, block)?,
                 dictionaries.clone(),
@@ -410,6 +419,19 @@ fn random_id(near: &Path) -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The file's modification time in nanoseconds since the epoch (0 if before it).
+fn modified_ns(file: &File, path: &Path) -> Result<Option<u64>> {
+    let modified = file
+        .metadata()
+        .and_then(|meta| meta.modified())
+        .map_err(|err| io_error("cannot read", path, err))?;
+    Ok(Some(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
+    ))
+}
+
 fn hex(value: u64) -> String {
     format!("{value:016x}")
 }
@@ -424,6 +446,7 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
         .len();
     let footer = Footer::read(&file, &data_path, len)?;
     let structure = footer.structure_checksum(&file, &data_path, len)?;
+    let modified = modified_ns(&file, &data_path)?;
     let segment = Segment::persisted(data_path.clone(), file, len);
     let mut sums = Vec::with_capacity(footer.checksummed() * 8);
     for block in footer.dictionaries.iter().chain(&footer.batches) {
@@ -446,6 +469,7 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
         "written_by": format!("batchcorder {}", env!("CARGO_PKG_VERSION")),
         "data_file": DATA,
         "data_bytes": len,
+        "data_modified_ns": modified,
         "batches": saved.batches,
         "rows": saved.rows,
         "dictionaries": footer.dictionaries.len(),
@@ -468,6 +492,8 @@ struct Layout {
     path: PathBuf,
     id: String,
     data_bytes: u64,
+    /// The data file's modification time at its save; `None` if the manifest lacks it.
+    data_modified_ns: Option<u64>,
     batches: u64,
     rows: u64,
     checksums: Vec<u64>,
@@ -548,6 +574,7 @@ impl Layout {
             path: path.to_path_buf(),
             id: text_field(manifest.get("id"), "id")?,
             data_bytes: number("data_bytes")?,
+            data_modified_ns: manifest.get("data_modified_ns").and_then(Value::as_u64),
             batches: number("batches")?,
             rows: number("rows")?,
             checksums: Vec::new(),
@@ -604,7 +631,13 @@ impl Footer {
                 "its footer length {footer_len} overruns the file"
             )));
         }
-        let bytes = map_range(file, path, len - TRAILER - footer_len, footer_len as usize, true)?;
+        let bytes = map_range(
+            file,
+            path,
+            len - TRAILER - footer_len,
+            footer_len as usize,
+            true,
+        )?;
         let footer = arrow_ipc::root_as_footer(bytes.as_slice())
             .map_err(|err| damaged(format!("its footer does not parse ({err})")))?;
         let schema = footer

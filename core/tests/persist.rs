@@ -9,7 +9,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use batchcorder_core::{CacheOptions, DiskOptions, Error, OpenOptions, StreamCache};
+use batchcorder_core::{CacheOptions, DiskOptions, Error, OpenOptions, StreamCache, Verify};
 
 fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
@@ -166,13 +166,45 @@ fn an_edited_batch_is_refused_at_its_read_and_the_batches_before_it_are_served()
 
     // Without verification the edit is not caught, but nothing crashes either.
     let trusting = OpenOptions {
-        verify: false,
+        verify: Verify::Never,
         ..Default::default()
     };
     let (cache, _) = StreamCache::open(&target, &trusting).unwrap();
     let read = read_all(&cache);
     assert_eq!(read.len(), 5);
     assert_ne!(read[2], source[2]);
+
+    // By default, a file whose modification time is the one saved is trusted (so an edit
+    // that also resets the time goes unseen); Verify::Always still catches it.
+    let manifest = fs::read_to_string(target.join("manifest.json")).unwrap();
+    let saved_ns: u64 = manifest
+        .split("\"data_modified_ns\": ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    set_modified_ns(&data, saved_ns);
+    let read = read_all(&open(&target).unwrap());
+    assert_ne!(read[2], source[2]);
+    let always = OpenOptions {
+        verify: Verify::Always,
+        ..Default::default()
+    };
+    let (cache, _) = StreamCache::open(&target, &always).unwrap();
+    assert!(cache.reader(true).unwrap().nth(2).unwrap().is_err());
+}
+
+fn set_modified_ns(path: &Path, ns: u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let at = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a NUL-terminated path and two valid timespecs.
+    let status = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), [at, at].as_ptr(), 0) };
+    assert_eq!(status, 0);
 }
 
 fn corrupt(open_result: Result<StreamCache, Error>, expected: &str) {

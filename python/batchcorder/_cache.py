@@ -150,7 +150,7 @@ class StreamCache(ClosesOnExit):
         *,
         with_disk: bool = False,
         opened: Optional[PersistedCache] = None,
-        verify: bool = True,
+        verify: Optional[bool] = None,
     ) -> None:
         """Take ownership of a new ``BcCache *``."""
         self._handle = CacheHandle(pointer)
@@ -169,7 +169,7 @@ class StreamCache(ClosesOnExit):
         cls,
         path: Union[str, "os.PathLike[str]"],
         *,
-        verify: bool = True,
+        verify: Optional[bool] = None,
         max_readers: Optional[int] = None,
     ) -> "StreamCache":
         """Open a cache saved by :meth:`persist`, read-only, from any process.
@@ -181,10 +181,15 @@ class StreamCache(ClosesOnExit):
         The manifest, the checksums and the data file's size, schema and footer are
         checked first: a damaged, truncated, edited or foreign directory raises
         :class:`CorruptCacheError`, a save from a newer format ``InvalidArgumentError``, a
-        missing path ``FileNotFoundError``. With ``verify`` (the default), each batch is
-        checked against its checksum on its first read in this process; ``verify=False``
-        skips that pass over the bytes and validates each batch's structure instead,
-        which catches what could crash but not an edited value.
+        missing path ``FileNotFoundError``.
+
+        ``verify`` says when a batch is checked against its checksum, on its first read
+        in this process (one pass over its bytes; a mismatch raises
+        :class:`CorruptCacheError` at that batch): ``None`` (the default) when the data
+        file was modified after its save, so an edit or a damaging copy is caught and an
+        untouched save is read at full speed; ``True`` always; ``False`` never. A batch
+        not checked is validated structurally, which catches everything that could
+        crash, but not an edited value.
 
         >>> import tempfile, pathlib, pyarrow as pa
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -200,7 +205,11 @@ class StreamCache(ClosesOnExit):
         encoded = path_bytes("path", path)
         info = ffi.new("BcPersisted *")
         out = ffi.new("BcCache **")
-        check(lib.bc_cache_open(encoded, verify, max_readers or 0, info, out))
+        mode = {None: lib.BC_VERIFY_IF_MODIFIED, True: lib.BC_VERIFY_ALWAYS,
+                False: lib.BC_VERIFY_NEVER}.get(verify)
+        if mode is None:
+            raise InvalidArgumentError(f"verify must be None, True or False, got {verify!r}")
+        check(lib.bc_cache_open(encoded, mode, max_readers or 0, info, out))
         cache = cls.__new__(cls)
         opened = PersistedCache._from_c(os.fsdecode(encoded), info)
         cache._adopt(out[0], max_readers, None, opened=opened, verify=verify)
@@ -480,7 +489,7 @@ class StreamCache(ClosesOnExit):
         )
 
 
-def _open_reference(path: str, id: str, verify: bool) -> StreamCache:
+def _open_reference(path: str, id: str, verify: Optional[bool]) -> StreamCache:
     """Unpickle a cache: open the persisted copy its reference names."""
     cache = StreamCache.open(path, verify=verify)
     assert cache._opened is not None

@@ -542,9 +542,9 @@ static void test_persist_and_open(void) {
   /* Open it twice, read both, close one: the files stay. */
   BcCache *first = NULL, *second = NULL;
   BcPersisted opened;
-  CHECK(bc_cache_open(path, true, 0, &opened, &first) == BC_OK, "open");
+  CHECK(bc_cache_open(path, BC_VERIFY_ALWAYS, 0, &opened, &first) == BC_OK, "open");
   CHECK(strcmp(opened.id, info.id) == 0, "the same save");
-  CHECK(bc_cache_open(path, false, 1, NULL, &second) == BC_OK, "open again, without verify");
+  CHECK(bc_cache_open(path, BC_VERIFY_NEVER, 1, NULL, &second) == BC_OK, "open again, without verify");
   CHECK(bc_cache_upstream_exhausted(first) && bc_cache_ingested_count(first) == 12, "finished");
   int64_t batches = 0;
   bc_cache_reader(first, true, NULL, &reader);
@@ -577,19 +577,21 @@ static void test_persist_and_open(void) {
 
   /* Bad input to open. */
   BcCache *out = (BcCache *)0x1;
-  CHECK(bc_cache_open(taken, true, 0, NULL, &out) == BC_CORRUPT, "not a save");
+  CHECK(bc_cache_open(taken, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_CORRUPT, "not a save");
   CHECK(contains(bc_last_error(), "manifest.json"), "the message says what is missing");
   CHECK(out == (BcCache *)0x1, "no output on failure");
   char nowhere[300];
   snprintf(nowhere, sizeof nowhere, "%s/nowhere", dir);
-  CHECK(bc_cache_open(nowhere, true, 0, NULL, &out) == BC_IO, "a missing path");
+  CHECK(bc_cache_open(nowhere, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_IO, "a missing path");
   CHECK(bc_last_error_errno() == ENOENT, "with ENOENT");
-  CHECK(bc_cache_open(NULL, true, 0, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
-  CHECK(bc_cache_open(path, true, 0, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
+  CHECK(bc_cache_open(NULL, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, 0, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
 
   /* A truncated data file. */
   CHECK(truncate(marker, 100) == 0, "truncate the data file");
-  CHECK(bc_cache_open(path, true, 0, NULL, &out) == BC_CORRUPT, "a truncated save");
+  CHECK(bc_cache_open(path, 7, 0, NULL, &out) == BC_INVALID_ARGUMENT, "an unknown verify");
+  CHECK(contains(bc_last_error(), "verify"), "the message names the argument");
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_CORRUPT, "a truncated save");
   CHECK(contains(bc_last_error(), "truncated"), "the message says so");
 
   bc_cache_free(cache);

@@ -241,6 +241,15 @@ def test_an_edited_value_fails_the_read_of_its_batch(saved, tmp_path):
     with StreamCache.open(edited, verify=False) as cache:
         names = pa.table(cache).column("name").to_pylist()
         assert names[5555] == "NAME-5555"
+    # The default checks only a file modified since its save: put the time back and the
+    # edit goes unseen, except with verify=True.
+    saved_ns = json.loads((edited / "manifest.json").read_text())["data_modified_ns"]
+    os.utime(edited / "data.arrow", ns=(saved_ns, saved_ns))
+    with StreamCache.open(edited) as cache:
+        assert pa.table(cache).column("name")[5555].as_py() == "NAME-5555"
+    with StreamCache.open(edited, verify=True) as cache:
+        with pytest.raises(CorruptCacheError, match="does not match its checksum"):
+            list(cache)
 
 
 def test_persist_refuses_a_taken_path_and_keeps_its_files(tmp_path):
