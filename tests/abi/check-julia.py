@@ -101,8 +101,11 @@ def parse_header(path: str):
             if fn:
                 fields.append((fn.group(1), CType("fnptr", 1)))
                 continue
-            m = re.match(r"^(.*?[\s*])([A-Za-z_]\w*)$", decl)
-            fields.append((m.group(2), parse_ctype(m.group(1), aliases)))
+            m = re.match(r"^(.*?[\s*])([A-Za-z_]\w*)(\[\d+\])?$", decl)
+            ctype = parse_ctype(m.group(1), aliases)
+            if m.group(3):  # a fixed-size array field: its own type, as in C
+                ctype = CType(ctype.base + m.group(3), ctype.depth)
+            fields.append((m.group(2), ctype))
         structs[name] = fields
     return functions, structs
 
