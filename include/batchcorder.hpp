@@ -65,6 +65,7 @@ inline const char *status_name(BcStatus status) noexcept {
     case BC_EVICTED: return "BC_EVICTED";
     case BC_CLOSED: return "BC_CLOSED";
     case BC_INTERNAL: return "BC_INTERNAL";
+    case BC_CORRUPT: return "BC_CORRUPT";
   }
   return "BC_UNKNOWN";
 }
@@ -274,12 +275,31 @@ class Cache {
   /// Drop the cached data and the upstream now; readers then fail with BC_CLOSED.
   void close() { detail::check(bc_cache_close(raw_), "bc_cache_close"); }
 
+  /// Read the rest of the upstream and save the whole stream to the directory `path`
+  /// (see bc_cache_persist); returns the manifest's record.
+  BcPersisted persist(const std::string &path) {
+    BcPersisted out{};
+    detail::check(bc_cache_persist(raw_, path.c_str(), &out), "bc_cache_persist");
+    return out;
+  }
+
+  /// Open the cache persisted at `path`, read-only (see bc_cache_open); max_readers 0 is
+  /// no cap.
+  static Cache open(const std::string &path, BcVerify verify = BC_VERIFY_IF_MODIFIED,
+                    std::uint64_t max_readers = 0) {
+    BcCache *raw = nullptr;
+    detail::check(bc_cache_open(path.c_str(), verify, max_readers, nullptr, &raw),
+                  "bc_cache_open");
+    return Cache(raw);
+  }
+
   BcCache *get() const noexcept { return raw_; }
 
  private:
   Cache(ArrowArrayStream *upstream, const BcOptions *options) : raw_(nullptr) {
     detail::check(bc_cache_new(upstream, options, &raw_), "bc_cache_new");
   }
+  explicit Cache(BcCache *raw) noexcept : raw_(raw) {}
 
   BcCache *raw_;
 };

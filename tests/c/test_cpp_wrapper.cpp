@@ -1,6 +1,10 @@
 // The C++ wrapper's own behaviour: empty objects are zeroed, and failures keep their status.
+#include <stdlib.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "batchcorder.hpp"
 #include "check.h"
@@ -43,6 +47,33 @@ int main() {
   batchcorder::Reader late(&handed);  // handed is released: an empty reader
   CHECK(!late.valid(), "taking over a released stream gives an empty reader");
   CHECK(status_of([&] { cache.reader(); }) == BC_CLOSED, "a closed cache refuses readers with BC_CLOSED");
+
+  // Persist and open: the saved stream replays from the opened cache; a directory that is
+  // not a save throws BC_CORRUPT, named by status_name.
+  char dir[] = "/tmp/bc-cpp-persist-XXXXXX";
+  CHECK(mkdtemp(dir) != nullptr, "temp dir");
+  std::string path = std::string(dir) + "/saved";
+  ArrowArrayStream source = make_producer(4, 10, -1, 0, nullptr);
+  batchcorder::Cache saving(&source);
+  BcPersisted saved = saving.persist(path);
+  CHECK(saved.batches == 4 && saved.rows == 40, "persist() returns the manifest's counts");
+  batchcorder::Cache opened = batchcorder::Cache::open(path);
+  batchcorder::Reader replay = opened.reader();
+  batches = 0;
+  while (replay.next()) batches++;
+  CHECK(batches == 4, "an opened cache replays every batch");
+  try {
+    batchcorder::Cache::open(dir);
+    CHECK(false, "opening a directory that is not a save throws");
+  } catch (const batchcorder::Error &err) {
+    CHECK(err.status() == BC_CORRUPT, "with BC_CORRUPT");
+    CHECK(std::strstr(err.what(), "BC_CORRUPT") != nullptr, "named in the message");
+  }
+  for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
+    std::remove((path + "/" + name).c_str());
+  }
+  rmdir(path.c_str());
+  CHECK(rmdir(dir) == 0, "only the save was left");
 
   std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
