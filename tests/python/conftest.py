@@ -1,8 +1,21 @@
 """Shared test settings: `BC_STRESS_SCALE` (default 1) multiplies the randomized and
-concurrent tests' work; `make stress` raises it."""
+concurrent tests' work; `make stress` raises it. Every test has a time limit
+(`BC_TEST_TIMEOUT` seconds, default 300, pytest-timeout): a hang fails with every
+thread's stack instead of stalling the run."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
 STRESS_SCALE = max(1, int(os.environ.get("BC_STRESS_SCALE", "1")))
+TEST_TIMEOUT = float(os.environ.get("BC_TEST_TIMEOUT", "300")) * STRESS_SCALE
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The thread method also ends a hang inside a C call, where a signal would wait.
+    limit = pytest.mark.timeout(TEST_TIMEOUT, method="thread")
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(limit)
