@@ -13,6 +13,7 @@ use arrow_schema::{ArrowError, DataType, SchemaRef};
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::array_export::{ExportRoot, OwnedArray};
 use crate::schema_copy::SchemaCopy;
+use batchcorder_core::storage::Allocations;
 use batchcorder_core::{BatchSource, Pulled};
 use batchcorder_core::{Error, Result};
 
@@ -79,6 +80,7 @@ impl CStreamUpstream {
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
         data.validate().map_err(|err| malformed(err.to_string()))?;
+        let allocations = Allocations::of_data(&data);
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let (_, mut columns, _) = rows.into_parts();
@@ -89,6 +91,7 @@ impl CStreamUpstream {
         Ok(Pulled {
             batch,
             derived: Some(Box::new(ExportRoot::new(tree))),
+            allocations: Some(allocations),
         })
     }
 }

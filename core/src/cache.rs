@@ -14,7 +14,7 @@ use crate::persist::Saver;
 use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
-use crate::storage::{CachedBatch, Derived, MemoryTier};
+use crate::storage::{Allocations, CachedBatch, Derived, MemoryTier};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
 pub type Upstream = Box<dyn RecordBatchReader + Send>;
@@ -25,6 +25,9 @@ pub struct Pulled {
     /// A form of the batch that an export layer reuses on every read (see
     /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
     pub derived: Option<Box<dyn Derived>>,
+    /// The allocations the batch's buffers point into, when the source has them at hand
+    /// (see [`Allocations::of_data`]); otherwise the memory tier finds them.
+    pub allocations: Option<Allocations>,
 }
 
 /// An upstream that may hand over more than the batch: the C stream import passes the
@@ -45,6 +48,7 @@ impl BatchSource for Upstream {
         Some(self.next()?.map(|batch| Pulled {
             batch,
             derived: None,
+            allocations: None,
         }))
     }
 }
@@ -515,7 +519,8 @@ impl Shared {
 
         let batch = match pulled {
             Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
-                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)),
+                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)
+                    .with_allocations(pulled.allocations)),
                 Err(err) => Err(Some(err)),
             },
             Some(Err(err)) => Err(Some(Error::from_upstream(&err))),

@@ -23,6 +23,9 @@ pub struct CachedBatch {
     /// What an export layer reuses on every read: derived from the batch once, or handed
     /// over by the upstream with it (`Pulled::derived`).
     derived: OnceLock<Box<dyn Derived>>,
+    /// The batch's allocations when its source listed them (`Pulled::allocations`); the
+    /// memory tier takes them instead of walking the batch again.
+    known_allocations: Option<Allocations>,
 }
 
 impl std::fmt::Debug for CachedBatch {
@@ -39,7 +42,14 @@ impl CachedBatch {
         Self {
             batch,
             derived: OnceLock::new(),
+            known_allocations: None,
         }
+    }
+
+    /// The same batch, with the allocations its buffers point into, listed by its source.
+    pub fn with_allocations(mut self, allocations: Option<Allocations>) -> Self {
+        self.known_allocations = allocations;
+        self
     }
 
     /// A batch whose derived value is already at hand (as a [`crate::Pulled`] hands it).
@@ -185,8 +195,14 @@ impl MemoryTier {
     }
 
     /// Append the next batch of the stream, unless it would exceed the budget.
-    pub fn push(&mut self, batch: CachedBatch) -> Result<(), OverBudget> {
-        let allocations = distinct_allocations(batch.batch());
+    pub fn push(&mut self, mut batch: CachedBatch) -> Result<(), OverBudget> {
+        let allocations = batch.take_allocations();
+        // Within budget even if every allocation is new: no need to look them up twice.
+        let at_most: u64 = allocations.iter().map(|&(_, bytes)| bytes).sum();
+        if self.bytes.saturating_add(at_most) <= self.capacity {
+            self.insert(batch, allocations);
+            return Ok(());
+        }
         let added: u64 = allocations
             .iter()
             .map(|&(start, bytes)| match self.allocations.get(&start) {
@@ -206,12 +222,13 @@ impl MemoryTier {
     }
 
     /// Append a batch whatever the budget; the disk tier then trims the hot layer.
-    pub fn push_unbounded(&mut self, batch: CachedBatch) {
-        let allocations = distinct_allocations(batch.batch());
+    pub fn push_unbounded(&mut self, mut batch: CachedBatch) {
+        let allocations = batch.take_allocations();
         self.insert(batch, allocations);
     }
 
-    fn insert(&mut self, batch: CachedBatch, allocations: Box<[(usize, u64)]>) {
+    fn insert(&mut self, batch: CachedBatch, allocations: Allocations) {
+        let allocations = allocations.0;
         for &(start, bytes) in allocations.iter() {
             let entry = self
                 .allocations
@@ -294,24 +311,55 @@ impl MemoryTier {
     }
 }
 
-/// Every distinct allocation a batch's buffers point into, with its size.
-fn distinct_allocations(batch: &RecordBatch) -> Box<[(usize, u64)]> {
-    let mut found = Vec::new();
-    for column in batch.columns() {
-        collect_allocations(&column.to_data(), &mut found);
-    }
-    found.sort_unstable();
-    // Keep the largest size seen for one start: slices of one allocation report
-    // different lengths.
-    found.dedup_by(|later, kept| {
-        if later.0 == kept.0 {
-            kept.1 = kept.1.max(later.1);
-            true
-        } else {
-            false
+/// Every distinct allocation a batch's buffers point into, with its size: what the
+/// memory tier counts, once however many batches share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocations(Box<[(usize, u64)]>);
+
+impl Allocations {
+    /// The allocations under every column of `batch`.
+    pub fn of_batch(batch: &RecordBatch) -> Self {
+        let mut found = Vec::new();
+        for column in batch.columns() {
+            collect_allocations(&column.to_data(), &mut found);
         }
-    });
-    found.into_boxed_slice()
+        Self::distinct(found)
+    }
+
+    /// The allocations of `data` and every array under it: for a source that holds the
+    /// struct array a batch was made from, without the copies `of_batch` makes.
+    pub fn of_data(data: &ArrayData) -> Self {
+        let mut found = Vec::new();
+        collect_allocations(data, &mut found);
+        Self::distinct(found)
+    }
+
+    fn distinct(mut found: Vec<(usize, u64)>) -> Self {
+        found.sort_unstable();
+        // Keep the largest size seen for one start: slices of one allocation report
+        // different lengths.
+        found.dedup_by(|later, kept| {
+            if later.0 == kept.0 {
+                kept.1 = kept.1.max(later.1);
+                true
+            } else {
+                false
+            }
+        });
+        Self(found.into_boxed_slice())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(usize, u64)> {
+        self.0.iter()
+    }
+}
+
+impl CachedBatch {
+    fn take_allocations(&mut self) -> Allocations {
+        self.known_allocations
+            .take()
+            .unwrap_or_else(|| Allocations::of_batch(&self.batch))
+    }
 }
 
 fn collect_allocations(data: &ArrayData, found: &mut Vec<(usize, u64)>) {
@@ -351,6 +399,36 @@ mod tests {
         assert_eq!(tier.bytes(), after_first);
         tier.evict_below(2);
         assert_eq!(tier.bytes(), 0);
+    }
+
+    #[test]
+    fn a_sources_allocation_list_matches_the_batchs_own() {
+        let whole = batch((0..1000).collect());
+        let sliced = whole.slice(10, 500);
+        let rows = arrow_array::Array::into_data(arrow_array::StructArray::from(sliced.clone()));
+        assert_eq!(Allocations::of_data(&rows), Allocations::of_batch(&sliced));
+        // Listed by the source or found by the tier, the accounting is the same.
+        let mut listed = MemoryTier::new(u64::MAX);
+        listed
+            .push(
+                CachedBatch::new(sliced.clone())
+                    .with_allocations(Some(Allocations::of_data(&rows))),
+            )
+            .unwrap();
+        let mut found = MemoryTier::new(u64::MAX);
+        found.push(CachedBatch::new(sliced)).unwrap();
+        assert_eq!(listed.bytes(), found.bytes());
+        assert!(listed.bytes() >= 8000);
+    }
+
+    #[test]
+    fn a_batch_that_fits_only_if_its_allocation_is_shared_is_taken() {
+        let whole = batch((0..1000).collect());
+        let mut tier = MemoryTier::new(8_100);
+        tier.push(CachedBatch::new(whole.slice(0, 500))).unwrap();
+        // The upper bound (every allocation new) exceeds the budget; the real need is 0.
+        tier.push(CachedBatch::new(whole.slice(500, 500))).unwrap();
+        assert_eq!(tier.end(), 2);
     }
 
     #[test]
