@@ -24,13 +24,21 @@ PYTHONS = {
 BASELINE = os.environ.get("BENCH_BASELINE_NAME")
 if BASELINE:
     PYTHONS["before"] = HERE / ".venv-base" / "bin" / "python"
-WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
-             "prefetch", "first-pass-1", "first-pass-3", "first-pass-10"]
+WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "tiny-batches-3", "tiny-batches-10", "4-threads",
+             "duckdb-selfjoin", "bounded", "sliced", "prefetch", "first-pass-1", "first-pass-3", "first-pass-10",
+             "one-row-batches"]
+# The same workloads repeated inside one long-lived process (a notebook, a service):
+# LONG_REPEATS runs per process, the median of those after the first, LONG_ROUNDS processes.
+LONG_WORKLOADS = ["memory", "tiny-batches", "tiny-batches-3", "tiny-batches-10", "4-threads", "duckdb-selfjoin",
+                  "first-pass-1", "first-pass-3", "first-pass-10"]
+LONG_REPEATS = int(os.environ.get("BENCH_LONG_REPEATS", "2" if QUICK else "6"))
+LONG_ROUNDS = int(os.environ.get("BENCH_LONG_ROUNDS", "1" if QUICK else "5"))
 # BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick),
 # and writes build/bench-partial.md instead of the committed results.
 PARTIAL = bool(os.environ.get("BENCH_WORKLOADS"))
 if PARTIAL:
     WORKLOADS = [w for w in WORKLOADS if w in os.environ["BENCH_WORKLOADS"].split(",")]
+    LONG_WORKLOADS = [w for w in LONG_WORKLOADS if w in WORKLOADS]
 # Our target per workload: the largest acceptable ratio, and what it is a ratio to.
 TARGETS = {
     "memory": ("pyarrow", 1.1),
@@ -46,16 +54,24 @@ TARGETS = {
     "first-pass-1": ("pyarrow", 2.0),
     "first-pass-3": ("pyarrow", 2.0),
     "first-pass-10": ("pyarrow", 2.0),
+    # Context for the 1-column tiny-batches target, with a string column: no target.
+    "tiny-batches-3": ("pyarrow", None),
+    "tiny-batches-10": ("pyarrow", None),
+    # Issue 20 target 4: RSS per cached one-row batch against pyarrow holding them in a list.
+    "one-row-batches": ("pyarrow", 1.25),
 }
+# Targets inside a long-lived process, where they differ from the fresh-process ones.
+LONG_TARGETS = {"memory": ("pyarrow", 1.1)}
 
 # Absolute targets: (the workload's result key, its largest acceptable value for ours).
 ABSOLUTE = {"tiny-batches": ("us_per_batch", 2.0), "bounded": ("rss_growth_mib", 64)}
 
 
-def run_one(impl: str, workload: str) -> dict:
+def run_one(impl: str, workload: str, repeat: int = 1) -> dict:
     # "before" is our own code at another revision: the same workload code as "ours".
     as_impl = "ours" if impl == "before" else impl
-    command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", as_impl, "--workload", workload]
+    command = [str(PYTHONS[impl]), str(HERE / "workloads.py"), "--impl", as_impl, "--workload", workload,
+               "--repeat", str(repeat)]
     if QUICK:
         command.append("--quick")
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -75,6 +91,45 @@ def spread(values: list) -> str:
     return f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else "-"
 
 
+def target_text(limit: float | None) -> str:
+    return "-" if limit is None else f"<= {limit}x"
+
+
+def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The table of the workloads repeated inside one long-lived process."""
+    if not LONG_WORKLOADS:
+        return []
+    rows = [
+        "",
+        f"Inside one long-lived process: each sample is a process that runs the workload "
+        f"{LONG_REPEATS} times and reports the median of the runs after the first; medians "
+        f"of {LONG_ROUNDS} such processes, interleaved.",
+        "",
+        "| workload | ours s | reference s | pyarrow s | ratio | target | verdict | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    for workload in LONG_WORKLOADS:
+        seconds = {i: median([s.get("seconds") for s in long_samples[(i, workload)]]) for i in PYTHONS}
+        base, limit = LONG_TARGETS.get(workload, TARGETS[workload])
+        ratio = seconds["ours"] / seconds[base] if seconds["ours"] and seconds[base] else None
+        verdict = "n/a" if ratio is None or limit is None else ("met" if ratio <= limit else "MISSED")
+        per_batch = [
+            f"{i} {median([s.get('us_per_batch') for s in long_samples[(i, workload)]]):.2f}"
+            for i in PYTHONS if median([s.get("us_per_batch") for s in long_samples[(i, workload)]])
+        ]
+        extra = ("us/batch: " + ", ".join(per_batch) + "; ") if per_batch else ""
+        extra += "range s: " + ", ".join(
+            f"{i} {spread([x.get('seconds') for x in long_samples[(i, workload)]])}"
+            for i in dict.fromkeys(("ours", base))
+        )
+        rows.append(
+            f"| {workload} | {fmt(seconds['ours'])} | {fmt(seconds['ref'])} | {fmt(seconds['pyarrow'])} "
+            f"| {('-' if ratio is None else f'{ratio:.2f}x')} {base} | {target_text(limit)} | {verdict} | {extra} |"
+        )
+    return rows
+
+
 def version(python: Path, module: str) -> str:
     code = f"import importlib.metadata as m; print(m.version('{module}'))"
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
@@ -88,6 +143,12 @@ def main() -> None:
             for impl in PYTHONS:  # interleaved, so drift hits every side alike
                 samples.setdefault((impl, workload), []).append(run_one(impl, workload))
         print(f"round {repeat + 1}/{REPEATS} done", flush=True)
+    long_samples: dict[tuple[str, str], list[dict]] = {}
+    for repeat in range(LONG_ROUNDS):
+        for workload in LONG_WORKLOADS:
+            for impl in PYTHONS:
+                long_samples.setdefault((impl, workload), []).append(run_one(impl, workload, LONG_REPEATS))
+        print(f"long-lived round {repeat + 1}/{LONG_ROUNDS} done", flush=True)
 
     c_level = json.loads(
         subprocess.run([str(HERE.parent / "build" / "c_level")], capture_output=True, text=True,
@@ -104,6 +165,9 @@ def main() -> None:
             memory_b = samples[("ours", "memory")][0].get("bytes")
             sliced_b = samples[("ours", "sliced")][0].get("bytes")
             ratio = (ours / sliced_b) / (memory_s / memory_b) if ours and memory_s else None
+        elif workload == "one-row-batches":
+            per_batch = {i: median([x.get("bytes_per_batch") for x in samples[(i, workload)]]) for i in PYTHONS}
+            ratio = per_batch["ours"] / per_batch[base] if per_batch["ours"] and per_batch[base] else None
         else:
             other = seconds[base]
             ratio = ours / other if ours and other else None
@@ -128,7 +192,14 @@ def main() -> None:
                 f"{i} {median([s.get('rss_growth_mib') for s in samples[(i, workload)]]):.0f}"
                 for i in PYTHONS if median([s.get('rss_growth_mib') for s in samples[(i, workload)]]) is not None
             )
-        if workload != "sliced":
+        if workload == "one-row-batches":
+            extra = "bytes per batch (RSS; pyarrow's pool; malloc heap): " + ", ".join(
+                f"{i} " + "; ".join(
+                    f"{median([x.get(k) for x in samples[(i, workload)]]):.0f}"
+                    for k in ("bytes_per_batch", "pool_bytes_per_batch", "heap_bytes_per_batch"))
+                for i in PYTHONS if median([x.get("bytes_per_batch") for x in samples[(i, workload)]])
+            )
+        elif workload != "sliced":
             ranges = ", ".join(
                 f"{i} {spread([x.get('seconds') for x in samples[(i, workload)]])}"
                 for i in dict.fromkeys(("ours", base))
@@ -138,7 +209,7 @@ def main() -> None:
         errors = {i: s.get("error") for i in PYTHONS for s in samples[(i, workload)] if s.get("error")}
         if errors:
             extra += " errors: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
-        verdict = "n/a" if ratio is None else ("met" if ratio <= limit else "MISSED")
+        verdict = "n/a" if ratio is None or limit is None else ("met" if ratio <= limit else "MISSED")
         # Absolute targets beside the ratio: both must hold.
         absolute = ABSOLUTE.get(workload)
         if absolute is not None and verdict == "met":
@@ -149,7 +220,7 @@ def main() -> None:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"
         rows.append(
             f"| {workload} | {fmt(seconds['ours'])} | {fmt(seconds['ref'])} | {fmt(seconds['pyarrow'])} "
-            f"| {('-' if ratio is None else f'{ratio:.2f}x')} {base} | <= {limit}x | {verdict} | {extra} |"
+            f"| {('-' if ratio is None else f'{ratio:.2f}x')} {base} | {target_text(limit)} | {verdict} | {extra} |"
         )
     above = c_level["ns_per_batch"] - c_level["plain_ns_per_batch"]
     rows.append(
@@ -187,6 +258,7 @@ def main() -> None:
             fmt = lambda v: "-" if v is None else f"{v:.4f}"
             header_before.append(f"| {workload} | {fmt(then)} | {fmt(now)} | {change} |")
         rows = rows + header_before
+    rows = rows + long_lived_rows(long_samples)
     text = "\n".join(header + rows) + "\n"
     if PARTIAL:
         out = HERE.parent / "build" / "bench-partial.md"
@@ -205,7 +277,7 @@ def main() -> None:
         names = [w for w in WORKLOADS if ratios[w] is not None]
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.bar(names, [ratios[w] for w in names], color="#4477aa")
-        ax.scatter(names, [TARGETS[w][1] for w in names], color="#cc3311", marker="_", s=600,
+        ax.scatter(names, [TARGETS[w][1] or float("nan") for w in names], color="#cc3311", marker="_", s=600,
                    label="target", zorder=3)
         ax.set_ylabel("ours / baseline (lower is better)")
         ax.set_title("batchcorder: ratio to the target's baseline")

@@ -122,37 +122,53 @@ def disk_ingest(impl: str, quick: bool) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def tiny_batches(impl: str, quick: bool) -> dict:
-    # Built by pyarrow, so each batch owns a buffer from pyarrow's memory pool, as a
-    # Parquet read gives (a numpy-backed batch would leave the pool untouched, and its
-    # first use, about 0.1 to 9 ms of fresh pages on a VM, would land in the clock).
-    batches = [
-        pa.record_batch({"id": pa.array(range(i * 64, i * 64 + 64), pa.int64())})
-        for i in range(1_563)
+def tiny_columns(count: int, columns: int) -> list[pa.RecordBatch]:
+    """`count` batches of 64 rows with `columns` columns (int64, float64 and string in
+    turn), built by pyarrow, so each batch owns buffers from pyarrow's memory pool, as a
+    Parquet read gives (a numpy-backed batch would leave the pool untouched, and its first
+    use, about 0.1 to 9 ms of fresh pages on a VM, would land in the clock)."""
+    kinds = [
+        lambda i: pa.array(range(i * 64, i * 64 + 64), pa.int64()),
+        lambda i: pa.array([float(v) for v in range(64)], pa.float64()),
+        lambda i: pa.array([f"s{i}-{v}" for v in range(64)], pa.string()),
     ]
-    passes = 3
+    names = ["id"] + [f"c{c}" for c in range(1, columns)]
+    return [
+        pa.record_batch({names[c]: kinds[c % 3](i) for c in range(columns)})
+        for i in range(count)
+    ]
 
-    def run():
+
+def tiny_batches(columns: int):
+    """Ingest 1 563 batches of 64 rows, then replay them from Python (3 passes in all)."""
+
+    def workload(impl: str, quick: bool) -> dict:
+        batches = tiny_columns(1_563, columns)
+        passes = 3
+
+        def run():
+            if impl == "pyarrow":
+                table = once(batches).read_all()
+                for _ in range(passes):
+                    for _batch in table.to_reader():
+                        pass
+            else:
+                cache = StreamCache(once(batches))
+                for _ in range(passes):
+                    for _batch in cache:
+                        pass
+
+        seconds = timed(run)
+        result = {"seconds": seconds, "us_per_batch": seconds / (passes * len(batches)) * 1e6}
         if impl == "pyarrow":
-            table = once(batches).read_all()
-            for _ in range(passes):
-                for _batch in table.to_reader():
-                    pass
-        else:
-            cache = StreamCache(once(batches))
-            for _ in range(passes):
-                for _batch in cache:
-                    pass
+            # Context, after the clock: one pass of the same single-use source through the
+            # C stream interface and back into pyarrow, which any first pass that caches
+            # outside pyarrow pays at least once.
+            crossed = timed(lambda: [None for _ in pa.RecordBatchReader.from_stream(once(batches))])
+            result["c_roundtrip_us_per_batch"] = crossed / len(batches) * 1e6
+        return result
 
-    seconds = timed(run)
-    result = {"seconds": seconds, "us_per_batch": seconds / (passes * len(batches)) * 1e6}
-    if impl == "pyarrow":
-        # Context, after the clock: one pass of the same single-use source through the C
-        # stream interface and back into pyarrow, which any first pass that caches outside
-        # pyarrow pays at least once.
-        crossed = timed(lambda: [None for _ in pa.RecordBatchReader.from_stream(once(batches))])
-        result["c_roundtrip_us_per_batch"] = crossed / len(batches) * 1e6
-    return result
+    return workload
 
 
 def four_threads(impl: str, quick: bool) -> dict:
@@ -270,21 +286,13 @@ def sliced(impl: str, quick: bool) -> dict:
 
 
 def first_pass(columns: int):
-    """The first pass over 1 563 batches of 64 rows with `columns` columns (int64, float64
-    and string in turn), built by pyarrow. pyarrow's side is its own round trip of the same
-    source through the C stream interface, the floor of any cache outside pyarrow."""
+    """The first pass over 1 563 batches of 64 rows with `columns` columns (see
+    `tiny_columns`). pyarrow's side is its own round trip of the same source through the
+    C stream interface, the floor of any cache outside pyarrow."""
 
     def workload(impl: str, quick: bool) -> dict:
         count = 100 if quick else 1_563
-        kinds = [
-            lambda i: pa.array(range(i * 64, i * 64 + 64), pa.int64()),
-            lambda i: pa.array([float(v) for v in range(64)], pa.float64()),
-            lambda i: pa.array([f"s{i}-{v}" for v in range(64)], pa.string()),
-        ]
-        batches = [
-            pa.record_batch({f"c{c}": kinds[c % 3](i) for c in range(columns)})
-            for i in range(count)
-        ]
+        batches = tiny_columns(count, columns)
 
         def run():
             if impl == "pyarrow":
@@ -298,6 +306,66 @@ def first_pass(columns: int):
         return {"seconds": seconds, "us_per_batch": seconds / count * 1e6}
 
     return workload
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def malloc_heap_bytes() -> int:
+    """Bytes in use in glibc's malloc heap (mallinfo2): where arrow-rs's structs and
+    pyarrow's per-array C++ objects live. pyarrow's buffers come from its own pool."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def one_row_batches(impl: str, quick: bool) -> dict:
+    """Memory per cached one-row batch (3 columns: int64, float64, string): RSS growth of
+    holding 200 000 of them, against pyarrow holding the same batches in a list, split
+    between pyarrow's buffer pool, the malloc heap and the rest. Not timed."""
+    import gc
+
+    count = 20_000 if quick else 200_000
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float64()), ("s", pa.string())])
+
+    def produce():
+        for i in range(count):
+            yield pa.record_batch(
+                [pa.array([i]), pa.array([float(i)]), pa.array([f"s{i}"])], schema=schema)
+
+    gc.collect()
+    before = (rss_bytes(), pa.total_allocated_bytes(), malloc_heap_bytes())
+    source = pa.RecordBatchReader.from_batches(schema, produce())
+    if impl == "pyarrow":
+        held = list(source)
+    else:
+        held = StreamCache(source)
+        if hasattr(held, "ingest_all"):
+            held.ingest_all()
+        else:  # the reference has no ingest_all: one pass reads everything
+            for _ in held:
+                pass
+    del source
+    gc.collect()
+    after = (rss_bytes(), pa.total_allocated_bytes(), malloc_heap_bytes())
+    rss, pool, heap = (a - b for a, b in zip(after, before))
+    assert held is not None
+    return {
+        "seconds": None,
+        "bytes_per_batch": rss / count,
+        "pool_bytes_per_batch": pool / count,
+        "heap_bytes_per_batch": heap / count,
+    }
 
 
 def prefetch_pipeline(impl: str, quick: bool) -> dict:
@@ -333,7 +401,9 @@ WORKLOADS = {
     "memory": memory,
     "disk": disk,
     "disk-ingest": disk_ingest,
-    "tiny-batches": tiny_batches,
+    "tiny-batches": tiny_batches(1),
+    "tiny-batches-3": tiny_batches(3),
+    "tiny-batches-10": tiny_batches(10),
     "4-threads": four_threads,
     "duckdb-selfjoin": duckdb_selfjoin,
     "bounded": bounded,
@@ -342,6 +412,7 @@ WORKLOADS = {
     "first-pass-1": first_pass(1),
     "first-pass-3": first_pass(3),
     "first-pass-10": first_pass(10),
+    "one-row-batches": one_row_batches,
 }
 
 
@@ -354,12 +425,23 @@ def main() -> None:
     parser.add_argument("--impl", choices=["ours", "ref", "pyarrow"], required=True)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the workload this many times in this one process (a "
+                             "notebook or a service) and report the median of the runs "
+                             "after the first")
     args = parser.parse_args()
     if args.impl != "pyarrow":
         from batchcorder import StreamCache as imported
 
         StreamCache = imported
-    result = WORKLOADS[args.workload](args.impl, args.quick)
+    runs = [WORKLOADS[args.workload](args.impl, args.quick) for _ in range(args.repeat)]
+    result = runs[-1]
+    if args.repeat > 1:
+        steady = runs[1:]
+        for key, value in runs[0].items():
+            if isinstance(value, float):
+                result[key] = statistics.median(r[key] for r in steady)
+        result["first_seconds"] = runs[0].get("seconds")
     print(json.dumps({"impl": args.impl, "workload": args.workload, **result}))
 
 

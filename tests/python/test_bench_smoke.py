@@ -24,13 +24,35 @@ def load():
 @pytest.mark.parametrize("impl", ["ours", "pyarrow"])
 @pytest.mark.parametrize(
     "workload",
-    ["memory", "disk", "disk-ingest", "tiny-batches", "4-threads", "duckdb-selfjoin", "bounded", "sliced",
-     "prefetch", "first-pass-1", "first-pass-3", "first-pass-10"],
+    ["memory", "disk", "disk-ingest", "tiny-batches", "tiny-batches-3", "tiny-batches-10", "4-threads",
+     "duckdb-selfjoin", "bounded", "sliced", "prefetch", "first-pass-1", "first-pass-3", "first-pass-10"],
 )
 def test_workload_runs_on_tiny_sizes(impl, workload):
     result = load().WORKLOADS[workload](impl, True)
     assert result["seconds"] is not None and result["seconds"] > 0
-    if workload == "tiny-batches":
+    if workload.startswith("tiny-batches"):
         assert result["us_per_batch"] > 0
     if workload == "bounded":
         assert result["rss_growth_mib"] >= 0
+
+
+@pytest.mark.parametrize("impl", ["ours", "pyarrow"])
+def test_the_memory_per_batch_workload_splits_its_bytes(impl):
+    result = load().WORKLOADS["one-row-batches"](impl, True)
+    # Holding 20 000 batches costs something in pyarrow's pool and in the malloc heap.
+    assert result["pool_bytes_per_batch"] > 0
+    assert result["heap_bytes_per_batch"] > 0
+
+
+def test_a_long_lived_run_reports_the_median_after_the_first(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--impl", "ours", "--workload", "first-pass-1", "--quick",
+         "--repeat", "3"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["first_seconds"] > 0 and result["seconds"] > 0
