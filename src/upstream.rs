@@ -80,6 +80,19 @@ impl CStreamUpstream {
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
         data.validate().map_err(|err| malformed(err.to_string()))?;
+        if let Some(columns) = compact_copy(&data) {
+            // The producer's arrays go back at once: its bookkeeping for them would cost
+            // more than the data (bench/notes.md). Reads export the copy with arrow-rs.
+            let options = RecordBatchOptions::new().with_row_count(Some(data.len()));
+            drop(data);
+            drop(tree);
+            let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+            return Ok(Pulled {
+                batch,
+                derived: None,
+                allocations: None,
+            });
+        }
         let allocations = Allocations::of_data(&data);
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
@@ -94,6 +107,54 @@ impl CStreamUpstream {
             allocations: Some(allocations),
         })
     }
+}
+
+/// A batch whose buffers average at most this many bytes is copied at ingestion.
+const COMPACT_AT_MOST_BYTES_PER_BUFFER: usize = 64;
+
+/// Copies of the columns of `rows`, a batch's struct array, when the batch is tiny
+/// (buffers averaging [`COMPACT_AT_MOST_BYTES_PER_BUFFER`] bytes or less) and every column
+/// is of a flat type; `None` otherwise, and the producer's arrays are kept.
+fn compact_copy(rows: &arrow_data::ArrayData) -> Option<Vec<arrow_array::ArrayRef>> {
+    let flat = |data: &arrow_data::ArrayData| {
+        let data_type = data.data_type();
+        (data_type.is_primitive()
+            || matches!(
+                data_type,
+                DataType::Null
+                    | DataType::Boolean
+                    | DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::FixedSizeBinary(_)
+            ))
+            && data.len() == rows.len()
+            && data.offset() == 0
+    };
+    if rows.offset() != 0 || rows.child_data().is_empty() || !rows.child_data().iter().all(flat) {
+        return None;
+    }
+    let (mut buffers, mut bytes) = (0, 0);
+    for column in rows.child_data() {
+        let nulls = column.nulls().map(|n| n.buffer());
+        for buffer in column.buffers().iter().chain(nulls) {
+            buffers += 1;
+            bytes += buffer.len();
+        }
+    }
+    if bytes > buffers * COMPACT_AT_MOST_BYTES_PER_BUFFER {
+        return None;
+    }
+    rows.child_data()
+        .iter()
+        .map(|column| {
+            let mut copy =
+                arrow_data::transform::MutableArrayData::new(vec![column], false, column.len());
+            copy.try_extend(0, 0, column.len()).ok()?;
+            Some(arrow_array::make_array(copy.freeze()))
+        })
+        .collect()
 }
 
 fn malformed(problem: String) -> ArrowError {

@@ -39,9 +39,13 @@ def test_workload_runs_on_tiny_sizes(impl, workload):
 @pytest.mark.parametrize("impl", ["ours", "pyarrow"])
 def test_the_memory_per_batch_workload_splits_its_bytes(impl):
     result = load().WORKLOADS["one-row-batches"](impl, True)
-    # Holding 20 000 batches costs something in pyarrow's pool and in the malloc heap.
-    assert result["pool_bytes_per_batch"] > 0
+    # Holding 20 000 batches costs malloc heap on either side; only pyarrow's list keeps
+    # the batches' buffers in its pool (the cache copies one-row batches).
     assert result["heap_bytes_per_batch"] > 0
+    if impl == "pyarrow":
+        assert result["pool_bytes_per_batch"] > 0
+    else:
+        assert result["pool_bytes_per_batch"] < 64
 
 
 def test_a_long_lived_run_reports_the_median_after_the_first(tmp_path):
