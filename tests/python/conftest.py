@@ -19,3 +19,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(limit)
+
+
+def wait_for_child(pid: int, seconds: float = 60.0) -> int:
+    """The exit code of the forked child `pid`; a child still running after `seconds`
+    (stuck on a lock another thread held at the fork) is killed and fails the test."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"the forked child {pid} did not exit within {seconds} s")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from conftest import wait_for_child
+
 from batchcorder import StreamCache
 
 CHILD = r"""
@@ -66,8 +68,7 @@ def test_a_forked_childs_exit_leaves_the_parents_folder(tmp_path):
     if pid == 0:  # the child reads its parent's finished cache, then exits at once
         ok = pa.table(cache).column("x").to_pylist() == list(range(10))
         os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     # A new cache in the same folder: the parent still owns its folder.
     with StreamCache(pa.table({"y": [1]}), disk_path=tmp_path, disk_capacity=1 << 20):
         assert set(mine) <= set(folders(tmp_path))

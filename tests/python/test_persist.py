@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from conftest import wait_for_child
+
 from batchcorder import (
     CorruptCacheError,
     DiskError,
@@ -50,6 +52,10 @@ def saved(tmp_path: Path) -> tuple[pa.Table, PersistedCache]:
     data = table()
     with StreamCache(single_use(data)) as cache:
         return data, cache.persist(tmp_path / "saved")
+
+
+# How long a worker process may take before its pool's map fails.
+WORKER_SECONDS = 120
 
 
 # Module level, so that spawned workers can import them.
@@ -118,9 +124,10 @@ def test_engines_read_an_opened_cache_directly(saved):
 
 def test_spawned_processes_open_one_save_at_once(saved):
     _, info = saved
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(4) as pool:
-        sums = pool.map(open_and_sum, [str(info.path)] * 4)
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies fails the map
+    # (BrokenProcessPool) instead of leaving it waiting for good.
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        sums = list(pool.map(open_and_sum, [str(info.path)] * 4, timeout=WORKER_SECONDS))
     assert sums == [sum(range(10_000))] * 4
 
 
@@ -142,10 +149,10 @@ def test_spawn_and_process_pools_get_a_cache_they_can_read(saved, tmp_path):
     data, info = saved
     disk_backed = StreamCache(single_use(data), disk_path=tmp_path / "spill", disk_capacity=1 << 30)
     for cache in (StreamCache.open(info.path), disk_backed):
-        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-            assert list(pool.map(sum_ids, [cache, cache])) == [sum(range(10_000))] * 2
-        with multiprocessing.get_context("forkserver").Pool(2) as pool:
-            assert pool.map(sum_ids, [cache] * 2) == [sum(range(10_000))] * 2
+        for method in ("spawn", "forkserver"):
+            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method)) as pool:
+                sums = list(pool.map(sum_ids, [cache, cache], timeout=WORKER_SECONDS))
+                assert sums == [sum(range(10_000))] * 2, method
     # The disk-backed cache saved its shared copy inside its private folder, and closing
     # it deletes that with the rest.
     assert pa.table(disk_backed) == data
@@ -178,8 +185,7 @@ def test_a_forked_child_reads_an_opened_cache_and_its_exit_removes_nothing(saved
     if pid == 0:  # the child
         code = 0 if sum_ids(cache) == sum(range(10_000)) else 1
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for_child(pid) == 0
     assert pa.table(cache) == data
     assert sorted(os.listdir(info.path)) == ["checksums.xxh3", "data.arrow", "manifest.json"]
 
@@ -273,8 +279,8 @@ def test_persist_refuses_a_taken_path_and_keeps_its_files(tmp_path):
 
 def test_two_processes_persisting_to_one_path_leave_one_whole_save(tmp_path):
     target = str(tmp_path / "race")
-    with multiprocessing.get_context("spawn").Pool(2) as pool:
-        outcomes = pool.map(persist_to, [(target, 200_000)] * 2)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outcomes = list(pool.map(persist_to, [(target, 200_000)] * 2, timeout=WORKER_SECONDS))
     assert sorted(o.split(":")[0] for o in outcomes) == ["refused", "saved"], outcomes
     # The loser saw the winner's save at its start ("not empty") or at its end.
     refused = next(o for o in outcomes if o.startswith("refused"))
