@@ -43,3 +43,9 @@ bench/.venv-ours/bin/python bench/run.py
 if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",processes,"* ]]; then
   bench/.venv-ours/bin/python bench/processes.py ${BENCH_QUICK:+--quick} --out bench/processes.md
 fi
+# The disk tier at scale (issue 20, item 6): a 32 GiB pass through a 256 MiB memory tier
+# with max_readers=2, against the machine's write speed. Skipped by a partial run unless
+# it names "scale".
+if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",scale,"* ]]; then
+  bench/.venv-ours/bin/python bench/scale.py ${BENCH_QUICK:+--quick} --out bench/scale.md
+fi
