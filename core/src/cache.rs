@@ -1,5 +1,6 @@
 //! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -442,11 +443,12 @@ impl Shared {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    fn lock_state(&self) -> Result<MutexGuard<'_, State>> {
+    fn lock_state(&self) -> Result<StateGuard<'_>> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::poisoned());
         }
-        self.state.lock().map_err(|_| Error::poisoned())
+        let guard = self.state.lock().map_err(|_| Error::poisoned())?;
+        Ok(StateGuard(ManuallyDrop::new(guard)))
     }
 
     pub(crate) fn ensure_open(&self) -> Result<()> {
@@ -712,6 +714,33 @@ impl Shared {
             Ok(()) => Step::Pulled,
             Err(_) => Step::Done,
         }
+    }
+}
+
+/// The state lock. Batches evicted while it is held are dropped after it is released:
+/// dropping the last reference to a batch releases its producer's array, which may take
+/// Python's GIL, and a thread holding the GIL may be waiting for this lock.
+struct StateGuard<'a>(ManuallyDrop<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        let released = self.0.memory.take_released();
+        // SAFETY: dropped once, here, and never used again.
+        unsafe { ManuallyDrop::drop(&mut self.0) };
+        drop(released);
     }
 }
 

@@ -122,6 +122,9 @@ pub(crate) struct MemoryTier {
     allocations: AddressMap<Allocation>,
     bytes: u64,
     capacity: u64,
+    /// Evicted batches, for the caller to drop after it unlocks: the last reference to a
+    /// batch may release a producer's array, which may need Python's GIL.
+    released: Vec<Arc<CachedBatch>>,
 }
 
 /// A batch did not fit in the memory budget.
@@ -140,6 +143,7 @@ impl MemoryTier {
             allocations: AddressMap::new(),
             bytes: 0,
             capacity,
+            released: Vec::new(),
         }
     }
 
@@ -292,10 +296,17 @@ impl MemoryTier {
                 break;
             };
             self.release(&slot);
+            self.released.push(slot.batch);
             self.first += 1;
             dropped += 1;
         }
         dropped
+    }
+
+    /// The batches evicted since the last call, for the caller to drop once it holds no
+    /// lock.
+    pub fn take_released(&mut self) -> Vec<Arc<CachedBatch>> {
+        std::mem::take(&mut self.released)
     }
 
     fn release(&mut self, slot: &Slot) {
