@@ -43,3 +43,8 @@ bench/.venv-ours/bin/python bench/run.py
 if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",processes,"* ]]; then
   bench/.venv-ours/bin/python bench/processes.py ${BENCH_QUICK:+--quick} --out bench/processes.md
 fi
+# Caches over Arrow Flight (issue 19): ours against pyarrow.flight serving a pa.Table, no
+# reference (0.1 has no Flight server). Skipped by a partial run unless it names "flight".
+if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",flight,"* ]]; then
+  bench/.venv-ours/bin/python bench/flight.py ${BENCH_QUICK:+--quick} --out bench/flight.md
+fi
