@@ -37,7 +37,7 @@ $(VENV)/.ready: pyproject.toml
 $(VENV)/.test-ready: $(VENV)/.ready
 	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
 	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" \
-	  "pyarrow>=16" "trustme>=1.0" "auditwheel>=6"
+	  "pyarrow>=19" "trustme>=1.0" "auditwheel>=6"
 	touch $@
 
 venv: $(VENV)/.ready

@@ -373,6 +373,7 @@ def cache_state(cache: StreamCache) -> dict[str, Any]:
 def _flight_info(request: Request, cache: StreamCache) -> Any:
     state = cache_state(cache)
     rows = state["rows"] if state.get("finished") else -1
+    metadata = {"app_metadata": json.dumps(state, separators=(",", ":")).encode()} if _APP_METADATA else {}
     return flight.FlightInfo(
         cache.schema,
         flight.FlightDescriptor.for_path(request.cache),
@@ -380,8 +381,21 @@ def _flight_info(request: Request, cache: StreamCache) -> Any:
         [flight.FlightEndpoint(request.encode(), [])],
         rows,
         -1,
-        app_metadata=json.dumps(state, separators=(",", ":")).encode(),
+        **metadata,
     )
+
+
+def _takes_app_metadata() -> bool:
+    """Whether this pyarrow's FlightInfo carries app_metadata (pyarrow 19 on); before
+    it, ListFlights and GetFlightInfo report only total_records."""
+    try:
+        flight.FlightInfo(pa.schema([]), flight.FlightDescriptor.for_path("x"), [], -1, -1, app_metadata=b"")
+    except TypeError:
+        return False
+    return True
+
+
+_APP_METADATA = _takes_app_metadata()
 
 
 def _parse(parse: Any) -> Request:
