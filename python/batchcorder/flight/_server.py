@@ -170,7 +170,10 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         cache = self._cache(request.cache)
         if cache.closed:
             raise flight.FlightUnavailableError(f"cache {request.cache!r} was closed on the server")
-        return _flight_info(request, cache)
+        try:
+            return _flight_info(request, cache)
+        except BatchcorderError as err:  # closed after the check above
+            raise flight_error(request.cache, err) from None
 
     def get_schema(self, context: Any, descriptor: Any) -> Any:
         """The schema of the cache a descriptor names; creates no reader."""
@@ -356,9 +359,10 @@ def cache_state(cache: StreamCache) -> dict[str, Any]:
     >>> cache_state(cache)["finished"], cache.ingest_all(), cache_state(cache)["rows"]
     (False, 1, 2)
     """
-    if cache.closed:
+    try:
+        stats = cache.stats()
+    except CacheClosedError:  # closed before or while we looked
         return {"closed": True}
-    stats = cache.stats()
     return {
         "batches": stats.batches_ingested,
         "rows": stats.rows_ingested,
