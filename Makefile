@@ -36,8 +36,8 @@ $(VENV)/.ready: pyproject.toml
 	touch $@
 $(VENV)/.test-ready: $(VENV)/.ready
 	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
-	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" "pytest-timeout>=2.3" \
-	  "auditwheel>=6"
+	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" \
+	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6"
 	touch $@
 
 venv: $(VENV)/.ready

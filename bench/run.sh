@@ -49,3 +49,8 @@ fi
 if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",scale,"* ]]; then
   bench/.venv-ours/bin/python bench/scale.py ${BENCH_QUICK:+--quick} --out bench/scale.md
 fi
+# Caches over Arrow Flight (issue 19): ours against pyarrow.flight serving a pa.Table, no
+# reference (0.1 has no Flight server). Skipped by a partial run unless it names "flight".
+if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",flight,"* ]]; then
+  bench/.venv-ours/bin/python bench/flight.py ${BENCH_QUICK:+--quick} --out bench/flight.md
+fi

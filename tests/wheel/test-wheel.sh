@@ -59,7 +59,8 @@ for python in "${candidates[@]}"; do
   venv="$work/venv-$version"
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q "$wheel" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" \
-    "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "tqdm>=4.60" "numpy" "pytest-timeout>=2.3"
+    "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "tqdm>=4.60" "numpy" \
+    "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0"
   (cd "$work" && env -i HOME="$HOME" PATH="$venv/bin:$clean_path" LANG=C.UTF-8 \
      "$venv/bin/python" -c 'import shutil, batchcorder, sys
 assert shutil.which("cargo") is None, "cargo is on the PATH"

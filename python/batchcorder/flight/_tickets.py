@@ -1,0 +1,140 @@
+"""The ticket format: which cache a DoGet reads, and from where.
+
+A ticket is either a JSON object, ``{"cache": "trades", "start": "frontier"}``, or the
+cache's name alone as UTF-8 bytes (``b"trades"``), which reads from the beginning.
+``start`` is ``"beginning"`` (the default: a fresh reader at batch 0) or ``"frontier"``
+(a reader at the ingestion frontier, which sees only batches not yet pulled from the
+source). Unknown keys are refused, so a misspelt ``"strat"`` is an error, not a
+silent read from the beginning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import pyarrow.flight as flight
+
+__all__ = ["Request", "TicketError", "ticket", "START_VALUES", "MAX_TICKET_BYTES"]
+
+Start = Literal["beginning", "frontier"]
+START_VALUES: tuple[Start, ...] = ("beginning", "frontier")
+# Tickets are names, not payloads: a bound keeps a hostile client from making the
+# server parse megabytes of JSON.
+MAX_TICKET_BYTES = 4096
+_KEYS = frozenset({"cache", "start"})
+
+
+class TicketError(ValueError):
+    """A ticket or descriptor that does not follow the ticket format."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a ticket asks for: a cache by name, and where its reader starts.
+
+    >>> Request.decode(b'{"cache": "trades", "start": "frontier"}')
+    Request(cache='trades', start='frontier')
+    >>> Request.decode(b"trades")
+    Request(cache='trades', start='beginning')
+    >>> Request("trades").encode()
+    b'{"cache":"trades","start":"beginning"}'
+    """
+
+    cache: str
+    start: Start = "beginning"
+
+    def __post_init__(self) -> None:
+        check_name(self.cache)
+        if self.start not in START_VALUES:
+            raise TicketError(
+                f'"start" must be "beginning" or "frontier", got {self.start!r}'
+            )
+
+    @property
+    def from_start(self) -> bool:
+        """The ``from_start`` argument of :meth:`StreamCache.reader` for this request."""
+        return self.start == "beginning"
+
+    def encode(self) -> bytes:
+        """The JSON form of this request, as ticket bytes."""
+        return json.dumps({"cache": self.cache, "start": self.start}, separators=(",", ":")).encode()
+
+    def ticket(self) -> Any:
+        """This request as a ``pyarrow.flight.Ticket``."""
+        return flight.Ticket(self.encode())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Request":
+        """Parse ticket bytes: a JSON object or a bare cache name; ``TicketError`` if
+        they are neither."""
+        if not raw:
+            raise TicketError("the ticket is empty: send a cache name or a JSON object")
+        if len(raw) > MAX_TICKET_BYTES:
+            raise TicketError(f"the ticket is {len(raw)} bytes, more than {MAX_TICKET_BYTES}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TicketError("the ticket is not UTF-8 text") from None
+        if not text.lstrip().startswith("{"):
+            return cls(text)
+        return cls._from_json(text)
+
+    @classmethod
+    def _from_json(cls, text: str) -> "Request":
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TicketError(f"the ticket is not valid JSON: {err.msg} at character {err.pos}") from None
+        if not isinstance(fields, dict):
+            raise TicketError("a JSON ticket must be an object")
+        unknown = sorted(set(fields) - _KEYS)
+        if unknown:
+            raise TicketError(f"unknown ticket keys {unknown}: a ticket has \"cache\" and \"start\"")
+        if "cache" not in fields:
+            raise TicketError('the ticket has no "cache" key naming the cache to read')
+        name, start = fields["cache"], fields.get("start", "beginning")
+        if not isinstance(name, str):
+            raise TicketError(f'"cache" must be a string, got {type(name).__name__}')
+        if start not in START_VALUES:
+            raise TicketError(f'"start" must be "beginning" or "frontier", got {start!r}')
+        return cls(name, cast(Start, start))
+
+
+def check_name(name: object) -> str:
+    """A cache name: a non-empty string without control characters.
+
+    >>> check_name("trades")
+    'trades'
+    """
+    if not isinstance(name, str):
+        raise TicketError(f"a cache name must be a string, got {type(name).__name__}")
+    if not name:
+        raise TicketError("a cache name cannot be empty")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise TicketError(f"a cache name cannot hold control characters: {name!r}")
+    return name
+
+
+def ticket(cache: str, start: Start = "beginning") -> Any:
+    """A ``pyarrow.flight.Ticket`` that reads the cache ``cache`` from ``start``.
+
+    >>> ticket("trades", "frontier").ticket
+    b'{"cache":"trades","start":"frontier"}'
+    """
+    return Request(cache, start).ticket()
+
+
+def from_descriptor(descriptor: Any) -> Request:
+    """The request a ``FlightDescriptor`` names: a path of one element (the cache's
+    name) or a command holding ticket bytes."""
+    if descriptor.descriptor_type == flight.DescriptorType.PATH:
+        path = descriptor.path or []
+        if len(path) != 1:
+            raise TicketError(f"a path descriptor names one cache, got {len(path)} path elements")
+        element = path[0]
+        return Request(element.decode("utf-8", "replace") if isinstance(element, bytes) else element)
+    if descriptor.descriptor_type == flight.DescriptorType.CMD:
+        return Request.decode(bytes(descriptor.command))
+    raise TicketError("the descriptor is neither a path nor a command")

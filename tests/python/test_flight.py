@@ -1,0 +1,739 @@
+"""batchcorder.flight: caches served over Arrow Flight, read by real pyarrow.flight clients
+on loopback, from real threads and processes.
+
+No assertion is about time; every wait that could block has a bound (a call timeout, a
+future's timeout, a deadline on a polled condition), so a bug fails a test instead of
+hanging it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pyarrow.parquet as pq
+import pytest
+
+from batchcorder import StreamCache
+from batchcorder.flight import CacheServer, Request, TicketError, connect, ticket
+
+# A bound on every call a test makes: long enough for a slow machine, short enough
+# that a hang fails the test.
+CALL = fl.FlightCallOptions(timeout=60)
+WAIT = 30.0
+
+
+def table(rows: int = 20_000, start: int = 0) -> pa.Table:
+    ids = range(start, start + rows)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "price": pa.array([i / 4 for i in ids], pa.float64()),
+            "name": pa.array([f"name-{i}" for i in ids], pa.string()),
+        }
+    )
+
+
+def big_table(batches: int = 128, rows: int = 16_384) -> pa.Table:
+    """About 0.5 MiB a batch, 64 MiB by default: far more than gRPC buffers for a client
+    that does not read, so a stream is still being written when a test acts in the
+    middle of it. The batches share their buffers, so the table costs one batch."""
+    chunk = pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "payload": pa.array(["x" * 24] * rows, pa.string()),
+        }
+    )
+    return pa.concat_tables([chunk] * batches)
+
+
+def single_use(data: pa.Table, chunk: int = 1_000) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=chunk))
+
+
+def wait_until_blocked(cache: StreamCache, timeout: float = WAIT) -> None:
+    """Wait until a client that does not read has stopped the server's writes: the
+    cache's ingestion stays still for a while (gRPC's flow control holds the stream)."""
+    deadline = time.monotonic() + timeout
+    last, still_since = -1, time.monotonic()
+    while time.monotonic() - still_since < 0.3:
+        if time.monotonic() > deadline:
+            pytest.fail("the server's writes to an idle client never stopped")
+        now = cache.stats().batches_ingested
+        if now != last:
+            last, still_since = now, time.monotonic()
+        time.sleep(0.01)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``condition`` until it holds; fail (never hang) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@contextmanager
+def serving(caches: dict[str, StreamCache], **options) -> Iterator[CacheServer]:
+    server = CacheServer(caches, **options)
+    try:
+        yield server
+    finally:
+        server.shutdown(timeout=WAIT)
+
+
+def read_all(location: str, request=None, **client) -> pa.Table:
+    with connect(location, **client) as c:
+        return c.do_get(request if request is not None else ticket("data"), CALL).read_all()
+
+
+def read_error(location: str, request, **client) -> BaseException:
+    """The error a client gets reading ``request`` to its end."""
+    with connect(location, **client) as c:
+        with pytest.raises(fl.FlightError) as caught:
+            c.do_get(request, CALL).read_all()
+    return caught.value
+
+
+# -- the package --------------------------------------------------------------------------
+
+
+def test_import_batchcorder_does_not_import_flight():
+    code = (
+        "import sys, pyarrow as pa, batchcorder; "
+        "batchcorder.StreamCache(pa.table({'x': [1]})).ingest_all(); "
+        "loaded = [m for m in ('pyarrow.flight', 'pyarrow._flight', 'batchcorder.flight') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=WAIT)
+
+
+def test_ticket_format():
+    assert Request.decode(b"trades") == Request("trades", "beginning")
+    assert Request.decode(b'{"cache": "trades"}') == Request("trades", "beginning")
+    assert Request.decode(b'{"cache": "t", "start": "frontier"}') == Request("t", "frontier")
+    assert Request.decode(ticket("t", "frontier").ticket) == Request("t", "frontier")
+    assert Request.decode("名前".encode()) == Request("名前")
+    for bad, says in [
+        (b"", "empty"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{not json", "not valid JSON"),
+        (b'{"cache": 3}', '"cache" must be a string'),
+        (b'{"start": "beginning"}', 'no "cache" key'),
+        (b'{"cache": "t", "start": "middle"}', '"start" must be'),
+        (b'{"cache": "t", "strat": "frontier"}', "unknown ticket keys ['strat']"),
+        (b'{"cache": ""}', "cannot be empty"),
+        (b"a\nb", "control characters"),
+        (b"x" * 5000, "more than 4096"),
+    ]:
+        with pytest.raises(TicketError) as caught:
+            Request.decode(bad)
+        assert says in str(caught.value), (bad, caught.value)
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_readers_get_identical_data():
+    data = table(40_000)
+    with StreamCache(single_use(data)) as cache, serving({"data": cache}) as server:
+
+        def read(_: int) -> pa.Table:
+            return read_all(server.location)
+
+        with ThreadPoolExecutor(16) as pool:
+            tables = [f.result(timeout=WAIT) for f in [pool.submit(read, i) for i in range(16)]]
+        assert all(t.equals(data) for t in tables)
+        stats = cache.stats()
+        # Each remote stream was a reader of its own, and the source was read once.
+        assert stats.readers_created == 16 and stats.batches_ingested == 40
+        wait_for(lambda: cache.stats().readers_live == 0, "readers released")
+        assert server.active_streams == 0
+
+
+def test_a_frontier_ticket_reads_only_batches_not_yet_ingested():
+    data = table(10_000)
+    with StreamCache(single_use(data)) as cache, serving({"data": cache}) as server:
+        local = cache.reader()
+        for _ in range(4):
+            next(local)  # pulls 4 batches
+        frontier = read_all(server.location, ticket("data", "frontier"))
+        assert frontier.equals(data.slice(4_000))
+        assert read_all(server.location, fl.Ticket(b"data")).equals(data)
+        local.close()
+
+
+def test_list_flights_info_and_schema_report_state_without_creating_a_reader():
+    data = table(5_000)
+    with StreamCache(single_use(data), max_readers=1) as cache, serving({"data": cache}) as server:
+        with connect(server.location) as client:
+            for _ in range(3):
+                [info] = client.list_flights(options=CALL)
+                assert info.descriptor.path == [b"data"] and info.schema == data.schema
+                assert info.total_records == -1  # not known before the source ends
+                state = json.loads(info.app_metadata)
+                assert state["finished"] is False and state["max_readers"] == 1
+                described = client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL)
+                assert described.schema == data.schema
+                assert client.get_schema(fl.FlightDescriptor.for_path("data"), CALL).schema == data.schema
+            by_command = client.get_flight_info(
+                fl.FlightDescriptor.for_command(Request("data", "frontier").encode()), CALL
+            )
+            assert Request.decode(by_command.endpoints[0].ticket.ticket).start == "frontier"
+            assert cache.stats().readers_created == 0
+            # The one reader max_readers allows is still there for a real read, through the
+            # endpoint's own ticket.
+            assert client.do_get(described.endpoints[0].ticket, CALL).read_all().equals(data)
+            [info] = client.list_flights(options=CALL)
+            state = json.loads(info.app_metadata)
+            assert (state["batches"], state["rows"], state["finished"]) == (5, 5_000, True)
+            assert info.total_records == 5_000
+            assert list(client.list_flights(b"other", CALL)) == []
+
+
+def test_caches_added_and_removed_while_serving():
+    first, second = StreamCache(table(100)), StreamCache(table(200))
+    with serving({}) as server, connect(server.location) as client:
+        assert list(client.list_flights(options=CALL)) == []
+        server.add("first", first)
+        server.add("second", second)
+        with pytest.raises(ValueError, match="already served"):
+            server.add("first", second)
+        assert [i.descriptor.path[0] for i in client.list_flights(options=CALL)] == [b"first", b"second"]
+        open_stream = client.do_get(ticket("second"), CALL)
+        assert server.remove("second") is second
+        # A stream opened before the removal reads to its end; a new one is refused.
+        assert open_stream.read_all().num_rows == 200
+        with pytest.raises(fl.FlightServerError, match="no cache named 'second'"):
+            client.do_get(ticket("second"), CALL).read_all()
+    first.close()
+    second.close()
+
+
+# -- remote readers are readers -----------------------------------------------------------
+
+
+def test_max_readers_counts_remote_readers_and_a_refusal_is_readable():
+    data = table(2_000)
+    with StreamCache(single_use(data), max_readers=2) as cache, serving({"data": cache}) as server:
+        assert read_all(server.location).equals(data)
+        assert read_all(server.location).equals(data)
+        err = read_error(server.location, ticket("data"))
+        assert isinstance(err, fl.FlightUnavailableError)
+        assert "cache 'data'" in str(err) and "max_readers" in str(err)
+        assert cache.stats().readers_created == 2
+
+
+# A client in another process: reads `half` batches, says so, and waits to be killed.
+READ_HALF = """
+import sys, pyarrow.flight as fl
+from batchcorder.flight import connect, ticket
+client = connect(sys.argv[1])
+stream = client.do_get(ticket("data"))
+for _ in range(int(sys.argv[2])):
+    stream.read_chunk()
+print("half", flush=True)
+sys.stdin.read()
+"""
+
+
+def leave_half_way(location: str, half: int, how: str) -> Callable[[], None]:
+    """Start a client that reads ``half`` batches; return what makes it leave."""
+    if how == "cancel":
+        client = connect(location)
+        stream = client.do_get(ticket("data"), CALL)
+        for _ in range(half):
+            stream.read_chunk()
+
+        def cancel() -> None:
+            stream.cancel()
+            client.close()
+
+        return cancel
+    process = subprocess.Popen(
+        [sys.executable, "-c", READ_HALF, location, str(half)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert process.stdout.readline() == "half\n"
+
+    def kill() -> None:
+        process.kill()  # the connection drops with the process: no goodbye
+        process.wait(timeout=WAIT)
+        process.stdin.close()
+        process.stdout.close()
+
+    return kill
+
+
+def drain(stream) -> int:
+    """Read a stream to its end, keeping nothing; the rows read."""
+    rows = 0
+    for chunk in stream:
+        rows += chunk.data.num_rows
+    return rows
+
+
+@pytest.mark.parametrize("how", ["cancel", "killed-process"])
+def test_clients_that_leave_half_way_release_their_readers(how):
+    # Long enough that the leavers' streams are still being written when they go,
+    # whatever gRPC had buffered for them.
+    data = big_table(512)
+    batches = data.num_rows // 16_384
+    with StreamCache(single_use(data, 16_384), max_readers=4) as cache, serving({"data": cache}) as server:
+        leave = [leave_half_way(server.location, 8, how) for _ in range(2)]
+        stayers = [connect(server.location) for _ in range(2)]
+        streams = [c.do_get(ticket("data"), CALL) for c in stayers]
+        wait_for(lambda: cache.stats().readers_live == 4, "four readers")
+        for go in leave:
+            go()
+        wait_for(lambda: cache.stats().readers_live == 2, "the two leavers' readers released")
+        assert cache.stats().batches_ingested < batches  # they left in the middle
+        with ThreadPoolExecutor(2) as pool:
+            results = [pool.submit(drain, s) for s in streams]
+            assert [r.result(timeout=WAIT) for r in results] == [data.num_rows] * 2
+        wait_for(lambda: cache.stats().readers_live == 0, "every reader released")
+        # Every batch was dropped once the readers still there had passed it: the
+        # leavers no longer hold eviction back.
+        assert cache.stats().batches_evicted == batches
+        assert server.active_streams == 0
+        for client in stayers:
+            client.close()
+
+
+def test_a_client_that_never_reads_does_not_stop_the_others():
+    data = big_table()
+    with StreamCache(single_use(data, 16_384)) as cache, serving({"data": cache}) as server:
+        idle_client = connect(server.location)
+        idle = idle_client.do_get(ticket("data"), CALL)  # never read
+        with ThreadPoolExecutor(4) as pool:
+            results = [pool.submit(read_all, server.location) for _ in range(4)]
+            assert all(r.result(timeout=WAIT).equals(data) for r in results)
+        # At most the idle client's reader is left (none if gRPC buffered its whole
+        # stream on the client's side).
+        assert cache.stats().readers_live <= 1
+        idle.cancel()
+        idle_client.close()
+        wait_for(lambda: server.active_streams == 0, "the idle stream released")
+
+
+class Gate:
+    """A single-use source that yields ``before`` batches and then waits for
+    :meth:`open`: streams of it stay open however much a client buffers."""
+
+    def __init__(self, before: int = 2, after: int = 2) -> None:
+        self.opened = threading.Event()
+        self.data = table(1_000 * (before + after))
+        self._before = before
+
+    def source(self) -> pa.RecordBatchReader:
+        def produce():
+            for index, batch in enumerate(self.data.to_batches(max_chunksize=1_000)):
+                if index == self._before and not self.opened.wait(WAIT):
+                    raise TimeoutError("the gate was never opened")
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(self.data.schema, produce())
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+def admitted(stream) -> bool:
+    """Whether the server took a stream: its refusal comes with the first read."""
+    try:
+        stream.read_chunk()
+        return True
+    except fl.FlightUnavailableError:
+        return False
+
+
+def test_a_client_opening_a_thousand_streams_is_refused_past_its_limit():
+    gate, data = Gate(), table(3_000)
+    with StreamCache(gate.source()) as held, StreamCache(single_use(data)) as cache, serving(
+        {"held": held, "data": cache}, max_streams_per_client=8
+    ) as server:
+        greedy = connect(server.location)
+        streams = []
+        for _ in range(1_000):
+            try:
+                streams.append(greedy.do_get(ticket("held"), CALL))
+            except fl.FlightUnavailableError:
+                streams.append(None)  # refused at once; most refusals come at the read
+        taken = [s for s in streams if s is not None and admitted(s)]
+        assert len(taken) == 8 and server.active_streams == 8
+        with pytest.raises(fl.FlightUnavailableError, match="max_streams_per_client"):
+            greedy.do_get(ticket("held"), CALL).read_all()
+        # Everyone else is still served, and the streams taken still read.
+        assert read_all(server.location).equals(data)
+        gate.open()
+        assert taken[0].read_all().num_rows == gate.data.num_rows - 1_000
+        for stream in taken[1:]:
+            stream.cancel()
+        greedy.close()
+        wait_for(lambda: server.active_streams == 0, "the greedy client's streams released")
+        assert held.stats().readers_live == 0
+
+
+def test_max_streams_bounds_the_whole_server():
+    gate = Gate()
+    with StreamCache(gate.source()) as cache, serving({"data": cache}, max_streams=2) as server:
+        clients = [connect(server.location) for _ in range(3)]
+        held = [c.do_get(ticket("data"), CALL) for c in clients[:2]]
+        assert all(admitted(stream) for stream in held)
+        with pytest.raises(fl.FlightUnavailableError, match="max_streams"):
+            clients[2].do_get(ticket("data"), CALL).read_all()
+        gate.open()
+        for stream in held:
+            stream.read_all()
+        wait_for(lambda: server.active_streams == 0, "streams released")
+        assert clients[2].do_get(ticket("data"), CALL).read_all().equals(gate.data)
+        for client in clients:
+            client.close()
+
+
+# -- failures while serving -------------------------------------------------------------
+
+
+def test_an_upstream_error_reaches_every_remote_reader_with_its_message():
+    schema = table(1).schema
+
+    def produce():
+        for i in range(5):
+            yield table(1_000, start=i * 1_000).to_batches()[0]
+        raise RuntimeError("feed dropped at batch 5")
+
+    source = pa.RecordBatchReader.from_batches(schema, produce())
+    with StreamCache(source) as cache, serving({"data": cache}) as server:
+
+        def read_until_error(_: int) -> tuple[int, BaseException]:
+            rows = 0
+            with connect(server.location) as client:
+                stream = client.do_get(ticket("data"), CALL)
+                try:
+                    while True:
+                        rows += stream.read_chunk().data.num_rows
+                except fl.FlightError as err:
+                    return rows, err
+            raise AssertionError("the stream ended without the upstream's error")
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = [f.result(timeout=WAIT) for f in [pool.submit(read_until_error, i) for i in range(6)]]
+        for rows, err in outcomes:
+            assert rows == 5_000  # every batch before the failure
+            assert isinstance(err, fl.FlightServerError)
+            assert "feed dropped at batch 5" in str(err) and "cache 'data'" in str(err)
+            assert "Traceback" not in str(err)  # the server's stack stays on the server
+        wait_for(lambda: cache.stats().readers_live == 0, "readers released")
+
+
+def test_a_cache_closed_while_served_ends_its_streams_with_an_error():
+    data = big_table(512)
+    cache = StreamCache(single_use(data, 16_384))
+    with serving({"data": cache}) as server:
+        clients = [connect(server.location) for _ in range(3)]
+        streams = [c.do_get(ticket("data"), CALL) for c in clients]
+        for stream in streams:
+            stream.read_chunk()
+        cache.close()
+        for stream in streams:
+            with pytest.raises(fl.FlightUnavailableError, match="cache 'data'.*closed"):
+                while True:
+                    stream.read_chunk()
+        wait_for(lambda: server.active_streams == 0, "streams released")
+        err = read_error(server.location, ticket("data"))
+        assert isinstance(err, fl.FlightUnavailableError) and "closed" in str(err)
+        with connect(server.location) as client:
+            [info] = client.list_flights(options=CALL)
+            assert json.loads(info.app_metadata) == {"closed": True}
+            with pytest.raises(fl.FlightUnavailableError, match="closed"):
+                client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL)
+        for client in clients:
+            client.close()
+
+
+def test_shutdown_while_readers_are_connected_ends_their_streams_with_an_error():
+    data = big_table(512)  # far longer than what the clients read before the shutdown
+    with StreamCache(single_use(data, 16_384)) as cache:
+        server = CacheServer({"data": cache})
+        clients = [connect(server.location) for _ in range(4)]
+        reading = threading.Barrier(5, timeout=WAIT)
+
+        def read_on(client) -> BaseException:
+            stream = client.do_get(ticket("data"), CALL)
+            stream.read_chunk()
+            reading.wait()
+            try:
+                while True:
+                    stream.read_chunk()
+            except StopIteration:
+                raise AssertionError("the stream ran to its end past shutdown") from None
+            except fl.FlightError as err:
+                return err
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(read_on, c) for c in clients]
+            reading.wait()  # every client is reading
+            server.shutdown(timeout=WAIT)
+            errors = [f.result(timeout=WAIT) for f in futures]
+        for err in errors:
+            assert isinstance(err, fl.FlightUnavailableError) and "shutting down" in str(err)
+        assert cache.stats().readers_live == 0
+        # Nothing listens any more.
+        with pytest.raises(fl.FlightUnavailableError):
+            clients[0].list_flights(options=fl.FlightCallOptions(timeout=5)).__next__()
+        for client in clients:
+            client.close()
+
+
+def test_shutdown_with_a_timeout_reports_a_client_that_stopped_reading():
+    data = big_table()
+    with StreamCache(single_use(data, 16_384)) as cache:
+        server = CacheServer({"data": cache})
+        idle_client = connect(server.location)
+        idle = idle_client.do_get(ticket("data"), CALL)
+        wait_until_blocked(cache)
+        assert server.active_streams == 1  # its writes wait for the client to read
+        with pytest.raises(TimeoutError, match="not reading"):
+            server.shutdown(timeout=0.5)
+        idle.cancel()
+        idle_client.close()
+        server.shutdown(timeout=WAIT)  # finishes once the client is gone
+        assert cache.stats().readers_live == 0
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def test_bad_tickets_get_clear_errors_and_the_server_keeps_serving():
+    with StreamCache(table(500)) as cache, serving({"data": cache, "other": cache}) as server:
+        err = read_error(server.location, ticket("nope"))
+        assert isinstance(err, fl.FlightServerError)
+        assert "no cache named 'nope'" in str(err) and "'data', 'other'" in str(err)
+        for raw, says in [
+            (b"{oops", "not valid JSON"),
+            (b'{"cache": "data", "start": "middle"}', '"start" must be'),
+            (b"\xff\x00", "not UTF-8"),
+            (b"x" * 10_000, "more than 4096"),
+        ]:
+            err = read_error(server.location, fl.Ticket(raw))
+            assert isinstance(err, fl.FlightServerError) and "malformed ticket" in str(err)
+            assert says in str(err)
+        with connect(server.location) as client:
+            # pyarrow's GetSchema handler passes no Flight error class on: the client
+            # gets a plain ArrowException, with the message.
+            with pytest.raises(pa.ArrowException, match="one cache, got 2"):
+                client.get_schema(fl.FlightDescriptor.for_path("data", "x"), CALL)
+            with pytest.raises(fl.FlightServerError, match="no cache named 'nope'"):
+                client.get_flight_info(fl.FlightDescriptor.for_path("nope"), CALL)
+            with pytest.raises(fl.FlightServerError, match="read-only"):
+                client.do_put(fl.FlightDescriptor.for_path("data"), cache.schema, CALL)[0].close()
+        assert read_all(server.location).num_rows == 500
+        assert cache.stats().readers_created == 1 and server.active_streams == 0
+
+
+def test_a_port_already_in_use_is_an_error_naming_the_location():
+    with StreamCache(table(10)) as cache, serving({"data": cache}) as server:
+        with pytest.raises(OSError) as caught:
+            CacheServer({"data": cache}, server.location)
+        assert caught.value.errno == errno.EADDRINUSE
+        assert server.location in str(caught.value)
+        assert read_all(server.location).num_rows == 10  # the first server is unharmed
+    with pytest.raises(ValueError, match="scheme"):
+        CacheServer({}, "http://127.0.0.1:0")
+    with pytest.raises(ValueError, match="needs TLS"):
+        CacheServer({}, "grpc+tls://127.0.0.1:0")
+
+
+# -- security -----------------------------------------------------------------------------
+
+
+def test_a_token_is_required_for_every_call():
+    data = table(300)
+    with StreamCache(data) as cache, serving({"data": cache}, token="s3cret-token") as server:
+        for token in (None, "wrong", "s3cret-tokeN"):
+            with connect(server.location, token=token) as client:
+                for call in (
+                    lambda: client.do_get(ticket("data"), CALL).read_all(),
+                    lambda: list(client.list_flights(options=CALL)),
+                    lambda: client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL),
+                    lambda: client.get_schema(fl.FlightDescriptor.for_path("data"), CALL),
+                ):
+                    # pyarrow's client raises GetSchema's refusal as a plain OSError.
+                    with pytest.raises((fl.FlightUnauthenticatedError, OSError), match="token"):
+                        call()
+        assert cache.stats().readers_created == 0  # no data went out
+        assert read_all(server.location, token="s3cret-token").equals(data)
+        # The header by hand, as another Flight client would send it.
+        with fl.connect(server.location) as plain:
+            headers = fl.FlightCallOptions(headers=[(b"authorization", b"Bearer s3cret-token")], timeout=60)
+            assert plain.do_get(ticket("data"), headers).read_all().equals(data)
+    with pytest.raises(ValueError, match="empty"):
+        CacheServer({}, token="")
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, Path]:
+    """A certificate authority and a server certificate for 127.0.0.1, made now."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem", "key": tmp_path / "server.key"}
+    authority.cert_pem.write_to_path(str(paths["ca"]))
+    issued.private_key_pem.write_to_path(str(paths["key"]))
+    paths["cert"].write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    return paths
+
+
+def test_tls_with_a_certificate_made_in_the_test(certificates):
+    data = table(1_000)
+    with StreamCache(data) as cache, serving(
+        {"data": cache}, tls_cert=certificates["cert"], tls_key=str(certificates["key"]), token="t0ken"
+    ) as server:
+        assert server.location.startswith("grpc+tls://127.0.0.1:")
+        assert read_all(server.location, tls_root_certs=certificates["ca"], token="t0ken").equals(data)
+        # A client that does not trust the authority, or speaks plain gRPC, gets nothing.
+        with connect(server.location, token="t0ken") as untrusting:
+            with pytest.raises(fl.FlightUnavailableError):
+                untrusting.do_get(ticket("data"), fl.FlightCallOptions(timeout=10)).read_all()
+        plain_location = server.location.replace("grpc+tls", "grpc")
+        with connect(plain_location, token="t0ken") as plain:
+            with pytest.raises(fl.FlightError):
+                plain.do_get(ticket("data"), fl.FlightCallOptions(timeout=10)).read_all()
+        assert cache.stats().readers_created == 1
+
+
+def test_a_missing_or_unreadable_certificate_is_refused_before_binding(certificates, tmp_path):
+    cert, key = certificates["cert"], certificates["key"]
+    with pytest.raises(FileNotFoundError, match="tls_cert.*nowhere.pem"):
+        CacheServer({}, tls_cert=tmp_path / "nowhere.pem", tls_key=key)
+    with pytest.raises(IsADirectoryError, match="tls_key"):
+        CacheServer({}, tls_cert=cert, tls_key=tmp_path)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    with pytest.raises(ValueError, match="tls_key.*no PEM block"):
+        CacheServer({}, tls_cert=cert, tls_key=not_pem)
+    with pytest.raises(ValueError, match="tls_key is missing"):
+        CacheServer({}, tls_cert=cert)
+    if os.geteuid() != 0:  # root reads any file
+        locked = tmp_path / "locked.pem"
+        locked.write_bytes(cert.read_bytes())
+        locked.chmod(0)
+        with pytest.raises(PermissionError, match="tls_cert"):
+            CacheServer({}, tls_cert=locked, tls_key=key)
+    # A certificate and a key that do not belong together: gRPC refuses to start, and
+    # the error says what to check.
+    other = tmp_path / "other.key"
+    pytest.importorskip("trustme").CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(str(other))
+    with pytest.raises(OSError, match="tls_cert and tls_key"):
+        CacheServer({}, tls_cert=cert, tls_key=other)
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+@contextmanager
+def command(*args: str, env: Optional[dict[str, str]] = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run ``python -m batchcorder.flight ARGS`` until it prints where it listens."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchcorder.flight", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        location = _listening_line(process)
+        yield process, location
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=WAIT)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def _listening_line(process: subprocess.Popen) -> str:
+    found: list[str] = []
+
+    def scan() -> None:
+        for line in process.stdout:
+            match = re.match(r"listening at (\S+)", line)
+            if match:
+                found.append(match.group(1))
+                return
+
+    reader = threading.Thread(target=scan, daemon=True)
+    reader.start()
+    reader.join(WAIT)
+    if not found:
+        process.kill()
+        pytest.fail(f"the server never said where it listens: {process.stderr.read()}")
+    return found[0]
+
+
+def test_the_command_serves_a_parquet_file_and_a_persisted_cache(tmp_path):
+    data = table(30_000)
+    pq.write_table(data, tmp_path / "trades.parquet", row_group_size=5_000)
+    saved = StreamCache(single_use(data)).persist(tmp_path / "saved")
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    with command(
+        str(tmp_path / "trades.parquet"), f"events={saved.path}", "--token-file", str(token_file),
+        "--max-readers", "3",
+    ) as (process, location):
+        assert location.startswith("grpc://127.0.0.1:")
+        with connect(location, token="from-a-file") as client:
+            names = sorted(i.descriptor.path[0] for i in client.list_flights(options=CALL))
+            assert names == [b"events", b"trades"]
+            assert client.do_get(ticket("trades"), CALL).read_all().equals(data)
+            assert client.do_get(ticket("events"), CALL).read_all().equals(data)
+            [events] = [i for i in client.list_flights(options=CALL) if i.descriptor.path == [b"events"]]
+            assert json.loads(events.app_metadata)["max_readers"] == 3
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+
+
+def test_the_command_reports_bad_input_clearly(tmp_path):
+    data = table(10)
+    pq.write_table(data, tmp_path / "t.parquet")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases = [
+        ([str(tmp_path / "t.parquet"), "--location", f"grpc://127.0.0.1:{port}"],
+         f"cannot serve at grpc://127.0.0.1:{port}: Address already in use"),
+        ([str(tmp_path / "t.parquet"), "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no.key")],
+         "tls_cert: cannot read"),
+        ([str(tmp_path / "missing.parquet")], "missing.parquet: no such file"),
+    ]
+    try:
+        for args, says in cases:
+            result = subprocess.run(
+                [sys.executable, "-m", "batchcorder.flight", *args],
+                capture_output=True, text=True, timeout=WAIT,
+            )
+            assert result.returncode == 2, result
+            assert says in result.stderr, result.stderr
+    finally:
+        busy.close()
+
+
+def test_the_console_script_is_declared():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("batchcorder-flight") == "batchcorder.flight._cli:main"
