@@ -65,15 +65,16 @@ def single_use(data: pa.Table, chunk: int = 1_000) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(data.schema, data.to_batches(max_chunksize=chunk))
 
 
-def wait_until_blocked(cache: StreamCache, timeout: float = WAIT) -> None:
+def wait_until_blocked(ingested: Callable[[], int], timeout: float = WAIT) -> None:
     """Wait until a client that does not read has stopped the server's writes: the
-    cache's ingestion stays still for a while (gRPC's flow control holds the stream)."""
+    cache's ingestion count stays still for a while (gRPC's flow control holds the
+    stream)."""
     deadline = time.monotonic() + timeout
     last, still_since = -1, time.monotonic()
     while time.monotonic() - still_since < 0.3:
         if time.monotonic() > deadline:
             pytest.fail("the server's writes to an idle client never stopped")
-        now = cache.stats().batches_ingested
+        now = ingested()
         if now != last:
             last, still_since = now, time.monotonic()
         time.sleep(0.01)
@@ -362,6 +363,17 @@ def admitted(stream) -> bool:
         return False
 
 
+def endings(streams) -> list[object]:
+    """How each stream ends when read to its end: its rows, or its error."""
+    found: list[object] = []
+    for stream in streams:
+        try:
+            found.append(stream.read_all().num_rows)
+        except fl.FlightError as err:
+            found.append(f"{type(err).__name__}: {str(err)[:160]}")
+    return found
+
+
 def test_a_client_opening_a_thousand_streams_is_refused_past_its_limit():
     gate, data = Gate(), table(3_000)
     with StreamCache(gate.source()) as held, StreamCache(single_use(data)) as cache, serving(
@@ -375,7 +387,10 @@ def test_a_client_opening_a_thousand_streams_is_refused_past_its_limit():
             except fl.FlightUnavailableError:
                 streams.append(None)  # refused at once; most refusals come at the read
         taken = [s for s in streams if s is not None and admitted(s)]
-        assert len(taken) == 8 and server.active_streams == 8
+        assert len(taken) == 8
+        if server.active_streams != 8:  # seen once in about 100 runs: say how each ended
+            gate.open()
+            pytest.fail(f"{server.active_streams} streams active for 8 taken: {endings(taken)}")
         with pytest.raises(fl.FlightUnavailableError, match="max_streams_per_client"):
             greedy.do_get(ticket("held"), CALL).read_all()
         # Everyone else is still served, and the streams taken still read.
@@ -506,7 +521,7 @@ def test_shutdown_with_a_timeout_reports_a_client_that_stopped_reading():
         server = CacheServer({"data": cache})
         idle_client = connect(server.location)
         idle = idle_client.do_get(ticket("data"), CALL)
-        wait_until_blocked(cache)
+        wait_until_blocked(lambda: cache.stats().batches_ingested)
         assert server.active_streams == 1  # its writes wait for the client to read
         with pytest.raises(TimeoutError, match="not reading"):
             server.shutdown(timeout=0.5)
@@ -730,6 +745,20 @@ def test_the_command_reports_bad_input_clearly(tmp_path):
             assert says in result.stderr, result.stderr
     finally:
         busy.close()
+
+
+def test_the_command_exits_after_its_grace_when_a_client_stopped_reading(tmp_path):
+    pq.write_table(big_table(), tmp_path / "big.parquet", row_group_size=16_384)
+    with command(str(tmp_path / "big.parquet"), "--grace", "0.5") as (process, location):
+        with connect(location) as client:
+            idle = client.do_get(ticket("big"), CALL)  # never read
+            idle.read_chunk()
+            # The server's writes stop once gRPC's buffers for the idle client are full:
+            # its ingestion count, which ListFlights reports, then stays still.
+            wait_until_blocked(lambda: json.loads(next(client.list_flights(options=CALL)).app_metadata)["batches"])
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=WAIT) == 1
+            assert "not reading" in process.stderr.read()
 
 
 def test_the_console_script_is_declared():

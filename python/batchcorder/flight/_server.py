@@ -112,7 +112,6 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         except pa.ArrowException as err:
             raise _start_error(location, tls is not None, err) from None
         self._location = _with_port(location, self.port)
-        self._tls = tls is not None
         # Created after pyarrow's own finalizer, so it runs first at interpreter exit:
         # streams then end at their next batch instead of running to their end.
         weakref.finalize(self, self._stopping.set)
