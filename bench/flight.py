@@ -34,9 +34,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from workloads import generated_batches  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 READERS = 16
@@ -53,17 +54,7 @@ def batch_count(gib: float) -> int:
 
 def generate(batches: int):
     """The stream: batches of an id, two numbers and a string, made as they are asked for."""
-    rng = np.random.default_rng(7)
-    for b in range(batches):
-        ids = np.arange(b * ROWS_PER_BATCH, (b + 1) * ROWS_PER_BATCH)
-        yield pa.record_batch(
-            {
-                "id": ids,
-                "x": rng.random(ROWS_PER_BATCH),
-                "y": rng.integers(0, 1 << 40, ROWS_PER_BATCH),
-                "s": pc.cast(pa.array(ids * 7919), pa.string()),
-            }
-        )
+    return generated_batches(batches, ROWS_PER_BATCH)
 
 
 def schema() -> pa.Schema:

@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workloads import generated_batches  # bench/ is the script's folder
+
 HERE = Path(__file__).resolve().parent
 WORKERS = 4
 
@@ -85,19 +87,9 @@ def make_save(path: Path, gib: float) -> pa.Schema:
     rows_per_batch = 1 << 16
     bytes_per_row = 8 + 8 + 8 + 4 + 12  # int64, float64, int64, string offsets + ~12 chars
     batches = int(gib * (1 << 30) / (bytes_per_row * rows_per_batch))
-    rng = np.random.default_rng(7)
 
     def produce():
-        for b in range(batches):
-            ids = np.arange(b * rows_per_batch, (b + 1) * rows_per_batch)
-            yield pa.record_batch(
-                {
-                    "id": ids,
-                    "x": rng.random(rows_per_batch),
-                    "y": rng.integers(0, 1 << 40, rows_per_batch),
-                    "s": pc.cast(pa.array(ids * 7919), pa.string()),
-                }
-            )
+        return generated_batches(batches, rows_per_batch)
 
     first = next(produce())
     reader = pa.RecordBatchReader.from_batches(first.schema, produce())

@@ -40,6 +40,24 @@ def owned_batches(rows: int, seed: int = 1) -> list[pa.RecordBatch]:
     return out
 
 
+def generated_batches(batches: int, rows: int = 1 << 16):
+    """`batches` batches of an id, two numbers and a string of about 12 characters, each
+    made as it is asked for, so that the source holds no memory."""
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(7)
+    for b in range(batches):
+        ids = np.arange(b * rows, (b + 1) * rows)
+        yield pa.record_batch(
+            {
+                "id": ids,
+                "x": rng.random(rows),
+                "y": rng.integers(0, 1 << 40, rows),
+                "s": pc.cast(pa.array(ids * 7919), pa.string()),
+            }
+        )
+
+
 def once(batches: list[pa.RecordBatch]) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches))
 
