@@ -388,6 +388,10 @@ def test_a_client_opening_a_thousand_streams_is_refused_past_its_limit():
                 streams.append(None)  # refused at once; most refusals come at the read
         taken = [s for s in streams if s is not None and admitted(s)]
         assert len(taken) == 8
+        # A refused stream's handler may still be finishing: its count settles at once.
+        deadline = time.monotonic() + 5
+        while server.active_streams != 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
         if server.active_streams != 8:  # seen once in about 100 runs: say how each ended
             gate.open()
             pytest.fail(f"{server.active_streams} streams active for 8 taken: {endings(taken)}")
