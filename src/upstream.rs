@@ -80,7 +80,8 @@ impl CStreamUpstream {
         let root = OwnedArray::shared_import_root(&tree);
         let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
         data.validate().map_err(|err| malformed(err.to_string()))?;
-        if let Some(columns) = compact_copy(&data) {
+        let allocations = Allocations::of_data(&data);
+        if let Some(columns) = compact_copy(&data, &allocations) {
             // The producer's arrays go back at once: its bookkeeping for them would cost
             // more than the data (bench/notes.md). Reads export the copy with arrow-rs.
             let options = RecordBatchOptions::new().with_row_count(Some(data.len()));
@@ -93,7 +94,6 @@ impl CStreamUpstream {
                 allocations: None,
             });
         }
-        let allocations = Allocations::of_data(&data);
         let rows = StructArray::from(data);
         let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
         let (_, mut columns, _) = rows.into_parts();
@@ -110,12 +110,16 @@ impl CStreamUpstream {
 }
 
 /// A batch whose buffers average at most this many bytes is copied at ingestion.
-const COMPACT_AT_MOST_BYTES_PER_BUFFER: usize = 64;
+const COMPACT_AT_MOST_BYTES_PER_BUFFER: u64 = 64;
 
-/// Copies of the columns of `rows`, a batch's struct array, when the batch is tiny
-/// (buffers averaging [`COMPACT_AT_MOST_BYTES_PER_BUFFER`] bytes or less) and every column
-/// is of a flat type; `None` otherwise, and the producer's arrays are kept.
-fn compact_copy(rows: &arrow_data::ArrayData) -> Option<Vec<arrow_array::ArrayRef>> {
+/// Copies of the columns of `rows`, a batch's struct array whose buffers are
+/// `allocations`, when the batch is tiny (buffers averaging
+/// [`COMPACT_AT_MOST_BYTES_PER_BUFFER`] bytes or less) and every column is of a flat type;
+/// `None` otherwise, and the producer's arrays are kept.
+fn compact_copy(
+    rows: &arrow_data::ArrayData,
+    allocations: &Allocations,
+) -> Option<Vec<arrow_array::ArrayRef>> {
     let flat = |data: &arrow_data::ArrayData| {
         let data_type = data.data_type();
         (data_type.is_primitive()
@@ -135,15 +139,8 @@ fn compact_copy(rows: &arrow_data::ArrayData) -> Option<Vec<arrow_array::ArrayRe
     if rows.offset() != 0 || rows.child_data().is_empty() || !rows.child_data().iter().all(flat) {
         return None;
     }
-    let (mut buffers, mut bytes) = (0, 0);
-    for column in rows.child_data() {
-        let nulls = column.nulls().map(|n| n.buffer());
-        for buffer in column.buffers().iter().chain(nulls) {
-            buffers += 1;
-            bytes += buffer.len();
-        }
-    }
-    if bytes > buffers * COMPACT_AT_MOST_BYTES_PER_BUFFER {
+    let (bytes, buffers) = allocations.totals();
+    if bytes > buffers as u64 * COMPACT_AT_MOST_BYTES_PER_BUFFER {
         return None;
     }
     rows.child_data()

@@ -521,8 +521,10 @@ impl Shared {
 
         let batch = match pulled {
             Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
-                Ok(()) => Ok(CachedBatch::with_derived(pulled.batch, pulled.derived)
-                    .with_allocations(pulled.allocations)),
+                Ok(()) => Ok((
+                    CachedBatch::with_derived(pulled.batch, pulled.derived),
+                    pulled.allocations,
+                )),
                 Err(err) => Err(Some(err)),
             },
             Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
@@ -530,12 +532,12 @@ impl Shared {
         };
         let position = self.ingested.load(Ordering::Acquire);
         let open = match batch {
-            Ok(batch) => {
+            Ok((batch, allocations)) => {
                 let saved = match ingest.saver.as_mut() {
                     Some(saver) => saver.write(position, batch.batch()),
                     None => Ok(()),
                 };
-                let open = match self.store(ingest, position, batch)? {
+                let open = match self.store(ingest, position, batch, allocations)? {
                     Spill::Write(leaving) => self.spill(ingest, leaving)?,
                     Spill::Nothing(open) => open,
                 };
@@ -588,7 +590,13 @@ impl Shared {
     }
 
     /// Keep `batch`, the next of the stream, in memory and (per policy) on disk.
-    fn store(&self, ingest: &mut Ingest, position: u64, batch: CachedBatch) -> Result<Spill> {
+    fn store(
+        &self,
+        ingest: &mut Ingest,
+        position: u64,
+        batch: CachedBatch,
+        allocations: Option<Allocations>,
+    ) -> Result<Spill> {
         let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
         // OnInsertion: written before the state lock is taken.
         let written = match (policy, ingest.writer.as_mut()) {
@@ -607,7 +615,7 @@ impl Shared {
             state.last_batch_bytes = batch.batch().get_array_memory_size() as u64;
         }
         let spill = match written {
-            None if policy.is_none() => match state.memory.push(batch) {
+            None if policy.is_none() => match state.memory.push(batch, allocations) {
                 Ok(()) => Spill::Nothing(true),
                 Err(over) => {
                     state.failure = Some(Error::Capacity(format!(
@@ -622,12 +630,12 @@ impl Shared {
             Some(Err(err)) => {
                 // The batch in hand stays in memory, over budget if need be: a disk failure
                 // loses nothing that was pulled.
-                state.memory.push_unbounded(batch);
+                state.memory.push_unbounded(batch, allocations);
                 state.failure = Some(err);
                 Spill::Nothing(false)
             }
             Some(Ok(entry)) => {
-                state.memory.push_unbounded(batch);
+                state.memory.push_unbounded(batch, allocations);
                 if let Some(index) = state.disk.as_mut() {
                     index.insert(position, entry);
                 }
@@ -636,7 +644,7 @@ impl Shared {
                 Spill::Nothing(true)
             }
             None => {
-                state.memory.push_unbounded(batch);
+                state.memory.push_unbounded(batch, allocations);
                 Spill::Write(state.memory.over_budget_batches())
             }
         };

@@ -23,9 +23,6 @@ pub struct CachedBatch {
     /// What an export layer reuses on every read: derived from the batch once, or handed
     /// over by the upstream with it (`Pulled::derived`).
     derived: OnceLock<Box<dyn Derived>>,
-    /// The batch's allocations when its source listed them (`Pulled::allocations`); the
-    /// memory tier takes them instead of walking the batch again.
-    known_allocations: Option<Allocations>,
 }
 
 impl std::fmt::Debug for CachedBatch {
@@ -42,14 +39,7 @@ impl CachedBatch {
         Self {
             batch,
             derived: OnceLock::new(),
-            known_allocations: None,
         }
-    }
-
-    /// The same batch, with the allocations its buffers point into, listed by its source.
-    pub fn with_allocations(mut self, allocations: Option<Allocations>) -> Self {
-        self.known_allocations = allocations;
-        self
     }
 
     /// A batch whose derived value is already at hand (as a [`crate::Pulled`] hands it).
@@ -198,9 +188,14 @@ impl MemoryTier {
         }
     }
 
-    /// Append the next batch of the stream, unless it would exceed the budget.
-    pub fn push(&mut self, mut batch: CachedBatch) -> Result<(), OverBudget> {
-        let allocations = batch.take_allocations();
+    /// Append the next batch of the stream, unless it would exceed the budget. `known` are
+    /// its allocations when its source listed them; otherwise they are found here.
+    pub fn push(
+        &mut self,
+        batch: CachedBatch,
+        known: Option<Allocations>,
+    ) -> Result<(), OverBudget> {
+        let allocations = known.unwrap_or_else(|| Allocations::of_batch(batch.batch()));
         // Within budget even if every allocation is new: no need to look them up twice.
         let at_most: u64 = allocations.iter().map(|&(_, bytes)| bytes).sum();
         if self.bytes.saturating_add(at_most) <= self.capacity {
@@ -226,8 +221,8 @@ impl MemoryTier {
     }
 
     /// Append a batch whatever the budget; the disk tier then trims the hot layer.
-    pub fn push_unbounded(&mut self, mut batch: CachedBatch) {
-        let allocations = batch.take_allocations();
+    pub fn push_unbounded(&mut self, batch: CachedBatch, known: Option<Allocations>) {
+        let allocations = known.unwrap_or_else(|| Allocations::of_batch(batch.batch()));
         self.insert(batch, allocations);
     }
 
@@ -360,16 +355,13 @@ impl Allocations {
         Self(found.into_boxed_slice())
     }
 
+    /// Bytes in all, and how many allocations hold them.
+    pub fn totals(&self) -> (u64, usize) {
+        (self.0.iter().map(|&(_, bytes)| bytes).sum(), self.0.len())
+    }
+
     fn iter(&self) -> impl Iterator<Item = &(usize, u64)> {
         self.0.iter()
-    }
-}
-
-impl CachedBatch {
-    fn take_allocations(&mut self) -> Allocations {
-        self.known_allocations
-            .take()
-            .unwrap_or_else(|| Allocations::of_batch(&self.batch))
     }
 }
 
@@ -401,9 +393,11 @@ mod tests {
     fn slices_of_one_allocation_count_once() {
         let whole = batch((0..1000).collect());
         let mut tier = MemoryTier::new(u64::MAX);
-        tier.push(CachedBatch::new(whole.slice(0, 500))).unwrap();
+        tier.push(CachedBatch::new(whole.slice(0, 500)), None)
+            .unwrap();
         let after_first = tier.bytes();
-        tier.push(CachedBatch::new(whole.slice(500, 500))).unwrap();
+        tier.push(CachedBatch::new(whole.slice(500, 500)), None)
+            .unwrap();
         assert_eq!(tier.bytes(), after_first);
         assert!(after_first >= 8000);
         tier.evict_below(1);
@@ -422,12 +416,12 @@ mod tests {
         let mut listed = MemoryTier::new(u64::MAX);
         listed
             .push(
-                CachedBatch::new(sliced.clone())
-                    .with_allocations(Some(Allocations::of_data(&rows))),
+                CachedBatch::new(sliced.clone()),
+                Some(Allocations::of_data(&rows)),
             )
             .unwrap();
         let mut found = MemoryTier::new(u64::MAX);
-        found.push(CachedBatch::new(sliced)).unwrap();
+        found.push(CachedBatch::new(sliced), None).unwrap();
         assert_eq!(listed.bytes(), found.bytes());
         assert!(listed.bytes() >= 8000);
     }
@@ -436,19 +430,21 @@ mod tests {
     fn a_batch_that_fits_only_if_its_allocation_is_shared_is_taken() {
         let whole = batch((0..1000).collect());
         let mut tier = MemoryTier::new(8_100);
-        tier.push(CachedBatch::new(whole.slice(0, 500))).unwrap();
+        tier.push(CachedBatch::new(whole.slice(0, 500)), None)
+            .unwrap();
         // The upper bound (every allocation new) exceeds the budget; the real need is 0.
-        tier.push(CachedBatch::new(whole.slice(500, 500))).unwrap();
+        tier.push(CachedBatch::new(whole.slice(500, 500)), None)
+            .unwrap();
         assert_eq!(tier.end(), 2);
     }
 
     #[test]
     fn over_budget_is_refused_and_keeps_state() {
         let mut tier = MemoryTier::new(10_000);
-        tier.push(CachedBatch::new(batch((0..1000).collect())))
+        tier.push(CachedBatch::new(batch((0..1000).collect())), None)
             .unwrap();
         let err = tier
-            .push(CachedBatch::new(batch((0..1000).collect())))
+            .push(CachedBatch::new(batch((0..1000).collect())), None)
             .unwrap_err();
         assert!(err.needed >= 8000);
         assert_eq!(tier.end(), 1);
