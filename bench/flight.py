@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workloads import generated_batches  # bench/ is the script's folder
+from workloads import generated_batches, proc_status_bytes  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 READERS = 16
@@ -182,14 +182,6 @@ def clients(location: str, probes: int, pace_ms: float, spread: float) -> None:
 # -- the orchestrator ---------------------------------------------------------------------
 
 
-def status_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
-
-
 def sample(side: str, gib: float, probes: int, pace_ms: float = 0.0, spread: float = 0.0) -> dict:
     """One fresh server and one fresh client process: the client's figures and the
     server's memory."""
@@ -199,7 +191,7 @@ def sample(side: str, gib: float, probes: int, pace_ms: float = 0.0, spread: flo
     )
     try:
         location = json.loads(server.stdout.readline())["location"]
-        base_rss = status_kib(server.pid, "VmRSS")
+        base_rss = proc_status_bytes("VmRSS", server.pid) // 1024
         with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
             refs.write("5")  # VmHWM := VmRSS, so the peak is the serving's own
         peak_rss = [base_rss]
@@ -207,7 +199,7 @@ def sample(side: str, gib: float, probes: int, pace_ms: float = 0.0, spread: flo
 
         def watch() -> None:
             while not done.wait(0.02):
-                peak_rss[0] = max(peak_rss[0], status_kib(server.pid, "VmRSS"))
+                peak_rss[0] = max(peak_rss[0], proc_status_bytes("VmRSS", server.pid) // 1024)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -215,7 +207,7 @@ def sample(side: str, gib: float, probes: int, pace_ms: float = 0.0, spread: flo
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         done.set()
         watcher.join()
-        hwm = status_kib(server.pid, "VmHWM")
+        hwm = proc_status_bytes("VmHWM", server.pid) // 1024
         server.stdin.close()
         extra = json.loads(server.stdout.readline())
         server.wait(timeout=120)

@@ -28,23 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workloads import generated_batches  # bench/ is the script's folder
+from workloads import generated_batches, proc_status_bytes, reset_peak_rss  # bench/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 4
-
-
-def status_mib(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field}")
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets VmHWM, the peak RSS, to the current RSS
 
 
 def consume(batches) -> int:
@@ -64,7 +51,7 @@ def worker(side: str, path: str) -> None:
 
     consume([pa.record_batch({"i": [1], "s": ["a"]})])  # load the compute kernels first
     reset_peak_rss()
-    start_rss = status_mib("VmRSS")
+    start_rss = proc_status_bytes("VmRSS") / (1 << 20)
     start = time.time()
     if side == "mmap":
         with pa.memory_map(os.path.join(path, "data.arrow")) as source:
@@ -77,7 +64,7 @@ def worker(side: str, path: str) -> None:
         with StreamCache.open(path, verify=verify) as cache:
             total = consume(cache)
     end = time.time()
-    peak = status_mib("VmHWM")
+    peak = proc_status_bytes("VmHWM") / (1 << 20)
     print(json.dumps({"start": start, "end": end, "rss_growth_mib": peak - start_rss, "sum": total}))
 
 

@@ -91,6 +91,10 @@ def spread(values: list) -> str:
     return f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else "-"
 
 
+def verdict_of(ratio: float | None, limit: float | None) -> str:
+    return "n/a" if ratio is None or limit is None else ("met" if ratio <= limit else "MISSED")
+
+
 def target_text(limit: float | None) -> str:
     return "-" if limit is None else f"<= {limit}x"
 
@@ -113,7 +117,7 @@ def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str
         seconds = {i: median([s.get("seconds") for s in long_samples[(i, workload)]]) for i in PYTHONS}
         base, limit = LONG_TARGETS.get(workload, TARGETS[workload])
         ratio = seconds["ours"] / seconds[base] if seconds["ours"] and seconds[base] else None
-        verdict = "n/a" if ratio is None or limit is None else ("met" if ratio <= limit else "MISSED")
+        verdict = verdict_of(ratio, limit)
         per_batch = [
             f"{i} {median([s.get('us_per_batch') for s in long_samples[(i, workload)]]):.2f}"
             for i in PYTHONS if median([s.get("us_per_batch") for s in long_samples[(i, workload)]])
@@ -209,7 +213,7 @@ def main() -> None:
         errors = {i: s.get("error") for i in PYTHONS for s in samples[(i, workload)] if s.get("error")}
         if errors:
             extra += " errors: " + "; ".join(f"{i}: {e}" for i, e in errors.items())
-        verdict = "n/a" if ratio is None or limit is None else ("met" if ratio <= limit else "MISSED")
+        verdict = verdict_of(ratio, limit)
         # Absolute targets beside the ratio: both must hold.
         absolute = ABSOLUTE.get(workload)
         if absolute is not None and verdict == "met":

@@ -36,24 +36,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from workloads import proc_status_bytes, reset_peak_rss  # bench/ is the script's folder
+
 HERE = Path(__file__).resolve().parent
 MIB = 1 << 20
 GIB = 1 << 30
 ROWS = 1 << 16
 SEGMENT_BYTES = 64 * MIB  # the disk tier's default (core/src/options.rs)
-
-
-def status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field}")
-
-
-def reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # resets VmHWM, the peak RSS, to the current RSS
 
 
 def write_speed(path: Path, size: int, sync: bool = True) -> float:
@@ -204,10 +193,10 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.period):
             self.peak_disk = max(self.peak_disk, allocated(self.folder))
-            rss = status_bytes("VmRSS")
+            rss = proc_status_bytes("VmRSS")
             if rss > self.peak_rss:
                 self.peak_rss = rss
-                self.rss_split = (status_bytes("RssAnon"), status_bytes("RssFile"))
+                self.rss_split = (proc_status_bytes("RssAnon"), proc_status_bytes("RssFile"))
             vfs = os.statvfs(self.folder)
             self.least_free = min(self.least_free, vfs.f_bfree * vfs.f_frsize)
             self.samples += 1
@@ -248,8 +237,8 @@ def run_pass(work: Path, total: int, window: int, memory: int, disk_capacity: in
 
     sampler = Sampler(spill)
     written_before = device_written(spill)
-    rss_before = status_bytes("VmRSS")
-    status_anon, status_file = status_bytes("RssAnon"), status_bytes("RssFile")
+    rss_before = proc_status_bytes("VmRSS")
+    status_anon, status_file = proc_status_bytes("RssAnon"), proc_status_bytes("RssFile")
     reset_peak_rss()
     cache = StreamCache(reader, memory_capacity=memory, disk_path=spill,
                         disk_capacity=disk_capacity, max_readers=2)
@@ -271,7 +260,7 @@ def run_pass(work: Path, total: int, window: int, memory: int, disk_capacity: in
         sampler.stop.set()
         if sampler.is_alive():
             sampler.join()
-    peak_rss = status_bytes("VmHWM")
+    peak_rss = proc_status_bytes("VmHWM")
     written_after = device_written(work)
     if errors:
         raise RuntimeError(f"a reader failed: {errors}")

@@ -326,9 +326,22 @@ def first_pass(columns: int):
     return workload
 
 
+def proc_status_bytes(field: str, pid: int | str = "self") -> int:
+    """A size field of /proc/PID/status (VmRSS, VmHWM, RssAnon, ...), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets VmHWM, the peak RSS, to the current RSS
+
+
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return proc_status_bytes("VmRSS")
 
 
 def malloc_heap_bytes() -> int:
@@ -377,7 +390,7 @@ def one_row_batches(impl: str, quick: bool) -> dict:
     gc.collect()
     after = (rss_bytes(), pa.total_allocated_bytes(), malloc_heap_bytes())
     rss, pool, heap = (a - b for a, b in zip(after, before))
-    assert held is not None
+    del held  # measured while held
     return {
         "seconds": None,
         "bytes_per_batch": rss / count,

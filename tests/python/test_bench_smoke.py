@@ -48,7 +48,7 @@ def test_the_memory_per_batch_workload_splits_its_bytes(impl):
         assert result["pool_bytes_per_batch"] < 64
 
 
-def test_a_long_lived_run_reports_the_median_after_the_first(tmp_path):
+def test_a_long_lived_run_reports_the_median_after_the_first():
     import json
     import subprocess
     import sys
