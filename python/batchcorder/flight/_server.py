@@ -240,7 +240,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
     def _cache(self, name: str) -> StreamCache:
         with self._lock:
             cache = self._caches.get(name)
-            names = sorted(self._caches)
+            names = sorted(self._caches) if cache is None else []
         if cache is None:
             listed = ", ".join(repr(n) for n in names[:20]) or "none"
             raise flight.FlightServerError(f"no cache named {name!r} is served here (served: {listed})")
