@@ -16,10 +16,12 @@ use std::ptr;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use arrow_array::{Array, StructArray};
+use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
+use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::abi::ArrowArray;
+use crate::upstream::import_batch;
 use batchcorder_core::storage::{prefetch, CachedBatch, Derived};
 
 /// An `ArrowArray` tree this library owns; released when dropped.
@@ -147,7 +149,10 @@ unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
 /// The array tree kept for one cached batch, with the image every export copies.
 pub(crate) struct ExportRoot {
     /// Owns the buffers the image points to.
-    _tree: Arc<OwnedArray>,
+    tree: Arc<OwnedArray>,
+    /// The batch's schema, when the batch is held only as this tree
+    /// ([`ExportRoot::deferred`]).
+    deferred_schema: Option<SchemaRef>,
     shape: BlockShape,
     /// The root node, then an export block's contents after its header (every node below
     /// the root, then the child pointer arrays), with each pointer into the block written
@@ -161,8 +166,21 @@ const _: () = assert!(size_of::<ArrowArray>() % size_of::<u64>() == 0);
 const _: () = assert!(align_of::<ArrowArray>() <= align_of::<u64>());
 
 impl ExportRoot {
-    /// Keep `tree`, an unreleased array tree, for exports.
+    /// Keep `tree`, an unreleased array tree of a batch imported already, for exports.
     pub fn new(tree: Arc<OwnedArray>) -> Self {
+        Self::build(tree, None)
+    }
+
+    /// Keep `tree`, an unreleased array tree that [`check_shape`] accepted for the rows
+    /// of `schema`, as the whole of a [`CachedBatch::deferred`]: the batch is imported
+    /// into arrow-rs the first time something needs it.
+    ///
+    /// [`check_shape`]: crate::upstream
+    pub fn deferred(tree: Arc<OwnedArray>, schema: SchemaRef) -> Self {
+        Self::build(tree, Some(schema))
+    }
+
+    fn build(tree: Arc<OwnedArray>, deferred_schema: Option<SchemaRef>) -> Self {
         let (mut descendants, mut child_slots) = (0, 0);
         // SAFETY: an unreleased tree is valid to read.
         unsafe { count(&tree.root, &mut descendants, &mut child_slots) };
@@ -180,7 +198,8 @@ impl ExportRoot {
             builder.write_node(0, root);
         }
         Self {
-            _tree: tree,
+            tree,
+            deferred_schema,
             shape,
             image: builder.image,
         }
@@ -193,6 +212,11 @@ impl Derived for ExportRoot {
         for line in self.image.chunks(CACHE_LINE_WORDS) {
             prefetch(line.as_ptr());
         }
+    }
+
+    fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
+        let schema = self.deferred_schema.as_ref()?;
+        Some(import_batch(&self.tree, schema))
     }
 }
 
@@ -353,11 +377,14 @@ unsafe fn rebase(node: &mut ArrowArray, base: *mut u8) {
 ///
 /// # Safety
 /// `out` is valid for writing one `ArrowArray`.
-pub(crate) unsafe fn export_cached(cached: Arc<CachedBatch>, out: *mut ArrowArray) {
+pub(crate) unsafe fn export_cached(
+    cached: Arc<CachedBatch>,
+    out: *mut ArrowArray,
+) -> Result<(), ArrowError> {
     let Some(root) = cached.derived_if_present::<ExportRoot>() else {
-        let data = StructArray::from(cached.batch().clone()).into_data();
+        let data = StructArray::from(cached.batch()?.clone()).into_data();
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
-        return;
+        return Ok(());
     };
     let (shape, image) = (root.shape, root.image.as_ptr());
     let tail_len = (root.image.len() - NODE_WORDS) * size_of::<u64>();
@@ -392,6 +419,7 @@ pub(crate) unsafe fn export_cached(cached: Arc<CachedBatch>, out: *mut ArrowArra
         rebase(&mut exported, base);
         ptr::write(out, exported);
     }
+    Ok(())
 }
 
 /// Release one node, and with it the children and dictionary not moved out.
@@ -514,7 +542,7 @@ mod tests {
         let alone = buffer.strong_count();
         let cached = seeded(&original);
         let mut out = released();
-        unsafe { export_cached(cached, &mut out) };
+        unsafe { export_cached(cached, &mut out) }.unwrap();
         (original, buffer, alone, out)
     }
 
@@ -565,9 +593,9 @@ mod tests {
             "the columns were released with the root"
         );
         let cached = cached_tree(tree, original.schema());
-        assert_eq!(cached.batch(), &original);
+        assert_eq!(cached.batch().unwrap(), &original);
         let mut out = released();
-        unsafe { export_cached(cached.clone(), &mut out) };
+        unsafe { export_cached(cached.clone(), &mut out) }.unwrap();
         drop(cached);
         assert_eq!(import(out, &original), original);
         assert_eq!(
@@ -589,9 +617,9 @@ mod tests {
         assert_eq!((tree.root.offset, tree.root.length), (1, 2));
         let cached = cached_tree(tree, original.schema());
         let expected = original.slice(1, 2);
-        assert_eq!(cached.batch(), &expected);
+        assert_eq!(cached.batch().unwrap(), &expected);
         let mut out = released();
-        unsafe { export_cached(cached, &mut out) };
+        unsafe { export_cached(cached, &mut out) }.unwrap();
         assert_eq!(import(out, &original), expected);
     }
 
@@ -626,7 +654,7 @@ mod tests {
             // Direct, template build and copy for a plain batch; copies for a seeded one.
             let mut exports = [released(), released(), released()];
             for out in &mut exports {
-                unsafe { export_cached(cached.clone(), out) };
+                unsafe { export_cached(cached.clone(), out) }.unwrap();
             }
             drop(cached);
             for out in exports {
@@ -682,9 +710,9 @@ mod tests {
         ] {
             let mut root = released();
             unsafe {
-                export_cached(cached.clone(), &mut root);
+                export_cached(cached.clone(), &mut root).unwrap();
                 (root.release.unwrap())(&mut root);
-                export_cached(cached.clone(), &mut root);
+                export_cached(cached.clone(), &mut root).unwrap();
             }
             // Move child 0 out, as a consumer may, then release the parent first.
             let child_ptr = unsafe { *root.children };

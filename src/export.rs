@@ -100,7 +100,8 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
         match state.reader.next_cached()? {
             Some(cached) => {
                 // SAFETY: `out` is valid for writes (checked by the caller).
-                unsafe { export_cached(cached, out) };
+                unsafe { export_cached(cached, out) }
+                    .map_err(|err| Error::Internal(err.to_string()))?;
                 return Ok(());
             }
             None => FFI_ArrowArray::empty(),

@@ -13,7 +13,7 @@ use arrow_schema::{ArrowError, DataType, SchemaRef};
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
 use crate::array_export::{ExportRoot, OwnedArray};
 use crate::schema_copy::SchemaCopy;
-use batchcorder_core::storage::Allocations;
+use batchcorder_core::storage::{Allocations, CachedBatch};
 use batchcorder_core::{BatchSource, Pulled};
 use batchcorder_core::{Error, Result};
 
@@ -68,18 +68,41 @@ impl CStreamUpstream {
         }
     }
 
-    /// arrow-rs imports the batch through a second root over the producer's columns,
-    /// which the cache keeps (see [`OwnedArray`]): replays export copies of their structs.
+    /// The cache keeps the producer's columns (see [`OwnedArray`]): replays export copies
+    /// of their structs. A batch of flat columns is imported into arrow-rs only when
+    /// something needs a `RecordBatch` (see [`ExportRoot::deferred`]); others at once.
     fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
         // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
         let raw = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
         // arrow-rs trusts the tree's shape (and asserts on some of it): check it first.
         unsafe { check_shape(raw, &self.row_type) }
             .map_err(|problem| malformed(format!("the batch: {problem}")))?;
+        if raw.length == 0 {
+            // No rows, so nothing to keep. An empty string column's one offset may be any
+            // value (the C Data Interface allows it), which arrow-rs's validation refuses.
+            drop(array);
+            return Ok(Pulled {
+                batch: CachedBatch::new(RecordBatch::new_empty(self.schema.clone())),
+                allocations: None,
+            });
+        }
+        // SAFETY: the shape was checked against the schema.
+        let flat = unsafe { flat_buffers(raw, &self.schema) }
+            .map_err(|problem| malformed(format!("the batch: {problem}")))?;
+        if let Some(buffers) = flat {
+            let allocations = Allocations::of_buffers(buffers);
+            if !tiny(&allocations) {
+                let rows = raw.length as usize;
+                let tree = Arc::new(OwnedArray::new(array));
+                let root = ExportRoot::deferred(tree, self.schema.clone());
+                return Ok(Pulled {
+                    batch: CachedBatch::deferred(rows, Box::new(root)),
+                    allocations: Some(allocations),
+                });
+            }
+        }
         let tree = Arc::new(OwnedArray::new(array));
-        let root = OwnedArray::shared_import_root(&tree);
-        let data = unsafe { from_ffi_and_data_type(root, self.row_type.clone()) }?;
-        data.validate().map_err(|err| malformed(err.to_string()))?;
+        let data = import_rows(&tree, &self.schema)?;
         let allocations = Allocations::of_data(&data);
         if let Some(columns) = compact_copy(&data, &allocations) {
             // The producer's arrays go back at once: its bookkeeping for them would cost
@@ -89,28 +112,180 @@ impl CStreamUpstream {
             drop(tree);
             let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
             return Ok(Pulled {
-                batch,
-                derived: None,
+                batch: CachedBatch::new(batch),
                 allocations: None,
             });
         }
-        let rows = StructArray::from(data);
-        let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        let (_, mut columns, _) = rows.into_parts();
-        // `StructArray::from` collects the columns in place into the import's child list,
-        // whose capacity is for `ArrayData`s: 544 bytes kept for one column, otherwise.
-        columns.shrink_to_fit();
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        let batch = batch_of_rows(data, &self.schema)?;
         Ok(Pulled {
-            batch,
-            derived: Some(Box::new(ExportRoot::new(tree))),
+            batch: CachedBatch::with_derived(batch, Some(Box::new(ExportRoot::new(tree)))),
             allocations: Some(allocations),
         })
     }
 }
 
+/// The batch of the array tree `tree`, whose columns have the fields of `schema`,
+/// imported into arrow-rs and validated; its buffers stay the producer's.
+pub(crate) fn import_batch(
+    tree: &Arc<OwnedArray>,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, ArrowError> {
+    batch_of_rows(import_rows(tree, schema)?, schema)
+}
+
+fn import_rows(
+    tree: &Arc<OwnedArray>,
+    schema: &SchemaRef,
+) -> std::result::Result<arrow_data::ArrayData, ArrowError> {
+    let root = OwnedArray::shared_import_root(tree);
+    let row_type = DataType::Struct(schema.fields().clone());
+    // SAFETY: a tree whose shape `check_shape` accepted for this type.
+    let data = unsafe { from_ffi_and_data_type(root, row_type) }?;
+    data.validate().map_err(|err| malformed(err.to_string()))?;
+    Ok(data)
+}
+
+fn batch_of_rows(
+    data: arrow_data::ArrayData,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, ArrowError> {
+    let rows = StructArray::from(data);
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    let (_, mut columns, _) = rows.into_parts();
+    // `StructArray::from` collects the columns in place into the import's child list,
+    // whose capacity is for `ArrayData`s: 544 bytes kept for one column, otherwise.
+    columns.shrink_to_fit();
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+}
+
 /// A batch whose buffers average at most this many bytes is copied at ingestion.
 const COMPACT_AT_MOST_BYTES_PER_BUFFER: u64 = 64;
+
+/// Whether a batch with `allocations` is tiny enough to copy (see [`compact_copy`]).
+fn tiny(allocations: &Allocations) -> bool {
+    let (bytes, buffers) = allocations.totals();
+    bytes <= buffers as u64 * COMPACT_AT_MOST_BYTES_PER_BUFFER
+}
+
+/// (start, bytes) of every buffer of a batch whose columns are all of flat types (see
+/// [`is_flat`]), each as long as arrow-rs's import makes it; `None` when a column is
+/// not flat or the root has a validity bitmap. An empty validity bitmap is left out,
+/// as arrow-rs drops it. Fails on offsets that arrow-rs's validation would refuse.
+///
+/// # Safety
+/// `root` is an unreleased array that [`check_shape`] accepted for `schema`'s row type.
+unsafe fn flat_buffers(
+    root: &ArrowArray,
+    schema: &SchemaRef,
+) -> std::result::Result<Option<Vec<(usize, u64)>>, String> {
+    let fields = schema.fields();
+    if fields.is_empty() || !fields.iter().all(|f| is_flat(f.data_type())) {
+        return Ok(None);
+    }
+    // SAFETY: a struct array has one buffer, its validity bitmap.
+    if !unsafe { *root.buffers }.is_null() && root.null_count != 0 {
+        return Ok(None);
+    }
+    let mut found = Vec::with_capacity(fields.len() * 3);
+    for (index, field) in fields.iter().enumerate() {
+        // SAFETY: `check_shape` found one valid child per field.
+        let column = unsafe { &**root.children.add(index) };
+        unsafe { column_buffers(column, field.data_type(), &mut found) }
+            .map_err(|problem| format!("its child {:?}: {problem}", field.name()))?;
+    }
+    Ok(Some(found))
+}
+
+/// A type whose arrays have no children and no dictionary, and buffers whose lengths
+/// follow from the array's length and offsets.
+fn is_flat(data_type: &DataType) -> bool {
+    data_type.is_primitive()
+        || matches!(
+            data_type,
+            DataType::Null
+                | DataType::Boolean
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Binary
+                | DataType::LargeBinary
+                | DataType::FixedSizeBinary(_)
+        )
+}
+
+/// Add the buffers of `column`, of a flat type, to `found`.
+///
+/// # Safety
+/// `column` is an unreleased array that [`check_shape`] accepted for `data_type`.
+unsafe fn column_buffers(
+    column: &ArrowArray,
+    data_type: &DataType,
+    found: &mut Vec<(usize, u64)>,
+) -> std::result::Result<(), String> {
+    let slots = (column.offset + column.length) as u64;
+    // SAFETY: `check_shape` found the buffer list to hold `n_buffers` pointers.
+    let buffer = |index: usize| unsafe { *column.buffers.add(index) };
+    let mut add = |pointer: *const std::ffi::c_void, bytes: u64| {
+        if !pointer.is_null() && bytes > 0 {
+            found.push((pointer as usize, bytes));
+        }
+    };
+    if column.n_buffers == 0 {
+        return Ok(()); // the null type
+    }
+    if column.null_count != 0 {
+        add(buffer(0), slots.div_ceil(8));
+    }
+    let values = match data_type {
+        DataType::Boolean => slots.div_ceil(8),
+        DataType::FixedSizeBinary(width) => slots * *width as u64,
+        DataType::Utf8 | DataType::Binary => {
+            return unsafe { variable_buffers::<i32>(column, &mut add) };
+        }
+        DataType::LargeUtf8 | DataType::LargeBinary => {
+            return unsafe { variable_buffers::<i64>(column, &mut add) };
+        }
+        other => slots * other.primitive_width().unwrap_or(0) as u64,
+    };
+    add(buffer(1), values);
+    Ok(())
+}
+
+/// Add the offsets and values buffers of a string or binary `column` with offsets of
+/// type `O`; fails when its offsets in use are negative or decreasing.
+///
+/// # Safety
+/// As for [`column_buffers`].
+unsafe fn variable_buffers<O: Copy + Into<i64>>(
+    column: &ArrowArray,
+    add: &mut impl FnMut(*const std::ffi::c_void, u64),
+) -> std::result::Result<(), String> {
+    let slots = (column.offset + column.length) as usize;
+    // SAFETY: three buffers, checked by `check_shape`.
+    let (offsets, values) = unsafe { (*column.buffers.add(1), *column.buffers.add(2)) };
+    let width = size_of::<O>();
+    add(offsets, ((slots + 1) * width) as u64);
+    if column.length == 0 && column.offset == 0 {
+        return Ok(()); // no values, whatever its one offset says
+    }
+    if offsets.is_null() {
+        return Err("it has rows but no offsets buffer".into());
+    }
+    let offsets = offsets.cast::<O>();
+    // SAFETY: an offsets buffer holds `offset + length + 1` offsets.
+    let (first, last): (i64, i64) = unsafe {
+        (
+            (*offsets.add(column.offset as usize)).into(),
+            (*offsets.add(slots)).into(),
+        )
+    };
+    if first < 0 || last < first {
+        return Err(format!(
+            "its offsets run from {first} to {last}, where they must not be negative or decrease"
+        ));
+    }
+    add(values, last as u64);
+    Ok(())
+}
 
 /// Copies of the columns of `rows`, a batch's struct array whose buffers are
 /// `allocations`, when the batch is tiny (buffers averaging
@@ -121,26 +296,12 @@ fn compact_copy(
     allocations: &Allocations,
 ) -> Option<Vec<arrow_array::ArrayRef>> {
     let flat = |data: &arrow_data::ArrayData| {
-        let data_type = data.data_type();
-        (data_type.is_primitive()
-            || matches!(
-                data_type,
-                DataType::Null
-                    | DataType::Boolean
-                    | DataType::Utf8
-                    | DataType::LargeUtf8
-                    | DataType::Binary
-                    | DataType::LargeBinary
-                    | DataType::FixedSizeBinary(_)
-            ))
-            && data.len() == rows.len()
-            && data.offset() == 0
+        is_flat(data.data_type()) && data.len() == rows.len() && data.offset() == 0
     };
     if rows.offset() != 0 || rows.child_data().is_empty() || !rows.child_data().iter().all(flat) {
         return None;
     }
-    let (bytes, buffers) = allocations.totals();
-    if bytes > buffers as u64 * COMPACT_AT_MOST_BYTES_PER_BUFFER {
+    if !tiny(allocations) {
         return None;
     }
     rows.child_data()
@@ -370,6 +531,158 @@ mod tests {
     fn child(array: &mut FFI_ArrowArray, index: usize) -> &mut ArrowArray {
         let raw = unsafe { &mut *(array as *mut FFI_ArrowArray).cast::<ArrowArray>() };
         unsafe { &mut **raw.children.add(index) }
+    }
+
+    /// The buffers `flat_buffers` lists for `batch` exported by arrow-rs, and those that
+    /// arrow-rs's own import of it lists.
+    fn listed_both_ways(batch: &RecordBatch) -> (Allocations, Allocations) {
+        let exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
+        let raw = unsafe { &*(&exported as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        let schema = batch.schema();
+        let row_type = DataType::Struct(schema.fields().clone());
+        unsafe { check_shape(raw, &row_type) }.unwrap();
+        let listed = unsafe { flat_buffers(raw, &schema) }.unwrap().unwrap();
+        let tree = Arc::new(OwnedArray::new(exported));
+        let imported = import_rows(&tree, &schema).unwrap();
+        (
+            Allocations::of_buffers(listed),
+            Allocations::of_data(&imported),
+        )
+    }
+
+    #[test]
+    fn flat_columns_list_the_buffers_arrow_rs_would_import() {
+        use arrow_array::{BooleanArray, FixedSizeBinaryArray, Float64Array, LargeBinaryArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "i",
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3), Some(4)])) as _,
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])) as _,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![
+                    Some("ab"),
+                    None,
+                    Some(""),
+                    Some("cde"),
+                ])) as _,
+            ),
+            (
+                "b",
+                Arc::new(BooleanArray::from(vec![true, false, true, true])) as _,
+            ),
+            (
+                "x",
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_iter([b"ab", b"cd", b"ef", b"gh"].into_iter())
+                        .unwrap(),
+                ) as _,
+            ),
+            (
+                "l",
+                Arc::new(LargeBinaryArray::from(vec![&b"z"[..], b"", b"yy", b"x"])) as _,
+            ),
+            ("n", Arc::new(arrow_array::NullArray::new(4)) as _),
+        ])
+        .unwrap();
+        for slice in [batch.clone(), batch.slice(1, 2), batch.slice(3, 1)] {
+            let (listed, imported) = listed_both_ways(&slice);
+            assert_eq!(listed, imported, "rows {}", slice.num_rows());
+        }
+        let nested = RecordBatch::try_from_iter([(
+            "list",
+            Arc::new(arrow_array::ListArray::from_iter_primitive::<
+                arrow_array::types::Int32Type,
+                _,
+                _,
+            >([Some(vec![Some(1)])])) as _,
+        )])
+        .unwrap();
+        let exported = FFI_ArrowArray::new(&StructArray::from(nested.clone()).into_data());
+        let raw = unsafe { &*(&exported as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        assert_eq!(unsafe { flat_buffers(raw, &nested.schema()) }, Ok(None));
+    }
+
+    /// What a C stream upstream over `batches` hands over, batch by batch.
+    fn pull_all(batches: Vec<RecordBatch>) -> Vec<Pulled> {
+        let schema = batches[0].schema();
+        let reader =
+            arrow_array::RecordBatchIterator::new(batches.into_iter().map(Ok), schema.clone());
+        let mut stream = FFI_ArrowArrayStream::new(Box::new(reader));
+        let raw = (&mut stream as *mut FFI_ArrowArrayStream).cast::<ArrowArrayStream>();
+        let mut upstream = unsafe { CStreamUpstream::take(raw, schema) };
+        std::iter::from_fn(|| upstream.pull().map(Result::unwrap)).collect()
+    }
+
+    #[test]
+    fn a_batch_of_flat_columns_is_imported_on_first_use_and_others_at_once() {
+        let rows: Vec<i64> = (0..100).collect();
+        let flat = RecordBatch::try_from_iter([(
+            "i",
+            Arc::new(arrow_array::Int64Array::from(rows.clone())) as _,
+        )])
+        .unwrap();
+        let [pulled] = &pull_all(vec![flat.clone()])[..] else {
+            panic!()
+        };
+        assert!(pulled.batch.batch_if_made().is_none());
+        assert_eq!(pulled.batch.num_rows(), 100);
+        assert_eq!(pulled.batch.batch().unwrap(), &flat);
+
+        let nested = RecordBatch::try_from_iter([(
+            "list",
+            Arc::new(arrow_array::ListArray::from_iter_primitive::<
+                arrow_array::types::Int64Type,
+                _,
+                _,
+            >(rows.iter().map(|&v| Some(vec![Some(v)])))) as _,
+        )])
+        .unwrap();
+        let [pulled] = &pull_all(vec![nested.clone()])[..] else {
+            panic!()
+        };
+        assert_eq!(pulled.batch.batch_if_made(), Some(&nested));
+    }
+
+    #[test]
+    fn an_empty_slice_whose_one_offset_is_not_zero_is_an_empty_batch() {
+        let batch = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(StringArray::from(vec!["ab", "cd", "ef"])) as _,
+        )])
+        .unwrap();
+        // arrow-rs exports this slice with offset 0 and its one offset 4.
+        let pulled = pull_all(vec![batch.slice(2, 0), batch.slice(3, 0)]);
+        assert_eq!(pulled.len(), 2);
+        for one in &pulled {
+            assert_eq!(
+                one.batch.batch().unwrap(),
+                &RecordBatch::new_empty(batch.schema())
+            );
+        }
+    }
+
+    #[test]
+    fn decreasing_string_offsets_are_refused_before_anything_reads_them() {
+        let batch = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(StringArray::from(vec!["ab", "cd", "ef"])) as _,
+        )])
+        .unwrap();
+        let mut exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
+        let raw = unsafe { &mut *(&mut exported as *mut FFI_ArrowArray).cast::<ArrowArray>() };
+        let column = unsafe { &mut **raw.children };
+        let offsets = unsafe { *column.buffers.add(1) }.cast::<i32>().cast_mut();
+        unsafe { *offsets.add(3) = -1 };
+        let problem = unsafe { flat_buffers(raw, &batch.schema()) }.unwrap_err();
+        assert!(
+            problem.contains("\"s\"") && problem.contains("from 0 to -1"),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -15,19 +15,20 @@ use crate::persist::Saver;
 use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
-use crate::storage::{Allocations, CachedBatch, Derived, MemoryTier};
+use crate::storage::{Allocations, CachedBatch, MemoryTier};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
 pub type Upstream = Box<dyn RecordBatchReader + Send>;
 
 /// One batch as a [`BatchSource`] hands it over.
 pub struct Pulled {
-    pub batch: RecordBatch,
-    /// A form of the batch that an export layer reuses on every read (see
-    /// [`CachedBatch::derived`]), when the source has one at hand; kept with the batch.
-    pub derived: Option<Box<dyn Derived>>,
+    /// The batch, possibly with the form an export layer reuses on every read (see
+    /// [`CachedBatch::with_derived`]), or held only in that form
+    /// ([`CachedBatch::deferred`]).
+    pub batch: CachedBatch,
     /// The allocations the batch's buffers point into, when the source has them at hand
-    /// (see [`Allocations::of_data`]); otherwise the memory tier finds them.
+    /// (see [`Allocations::of_data`]); otherwise they are found from the batch. A
+    /// deferred batch comes with them.
     pub allocations: Option<Allocations>,
 }
 
@@ -47,8 +48,7 @@ impl BatchSource for Upstream {
 
     fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
         Some(self.next()?.map(|batch| Pulled {
-            batch,
-            derived: None,
+            batch: CachedBatch::new(batch),
             allocations: None,
         }))
     }
@@ -520,11 +520,8 @@ impl Shared {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 
         let batch = match pulled {
-            Some(Ok(pulled)) => match check_schema(&self.schema, &pulled.batch) {
-                Ok(()) => Ok((
-                    CachedBatch::with_derived(pulled.batch, pulled.derived),
-                    pulled.allocations,
-                )),
+            Some(Ok(pulled)) => match check_pulled(&self.schema, pulled) {
+                Ok(checked) => Ok(checked),
                 Err(err) => Err(Some(err)),
             },
             Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
@@ -534,7 +531,7 @@ impl Shared {
         let open = match batch {
             Ok((batch, allocations)) => {
                 let saved = match ingest.saver.as_mut() {
-                    Some(saver) => saver.write(position, batch.batch()),
+                    Some(saver) => made(&batch).and_then(|b| saver.write(position, b)),
                     None => Ok(()),
                 };
                 let open = match self.store(ingest, position, batch, allocations)? {
@@ -595,13 +592,13 @@ impl Shared {
         ingest: &mut Ingest,
         position: u64,
         batch: CachedBatch,
-        allocations: Option<Allocations>,
+        allocations: Allocations,
     ) -> Result<Spill> {
         let policy = ingest.writer.as_ref().map(DiskWriter::write_policy);
         // OnInsertion: written before the state lock is taken.
         let written = match (policy, ingest.writer.as_mut()) {
             (Some(WritePolicy::OnInsertion), Some(writer)) => {
-                Some(writer.write(position, batch.batch()))
+                Some(made(&batch).and_then(|b| writer.write(position, b)))
             }
             _ => None,
         };
@@ -610,9 +607,9 @@ impl Shared {
             return Ok(Spill::Nothing(false));
         }
         state.evict_passed();
-        let rows = batch.batch().num_rows() as u64;
+        let rows = batch.num_rows() as u64;
         if self.prefetch.is_some() {
-            state.last_batch_bytes = batch.batch().get_array_memory_size() as u64;
+            state.last_batch_bytes = allocations.totals().0;
         }
         let spill = match written {
             None if policy.is_none() => match state.memory.push(batch, allocations) {
@@ -661,7 +658,7 @@ impl Shared {
             return Ok(true);
         };
         for (position, batch) in leaving {
-            let written = writer.write(position, batch.batch());
+            let written = made(&batch).and_then(|b| writer.write(position, b));
             let mut state = self.lock_state()?;
             if state.closed {
                 return Ok(false);
@@ -773,6 +770,26 @@ impl State {
             self.registry.mark_evicted_below(below);
         }
     }
+}
+
+/// The `RecordBatch` of a cached one. Only a deferred batch can fail to make it, when
+/// what its upstream handed over turns out malformed.
+pub(crate) fn made(batch: &CachedBatch) -> Result<&RecordBatch> {
+    batch.batch().map_err(|err| Error::from_upstream(&err))
+}
+
+/// A pulled batch and its allocations, once its schema is found to be the declared one.
+/// A deferred batch was checked by its source, against the schema it declared.
+fn check_pulled(expected: &SchemaRef, pulled: Pulled) -> Result<(CachedBatch, Allocations)> {
+    let Pulled { batch, allocations } = pulled;
+    let allocations = match allocations {
+        Some(listed) => listed,
+        None => Allocations::of_batch(made(&batch)?),
+    };
+    if let Some(made) = batch.batch_if_made() {
+        check_schema(expected, made)?;
+    }
+    Ok((batch, allocations))
 }
 
 fn check_schema(expected: &SchemaRef, batch: &RecordBatch) -> Result<()> {

@@ -91,7 +91,7 @@ impl StreamCache {
         let mut saver = Saver::start(path, parent)?;
         let mut position = 0;
         while let Some(batch) = self.batch_at(position)? {
-            saver.write(position, batch.batch())?;
+            saver.write(position, crate::cache::made(&batch)?)?;
             position += 1;
         }
         let saved = saver.finish(&self.schema())?;

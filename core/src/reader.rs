@@ -154,8 +154,8 @@ impl CacheReader {
             return Ok(None);
         };
         let batch = match &self.target {
-            None => cached.batch().clone(),
-            Some(cast) => cast_batch(cached.batch(), cast, self.next)?,
+            None => crate::cache::made(&cached)?.clone(),
+            Some(cast) => cast_batch(crate::cache::made(&cached)?, cast, self.next)?,
         };
         self.advance(true);
         Ok(Some(batch))

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use arrow_array::RecordBatch;
 use arrow_data::ArrayData;
+use arrow_schema::ArrowError;
 
 /// A value that a layer over the core keeps with each cached batch
 /// ([`CachedBatch::derived`]): the C ABI keeps the batch's exported array tree, so that
@@ -15,20 +16,28 @@ pub trait Derived: Any + Send + Sync {
     /// Hint the CPU to load what a read of the batch will touch. The memory tier calls it
     /// a little ahead of a reader going in order, so that replays do not wait on memory.
     fn prefetch(&self) {}
+
+    /// The batch this value holds in another form, for a [`CachedBatch::deferred`]: made
+    /// when something first needs a `RecordBatch` (a cast, the disk tier, a Rust reader).
+    fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
+        None
+    }
 }
 
 /// One cached batch, shared by the store and every reader that has read it.
 pub struct CachedBatch {
-    batch: RecordBatch,
+    rows: usize,
+    /// Set from the start, or, for a deferred batch, on first use.
+    batch: OnceLock<RecordBatch>,
     /// What an export layer reuses on every read: derived from the batch once, or handed
-    /// over by the upstream with it (`Pulled::derived`).
+    /// over by the upstream with it (`Pulled::batch`).
     derived: OnceLock<Box<dyn Derived>>,
 }
 
 impl std::fmt::Debug for CachedBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedBatch")
-            .field("rows", &self.batch.num_rows())
+            .field("rows", &self.rows)
             .finish()
     }
 }
@@ -37,12 +46,13 @@ impl CachedBatch {
     /// A batch with nothing derived from it yet.
     pub fn new(batch: RecordBatch) -> Self {
         Self {
-            batch,
+            rows: batch.num_rows(),
+            batch: OnceLock::from(batch),
             derived: OnceLock::new(),
         }
     }
 
-    /// A batch whose derived value is already at hand (as a [`crate::Pulled`] hands it).
+    /// A batch whose derived value is already at hand.
     pub fn with_derived(batch: RecordBatch, derived: Option<Box<dyn Derived>>) -> Self {
         let cached = Self::new(batch);
         if let Some(value) = derived {
@@ -51,15 +61,53 @@ impl CachedBatch {
         cached
     }
 
-    /// The batch as it came from the upstream.
-    pub fn batch(&self) -> &RecordBatch {
-        &self.batch
+    /// A batch of `rows` rows held only as `derived`, whose [`Derived::to_batch`] makes
+    /// the `RecordBatch` when one is first needed: replays that only re-export the
+    /// derived form never pay for it.
+    pub fn deferred(rows: usize, derived: Box<dyn Derived>) -> Self {
+        Self {
+            rows,
+            batch: OnceLock::new(),
+            derived: OnceLock::from(derived),
+        }
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The batch as it came from the upstream; a deferred batch is made on this call.
+    pub fn batch(&self) -> Result<&RecordBatch, ArrowError> {
+        if let Some(batch) = self.batch.get() {
+            return Ok(batch);
+        }
+        let made = self
+            .derived
+            .get()
+            .and_then(|derived| derived.to_batch())
+            .unwrap_or_else(|| {
+                Err(ArrowError::ComputeError(
+                    "a cached batch holds neither a RecordBatch nor a form that makes one".into(),
+                ))
+            })?;
+        // Two threads may both make it; the first one kept is the one every caller sees.
+        Ok(self.batch.get_or_init(|| made))
+    }
+
+    /// The batch if it is made already: always, unless it is deferred and unused so far.
+    pub fn batch_if_made(&self) -> Option<&RecordBatch> {
+        self.batch.get()
     }
 
     /// A value derived from the batch, built on first use and kept as long as the batch.
-    /// One type per cache: `None` if another type was stored first.
+    /// One type per cache: `None` if another type was stored first, or if the batch
+    /// cannot be made to build it from.
     pub fn derived<T: Derived>(&self, build: impl FnOnce(&RecordBatch) -> T) -> Option<&T> {
-        let derived: &dyn Any = &**self.derived.get_or_init(|| Box::new(build(&self.batch)));
+        if self.derived.get().is_none() {
+            let value = build(self.batch().ok()?);
+            let _ = self.derived.set(Box::new(value));
+        }
+        let derived: &dyn Any = &**self.derived.get()?;
         derived.downcast_ref()
     }
 
@@ -188,14 +236,9 @@ impl MemoryTier {
         }
     }
 
-    /// Append the next batch of the stream, unless it would exceed the budget. `known` are
-    /// its allocations when its source listed them; otherwise they are found here.
-    pub fn push(
-        &mut self,
-        batch: CachedBatch,
-        known: Option<Allocations>,
-    ) -> Result<(), OverBudget> {
-        let allocations = known.unwrap_or_else(|| Allocations::of_batch(batch.batch()));
+    /// Append the next batch of the stream, whose buffers point into `allocations`,
+    /// unless it would exceed the budget.
+    pub fn push(&mut self, batch: CachedBatch, allocations: Allocations) -> Result<(), OverBudget> {
         // Within budget even if every allocation is new: no need to look them up twice.
         let at_most: u64 = allocations.iter().map(|&(_, bytes)| bytes).sum();
         if self.bytes.saturating_add(at_most) <= self.capacity {
@@ -221,8 +264,7 @@ impl MemoryTier {
     }
 
     /// Append a batch whatever the budget; the disk tier then trims the hot layer.
-    pub fn push_unbounded(&mut self, batch: CachedBatch, known: Option<Allocations>) {
-        let allocations = known.unwrap_or_else(|| Allocations::of_batch(batch.batch()));
+    pub fn push_unbounded(&mut self, batch: CachedBatch, allocations: Allocations) {
         self.insert(batch, allocations);
     }
 
@@ -340,6 +382,12 @@ impl Allocations {
         Self::distinct(found)
     }
 
+    /// The distinct allocations among `found`, (start address, bytes) of every buffer of
+    /// a batch: for a source that lists them itself, from a batch not yet imported.
+    pub fn of_buffers(found: Vec<(usize, u64)>) -> Self {
+        Self::distinct(found)
+    }
+
     fn distinct(mut found: Vec<(usize, u64)>) -> Self {
         found.sort_unstable();
         // Keep the largest size seen for one start: slices of one allocation report
@@ -385,6 +433,11 @@ mod tests {
     use super::*;
     use arrow_array::Int64Array;
 
+    fn push(tier: &mut MemoryTier, batch: RecordBatch) -> Result<(), OverBudget> {
+        let allocations = Allocations::of_batch(&batch);
+        tier.push(CachedBatch::new(batch), allocations)
+    }
+
     fn batch(values: Vec<i64>) -> RecordBatch {
         RecordBatch::try_from_iter([("x", Arc::new(Int64Array::from(values)) as _)]).unwrap()
     }
@@ -393,11 +446,9 @@ mod tests {
     fn slices_of_one_allocation_count_once() {
         let whole = batch((0..1000).collect());
         let mut tier = MemoryTier::new(u64::MAX);
-        tier.push(CachedBatch::new(whole.slice(0, 500)), None)
-            .unwrap();
+        push(&mut tier, whole.slice(0, 500)).unwrap();
         let after_first = tier.bytes();
-        tier.push(CachedBatch::new(whole.slice(500, 500)), None)
-            .unwrap();
+        push(&mut tier, whole.slice(500, 500)).unwrap();
         assert_eq!(tier.bytes(), after_first);
         assert!(after_first >= 8000);
         tier.evict_below(1);
@@ -412,40 +463,25 @@ mod tests {
         let sliced = whole.slice(10, 500);
         let rows = arrow_array::Array::into_data(arrow_array::StructArray::from(sliced.clone()));
         assert_eq!(Allocations::of_data(&rows), Allocations::of_batch(&sliced));
-        // Listed by the source or found by the tier, the accounting is the same.
-        let mut listed = MemoryTier::new(u64::MAX);
-        listed
-            .push(
-                CachedBatch::new(sliced.clone()),
-                Some(Allocations::of_data(&rows)),
-            )
-            .unwrap();
-        let mut found = MemoryTier::new(u64::MAX);
-        found.push(CachedBatch::new(sliced), None).unwrap();
-        assert_eq!(listed.bytes(), found.bytes());
-        assert!(listed.bytes() >= 8000);
+        let (bytes, count) = Allocations::of_batch(&sliced).totals();
+        assert_eq!((bytes, count), (8000, 1));
     }
 
     #[test]
     fn a_batch_that_fits_only_if_its_allocation_is_shared_is_taken() {
         let whole = batch((0..1000).collect());
         let mut tier = MemoryTier::new(8_100);
-        tier.push(CachedBatch::new(whole.slice(0, 500)), None)
-            .unwrap();
+        push(&mut tier, whole.slice(0, 500)).unwrap();
         // The upper bound (every allocation new) exceeds the budget; the real need is 0.
-        tier.push(CachedBatch::new(whole.slice(500, 500)), None)
-            .unwrap();
+        push(&mut tier, whole.slice(500, 500)).unwrap();
         assert_eq!(tier.end(), 2);
     }
 
     #[test]
     fn over_budget_is_refused_and_keeps_state() {
         let mut tier = MemoryTier::new(10_000);
-        tier.push(CachedBatch::new(batch((0..1000).collect())), None)
-            .unwrap();
-        let err = tier
-            .push(CachedBatch::new(batch((0..1000).collect())), None)
-            .unwrap_err();
+        push(&mut tier, batch((0..1000).collect())).unwrap();
+        let err = push(&mut tier, batch((0..1000).collect())).unwrap_err();
         assert!(err.needed >= 8000);
         assert_eq!(tier.end(), 1);
         assert!(tier.get(0).is_some());
