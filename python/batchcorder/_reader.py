@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import pyarrow as pa
 
@@ -68,6 +70,11 @@ def _free_stream_now(stream: Any) -> None:
     lib.bc_stream_free(stream)
 
 
+# How long a thread that finds another reading through the same reader sleeps before it
+# looks again: readers are meant for one thread each, so this is the rare path.
+_READ_IN_FLIGHT_POLL_SECONDS = 0.0001
+
+
 def _open_view(stream: Any) -> pa.RecordBatchReader:
     """A pyarrow reader over a ``bc_reader_view`` of ``stream``: pyarrow imports each batch
     in C++, which is cheaper than a cffi call plus ``RecordBatch._import_from_c``."""
@@ -98,14 +105,18 @@ class StreamCacheReader(ClosesOnExit):
     3
     """
 
-    __slots__ = ("_stream", "_schema", "_exported", "_lock", "_view")
+    __slots__ = ("_stream", "_schema", "_exported", "_lock", "_view", "_idle")
     _stream: Any
     _schema: pa.Schema
     _exported: bool
+    # Held to make or drop the view and to release, export or recast the stream.
     _lock: threading.Lock
     # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read;
     # dropped before `_stream` is released.
     _view: Optional[pa.RecordBatchReader]
+    # `_view` while no thread reads through it: a read takes it out (`list.pop` is atomic
+    # under the GIL) and puts it back, which costs a fraction of taking `_lock`.
+    _idle: list[pa.RecordBatchReader]
 
     def __init__(self) -> None:
         raise TypeError("create readers with StreamCache.reader()")
@@ -128,6 +139,7 @@ class StreamCacheReader(ClosesOnExit):
         self._exported = False
         self._lock = threading.Lock()
         self._view = None
+        self._idle = []
         return self
 
     @property
@@ -146,7 +158,8 @@ class StreamCacheReader(ClosesOnExit):
     def position(self) -> int:
         """Index of the next batch this reader returns."""
         out = ffi.new("uint64_t *")
-        check(lib.bc_reader_position(self._live_stream(), out))
+        with self._quiet():  # not while another thread reads through it
+            check(lib.bc_reader_position(self._live_stream(), out))
         return int(out[0])
 
     def _live_stream(self) -> Any:
@@ -163,33 +176,79 @@ class StreamCacheReader(ClosesOnExit):
         return self
 
     def __next__(self) -> pa.RecordBatch:
-        # The hot path of `for batch in cache`: kept to as few Python operations as it can.
-        with self._lock:
-            stream = self._stream
-            if stream is None:
-                if self._exported:
-                    self._live_stream()
-                raise StopIteration
-            view = self._view
-            if view is None:
-                view = self._view = _open_view(stream)
-            try:
-                batch = view.read_next_batch()
-            except StopIteration:
-                self._end(stream)
-                raise
-            except Exception:
-                self._view = None  # made again on the next read, in a known state
-                status = lib.bc_reader_failure(stream)
-                if status:
-                    # Our own failure, typed; pyarrow's rendering of it adds nothing.
-                    raise status_error(status) from None
-                raise
-            return batch
+        # The hot path of `for batch in cache`: as few Python operations as it can, and no
+        # lock (one would cost as much as the rest of this method).
+        try:
+            view = self._idle.pop()
+        except IndexError:
+            view = self._take_view()
+        try:
+            batch = view.read_next_batch()
+        except StopIteration:
+            with self._lock:
+                if self._view is view and self._stream is not None:
+                    self._end(self._stream)
+            raise
+        except BaseException:
+            with self._lock:
+                if self._view is view:
+                    self._view = None  # made again on the next read, in a known state
+                stream = self._stream
+            status = lib.bc_reader_failure(stream) if stream is not None else 0
+            if status:
+                # Our own failure, typed; pyarrow's rendering of it adds nothing.
+                raise status_error(status) from None
+            raise
+        self._idle.append(view)
+        return batch
+
+    def _take_view(self) -> pa.RecordBatchReader:
+        """The view for a read, made on the first one; waits while another thread reads
+        through it. ``StopIteration`` once the reader is exhausted."""
+        while True:
+            with self._lock:
+                stream = self._stream
+                if stream is None:
+                    if self._exported:
+                        self._live_stream()
+                    raise StopIteration
+                if self._view is None:
+                    self._view = _open_view(stream)
+                    return self._view
+                try:
+                    return self._idle.pop()
+                except IndexError:
+                    pass
+            time.sleep(_READ_IN_FLIGHT_POLL_SECONDS)
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Hold ``_lock`` while no thread reads through the view: one that does is waited
+        for. The view is put back afterwards unless the caller dropped it."""
+        while True:
+            with self._lock:
+                view = self._view
+                taken = view is None
+                if not taken:
+                    try:
+                        self._idle.pop()
+                        taken = True
+                    except IndexError:
+                        pass
+                if taken:
+                    try:
+                        yield
+                    finally:
+                        if view is not None and self._view is view:
+                            self._idle.append(view)
+                    return
+            time.sleep(_READ_IN_FLIGHT_POLL_SECONDS)
 
     def _end(self, stream: Any) -> None:
-        """Release the reader: its view first, then its stream."""
+        """Release the reader: its view first, then its stream. Called with ``_lock`` held
+        and no read in flight."""
         self._view = None
+        self._idle.clear()
         self._stream = None
         _free_stream_now(stream)
 
@@ -205,7 +264,7 @@ class StreamCacheReader(ClosesOnExit):
 
     def close(self) -> None:
         """Release the reader now instead of at garbage collection. Idempotent."""
-        with self._lock:  # not while another thread reads through it
+        with self._quiet():
             if self._stream is not None:
                 self._end(self._stream)
 
@@ -228,7 +287,7 @@ class StreamCacheReader(ClosesOnExit):
         target = as_schema(target_schema)
         if safe is True:
             return pa.RecordBatchReader.from_stream(self, schema=target)
-        with self._lock:
+        with self._quiet():
             stream = self._live_stream()
             cast_reader(stream, target, safe)
             self._schema = target
@@ -241,11 +300,12 @@ class StreamCacheReader(ClosesOnExit):
         ``requested_schema`` (an ``arrow_schema`` capsule) casts the batches it has not
         returned yet.
         """
-        with self._lock:
+        with self._quiet():
             stream = self._live_stream()
             if requested_schema is not None:
                 check(lib.bc_reader_cast(stream, requested_schema_pointer(requested_schema)))
             self._view = None
+            self._idle.clear()
             self._stream = None
             self._exported = True
             return _into_capsule(stream)

@@ -10,6 +10,7 @@ import gc
 import os
 import random
 import threading
+import time
 
 import duckdb
 import numpy as np
@@ -102,6 +103,55 @@ def test_sixteen_threads_and_duckdb_over_an_ingesting_generator(tier, round, tmp
     targets = [full_reader] * 8 + [partial_reader] * 4 + [duckdb_scan] * 4
     run_threads(targets)
     assert pulls == list(range(batches)), "the upstream was read once, in order"
+    cache.close()
+
+
+@pytest.mark.parametrize("round", range(STRESS_SCALE))
+def test_one_reader_shared_by_eight_threads_hands_each_batch_out_once(round):
+    batches = 400
+    cache = StreamCache(generator_source(batches, []))
+    reader = cache.reader()
+    seen: list[list[int]] = [[] for _ in range(8)]
+
+    def take(mine: list[int]):
+        for batch in reader:
+            verify(batch, batch.column(0)[0].as_py())
+            mine.append(batch.column(0)[0].as_py())
+
+    run_threads([lambda mine=mine: take(mine) for mine in seen])
+    handed_out = sorted(index for mine in seen for index in mine)
+    assert handed_out == list(range(batches))
+    assert reader.closed
+    with pytest.raises(StopIteration):
+        next(reader)
+    cache.close()
+
+
+@pytest.mark.parametrize("round", range(STRESS_SCALE))
+def test_closing_a_reader_while_other_threads_read_through_it_stops_them_cleanly(round):
+    cache = StreamCache(generator_source(2_000, []))
+    reader = cache.reader()
+    twenty_read = threading.Event()
+    counts: list[int] = []
+
+    def read():
+        count = 0
+        for _batch in reader:
+            count += 1
+            if reader.position >= 20:
+                twenty_read.set()
+            time.sleep(0.001)  # slower than the close below
+        counts.append(count)
+
+    def close():
+        assert twenty_read.wait(60)
+        reader.close()
+
+    run_threads([read] * 4 + [close])
+    assert reader.closed and 20 <= sum(counts) < 2_000
+    with pytest.raises(StopIteration):
+        next(reader)
+    assert cache.reader().read_all().num_rows == 2_000 * ROWS
     cache.close()
 
 
