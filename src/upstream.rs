@@ -648,13 +648,15 @@ mod tests {
         assert_eq!(pulled.batch.batch_if_made(), Some(&nested));
     }
 
+    /// A batch of one string column, "s": ab, cd, ef.
+    fn three_strings() -> RecordBatch {
+        let column = StringArray::from(vec!["ab", "cd", "ef"]);
+        RecordBatch::try_from_iter([("s", Arc::new(column) as _)]).unwrap()
+    }
+
     #[test]
     fn an_empty_slice_whose_one_offset_is_not_zero_is_an_empty_batch() {
-        let batch = RecordBatch::try_from_iter([(
-            "s",
-            Arc::new(StringArray::from(vec!["ab", "cd", "ef"])) as _,
-        )])
-        .unwrap();
+        let batch = three_strings();
         // arrow-rs exports this slice with offset 0 and its one offset 4.
         let pulled = pull_all(vec![batch.slice(2, 0), batch.slice(3, 0)]);
         assert_eq!(pulled.len(), 2);
@@ -668,11 +670,7 @@ mod tests {
 
     #[test]
     fn decreasing_string_offsets_are_refused_before_anything_reads_them() {
-        let batch = RecordBatch::try_from_iter([(
-            "s",
-            Arc::new(StringArray::from(vec!["ab", "cd", "ef"])) as _,
-        )])
-        .unwrap();
+        let batch = three_strings();
         let mut exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
         let raw = unsafe { &mut *(&mut exported as *mut FFI_ArrowArray).cast::<ArrowArray>() };
         let column = unsafe { &mut **raw.children };
