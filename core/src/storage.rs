@@ -72,6 +72,7 @@ impl CachedBatch {
         }
     }
 
+    /// Rows in the batch, known without making a deferred batch.
     pub fn num_rows(&self) -> usize {
         self.rows
     }
