@@ -629,16 +629,14 @@ def test_bad_arguments_to_methods_raise_and_keep_the_cache_working(call):
     assert pa.table(cache).equals(expected_table(2))
 
 
-def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before():
-    """A producer bug (an array with fewer children than its schema has fields) used to
-    trip an assertion inside arrow-rs and poison the cache; it is the upstream's error."""
-    from batchcorder import UpstreamError
+def _producer_spoiling_its_second_batch(good: pa.RecordBatch, spoil):
+    """A C stream producer (through cffi) of `good` three times, whose second exported
+    array `spoil(array)` edits before handing it over; and the list of its calls."""
     from batchcorder._capsules import _api
     from batchcorder._native import ffi
 
-    good = pa.record_batch({"a": [1, 2], "b": [3, 4]})
     address = lambda ptr: int(ffi.cast("uintptr_t", ptr))  # noqa: E731
-    calls = []
+    calls: list[int] = []
 
     @ffi.callback("int(struct ArrowArrayStream *, struct ArrowSchema *)")
     def get_schema(stream, out):
@@ -650,7 +648,7 @@ def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before(
         calls.append(1)
         good._export_to_c(address(out))
         if len(calls) == 2:
-            out.n_children = 1
+            spoil(out)
         return 0
 
     @ffi.callback("const char *(struct ArrowArrayStream *)")
@@ -664,17 +662,26 @@ def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before(
     stream = ffi.new("struct ArrowArrayStream *")
     stream.get_schema, stream.get_next = get_schema, get_next
     stream.get_last_error, stream.release = get_last_error, release
+    callbacks = (get_schema, get_next, get_last_error, release)
 
-    class BuggyProducer:
+    class Producer:
         def __arrow_c_stream__(self, requested_schema=None):
+            self.kept = (stream, callbacks)
             return _api.PyCapsule_New(address(stream), b"arrow_array_stream", None)
 
-    cache = StreamCache(BuggyProducer())
+    return Producer(), calls
+
+
+def _malformed_second_batch_is_kept_as_the_failure(good, spoil, *phrases) -> None:
+    from batchcorder import UpstreamError
+
+    producer, calls = _producer_spoiling_its_second_batch(good, spoil)
+    cache = StreamCache(producer)
     reader = cache.reader()
     assert next(reader).equals(good)
     with pytest.raises(UpstreamError, match="malformed") as info:
         next(reader)
-    assert "1 children" in str(info.value) and "has 2" in str(info.value)
+    assert all(phrase in str(info.value) for phrase in phrases), str(info.value)
     assert isinstance(info.value, ValueError)
     # Not poisoned: the batch before the bad one replays, and the failure is kept.
     again = cache.reader()
@@ -683,6 +690,33 @@ def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before(
         next(again)
     assert cache.stats().batches_ingested == 1 and len(calls) == 2
     cache.close()
+
+
+def test_a_malformed_producer_is_the_upstreams_error_and_keeps_what_came_before():
+    """A producer bug (an array with fewer children than its schema has fields) used to
+    trip an assertion inside arrow-rs and poison the cache; it is the upstream's error."""
+
+    def drop_a_child(array):
+        array.n_children = 1
+
+    good = pa.record_batch({"a": [1, 2], "b": [3, 4]})
+    _malformed_second_batch_is_kept_as_the_failure(good, drop_a_child, "1 children", "has 2")
+
+
+def test_string_offsets_that_decrease_are_the_upstreams_error_before_anything_reads_them():
+    """A batch of flat columns is kept without an arrow-rs import: its offsets are checked
+    from the C structs as it arrives."""
+    from batchcorder._native import ffi
+
+    decreasing = ffi.new("int32_t[]", [4, 2, 1])
+
+    def point_at_decreasing_offsets(array):
+        array.children[1].buffers[1] = decreasing
+
+    good = pa.record_batch({"a": [1, 2], "s": ["ab", "cde"]})
+    _malformed_second_batch_is_kept_as_the_failure(
+        good, point_at_decreasing_offsets, '"s"', "offsets run from 4 to 1"
+    )
 
 
 # -- readers that mix Python reads, replays and an export --------------------------------
