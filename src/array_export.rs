@@ -147,18 +147,100 @@ unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
 }
 
 /// The array tree kept for one cached batch, with the image every export copies.
+///
+/// An image is the root node, then an export block's contents after its header (every
+/// node below the root, then the child pointer arrays), with each pointer into the block
+/// written as its offset from the block's start. One contiguous copy, so a replay touches
+/// a few cache lines per batch instead of chasing the tree's own pointers.
 pub(crate) struct ExportRoot {
-    /// Owns the buffers the image points to.
-    tree: Arc<OwnedArray>,
-    /// The batch's schema, when the batch is held only as this tree
-    /// ([`ExportRoot::deferred`]).
+    kept: Kept,
+    /// The batch's schema, when the batch is held only in this form
+    /// ([`ExportRoot::deferred`], [`ExportRoot::flat`]).
     deferred_schema: Option<SchemaRef>,
     shape: BlockShape,
-    /// The root node, then an export block's contents after its header (every node below
-    /// the root, then the child pointer arrays), with each pointer into the block written
-    /// as its offset from the block's start. One contiguous copy, so a replay touches a
-    /// few cache lines per batch instead of chasing the tree's own pointers.
+}
+
+/// What owns the buffers an image points to.
+enum Kept {
+    /// Any tree: the image holds copies of its nodes.
+    Tree {
+        tree: Arc<OwnedArray>,
+        image: Box<[u64]>,
+    },
+    /// A batch of leaf columns, whose structs live in the image itself.
+    Flat(Arc<FlatImage>),
+}
+
+/// The image of a batch whose columns are all leaves (no children, no dictionary), whose
+/// column nodes are the producer's own structs, moved in with their release callbacks:
+/// one allocation keeps and exports the batch. Exports overwrite each node's callback.
+pub(crate) struct FlatImage {
     image: Box<[u64]>,
+    columns: usize,
+}
+
+// SAFETY: as for `OwnedArray`: the producer's structs are read and released from any
+// thread, and nothing writes to the image before it is dropped.
+unsafe impl Send for FlatImage {}
+unsafe impl Sync for FlatImage {}
+
+impl FlatImage {
+    fn column(&self, index: usize) -> *mut ArrowArray {
+        self.image[(index + 1) * NODE_WORDS..]
+            .as_ptr()
+            .cast::<ArrowArray>()
+            .cast_mut()
+    }
+
+    /// A root over the columns for arrow-rs to import: its release drops one reference
+    /// to `flat`, which stays intact for exports.
+    pub fn shared_import_root(flat: &Arc<FlatImage>) -> FFI_ArrowArray {
+        let owner = Box::new(FlatImport {
+            children: (0..flat.columns).map(|i| flat.column(i)).collect(),
+            _flat: flat.clone(),
+        });
+        // SAFETY: node 0 of an image is the root, written by `ExportRoot::flat`.
+        let root = unsafe { ptr::read(flat.image.as_ptr().cast::<ArrowArray>()) };
+        let proxy = ArrowArray {
+            children: owner.children.as_ptr().cast_mut(),
+            release: Some(release_flat_import),
+            private_data: Box::into_raw(owner).cast(),
+            ..root
+        };
+        // SAFETY: the layouts are equal (abi.rs).
+        unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(proxy) }
+    }
+}
+
+impl Drop for FlatImage {
+    fn drop(&mut self) {
+        for index in 0..self.columns {
+            let column = self.column(index);
+            // SAFETY: a column moved in by `ExportRoot::flat`, released once, here.
+            unsafe {
+                if let Some(release) = (*column).release {
+                    release(column);
+                }
+            }
+        }
+    }
+}
+
+/// What an import root made by [`FlatImage::shared_import_root`] keeps alive.
+struct FlatImport {
+    children: Box<[*mut ArrowArray]>,
+    _flat: Arc<FlatImage>,
+}
+
+unsafe extern "C" fn release_flat_import(array: *mut ArrowArray) {
+    let Some(array) = (unsafe { array.as_mut() }) else {
+        return;
+    };
+    let owner = array.private_data.cast::<FlatImport>();
+    array.release = None;
+    array.private_data = ptr::null_mut();
+    // SAFETY: made by `Box::into_raw` in `shared_import_root`, released once.
+    drop(unsafe { Box::from_raw(owner) });
 }
 
 const NODE_WORDS: usize = size_of::<ArrowArray>() / size_of::<u64>();
@@ -180,6 +262,69 @@ impl ExportRoot {
         Self::build(tree, Some(schema))
     }
 
+    /// Keep `array`, a batch that [`check_shape`] accepted for the rows of `schema` and
+    /// whose columns are all leaves, as the whole of a [`CachedBatch::deferred`], with its
+    /// column structs moved into the image (see [`FlatImage`]) and its root released.
+    /// Hands `array` back when its root cannot give its columns away (a validity bitmap,
+    /// a dictionary, no children).
+    ///
+    /// [`check_shape`]: crate::upstream
+    pub fn flat(array: FFI_ArrowArray, schema: SchemaRef) -> Result<Self, FFI_ArrowArray> {
+        // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
+        let root = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        let columns = root.n_children.max(0) as usize;
+        let validity = (root.n_buffers > 0 && !root.buffers.is_null())
+            .then(|| unsafe { *root.buffers })
+            .filter(|v| !v.is_null());
+        let leaves = !root.children.is_null()
+            && (0..columns).all(|i| unsafe {
+                let child = *root.children.add(i);
+                !child.is_null() && (*child).n_children == 0 && (*child).dictionary.is_null()
+            });
+        if columns == 0 || validity.is_some() || !root.dictionary.is_null() || !leaves {
+            return Err(array);
+        }
+        let shape = BlockShape::new(columns, columns);
+        let mut image = vec![0u64; (columns + 1) * NODE_WORDS + columns].into_boxed_slice();
+        let nodes = image.as_mut_ptr().cast::<ArrowArray>();
+        // SAFETY: the image has room for the root, `columns` nodes and `columns` slots; each
+        // child is moved out of the producer's root (marked released there) into it.
+        unsafe {
+            nodes.write(ArrowArray {
+                length: root.length,
+                null_count: root.null_count,
+                offset: root.offset,
+                n_buffers: 1,
+                n_children: columns as i64,
+                buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
+                children: ptr::without_provenance_mut(shape.children_offset),
+                dictionary: ptr::null_mut(),
+                release: Some(release_node),
+                private_data: ptr::null_mut(),
+            });
+            let slots = image.as_mut_ptr().add((columns + 1) * NODE_WORDS);
+            for i in 0..columns {
+                let child = *root.children.add(i);
+                nodes.add(i + 1).write(ptr::read(child));
+                (*child).release = None;
+                *slots.add(i) = (shape.nodes_offset + i * size_of::<ArrowArray>()) as u64;
+            }
+        }
+        drop(array); // the producer's root, its columns moved out
+        Ok(Self {
+            kept: Kept::Flat(Arc::new(FlatImage { image, columns })),
+            deferred_schema: Some(schema),
+            shape,
+        })
+    }
+
+    fn image(&self) -> &[u64] {
+        match &self.kept {
+            Kept::Tree { image, .. } => image,
+            Kept::Flat(flat) => &flat.image,
+        }
+    }
+
     fn build(tree: Arc<OwnedArray>, deferred_schema: Option<SchemaRef>) -> Self {
         let (mut descendants, mut child_slots) = (0, 0);
         // SAFETY: an unreleased tree is valid to read.
@@ -198,10 +343,12 @@ impl ExportRoot {
             builder.write_node(0, root);
         }
         Self {
-            tree,
+            kept: Kept::Tree {
+                tree,
+                image: builder.image,
+            },
             deferred_schema,
             shape,
-            image: builder.image,
         }
     }
 }
@@ -209,14 +356,18 @@ impl ExportRoot {
 impl Derived for ExportRoot {
     /// The image is what a read copies.
     fn prefetch(&self) {
-        for line in self.image.chunks(CACHE_LINE_WORDS) {
+        for line in self.image().chunks(CACHE_LINE_WORDS) {
             prefetch(line.as_ptr());
         }
     }
 
     fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
         let schema = self.deferred_schema.as_ref()?;
-        Some(import_batch(&self.tree, schema))
+        let root = match &self.kept {
+            Kept::Tree { tree, .. } => OwnedArray::shared_import_root(tree),
+            Kept::Flat(flat) => FlatImage::shared_import_root(flat),
+        };
+        Some(import_batch(root, schema))
     }
 }
 
@@ -368,6 +519,8 @@ unsafe fn rebase(node: &mut ArrowArray, base: *mut u8) {
     if !node.dictionary.is_null() {
         node.dictionary = unsafe { base.add(node.dictionary.addr()) }.cast();
     }
+    // A flat image's nodes carry their producer's callback.
+    node.release = Some(release_node);
     node.private_data = base.cast();
 }
 
@@ -386,8 +539,8 @@ pub(crate) unsafe fn export_cached(
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return Ok(());
     };
-    let (shape, image) = (root.shape, root.image.as_ptr());
-    let tail_len = (root.image.len() - NODE_WORDS) * size_of::<u64>();
+    let (shape, image) = (root.shape, root.image().as_ptr());
+    let tail_len = (root.image().len() - NODE_WORDS) * size_of::<u64>();
     // SAFETY: the layout has the header's size at least, so it is not zero-sized.
     let base = unsafe { alloc(shape.layout) };
     if base.is_null() {

@@ -93,8 +93,9 @@ impl CStreamUpstream {
             let allocations = Allocations::of_buffers(buffers);
             if !tiny(&allocations) {
                 let rows = raw.length as usize;
-                let tree = Arc::new(OwnedArray::new(array));
-                let root = ExportRoot::deferred(tree, self.schema.clone());
+                let root = ExportRoot::flat(array, self.schema.clone()).unwrap_or_else(|array| {
+                    ExportRoot::deferred(Arc::new(OwnedArray::new(array)), self.schema.clone())
+                });
                 return Ok(Pulled {
                     batch: CachedBatch::deferred(rows, Box::new(root)),
                     allocations: Some(allocations),
@@ -102,7 +103,7 @@ impl CStreamUpstream {
             }
         }
         let tree = Arc::new(OwnedArray::new(array));
-        let data = import_rows(&tree, &self.schema)?;
+        let data = import_rows(OwnedArray::shared_import_root(&tree), &self.schema)?;
         let allocations = Allocations::of_data(&data);
         if let Some(columns) = compact_copy(&data, &allocations) {
             // The producer's arrays go back at once: its bookkeeping for them would cost
@@ -124,20 +125,19 @@ impl CStreamUpstream {
     }
 }
 
-/// The batch of the array tree `tree`, whose columns have the fields of `schema`,
-/// imported into arrow-rs and validated; its buffers stay the producer's.
+/// The batch under `root`, a root over a kept tree whose columns have the fields of
+/// `schema`, imported into arrow-rs and validated; its buffers stay the producer's.
 pub(crate) fn import_batch(
-    tree: &Arc<OwnedArray>,
+    root: FFI_ArrowArray,
     schema: &SchemaRef,
 ) -> std::result::Result<RecordBatch, ArrowError> {
-    batch_of_rows(import_rows(tree, schema)?, schema)
+    batch_of_rows(import_rows(root, schema)?, schema)
 }
 
 fn import_rows(
-    tree: &Arc<OwnedArray>,
+    root: FFI_ArrowArray,
     schema: &SchemaRef,
 ) -> std::result::Result<arrow_data::ArrayData, ArrowError> {
-    let root = OwnedArray::shared_import_root(tree);
     let row_type = DataType::Struct(schema.fields().clone());
     // SAFETY: a tree whose shape `check_shape` accepted for this type.
     let data = unsafe { from_ffi_and_data_type(root, row_type) }?;
@@ -543,7 +543,7 @@ mod tests {
         unsafe { check_shape(raw, &row_type) }.unwrap();
         let listed = unsafe { flat_buffers(raw, &schema) }.unwrap().unwrap();
         let tree = Arc::new(OwnedArray::new(exported));
-        let imported = import_rows(&tree, &schema).unwrap();
+        let imported = import_rows(OwnedArray::shared_import_root(&tree), &schema).unwrap();
         (
             Allocations::of_buffers(listed),
             Allocations::of_data(&imported),
