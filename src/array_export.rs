@@ -880,4 +880,81 @@ mod tests {
             assert!(ids.is_null(1));
         }
     }
+
+    /// A batch of leaf columns only: nullable integers, strings and booleans.
+    fn flat_batch() -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])) as ArrayRef,
+            ),
+            ("s", Arc::new(StringArray::from(vec!["ab", "", "cde"])) as _),
+            (
+                "b",
+                Arc::new(arrow_array::BooleanArray::from(vec![true, false, true])) as _,
+            ),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_flat_batch_exports_imports_and_releases_its_columns_once_everything_is_gone() {
+        let original = flat_batch();
+        let buffer = original.column(0).to_data().buffers()[0].clone();
+        let alone = buffer.strong_count();
+        let produced = FFI_ArrowArray::new(&StructArray::from(original.slice(1, 2)).into_data());
+        let Ok(root) = ExportRoot::flat(produced, original.schema()) else {
+            panic!("a batch of leaf columns is kept flat");
+        };
+        let cached = Arc::new(CachedBatch::deferred(2, Box::new(root)));
+        assert!(
+            buffer.strong_count() > alone,
+            "the cache keeps the producer's columns"
+        );
+
+        let mut first = released();
+        let mut second = released();
+        unsafe {
+            export_cached(cached.clone(), &mut first).unwrap();
+            export_cached(cached.clone(), &mut second).unwrap();
+        }
+        assert_eq!(import(first, &original), original.slice(1, 2));
+        assert_eq!(cached.batch().unwrap(), &original.slice(1, 2));
+        // A column moved out of an export outlives its parent and the cache.
+        let child = unsafe { *second.children.add(1) };
+        let moved = unsafe { ptr::replace(child, released()) };
+        unsafe { (second.release.unwrap())(&mut second) };
+        let made = cached.batch().unwrap().clone();
+        drop(cached);
+        let ffi: FFI_ArrowArray = unsafe { std::mem::transmute(moved) };
+        let data =
+            unsafe { arrow_array::ffi::from_ffi_and_data_type(ffi, DataType::Utf8) }.unwrap();
+        assert_eq!(
+            arrow_array::make_array(data).as_string::<i32>().value(1),
+            "cde"
+        );
+        assert!(
+            buffer.strong_count() > alone,
+            "the made batch keeps the columns"
+        );
+        drop(made);
+        assert_eq!(
+            buffer.strong_count(),
+            alone,
+            "the producer's columns were not released"
+        );
+    }
+
+    #[test]
+    fn a_root_with_a_validity_bitmap_is_not_kept_flat() {
+        let original = flat_batch();
+        let validity = arrow_buffer::NullBuffer::from(vec![true, true, false]);
+        let rows = StructArray::new(
+            original.schema().fields().clone(),
+            original.columns().to_vec(),
+            Some(validity),
+        );
+        let produced = FFI_ArrowArray::new(&rows.into_data());
+        assert!(ExportRoot::flat(produced, original.schema()).is_err());
+    }
 }
