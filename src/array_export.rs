@@ -159,9 +159,6 @@ pub(crate) struct ExportRoot {
     image: *const [u64],
     shape: BlockShape,
     kept: Kept,
-    /// The batch's schema, when the batch is held only in this form
-    /// ([`ExportRoot::deferred`], [`ExportRoot::flat`]).
-    deferred_schema: Option<SchemaRef>,
 }
 
 // SAFETY: `image` points into `kept`, which is Send and Sync and never written.
@@ -170,9 +167,9 @@ unsafe impl Sync for ExportRoot {}
 
 /// What owns the buffers an image points to.
 enum Kept {
-    /// Any tree: the image holds copies of its nodes.
+    /// Any tree, owned here: the image holds copies of its nodes.
     Tree {
-        tree: Arc<OwnedArray>,
+        _tree: Arc<OwnedArray>,
         _image: Box<[u64]>,
     },
     /// A batch of leaf columns, whose structs live in the image itself.
@@ -182,9 +179,11 @@ enum Kept {
 /// The image of a batch whose columns are all leaves (no children, no dictionary), whose
 /// column nodes are the producer's own structs, moved in with their release callbacks:
 /// one allocation keeps and exports the batch. Exports overwrite each node's callback.
+/// It is the whole of a [`CachedBatch::deferred`], imported into arrow-rs as a batch of
+/// `schema` when one is needed.
 pub(crate) struct FlatImage {
     image: Box<[u64]>,
-    columns: usize,
+    schema: SchemaRef,
 }
 
 // SAFETY: as for `OwnedArray`: the producer's structs are read and released from any
@@ -193,6 +192,12 @@ unsafe impl Send for FlatImage {}
 unsafe impl Sync for FlatImage {}
 
 impl FlatImage {
+    /// The root node, then one node and one child slot per column.
+    fn columns(&self) -> usize {
+        (self.image.len() - NODE_WORDS) / (NODE_WORDS + 1)
+    }
+
+    /// Column `index`'s node, for arrow-rs's import to read.
     fn column(&self, index: usize) -> *mut ArrowArray {
         self.image[(index + 1) * NODE_WORDS..]
             .as_ptr()
@@ -204,7 +209,7 @@ impl FlatImage {
     /// to `flat`, which stays intact for exports.
     pub fn shared_import_root(flat: &Arc<FlatImage>) -> FFI_ArrowArray {
         let owner = Box::new(FlatImport {
-            children: (0..flat.columns).map(|i| flat.column(i)).collect(),
+            children: (0..flat.columns()).map(|i| flat.column(i)).collect(),
             _flat: flat.clone(),
         });
         // SAFETY: node 0 of an image is the root, written by `ExportRoot::flat`.
@@ -222,10 +227,11 @@ impl FlatImage {
 
 impl Drop for FlatImage {
     fn drop(&mut self) {
-        for index in 0..self.columns {
-            let column = self.column(index);
+        let nodes = self.image.as_mut_ptr().cast::<ArrowArray>();
+        for index in 1..=self.columns() {
             // SAFETY: a column moved in by `ExportRoot::flat`, released once, here.
             unsafe {
+                let column = nodes.add(index);
                 if let Some(release) = (*column).release {
                     release(column);
                 }
@@ -256,20 +262,6 @@ const _: () = assert!(size_of::<ArrowArray>() % size_of::<u64>() == 0);
 const _: () = assert!(align_of::<ArrowArray>() <= align_of::<u64>());
 
 impl ExportRoot {
-    /// Keep `tree`, an unreleased array tree of a batch imported already, for exports.
-    pub fn new(tree: Arc<OwnedArray>) -> Self {
-        Self::build(tree, None)
-    }
-
-    /// Keep `tree`, an unreleased array tree that [`check_shape`] accepted for the rows
-    /// of `schema`, as the whole of a [`CachedBatch::deferred`]: the batch is imported
-    /// into arrow-rs the first time something needs it.
-    ///
-    /// [`check_shape`]: crate::upstream
-    pub fn deferred(tree: Arc<OwnedArray>, schema: SchemaRef) -> Self {
-        Self::build(tree, Some(schema))
-    }
-
     /// Keep `array`, a batch that [`check_shape`] accepted for the rows of `schema` and
     /// whose columns are all leaves, as the whole of a [`CachedBatch::deferred`], with its
     /// column structs moved into the image (see [`FlatImage`]) and its root released.
@@ -319,11 +311,10 @@ impl ExportRoot {
             }
         }
         drop(array); // the producer's root, its columns moved out
-        let flat = Arc::new(FlatImage { image, columns });
+        let flat = Arc::new(FlatImage { image, schema });
         Ok(Self {
             image: &*flat.image,
             kept: Kept::Flat(flat),
-            deferred_schema: Some(schema),
             shape,
         })
     }
@@ -334,7 +325,8 @@ impl ExportRoot {
         unsafe { &*self.image }
     }
 
-    fn build(tree: Arc<OwnedArray>, deferred_schema: Option<SchemaRef>) -> Self {
+    /// Keep `tree`, an unreleased array tree of a batch imported already, for exports.
+    pub fn new(tree: Arc<OwnedArray>) -> Self {
         let (mut descendants, mut child_slots) = (0, 0);
         // SAFETY: an unreleased tree is valid to read.
         unsafe { count(&tree.root, &mut descendants, &mut child_slots) };
@@ -354,10 +346,9 @@ impl ExportRoot {
         Self {
             image: &*builder.image,
             kept: Kept::Tree {
-                tree,
+                _tree: tree,
                 _image: builder.image,
             },
-            deferred_schema,
             shape,
         }
     }
@@ -371,13 +362,15 @@ impl Derived for ExportRoot {
         }
     }
 
+    /// A flat batch's: any other tree came with its batch.
     fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
-        let schema = self.deferred_schema.as_ref()?;
-        let root = match &self.kept {
-            Kept::Tree { tree, .. } => OwnedArray::shared_import_root(tree),
-            Kept::Flat(flat) => FlatImage::shared_import_root(flat),
+        let Kept::Flat(flat) = &self.kept else {
+            return None;
         };
-        Some(import_batch(root, schema))
+        Some(import_batch(
+            FlatImage::shared_import_root(flat),
+            &flat.schema,
+        ))
     }
 }
 

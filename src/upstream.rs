@@ -70,8 +70,9 @@ impl CStreamUpstream {
 
     /// The cache keeps the producer's columns (see [`OwnedArray`]): replays export copies
     /// of their structs. A batch of flat columns is imported into arrow-rs only when
-    /// something needs a `RecordBatch` (see [`ExportRoot::deferred`]); others at once.
-    fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
+    /// something needs a `RecordBatch` (see [`ExportRoot::flat`]), or copied when it is
+    /// tiny; others are imported at once.
+    fn import(&self, mut array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
         // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
         let raw = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
         // arrow-rs trusts the tree's shape (and asserts on some of it): check it first.
@@ -89,23 +90,26 @@ impl CStreamUpstream {
         // SAFETY: the shape was checked against the schema.
         let flat = unsafe { flat_buffers(raw, &self.schema) }
             .map_err(|problem| malformed(format!("the batch: {problem}")))?;
+        let rows = raw.length as usize;
+        let mut tiny_and_flat = false;
         if let Some(buffers) = flat {
             let allocations = Allocations::of_buffers(buffers);
-            if !tiny(&allocations) {
-                let rows = raw.length as usize;
-                let root = ExportRoot::flat(array, self.schema.clone()).unwrap_or_else(|array| {
-                    ExportRoot::deferred(Arc::new(OwnedArray::new(array)), self.schema.clone())
-                });
-                return Ok(Pulled {
-                    batch: CachedBatch::deferred(rows, Box::new(root)),
-                    allocations: Some(allocations),
-                });
+            tiny_and_flat = tiny(&allocations);
+            if !tiny_and_flat {
+                match ExportRoot::flat(array, self.schema.clone()) {
+                    Ok(root) => {
+                        return Ok(Pulled {
+                            batch: CachedBatch::deferred(rows, Box::new(root)),
+                            allocations: Some(allocations),
+                        })
+                    }
+                    Err(back) => array = back, // a root with a validity bitmap
+                }
             }
         }
         let tree = Arc::new(OwnedArray::new(array));
         let data = import_rows(OwnedArray::shared_import_root(&tree), &self.schema)?;
-        let allocations = Allocations::of_data(&data);
-        if let Some(columns) = compact_copy(&data, &allocations) {
+        if let Some(columns) = tiny_and_flat.then(|| compact_copy(&data)).flatten() {
             // The producer's arrays go back at once: its bookkeeping for them would cost
             // more than the data (bench/notes.md). Reads export the copy with arrow-rs.
             let options = RecordBatchOptions::new().with_row_count(Some(data.len()));
@@ -117,6 +121,7 @@ impl CStreamUpstream {
                 allocations: None,
             });
         }
+        let allocations = Allocations::of_data(&data);
         let batch = batch_of_rows(data, &self.schema)?;
         Ok(Pulled {
             batch: CachedBatch::with_derived(batch, Some(Box::new(ExportRoot::new(tree)))),
@@ -287,21 +292,12 @@ unsafe fn variable_buffers<O: Copy + Into<i64>>(
     Ok(())
 }
 
-/// Copies of the columns of `rows`, a batch's struct array whose buffers are
-/// `allocations`, when the batch is tiny (buffers averaging
-/// [`COMPACT_AT_MOST_BYTES_PER_BUFFER`] bytes or less) and every column is of a flat type;
-/// `None` otherwise, and the producer's arrays are kept.
-fn compact_copy(
-    rows: &arrow_data::ArrayData,
-    allocations: &Allocations,
-) -> Option<Vec<arrow_array::ArrayRef>> {
-    let flat = |data: &arrow_data::ArrayData| {
-        is_flat(data.data_type()) && data.len() == rows.len() && data.offset() == 0
-    };
-    if rows.offset() != 0 || rows.child_data().is_empty() || !rows.child_data().iter().all(flat) {
-        return None;
-    }
-    if !tiny(allocations) {
+/// Copies of the columns of `rows`, the struct array of a tiny batch of flat columns
+/// (see [`tiny`]), when neither it nor its columns are sliced; `None` otherwise, and the
+/// producer's arrays are kept.
+fn compact_copy(rows: &arrow_data::ArrayData) -> Option<Vec<arrow_array::ArrayRef>> {
+    let whole = |data: &arrow_data::ArrayData| data.len() == rows.len() && data.offset() == 0;
+    if rows.offset() != 0 || !rows.child_data().iter().all(whole) {
         return None;
     }
     rows.child_data()

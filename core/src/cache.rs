@@ -520,10 +520,7 @@ impl Shared {
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 
         let batch = match pulled {
-            Some(Ok(pulled)) => match check_pulled(&self.schema, pulled) {
-                Ok(checked) => Ok(checked),
-                Err(err) => Err(Some(err)),
-            },
+            Some(Ok(pulled)) => check_pulled(&self.schema, pulled).map_err(Some),
             Some(Err(err)) => Err(Some(Error::from_upstream(&err))),
             None => Err(None),
         };

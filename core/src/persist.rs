@@ -26,7 +26,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use serde_json::{json, Value};
 use twox_hash::XxHash3_64;
 
-use crate::cache::StreamCache;
+use crate::cache::{made, StreamCache};
 use crate::disk::{io_error, map_range, Checksum, DiskEntry, DiskIndex, Message, Segment};
 use crate::error::{Error, Result};
 use crate::spill_dir::{self, SpillDir};
@@ -91,7 +91,7 @@ impl StreamCache {
         let mut saver = Saver::start(path, parent)?;
         let mut position = 0;
         while let Some(batch) = self.batch_at(position)? {
-            saver.write(position, crate::cache::made(&batch)?)?;
+            saver.write(position, made(&batch)?)?;
             position += 1;
         }
         let saved = saver.finish(&self.schema())?;

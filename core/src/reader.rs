@@ -6,7 +6,7 @@ use arrow_array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
 use arrow_cast::{can_cast_types, cast_with_options, CastOptions};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 
-use crate::cache::Shared;
+use crate::cache::{made, Shared};
 use crate::error::{Error, Result};
 use crate::registry::ReaderSlot;
 use crate::storage::CachedBatch;
@@ -154,8 +154,8 @@ impl CacheReader {
             return Ok(None);
         };
         let batch = match &self.target {
-            None => crate::cache::made(&cached)?.clone(),
-            Some(cast) => cast_batch(crate::cache::made(&cached)?, cast, self.next)?,
+            None => made(&cached)?.clone(),
+            Some(cast) => cast_batch(made(&cached)?, cast, self.next)?,
         };
         self.advance(true);
         Ok(Some(batch))

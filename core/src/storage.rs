@@ -241,7 +241,7 @@ impl MemoryTier {
     /// unless it would exceed the budget.
     pub fn push(&mut self, batch: CachedBatch, allocations: Allocations) -> Result<(), OverBudget> {
         // Within budget even if every allocation is new: no need to look them up twice.
-        let at_most: u64 = allocations.iter().map(|&(_, bytes)| bytes).sum();
+        let (at_most, _) = allocations.totals();
         if self.bytes.saturating_add(at_most) <= self.capacity {
             self.insert(batch, allocations);
             return Ok(());
