@@ -206,7 +206,7 @@ class StreamCacheReader(ClosesOnExit):
         """The view for a read, made on the first one; waits while another thread reads
         through it. ``StopIteration`` once the reader is exhausted."""
         while True:
-            with self._lock:
+            with self._quiet():
                 stream = self._stream
                 if stream is None:
                     if self._exported:
@@ -214,12 +214,11 @@ class StreamCacheReader(ClosesOnExit):
                     raise StopIteration
                 if self._view is None:
                     self._view = _open_view(stream)
-                    return self._view
-                try:
-                    return self._idle.pop()
-                except IndexError:
-                    pass
-            time.sleep(_READ_IN_FLIGHT_POLL_SECONDS)
+                    self._idle.append(self._view)
+            try:
+                return self._idle.pop()
+            except IndexError:
+                pass  # another thread took it first
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
