@@ -25,6 +25,8 @@ _COMPRESSIONS: Mapping[Any, int] = {
     "zstd": lib.BC_COMPRESSION_ZSTD,
 }
 _UINT64_END = 1 << 64
+_UNSET = (None,) * 6
+_DEFAULTS = (lib.BC_WRITE_ON_INSERTION, lib.BC_COMPRESSION_NONE)  # bc_options_new's
 
 
 def _uint64(name: str, value: Any) -> Optional[int]:
@@ -85,7 +87,8 @@ def options(
     prefetch: Any = None,
     persist_path: Any = None,
 ) -> Any:
-    """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments."""
+    """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments,
+    or NULL, which ``bc_cache_new`` takes as every default, when they are all defaults."""
     memory = _uint64("memory_capacity", memory_capacity)
     readers = _uint64("max_readers", max_readers)
     policy = _enum("write_policy", write_policy, _WRITE_POLICIES)
@@ -94,6 +97,8 @@ def options(
     segment = _uint64("segment_bytes", segment_bytes)
     ahead = _uint64("prefetch", prefetch)
     save = None if persist_path is None else path_bytes("persist_path", persist_path)
+    if (memory, readers, disk, segment, ahead, save) == _UNSET and (policy, codec) == _DEFAULTS:
+        return ffi.NULL
     raw = lib.bc_options_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate a BcOptions")
