@@ -172,18 +172,21 @@ enum Kept {
         _tree: Arc<OwnedArray>,
         _image: Box<[u64]>,
     },
-    /// A batch of leaf columns, whose structs live in the image itself.
-    Flat(Arc<FlatImage>),
+    /// A batch of leaf columns of `schema`, whose structs live in the image itself.
+    Flat {
+        flat: Arc<FlatImage>,
+        schema: SchemaRef,
+    },
 }
 
 /// The image of a batch whose columns are all leaves (no children, no dictionary), whose
 /// column nodes are the producer's own structs, moved in with their release callbacks:
-/// one allocation keeps and exports the batch. Exports overwrite each node's callback.
-/// It is the whole of a [`CachedBatch::deferred`], imported into arrow-rs as a batch of
-/// `schema` when one is needed.
+/// one allocation, with its reference counts, keeps and exports the batch. Exports
+/// overwrite each node's callback. It is the whole of a [`CachedBatch::deferred`],
+/// imported into arrow-rs when a `RecordBatch` is needed.
+#[repr(transparent)] // an `Arc<[u64]>` made in place is cast to `Arc<FlatImage>`
 pub(crate) struct FlatImage {
-    image: Box<[u64]>,
-    schema: SchemaRef,
+    image: [u64],
 }
 
 // SAFETY: as for `OwnedArray`: the producer's structs are read and released from any
@@ -285,7 +288,8 @@ impl ExportRoot {
             return Err(array);
         }
         let shape = BlockShape::new(columns, columns);
-        let mut image = vec![0u64; (columns + 1) * NODE_WORDS + columns].into_boxed_slice();
+        let mut words = Arc::<[u64]>::new_uninit_slice((columns + 1) * NODE_WORDS + columns);
+        let image = Arc::get_mut(&mut words).expect("a new Arc is unique");
         let nodes = image.as_mut_ptr().cast::<ArrowArray>();
         // SAFETY: the image has room for the root, `columns` nodes and `columns` slots; each
         // child is moved out of the producer's root (marked released there) into it.
@@ -297,24 +301,27 @@ impl ExportRoot {
                 n_buffers: 1,
                 n_children: columns as i64,
                 buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
-                children: ptr::without_provenance_mut(shape.children_offset),
+                children: ptr::without_provenance_mut(shape.children_offset()),
                 dictionary: ptr::null_mut(),
                 release: Some(release_node),
                 private_data: ptr::null_mut(),
             });
-            let slots = image.as_mut_ptr().add((columns + 1) * NODE_WORDS);
+            let slots = image.as_mut_ptr().add((columns + 1) * NODE_WORDS).cast::<u64>();
             for i in 0..columns {
                 let child = *root.children.add(i);
                 nodes.add(i + 1).write(ptr::read(child));
                 (*child).release = None;
-                *slots.add(i) = (shape.nodes_offset + i * size_of::<ArrowArray>()) as u64;
+                slots.add(i).write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
             }
         }
         drop(array); // the producer's root, its columns moved out
-        let flat = Arc::new(FlatImage { image, schema });
+        // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
+        let flat = unsafe {
+            Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage)
+        };
         Ok(Self {
-            image: &*flat.image,
-            kept: Kept::Flat(flat),
+            image: &flat.image,
+            kept: Kept::Flat { flat, schema },
             shape,
         })
     }
@@ -364,13 +371,10 @@ impl Derived for ExportRoot {
 
     /// A flat batch's: any other tree came with its batch.
     fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
-        let Kept::Flat(flat) = &self.kept else {
+        let Kept::Flat { flat, schema } = &self.kept else {
             return None;
         };
-        Some(import_batch(
-            FlatImage::shared_import_root(flat),
-            &flat.schema,
-        ))
+        Some(import_batch(FlatImage::shared_import_root(flat), schema))
     }
 }
 
@@ -419,7 +423,7 @@ impl ImageBuilder {
                 let child = unsafe { self.place_below(&**source.children.add(i)) };
                 self.image[slots + i] = child as u64;
             }
-            self.shape.children_offset + first * size_of::<*mut ArrowArray>()
+            self.shape.children_offset() + first * size_of::<*mut ArrowArray>()
         };
         let dictionary = match unsafe { source.dictionary.as_ref() } {
             Some(dictionary) => unsafe { self.place_below(dictionary) },
@@ -440,7 +444,7 @@ impl ImageBuilder {
         self.next_node += 1;
         let node = unsafe { self.place(source) };
         unsafe { self.write_node(index, node) };
-        self.shape.nodes_offset + (index - 1) * size_of::<ArrowArray>()
+        self.shape.nodes_offset() + (index - 1) * size_of::<ArrowArray>()
     }
 
     /// # Safety
@@ -454,16 +458,17 @@ impl ImageBuilder {
 
 /// The layout of one export's allocation: a [`Block`] header, then every node below the
 /// root (the root lives in the consumer's struct), then the child pointer arrays.
+/// Two counts, the rest computed: every cached batch keeps one.
 #[derive(Clone, Copy)]
 struct BlockShape {
-    layout: Layout,
-    nodes_offset: usize,
-    children_offset: usize,
     descendants: usize,
     child_slots: usize,
 }
 
 impl BlockShape {
+    /// Where the nodes start: right after the header, whatever the tree.
+    const NODES_OFFSET: usize = size_of::<Block>().next_multiple_of(align_of::<ArrowArray>());
+
     fn new(descendants: usize, child_slots: usize) -> Self {
         // A tree that overflows a layout could not be in memory in the first place.
         const TREE_FITS: &str = "an array tree in memory has a layout";
@@ -471,16 +476,36 @@ impl BlockShape {
         let (layout, nodes_offset) = Layout::new::<Block>().extend(nodes).expect(TREE_FITS);
         let children = Layout::array::<*mut ArrowArray>(child_slots).expect(TREE_FITS);
         let (layout, children_offset) = layout.extend(children).expect(TREE_FITS);
-        debug_assert_eq!(children_offset, nodes_offset + nodes.size());
-        Self {
-            layout: layout.pad_to_align(),
-            nodes_offset,
-            children_offset,
+        let shape = Self {
             descendants,
             child_slots,
-        }
+        };
+        // The accessors compute the same without checks.
+        debug_assert_eq!(nodes_offset, Self::NODES_OFFSET);
+        debug_assert_eq!(children_offset, shape.children_offset());
+        debug_assert_eq!(layout.pad_to_align(), shape.layout());
+        shape
+    }
+
+    fn nodes_offset(self) -> usize {
+        Self::NODES_OFFSET
+    }
+
+    fn children_offset(self) -> usize {
+        Self::NODES_OFFSET + self.descendants * size_of::<ArrowArray>()
+    }
+
+    fn layout(self) -> Layout {
+        let size = self.children_offset() + self.child_slots * size_of::<*mut ArrowArray>();
+        // SAFETY: `new` checked that this layout exists; node and pointer sizes are
+        // multiples of the header's alignment, so no padding is needed.
+        unsafe { Layout::from_size_align_unchecked(size, align_of::<Block>()) }
     }
 }
+
+const _: () = assert!(size_of::<ArrowArray>() % align_of::<Block>() == 0);
+const _: () = assert!(size_of::<*mut ArrowArray>() % align_of::<Block>() == 0);
+const _: () = assert!(align_of::<ArrowArray>() <= align_of::<Block>());
 
 /// The header of one export's allocation ([`BlockShape`] gives the rest). The nodes are
 /// plain structs, so freeing the block only drops this header.
@@ -545,13 +570,13 @@ pub(crate) unsafe fn export_cached(
     let (shape, image) = (root.shape, root.image().as_ptr());
     let tail_len = (root.image().len() - NODE_WORDS) * size_of::<u64>();
     // SAFETY: the layout has the header's size at least, so it is not zero-sized.
-    let base = unsafe { alloc(shape.layout) };
+    let base = unsafe { alloc(shape.layout()) };
     if base.is_null() {
-        handle_alloc_error(shape.layout);
+        handle_alloc_error(shape.layout());
     }
     let header = Block {
         references: AtomicUsize::new(shape.descendants + 1),
-        layout: shape.layout,
+        layout: shape.layout(),
         // Keeps `root`, so the image, alive until the block is freed.
         _batch: cached,
     };
@@ -561,12 +586,12 @@ pub(crate) unsafe fn export_cached(
     unsafe {
         base.cast::<Block>().write(header);
         let image_tail = image.add(NODE_WORDS).cast::<u8>();
-        ptr::copy_nonoverlapping(image_tail, base.add(shape.nodes_offset), tail_len);
-        let nodes = base.add(shape.nodes_offset).cast::<ArrowArray>();
+        ptr::copy_nonoverlapping(image_tail, base.add(shape.nodes_offset()), tail_len);
+        let nodes = base.add(shape.nodes_offset()).cast::<ArrowArray>();
         for i in 0..shape.descendants {
             rebase(&mut *nodes.add(i), base);
         }
-        let children = base.add(shape.children_offset).cast::<*mut ArrowArray>();
+        let children = base.add(shape.children_offset()).cast::<*mut ArrowArray>();
         for i in 0..shape.child_slots {
             let slot = children.add(i);
             *slot = base.add((*slot).addr()).cast();

@@ -27,8 +27,9 @@ pub trait Derived: Any + Send + Sync {
 /// One cached batch, shared by the store and every reader that has read it.
 pub struct CachedBatch {
     rows: usize,
-    /// Set from the start, or, for a deferred batch, on first use.
-    batch: OnceLock<RecordBatch>,
+    /// Set from the start, or, for a deferred batch, on first use. Boxed: a deferred
+    /// batch, the common kind, would otherwise carry an empty `RecordBatch`'s bytes.
+    batch: OnceLock<Box<RecordBatch>>,
     /// What an export layer reuses on every read: derived from the batch once, or handed
     /// over by the upstream with it (`Pulled::batch`).
     derived: OnceLock<Box<dyn Derived>>,
@@ -47,7 +48,7 @@ impl CachedBatch {
     pub fn new(batch: RecordBatch) -> Self {
         Self {
             rows: batch.num_rows(),
-            batch: OnceLock::from(batch),
+            batch: OnceLock::from(Box::new(batch)),
             derived: OnceLock::new(),
         }
     }
@@ -92,12 +93,12 @@ impl CachedBatch {
                 ))
             })?;
         // Two threads may both make it; the first one kept is the one every caller sees.
-        Ok(self.batch.get_or_init(|| made))
+        Ok(self.batch.get_or_init(|| Box::new(made)))
     }
 
     /// The batch if it is made already: always, unless it is deferred and unused so far.
     pub fn batch_if_made(&self) -> Option<&RecordBatch> {
-        self.batch.get()
+        self.batch.get().map(|batch| &**batch)
     }
 
     /// A value derived from the batch, built on first use and kept as long as the batch.
