@@ -191,7 +191,16 @@ unsafe fn flat_buffers(
     if !unsafe { *root.buffers }.is_null() && root.null_count != 0 {
         return Ok(None);
     }
-    let mut found = Vec::with_capacity(fields.len() * 3);
+    // Sized for every buffer a column can have, so that the list is rarely shrunk.
+    let most = (0..fields.len())
+        .map(|index| {
+            // SAFETY: `check_shape` found one valid child per field.
+            let column = unsafe { &**root.children.add(index) };
+            let values = column.n_buffers.max(1) as usize - 1;
+            values + usize::from(column.null_count != 0)
+        })
+        .sum();
+    let mut found = Vec::with_capacity(most);
     for (index, field) in fields.iter().enumerate() {
         // SAFETY: `check_shape` found one valid child per field.
         let column = unsafe { &**root.children.add(index) };
