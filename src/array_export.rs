@@ -154,39 +154,60 @@ unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
 /// a few cache lines per batch instead of chasing the tree's own pointers.
 #[repr(C)] // what a read touches first, so that the prefetch of the struct's start covers it
 pub(crate) struct ExportRoot {
-    /// `kept`'s image, reached directly: a read of a flat batch would otherwise go
-    /// through one more pointer (and one more cache miss) to find it.
-    image: *const [u64],
+    image: Box<[u64]>,
     shape: BlockShape,
-    kept: Kept,
+    _tree: Arc<OwnedArray>,
 }
 
-// SAFETY: `image` points into `kept`, which is Send and Sync and never written.
-unsafe impl Send for ExportRoot {}
-unsafe impl Sync for ExportRoot {}
-
-/// What owns the buffers an image points to.
-enum Kept {
-    /// Any tree, owned here: the image holds copies of its nodes.
-    Tree {
-        _tree: Arc<OwnedArray>,
-        _image: Box<[u64]>,
-    },
-    /// A batch of leaf columns of `schema`, whose structs live in the image itself.
-    Flat {
-        flat: Arc<FlatImage>,
-        schema: SchemaRef,
-    },
+impl ExportRoot {
+    /// Keep `tree`, an unreleased array tree of a batch imported already, for exports.
+    pub fn new(tree: Arc<OwnedArray>) -> Self {
+        let (mut descendants, mut child_slots) = (0, 0);
+        // SAFETY: an unreleased tree is valid to read.
+        unsafe { count(&tree.root, &mut descendants, &mut child_slots) };
+        let shape = BlockShape::new(descendants, child_slots);
+        let words = (descendants + 1) * NODE_WORDS + child_slots;
+        let mut builder = ImageBuilder {
+            shape,
+            image: vec![0; words].into_boxed_slice(),
+            next_node: 1,
+            next_child: 0,
+        };
+        // SAFETY: as above; `count` sized the shape and the image for this tree.
+        unsafe {
+            let root = builder.place(&tree.root);
+            builder.write_node(0, root);
+        }
+        Self {
+            image: builder.image,
+            shape,
+            _tree: tree,
+        }
+    }
 }
 
-/// The image of a batch whose columns are all leaves (no children, no dictionary), whose
-/// column nodes are the producer's own structs, moved in with their release callbacks:
-/// one allocation, with its reference counts, keeps and exports the batch. Exports
+impl Derived for ExportRoot {
+    /// The image is what a read copies.
+    fn prefetch(&self) {
+        prefetch_words(&self.image);
+    }
+}
+
+/// A batch whose columns are all leaves (no children, no dictionary), kept as the
+/// producer's own column structs, moved into an image with their release callbacks: one
+/// allocation, with its reference counts, keeps and exports the batch, and exports
 /// overwrite each node's callback. It is the whole of a [`CachedBatch::deferred`],
-/// imported into arrow-rs when a `RecordBatch` is needed.
+/// imported into arrow-rs as a batch of `schema` when a `RecordBatch` is needed.
+pub(crate) struct FlatExport {
+    image: Arc<FlatImage>,
+    schema: SchemaRef,
+}
+
+/// A flat batch's image: the root's length, null count and offset (the rest of the root
+/// is the same for every flat batch), then an export block's contents, as for a tree.
 #[repr(transparent)] // an `Arc<[u64]>` made in place is cast to `Arc<FlatImage>`
 pub(crate) struct FlatImage {
-    image: [u64],
+    words: [u64],
 }
 
 // SAFETY: as for `OwnedArray`: the producer's structs are read and released from any
@@ -194,15 +215,110 @@ pub(crate) struct FlatImage {
 unsafe impl Send for FlatImage {}
 unsafe impl Sync for FlatImage {}
 
+/// The root's length, null count and offset.
+const ROOT_WORDS: usize = 3;
+
+impl FlatExport {
+    /// Keep `array`, a batch that [`check_shape`] accepted for the rows of `schema` and
+    /// whose columns are all leaves, with its column structs moved into the image and its
+    /// root released. Hands `array` back when its root cannot give its columns away (a
+    /// validity bitmap, a dictionary, no children).
+    ///
+    /// [`check_shape`]: crate::upstream
+    pub fn new(array: FFI_ArrowArray, schema: SchemaRef) -> Result<Self, FFI_ArrowArray> {
+        // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
+        let root = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
+        let columns = root.n_children.max(0) as usize;
+        let validity = (root.n_buffers > 0 && !root.buffers.is_null())
+            .then(|| unsafe { *root.buffers })
+            .filter(|v| !v.is_null());
+        let leaves = !root.children.is_null()
+            && (0..columns).all(|i| unsafe {
+                let child = *root.children.add(i);
+                !child.is_null() && (*child).n_children == 0 && (*child).dictionary.is_null()
+            });
+        if columns == 0 || validity.is_some() || !root.dictionary.is_null() || !leaves {
+            return Err(array);
+        }
+        let shape = BlockShape::new(columns, columns);
+        let mut words = Arc::<[u64]>::new_uninit_slice(ROOT_WORDS + columns * (NODE_WORDS + 1));
+        let image = Arc::get_mut(&mut words).expect("a new Arc is unique");
+        image[0].write(root.length as u64);
+        image[1].write(root.null_count as u64);
+        image[2].write(root.offset as u64);
+        let nodes = image[ROOT_WORDS..].as_mut_ptr().cast::<ArrowArray>();
+        // SAFETY: the image has room for `columns` nodes and `columns` slots; each child
+        // is moved out of the producer's root (marked released there) into it.
+        unsafe {
+            let slots = nodes.add(columns).cast::<u64>();
+            for i in 0..columns {
+                let child = *root.children.add(i);
+                nodes.add(i).write(ptr::read(child));
+                (*child).release = None;
+                slots.add(i).write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
+            }
+        }
+        drop(array); // the producer's root, its columns moved out
+        // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
+        let image = unsafe {
+            Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage)
+        };
+        Ok(Self { image, schema })
+    }
+}
+
+impl Derived for FlatExport {
+    /// The image is what a read copies.
+    fn prefetch(&self) {
+        prefetch_words(&self.image.words);
+    }
+
+    fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
+        Some(import_batch(
+            FlatImage::shared_import_root(&self.image),
+            &self.schema,
+        ))
+    }
+}
+
 impl FlatImage {
-    /// The root node, then one node and one child slot per column.
     fn columns(&self) -> usize {
-        (self.image.len() - NODE_WORDS) / (NODE_WORDS + 1)
+        (self.words.len() - ROOT_WORDS) / (NODE_WORDS + 1)
+    }
+
+    fn shape(&self) -> BlockShape {
+        let columns = self.columns();
+        // Checked by `BlockShape::new` when the image was made.
+        BlockShape {
+            descendants: columns,
+            child_slots: columns,
+        }
+    }
+
+    /// What an export block holds after its header: the column nodes, then their slots.
+    fn block_words(&self) -> &[u64] {
+        &self.words[ROOT_WORDS..]
+    }
+
+    /// The root node, with the children as an offset into an export block.
+    fn root(&self) -> ArrowArray {
+        ArrowArray {
+            length: self.words[0] as i64,
+            null_count: self.words[1] as i64,
+            offset: self.words[2] as i64,
+            n_buffers: 1,
+            n_children: self.columns() as i64,
+            buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
+            children: ptr::without_provenance_mut(self.shape().children_offset()),
+            dictionary: ptr::null_mut(),
+            release: Some(release_node),
+            private_data: ptr::null_mut(),
+        }
     }
 
     /// Column `index`'s node, for arrow-rs's import to read.
     fn column(&self, index: usize) -> *mut ArrowArray {
-        self.image[(index + 1) * NODE_WORDS..]
+        self.block_words()[index * NODE_WORDS..]
             .as_ptr()
             .cast::<ArrowArray>()
             .cast_mut()
@@ -215,13 +331,11 @@ impl FlatImage {
             children: (0..flat.columns()).map(|i| flat.column(i)).collect(),
             _flat: flat.clone(),
         });
-        // SAFETY: node 0 of an image is the root, written by `ExportRoot::flat`.
-        let root = unsafe { ptr::read(flat.image.as_ptr().cast::<ArrowArray>()) };
         let proxy = ArrowArray {
             children: owner.children.as_ptr().cast_mut(),
             release: Some(release_flat_import),
             private_data: Box::into_raw(owner).cast(),
-            ..root
+            ..flat.root()
         };
         // SAFETY: the layouts are equal (abi.rs).
         unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(proxy) }
@@ -230,9 +344,9 @@ impl FlatImage {
 
 impl Drop for FlatImage {
     fn drop(&mut self) {
-        let nodes = self.image.as_mut_ptr().cast::<ArrowArray>();
-        for index in 1..=self.columns() {
-            // SAFETY: a column moved in by `ExportRoot::flat`, released once, here.
+        let nodes = self.words[ROOT_WORDS..].as_mut_ptr().cast::<ArrowArray>();
+        for index in 0..self.columns() {
+            // SAFETY: a column moved in by `FlatExport::new`, released once, here.
             unsafe {
                 let column = nodes.add(index);
                 if let Some(release) = (*column).release {
@@ -264,117 +378,9 @@ const NODE_WORDS: usize = size_of::<ArrowArray>() / size_of::<u64>();
 const _: () = assert!(size_of::<ArrowArray>() % size_of::<u64>() == 0);
 const _: () = assert!(align_of::<ArrowArray>() <= align_of::<u64>());
 
-impl ExportRoot {
-    /// Keep `array`, a batch that [`check_shape`] accepted for the rows of `schema` and
-    /// whose columns are all leaves, as the whole of a [`CachedBatch::deferred`], with its
-    /// column structs moved into the image (see [`FlatImage`]) and its root released.
-    /// Hands `array` back when its root cannot give its columns away (a validity bitmap,
-    /// a dictionary, no children).
-    ///
-    /// [`check_shape`]: crate::upstream
-    pub fn flat(array: FFI_ArrowArray, schema: SchemaRef) -> Result<Self, FFI_ArrowArray> {
-        // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
-        let root = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
-        let columns = root.n_children.max(0) as usize;
-        let validity = (root.n_buffers > 0 && !root.buffers.is_null())
-            .then(|| unsafe { *root.buffers })
-            .filter(|v| !v.is_null());
-        let leaves = !root.children.is_null()
-            && (0..columns).all(|i| unsafe {
-                let child = *root.children.add(i);
-                !child.is_null() && (*child).n_children == 0 && (*child).dictionary.is_null()
-            });
-        if columns == 0 || validity.is_some() || !root.dictionary.is_null() || !leaves {
-            return Err(array);
-        }
-        let shape = BlockShape::new(columns, columns);
-        let mut words = Arc::<[u64]>::new_uninit_slice((columns + 1) * NODE_WORDS + columns);
-        let image = Arc::get_mut(&mut words).expect("a new Arc is unique");
-        let nodes = image.as_mut_ptr().cast::<ArrowArray>();
-        // SAFETY: the image has room for the root, `columns` nodes and `columns` slots; each
-        // child is moved out of the producer's root (marked released there) into it.
-        unsafe {
-            nodes.write(ArrowArray {
-                length: root.length,
-                null_count: root.null_count,
-                offset: root.offset,
-                n_buffers: 1,
-                n_children: columns as i64,
-                buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
-                children: ptr::without_provenance_mut(shape.children_offset()),
-                dictionary: ptr::null_mut(),
-                release: Some(release_node),
-                private_data: ptr::null_mut(),
-            });
-            let slots = image.as_mut_ptr().add((columns + 1) * NODE_WORDS).cast::<u64>();
-            for i in 0..columns {
-                let child = *root.children.add(i);
-                nodes.add(i + 1).write(ptr::read(child));
-                (*child).release = None;
-                slots.add(i).write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
-            }
-        }
-        drop(array); // the producer's root, its columns moved out
-        // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
-        let flat = unsafe {
-            Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage)
-        };
-        Ok(Self {
-            image: &flat.image,
-            kept: Kept::Flat { flat, schema },
-            shape,
-        })
-    }
-
-    fn image(&self) -> &[u64] {
-        // SAFETY: points into `kept`'s image, a boxed slice that lives and stays put as
-        // long as `self`.
-        unsafe { &*self.image }
-    }
-
-    /// Keep `tree`, an unreleased array tree of a batch imported already, for exports.
-    pub fn new(tree: Arc<OwnedArray>) -> Self {
-        let (mut descendants, mut child_slots) = (0, 0);
-        // SAFETY: an unreleased tree is valid to read.
-        unsafe { count(&tree.root, &mut descendants, &mut child_slots) };
-        let shape = BlockShape::new(descendants, child_slots);
-        let words = (descendants + 1) * NODE_WORDS + child_slots;
-        let mut builder = ImageBuilder {
-            shape,
-            image: vec![0; words].into_boxed_slice(),
-            next_node: 1,
-            next_child: 0,
-        };
-        // SAFETY: as above; `count` sized the shape and the image for this tree.
-        unsafe {
-            let root = builder.place(&tree.root);
-            builder.write_node(0, root);
-        }
-        Self {
-            image: &*builder.image,
-            kept: Kept::Tree {
-                _tree: tree,
-                _image: builder.image,
-            },
-            shape,
-        }
-    }
-}
-
-impl Derived for ExportRoot {
-    /// The image is what a read copies.
-    fn prefetch(&self) {
-        for line in self.image().chunks(CACHE_LINE_WORDS) {
-            prefetch(line.as_ptr());
-        }
-    }
-
-    /// A flat batch's: any other tree came with its batch.
-    fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
-        let Kept::Flat { flat, schema } = &self.kept else {
-            return None;
-        };
-        Some(import_batch(FlatImage::shared_import_root(flat), schema))
+fn prefetch_words(words: &[u64]) {
+    for line in words.chunks(CACHE_LINE_WORDS) {
+        prefetch(line.as_ptr());
     }
 }
 
@@ -562,13 +568,20 @@ pub(crate) unsafe fn export_cached(
     cached: Arc<CachedBatch>,
     out: *mut ArrowArray,
 ) -> Result<(), ArrowError> {
-    let Some(root) = cached.derived_if_present::<ExportRoot>() else {
+    // The root node and what the block holds after its header, from either kind of image.
+    let (shape, root, block_words) = if let Some(flat) = cached.derived_if_present::<FlatExport>()
+    {
+        let image = &flat.image;
+        (image.shape(), image.root(), image.block_words().as_ptr_range())
+    } else if let Some(tree) = cached.derived_if_present::<ExportRoot>() {
+        // SAFETY: node 0 of a tree's image is its root, written by `ExportRoot::new`.
+        let root = unsafe { ptr::read(tree.image.as_ptr().cast::<ArrowArray>()) };
+        (tree.shape, root, tree.image[NODE_WORDS..].as_ptr_range())
+    } else {
         let data = StructArray::from(cached.batch()?.clone()).into_data();
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return Ok(());
     };
-    let (shape, image) = (root.shape, root.image().as_ptr());
-    let tail_len = (root.image().len() - NODE_WORDS) * size_of::<u64>();
     // SAFETY: the layout has the header's size at least, so it is not zero-sized.
     let base = unsafe { alloc(shape.layout()) };
     if base.is_null() {
@@ -577,17 +590,18 @@ pub(crate) unsafe fn export_cached(
     let header = Block {
         references: AtomicUsize::new(shape.descendants + 1),
         layout: shape.layout(),
-        // Keeps `root`, so the image, alive until the block is freed.
+        // Keeps the image, and what its nodes point to, alive until the block is freed.
         _batch: cached,
     };
-    // SAFETY: the block was allocated for this shape, and the image holds the root node
-    // and then exactly the block's contents after the header; every offset in it points
+    // SAFETY: the block was allocated for this shape, and `block_words` are exactly the
+    // block's contents after the header; every offset in them and in `root` points
     // inside the block. Each node of the export holds one of the block's references.
     unsafe {
         base.cast::<Block>().write(header);
-        let image_tail = image.add(NODE_WORDS).cast::<u8>();
-        ptr::copy_nonoverlapping(image_tail, base.add(shape.nodes_offset()), tail_len);
-        let nodes = base.add(shape.nodes_offset()).cast::<ArrowArray>();
+        let bytes = block_words.end.addr() - block_words.start.addr();
+        let nodes = base.add(shape.nodes_offset());
+        ptr::copy_nonoverlapping(block_words.start.cast::<u8>(), nodes, bytes);
+        let nodes = nodes.cast::<ArrowArray>();
         for i in 0..shape.descendants {
             rebase(&mut *nodes.add(i), base);
         }
@@ -596,7 +610,7 @@ pub(crate) unsafe fn export_cached(
             let slot = children.add(i);
             *slot = base.add((*slot).addr()).cast();
         }
-        let mut exported = ptr::read(image.cast::<ArrowArray>());
+        let mut exported = root;
         rebase(&mut exported, base);
         ptr::write(out, exported);
     }
@@ -931,7 +945,7 @@ mod tests {
         let buffer = original.column(0).to_data().buffers()[0].clone();
         let alone = buffer.strong_count();
         let produced = FFI_ArrowArray::new(&StructArray::from(original.slice(1, 2)).into_data());
-        let Ok(root) = ExportRoot::flat(produced, original.schema()) else {
+        let Ok(root) = FlatExport::new(produced, original.schema()) else {
             panic!("a batch of leaf columns is kept flat");
         };
         let cached = Arc::new(CachedBatch::deferred(2, Box::new(root)));
@@ -983,6 +997,6 @@ mod tests {
             Some(validity),
         );
         let produced = FFI_ArrowArray::new(&rows.into_data());
-        assert!(ExportRoot::flat(produced, original.schema()).is_err());
+        assert!(FlatExport::new(produced, original.schema()).is_err());
     }
 }

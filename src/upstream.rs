@@ -11,7 +11,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use crate::array_export::{ExportRoot, OwnedArray};
+use crate::array_export::{ExportRoot, FlatExport, OwnedArray};
 use crate::schema_copy::SchemaCopy;
 use batchcorder_core::storage::{Allocations, CachedBatch};
 use batchcorder_core::{BatchSource, Pulled};
@@ -70,7 +70,7 @@ impl CStreamUpstream {
 
     /// The cache keeps the producer's columns (see [`OwnedArray`]): replays export copies
     /// of their structs. A batch of flat columns is imported into arrow-rs only when
-    /// something needs a `RecordBatch` (see [`ExportRoot::flat`]), or copied when it is
+    /// something needs a `RecordBatch` (see [`FlatExport::new`]), or copied when it is
     /// tiny; others are imported at once.
     fn import(&self, mut array: FFI_ArrowArray) -> std::result::Result<Pulled, ArrowError> {
         // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
@@ -96,7 +96,7 @@ impl CStreamUpstream {
             let allocations = Allocations::of_buffers(buffers);
             tiny_and_flat = tiny(&allocations);
             if !tiny_and_flat {
-                match ExportRoot::flat(array, self.schema.clone()) {
+                match FlatExport::new(array, self.schema.clone()) {
                     Ok(root) => {
                         return Ok(Pulled {
                             batch: CachedBatch::deferred(rows, Box::new(root)),
