@@ -255,14 +255,16 @@ impl FlatExport {
                 let child = *root.children.add(i);
                 nodes.add(i).write(ptr::read(child));
                 (*child).release = None;
-                slots.add(i).write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
+                slots
+                    .add(i)
+                    .write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
             }
         }
         drop(array); // the producer's root, its columns moved out
+
         // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
-        let image = unsafe {
-            Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage)
-        };
+        let image =
+            unsafe { Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage) };
         Ok(Self { image, schema })
     }
 }
@@ -569,10 +571,13 @@ pub(crate) unsafe fn export_cached(
     out: *mut ArrowArray,
 ) -> Result<(), ArrowError> {
     // The root node and what the block holds after its header, from either kind of image.
-    let (shape, root, block_words) = if let Some(flat) = cached.derived_if_present::<FlatExport>()
-    {
+    let (shape, root, block_words) = if let Some(flat) = cached.derived_if_present::<FlatExport>() {
         let image = &flat.image;
-        (image.shape(), image.root(), image.block_words().as_ptr_range())
+        (
+            image.shape(),
+            image.root(),
+            image.block_words().as_ptr_range(),
+        )
     } else if let Some(tree) = cached.derived_if_present::<ExportRoot>() {
         // SAFETY: node 0 of a tree's image is its root, written by `ExportRoot::new`.
         let root = unsafe { ptr::read(tree.image.as_ptr().cast::<ArrowArray>()) };
