@@ -52,51 +52,111 @@ struct NoValidity([*const c_void; 1]);
 unsafe impl Sync for NoValidity {}
 static NO_VALIDITY: NoValidity = NoValidity([ptr::null()]);
 
+/// Whether `root` can give its column structs away, as the C Data Interface allows a
+/// consumer to: it has children, all present, and no validity bitmap or dictionary.
+///
+/// # Safety
+/// `root` is an unreleased array.
+unsafe fn gives_columns_away(root: &ArrowArray) -> bool {
+    let validity =
+        (root.n_buffers > 0 && !root.buffers.is_null()).then(|| unsafe { *root.buffers });
+    root.n_children > 0
+        && root.dictionary.is_null()
+        && validity.is_none_or(|v| v.is_null())
+        && !root.children.is_null()
+        && (0..root.n_children as usize).all(|i| unsafe { !(*root.children.add(i)).is_null() })
+}
+
+/// Move column `index` out of `root`, which [`gives_columns_away`], marking it released
+/// there.
+///
+/// # Safety
+/// As for [`gives_columns_away`]; each column is taken once.
+unsafe fn take_column(root: &ArrowArray, index: usize) -> ArrowArray {
+    unsafe {
+        let child = *root.children.add(index);
+        let moved = ptr::read(child);
+        (*child).release = None;
+        moved
+    }
+}
+
+/// A root of our own over `columns` column structs at `children`: a struct array with no
+/// validity bitmap, and no release of its own.
+fn columns_root(
+    length: i64,
+    null_count: i64,
+    offset: i64,
+    columns: usize,
+    children: *mut *mut ArrowArray,
+) -> ArrowArray {
+    ArrowArray {
+        length,
+        null_count,
+        offset,
+        n_buffers: 1,
+        n_children: columns as i64,
+        buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
+        children,
+        dictionary: ptr::null_mut(),
+        release: None,
+        private_data: ptr::null_mut(),
+    }
+}
+
+/// `root` for arrow-rs to import, whose release drops `owner` instead of releasing the
+/// nodes: what they point to stays intact for exports.
+fn import_root<T>(root: ArrowArray, owner: Box<T>) -> FFI_ArrowArray {
+    let proxy = ArrowArray {
+        release: Some(release_owner::<T>),
+        private_data: Box::into_raw(owner).cast(),
+        ..root
+    };
+    // SAFETY: the layouts are equal (abi.rs).
+    unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(proxy) }
+}
+
+unsafe extern "C" fn release_owner<T>(array: *mut ArrowArray) {
+    let Some(array) = (unsafe { array.as_mut() }) else {
+        return;
+    };
+    let owner = array.private_data.cast::<T>();
+    array.release = None;
+    array.private_data = ptr::null_mut();
+    // SAFETY: made by `Box::into_raw` in `import_root`, released once.
+    drop(unsafe { Box::from_raw(owner) });
+}
+
 impl OwnedArray {
     /// Take ownership of an unreleased array.
     pub fn new(array: FFI_ArrowArray) -> Self {
         // SAFETY: the layouts are equal (abi.rs); `forget` hands the release to us.
         let mut root = unsafe { ptr::read((&array as *const FFI_ArrowArray).cast::<ArrowArray>()) };
         std::mem::forget(array);
-        // SAFETY: an unreleased array is valid to read.
-        let validity =
-            (root.n_buffers > 0 && !root.buffers.is_null()).then(|| unsafe { *root.buffers });
         // Anything else, malformed trees included, is kept whole for arrow-rs to judge.
-        let movable = root.n_children > 0
-            && root.dictionary.is_null()
-            && validity.is_none_or(|v| v.is_null())
-            && !root.children.is_null()
-            && (0..root.n_children as usize).all(|i| unsafe { !(*root.children.add(i)).is_null() });
-        if !movable {
+        // SAFETY: an unreleased array is valid to read.
+        if !unsafe { gives_columns_away(&root) } {
             return Self {
                 root,
                 children: Vec::new(),
                 _child_pointers: Vec::new(),
             };
         }
-        let mut children: Vec<ArrowArray> = (0..root.n_children as usize)
-            .map(|i| unsafe {
-                // SAFETY: a valid child; marking it released moves it out of the parent.
-                let child = *root.children.add(i);
-                let moved = ptr::read(child);
-                (*child).release = None;
-                moved
-            })
+        let columns = root.n_children as usize;
+        // SAFETY: each column is taken once.
+        let mut children: Vec<ArrowArray> = (0..columns)
+            .map(|i| unsafe { take_column(&root, i) })
             .collect();
         let mut child_pointers: Vec<*mut ArrowArray> =
             children.iter_mut().map(ptr::from_mut).collect();
-        let own_root = ArrowArray {
-            length: root.length,
-            null_count: root.null_count,
-            offset: root.offset,
-            n_buffers: 1,
-            n_children: root.n_children,
-            buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
-            children: child_pointers.as_mut_ptr(),
-            dictionary: ptr::null_mut(),
-            release: None, // `Drop` releases the children
-            private_data: ptr::null_mut(),
-        };
+        // No release: `Drop` releases the children.
+        let own_root = columns_root(
+            root.length,
+            root.null_count,
+            root.offset,
+            columns,
+            child_pointers.as_mut_ptr(),
+        );
         if let Some(release) = root.release {
             unsafe { release(&mut root) };
         }
@@ -110,14 +170,7 @@ impl OwnedArray {
     /// A root struct over the same tree for arrow-rs to import: its release drops one
     /// reference to `tree` instead of releasing the tree, which stays intact for exports.
     pub fn shared_import_root(tree: &Arc<OwnedArray>) -> FFI_ArrowArray {
-        let root = &tree.root;
-        let proxy = ArrowArray {
-            release: Some(release_shared_root),
-            private_data: Arc::into_raw(tree.clone()).cast_mut().cast(),
-            ..*root
-        };
-        // SAFETY: the layouts are equal (abi.rs).
-        unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(proxy) }
+        import_root(ArrowArray { ..tree.root }, Box::new(tree.clone()))
     }
 }
 
@@ -133,17 +186,6 @@ impl Drop for OwnedArray {
             }
         }
     }
-}
-
-unsafe extern "C" fn release_shared_root(array: *mut ArrowArray) {
-    let Some(array) = (unsafe { array.as_mut() }) else {
-        return;
-    };
-    let tree = array.private_data.cast::<OwnedArray>().cast_const();
-    array.release = None;
-    array.private_data = ptr::null_mut();
-    // SAFETY: made by `Arc::into_raw` in `shared_import_root`, released once.
-    drop(unsafe { Arc::from_raw(tree) });
 }
 
 /// The array tree kept for one cached batch, with the image every export copies.
@@ -228,18 +270,17 @@ impl FlatExport {
     pub fn new(array: FFI_ArrowArray, schema: SchemaRef) -> Result<Self, FFI_ArrowArray> {
         // SAFETY: the layouts are equal (abi.rs); an unreleased array is valid to read.
         let root = unsafe { &*(&array as *const FFI_ArrowArray).cast::<ArrowArray>() };
-        let columns = root.n_children.max(0) as usize;
-        let validity = (root.n_buffers > 0 && !root.buffers.is_null())
-            .then(|| unsafe { *root.buffers })
-            .filter(|v| !v.is_null());
-        let leaves = !root.children.is_null()
-            && (0..columns).all(|i| unsafe {
+        // SAFETY: an unreleased array is valid to read, and so are the children of one
+        // that gives them away.
+        let leaves = unsafe { gives_columns_away(root) }
+            && (0..root.n_children as usize).all(|i| unsafe {
                 let child = *root.children.add(i);
-                !child.is_null() && (*child).n_children == 0 && (*child).dictionary.is_null()
+                (*child).n_children == 0 && (*child).dictionary.is_null()
             });
-        if columns == 0 || validity.is_some() || !root.dictionary.is_null() || !leaves {
+        if !leaves {
             return Err(array);
         }
+        let columns = root.n_children as usize;
         let shape = BlockShape::new(columns, columns);
         let mut words = Arc::<[u64]>::new_uninit_slice(ROOT_WORDS + columns * (NODE_WORDS + 1));
         let image = Arc::get_mut(&mut words).expect("a new Arc is unique");
@@ -247,14 +288,12 @@ impl FlatExport {
         image[1].write(root.null_count as u64);
         image[2].write(root.offset as u64);
         let nodes = image[ROOT_WORDS..].as_mut_ptr().cast::<ArrowArray>();
-        // SAFETY: the image has room for `columns` nodes and `columns` slots; each child
-        // is moved out of the producer's root (marked released there) into it.
+        // SAFETY: the image has room for `columns` nodes and `columns` slots; each column
+        // is taken once.
         unsafe {
             let slots = nodes.add(columns).cast::<u64>();
             for i in 0..columns {
-                let child = *root.children.add(i);
-                nodes.add(i).write(ptr::read(child));
-                (*child).release = None;
+                nodes.add(i).write(take_column(root, i));
                 slots
                     .add(i)
                     .write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
@@ -302,19 +341,14 @@ impl FlatImage {
         &self.words[ROOT_WORDS..]
     }
 
-    /// The root node, with the children as an offset into an export block.
-    fn root(&self) -> ArrowArray {
+    /// The root node of an export of `shape` (this image's), with the children as an
+    /// offset into the block.
+    fn root(&self, shape: BlockShape) -> ArrowArray {
+        let children = ptr::without_provenance_mut(shape.children_offset());
+        let [length, null_count, offset] = [0, 1, 2].map(|i| self.words[i] as i64);
         ArrowArray {
-            length: self.words[0] as i64,
-            null_count: self.words[1] as i64,
-            offset: self.words[2] as i64,
-            n_buffers: 1,
-            n_children: self.columns() as i64,
-            buffers: NO_VALIDITY.0.as_ptr().cast_mut(),
-            children: ptr::without_provenance_mut(self.shape().children_offset()),
-            dictionary: ptr::null_mut(),
             release: Some(release_node),
-            private_data: ptr::null_mut(),
+            ..columns_root(length, null_count, offset, shape.child_slots, children)
         }
     }
 
@@ -333,14 +367,11 @@ impl FlatImage {
             children: (0..flat.columns()).map(|i| flat.column(i)).collect(),
             _flat: flat.clone(),
         });
-        let proxy = ArrowArray {
+        let root = ArrowArray {
             children: owner.children.as_ptr().cast_mut(),
-            release: Some(release_flat_import),
-            private_data: Box::into_raw(owner).cast(),
-            ..flat.root()
+            ..flat.root(flat.shape())
         };
-        // SAFETY: the layouts are equal (abi.rs).
-        unsafe { std::mem::transmute::<ArrowArray, FFI_ArrowArray>(proxy) }
+        import_root(root, owner)
     }
 }
 
@@ -363,17 +394,6 @@ impl Drop for FlatImage {
 struct FlatImport {
     children: Box<[*mut ArrowArray]>,
     _flat: Arc<FlatImage>,
-}
-
-unsafe extern "C" fn release_flat_import(array: *mut ArrowArray) {
-    let Some(array) = (unsafe { array.as_mut() }) else {
-        return;
-    };
-    let owner = array.private_data.cast::<FlatImport>();
-    array.release = None;
-    array.private_data = ptr::null_mut();
-    // SAFETY: made by `Box::into_raw` in `shared_import_root`, released once.
-    drop(unsafe { Box::from_raw(owner) });
 }
 
 const NODE_WORDS: usize = size_of::<ArrowArray>() / size_of::<u64>();
@@ -573,11 +593,8 @@ pub(crate) unsafe fn export_cached(
     // The root node and what the block holds after its header, from either kind of image.
     let (shape, root, block_words) = if let Some(flat) = cached.derived_if_present::<FlatExport>() {
         let image = &flat.image;
-        (
-            image.shape(),
-            image.root(),
-            image.block_words().as_ptr_range(),
-        )
+        let shape = image.shape();
+        (shape, image.root(shape), image.block_words().as_ptr_range())
     } else if let Some(tree) = cached.derived_if_present::<ExportRoot>() {
         // SAFETY: node 0 of a tree's image is its root, written by `ExportRoot::new`.
         let root = unsafe { ptr::read(tree.image.as_ptr().cast::<ArrowArray>()) };
@@ -587,14 +604,15 @@ pub(crate) unsafe fn export_cached(
         unsafe { ptr::write(out.cast::<FFI_ArrowArray>(), FFI_ArrowArray::new(&data)) };
         return Ok(());
     };
+    let layout = shape.layout();
     // SAFETY: the layout has the header's size at least, so it is not zero-sized.
-    let base = unsafe { alloc(shape.layout()) };
+    let base = unsafe { alloc(layout) };
     if base.is_null() {
-        handle_alloc_error(shape.layout());
+        handle_alloc_error(layout);
     }
     let header = Block {
         references: AtomicUsize::new(shape.descendants + 1),
-        layout: shape.layout(),
+        layout,
         // Keeps the image, and what its nodes point to, alive until the block is freed.
         _batch: cached,
     };
