@@ -748,11 +748,11 @@ impl Drop for StateGuard<'_> {
 
 impl State {
     /// Whether a batch the size of the last one fits the budget of the tier it lands in.
-    fn has_room(&self) -> bool {
+    fn has_room(&mut self) -> bool {
         let next = self.last_batch_bytes;
         match &self.disk {
             Some(index) => index.has_room_for(next),
-            None => self.memory.bytes().saturating_add(next) <= self.memory.capacity(),
+            None => self.memory.fits(next),
         }
     }
 

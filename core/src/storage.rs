@@ -155,12 +155,20 @@ struct Slot {
 ///
 /// Memory use counts each underlying allocation once, however many batches slice it,
 /// so a table read in slices costs its real size, not its size times the slice count.
+/// That count is kept lazily: while the batches' summed sizes fit the budget, new batches
+/// are only added up, and the map of shared allocations is built when an exact figure
+/// is needed (a read of [`bytes`](Self::bytes), a batch that may not fit).
 #[derive(Debug)]
 pub(crate) struct MemoryTier {
     first: u64,
     slots: VecDeque<Slot>,
+    /// How many slots from the front `allocations` and `bytes` count.
+    accounted: usize,
     allocations: AddressMap<Allocation>,
+    /// Exact bytes of the accounted slots.
     bytes: u64,
+    /// Bytes of the other slots, each allocation counted once per batch: an upper bound.
+    pending: u64,
     capacity: u64,
     /// Evicted batches, for the caller to drop after it unlocks: the last reference to a
     /// batch may release a producer's array, which may need Python's GIL.
@@ -180,8 +188,10 @@ impl MemoryTier {
         Self {
             first: 0,
             slots: VecDeque::new(),
+            accounted: 0,
             allocations: AddressMap::new(),
             bytes: 0,
+            pending: 0,
             capacity,
             released: Vec::new(),
         }
@@ -200,12 +210,21 @@ impl MemoryTier {
         self.first + self.slots.len() as u64
     }
 
-    pub fn bytes(&self) -> u64 {
+    /// Bytes held, each allocation counted once.
+    pub fn bytes(&mut self) -> u64 {
+        self.account_all();
         self.bytes
     }
 
-    pub fn capacity(&self) -> u64 {
-        self.capacity
+    /// At least [`bytes`](Self::bytes), without building the map of shared allocations.
+    fn bytes_at_most(&self) -> u64 {
+        self.bytes.saturating_add(self.pending)
+    }
+
+    /// Whether `more` bytes fit the budget; exact only when the upper bound does not fit.
+    pub fn fits(&mut self, more: u64) -> bool {
+        self.bytes_at_most().saturating_add(more) <= self.capacity
+            || self.bytes().saturating_add(more) <= self.capacity
     }
 
     /// The batch at `position`, or `None` when it was evicted or not yet stored.
@@ -241,12 +260,13 @@ impl MemoryTier {
     /// Append the next batch of the stream, whose buffers point into `allocations`,
     /// unless it would exceed the budget.
     pub fn push(&mut self, batch: CachedBatch, allocations: Allocations) -> Result<(), OverBudget> {
-        // Within budget even if every allocation is new: no need to look them up twice.
+        // Within budget even if no allocation is shared: the exact count can wait.
         let (at_most, _) = allocations.totals();
-        if self.bytes.saturating_add(at_most) <= self.capacity {
+        if self.bytes_at_most().saturating_add(at_most) <= self.capacity {
             self.insert(batch, allocations);
             return Ok(());
         }
+        self.account_all();
         let added: u64 = allocations
             .iter()
             .map(|&(start, bytes)| match self.allocations.get(&start) {
@@ -262,6 +282,7 @@ impl MemoryTier {
             });
         }
         self.insert(batch, allocations);
+        self.account_all();
         Ok(())
     }
 
@@ -270,26 +291,35 @@ impl MemoryTier {
         self.insert(batch, allocations);
     }
 
+    /// Append a batch, counted in `pending` until [`account_all`](Self::account_all).
     fn insert(&mut self, batch: CachedBatch, allocations: Allocations) {
-        let allocations = allocations.0;
-        for &(start, bytes) in allocations.iter() {
-            let entry = self
-                .allocations
-                .entry(start)
-                .or_insert(Allocation { bytes: 0, users: 0 });
-            self.bytes += bytes.saturating_sub(entry.bytes);
-            entry.bytes = entry.bytes.max(bytes);
-            entry.users += 1;
-        }
+        self.pending = self.pending.saturating_add(allocations.totals().0);
         self.slots.push_back(Slot {
             batch: Arc::new(batch),
-            allocations,
+            allocations: allocations.0,
         });
     }
 
+    /// Count every slot's allocations in the map, each once.
+    fn account_all(&mut self) {
+        for slot in self.slots.range(self.accounted..) {
+            for &(start, bytes) in slot.allocations.iter() {
+                let entry = self
+                    .allocations
+                    .entry(start)
+                    .or_insert(Allocation { bytes: 0, users: 0 });
+                self.bytes += bytes.saturating_sub(entry.bytes);
+                entry.bytes = entry.bytes.max(bytes);
+                entry.users += 1;
+            }
+        }
+        self.accounted = self.slots.len();
+        self.pending = 0;
+    }
+
     /// True while the batches held exceed the budget.
-    pub fn over_budget(&self) -> bool {
-        self.bytes > self.capacity
+    pub fn over_budget(&mut self) -> bool {
+        self.bytes_at_most() > self.capacity && self.bytes() > self.capacity
     }
 
     /// Drop the oldest batches until the rest fit the budget (they are on disk already).
@@ -300,7 +330,10 @@ impl MemoryTier {
     }
 
     /// The oldest batches that must leave for the rest to fit the budget.
-    pub fn over_budget_batches(&self) -> Vec<(u64, Arc<CachedBatch>)> {
+    pub fn over_budget_batches(&mut self) -> Vec<(u64, Arc<CachedBatch>)> {
+        if !self.over_budget() {
+            return Vec::new();
+        }
         let mut excess = self.bytes.saturating_sub(self.capacity);
         let mut leaving = Vec::new();
         for (index, slot) in self.slots.iter().enumerate() {
@@ -334,7 +367,13 @@ impl MemoryTier {
             let Some(slot) = self.slots.pop_front() else {
                 break;
             };
-            self.release(&slot);
+            if self.accounted > 0 {
+                self.accounted -= 1;
+                self.release(&slot);
+            } else {
+                let summed: u64 = slot.allocations.iter().map(|&(_, bytes)| bytes).sum();
+                self.pending = self.pending.saturating_sub(summed);
+            }
             self.released.push(slot.batch);
             self.first += 1;
             dropped += 1;
@@ -456,6 +495,26 @@ mod tests {
         tier.evict_below(1);
         assert_eq!(tier.bytes(), after_first);
         tier.evict_below(2);
+        assert_eq!(tier.bytes(), 0);
+    }
+
+    #[test]
+    fn batches_evicted_before_the_count_is_read_leave_it_exact() {
+        let whole = batch((0..1000).collect());
+        let mut tier = MemoryTier::new(u64::MAX);
+        for part in 0..4 {
+            push(&mut tier, whole.slice(part * 250, 250)).unwrap();
+        }
+        push(&mut tier, batch((0..10).collect())).unwrap();
+        tier.evict_below(2);
+        let shared_and_small = tier.bytes();
+        assert!(shared_and_small >= 8080);
+        tier.evict_below(4);
+        assert_eq!(tier.bytes(), shared_and_small - 8000);
+        tier.evict_below(5);
+        assert_eq!(tier.bytes(), 0);
+        push(&mut tier, batch((0..10).collect())).unwrap();
+        tier.evict_below(6);
         assert_eq!(tier.bytes(), 0);
     }
 
