@@ -28,7 +28,7 @@ typedef struct ArrowSchema {
   int64_t n_children;
   struct ArrowSchema **children;
   struct ArrowSchema *dictionary;
-  void (*release)(struct ArrowSchema *schema);
+  void *release;
   void *private_data;
 } ArrowSchema;
 
@@ -41,15 +41,15 @@ typedef struct ArrowArray {
   const void **buffers;
   struct ArrowArray **children;
   struct ArrowArray *dictionary;
-  void (*release)(struct ArrowArray *array);
+  void *release;
   void *private_data;
 } ArrowArray;
 
 typedef struct ArrowArrayStream {
-  int (*get_schema)(struct ArrowArrayStream *stream, struct ArrowSchema *out);
-  int (*get_next)(struct ArrowArrayStream *stream, struct ArrowArray *out);
-  const char *(*get_last_error)(struct ArrowArrayStream *stream);
-  void (*release)(struct ArrowArrayStream *stream);
+  void *get_schema;
+  void *get_next;
+  void *get_last_error;
+  void *release;
   void *private_data;
 } ArrowArrayStream;
 

@@ -2,6 +2,7 @@
 //! as a Python or C caller writes it.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 use crate::faults::FaultInjector;
@@ -83,22 +84,26 @@ pub fn check_segment_bytes(segment_bytes: u64) -> Result<()> {
 }
 
 /// The default memory budget: three quarters of physical memory (all of it if unknown).
+/// Asked once per process: the question is a system call.
 pub fn default_memory_capacity() -> u64 {
-    if cfg!(miri) {
-        return u64::MAX; // Miri cannot ask the OS for the machine's memory
-    }
-    // SAFETY: sysconf has no preconditions.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page_size > 0 {
-        (pages as u64).saturating_mul(page_size as u64) / 4 * 3
-    } else {
-        u64::MAX
-    }
+    static CAPACITY: OnceLock<u64> = OnceLock::new();
+    *CAPACITY.get_or_init(|| {
+        if cfg!(miri) {
+            return u64::MAX; // Miri cannot ask the OS for the machine's memory
+        }
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page_size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && page_size > 0 {
+            (pages as u64).saturating_mul(page_size as u64) / 4 * 3
+        } else {
+            u64::MAX
+        }
+    })
 }
 
 /// When a batch is written to disk.

@@ -154,7 +154,7 @@ class StreamCache(ClosesOnExit):
     ) -> None:
         """Take ownership of a new ``BcCache *``."""
         self._handle = CacheHandle(pointer)
-        self._schema = schema_from_c(lambda c: lib.bc_cache_schema(pointer, c))
+        self._schema: Optional[pa.Schema] = None  # fetched on first use
         self._with_disk = with_disk
         self._source_rows = None
         self._logged = None
@@ -315,7 +315,12 @@ class StreamCache(ClosesOnExit):
     @property
     def schema(self) -> pa.Schema:
         """The Arrow schema of the stream."""
-        return self._schema
+        schema = self._schema
+        if schema is None:
+            # The handle keeps the schema after close() as well.
+            pointer = self._handle._pointer
+            schema = self._schema = schema_from_c(lambda c: lib.bc_cache_schema(pointer, c))
+        return schema
 
     @property
     def ingested_count(self) -> int:
@@ -466,7 +471,7 @@ class StreamCache(ClosesOnExit):
 
     def __arrow_c_schema__(self) -> Any:
         """The schema as an ``arrow_schema`` PyCapsule; creates no reader."""
-        return self._schema.__arrow_c_schema__()
+        return self.schema.__arrow_c_schema__()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -478,14 +483,14 @@ class StreamCache(ClosesOnExit):
             return (
                 f"<StreamCache persisted={str(self._opened.path)!r} "
                 f"batches={self._opened.batches} rows={self._opened.rows}{cap} "
-                f"schema=({fields(self._schema)})>"
+                f"schema=({fields(self.schema)})>"
             )
         tier = "memory+disk" if self._with_disk else "memory"
         disk = f" disk_bytes={stats.disk_bytes}" if self._with_disk else ""
         return (
             f"<StreamCache ingested={stats.batches_ingested} "
             f"exhausted={stats.upstream_exhausted} tier={tier} "
-            f"memory_bytes={stats.memory_bytes}{disk}{cap} schema=({fields(self._schema)})>"
+            f"memory_bytes={stats.memory_bytes}{disk}{cap} schema=({fields(self.schema)})>"
         )
 
 

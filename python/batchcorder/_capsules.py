@@ -19,8 +19,6 @@ SCHEMA_NAME = b"arrow_schema"
 _api = ctypes.pythonapi
 _api.PyCapsule_GetPointer.restype = ctypes.c_void_p
 _api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_IsValid.restype = ctypes.c_int
-_api.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _api.PyCapsule_New.restype = ctypes.py_object
 _api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
 # The name must outlive every capsule that carries it.
@@ -30,14 +28,14 @@ _DESTRUCTOR = int(ffi.cast("uintptr_t", ffi.addressof(lib, "bc_capsule_release_s
 
 def capsule_pointer(capsule: Any, name: bytes, what: str) -> int:
     """The address inside ``capsule``, checking that it carries ``name``."""
-    if not _api.PyCapsule_IsValid(capsule, name):
+    try:
+        # Checks the type and the name itself (a capsule never holds NULL): one ctypes
+        # call, which costs more than the C it runs.
+        return int(_api.PyCapsule_GetPointer(capsule, name))
+    except ValueError:
         raise TypeError(
             f"{what} must be a PyCapsule named {name.decode()!r}, got {type(capsule).__name__}"
-        )
-    address = _api.PyCapsule_GetPointer(capsule, name)
-    if not address:
-        raise ValueError(f"{what} holds a NULL pointer")
-    return int(address)
+        ) from None
 
 
 def requested_schema_pointer(requested_schema: Any) -> Any:

@@ -111,8 +111,8 @@ class StreamCacheReader(ClosesOnExit):
     _exported: bool
     # Held to make or drop the view and to release, export or recast the stream.
     _lock: threading.Lock
-    # A pyarrow reader through `bc_reader_view` of `_stream`, made on the first read;
-    # dropped before `_stream` is released.
+    # A pyarrow reader through `bc_reader_view` of `_stream`, made with the reader and
+    # again after a failed read; dropped before `_stream` is released.
     _view: Optional[pa.RecordBatchReader]
     # `_view` while no thread reads through it: a read takes it out (`list.pop` is atomic
     # under the GIL) and puts it back, which costs a fraction of taking `_lock`.
@@ -135,11 +135,12 @@ class StreamCacheReader(ClosesOnExit):
         stream = new_stream(cache._handle.get(), from_start, None, cast)
         self = cls.__new__(cls)
         self._stream = stream
-        self._schema = cache.schema if target is None else target
         self._exported = False
         self._lock = threading.Lock()
-        self._view = None
-        self._idle = []
+        # Made now rather than on the first read: it brings the schema with it.
+        self._view = view = _open_view(stream)
+        self._idle = [view]
+        self._schema = view.schema if target is None else target
         return self
 
     @property
@@ -203,8 +204,8 @@ class StreamCacheReader(ClosesOnExit):
         return batch
 
     def _take_view(self) -> pa.RecordBatchReader:
-        """The view for a read, made on the first one; waits while another thread reads
-        through it. ``StopIteration`` once the reader is exhausted."""
+        """The view for a read, made again if a failed read dropped it; waits while
+        another thread reads through it. ``StopIteration`` once the reader is exhausted."""
         while True:
             with self._quiet():
                 stream = self._stream

@@ -2,7 +2,9 @@
 //! `OUT_DIR/batchcorder_cffi.h`, the declarations cffi reads, from the C crate's sources.
 //!
 //! Both come from cbindgen.toml; the cffi one leaves out everything cffi's parser rejects:
-//! preprocessor lines, includes and comments.
+//! preprocessor lines, includes and comments. It also declares the Arrow structs'
+//! callbacks as `void *`: Python never calls them, and cffi would otherwise build a call
+//! interface for each on the first use of the struct in every process.
 
 use std::path::{Path, PathBuf};
 
@@ -30,14 +32,44 @@ fn main() {
     config.cpp_compat = false;
     config.documentation = false;
     config.defines.clear();
-    generate(&crate_dir, config, &out.join("batchcorder_cffi.h"));
+    let mut declarations = Vec::new();
+    bindings(&crate_dir, config).write(&mut declarations);
+    let declarations = String::from_utf8(declarations).expect("cbindgen writes UTF-8");
+    std::fs::write(
+        out.join("batchcorder_cffi.h"),
+        callbacks_as_pointers(&declarations),
+    )
+    .expect("the output directory must be writable");
 }
 
 fn generate(crate_dir: &Path, config: cbindgen::Config, out: &Path) {
+    bindings(crate_dir, config).write_to_file(out);
+}
+
+fn bindings(crate_dir: &Path, config: cbindgen::Config) -> cbindgen::Bindings {
     cbindgen::Builder::new()
         .with_crate(crate_dir)
         .with_config(config)
         .generate()
         .expect("cbindgen must understand the sources")
-        .write_to_file(out);
+}
+
+/// Every struct field that is a function pointer, `  RET (*NAME)(ARGS);`, as `  void *NAME;`
+/// (the same size and alignment).
+fn callbacks_as_pointers(declarations: &str) -> String {
+    let mut kept = String::with_capacity(declarations.len());
+    for line in declarations.lines() {
+        let field = line
+            .strip_suffix(");")
+            .filter(|_| line.starts_with("  "))
+            .and_then(|rest| rest.split_once("(*"))
+            .and_then(|(_, name)| name.split_once(")("))
+            .map(|(name, _)| name);
+        match field {
+            Some(name) => kept.push_str(&format!("  void *{name};")),
+            None => kept.push_str(line),
+        }
+        kept.push('\n');
+    }
+    kept
 }
