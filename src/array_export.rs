@@ -21,8 +21,8 @@ use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::abi::ArrowArray;
-use crate::upstream::import_batch;
-use batchcorder_core::storage::{prefetch, CachedBatch, Derived};
+use crate::upstream::{flat_buffers, import_batch};
+use batchcorder_core::storage::{prefetch, Allocations, CachedBatch, Derived};
 
 /// An `ArrowArray` tree this library owns; released when dropped.
 ///
@@ -319,6 +319,26 @@ impl Derived for FlatExport {
             FlatImage::shared_import_root(&self.image),
             &self.schema,
         ))
+    }
+
+    fn allocations(&self) -> Option<Allocations> {
+        let mut children: Vec<_> = (0..self.image.columns())
+            .map(|i| self.image.column(i))
+            .collect();
+        let [length, null_count, offset] = [0, 1, 2].map(|i| self.image.words[i] as i64);
+        let root = columns_root(
+            length,
+            null_count,
+            offset,
+            children.len(),
+            children.as_mut_ptr(),
+        );
+        // SAFETY: the producer's columns, checked when the batch was pulled and unreleased
+        // while the image lives.
+        let found = unsafe { flat_buffers(&root, &self.schema) }
+            .ok()
+            .flatten()?;
+        Some(Allocations::of_buffers(found))
     }
 }
 

@@ -179,7 +179,7 @@ fn tiny(allocations: &Allocations) -> bool {
 ///
 /// # Safety
 /// `root` is an unreleased array that [`check_shape`] accepted for `schema`'s row type.
-unsafe fn flat_buffers(
+pub(crate) unsafe fn flat_buffers(
     root: &ArrowArray,
     schema: &SchemaRef,
 ) -> std::result::Result<Option<Vec<(usize, u64)>>, String> {
@@ -538,21 +538,23 @@ mod tests {
         unsafe { &mut **raw.children.add(index) }
     }
 
-    /// The buffers `flat_buffers` lists for `batch` exported by arrow-rs, and those that
-    /// arrow-rs's own import of it lists.
-    fn listed_both_ways(batch: &RecordBatch) -> (Allocations, Allocations) {
+    /// The buffers `flat_buffers` lists for `batch` exported by arrow-rs, those a
+    /// `FlatExport` of that export finds again, and those of arrow-rs's import of it.
+    fn listed_three_ways(batch: &RecordBatch) -> [Allocations; 3] {
+        use batchcorder_core::storage::Derived;
         let exported = FFI_ArrowArray::new(&StructArray::from(batch.clone()).into_data());
         let raw = unsafe { &*(&exported as *const FFI_ArrowArray).cast::<ArrowArray>() };
         let schema = batch.schema();
         let row_type = DataType::Struct(schema.fields().clone());
         unsafe { check_shape(raw, &row_type) }.unwrap();
         let listed = unsafe { flat_buffers(raw, &schema) }.unwrap().unwrap();
-        let tree = Arc::new(OwnedArray::new(exported));
-        let imported = import_rows(OwnedArray::shared_import_root(&tree), &schema).unwrap();
-        (
+        let flat = FlatExport::new(exported, schema).unwrap_or_else(|_| panic!("not flat"));
+        let imported = flat.to_batch().unwrap().unwrap();
+        [
             Allocations::of_buffers(listed),
-            Allocations::of_data(&imported),
-        )
+            flat.allocations().unwrap(),
+            Allocations::of_batch(&imported),
+        ]
     }
 
     #[test]
@@ -595,7 +597,8 @@ mod tests {
         ])
         .unwrap();
         for slice in [batch.clone(), batch.slice(1, 2), batch.slice(3, 1)] {
-            let (listed, imported) = listed_both_ways(&slice);
+            let [listed, kept, imported] = listed_three_ways(&slice);
+            assert_eq!(listed, kept, "rows {}", slice.num_rows());
             assert_eq!(listed, imported, "rows {}", slice.num_rows());
         }
         let nested = RecordBatch::try_from_iter([(

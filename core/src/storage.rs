@@ -22,6 +22,12 @@ pub trait Derived: Any + Send + Sync {
     fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
         None
     }
+
+    /// The allocations under the batch, for a [`CachedBatch::deferred`]: what
+    /// [`Allocations::of_batch`] would find in the batch it makes.
+    fn allocations(&self) -> Option<Allocations> {
+        None
+    }
 }
 
 /// One cached batch, shared by the store and every reader that has read it.
@@ -118,6 +124,19 @@ impl CachedBatch {
         let derived: &dyn Any = &**self.derived.get()?;
         derived.downcast_ref()
     }
+
+    /// The allocations under the batch, found again on every call: the memory tier keeps
+    /// none per batch. A deferred batch's come from its derived form, without making it.
+    pub fn allocations(&self) -> Allocations {
+        if let Some(found) = self.derived.get().and_then(|derived| derived.allocations()) {
+            return found;
+        }
+        match self.batch() {
+            Ok(batch) => Allocations::of_batch(batch),
+            // A batch that cannot be made holds no buffers of its own.
+            Err(_) => Allocations(Box::default()),
+        }
+    }
 }
 
 /// Start loading the cache line at `address`; only a hint, so any address will do. For
@@ -144,13 +163,6 @@ struct Allocation {
     users: u32,
 }
 
-#[derive(Debug)]
-struct Slot {
-    batch: Arc<CachedBatch>,
-    /// (allocation start, bytes) for every distinct buffer of the batch.
-    allocations: Box<[(usize, u64)]>,
-}
-
 /// Batches in stream order, starting at `first`; earlier ones were evicted.
 ///
 /// Memory use counts each underlying allocation once, however many batches slice it,
@@ -161,7 +173,7 @@ struct Slot {
 #[derive(Debug)]
 pub(crate) struct MemoryTier {
     first: u64,
-    slots: VecDeque<Slot>,
+    slots: VecDeque<Arc<CachedBatch>>,
     /// How many slots from the front `allocations` and `bytes` count.
     accounted: usize,
     allocations: AddressMap<Allocation>,
@@ -229,9 +241,7 @@ impl MemoryTier {
 
     /// The batch at `position`, or `None` when it was evicted or not yet stored.
     pub fn get(&self, position: u64) -> Option<&Arc<CachedBatch>> {
-        self.slots
-            .get(self.index(position)?)
-            .map(|slot| &slot.batch)
+        self.slots.get(self.index(position)?)
     }
 
     fn index(&self, position: u64) -> Option<usize> {
@@ -245,7 +255,7 @@ impl MemoryTier {
         let Some(index) = self.index(position) else {
             return;
         };
-        let derived = |at: usize| self.slots.get(at).and_then(|slot| slot.batch.derived.get());
+        let derived = |at: usize| self.slots.get(at).and_then(|batch| batch.derived.get());
         if let Some(next) = derived(index + 1) {
             next.prefetch();
         }
@@ -253,7 +263,7 @@ impl MemoryTier {
             prefetch(ptr::from_ref::<dyn Derived>(&**after));
         }
         if let Some(later) = self.slots.get(index + 3) {
-            prefetch(Arc::as_ptr(&later.batch));
+            prefetch(Arc::as_ptr(later));
         }
     }
 
@@ -292,18 +302,16 @@ impl MemoryTier {
     }
 
     /// Append a batch, counted in `pending` until [`account_all`](Self::account_all).
+    /// `allocations` are the batch's own ([`CachedBatch::allocations`]), found already.
     fn insert(&mut self, batch: CachedBatch, allocations: Allocations) {
         self.pending = self.pending.saturating_add(allocations.totals().0);
-        self.slots.push_back(Slot {
-            batch: Arc::new(batch),
-            allocations: allocations.0,
-        });
+        self.slots.push_back(Arc::new(batch));
     }
 
     /// Count every slot's allocations in the map, each once.
     fn account_all(&mut self) {
-        for slot in self.slots.range(self.accounted..) {
-            for &(start, bytes) in slot.allocations.iter() {
+        for batch in self.slots.range(self.accounted..) {
+            for &(start, bytes) in batch.allocations().iter() {
                 let entry = self
                     .allocations
                     .entry(start)
@@ -336,18 +344,18 @@ impl MemoryTier {
         }
         let mut excess = self.bytes.saturating_sub(self.capacity);
         let mut leaving = Vec::new();
-        for (index, slot) in self.slots.iter().enumerate() {
+        for (index, batch) in self.slots.iter().enumerate() {
             if excess == 0 {
                 break;
             }
-            let freed: u64 = slot
-                .allocations
+            let freed: u64 = batch
+                .allocations()
                 .iter()
                 .filter(|(start, _)| self.allocations.get(start).is_some_and(|a| a.users == 1))
                 .map(|&(_, bytes)| bytes)
                 .sum();
             excess = excess.saturating_sub(freed.max(1));
-            leaving.push((self.first + index as u64, slot.batch.clone()));
+            leaving.push((self.first + index as u64, batch.clone()));
         }
         leaving
     }
@@ -364,17 +372,17 @@ impl MemoryTier {
     pub fn evict_below(&mut self, position: u64) -> u64 {
         let mut dropped = 0;
         while self.first < position {
-            let Some(slot) = self.slots.pop_front() else {
+            let Some(batch) = self.slots.pop_front() else {
                 break;
             };
+            let allocations = batch.allocations();
             if self.accounted > 0 {
                 self.accounted -= 1;
-                self.release(&slot);
+                self.release(&allocations);
             } else {
-                let summed: u64 = slot.allocations.iter().map(|&(_, bytes)| bytes).sum();
-                self.pending = self.pending.saturating_sub(summed);
+                self.pending = self.pending.saturating_sub(allocations.totals().0);
             }
-            self.released.push(slot.batch);
+            self.released.push(batch);
             self.first += 1;
             dropped += 1;
         }
@@ -387,8 +395,8 @@ impl MemoryTier {
         std::mem::take(&mut self.released)
     }
 
-    fn release(&mut self, slot: &Slot) {
-        for (start, _) in slot.allocations.iter() {
+    fn release(&mut self, allocations: &Allocations) {
+        for (start, _) in allocations.iter() {
             if let Some(entry) = self.allocations.get_mut(start) {
                 entry.users -= 1;
                 if entry.users == 0 {
