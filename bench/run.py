@@ -30,7 +30,7 @@ WORKLOADS = ["memory", "disk", "disk-ingest", "tiny-batches", "tiny-batches-3", 
 # The same workloads repeated inside one long-lived process (a notebook, a service):
 # LONG_REPEATS runs per process, the median of those after the first, LONG_ROUNDS processes.
 LONG_WORKLOADS = ["memory", "tiny-batches", "tiny-batches-3", "tiny-batches-10", "4-threads", "duckdb-selfjoin",
-                  "first-pass-1", "first-pass-3", "first-pass-10"]
+                  "prefetch", "first-pass-1", "first-pass-3", "first-pass-10", "one-row-batches"]
 LONG_REPEATS = int(os.environ.get("BENCH_LONG_REPEATS", "2" if QUICK else "6"))
 LONG_ROUNDS = int(os.environ.get("BENCH_LONG_ROUNDS", "1" if QUICK else "5"))
 # BENCH_WORKLOADS=memory,sliced runs those alone (sliced needs memory, its yardstick),
@@ -117,6 +117,10 @@ def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str
         seconds = {i: median([s.get("seconds") for s in long_samples[(i, workload)]]) for i in PYTHONS}
         base, limit = LONG_TARGETS.get(workload, TARGETS[workload])
         ratio = seconds["ours"] / seconds[base] if seconds["ours"] and seconds[base] else None
+        if workload == "one-row-batches":
+            row, ratio = in_use_per_batch_row(long_samples, base, limit)
+            rows.append(row)
+            continue
         verdict = verdict_of(ratio, limit)
         per_batch = [
             f"{i} {median([s.get('us_per_batch') for s in long_samples[(i, workload)]]):.2f}"
@@ -132,6 +136,27 @@ def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str
             f"| {('-' if ratio is None else f'{ratio:.2f}x')} {base} | {target_text(limit)} | {verdict} | {extra} |"
         )
     return rows
+
+
+def in_use_per_batch_row(long_samples: dict[tuple[str, str], list[dict]], base: str,
+                         limit: float) -> tuple[str, float | None]:
+    """one-row-batches inside a long-lived process: the bytes in use per batch (pyarrow's
+    pool and the malloc heap), since RSS there grows by what earlier runs freed, or not."""
+    in_use = {}
+    for impl in PYTHONS:
+        values = [s["pool_bytes_per_batch"] + s["heap_bytes_per_batch"]
+                  for s in long_samples[(impl, "one-row-batches")] if s.get("heap_bytes_per_batch") is not None]
+        in_use[impl] = median(values)
+    ratio = in_use["ours"] / in_use[base] if in_use["ours"] and in_use[base] else None
+    shown = ", ".join(f"{i} {v:.0f}" for i, v in in_use.items() if v is not None)
+    rss = ", ".join(
+        f"{i} {median([s.get('bytes_per_batch') for s in long_samples[(i, 'one-row-batches')]]):.0f}"
+        for i in PYTHONS if median([s.get("bytes_per_batch") for s in long_samples[(i, "one-row-batches")]])
+        is not None)
+    row = (f"| one-row-batches | - | - | - | {('-' if ratio is None else f'{ratio:.2f}x')} {base} "
+           f"| {target_text(limit)} | {verdict_of(ratio, limit)} | bytes in use per batch (pyarrow's "
+           f"pool and the malloc heap): {shown}; RSS growth per batch: {rss} |")
+    return row, ratio
 
 
 def version(python: Path, module: str) -> str:
