@@ -117,13 +117,12 @@ def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str
     ]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"
     for workload in LONG_WORKLOADS:
-        seconds = {i: median([s.get("seconds") for s in long_samples[(i, workload)]]) for i in PYTHONS}
         base, limit = LONG_TARGETS.get(workload, TARGETS[workload])
-        ratio = seconds["ours"] / seconds[base] if seconds["ours"] and seconds[base] else None
         if workload == "one-row-batches":
-            row, ratio = in_use_per_batch_row(long_samples, base, limit)
-            rows.append(row)
+            rows.append(in_use_per_batch_row(long_samples, base, limit))
             continue
+        seconds = {i: median([s.get("seconds") for s in long_samples[(i, workload)]]) for i in PYTHONS}
+        ratio = seconds["ours"] / seconds[base] if seconds["ours"] and seconds[base] else None
         verdict = verdict_of(ratio, limit)
         per_batch = [
             f"{i} {median([s.get('us_per_batch') for s in long_samples[(i, workload)]]):.2f}"
@@ -142,24 +141,19 @@ def long_lived_rows(long_samples: dict[tuple[str, str], list[dict]]) -> list[str
 
 
 def in_use_per_batch_row(long_samples: dict[tuple[str, str], list[dict]], base: str,
-                         limit: float) -> tuple[str, float | None]:
+                         limit: float) -> str:
     """one-row-batches inside a long-lived process: the bytes in use per batch (pyarrow's
     pool and the malloc heap), since RSS there grows by what earlier runs freed, or not."""
-    in_use = {}
-    for impl in PYTHONS:
-        values = [s["pool_bytes_per_batch"] + s["heap_bytes_per_batch"]
-                  for s in long_samples[(impl, "one-row-batches")] if s.get("heap_bytes_per_batch") is not None]
-        in_use[impl] = median(values)
+    samples = {impl: long_samples[(impl, "one-row-batches")] for impl in PYTHONS}
+    in_use = {impl: median([s["pool_bytes_per_batch"] + s["heap_bytes_per_batch"]
+                            for s in runs if s.get("heap_bytes_per_batch") is not None])
+              for impl, runs in samples.items()}
+    rss = {impl: median([s.get("bytes_per_batch") for s in runs]) for impl, runs in samples.items()}
     ratio = in_use["ours"] / in_use[base] if in_use["ours"] and in_use[base] else None
-    shown = ", ".join(f"{i} {v:.0f}" for i, v in in_use.items() if v is not None)
-    rss = ", ".join(
-        f"{i} {median([s.get('bytes_per_batch') for s in long_samples[(i, 'one-row-batches')]]):.0f}"
-        for i in PYTHONS if median([s.get("bytes_per_batch") for s in long_samples[(i, "one-row-batches")]])
-        is not None)
-    row = (f"| one-row-batches | - | - | - | {('-' if ratio is None else f'{ratio:.2f}x')} {base} "
-           f"| {target_text(limit)} | {verdict_of(ratio, limit)} | bytes in use per batch (pyarrow's "
-           f"pool and the malloc heap): {shown}; RSS growth per batch: {rss} |")
-    return row, ratio
+    shown = lambda values: ", ".join(f"{i} {v:.0f}" for i, v in values.items() if v is not None)  # noqa: E731
+    return (f"| one-row-batches | - | - | - | {('-' if ratio is None else f'{ratio:.2f}x')} {base} "
+            f"| {target_text(limit)} | {verdict_of(ratio, limit)} | bytes in use per batch (pyarrow's "
+            f"pool and the malloc heap): {shown(in_use)}; RSS growth per batch: {shown(rss)} |")
 
 
 def version(python: Path, module: str) -> str:

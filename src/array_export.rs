@@ -322,17 +322,8 @@ impl Derived for FlatExport {
     }
 
     fn allocations(&self) -> Option<Allocations> {
-        let mut children: Vec<_> = (0..self.image.columns())
-            .map(|i| self.image.column(i))
-            .collect();
-        let [length, null_count, offset] = [0, 1, 2].map(|i| self.image.words[i] as i64);
-        let root = columns_root(
-            length,
-            null_count,
-            offset,
-            children.len(),
-            children.as_mut_ptr(),
-        );
+        let mut children = self.image.column_pointers();
+        let root = self.image.root_over(children.as_mut_ptr());
         // SAFETY: the producer's columns, checked when the batch was pulled and unreleased
         // while the image lives.
         let found = unsafe { flat_buffers(&root, &self.schema) }
@@ -361,15 +352,24 @@ impl FlatImage {
         &self.words[ROOT_WORDS..]
     }
 
+    /// The root node over `children`, without a release.
+    fn root_over(&self, children: *mut *mut ArrowArray) -> ArrowArray {
+        let [length, null_count, offset] = [0, 1, 2].map(|i| self.words[i] as i64);
+        columns_root(length, null_count, offset, self.columns(), children)
+    }
+
     /// The root node of an export of `shape` (this image's), with the children as an
     /// offset into the block.
     fn root(&self, shape: BlockShape) -> ArrowArray {
-        let children = ptr::without_provenance_mut(shape.children_offset());
-        let [length, null_count, offset] = [0, 1, 2].map(|i| self.words[i] as i64);
         ArrowArray {
             release: Some(release_node),
-            ..columns_root(length, null_count, offset, shape.child_slots, children)
+            ..self.root_over(ptr::without_provenance_mut(shape.children_offset()))
         }
+    }
+
+    /// The column nodes' addresses, for a root that arrow-rs or `flat_buffers` reads.
+    fn column_pointers(&self) -> Vec<*mut ArrowArray> {
+        (0..self.columns()).map(|i| self.column(i)).collect()
     }
 
     /// Column `index`'s node, for arrow-rs's import to read.
@@ -384,13 +384,10 @@ impl FlatImage {
     /// to `flat`, which stays intact for exports.
     pub fn shared_import_root(flat: &Arc<FlatImage>) -> FFI_ArrowArray {
         let owner = Box::new(FlatImport {
-            children: (0..flat.columns()).map(|i| flat.column(i)).collect(),
+            children: flat.column_pointers().into_boxed_slice(),
             _flat: flat.clone(),
         });
-        let root = ArrowArray {
-            children: owner.children.as_ptr().cast_mut(),
-            ..flat.root(flat.shape())
-        };
+        let root = flat.root_over(owner.children.as_ptr().cast_mut());
         import_root(root, owner)
     }
 }

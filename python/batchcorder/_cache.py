@@ -317,8 +317,7 @@ class StreamCache(ClosesOnExit):
         """The Arrow schema of the stream."""
         schema = self._schema
         if schema is None:
-            # The handle keeps the schema after close() as well.
-            pointer = self._handle._pointer
+            pointer = self._handle.even_if_closed()
             schema = self._schema = schema_from_c(lambda c: lib.bc_cache_schema(pointer, c))
         return schema
 

@@ -54,6 +54,11 @@ class CacheHandle:
             )
         return self._pointer
 
+    def even_if_closed(self) -> Any:
+        """The pointer, open or closed: for what a closed cache still answers (its
+        schema), which the C object keeps until it is freed."""
+        return self._pointer
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

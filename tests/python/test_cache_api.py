@@ -816,3 +816,37 @@ def test_tiny_batches_are_copied_and_the_producers_arrays_released():
         assert replayed.num_rows == count and len(replayed.to_batches()) == count
     assert duckdb.sql("SELECT count(*), count(s), sum(id) FROM cache").fetchall() == [
         (count, count - count // 5, sum(range(count)))]
+
+
+def _with_metadata() -> pa.Table:
+    schema = SCHEMA.with_metadata({"origin": "test"})
+    return pa.Table.from_batches([batch(0).cast(schema)], schema=schema)
+
+
+def test_the_schema_is_answered_after_close_when_never_asked_before():
+    table = _with_metadata()
+    cache = StreamCache(table)
+    cache.close()
+    assert cache.schema.equals(table.schema, check_metadata=True)
+    assert pa.schema(cache).equals(table.schema, check_metadata=True)
+    assert "closed" in repr(cache)
+
+
+def test_a_readers_schema_is_the_sources_with_its_metadata():
+    table = _with_metadata()
+    cache = StreamCache(table)
+    reader = cache.reader()
+    assert reader.schema.equals(table.schema, check_metadata=True)
+    assert cache.schema.equals(table.schema, check_metadata=True)
+    assert next(reader).schema.equals(table.schema, check_metadata=True)
+
+
+@pytest.mark.parametrize("made", [lambda: SCHEMA.__arrow_c_schema__(), lambda: 42])
+def test_a_source_that_hands_over_no_stream_capsule_is_a_type_error_naming_it(made):
+    class NotAStream:
+        def __arrow_c_stream__(self, requested_schema=None):
+            return made()
+
+    with pytest.raises(TypeError, match=r"source\.__arrow_c_stream__\(\) must be a PyCapsule "
+                                        r"named 'arrow_array_stream'"):
+        StreamCache(NotAStream())
