@@ -79,11 +79,8 @@ impl CStreamUpstream {
         unsafe { check_shape(raw, &self.row_type) }
             .map_err(|problem| malformed(format!("the batch: {problem}")))?;
         if raw.length == 0 {
-            // No rows, so nothing to keep. An empty string column's one offset may be any
-            // value (the C Data Interface allows it), which arrow-rs's validation refuses.
-            drop(array);
             return Ok(Pulled {
-                batch: CachedBatch::new(RecordBatch::new_empty(self.schema.clone())),
+                batch: CachedBatch::new(empty_batch(array, &self.schema)?),
                 allocations: None,
             });
         }
@@ -148,6 +145,69 @@ fn import_rows(
     let data = unsafe { from_ffi_and_data_type(root, row_type) }?;
     data.validate().map_err(|err| malformed(err.to_string()))?;
     Ok(data)
+}
+
+/// The batch of a zero-row `root`: no rows' data is kept, since an empty string
+/// column's one offset may be any value (the C Data Interface allows it) and arrow-rs's
+/// validation refuses that; but each column keeps the dictionaries its producer sent,
+/// which a consumer of the replay sees (and an IPC writer compares with the next batch's).
+fn empty_batch(
+    root: FFI_ArrowArray,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, ArrowError> {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| has_dictionary(f.data_type()))
+    {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let row_type = DataType::Struct(schema.fields().clone());
+    // SAFETY: a tree whose shape `check_shape` accepted for this type; nothing of it is
+    // read but its dictionaries, which are validated in full below.
+    let data = unsafe { from_ffi_and_data_type(root, row_type) }?;
+    batch_of_rows(empty_keeping_dictionaries(&data)?, schema)
+}
+
+/// An empty array of `data`'s type whose dictionaries, at every depth, are `data`'s.
+fn empty_keeping_dictionaries(
+    data: &arrow_data::ArrayData,
+) -> std::result::Result<arrow_data::ArrayData, ArrowError> {
+    let empty = arrow_data::ArrayData::new_empty(data.data_type());
+    if !has_dictionary(data.data_type()) {
+        return Ok(empty);
+    }
+    let children = match data.data_type() {
+        DataType::Dictionary(..) => {
+            let values = data.child_data()[0].clone();
+            values
+                .validate_full()
+                .map_err(|err| malformed(format!("a dictionary of a zero-row batch: {err}")))?;
+            vec![values]
+        }
+        _ => data
+            .child_data()
+            .iter()
+            .map(empty_keeping_dictionaries)
+            .collect::<std::result::Result<_, _>>()?,
+    };
+    empty.into_builder().child_data(children).build()
+}
+
+fn has_dictionary(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(_, values) => has_dictionary(values.data_type()),
+        _ => false,
+    }
 }
 
 fn batch_of_rows(
@@ -505,7 +565,7 @@ impl BatchSource for CStreamUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{Int32Array, StringArray};
+    use arrow_array::{ArrayRef, Int32Array, StringArray};
     use arrow_schema::Field;
 
     /// A struct array {a: int32, s: utf8} of 3 rows, exported by arrow-rs.
@@ -673,6 +733,39 @@ mod tests {
                 one.batch.batch().unwrap(),
                 &RecordBatch::new_empty(batch.schema())
             );
+        }
+    }
+
+    #[test]
+    fn a_zero_row_batch_keeps_its_dictionaries_at_every_depth() {
+        use arrow_array::{DictionaryArray, ListArray};
+        let keys = Int32Array::from(vec![0, 1, 0]);
+        let words = Arc::new(StringArray::from(vec!["ab", "cd"]));
+        let dictionary: ArrayRef = Arc::new(DictionaryArray::try_new(keys, words).unwrap());
+        let offsets = arrow_buffer::OffsetBuffer::from_lengths([2, 0, 1]);
+        let item = Arc::new(Field::new("item", dictionary.data_type().clone(), true));
+        let list: ArrayRef =
+            Arc::new(ListArray::try_new(item, offsets, dictionary.clone(), None).unwrap());
+        let batch = RecordBatch::try_from_iter([("d", dictionary), ("l", list)]).unwrap();
+        let pulled = pull_all(vec![batch.slice(1, 0), batch.clone(), batch.slice(2, 0)]);
+        let values = |batch: &RecordBatch, column: usize| {
+            let data = batch.column(column).to_data();
+            let dictionary = match column {
+                0 => data,
+                _ => data.child_data()[0].clone(),
+            };
+            arrow_array::make_array(dictionary.child_data()[0].clone())
+        };
+        for one in [&pulled[0], &pulled[2]] {
+            let got = one.batch.batch().unwrap();
+            assert_eq!(got.num_rows(), 0);
+            for column in 0..2 {
+                assert_eq!(
+                    &values(got, column),
+                    &values(&batch, column),
+                    "column {column}"
+                );
+            }
         }
     }
 

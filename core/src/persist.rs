@@ -248,7 +248,7 @@ impl Saver {
 
     fn start(target: &Path, parent: PathBuf) -> Result<Self> {
         spill_dir::remove_abandoned(&parent);
-        let staging = SpillDir::create(&parent)
+        let staging = SpillDir::create_staging(&parent)
             .map_err(|err| io_error("cannot create a staging folder in", &parent, err))?;
         Ok(Self {
             target: target.to_path_buf(),

@@ -1,16 +1,29 @@
-//! The disk tier's private folder: created under the user's `disk_path` with an owner
-//! lock held for the cache's lifetime, so that a later cache can remove the folders of
-//! processes that died without cleaning up (SIGKILL, SIGTERM, a crash).
+//! Private folders under a user's folder: the disk tier's, and a save's staging folder.
+//! Each is created with an owner lock held for its lifetime, so that a later cache or
+//! save in the same folder removes the folders of processes that died without cleaning
+//! up (SIGKILL, SIGTERM, a crash), whenever they died.
+//!
+//! A folder has no locked owner file for an instant: between its creation and the lock,
+//! and while a save's commit renames it. Both steps hold a shared flock on the parent
+//! folder and a sweep holds it exclusively, so a sweep that finds a folder of ours with
+//! no owner file knows that its maker died in one of those steps.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Every private folder's name starts with this.
-const PREFIX: &str = "batchcorder-";
+/// A disk tier's folder's name starts with this.
+const SPILL_PREFIX: &str = "batchcorder-";
+/// A save's staging folder's name starts with this: hidden, and unlike any name a user
+/// would give a save, since a sweep removes it whole once its owner is gone.
+const STAGING_PREFIX: &str = ".batchcorder-save-";
+/// The random characters after either prefix.
+const SUFFIX_LEN: usize = 6;
 /// The lock file in a private folder; its flock is held while the owner lives.
 const OWNER: &str = "owner.lock";
+/// The owner file's name while it is made and locked.
+const NEW_OWNER: &str = ".owner.lock.";
 
 /// A private folder (mode 0700) that is removed, with everything in it, when dropped.
 #[derive(Debug)]
@@ -18,18 +31,32 @@ pub(crate) struct SpillDir {
     dir: tempfile::TempDir,
     /// Holds the owner lock; a forked child shares it, so its exit releases nothing.
     _owner: File,
+    committed: bool,
 }
 
 impl SpillDir {
-    /// A fresh private folder under `parent`, locked as this process's.
+    /// A fresh folder for the disk tier under `parent`, locked as this process's.
     pub fn create(parent: &Path) -> std::io::Result<Self> {
+        Self::make(parent, SPILL_PREFIX)
+    }
+
+    /// A fresh staging folder for a save under `parent` (see [`SpillDir::commit`]).
+    pub fn create_staging(parent: &Path) -> std::io::Result<Self> {
+        Self::make(parent, STAGING_PREFIX)
+    }
+
+    fn make(parent: &Path, prefix: &str) -> std::io::Result<Self> {
+        let _creating = ParentLock::take(parent, libc::LOCK_SH);
         let dir = tempfile::Builder::new()
-            .prefix(PREFIX)
+            .prefix(prefix)
+            .rand_bytes(SUFFIX_LEN)
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(parent)?;
-        // Locked under a name no cleaner looks at, then renamed into place: a cleaner
-        // never finds an owner file that is not locked yet.
-        let staging = dir.path().join(format!(".{OWNER}.{}", std::process::id()));
+        // Locked under a name no cleaner takes for an owner file, then renamed into
+        // place: a cleaner never finds an owner file that is not locked yet.
+        let staging = dir
+            .path()
+            .join(format!("{NEW_OWNER}{}", std::process::id()));
         let owner = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -40,7 +67,11 @@ impl SpillDir {
             return Err(std::io::Error::last_os_error());
         }
         std::fs::rename(&staging, dir.path().join(OWNER))?;
-        Ok(Self { dir, _owner: owner })
+        Ok(Self {
+            dir,
+            _owner: owner,
+            committed: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -51,7 +82,10 @@ impl SpillDir {
     /// it, failing if `target` exists (an empty directory there is replaced). Used for a
     /// persisted cache's save, staged in a folder that a cleaner removes if the saving
     /// process dies.
-    pub fn commit(self, target: &Path) -> std::io::Result<()> {
+    pub fn commit(mut self, target: &Path) -> std::io::Result<()> {
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        let _committing = ParentLock::take(parent, libc::LOCK_SH);
         std::fs::remove_file(self.path().join(OWNER))?;
         File::open(self.path())?.sync_all()?;
         match std::fs::remove_dir(target) {
@@ -60,10 +94,31 @@ impl SpillDir {
             Err(err) => return Err(err),
         }
         rename_no_replace(self.path(), target)?;
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
-        File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
-        let _ = self.dir.keep();
-        Ok(())
+        self.committed = true;
+        self.dir.disable_cleanup(true);
+        File::open(parent)?.sync_all()
+    }
+}
+
+impl Drop for SpillDir {
+    /// Everything but the owner file goes first, so that a process killed while it
+    /// cleans up leaves a folder whose owner file a sweep finds unlocked, or an empty one.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(self.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name() == OWNER {
+                continue;
+            }
+            let _ = match entry.file_type() {
+                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
+        }
     }
 }
 
@@ -98,19 +153,74 @@ fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// Remove the private folders under `parent` whose owner is gone: a folder named like
-/// ours, holding an owner file whose lock nobody holds. Anything else (a live cache's
-/// folder, a file, a folder without an owner file, a symlink) is left alone. Returns the
-/// folders removed.
+/// A flock on a folder, released when dropped: shared while a folder of ours is made or
+/// committed in it, exclusive while a sweep judges its folders.
+struct ParentLock {
+    _held: File,
+}
+
+impl ParentLock {
+    /// `None` when the folder cannot be opened or locked (no read permission, a file
+    /// system without flock); callers then go on without it.
+    fn take(folder: &Path, operation: libc::c_int) -> Option<Self> {
+        let folder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(folder)
+            .ok()?;
+        loop {
+            // SAFETY: a valid descriptor; flock has no other precondition.
+            if unsafe { libc::flock(folder.as_raw_fd(), operation) } == 0 {
+                return Some(Self { _held: folder });
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return None;
+            }
+        }
+    }
+}
+
+/// The prefix of a name [`SpillDir`] gives, if `name` is one.
+fn our_prefix(name: &std::ffi::OsStr) -> Option<&'static str> {
+    let name = name.to_str()?;
+    [SPILL_PREFIX, STAGING_PREFIX].into_iter().find(|prefix| {
+        name.strip_prefix(prefix).is_some_and(|suffix| {
+            suffix.len() == SUFFIX_LEN && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+    })
+}
+
+/// Whether a folder of ours whose owner file is missing was left by a maker that died:
+/// a staging folder whatever it holds; a disk tier's folder only when empty or holding
+/// no more than an owner file being made, since a user's save may bear such a name.
+fn died_unowned(folder: &Path, prefix: &str) -> bool {
+    if prefix == STAGING_PREFIX {
+        return true;
+    }
+    std::fs::read_dir(folder).is_ok_and(|mut entries| {
+        entries.all(|entry| {
+            entry.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(NEW_OWNER))
+        })
+    })
+}
+
+/// Remove the folders of ours under `parent` whose owner is gone: one holding an owner
+/// file whose lock nobody holds, or, while no folder is being made or committed here,
+/// one whose maker died before locking it or while committing it. Anything else (a live
+/// cache's folder, a file, a symlink, another name) is left alone. Returns the folders
+/// removed.
 pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
+    let settled = ParentLock::take(parent, libc::LOCK_EX);
     let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for entry in entries.flatten() {
-        let ours = entry.file_name().to_string_lossy().starts_with(PREFIX);
+        let Some(prefix) = our_prefix(&entry.file_name()) else {
+            continue;
+        };
         // `file_type` does not follow symlinks.
-        if !ours || !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
             continue;
         }
         let folder = entry.path();
@@ -119,10 +229,16 @@ pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(folder.join(OWNER));
         // Held until the folder is gone, so that no other cleaner judges it meanwhile.
-        if let Ok(owner) = owner {
-            if try_lock(&owner) && std::fs::remove_dir_all(&folder).is_ok() {
-                removed.push(folder);
+        let abandoned = match &owner {
+            Ok(owner) => try_lock(owner),
+            Err(err) => {
+                settled.is_some()
+                    && err.kind() == std::io::ErrorKind::NotFound
+                    && died_unowned(&folder, prefix)
             }
+        };
+        if abandoned && std::fs::remove_dir_all(&folder).is_ok() {
+            removed.push(folder);
         }
     }
     removed

@@ -476,8 +476,19 @@ fn a_new_cache_removes_folders_whose_owner_is_gone_and_nothing_else() {
     std::fs::create_dir(&dead).unwrap();
     std::fs::write(dead.join("owner.lock"), b"").unwrap();
     std::fs::write(dead.join("segment-000000.arrows"), vec![0u8; 4096]).unwrap();
-    // Not ours to judge: no owner file, a file with our prefix, another folder.
+    // Killed between steps: after making its folder, before renaming its locked owner
+    // file into place; and in a save's commit, after removing the owner file.
+    let half_made = path.join("batchcorder-half01");
+    std::fs::create_dir(&half_made).unwrap();
+    std::fs::write(half_made.join(".owner.lock.4242"), b"").unwrap();
+    let half_committed = path.join(".batchcorder-save-stage1");
+    std::fs::create_dir(&half_committed).unwrap();
+    std::fs::write(half_committed.join("data.arrow"), b"ARROW1").unwrap();
+    // Not ours to judge: a name no cache gives, a file with our prefix, another folder,
+    // and a user's save that bears a name like ours.
     std::fs::create_dir(path.join("batchcorder-no-owner")).unwrap();
+    std::fs::create_dir(path.join("batchcorder-backup")).unwrap();
+    std::fs::write(path.join("batchcorder-backup/manifest.json"), b"{}").unwrap();
     std::fs::write(path.join("batchcorder-a-file"), b"keep").unwrap();
     std::fs::create_dir(path.join("results")).unwrap();
     std::fs::write(path.join("results/owner.lock"), b"").unwrap();
@@ -486,6 +497,7 @@ fn a_new_cache_removes_folders_whose_owner_is_gone_and_nothing_else() {
     live.ingest_all().unwrap();
     let live_folder = live.disk_directory().unwrap();
     assert!(!dead.exists(), "the dead owner's folder is removed");
+    assert!(!half_made.exists() && !half_committed.exists());
 
     let second = disk_cache(id_batches(3, 10), DiskOptions::new(path, 1 << 20), 0);
     assert!(live_folder.exists(), "a live cache's folder stays");
@@ -496,16 +508,21 @@ fn a_new_cache_removes_folders_whose_owner_is_gone_and_nothing_else() {
         b"keep"
     );
     assert!(path.join("results/owner.lock").exists());
+    assert!(path.join("batchcorder-backup/manifest.json").exists());
     assert_eq!(
         private_folders(path).len(),
-        4,
+        5,
         "{:?}",
         private_folders(path)
     );
     drop((live, second));
     assert_eq!(
         private_folders(path),
-        vec!["batchcorder-a-file", "batchcorder-no-owner"],
+        vec![
+            "batchcorder-a-file",
+            "batchcorder-backup",
+            "batchcorder-no-owner"
+        ],
         "each cache removes its own folder when it goes"
     );
 }
