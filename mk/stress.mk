@@ -17,6 +17,7 @@ stress-run:
 	BC_STRESS_SCALE=$(STRESS_SCALE) $(CARGO) test --workspace --release --features fault-injection
 	BC_STRESS_SCALE=$(STRESS_SCALE) $(VPY) -m pytest -q -p no:cacheprovider \
 	  tests/python/test_model.py tests/python/test_stress.py tests/python/test_disk.py \
+	  tests/python/test_crash_leftovers.py \
 	  --hypothesis-show-statistics
 	$(MAKE) --no-print-directory tsan
 	$(MAKE) --no-print-directory miri
