@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_ipc::writer::{FileWriter, IpcWriteOptions};
+use arrow_ipc::writer::{DictionaryHandling, FileWriter, IpcWriteOptions};
 use arrow_ipc::{Block, MetadataVersion};
 use arrow_schema::{ArrowError, SchemaRef};
 use serde_json::{json, Value};
@@ -192,13 +192,24 @@ impl StreamCache {
             }
             dictionaries.push(message);
         }
-        let dictionaries: Arc<[Message]> = dictionaries.into();
+        // A batch decodes with the dictionaries written before it, deltas included, so
+        // each replays the dictionary it was saved with.
+        let in_force = |count: usize| -> Arc<[Message]> { dictionaries[..count].into() };
+        let mut written_before = (0, in_force(0));
         let mut entries = Vec::with_capacity(footer.batches.len());
         for (block, expected) in footer.batches.iter().zip(batch_sums) {
+            let count = footer
+                .dictionaries
+                .iter()
+                .take_while(|d| d.offset() < block.offset())
+                .count();
+            if count != written_before.0 {
+                written_before = (count, in_force(count));
+            }
             let checksum = verify.then(|| Checksum::new(*expected));
             entries.push(DiskEntry::persisted(
                 Message::persisted(&segment, block)?,
-                dictionaries.clone(),
+                written_before.1.clone(),
                 footer.schema.clone(),
                 checksum,
             ));
@@ -267,8 +278,11 @@ impl Saver {
         if self.writer.is_none() {
             let path = self.data_path();
             let file = create_file(&path)?;
+            // A dictionary that a batch extends is written as a delta, which the file
+            // format holds (as pyarrow's writer with emit_dictionary_deltas does).
             let options = IpcWriteOptions::try_new(ALIGNMENT, false, MetadataVersion::V5)
-                .map_err(|err| Error::Internal(format!("IPC options: {err}")))?;
+                .map_err(|err| Error::Internal(format!("IPC options: {err}")))?
+                .with_dictionary_handling(DictionaryHandling::Delta);
             let out = BufWriter::with_capacity(1 << 20, file);
             let writer = FileWriter::try_new_with_options(out, schema, options)
                 .map_err(|err| write_error(&path, err))?;
@@ -284,9 +298,9 @@ impl Saver {
         writer.write(batch).map_err(|err| match err {
             ArrowError::InvalidArgumentError(m) if m.contains("replacement") => {
                 Error::InvalidArgument(format!(
-                    "cannot persist: batch {position} replaces a dictionary, which an Arrow \
-                     IPC file cannot hold ({m}); cast the dictionary columns to their value \
-                     type (cache.cast) and persist that"
+                    "cannot persist: batch {position} replaces a dictionary with one that \
+                     does not extend it, which an Arrow IPC file cannot hold ({m}); cast the \
+                     dictionary columns to their value type (cache.cast) and persist that"
                 ))
             }
             other => write_error(&path, other),

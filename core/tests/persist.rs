@@ -441,6 +441,50 @@ fn persist_after_eviction_or_over_a_replaced_dictionary_is_refused() {
 }
 
 #[test]
+fn a_dictionary_that_each_batch_extends_is_saved_as_deltas_and_replays_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "d",
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+        false,
+    )]));
+    let growing = [
+        vec!["x", "y"],
+        vec!["x", "y", "z"],
+        vec!["x", "y", "z", "w"],
+    ];
+    let source: Vec<RecordBatch> = growing
+        .iter()
+        .map(|words| {
+            let keys = arrow_array::Int32Array::from_iter_values(0..words.len() as i32);
+            let values = Arc::new(StringArray::from(words.clone()));
+            let column = DictionaryArray::<Int32Type>::try_new(keys, values).unwrap();
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(column)]).unwrap()
+        })
+        .collect();
+    let target = dir.path().join("deltas");
+    cache_over(source.clone(), CacheOptions::default())
+        .persist(&target)
+        .unwrap();
+    let replayed = read_all(&open(&target).unwrap());
+    assert_eq!(replayed, source);
+    for (got, expected) in replayed.iter().zip(&source) {
+        let values = |batch: &RecordBatch| {
+            batch
+                .column(0)
+                .as_dictionary::<Int32Type>()
+                .values()
+                .to_data()
+        };
+        assert_eq!(
+            values(got),
+            values(expected),
+            "each batch keeps its own dictionary"
+        );
+    }
+}
+
+#[test]
 fn the_persist_option_saves_as_the_stream_is_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let source = batches(6, 100);
