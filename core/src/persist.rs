@@ -133,9 +133,15 @@ impl StreamCache {
         self.shared().persisted.lock().ok()?.clone()
     }
 
+    /// Record `saved` as this cache's persisted copy, by an absolute path: a reference
+    /// to it may be opened after a change of directory, or by another process.
     pub(crate) fn remember(&self, saved: &Persisted) {
+        let mut saved = saved.clone();
+        if let Ok(path) = std::path::absolute(&saved.path) {
+            saved.path = path;
+        }
         if let Ok(mut slot) = self.shared().persisted.lock() {
-            *slot = Some(saved.clone());
+            *slot = Some(saved);
         }
     }
 

@@ -145,6 +145,23 @@ def test_a_persisted_cache_pickles_as_a_reference(saved):
         assert pa.table(pickle.loads(blob)) == data
 
 
+@pytest.mark.parametrize("how", ["persist", "open", "disk_path"])
+def test_a_reference_made_from_a_relative_path_opens_after_a_change_of_directory(tmp_path, monkeypatch, how):
+    data = pa.table({"id": range(100)})
+    monkeypatch.chdir(tmp_path)
+    if how == "disk_path":
+        cache = StreamCache(single_use(data), disk_path="spill", disk_capacity=1 << 20)
+    else:
+        cache = StreamCache(single_use(data))
+        cache.persist("relative")
+        if how == "open":
+            cache = StreamCache.open("relative")
+    blob = pickle.dumps(cache)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert pa.table(pickle.loads(blob)) == data
+
+
 def test_spawn_and_process_pools_get_a_cache_they_can_read(saved, tmp_path):
     data, info = saved
     disk_backed = StreamCache(single_use(data), disk_path=tmp_path / "spill", disk_capacity=1 << 30)
