@@ -101,25 +101,27 @@ impl SpillDir {
 }
 
 impl Drop for SpillDir {
-    /// Everything but the owner file goes first, so that a process killed while it
-    /// cleans up leaves a folder whose owner file a sweep finds unlocked, or an empty one.
     fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir(self.path()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name() == OWNER {
-                continue;
-            }
-            let _ = match entry.file_type() {
-                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
-                _ => std::fs::remove_file(entry.path()),
-            };
+        // What this leaves (an error on the way) the TempDir's own drop tries again.
+        if !self.committed {
+            let _ = remove_owner_last(self.path());
         }
     }
+}
+
+/// Remove `folder` and everything in it, its owner file last: a process killed meanwhile
+/// leaves a folder whose owner file a sweep finds unlocked, or an empty one.
+fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(folder)?.flatten() {
+        if entry.file_name() == OWNER {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path())?,
+            _ => std::fs::remove_file(entry.path())?,
+        }
+    }
+    std::fs::remove_dir_all(folder)
 }
 
 fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -237,7 +239,7 @@ pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
                     && died_unowned(&folder, prefix)
             }
         };
-        if abandoned && std::fs::remove_dir_all(&folder).is_ok() {
+        if abandoned && remove_owner_last(&folder).is_ok() {
             removed.push(folder);
         }
     }
