@@ -70,6 +70,7 @@ import sys
 import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -234,6 +235,7 @@ PyarrowWriter = Callable[[pa.Schema, Batches], Optional[Refusal]]
 
 def _pyarrow_writes(writer: str, open_writer) -> PyarrowWriter:
     """Write a stream with one of pyarrow's IPC writers: None, or where it refused."""
+
     def run(schema: pa.Schema, batches: Batches) -> Optional[Refusal]:
         sink = pa.BufferOutputStream()
         index = 0
@@ -397,7 +399,7 @@ def pickled_to_spawn_worker(disk_backed: bool) -> ReadFunction:
         if not disk_backed:
             cache.persist(context.directory / "saved")
         blob = pickle.dumps(cache)
-        return _replay_from_worker(context.shared.pool().submit(read_in_worker, blob).result(WAIT))
+        return _replay_from_worker(context.shared.in_worker(read_in_worker, blob))
 
     return read
 
@@ -468,11 +470,16 @@ class Shared:
         self._flight = None
         self._command = None
 
-    def pool(self) -> ProcessPoolExecutor:
+    def in_worker(self, function: Callable, argument: object):
+        """`function(argument)` in the spawn worker."""
         if self._pool is None:
             pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
             self._pool = self._stack.enter_context(pool)
-        return self._pool
+        try:
+            return self._pool.submit(function, argument).result(WAIT)
+        except BrokenProcessPool:  # the worker died: this case fails, the next gets a new one
+            self._pool = None
+            raise
 
     def flight(self):
         if self._flight is None:
