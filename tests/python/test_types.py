@@ -41,7 +41,9 @@ What is covered
   and the exported C schema (read with nanoarrow, before pyarrow's import normalizes
   anything: pyarrow's ``Schema.equals`` ignores a map's field names, for one). All
   batches of a replay are kept alive until the end, so a buffer freed or unmapped under
-  a reader shows up as a wrong value (or a crash).
+  a reader shows up as a wrong value (or a crash). Reading (``read_mode``, a
+  ``Replay``) and checking (``check_replay``) are apart, so that the surface matrix of
+  test_surfaces.py reuses both, with this catalogue, for every other way to read a cache.
 * Deterministic parametrized tests run every column through every mode at least once,
   then every form and the special streams through every mode; hypothesis then draws
   column sets x tiers x codecs x write policies x readers x segment sizes x casts x
@@ -75,13 +77,15 @@ values are an extension type loses the extension in every mode.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 import struct
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -896,39 +900,91 @@ def read_interleaved(first, second) -> Tuple[List[pa.RecordBatch], List[pa.Recor
     return got
 
 
-def check_replays(schema: pa.Schema, batches: List[pa.RecordBatch], mode: Mode, source=None):
-    """Cache a single-use stream of `batches` in `mode`, check every replay against the
-    batches, and return the cache's stats after the replays."""
-    expected = pa.Table.from_batches(batches, schema=schema)
+@dataclass
+class Replay:
+    """What a user reads back from one surface of a cache: the schemas it announces,
+    every read (a list of batches where the surface keeps batch boundaries, a table where
+    it does not), the exported C schema where it hands out a C stream, and the surface's
+    own checks, run after the comparison while its resources are still open."""
+
+    schemas: List[Tuple[str, pa.Schema]] = dataclasses.field(default_factory=list)
+    reads: List[Tuple[str, Union[pa.Table, List[pa.RecordBatch]]]] = dataclasses.field(default_factory=list)
+    c_schema: Optional[tuple] = None
+    checks: List[Callable[[], None]] = dataclasses.field(default_factory=list)
+
+
+def read_passes(target, replay: Replay, where: str = "") -> None:
+    """Two passes over a cache (or a cast view or an opened save), each as
+    ``pa.table(target)`` and as an iterated reader, and its exported C schema."""
+    for attempt in ("first", "second"):
+        replay.reads.append((f"{where}pa.table(cache), {attempt} pass", pa.table(target)))
+        reader = target.reader()
+        replay.schemas.append((f"{where}reader schema, {attempt} pass", reader.schema))
+        replay.reads.append((f"{where}iterated reader, {attempt} pass", list(reader)))
+    # The schema as exported, before pyarrow's import normalizes anything.
+    replay.c_schema = c_schema_key(target)
+
+
+def read_mode(
+    schema: pa.Schema,
+    batches: List[pa.RecordBatch],
+    mode: Mode,
+    directory: str,
+    stack: ExitStack,
+    source=None,
+) -> Replay:
+    """Cache a single-use stream of `batches` in `mode` (closed by `stack`) and read it
+    back as a user would in that mode."""
     if source is None:
         source = pa.RecordBatchReader.from_batches(schema, iter(batches))
-    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory:
-        with open_cache(source, mode, directory) as cache:
-            target = cache.cast(schema) if mode.cast else cache
-            if mode.two_readers:
-                first, second = target.reader(), target.reader()
-                assert first.schema.equals(schema, check_metadata=True)
-                got_a, got_b = read_interleaved(first, second)
-                assert_same_batches(got_a, schema, batches, "reader A of two, interleaved")
-                assert_same_batches(got_b, schema, batches, "reader B of two, interleaved")
-            else:
-                for attempt in ("first", "second"):
-                    assert_same_table(pa.table(target), expected, f"pa.table(cache), {attempt} pass")
-                    reader = target.reader()
-                    assert reader.schema.equals(schema, check_metadata=True)
-                    assert_same_batches(
-                        list(reader), schema, batches, f"iterated reader, {attempt} pass"
-                    )
-                if mode.cast:  # the other cast path: a requested_schema on export
-                    exported = pa.RecordBatchReader.from_stream(cache, schema=schema).read_all()
-                    assert_same_table(exported, expected, "export with requested_schema")
-                # The schema as exported, before pyarrow's import normalizes anything.
-                assert c_schema_key(target) == c_schema_key(schema)
-            stats = cache.stats()
-        # The cache really used its disk tier (memory_capacity=0 leaves nothing in memory).
+    cache = stack.enter_context(open_cache(source, mode, directory))
+    target = cache.cast(schema) if mode.cast else cache
+    replay = Replay()
+    if mode.two_readers:
+        first, second = target.reader(), target.reader()
+        replay.schemas.append(("reader A of two", first.schema))
+        got_a, got_b = read_interleaved(first, second)
+        replay.reads.append(("reader A of two, interleaved", got_a))
+        replay.reads.append(("reader B of two, interleaved", got_b))
+    else:
+        read_passes(target, replay)
+        if mode.cast:  # the other cast path: a requested_schema on export
+            exported = pa.RecordBatchReader.from_stream(cache, schema=schema).read_all()
+            replay.reads.append(("export with requested_schema", exported))
+
+    def used_its_disk_tier() -> None:
+        # memory_capacity=0 leaves nothing in memory: the batches went through the disk.
         if mode.disk and batches and not mode.two_readers and mode.write_policy == "on_insertion":
-            assert stats.disk_bytes > 0
-    return stats
+            assert cache.stats().disk_bytes > 0, "the disk tier was not used"
+
+    replay.checks.append(used_its_disk_tier)
+    return replay
+
+
+def check_replay(replay: Replay, schema: pa.Schema, batches: List[pa.RecordBatch]) -> None:
+    """Every read of `replay` against the source `batches`: schemas with metadata, batch
+    by batch where the surface keeps batches, the C schema; then the surface's checks."""
+    expected = pa.Table.from_batches(batches, schema=schema)
+    for where, announced in replay.schemas:
+        assert announced.equals(
+            schema, check_metadata=True
+        ), f"{where} differs\n--- got\n{announced}\n--- expected\n{schema}"
+    for where, got in replay.reads:
+        if isinstance(got, pa.Table):
+            assert_same_table(got, expected, where)
+        else:
+            assert_same_batches(got, schema, batches, where)
+    if replay.c_schema is not None:
+        assert replay.c_schema == c_schema_key(schema), "the exported C schema differs"
+    for check in replay.checks:
+        check()
+
+
+def check_replays(schema: pa.Schema, batches: List[pa.RecordBatch], mode: Mode, source=None) -> None:
+    """Cache a single-use stream of `batches` in `mode` and check every replay against
+    the batches."""
+    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory, ExitStack() as stack:
+        check_replay(read_mode(schema, batches, mode, directory, stack, source), schema, batches)
 
 
 # -- deterministic: every column through every mode -----------------------------------------
