@@ -66,7 +66,7 @@ pub struct OpenOptions {
 /// What a save wrote, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisted {
-    /// The directory.
+    /// The directory, from the root.
     pub path: PathBuf,
     /// 32 hex digits, new for every save: a reference to a persisted cache names it.
     pub id: String,
@@ -133,15 +133,9 @@ impl StreamCache {
         self.shared().persisted.lock().ok()?.clone()
     }
 
-    /// Record `saved` as this cache's persisted copy, by an absolute path: a reference
-    /// to it may be opened after a change of directory, or by another process.
     pub(crate) fn remember(&self, saved: &Persisted) {
-        let mut saved = saved.clone();
-        if let Ok(path) = std::path::absolute(&saved.path) {
-            saved.path = path;
-        }
         if let Ok(mut slot) = self.shared().persisted.lock() {
-            *slot = Some(saved);
+            *slot = Some(saved.clone());
         }
     }
 
@@ -227,7 +221,7 @@ impl StreamCache {
             options.max_readers,
         )?;
         let opened = Persisted {
-            path: path.to_path_buf(),
+            path: absolute(path),
             id: layout.id,
             batches: layout.batches,
             rows: layout.rows,
@@ -268,7 +262,7 @@ impl Saver {
         let staging = SpillDir::create_staging(&parent)
             .map_err(|err| io_error("cannot create a staging folder in", &parent, err))?;
         Ok(Self {
-            target: target.to_path_buf(),
+            target: absolute(target),
             staging,
             writer: None,
             batches: 0,
@@ -390,6 +384,12 @@ fn check_target(path: &Path) -> Result<PathBuf> {
         ))),
         Err(err) => Err(io_error("cannot persist into", &parent, err)),
     }
+}
+
+/// `path` from the root, so that a reference to a save opens after a change of directory
+/// and in another process.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn create_file(path: &Path) -> Result<File> {

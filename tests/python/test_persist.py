@@ -145,12 +145,15 @@ def test_a_persisted_cache_pickles_as_a_reference(saved):
         assert pa.table(pickle.loads(blob)) == data
 
 
-@pytest.mark.parametrize("how", ["persist", "open", "disk_path"])
+@pytest.mark.parametrize("how", ["persist", "open", "disk_path", "persist_path"])
 def test_a_reference_made_from_a_relative_path_opens_after_a_change_of_directory(tmp_path, monkeypatch, how):
     data = pa.table({"id": range(100)})
     monkeypatch.chdir(tmp_path)
     if how == "disk_path":
         cache = StreamCache(single_use(data), disk_path="spill", disk_capacity=1 << 20)
+    elif how == "persist_path":
+        cache = StreamCache(single_use(data), persist_path="relative")
+        cache.ingest_all()
     else:
         cache = StreamCache(single_use(data))
         cache.persist("relative")
