@@ -124,7 +124,13 @@ impl StreamCache {
         if let Some(saved) = self.persisted_copy() {
             return Ok(saved);
         }
-        self.persist(&folder.join("shared"))
+        self.persist(&folder.join("shared")).map_err(|err| match err {
+            Error::InvalidArgument(why) => Error::InvalidArgument(format!(
+                "this cache cannot be shared with another process (pickle, share), which \
+                 opens a save of it made once: {why}"
+            )),
+            other => other,
+        })
     }
 
     /// The persisted copy recorded by [`StreamCache::open`], [`StreamCache::persist`] or

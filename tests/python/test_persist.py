@@ -22,6 +22,8 @@ import pytest
 
 from conftest import wait_for_child
 
+import batchcorder
+
 from batchcorder import (
     CorruptCacheError,
     DiskError,
@@ -187,6 +189,20 @@ def test_a_memory_only_cache_or_a_reader_refuses_pickling_and_says_how_to_share(
     with pytest.raises(TypeError, match="StreamCacheReader cannot be pickled.*StreamCache"):
         pickle.dumps(cache.reader())
     assert pa.table(cache).num_rows == 1  # refusing touched nothing
+
+
+def test_pickling_a_disk_cache_whose_stream_no_file_holds_says_why(tmp_path):
+    """Pickling saves a disk-backed cache once; a replaced dictionary cannot be saved, and
+    the error says that pickling is what needed the save."""
+    kind = pa.dictionary(pa.int8(), pa.string())
+    batches = [pa.record_batch([pa.array([w]).dictionary_encode().cast(kind)], names=["d"])
+               for w in ("a", "b")]
+    source = pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches))
+    cache = StreamCache(source, disk_path=tmp_path, disk_capacity=1 << 20)
+    with pytest.raises(batchcorder.InvalidArgumentError,
+                       match=r"cannot be shared with another process \(pickle.*batch 1 replaces a dictionary.*cast"):
+        pickle.dumps(cache)
+    assert pa.table(cache).column("d").to_pylist() == ["a", "b"]  # the cache still reads
 
 
 def test_a_reference_to_a_save_that_was_replaced_is_refused(saved):
