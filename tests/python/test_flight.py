@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.flight as fl
 import pyarrow.parquet as pq
 import pytest
 
+import batchcorder
 from batchcorder import StreamCache
 from batchcorder.flight import CacheServer, Request, TicketError, connect, ticket
 
@@ -109,6 +113,24 @@ def read_error(location: str, request, **client) -> BaseException:
         with pytest.raises(fl.FlightError) as caught:
             c.do_get(request, CALL).read_all()
     return caught.value
+
+
+# Where the server's code is installed: a traceback would name these.
+SERVER_PATHS = sorted(
+    {
+        str(Path(batchcorder.__file__).parent),
+        str(Path(batchcorder.__file__).resolve().parent),
+        str(Path(pa.__file__).parent),
+        sysconfig.get_paths()["purelib"],
+        sys.prefix,
+    }
+)
+
+
+def assert_tells_nothing_of_the_server(text: str) -> None:
+    """An error text a client got holds no traceback and no server install path."""
+    for leak in ("Traceback", 'File "', *SERVER_PATHS):
+        assert leak not in text, f"the client got {leak!r}: {text}"
 
 
 # -- the package --------------------------------------------------------------------------
@@ -456,7 +478,7 @@ def test_an_upstream_error_reaches_every_remote_reader_with_its_message():
             assert rows == 5_000  # every batch before the failure
             assert isinstance(err, fl.FlightServerError)
             assert "feed dropped at batch 5" in str(err) and "cache 'data'" in str(err)
-            assert "Traceback" not in str(err)  # the server's stack stays on the server
+            assert_tells_nothing_of_the_server(str(err))  # the server's stack stays on it
         wait_for(lambda: cache.stats().readers_live == 0, "readers released")
 
 
@@ -563,6 +585,129 @@ def test_bad_tickets_get_clear_errors_and_the_server_keeps_serving():
                 client.do_put(fl.FlightDescriptor.for_path("data"), cache.schema, CALL)[0].close()
         assert read_all(server.location).num_rows == 500
         assert cache.stats().readers_created == 1 and server.active_streams == 0
+
+
+# About 3 KB of nesting, under the 4 KB ticket limit: deep enough to exhaust the JSON
+# parser's recursion.
+DEEP_JSON = b'{"cache": ' + b"[" * 1_500 + b"]" * 1_500 + b"}"
+LONG_NAME = "é" * 2_048  # 4 096 bytes: the longest ticket taken
+
+
+def by_path(*path: str) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_path(*path)
+
+
+def by_command(raw: bytes) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_command(raw)
+
+
+def put_a_batch(client: fl.FlightClient) -> None:
+    writer, _ = client.do_put(by_path("data"), table(10).schema, CALL)
+    writer.write_table(table(10))
+    writer.close()
+
+
+def exchange(client: fl.FlightClient) -> None:
+    writer, reader = client.do_exchange(by_path("data"), CALL)
+    writer.begin(table(10).schema)
+    writer.write_table(table(10))
+    writer.done_writing()
+    reader.read_all()
+
+
+# Each Flight call with a hostile input, and what its refusal says.
+HOSTILE: dict[str, tuple[Callable[[fl.FlightClient], object], str]] = {
+    "DoGet deep JSON": (lambda c: c.do_get(fl.Ticket(DEEP_JSON), CALL).read_all(), "nests too deeply"),
+    "DoGet lone surrogate": (
+        lambda c: c.do_get(fl.Ticket(b'{"cache": "\\ud800"}'), CALL).read_all(), "no cache named '\\ud800'"
+    ),
+    "DoGet 4 KB name": (lambda c: c.do_get(fl.Ticket(LONG_NAME.encode()), CALL).read_all(), "no cache named"),
+    "DoGet binary": (lambda c: c.do_get(fl.Ticket(b"\xff\x00\xfe"), CALL).read_all(), "not UTF-8"),
+    "DoGet start an object": (
+        lambda c: c.do_get(fl.Ticket(b'{"cache": "data", "start": {"a": 1}}'), CALL).read_all(), '"start" must be'
+    ),
+    "GetSchema unknown cache": (lambda c: c.get_schema(by_path("nope"), CALL), "no cache named 'nope'"),
+    "GetSchema two path elements": (lambda c: c.get_schema(by_path("data", "x"), CALL), "one cache, got 2"),
+    "GetSchema deep JSON": (lambda c: c.get_schema(by_command(DEEP_JSON), CALL), "nests too deeply"),
+    "GetSchema binary": (lambda c: c.get_schema(by_command(b"\xff"), CALL), "not UTF-8"),
+    "GetFlightInfo unknown cache": (lambda c: c.get_flight_info(by_path("nope"), CALL), "no cache named 'nope'"),
+    "GetFlightInfo deep JSON": (lambda c: c.get_flight_info(by_command(DEEP_JSON), CALL), "nests too deeply"),
+    "GetFlightInfo lone surrogate": (
+        lambda c: c.get_flight_info(by_command(b'{"cache": "\\udfff"}'), CALL), "no cache named"
+    ),
+    "DoAction 100 KB body": (lambda c: list(c.do_action(fl.Action("drop", b"x" * 100_000), CALL)), "no actions"),
+    "DoPut": (put_a_batch, "read-only"),
+    "DoExchange": (exchange, "read-only"),
+}
+
+
+@pytest.mark.parametrize("call", list(HOSTILE))
+def test_no_refused_call_sends_the_client_a_traceback(call):
+    attempt, says = HOSTILE[call]
+    with StreamCache(table(100)) as cache, serving({"data": cache}) as server:
+        with connect(server.location) as client:
+            # GetSchema's refusals arrive as a plain ArrowException: pyarrow's client
+            # passes no Flight error class on for that call.
+            with pytest.raises(pa.ArrowException) as caught:
+                attempt(client)
+            assert says in str(caught.value), caught.value
+            assert_tells_nothing_of_the_server(str(caught.value))
+            # Calls that take no input answer as usual, and the server still serves.
+            assert client.list_actions(CALL) == []
+            assert list(client.list_flights(b"\xff\xfe", CALL)) == []
+        assert read_all(server.location).num_rows == 100
+        assert server.active_streams == 0 and cache.stats().readers_live == 0
+
+
+class Audited(CacheServer):
+    """An application's server that checks an audit log before each call, and fails
+    with an error the server does not expect, whose text holds a server path."""
+
+    def fail(self) -> None:
+        raise LookupError(f"audit log {SERVER_PATHS[0]}/audit.log is unavailable")
+
+    def do_get(self, context, ticket):
+        self.fail()
+
+    def get_schema(self, context, descriptor):
+        self.fail()
+
+    def get_flight_info(self, context, descriptor):
+        self.fail()
+
+    def list_flights(self, context, criteria):
+        yield from super().list_flights(context, criteria)
+        self.fail()  # after the first answer: pyarrow is iterating
+
+    def do_action(self, context, action):
+        self.fail()
+
+
+def test_an_unexpected_error_reaches_the_client_as_an_internal_error_and_is_logged(caplog):
+    with StreamCache(table(100)) as cache:
+        server = Audited({"data": cache})
+        try:
+            with connect(server.location) as client, caplog.at_level(logging.ERROR, "batchcorder.flight"):
+                for call in (
+                    lambda: client.do_get(ticket("data"), CALL).read_all(),
+                    lambda: client.get_flight_info(by_path("data"), CALL),
+                    lambda: list(client.list_flights(options=CALL)),
+                    lambda: list(client.do_action(fl.Action("audit", b""), CALL)),
+                ):
+                    with pytest.raises(fl.FlightInternalError) as caught:
+                        call()
+                    assert "internal error (LookupError); the server's log has the details" in str(caught.value)
+                    assert_tells_nothing_of_the_server(str(caught.value))
+                with pytest.raises(pa.ArrowException) as caught:
+                    client.get_schema(by_path("data"), CALL)
+                assert "internal error (LookupError)" in str(caught.value)
+                assert_tells_nothing_of_the_server(str(caught.value))
+        finally:
+            server.shutdown(timeout=WAIT)
+    # The server's log has what the clients were not sent.
+    logged = [r for r in caplog.records if r.name == "batchcorder.flight" and r.levelno == logging.ERROR]
+    assert len(logged) == 5
+    assert all(r.exc_info and "audit.log is unavailable" in str(r.exc_info[1]) for r in logged)
 
 
 def test_a_port_already_in_use_is_an_error_naming_the_location():

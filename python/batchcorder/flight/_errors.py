@@ -12,6 +12,7 @@ cannot format, and pyarrow then sends only its message and class name.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Any, Callable, Optional, TypeVar, cast
 
@@ -26,13 +27,14 @@ from .._errors import (
 )
 from ._tickets import TicketError
 
-__all__ = ["client_error", "answers", "answers_get_schema", "MAX_MESSAGE_CHARS"]
+__all__ = ["client_error", "answers", "answers_get_schema", "FLIGHT_METHODS", "MAX_MESSAGE_BYTES"]
 
 log = logging.getLogger("batchcorder.flight")
 
-# gRPC carries the message in a header (twice, with its debug context); a bound keeps a
-# long source error or cache name under the client's header size limit.
-MAX_MESSAGE_CHARS = 2048
+# gRPC sends the message in two trailers, one percent-encoded (up to 3 bytes a byte),
+# and refuses trailers past 8 KiB at random, past 16 KiB always: a bound keeps a long
+# source error or cache name readable.
+MAX_MESSAGE_BYTES = 1024
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -42,7 +44,7 @@ def client_error(err: BaseException, cache: Optional[str] = None) -> flight.Flig
     ``cache`` (if any).
 
     The message keeps batchcorder's text, names the cache and is valid UTF-8 of at most
-    :data:`MAX_MESSAGE_CHARS` characters. An exception of a type the server does not
+    :data:`MAX_MESSAGE_BYTES` bytes. An exception of a type the server does not
     expect is logged with its traceback; its client gets ``FlightInternalError`` with
     the type's name only, as its text may hold server paths.
 
@@ -79,20 +81,30 @@ def client_error(err: BaseException, cache: Optional[str] = None) -> flight.Flig
 
 
 def _sendable(message: str) -> str:
-    """``message`` as pyarrow can send it: UTF-8 (a lone surrogate is escaped) and bounded."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+    r"""``message`` as pyarrow can send it: UTF-8 (a lone surrogate is escaped) and
+    bounded.
+
+    >>> _sendable("lone \ud800"), _sendable("é" * 600)[-2:], len(_sendable("é" * 600).encode())
+    ('lone \\ud800', 'é…', 1023)
+    """
+    raw = message.encode("utf-8", "backslashreplace")
+    if len(raw) <= MAX_MESSAGE_BYTES:
+        return raw.decode("utf-8")
+    ellipsis = "…"
+    cut = raw[: MAX_MESSAGE_BYTES - len(ellipsis.encode())]
+    return cut.decode("utf-8", "ignore") + ellipsis  # "ignore": a character cut in two
 
 
 def answers(method: Method) -> Method:
     """Wrap a Flight method so that whatever it raises reaches the client as
-    :func:`client_error` makes it."""
+    :func:`client_error` makes it. A generator it returns (ListFlights, DoAction) is
+    run here, where its errors are caught too."""
 
     @functools.wraps(method)
     def answer(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
+            return list(result) if inspect.isgenerator(result) else result
         except BaseException as err:
             raise client_error(err) from None
 
@@ -101,8 +113,8 @@ def answers(method: Method) -> Method:
 
 def answers_get_schema(method: Method) -> Method:
     """:func:`answers` for GetSchema, whose pyarrow callback sends the traceback of any
-    exception: the error raised cannot be formatted by the traceback module, so pyarrow
-    falls back to its message and class name."""
+    exception, ``FlightError`` included: the error raised here cannot be formatted by
+    the traceback module, so pyarrow falls back to its message and class name."""
 
     @functools.wraps(method)
     def answer(*args: Any, **kwargs: Any) -> Any:
@@ -113,6 +125,19 @@ def answers_get_schema(method: Method) -> Method:
             raise _untraceable(type(error))(str(error)) from None
 
     return cast(Method, answer)
+
+
+# Every method of pyarrow's FlightServerBase that answers a call, and its wrapper.
+FLIGHT_METHODS: dict[str, Callable[[Any], Any]] = {
+    "list_flights": answers,
+    "get_flight_info": answers,
+    "get_schema": answers_get_schema,
+    "do_get": answers,
+    "do_put": answers,
+    "do_exchange": answers,
+    "do_action": answers,
+    "list_actions": answers,
+}
 
 
 def _unformattable(self: BaseException) -> bool:

@@ -19,7 +19,7 @@ import pyarrow.flight as flight
 from .._cache import StreamCache
 from .._errors import CacheClosedError
 from .._reader import StreamCacheReader
-from ._errors import answers, answers_get_schema, client_error
+from ._errors import FLIGHT_METHODS, answers, answers_get_schema, client_error
 from ._security import BearerTokenAuth, PathArg, tls_pair
 from ._tickets import Request, check_name, from_descriptor
 
@@ -121,6 +121,13 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         if exposed:
             log.warning("serving %s beyond loopback %s", self._location, exposed)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass's own Flight methods keep tracebacks from clients too.
+        super().__init_subclass__(**kwargs)
+        for name, wrap in FLIGHT_METHODS.items():
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
+
     # -- the caches -------------------------------------------------------------------
 
     @property
@@ -158,19 +165,17 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- Flight methods ---------------------------------------------------------------
 
-    # Each one is wrapped so that no exception reaches a client as a traceback.
+    # Each one is wrapped (FLIGHT_METHODS) so that no exception reaches a client as a
+    # traceback.
 
     @answers
-    def list_flights(self, context: Any, criteria: bytes) -> list[Any]:
+    def list_flights(self, context: Any, criteria: bytes) -> Iterator[Any]:
         """One FlightInfo per cache whose name starts with ``criteria`` (all when empty),
         with its ingestion state in ``app_metadata`` (see :func:`cache_state`)."""
         prefix = bytes(criteria or b"").decode("utf-8", "replace")
-        # A list, not a generator: pyarrow iterates it where errors are still caught.
-        return [
-            _flight_info(Request(name), cache)
-            for name, cache in sorted(self.caches.items())
-            if name.startswith(prefix)
-        ]
+        for name, cache in sorted(self.caches.items()):
+            if name.startswith(prefix):
+                yield _flight_info(Request(name), cache)
 
     @answers
     def get_flight_info(self, context: Any, descriptor: Any) -> Any:
