@@ -736,10 +736,15 @@ def test_a_token_is_required_for_every_call():
                     lambda: list(client.list_flights(options=CALL)),
                     lambda: client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL),
                     lambda: client.get_schema(fl.FlightDescriptor.for_path("data"), CALL),
+                    lambda: client.list_actions(CALL),
+                    lambda: list(client.do_action(fl.Action("drop", b""), CALL)),
+                    lambda: put_a_batch(client),
+                    lambda: exchange(client),
                 ):
                     # pyarrow's client raises GetSchema's refusal as a plain OSError.
-                    with pytest.raises((fl.FlightUnauthenticatedError, OSError), match="token"):
+                    with pytest.raises((fl.FlightUnauthenticatedError, OSError), match="token") as caught:
                         call()
+                    assert_tells_nothing_of_the_server(str(caught.value))
         assert cache.stats().readers_created == 0  # no data went out
         assert read_all(server.location, token="s3cret-token").equals(data)
         # The header by hand, as another Flight client would send it.
@@ -748,6 +753,52 @@ def test_a_token_is_required_for_every_call():
             assert plain.do_get(ticket("data"), headers).read_all().equals(data)
     with pytest.raises(ValueError, match="empty"):
         CacheServer({}, token="")
+
+
+def test_the_bearer_scheme_is_matched_whatever_its_case():
+    data = table(300)
+    with StreamCache(data) as cache, serving({"data": cache}, token="s3cret") as server:
+        with fl.connect(server.location) as plain:
+            # HTTP authentication schemes are case-insensitive; spaces may be several.
+            for header in (b"Bearer s3cret", b"bearer s3cret", b"BEARER s3cret", b"bEaReR   s3cret"):
+                options = fl.FlightCallOptions(headers=[(b"authorization", header)], timeout=60)
+                assert plain.do_get(ticket("data"), options).read_all().equals(data), header
+            for header in (b"Basic s3cret", b"Bearers3cret", b"Bearer", b"s3cret", b"Bearer s3cret2"):
+                options = fl.FlightCallOptions(headers=[(b"authorization", header)], timeout=60)
+                with pytest.raises(fl.FlightUnauthenticatedError):
+                    plain.do_get(ticket("data"), options).read_all()
+        assert cache.stats().readers_created == 4
+
+
+def beyond_loopback_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records
+        if r.name == "batchcorder.flight" and r.levelno == logging.WARNING and "beyond loopback" in r.getMessage()
+    ]
+
+
+def test_serving_beyond_loopback_without_a_token_or_tls_logs_a_warning(caplog, certificates):
+    tls = {"tls_cert": certificates["cert"], "tls_key": certificates["key"]}
+    # 0.0.0.0 listens on every interface; the test only binds, and sends nothing.
+    cases = [
+        ("grpc://0.0.0.0:0", {}, "without a token or TLS"),
+        ("grpc://0.0.0.0:0", {"token": "t0ken"}, "without TLS"),
+        ("grpc+tls://0.0.0.0:0", tls, "without a token:"),
+        ("grpc+tls://0.0.0.0:0", {"token": "t0ken", **tls}, None),
+        ("grpc://127.0.0.1:0", {}, None),
+        ("grpc://localhost:0", {}, None),
+    ]
+    for location, options, says in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "batchcorder.flight"):
+            CacheServer({}, location, **options).shutdown(timeout=WAIT)
+        warned = beyond_loopback_warnings(caplog)
+        if says is None:
+            assert warned == [], (location, options)
+        else:
+            assert len(warned) == 1 and says in warned[0], (location, options, warned)
+            assert warned[0].startswith("serving grpc")  # with the real port, not :0
+            assert not warned[0].split(" ")[1].endswith(":0")
 
 
 @pytest.fixture
@@ -868,6 +919,7 @@ def test_the_command_serves_a_parquet_file_and_a_persisted_cache(tmp_path):
             assert json.loads(events.app_metadata)["max_readers"] == 3
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT) == 0
+        assert "WARNING" not in process.stderr.read()  # loopback only: nothing to warn of
 
 
 def test_the_command_reports_bad_input_clearly(tmp_path):
@@ -894,6 +946,34 @@ def test_the_command_reports_bad_input_clearly(tmp_path):
             assert says in result.stderr, result.stderr
     finally:
         busy.close()
+
+
+def test_the_command_refuses_an_empty_token_from_the_environment(tmp_path):
+    pq.write_table(table(10), tmp_path / "t.parquet")
+    # Taking an empty variable for "no token" would serve without authentication.
+    for value, says in [("", "BATCHCORDER_FLIGHT_TOKEN is set but empty"),
+                        (" ", "BATCHCORDER_FLIGHT_TOKEN must be printable ASCII")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "batchcorder.flight", str(tmp_path / "t.parquet")],
+            capture_output=True, text=True, timeout=WAIT,
+            env={**os.environ, "BATCHCORDER_FLIGHT_TOKEN": value},
+        )
+        assert result.returncode == 2, result
+        assert says in result.stderr, result.stderr
+        assert "listening" not in result.stdout and "cache 't'" not in result.stdout
+
+
+def test_the_command_warns_on_stderr_when_serving_beyond_loopback_unprotected(tmp_path):
+    pq.write_table(table(10), tmp_path / "t.parquet")
+    # Binds every interface; the test connects through loopback only.
+    with command(str(tmp_path / "t.parquet"), "--location", "grpc://0.0.0.0:0") as (process, location):
+        port = location.rsplit(":", 1)[1]
+        assert read_all(f"grpc://127.0.0.1:{port}", ticket("t")).num_rows == 10
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+        warned = [line for line in process.stderr.read().splitlines() if "WARNING" in line]
+    assert len(warned) == 1, warned
+    assert f"batchcorder.flight WARNING: serving grpc://0.0.0.0:{port} beyond loopback without a token or TLS" in warned[0]
 
 
 def test_the_command_exits_after_its_grace_when_a_client_stopped_reading(tmp_path):
