@@ -557,6 +557,157 @@ def test_shutdown_with_a_timeout_reports_a_client_that_stopped_reading():
         assert cache.stats().readers_live == 0
 
 
+# -- dictionary-encoded columns -----------------------------------------------------------
+
+
+def encoded(indices: list[Optional[int]], values: Union[list[Any], pa.Array], index: pa.DataType = pa.int32()) -> pa.Array:
+    dictionary = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.DictionaryArray.from_arrays(pa.array(indices, index), dictionary)
+
+
+def listed(offsets: list[int], values: pa.Array) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+CITIES = pa.array(["Oslo", "Lima", "Pune"])
+
+
+def cities(indices: list[Optional[int]], values: Union[list[Any], pa.Array] = CITIES) -> pa.RecordBatch:
+    return pa.record_batch({"city": encoded(indices, values), "n": pa.array(range(len(indices)), pa.int64())})
+
+
+def tagged(offsets: list[int], indices: list[int], values: list[str]) -> pa.RecordBatch:
+    return pa.record_batch({"tags": listed(offsets, encoded(indices, values))})
+
+
+def dictionary_streams() -> dict[str, list[pa.RecordBatch]]:
+    """Streams with dictionary-encoded columns, by shape: what Arrow's IPC stream format
+    carries (a dictionary kept, replaced or extended by a delta; nested dictionaries;
+    zero-row batches)."""
+    return {
+        "one dictionary": [cities([0, 1]), cities([2, None, 0]), cities([1])],
+        "replaced per batch": [cities([0, 1], ["a", "b"]), cities([0], ["c"]), cities([1, 0], ["d", "a"])],
+        "extended by deltas": [
+            cities([0, 1], ["a", "b"]), cities([2], ["a", "b", "c"]), cities([3, 0], ["a", "b", "c", "d"])
+        ],
+        "int8 indices, int64 values with a null": [
+            pa.record_batch({"code": encoded([0, 1, 2], pa.array([7, None, 9]), pa.int8())}),
+            pa.record_batch({"code": encoded([2, 2], pa.array([7, None, 9]), pa.int8())}),
+        ],
+        "list<dictionary>": [tagged([0, 2, 3], [0, 1, 0], ["a", "b"]), tagged([0, 1], [0], ["q"])],
+        "struct with a dictionary child": [
+            pa.record_batch({"s": pa.StructArray.from_arrays([encoded([0, 1], ["a", "b"]), pa.array([1, 2])], ["d", "n"])}),
+            pa.record_batch({"s": pa.StructArray.from_arrays([encoded([2], ["a", "b", "c"]), pa.array([3])], ["d", "n"])}),
+        ],
+        "dictionary<list<dictionary>>": [
+            pa.record_batch({"dl": encoded([0, 1, 0], listed([0, 2, 3], encoded([0, 1, 1], ["x", "y"])))}),
+            pa.record_batch({"dl": encoded([1], listed([0, 1, 2], encoded([0, 0], ["z"])))}),
+        ],
+        "zero rows first": [cities([]), cities([0, 1]), cities([2])],
+        "zero rows in the middle": [cities([0]), cities([]), cities([1, 2])],
+        "zero rows last": [cities([0, 2]), cities([1]), cities([])],
+        "zero rows in a nested dictionary": [
+            tagged([0, 1], [1], ["a", "b"]), tagged([0], [], ["a", "b"]), tagged([0, 2], [0, 1], ["a", "b"])
+        ],
+    }
+
+
+# What pyarrow's client counts (IpcReadStats) for the shapes where it tells the IPC
+# writer's choice: (dictionary messages, deltas, replacements).
+DICTIONARY_MESSAGES = {
+    "one dictionary": (1, 0, 0),
+    "replaced per batch": (3, 0, 2),
+    "extended by deltas": (3, 2, 0),
+}
+
+
+def dictionaries(array: pa.Array) -> list[pa.Array]:
+    """Every dictionary in ``array``: its own, and those nested in its lists, structs and
+    dictionaries, outermost first."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        return [array.dictionary, *dictionaries(array.dictionary)]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return dictionaries(array.values)
+    if pa.types.is_struct(kind):
+        return [d for i in range(kind.num_fields) for d in dictionaries(array.field(i))]
+    return []
+
+
+def assert_same_batches(got: list[pa.RecordBatch], sent: list[pa.RecordBatch]) -> None:
+    """The same batches, row for row, each with the same dictionaries (at every level,
+    zero-row batches included: ``equals`` does not compare the dictionaries of a
+    zero-row batch)."""
+    schema = sent[0].schema
+    assert pa.Table.from_batches(got, schema).equals(pa.Table.from_batches(sent, schema))
+    assert [b.num_rows for b in got] == [b.num_rows for b in sent]
+    for index, (mine, theirs) in enumerate(zip(got, sent)):
+        assert mine.equals(theirs), index
+        for column in range(theirs.num_columns):
+            mine_d, theirs_d = dictionaries(mine.column(column)), dictionaries(theirs.column(column))
+            assert len(mine_d) == len(theirs_d) and all(a.equals(b) for a, b in zip(mine_d, theirs_d)), (
+                f"batch {index}, column {column}: dictionaries {[d.to_pylist() for d in mine_d]}, "
+                f"sent {[d.to_pylist() for d in theirs_d]}"
+            )
+
+
+@pytest.mark.parametrize("shape", list(dictionary_streams()))
+def test_dictionary_columns_reach_a_pyarrow_client_exactly(shape):
+    sent = dictionary_streams()[shape]
+    source = pa.RecordBatchReader.from_batches(sent[0].schema, sent)
+    with StreamCache(source) as cache, serving({"data": cache}) as server, connect(server.location) as client:
+        for _ in range(2):  # the first stream reads the source, the second replays it
+            stream = client.do_get(ticket("data"), CALL)
+            got = [chunk.data for chunk in stream]
+            # Flight's part: the client gets what the cache hands any reader...
+            assert_same_batches(got, list(cache.reader()))
+            # ...which is the source (the cache's part).
+            assert_same_batches(got, sent)
+            if shape in DICTIONARY_MESSAGES:
+                stats = stream.stats
+                counted = (stats.num_dictionary_batches, stats.num_dictionary_deltas, stats.num_replaced_dictionaries)
+                assert counted == DICTIONARY_MESSAGES[shape]
+
+
+def arrow_of(relation: Any) -> pa.Table:
+    """A DuckDB relation's result as a table (``arrow()`` gives a reader in DuckDB 1.4 on)."""
+    out = relation.arrow()
+    return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+
+
+@pytest.mark.parametrize("shape", list(dictionary_streams()))
+def test_dictionary_columns_reach_duckdb_as_they_do_from_the_table(shape):
+    import duckdb
+
+    sent = dictionary_streams()[shape]
+    table_of_it = pa.Table.from_batches(sent)
+    expected = arrow_of(duckdb.sql("select * from table_of_it"))
+    assert expected.num_rows == table_of_it.num_rows
+    source = pa.RecordBatchReader.from_batches(sent[0].schema, sent)
+    with StreamCache(source) as cache, serving({"data": cache}) as server, connect(server.location) as client:
+        stream = client.do_get(ticket("data"), CALL).to_reader()
+        assert arrow_of(duckdb.sql("select * from stream")).equals(expected)
+
+
+def test_a_stream_failing_after_dictionary_batches_sends_them_then_its_error():
+    sent = dictionary_streams()["replaced per batch"]
+
+    def produce():
+        yield from sent
+        raise RuntimeError("feed dropped after 3 batches")
+
+    with StreamCache(pa.RecordBatchReader.from_batches(sent[0].schema, produce())) as cache, serving(
+        {"data": cache}
+    ) as server, connect(server.location) as client:
+        stream = client.do_get(ticket("data"), CALL)
+        got = [stream.read_chunk().data for _ in sent]
+        assert_same_batches(got, sent)
+        with pytest.raises(fl.FlightServerError, match="feed dropped after 3 batches") as caught:
+            stream.read_chunk()
+        assert_tells_nothing_of_the_server(str(caught.value))
+        wait_for(lambda: cache.stats().readers_live == 0, "the reader released")
+
+
 # -- bad input ----------------------------------------------------------------------------
 
 
@@ -974,6 +1125,35 @@ def test_the_command_warns_on_stderr_when_serving_beyond_loopback_unprotected(tm
         warned = [line for line in process.stderr.read().splitlines() if "WARNING" in line]
     assert len(warned) == 1, warned
     assert f"batchcorder.flight WARNING: serving grpc://0.0.0.0:{port} beyond loopback without a token or TLS" in warned[0]
+
+
+def test_the_command_serves_a_parquet_file_with_a_categorical_column(tmp_path):
+    # Each row group written with a dictionary of its own, as a categorical column
+    # written piece by piece is: the scan replaces the dictionary at each row group.
+    pieces = [["Oslo", "Lima"] * 15, ["Pune", "Kyiv", "Oslo"] * 10, ["Lima"] * 30]
+    parts = [
+        pa.table({"city": pa.array(names).dictionary_encode(), "temp": pa.array([float(i + 30 * n) for i in range(30)])})
+        for n, names in enumerate(pieces)
+    ]
+    path = tmp_path / "weather.parquet"
+    with pq.ParquetWriter(path, parts[0].schema) as writer:
+        for part in parts:
+            writer.write_table(part)
+    scanned = ds.dataset(path, format="parquet").to_table()
+    assert [c.dictionary.to_pylist() for c in scanned.column("city").chunks] == [["Oslo", "Lima"], ["Pune", "Kyiv", "Oslo"], ["Lima"]]
+    import duckdb
+
+    local = pa.concat_tables(parts)
+    query = "select city, max(temp) as hottest, count(*) as days from {} group by city order by city"
+    expected = duckdb.sql(query.format("local")).fetchall()
+    with command(str(path)) as (process, location), connect(location) as client:
+        stream = client.do_get(ticket("weather"), CALL)
+        assert stream.read_all().equals(scanned)
+        assert stream.stats.num_replaced_dictionaries == 2
+        flight_stream = client.do_get(ticket("weather"), CALL).to_reader()
+        assert duckdb.sql(query.format("flight_stream")).fetchall() == expected
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
 
 
 def test_the_command_exits_after_its_grace_when_a_client_stopped_reading(tmp_path):
