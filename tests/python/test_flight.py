@@ -560,7 +560,9 @@ def test_shutdown_with_a_timeout_reports_a_client_that_stopped_reading():
 # -- dictionary-encoded columns -----------------------------------------------------------
 
 
-def encoded(indices: list[Optional[int]], values: Union[list[Any], pa.Array], index: pa.DataType = pa.int32()) -> pa.Array:
+def encoded(
+    indices: list[Optional[int]], values: Union[list[Any], pa.Array], index: pa.DataType = pa.int32()
+) -> pa.Array:
     dictionary = values if isinstance(values, pa.Array) else pa.array(values)
     return pa.DictionaryArray.from_arrays(pa.array(indices, index), dictionary)
 
@@ -574,6 +576,10 @@ CITIES = pa.array(["Oslo", "Lima", "Pune"])
 
 def cities(indices: list[Optional[int]], values: Union[list[Any], pa.Array] = CITIES) -> pa.RecordBatch:
     return pa.record_batch({"city": encoded(indices, values), "n": pa.array(range(len(indices)), pa.int64())})
+
+
+def structs(child: pa.Array, numbers: pa.Array) -> pa.RecordBatch:
+    return pa.record_batch({"s": pa.StructArray.from_arrays([child, numbers], ["d", "n"])})
 
 
 def tagged(offsets: list[int], indices: list[int], values: list[str]) -> pa.RecordBatch:
@@ -596,8 +602,8 @@ def dictionary_streams() -> dict[str, list[pa.RecordBatch]]:
         ],
         "list<dictionary>": [tagged([0, 2, 3], [0, 1, 0], ["a", "b"]), tagged([0, 1], [0], ["q"])],
         "struct with a dictionary child": [
-            pa.record_batch({"s": pa.StructArray.from_arrays([encoded([0, 1], ["a", "b"]), pa.array([1, 2])], ["d", "n"])}),
-            pa.record_batch({"s": pa.StructArray.from_arrays([encoded([2], ["a", "b", "c"]), pa.array([3])], ["d", "n"])}),
+            structs(encoded([0, 1], ["a", "b"]), pa.array([1, 2])),
+            structs(encoded([2], ["a", "b", "c"]), pa.array([3])),
         ],
         "dictionary<list<dictionary>>": [
             pa.record_batch({"dl": encoded([0, 1, 0], listed([0, 2, 3], encoded([0, 1, 1], ["x", "y"])))}),
@@ -1124,7 +1130,8 @@ def test_the_command_warns_on_stderr_when_serving_beyond_loopback_unprotected(tm
         assert process.wait(timeout=WAIT) == 0
         warned = [line for line in process.stderr.read().splitlines() if "WARNING" in line]
     assert len(warned) == 1, warned
-    assert f"batchcorder.flight WARNING: serving grpc://0.0.0.0:{port} beyond loopback without a token or TLS" in warned[0]
+    says = f"batchcorder.flight WARNING: serving grpc://0.0.0.0:{port} beyond loopback without a token or TLS"
+    assert says in warned[0]
 
 
 def test_the_command_serves_a_parquet_file_with_a_categorical_column(tmp_path):
@@ -1132,7 +1139,7 @@ def test_the_command_serves_a_parquet_file_with_a_categorical_column(tmp_path):
     # written piece by piece is: the scan replaces the dictionary at each row group.
     pieces = [["Oslo", "Lima"] * 15, ["Pune", "Kyiv", "Oslo"] * 10, ["Lima"] * 30]
     parts = [
-        pa.table({"city": pa.array(names).dictionary_encode(), "temp": pa.array([float(i + 30 * n) for i in range(30)])})
+        pa.table({"city": pa.array(names).dictionary_encode(), "temp": [float(i + 30 * n) for i in range(30)]})
         for n, names in enumerate(pieces)
     ]
     path = tmp_path / "weather.parquet"
@@ -1140,7 +1147,8 @@ def test_the_command_serves_a_parquet_file_with_a_categorical_column(tmp_path):
         for part in parts:
             writer.write_table(part)
     scanned = ds.dataset(path, format="parquet").to_table()
-    assert [c.dictionary.to_pylist() for c in scanned.column("city").chunks] == [["Oslo", "Lima"], ["Pune", "Kyiv", "Oslo"], ["Lima"]]
+    dictionaries_scanned = [c.dictionary.to_pylist() for c in scanned.column("city").chunks]
+    assert dictionaries_scanned == [["Oslo", "Lima"], ["Pune", "Kyiv", "Oslo"], ["Lima"]]
     import duckdb
 
     local = pa.concat_tables(parts)

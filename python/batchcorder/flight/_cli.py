@@ -126,10 +126,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cache.close()
         print(f"batchcorder-flight: {err}", file=sys.stderr)
         return 2
-    print(f"listening at {server.location}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # Only now: a signal sent as soon as this line is seen shuts down cleanly.
+    print(f"listening at {server.location}", flush=True)
     while not stop.wait(1.0):
         pass
     print("shutting down", flush=True)
