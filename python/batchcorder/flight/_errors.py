@@ -99,30 +99,24 @@ def answers(method: Method) -> Method:
     """Wrap a Flight method so that whatever it raises reaches the client as
     :func:`client_error` makes it. A generator it returns (ListFlights, DoAction) is
     run here, where its errors are caught too."""
-
-    @functools.wraps(method)
-    def answer(*args: Any, **kwargs: Any) -> Any:
-        try:
-            result = method(*args, **kwargs)
-            return list(result) if inspect.isgenerator(result) else result
-        except BaseException as err:
-            raise client_error(err) from None
-
-    return cast(Method, answer)
+    return _guarded(method, lambda error: error)
 
 
 def answers_get_schema(method: Method) -> Method:
     """:func:`answers` for GetSchema, whose pyarrow callback sends the traceback of any
     exception, ``FlightError`` included: the error raised here cannot be formatted by
     the traceback module, so pyarrow falls back to its message and class name."""
+    return _guarded(method, _untraceable)
 
+
+def _guarded(method: Method, raised: Callable[[flight.FlightError], BaseException]) -> Method:
     @functools.wraps(method)
     def answer(*args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
+            return list(result) if inspect.isgenerator(result) else result
         except BaseException as err:
-            error = client_error(err)
-            raise _untraceable(type(error))(str(error)) from None
+            raise raised(client_error(err)) from None
 
     return cast(Method, answer)
 
@@ -149,11 +143,13 @@ def _unformattable(self: BaseException) -> bool:
 _UNTRACEABLE: dict[type, type] = {}
 
 
-def _untraceable(kind: type) -> type:
-    """A subclass of the Flight error class ``kind``, of the same name, that the
+def _untraceable(error: flight.FlightError) -> BaseException:
+    """``error`` as an instance of a subclass of its class, of the same name, that the
     traceback module cannot format."""
+    kind = type(error)
     made = _UNTRACEABLE.get(kind)
     if made is None:
         made = type(kind.__name__, (kind,), {"__suppress_context__": property(_unformattable)})
         _UNTRACEABLE[kind] = made
-    return made
+    untraceable: BaseException = made(str(error), error.extra_info)
+    return untraceable
