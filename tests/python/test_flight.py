@@ -492,9 +492,10 @@ def test_a_cache_closed_while_served_ends_its_streams_with_an_error():
             stream.read_chunk()
         cache.close()
         for stream in streams:
-            with pytest.raises(fl.FlightUnavailableError, match="cache 'data'.*closed"):
+            with pytest.raises(fl.FlightUnavailableError, match="cache 'data'.*closed") as caught:
                 while True:
                     stream.read_chunk()
+            assert_tells_nothing_of_the_server(str(caught.value))
         wait_for(lambda: server.active_streams == 0, "streams released")
         err = read_error(server.location, ticket("data"))
         assert isinstance(err, fl.FlightUnavailableError) and "closed" in str(err)
@@ -533,6 +534,7 @@ def test_shutdown_while_readers_are_connected_ends_their_streams_with_an_error()
             errors = [f.result(timeout=WAIT) for f in futures]
         for err in errors:
             assert isinstance(err, fl.FlightUnavailableError) and "shutting down" in str(err)
+            assert_tells_nothing_of_the_server(str(err))
         assert cache.stats().readers_live == 0
         # Nothing listens any more.
         with pytest.raises(fl.FlightUnavailableError):
