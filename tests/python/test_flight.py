@@ -841,6 +841,15 @@ class Audited(CacheServer):
     def do_action(self, context, action):
         self.fail()
 
+    def list_actions(self, context):
+        self.fail()
+
+    def do_put(self, context, descriptor, reader, writer):
+        self.fail()
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        self.fail()
+
 
 def test_an_unexpected_error_reaches_the_client_as_an_internal_error_and_is_logged(caplog):
     with StreamCache(table(100)) as cache:
@@ -852,6 +861,9 @@ def test_an_unexpected_error_reaches_the_client_as_an_internal_error_and_is_logg
                     lambda: client.get_flight_info(by_path("data"), CALL),
                     lambda: list(client.list_flights(options=CALL)),
                     lambda: list(client.do_action(fl.Action("audit", b""), CALL)),
+                    lambda: client.list_actions(CALL),
+                    lambda: put_a_batch(client),
+                    lambda: exchange(client),
                 ):
                     with pytest.raises(fl.FlightInternalError) as caught:
                         call()
@@ -865,7 +877,7 @@ def test_an_unexpected_error_reaches_the_client_as_an_internal_error_and_is_logg
             server.shutdown(timeout=WAIT)
     # The server's log has what the clients were not sent.
     logged = [r for r in caplog.records if r.name == "batchcorder.flight" and r.levelno == logging.ERROR]
-    assert len(logged) == 5
+    assert len(logged) == 8
     assert all(r.exc_info and "audit.log is unavailable" in str(r.exc_info[1]) for r in logged)
 
 
