@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.flight as fl
 import pyarrow.parquet as pq
 import pytest
 
+import batchcorder
 from batchcorder import StreamCache
 from batchcorder.flight import CacheServer, Request, TicketError, connect, ticket
 
@@ -109,6 +113,24 @@ def read_error(location: str, request, **client) -> BaseException:
         with pytest.raises(fl.FlightError) as caught:
             c.do_get(request, CALL).read_all()
     return caught.value
+
+
+# Where the server's code is installed: a traceback would name these.
+SERVER_PATHS = sorted(
+    {
+        str(Path(batchcorder.__file__).parent),
+        str(Path(batchcorder.__file__).resolve().parent),
+        str(Path(pa.__file__).parent),
+        sysconfig.get_paths()["purelib"],
+        sys.prefix,
+    }
+)
+
+
+def assert_tells_nothing_of_the_server(text: str) -> None:
+    """An error text a client got holds no traceback and no server install path."""
+    for leak in ("Traceback", 'File "', *SERVER_PATHS):
+        assert leak not in text, f"the client got {leak!r}: {text}"
 
 
 # -- the package --------------------------------------------------------------------------
@@ -456,7 +478,7 @@ def test_an_upstream_error_reaches_every_remote_reader_with_its_message():
             assert rows == 5_000  # every batch before the failure
             assert isinstance(err, fl.FlightServerError)
             assert "feed dropped at batch 5" in str(err) and "cache 'data'" in str(err)
-            assert "Traceback" not in str(err)  # the server's stack stays on the server
+            assert_tells_nothing_of_the_server(str(err))  # the server's stack stays on it
         wait_for(lambda: cache.stats().readers_live == 0, "readers released")
 
 
@@ -470,9 +492,10 @@ def test_a_cache_closed_while_served_ends_its_streams_with_an_error():
             stream.read_chunk()
         cache.close()
         for stream in streams:
-            with pytest.raises(fl.FlightUnavailableError, match="cache 'data'.*closed"):
+            with pytest.raises(fl.FlightUnavailableError, match="cache 'data'.*closed") as caught:
                 while True:
                     stream.read_chunk()
+            assert_tells_nothing_of_the_server(str(caught.value))
         wait_for(lambda: server.active_streams == 0, "streams released")
         err = read_error(server.location, ticket("data"))
         assert isinstance(err, fl.FlightUnavailableError) and "closed" in str(err)
@@ -511,6 +534,7 @@ def test_shutdown_while_readers_are_connected_ends_their_streams_with_an_error()
             errors = [f.result(timeout=WAIT) for f in futures]
         for err in errors:
             assert isinstance(err, fl.FlightUnavailableError) and "shutting down" in str(err)
+            assert_tells_nothing_of_the_server(str(err))
         assert cache.stats().readers_live == 0
         # Nothing listens any more.
         with pytest.raises(fl.FlightUnavailableError):
@@ -533,6 +557,163 @@ def test_shutdown_with_a_timeout_reports_a_client_that_stopped_reading():
         idle_client.close()
         server.shutdown(timeout=WAIT)  # finishes once the client is gone
         assert cache.stats().readers_live == 0
+
+
+# -- dictionary-encoded columns -----------------------------------------------------------
+
+
+def encoded(
+    indices: list[Optional[int]], values: Union[list[Any], pa.Array], index: pa.DataType = pa.int32()
+) -> pa.Array:
+    dictionary = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.DictionaryArray.from_arrays(pa.array(indices, index), dictionary)
+
+
+def listed(offsets: list[int], values: pa.Array) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+CITIES = pa.array(["Oslo", "Lima", "Pune"])
+
+
+def cities(indices: list[Optional[int]], values: Union[list[Any], pa.Array] = CITIES) -> pa.RecordBatch:
+    return pa.record_batch({"city": encoded(indices, values), "n": pa.array(range(len(indices)), pa.int64())})
+
+
+def structs(child: pa.Array, numbers: pa.Array) -> pa.RecordBatch:
+    return pa.record_batch({"s": pa.StructArray.from_arrays([child, numbers], ["d", "n"])})
+
+
+def tagged(offsets: list[int], indices: list[int], values: list[str]) -> pa.RecordBatch:
+    return pa.record_batch({"tags": listed(offsets, encoded(indices, values))})
+
+
+def dictionary_streams() -> dict[str, list[pa.RecordBatch]]:
+    """Streams with dictionary-encoded columns, by shape: what Arrow's IPC stream format
+    carries (a dictionary kept, replaced or extended by a delta; nested dictionaries;
+    zero-row batches)."""
+    return {
+        "one dictionary": [cities([0, 1]), cities([2, None, 0]), cities([1])],
+        "replaced per batch": [cities([0, 1], ["a", "b"]), cities([0], ["c"]), cities([1, 0], ["d", "a"])],
+        "extended by deltas": [
+            cities([0, 1], ["a", "b"]), cities([2], ["a", "b", "c"]), cities([3, 0], ["a", "b", "c", "d"])
+        ],
+        "int8 indices, int64 values with a null": [
+            pa.record_batch({"code": encoded([0, 1, 2], pa.array([7, None, 9]), pa.int8())}),
+            pa.record_batch({"code": encoded([2, 2], pa.array([7, None, 9]), pa.int8())}),
+        ],
+        "list<dictionary>": [tagged([0, 2, 3], [0, 1, 0], ["a", "b"]), tagged([0, 1], [0], ["q"])],
+        "struct with a dictionary child": [
+            structs(encoded([0, 1], ["a", "b"]), pa.array([1, 2])),
+            structs(encoded([2], ["a", "b", "c"]), pa.array([3])),
+        ],
+        "dictionary<list<dictionary>>": [
+            pa.record_batch({"dl": encoded([0, 1, 0], listed([0, 2, 3], encoded([0, 1, 1], ["x", "y"])))}),
+            pa.record_batch({"dl": encoded([1], listed([0, 1, 2], encoded([0, 0], ["z"])))}),
+        ],
+        "zero rows first": [cities([]), cities([0, 1]), cities([2])],
+        "zero rows in the middle": [cities([0]), cities([]), cities([1, 2])],
+        "zero rows last": [cities([0, 2]), cities([1]), cities([])],
+        "zero rows in a nested dictionary": [
+            tagged([0, 1], [1], ["a", "b"]), tagged([0], [], ["a", "b"]), tagged([0, 2], [0, 1], ["a", "b"])
+        ],
+    }
+
+
+# What pyarrow's client counts (IpcReadStats) for the shapes where it tells the IPC
+# writer's choice: (dictionary messages, deltas, replacements).
+DICTIONARY_MESSAGES = {
+    "one dictionary": (1, 0, 0),
+    "replaced per batch": (3, 0, 2),
+    "extended by deltas": (3, 2, 0),
+}
+
+
+def dictionaries(array: pa.Array) -> list[pa.Array]:
+    """Every dictionary in ``array``: its own, and those nested in its lists, structs and
+    dictionaries, outermost first."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        return [array.dictionary, *dictionaries(array.dictionary)]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return dictionaries(array.values)
+    if pa.types.is_struct(kind):
+        return [d for i in range(kind.num_fields) for d in dictionaries(array.field(i))]
+    return []
+
+
+def assert_same_batches(got: list[pa.RecordBatch], sent: list[pa.RecordBatch]) -> None:
+    """The same batches, row for row, each with the same dictionaries (at every level,
+    zero-row batches included: ``equals`` does not compare the dictionaries of a
+    zero-row batch)."""
+    schema = sent[0].schema
+    assert pa.Table.from_batches(got, schema).equals(pa.Table.from_batches(sent, schema))
+    assert [b.num_rows for b in got] == [b.num_rows for b in sent]
+    for index, (mine, theirs) in enumerate(zip(got, sent)):
+        assert mine.equals(theirs), index
+        for column in range(theirs.num_columns):
+            mine_d, theirs_d = dictionaries(mine.column(column)), dictionaries(theirs.column(column))
+            assert len(mine_d) == len(theirs_d) and all(a.equals(b) for a, b in zip(mine_d, theirs_d)), (
+                f"batch {index}, column {column}: dictionaries {[d.to_pylist() for d in mine_d]}, "
+                f"sent {[d.to_pylist() for d in theirs_d]}"
+            )
+
+
+@pytest.mark.parametrize("shape", list(dictionary_streams()))
+def test_dictionary_columns_reach_a_pyarrow_client_exactly(shape):
+    sent = dictionary_streams()[shape]
+    source = pa.RecordBatchReader.from_batches(sent[0].schema, sent)
+    with StreamCache(source) as cache, serving({"data": cache}) as server, connect(server.location) as client:
+        for _ in range(2):  # the first stream reads the source, the second replays it
+            stream = client.do_get(ticket("data"), CALL)
+            got = [chunk.data for chunk in stream]
+            # Flight's part: the client gets what the cache hands any reader...
+            assert_same_batches(got, list(cache.reader()))
+            # ...which is the source (the cache's part).
+            assert_same_batches(got, sent)
+            if shape in DICTIONARY_MESSAGES:
+                stats = stream.stats
+                counted = (stats.num_dictionary_batches, stats.num_dictionary_deltas, stats.num_replaced_dictionaries)
+                assert counted == DICTIONARY_MESSAGES[shape]
+
+
+def arrow_of(relation: Any) -> pa.Table:
+    """A DuckDB relation's result as a table (``arrow()`` gives a reader in DuckDB 1.4 on)."""
+    out = relation.arrow()
+    return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+
+
+@pytest.mark.parametrize("shape", list(dictionary_streams()))
+def test_dictionary_columns_reach_duckdb_as_they_do_from_the_table(shape):
+    import duckdb
+
+    sent = dictionary_streams()[shape]
+    table_of_it = pa.Table.from_batches(sent)
+    expected = arrow_of(duckdb.sql("select * from table_of_it"))
+    assert expected.num_rows == table_of_it.num_rows
+    source = pa.RecordBatchReader.from_batches(sent[0].schema, sent)
+    with StreamCache(source) as cache, serving({"data": cache}) as server, connect(server.location) as client:
+        stream = client.do_get(ticket("data"), CALL).to_reader()
+        assert arrow_of(duckdb.sql("select * from stream")).equals(expected)
+
+
+def test_a_stream_failing_after_dictionary_batches_sends_them_then_its_error():
+    sent = dictionary_streams()["replaced per batch"]
+
+    def produce():
+        yield from sent
+        raise RuntimeError("feed dropped after 3 batches")
+
+    with StreamCache(pa.RecordBatchReader.from_batches(sent[0].schema, produce())) as cache, serving(
+        {"data": cache}
+    ) as server, connect(server.location) as client:
+        stream = client.do_get(ticket("data"), CALL)
+        got = [stream.read_chunk().data for _ in sent]
+        assert_same_batches(got, sent)
+        with pytest.raises(fl.FlightServerError, match="feed dropped after 3 batches") as caught:
+            stream.read_chunk()
+        assert_tells_nothing_of_the_server(str(caught.value))
+        wait_for(lambda: cache.stats().readers_live == 0, "the reader released")
 
 
 # -- bad input ----------------------------------------------------------------------------
@@ -565,6 +746,141 @@ def test_bad_tickets_get_clear_errors_and_the_server_keeps_serving():
         assert cache.stats().readers_created == 1 and server.active_streams == 0
 
 
+# About 3 KB of nesting, under the 4 KB ticket limit: deep enough to exhaust the JSON
+# parser's recursion.
+DEEP_JSON = b'{"cache": ' + b"[" * 1_500 + b"]" * 1_500 + b"}"
+LONG_NAME = "é" * 2_048  # 4 096 bytes: the longest ticket taken
+
+
+def by_path(*path: str) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_path(*path)
+
+
+def by_command(raw: bytes) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_command(raw)
+
+
+def put_a_batch(client: fl.FlightClient) -> None:
+    writer, _ = client.do_put(by_path("data"), table(10).schema, CALL)
+    writer.write_table(table(10))
+    writer.close()
+
+
+def exchange(client: fl.FlightClient) -> None:
+    writer, reader = client.do_exchange(by_path("data"), CALL)
+    writer.begin(table(10).schema)
+    writer.write_table(table(10))
+    writer.done_writing()
+    reader.read_all()
+
+
+# Each Flight call with a hostile input, and what its refusal says.
+HOSTILE: dict[str, tuple[Callable[[fl.FlightClient], object], str]] = {
+    "DoGet deep JSON": (lambda c: c.do_get(fl.Ticket(DEEP_JSON), CALL).read_all(), "nests too deeply"),
+    "DoGet lone surrogate": (
+        lambda c: c.do_get(fl.Ticket(b'{"cache": "\\ud800"}'), CALL).read_all(), "no cache named '\\ud800'"
+    ),
+    "DoGet 4 KB name": (lambda c: c.do_get(fl.Ticket(LONG_NAME.encode()), CALL).read_all(), "no cache named"),
+    "DoGet binary": (lambda c: c.do_get(fl.Ticket(b"\xff\x00\xfe"), CALL).read_all(), "not UTF-8"),
+    "DoGet start an object": (
+        lambda c: c.do_get(fl.Ticket(b'{"cache": "data", "start": {"a": 1}}'), CALL).read_all(), '"start" must be'
+    ),
+    "GetSchema unknown cache": (lambda c: c.get_schema(by_path("nope"), CALL), "no cache named 'nope'"),
+    "GetSchema two path elements": (lambda c: c.get_schema(by_path("data", "x"), CALL), "one cache, got 2"),
+    "GetSchema deep JSON": (lambda c: c.get_schema(by_command(DEEP_JSON), CALL), "nests too deeply"),
+    "GetSchema binary": (lambda c: c.get_schema(by_command(b"\xff"), CALL), "not UTF-8"),
+    "GetFlightInfo unknown cache": (lambda c: c.get_flight_info(by_path("nope"), CALL), "no cache named 'nope'"),
+    "GetFlightInfo deep JSON": (lambda c: c.get_flight_info(by_command(DEEP_JSON), CALL), "nests too deeply"),
+    "GetFlightInfo lone surrogate": (
+        lambda c: c.get_flight_info(by_command(b'{"cache": "\\udfff"}'), CALL), "no cache named"
+    ),
+    "DoAction 100 KB body": (lambda c: list(c.do_action(fl.Action("drop", b"x" * 100_000), CALL)), "no actions"),
+    "DoPut": (put_a_batch, "read-only"),
+    "DoExchange": (exchange, "read-only"),
+}
+
+
+@pytest.mark.parametrize("call", list(HOSTILE))
+def test_no_refused_call_sends_the_client_a_traceback(call):
+    attempt, says = HOSTILE[call]
+    with StreamCache(table(100)) as cache, serving({"data": cache}) as server:
+        with connect(server.location) as client:
+            # GetSchema's refusals arrive as a plain ArrowException: pyarrow's client
+            # passes no Flight error class on for that call.
+            with pytest.raises(pa.ArrowException) as caught:
+                attempt(client)
+            assert says in str(caught.value), caught.value
+            assert_tells_nothing_of_the_server(str(caught.value))
+            # Calls that take no input answer as usual, and the server still serves.
+            assert client.list_actions(CALL) == []
+            assert list(client.list_flights(b"\xff\xfe", CALL)) == []
+        assert read_all(server.location).num_rows == 100
+        assert server.active_streams == 0 and cache.stats().readers_live == 0
+
+
+class Audited(CacheServer):
+    """An application's server that checks an audit log before each call, and fails
+    with an error the server does not expect, whose text holds a server path."""
+
+    def fail(self) -> None:
+        raise LookupError(f"audit log {SERVER_PATHS[0]}/audit.log is unavailable")
+
+    def do_get(self, context, ticket):
+        self.fail()
+
+    def get_schema(self, context, descriptor):
+        self.fail()
+
+    def get_flight_info(self, context, descriptor):
+        self.fail()
+
+    def list_flights(self, context, criteria):
+        yield from super().list_flights(context, criteria)
+        self.fail()  # after the first answer: pyarrow is iterating
+
+    def do_action(self, context, action):
+        self.fail()
+
+    def list_actions(self, context):
+        self.fail()
+
+    def do_put(self, context, descriptor, reader, writer):
+        self.fail()
+
+    def do_exchange(self, context, descriptor, reader, writer):
+        self.fail()
+
+
+def test_an_unexpected_error_reaches_the_client_as_an_internal_error_and_is_logged(caplog):
+    with StreamCache(table(100)) as cache:
+        server = Audited({"data": cache})
+        try:
+            with connect(server.location) as client, caplog.at_level(logging.ERROR, "batchcorder.flight"):
+                for call in (
+                    lambda: client.do_get(ticket("data"), CALL).read_all(),
+                    lambda: client.get_flight_info(by_path("data"), CALL),
+                    lambda: list(client.list_flights(options=CALL)),
+                    lambda: list(client.do_action(fl.Action("audit", b""), CALL)),
+                    lambda: client.list_actions(CALL),
+                    lambda: put_a_batch(client),
+                    lambda: exchange(client),
+                ):
+                    with pytest.raises(fl.FlightInternalError) as caught:
+                        call()
+                    assert "internal error (LookupError); the server's log has the details" in str(caught.value)
+                    assert_tells_nothing_of_the_server(str(caught.value))
+                with pytest.raises(pa.ArrowException) as caught:
+                    client.get_schema(by_path("data"), CALL)
+                assert "internal error (LookupError)" in str(caught.value)
+                assert_tells_nothing_of_the_server(str(caught.value))
+        finally:
+            server.shutdown(timeout=WAIT)
+    # The server's log has what the clients were not sent.
+    logged = [r for r in caplog.records if r.name == "batchcorder.flight" and r.levelno == logging.ERROR]
+    assert len(logged) == 8
+    assert all(r.exc_info and "audit.log is unavailable" in str(r.exc_info[1]) for r in logged)
+
+
 def test_a_port_already_in_use_is_an_error_naming_the_location():
     with StreamCache(table(10)) as cache, serving({"data": cache}) as server:
         with pytest.raises(OSError) as caught:
@@ -591,10 +907,15 @@ def test_a_token_is_required_for_every_call():
                     lambda: list(client.list_flights(options=CALL)),
                     lambda: client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL),
                     lambda: client.get_schema(fl.FlightDescriptor.for_path("data"), CALL),
+                    lambda: client.list_actions(CALL),
+                    lambda: list(client.do_action(fl.Action("drop", b""), CALL)),
+                    lambda: put_a_batch(client),
+                    lambda: exchange(client),
                 ):
                     # pyarrow's client raises GetSchema's refusal as a plain OSError.
-                    with pytest.raises((fl.FlightUnauthenticatedError, OSError), match="token"):
+                    with pytest.raises((fl.FlightUnauthenticatedError, OSError), match="token") as caught:
                         call()
+                    assert_tells_nothing_of_the_server(str(caught.value))
         assert cache.stats().readers_created == 0  # no data went out
         assert read_all(server.location, token="s3cret-token").equals(data)
         # The header by hand, as another Flight client would send it.
@@ -603,6 +924,52 @@ def test_a_token_is_required_for_every_call():
             assert plain.do_get(ticket("data"), headers).read_all().equals(data)
     with pytest.raises(ValueError, match="empty"):
         CacheServer({}, token="")
+
+
+def test_the_bearer_scheme_is_matched_whatever_its_case():
+    data = table(300)
+    with StreamCache(data) as cache, serving({"data": cache}, token="s3cret") as server:
+        with fl.connect(server.location) as plain:
+            # HTTP authentication schemes are case-insensitive; spaces may be several.
+            for header in (b"Bearer s3cret", b"bearer s3cret", b"BEARER s3cret", b"bEaReR   s3cret"):
+                options = fl.FlightCallOptions(headers=[(b"authorization", header)], timeout=60)
+                assert plain.do_get(ticket("data"), options).read_all().equals(data), header
+            for header in (b"Basic s3cret", b"Bearers3cret", b"Bearer", b"s3cret", b"Bearer s3cret2"):
+                options = fl.FlightCallOptions(headers=[(b"authorization", header)], timeout=60)
+                with pytest.raises(fl.FlightUnauthenticatedError):
+                    plain.do_get(ticket("data"), options).read_all()
+        assert cache.stats().readers_created == 4
+
+
+def beyond_loopback_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records
+        if r.name == "batchcorder.flight" and r.levelno == logging.WARNING and "beyond loopback" in r.getMessage()
+    ]
+
+
+def test_serving_beyond_loopback_without_a_token_or_tls_logs_a_warning(caplog, certificates):
+    tls = {"tls_cert": certificates["cert"], "tls_key": certificates["key"]}
+    # 0.0.0.0 listens on every interface; the test only binds, and sends nothing.
+    cases = [
+        ("grpc://0.0.0.0:0", {}, "without a token or TLS"),
+        ("grpc://0.0.0.0:0", {"token": "t0ken"}, "without TLS"),
+        ("grpc+tls://0.0.0.0:0", tls, "without a token:"),
+        ("grpc+tls://0.0.0.0:0", {"token": "t0ken", **tls}, None),
+        ("grpc://127.0.0.1:0", {}, None),
+        ("grpc://localhost:0", {}, None),
+    ]
+    for location, options, says in cases:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "batchcorder.flight"):
+            CacheServer({}, location, **options).shutdown(timeout=WAIT)
+        warned = beyond_loopback_warnings(caplog)
+        if says is None:
+            assert warned == [], (location, options)
+        else:
+            assert len(warned) == 1 and says in warned[0], (location, options, warned)
+            assert warned[0].startswith("serving grpc")  # with the real port, not :0
+            assert not warned[0].split(" ")[1].endswith(":0")
 
 
 @pytest.fixture
@@ -723,6 +1090,7 @@ def test_the_command_serves_a_parquet_file_and_a_persisted_cache(tmp_path):
             assert json.loads(events.app_metadata)["max_readers"] == 3
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT) == 0
+        assert "WARNING" not in process.stderr.read()  # loopback only: nothing to warn of
 
 
 def test_the_command_reports_bad_input_clearly(tmp_path):
@@ -749,6 +1117,65 @@ def test_the_command_reports_bad_input_clearly(tmp_path):
             assert says in result.stderr, result.stderr
     finally:
         busy.close()
+
+
+def test_the_command_refuses_an_empty_token_from_the_environment(tmp_path):
+    pq.write_table(table(10), tmp_path / "t.parquet")
+    # Taking an empty variable for "no token" would serve without authentication.
+    for value, says in [("", "BATCHCORDER_FLIGHT_TOKEN is set but empty"),
+                        (" ", "BATCHCORDER_FLIGHT_TOKEN must be printable ASCII")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "batchcorder.flight", str(tmp_path / "t.parquet")],
+            capture_output=True, text=True, timeout=WAIT,
+            env={**os.environ, "BATCHCORDER_FLIGHT_TOKEN": value},
+        )
+        assert result.returncode == 2, result
+        assert says in result.stderr, result.stderr
+        assert "listening" not in result.stdout and "cache 't'" not in result.stdout
+
+
+def test_the_command_warns_on_stderr_when_serving_beyond_loopback_unprotected(tmp_path):
+    pq.write_table(table(10), tmp_path / "t.parquet")
+    # Binds every interface; the test connects through loopback only.
+    with command(str(tmp_path / "t.parquet"), "--location", "grpc://0.0.0.0:0") as (process, location):
+        port = location.rsplit(":", 1)[1]
+        assert read_all(f"grpc://127.0.0.1:{port}", ticket("t")).num_rows == 10
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+        warned = [line for line in process.stderr.read().splitlines() if "WARNING" in line]
+    assert len(warned) == 1, warned
+    says = f"batchcorder.flight WARNING: serving grpc://0.0.0.0:{port} beyond loopback without a token or TLS"
+    assert says in warned[0]
+
+
+def test_the_command_serves_a_parquet_file_with_a_categorical_column(tmp_path):
+    # Each row group written with a dictionary of its own, as a categorical column
+    # written piece by piece is: the scan replaces the dictionary at each row group.
+    pieces = [["Oslo", "Lima"] * 15, ["Pune", "Kyiv", "Oslo"] * 10, ["Lima"] * 30]
+    parts = [
+        pa.table({"city": pa.array(names).dictionary_encode(), "temp": [float(i + 30 * n) for i in range(30)]})
+        for n, names in enumerate(pieces)
+    ]
+    path = tmp_path / "weather.parquet"
+    with pq.ParquetWriter(path, parts[0].schema) as writer:
+        for part in parts:
+            writer.write_table(part)
+    scanned = ds.dataset(path, format="parquet").to_table()
+    dictionaries_scanned = [c.dictionary.to_pylist() for c in scanned.column("city").chunks]
+    assert dictionaries_scanned == [["Oslo", "Lima"], ["Pune", "Kyiv", "Oslo"], ["Lima"]]
+    import duckdb
+
+    local = pa.concat_tables(parts)
+    query = "select city, max(temp) as hottest, count(*) as days from {} group by city order by city"
+    expected = duckdb.sql(query.format("local")).fetchall()
+    with command(str(path)) as (process, location), connect(location) as client:
+        stream = client.do_get(ticket("weather"), CALL)
+        assert stream.read_all().equals(scanned)
+        assert stream.stats.num_replaced_dictionaries == 2
+        flight_stream = client.do_get(ticket("weather"), CALL).to_reader()
+        assert duckdb.sql(query.format("flight_stream")).fetchall() == expected
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
 
 
 def test_the_command_exits_after_its_grace_when_a_client_stopped_reading(tmp_path):

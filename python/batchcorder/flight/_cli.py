@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .._cache import StreamCache
+from ._security import check_token
 from ._server import DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CLIENT, CacheServer
 
 __all__ = ["main", "open_source"]
@@ -82,11 +83,22 @@ def open_source(path: Path, max_readers: Optional[int]) -> tuple[StreamCache, st
 
 
 def read_token(args: argparse.Namespace) -> Optional[str]:
+    """The token from ``--token``, ``--token-file`` or the environment, checked; None
+    when none is given. ``ValueError`` names where a bad one came from: an empty
+    variable is refused, not taken for no token, which would turn authentication off."""
     if args.token is not None:
-        return str(args.token)
-    if args.token_file is not None:
-        return str(args.token_file.read_text().strip())
-    return os.environ.get(TOKEN_ENV) or None
+        token, source = str(args.token), "--token"
+    elif args.token_file is not None:
+        token, source = args.token_file.read_text().strip(), f"--token-file {args.token_file}"
+    elif TOKEN_ENV in os.environ:
+        token, source = os.environ[TOKEN_ENV], TOKEN_ENV
+        if not token:
+            raise ValueError(f"{TOKEN_ENV} is set but empty: set it to the token, or unset it "
+                             "to serve without one")
+    else:
+        return None
+    check_token(token, source)
+    return token
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -100,11 +112,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"two sources have one name: {names}; name them with NAME=PATH")
     caches: dict[str, StreamCache] = {}
     try:
+        token = read_token(args)  # before any source is opened
         for name, path in named:
             caches[name], kind = open_source(path, args.max_readers)
             print(f"cache {name!r}: {kind} {path}", flush=True)
         server = CacheServer(
-            caches, args.location, token=read_token(args), tls_cert=args.tls_cert,
+            caches, args.location, token=token, tls_cert=args.tls_cert,
             tls_key=args.tls_key, max_streams=args.max_streams,
             max_streams_per_client=args.max_streams_per_client,
         )
@@ -113,10 +126,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cache.close()
         print(f"batchcorder-flight: {err}", file=sys.stderr)
         return 2
-    print(f"listening at {server.location}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # Only now: a signal sent as soon as this line is seen shuts down cleanly.
+    print(f"listening at {server.location}", flush=True)
     while not stop.wait(1.0):
         pass
     print("shutting down", flush=True)

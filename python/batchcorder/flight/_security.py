@@ -9,13 +9,15 @@ from typing import Any, Optional, Union
 
 import pyarrow.flight as flight
 
+from ._errors import answers
+
 __all__ = ["BearerTokenAuth", "BearerTokenClient", "read_pem", "tls_pair"]
 
 log = logging.getLogger("batchcorder.flight")
 
 PathArg = Union[str, "os.PathLike[str]"]
 _HEADER = "authorization"
-_SCHEME = "Bearer "
+_SCHEME = "Bearer"
 
 
 def check_token(token: object, what: str = "token") -> bytes:
@@ -41,20 +43,34 @@ class BearerTokenAuth(flight.ServerMiddlewareFactory):  # type: ignore[misc]
         super().__init__()
         self._expected = check_token(token)
 
+    @answers
     def start_call(self, info: Any, headers: dict[str, list[Any]]) -> None:
         values = headers.get(_HEADER, [])
-        sent = values[0] if len(values) == 1 else None
-        if isinstance(sent, str):
-            sent = sent.encode("utf-8", "replace")
-        if sent is None or not sent.startswith(_SCHEME.encode()):
+        sent = bearer_token(values[0]) if len(values) == 1 else None
+        if sent is None:
             log.info("refused a %s call without a bearer token", _method_name(info))
             raise flight.FlightUnauthenticatedError(
                 "this server needs a token: send the header 'authorization: Bearer <token>'"
             )
-        if not hmac.compare_digest(sent[len(_SCHEME):], self._expected):
+        if not hmac.compare_digest(sent, self._expected):
             log.info("refused a %s call with a wrong token", _method_name(info))
             raise flight.FlightUnauthenticatedError("the token is wrong")
         return None
+
+
+def bearer_token(value: Union[str, bytes]) -> Optional[bytes]:
+    """The token of an ``authorization`` header value, or None if its scheme is not
+    Bearer. The scheme is case-insensitive, as every HTTP authentication scheme is.
+
+    >>> bearer_token("bearer s3cret"), bearer_token("Basic czNjcmV0")
+    (b's3cret', None)
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    scheme, space, token = value.partition(b" ")
+    if not space or scheme.lower() != _SCHEME.lower().encode():
+        return None
+    return token.lstrip(b" ")
 
 
 def _method_name(info: Any) -> str:
@@ -80,7 +96,7 @@ class BearerTokenClient(flight.ClientMiddlewareFactory):  # type: ignore[misc]
 
     def __init__(self, token: str) -> None:
         super().__init__()
-        self._header = _SCHEME + check_token(token).decode("ascii")
+        self._header = f"{_SCHEME} {check_token(token).decode('ascii')}"
 
     def start_call(self, info: Any) -> _BearerTokenMiddleware:
         return _BearerTokenMiddleware(self._header)

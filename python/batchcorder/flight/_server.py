@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import socket
@@ -16,16 +17,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .._cache import StreamCache
-from .._errors import (
-    BatchcorderError,
-    BatchEvictedError,
-    CacheClosedError,
-    InternalError,
-    InvalidArgumentError,
-)
+from .._errors import CacheClosedError
 from .._reader import StreamCacheReader
+from ._errors import FLIGHT_METHODS, answers, answers_get_schema, client_error
 from ._security import BearerTokenAuth, PathArg, tls_pair
-from ._tickets import Request, TicketError, check_name, from_descriptor
+from ._tickets import Request, check_name, from_descriptor
 
 __all__ = ["CacheServer", "DEFAULT_MAX_STREAMS", "DEFAULT_MAX_STREAMS_PER_CLIENT"]
 
@@ -33,6 +29,10 @@ log = logging.getLogger("batchcorder.flight")
 
 DEFAULT_MAX_STREAMS = 256
 DEFAULT_MAX_STREAMS_PER_CLIENT = 32
+
+# One IPC writer per stream, so a dictionary goes once, again when a batch replaces it,
+# and as a delta when a batch's dictionary extends the one before.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)
 
 
 class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -52,7 +52,8 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         Where to listen: ``"grpc://HOST:PORT"`` (``"grpc+tls://..."`` with TLS). The
         default, ``grpc://127.0.0.1:0``, takes a free port on the loopback interface
         only; :attr:`location` says which. Serve other machines by naming an address
-        of theirs, or ``0.0.0.0``, and then use a token and TLS.
+        of theirs, or ``0.0.0.0``, and then use a token and TLS: without either, the
+        ``batchcorder.flight`` logger warns.
     token
         Keyword-only: every call must carry the header ``authorization: Bearer
         <token>`` (:func:`batchcorder.flight.connect` sends it); other calls get
@@ -116,6 +117,16 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         # streams then end at their next batch instead of running to their end.
         weakref.finalize(self, self._stopping.set)
         log.info("serving %d caches at %s", len(self._caches), self._location)
+        exposed = _exposure(location, token is not None, tls is not None)
+        if exposed:
+            log.warning("serving %s beyond loopback %s", self._location, exposed)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass's own Flight methods keep tracebacks from clients too.
+        super().__init_subclass__(**kwargs)
+        for name, wrap in FLIGHT_METHODS.items():
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
 
     # -- the caches -------------------------------------------------------------------
 
@@ -154,6 +165,10 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
 
     # -- Flight methods ---------------------------------------------------------------
 
+    # Each one is wrapped (FLIGHT_METHODS) so that no exception reaches a client as a
+    # traceback.
+
+    @answers
     def list_flights(self, context: Any, criteria: bytes) -> Iterator[Any]:
         """One FlightInfo per cache whose name starts with ``criteria`` (all when empty),
         with its ingestion state in ``app_metadata`` (see :func:`cache_state`)."""
@@ -162,43 +177,52 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
             if name.startswith(prefix):
                 yield _flight_info(Request(name), cache)
 
+    @answers
     def get_flight_info(self, context: Any, descriptor: Any) -> Any:
         """The schema, the state and a ticket of the cache a descriptor names: a path of
         one element (its name) or a command holding a ticket."""
-        request = _parse(lambda: from_descriptor(descriptor))
+        request = from_descriptor(descriptor)
         cache = self._cache(request.cache)
         if cache.closed:
             raise flight.FlightUnavailableError(f"cache {request.cache!r} was closed on the server")
         try:
             return _flight_info(request, cache)
-        except BatchcorderError as err:  # closed after the check above
-            raise flight_error(request.cache, err) from None
+        except CacheClosedError as err:  # closed after the check above
+            raise client_error(err, request.cache) from None
 
+    @answers_get_schema
     def get_schema(self, context: Any, descriptor: Any) -> Any:
         """The schema of the cache a descriptor names; creates no reader."""
-        request = _parse(lambda: from_descriptor(descriptor))
+        request = from_descriptor(descriptor)
         return flight.SchemaResult(self._cache(request.cache).schema)
 
+    @answers
     def do_get(self, context: Any, ticket: Any) -> Any:
         """A fresh reader of the cache the ticket names, streamed from its start (or the
         frontier); see :mod:`batchcorder.flight` for the ticket format."""
-        request = _parse(lambda: Request.decode(bytes(ticket.ticket)))
+        request = Request.decode(bytes(ticket.ticket))
         cache = self._cache(request.cache)
         stream = self._open(request, cache, context.peer())
         batches = stream.batches()
         # A stream dropped before its first batch never runs the generator's finally.
         weakref.finalize(batches, stream.release)
-        return flight.GeneratorStream(cache.schema, batches)
+        source = pa.RecordBatchReader.from_batches(cache.schema, batches)
+        return flight.GeneratorStream(cache.schema, stream.payloads(source), _IPC_OPTIONS)
 
+    @answers
     def list_actions(self, context: Any) -> list[Any]:
         return []
 
+    @answers
     def do_action(self, context: Any, action: Any) -> Iterator[bytes]:
-        raise flight.FlightServerError(f"this server has no actions (asked for {action.type!r})")
+        # Not action.type: decoding a type that is not UTF-8 would fail.
+        raise flight.FlightServerError("this server has no actions: it is read-only")
 
+    @answers
     def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
         raise flight.FlightServerError("this server is read-only: it does not take DoPut")
 
+    @answers
     def do_exchange(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
         raise flight.FlightServerError("this server is read-only: it does not take DoExchange")
 
@@ -267,7 +291,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
             try:
                 reader = cache.reader(from_start=request.from_start)
             except BaseException as err:
-                raise flight_error(request.cache, err) from None
+                raise client_error(err, request.cache) from None
             stream = _Stream(self, request.cache, peer, reader)
             self._streams.add(stream)
             self._per_client[peer] = held + 1
@@ -287,7 +311,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
 class _Stream:
     """One DoGet: a reader of a cache, and the slot it holds on the server."""
 
-    __slots__ = ("_server", "name", "peer", "_reader", "_released", "__weakref__")
+    __slots__ = ("_server", "name", "peer", "_reader", "_released", "_failure", "__weakref__")
 
     def __init__(self, server: CacheServer, name: str, peer: str, reader: StreamCacheReader) -> None:
         self._server = server
@@ -295,26 +319,37 @@ class _Stream:
         self.peer = peer
         self._reader = reader
         self._released = False
+        self._failure: Optional[BaseException] = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """The reader's batches; ends the stream with a Flight error when the server
-        stops or the cache fails, and releases the reader however the stream ends."""
+        """The reader's batches, until the reader ends, fails or the server stops; a
+        failure is kept for :meth:`payloads`. Releases the reader however it ends."""
         stopping = self._server._stopping
         try:
-            while True:
-                if stopping.is_set():
-                    raise flight.FlightUnavailableError(
-                        f"the server is shutting down; the stream of {self.name!r} ends here"
-                    )
+            while not stopping.is_set():
                 try:
                     batch = next(self._reader)
                 except StopIteration:
                     return
                 except BaseException as err:
-                    raise flight_error(self.name, err) from None
+                    self._failure = client_error(err, self.name)
+                    return
                 yield batch
+            self._failure = flight.FlightUnavailableError(
+                f"the server is shutting down; the stream of {self.name!r} ends here"
+            )
         finally:
             self.release()
+
+    def payloads(self, source: pa.RecordBatchReader) -> Iterator[Any]:
+        """What the GeneratorStream of a DoGet sends: ``source`` (the reader over
+        :meth:`batches`) through one IPC writer, which sends each dictionary as Arrow's
+        IPC stream format says; then the failure, if any. An exception inside
+        ``source`` would reach the client through C++ with a traceback, so
+        :meth:`batches` never raises and the failure is raised here, as a Flight error."""
+        yield flight.RecordBatchStream(source, _IPC_OPTIONS)
+        if self._failure is not None:
+            raise self._failure
 
     def release(self) -> None:
         """Close the reader (so eviction can pass it) and free the slot. Idempotent."""
@@ -324,30 +359,6 @@ class _Stream:
         self._reader.close()
         self._server._forget(self)
         log.debug("stream of %r to %s released", self.name, self.peer)
-
-
-def flight_error(name: str, err: BaseException) -> BaseException:
-    """The Flight error a client gets for ``err``, raised while serving the cache
-    ``name``. Its message names the cache and keeps the original text; a server-side
-    traceback never reaches the client."""
-    message = f"cache {name!r}: {err}"
-    kind: Any = flight.FlightServerError
-    if isinstance(err, (CacheClosedError, BatchEvictedError)):
-        kind = flight.FlightUnavailableError
-    elif isinstance(err, InvalidArgumentError) and "max_readers" in str(err):
-        kind = flight.FlightUnavailableError
-    elif isinstance(err, InternalError):
-        log.error("internal error serving %r", name, exc_info=err)
-        kind = flight.FlightInternalError
-    elif isinstance(err, (BatchcorderError, KeyboardInterrupt, SystemExit)):
-        # An upstream failure (every reader reaching it gets it), a budget, the disk.
-        log.warning("stream of %r failed: %s", name, err)
-    else:
-        log.error("unexpected error serving %r", name, exc_info=err)
-        kind = flight.FlightInternalError
-        message = f"cache {name!r}: {type(err).__name__}: {err}"
-    made: BaseException = kind(message)
-    return made
 
 
 def cache_state(cache: StreamCache) -> dict[str, Any]:
@@ -401,14 +412,6 @@ def _takes_app_metadata() -> bool:
 _APP_METADATA = _takes_app_metadata()
 
 
-def _parse(parse: Any) -> Request:
-    try:
-        request: Request = parse()
-    except TicketError as err:
-        raise flight.FlightServerError(f"malformed ticket: {err}") from None
-    return request
-
-
 def _limit(name: str, value: Optional[int]) -> Optional[int]:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be an int of at least 1 or None, got {value!r}")
@@ -433,6 +436,26 @@ def _location(location: Optional[str], tls: bool) -> str:
         hint = "give tls_cert and tls_key" if not tls else "use grpc+tls://"
         raise ValueError(f"location {location!r} {'needs' if not tls else 'has no'} TLS: {hint}")
     return location
+
+
+def _exposure(location: str, token: bool, tls: bool) -> str:
+    """What a server at ``location`` lacks to be safe beyond loopback ("" when it binds
+    loopback only, or has both a token and TLS)."""
+    if token and tls:
+        return ""
+    host = urlsplit(location).hostname or ""
+    try:
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        addresses = set()
+    # ip_address takes no zone (fe80::1%eth0); an address with one is not loopback.
+    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return ""
+    if not token and not tls:
+        return "without a token or TLS: any client that reaches it reads every cache, unencrypted"
+    if not token:
+        return "without a token: any client that reaches it reads every cache"
+    return "without TLS: the token and the data cross the network unencrypted"
 
 
 def _with_port(location: str, port: int) -> str:

@@ -87,6 +87,8 @@ class Request:
             fields = json.loads(text)
         except json.JSONDecodeError as err:
             raise TicketError(f"the ticket is not valid JSON: {err.msg} at character {err.pos}") from None
+        except RecursionError:  # a few KB of brackets are enough
+            raise TicketError("the ticket's JSON nests too deeply") from None
         if not isinstance(fields, dict):
             raise TicketError("a JSON ticket must be an object")
         unknown = sorted(set(fields) - _KEYS)
