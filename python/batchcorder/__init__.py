@@ -9,6 +9,7 @@
 from typing import Any
 
 from ._cache import PersistedCache, StreamCache
+from ._sources import ArrowStreamExportable, Source
 from ._casting import CastingStreamCache
 from ._reader import StreamCacheReader
 from ._stats import CacheStats
@@ -35,6 +36,8 @@ __all__ = [
     "PersistedCache",
     "CastingStreamCache",
     "CacheStats",
+    "Source",
+    "ArrowStreamExportable",
     "BatchcorderError",
     "InvalidArgumentError",
     "CapacityError",

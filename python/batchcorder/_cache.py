@@ -20,6 +20,7 @@ from ._options import Compression, WritePolicy, options, path_bytes
 from ._progress import ingest_reporting, log_changes
 from ._reader import StreamCacheReader, reader_capsule
 from ._schema import as_schema, fields, schema_from_c
+from ._sources import Source, as_stream
 from ._stats import CacheStats, read_stats
 
 
@@ -47,9 +48,13 @@ class StreamCache(ClosesOnExit):
     Parameters
     ----------
     source
-        Any object with ``__arrow_c_stream__``: a pyarrow Table or RecordBatchReader, a
-        Polars DataFrame, a DuckDB relation, a nanoarrow or arro3 stream. It is read
-        lazily, at most once, as readers ask for batches.
+        The data, as it comes (:data:`batchcorder.Source`): any object with
+        ``__arrow_c_stream__`` (a pyarrow Table or RecordBatchReader, a Polars
+        DataFrame, a DuckDB relation, a nanoarrow or arro3 stream), an iterable or
+        generator of ``pyarrow.RecordBatch``, a ``pyarrow.parquet.ParquetFile``, or a
+        ``pyarrow.dataset.Dataset`` or ``Scanner``. It is read lazily, at most once, as
+        readers ask for batches. Anything else raises ``TypeError`` naming the nearest
+        accepted form.
     memory_capacity
         Budget in bytes for batches held in memory. Default: three quarters of physical
         memory. Each underlying buffer is counted once, however many batches slice it.
@@ -89,16 +94,20 @@ class StreamCache(ClosesOnExit):
         ``max_readers``, a stream larger than memory is saved in one bounded pass. A
         source error or ``close()`` before the end leaves nothing there. The path must
         not exist yet; its parent must.
+    schema
+        Keyword-only, for an iterable of RecordBatch: the stream's schema. Without it,
+        the first batch is read when the cache is created, to learn the schema (it stays
+        the stream's first batch); with it, nothing is read until a reader asks, and an
+        empty iterable is an empty stream. Every batch must have this schema.
 
     Examples
     --------
     >>> import pyarrow as pa
     >>> from batchcorder import StreamCache
-    >>> once = pa.RecordBatchReader.from_batches(
-    ...     pa.schema([("x", pa.int64())]), [pa.record_batch({"x": [1, 2, 3]})])
+    >>> once = (pa.record_batch({"x": [i, i + 1]}) for i in range(0, 6, 2))  # a generator
     >>> cache = StreamCache(once)
     >>> pa.table(cache).num_rows, pa.table(cache).num_rows
-    (3, 3)
+    (6, 6)
     """
 
     _source_rows: Optional[int]
@@ -106,7 +115,7 @@ class StreamCache(ClosesOnExit):
 
     def __init__(
         self,
-        source: Any,
+        source: Source,
         memory_capacity: Optional[int] = None,
         disk_path: Union[str, "os.PathLike[str]", None] = None,
         disk_capacity: Optional[int] = None,
@@ -117,19 +126,15 @@ class StreamCache(ClosesOnExit):
         segment_bytes: Optional[int] = None,
         prefetch: Optional[int] = None,
         persist_path: Union[str, "os.PathLike[str]", None] = None,
+        schema: Optional[pa.Schema] = None,
     ) -> None:
         # Built before the source is touched: refused options leave it unread.
         built = options(
             memory_capacity, disk_path, disk_capacity, write_policy, max_readers,
             compression, segment_bytes, prefetch, persist_path,
         )
-        if not hasattr(source, "__arrow_c_stream__"):
-            raise TypeError(
-                "source must implement __arrow_c_stream__ (a pyarrow Table or "
-                "RecordBatchReader, a Polars DataFrame, a DuckDB relation, ...), "
-                f"got {type(source).__name__}"
-            )
-        capsule = source.__arrow_c_stream__()
+        stream, rows = as_stream(source, schema)
+        capsule = stream.__arrow_c_stream__()
         upstream = ffi.cast(
             "struct ArrowArrayStream *",
             capsule_pointer(capsule, STREAM_NAME, "source.__arrow_c_stream__()"),
@@ -137,10 +142,8 @@ class StreamCache(ClosesOnExit):
         out = ffi.new("BcCache **")
         # Moves the stream on success; on failure the capsule still owns and releases it.
         check(lib.bc_cache_new(upstream, built, out))
-        rows = getattr(source, "num_rows", None)
         self._adopt(out[0], max_readers, prefetch, with_disk=disk_path is not None)
-        if isinstance(rows, int):
-            self._source_rows = rows
+        self._source_rows = rows
 
     def _adopt(
         self,
@@ -270,7 +273,7 @@ class StreamCache(ClosesOnExit):
     @classmethod
     def in_memory(
         cls,
-        source: Any,
+        source: Source,
         capacity: Optional[int] = None,
         max_readers: Optional[int] = None,
     ) -> "StreamCache":
@@ -286,7 +289,7 @@ class StreamCache(ClosesOnExit):
     @classmethod
     def on_disk(
         cls,
-        source: Any,
+        source: Source,
         path: Union[str, "os.PathLike[str]"],
         disk_capacity: int,
         memory_capacity: Optional[int] = None,

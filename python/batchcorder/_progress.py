@@ -21,7 +21,8 @@ def _progress_bar(total_rows: Optional[int]) -> Any:
         raise ImportError(
             "ingest_all(progress=True) needs tqdm: pip install 'batchcorder[progress]'"
         ) from None
-    return tqdm(total=total_rows, unit="rows", unit_scale=True, desc="ingest")
+    # Whole rows, not tqdm's scaled "10.0rows"; the total when the source knows it.
+    return tqdm(total=total_rows, unit=" rows", unit_scale=False, desc="ingest")
 
 
 def ingest_reporting(
