@@ -229,6 +229,18 @@ def test_list_flights_info_and_schema_report_state_without_creating_a_reader():
             assert list(client.list_flights(b"other", CALL)) == []
 
 
+def test_the_start_log_counts_caches_in_words(caplog):
+    caplog.set_level(logging.INFO, logger="batchcorder.flight")
+    with StreamCache(table(10)) as cache:
+        for names in (["a"], ["a", "b"]):
+            with serving({name: cache for name in names}) as server:
+                pass
+            said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving")]
+            caplog.clear()
+            noun = "cache" if len(names) == 1 else "caches"
+            assert said == [f"serving {len(names)} {noun} at {server.location}"], said
+
+
 def test_caches_added_and_removed_while_serving():
     first, second = StreamCache(table(100)), StreamCache(table(200))
     with serving({}) as server, connect(server.location) as client:
@@ -1106,7 +1118,9 @@ def test_the_command_reports_bad_input_clearly(tmp_path):
         ([str(tmp_path / "t.parquet"), "--tls-cert", str(tmp_path / "no.pem"), "--tls-key", str(tmp_path / "no.key")],
          "tls_cert: cannot read"),
         ([str(tmp_path / "missing.parquet")], "missing.parquet: no such file"),
+        ([str(tmp_path / "empty")], "empty: a directory with no Parquet files in it"),
     ]
+    (tmp_path / "empty").mkdir()
     try:
         for args, says in cases:
             result = subprocess.run(

@@ -7,8 +7,11 @@ nor ``pyarrow.flight``.
 
 Tickets (see :func:`ticket`) are a JSON object ``{"cache": NAME, "start":
 "beginning" | "frontier"}``, or the cache's name alone as UTF-8 bytes, which reads from
-the beginning. docs/flight.md has the whole story: the CLI (``batchcorder-flight`` or
-``python -m batchcorder.flight``), security, and clients in pyarrow, Polars and DuckDB.
+the beginning. What comes with the package: ``help(CacheServer)`` (what the server
+answers, limits, shutdown), ``help(connect)`` (a client with a token or TLS), and
+``batchcorder-flight --help`` (serving Parquet files and persisted caches from the
+command line); the source repository's docs/flight.md adds clients in pyarrow, Polars
+and DuckDB, and a recipe for workers on other machines.
 
 >>> import pyarrow as pa
 >>> from batchcorder import StreamCache

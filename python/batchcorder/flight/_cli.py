@@ -79,7 +79,10 @@ def open_source(path: Path, max_readers: Optional[int]) -> tuple[StreamCache, st
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(path, format="parquet")
-    return StreamCache(dataset.scanner().to_reader(), max_readers=max_readers), "Parquet"
+    if not dataset.files:
+        # Served, it would be a stream of no columns and no rows, which helps no client.
+        raise ValueError(f"{path}: a directory with no Parquet files in it: nothing to serve")
+    return StreamCache(dataset, max_readers=max_readers), "Parquet"
 
 
 def read_token(args: argparse.Namespace) -> Optional[str]:

@@ -116,7 +116,8 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         # Created after pyarrow's own finalizer, so it runs first at interpreter exit:
         # streams then end at their next batch instead of running to their end.
         weakref.finalize(self, self._stopping.set)
-        log.info("serving %d caches at %s", len(self._caches), self._location)
+        count = len(self._caches)
+        log.info("serving %d %s at %s", count, "cache" if count == 1 else "caches", self._location)
         exposed = _exposure(location, token is not None, tls is not None)
         if exposed:
             log.warning("serving %s beyond loopback %s", self._location, exposed)
