@@ -100,11 +100,17 @@ install: c-lib
 	  > $(DESTDIR)$(libdir)/cmake/batchcorder/batchcorderConfigVersion.cmake
 	@echo "installed libbatchcorder $(BC_VERSION) into $(DESTDIR)$(PREFIX)"
 
-# Removes exactly what install installed (for this version), and the cmake/batchcorder
-# directory if that leaves it empty.
+# The directories install makes, innermost first: uninstall removes those it leaves empty.
+BC_INSTALL_DIRS := $(libdir)/cmake/batchcorder $(libdir)/cmake $(libdir)/pkgconfig \
+  $(libdir) $(includedir) $(PREFIX)
+
+# Removes exactly what install installed (for this version), then each directory install
+# made that is left empty (one that holds anything else stays).
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(BC_INSTALLED_FILES))
-	-rmdir $(DESTDIR)$(libdir)/cmake/batchcorder 2>/dev/null
+	@for dir in $(addprefix $(DESTDIR),$(BC_INSTALL_DIRS)); do \
+	  if [ -d "$$dir" ] && rmdir "$$dir" 2>/dev/null; then echo "removed the empty $$dir"; fi; \
+	done
 	@echo "uninstalled libbatchcorder $(BC_VERSION) from $(DESTDIR)$(PREFIX)"
 
 # The names these targets had before `make install` installed the C library.

@@ -49,9 +49,9 @@ install_into() {  # PREFIX: a fresh install, as `make install PREFIX=...` does i
 uninstall_from() {  # PREFIX: uninstall, and check nothing of ours is left
   "$make" --no-print-directory -f "$root/mk/install.mk" uninstall PREFIX="$1" >/dev/null
   local left
-  left=$(find "$1" \( -type f -o -type l \) 2>/dev/null || true)
-  [ -z "$left" ] || fail "uninstall left files behind in $1: $left"
-  ok "uninstalled from $1: no files left"
+  left=$(find "$1" 2>/dev/null || true)
+  [ -z "$left" ] || fail "uninstall left files or folders behind in $1: $left"
+  ok "uninstalled from $1: no files or folders left"
 }
 
 # run_checked PROGRAM: under valgrind (memcheck, leaks), or as built when there is none.
@@ -109,9 +109,9 @@ $got"
   ok "staged: the 10 files, links and config paths are right"
   "$make" --no-print-directory -f "$root/mk/install.mk" uninstall DESTDIR="$stage" \
     PREFIX=/opt/batchcorder >/dev/null
-  left=$(find "$stage" \( -type f -o -type l \))
+  left=$(find "$stage" -mindepth 1 -not -path "$stage/opt")
   [ -z "$left" ] || fail "uninstall left: $left"
-  ok "uninstall with DESTDIR removed every file"
+  ok "uninstall with DESTDIR removed every file and the folders install made"
 
   prefix=$work/prefix
   step "install PREFIX=$prefix"

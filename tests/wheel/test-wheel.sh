@@ -22,14 +22,18 @@ case "$(basename "$wheel")" in
   *-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl) ;;
   *) echo "unexpected wheel tags: $(basename "$wheel")"; exit 1 ;;
 esac
-# Release metadata a package index shows: both licence texts and the project's links.
+# Release metadata a package index shows: both licence texts, and no project URL until
+# the project has a public home of its own (another project's would mislead).
 metadata=$("$root/.venv/bin/python" -c 'import sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 print(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())' "$wheel")
-for line in "License-File: LICENSE-MIT" "License-File: LICENSE-APACHE" \
-            "Project-URL: Repository, " "Project-URL: Changelog, "; do
+for line in "License-File: LICENSE-MIT" "License-File: LICENSE-APACHE"; do
   grep -q "^$line" <<<"$metadata" || { echo "the wheel's METADATA lacks '$line'"; exit 1; }
 done
+if grep -q "^Project-URL:\|^Home-page:" <<<"$metadata"; then
+  echo "the wheel's METADATA names a project URL: $(grep '^Project-URL:\|^Home-page:' <<<"$metadata")"
+  exit 1
+fi
 
 # The suite and the files it reads (the examples of the README and docs/, the benchmark
 # workloads),
@@ -38,6 +42,9 @@ mkdir -p "$work/tests" "$work/bench"
 cp -r "$root/tests/python" "$work/tests/python"
 cp "$root/README.md" "$work/"
 cp -r "$root/docs" "$work/docs"
+# The C blocks of the pages compile against the header; examples/c's output is on a page.
+cp -r "$root/include" "$work/include"
+mkdir -p "$work/examples" && cp -r "$root/examples/c" "$work/examples/c"
 cp "$root/bench/workloads.py" "$work/bench/"
 # No cargo, rustc or maturin: only the system's tools and the virtualenv.
 clean_path=/usr/local/bin:/usr/bin:/bin
