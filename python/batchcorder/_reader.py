@@ -157,7 +157,10 @@ class StreamCacheReader(ClosesOnExit):
 
     @property
     def position(self) -> int:
-        """Index of the next batch this reader returns."""
+        """Index of the next batch this reader returns.
+
+        Raises ``ValueError`` once the reader is exhausted, closed or exported: it then
+        holds no position (count the batches as they come if you need the total)."""
         out = ffi.new("uint64_t *")
         with self._quiet():  # not while another thread reads through it
             check(lib.bc_reader_position(self._live_stream(), out))

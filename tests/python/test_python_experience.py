@@ -1,5 +1,5 @@
-"""Named constructors, len(), reprs, context managers, stats, progress, logging, and the
-README's Python blocks run as written."""
+"""Named constructors, len(), reprs, context managers, stats, progress and logging. The
+README's and docs' blocks are run by test_docs.py."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from batchcorder import CacheStats, StreamCache
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def table(batches: int = 5, rows: int = 100) -> pa.Table:
@@ -125,26 +122,3 @@ def test_spills_evictions_and_deletions_are_logged_at_debug(tmp_path, caplog):
     assert any(m.startswith("evicted") for m in messages), messages
     assert any(m.startswith("deleted") and "segments" in m for m in messages), messages
     assert all(r.levelno == logging.DEBUG for r in caplog.records if r.name == "batchcorder")
-
-
-def doc_python_blocks() -> list[tuple[str, int, str]]:
-    """Every ```python block of the README and docs/*.md: (file, index, code)."""
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    blocks = []
-    for page in pages:
-        found = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-        blocks += [(page.name, index, code) for index, code in enumerate(found)]
-    return blocks
-
-
-@pytest.mark.parametrize(
-    "page, index, code", doc_python_blocks(), ids=lambda v: str(v)[:24].strip()
-)
-def test_doc_python_blocks_run_as_written(page, index, code, tmp_path):
-    # A script file, not `-c`: spawned workers import functions from __main__ by path.
-    script = tmp_path / "example.py"
-    script.write_text(code)
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, f"{page} block {index}:\n{result.stderr}"
