@@ -9,7 +9,7 @@ LIBDIR    := target/release
 CARGO_TEST_FLAGS ?=
 
 .PHONY: all build header check-header venv venv-test wheel sdist install-python demo test test-rust \
-  test-c test-python test-wheel test-sdist bench clean
+  test-c test-python test-wheel test-sdist test-docs docs bench clean
 
 all: build
 
@@ -37,7 +37,7 @@ $(VENV)/.ready: pyproject.toml
 $(VENV)/.test-ready: $(VENV)/.ready
 	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
 	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" \
-	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6"
+	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6" "pdoc==16.0.0"
 	touch $@
 
 venv: $(VENV)/.ready
@@ -97,6 +97,17 @@ test-python: install-python venv-test
 	$(VPY) -m pytest -q tests/python
 	$(VPY) -m mypy
 	cd build && $(CURDIR)/$(VPY) -m pytest -q -p no:cacheprovider --doctest-modules --pyargs batchcorder
+
+# The API reference from the docstrings (pdoc, pinned in venv-test and the docs extra):
+# build/docs/index.html. Fails on any pdoc warning and on a public name it lacks.
+docs: install-python venv-test
+	$(VPY) tools/apidocs.py build/docs
+
+# The README's and docs/'s blocks (tests/python/test_docs.py: each python block in a
+# virtualenv of its page's install lines, under build/doc-venvs) and the API reference;
+# test-python runs them too.
+test-docs: install-python venv-test
+	$(VPY) -m pytest -q -p no:cacheprovider tests/python/test_docs.py tests/python/test_api_reference.py
 
 # The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
 test: check-header test-rust test-c test-python test-wheel test-sdist test-examples test-r

@@ -42,9 +42,12 @@ mkdir -p "$work/tests" "$work/bench"
 cp -r "$root/tests/python" "$work/tests/python"
 cp "$root/README.md" "$work/"
 cp -r "$root/docs" "$work/docs"
-# The C blocks of the pages compile against the header; examples/c's output is on a page.
+# The C blocks of the pages compile against the header; examples/c's output is on a page;
+# the demo and the API reference's builder are tested too.
 cp -r "$root/include" "$work/include"
 mkdir -p "$work/examples" && cp -r "$root/examples/c" "$work/examples/c"
+mkdir -p "$work/demo" && cp "$root/demo/demo.py" "$work/demo/"
+mkdir -p "$work/tools" && cp "$root/tools/apidocs.py" "$work/tools/"
 cp "$root/bench/workloads.py" "$work/bench/"
 # No cargo, rustc or maturin: only the system's tools and the virtualenv.
 clean_path=/usr/local/bin:/usr/bin:/bin
@@ -67,7 +70,7 @@ for python in "${candidates[@]}"; do
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q "$wheel" "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" \
     "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "tqdm>=4.60" "numpy" \
-    "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0"
+    "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "pdoc==16.0.0"
   (cd "$work" && env -i HOME="$HOME" PATH="$venv/bin:$clean_path" LANG=C.UTF-8 \
      "$venv/bin/python" -c 'import shutil, batchcorder, sys
 assert shutil.which("cargo") is None, "cargo is on the PATH"
