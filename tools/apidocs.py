@@ -37,7 +37,7 @@ def build(output: Path) -> list[str]:
     problems = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pdoc.docstrings.convert = without_roles  # type: ignore[assignment]
+        pdoc.docstrings.convert = without_roles
         try:
             pdoc.render.configure(docformat="numpy", show_source=False)
             pdoc.pdoc(*MODULES, output_directory=output)
