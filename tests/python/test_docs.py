@@ -360,6 +360,24 @@ def matches(expected: str, actual: str) -> bool:
     return re.fullmatch(pattern, tidy(actual)) is not None
 
 
+def test_the_comparison_is_exact_but_for_ellipses():
+    assert matches("grpc://127.0.0.1:...\n3\n", "grpc://127.0.0.1:40123\n3\n")
+    assert matches("a  \nb", "a\nb\n")  # trailing blanks and newlines do not count
+    assert not matches("3", "3\n4")
+    assert not matches("", "printed")
+    assert not matches("grpc://...:1", "grpc://x:2")
+
+
+def test_install_lines_are_read_as_a_reader_would():
+    assert requirement("target/wheels/batchcorder-*.whl") == "batchcorder"
+    assert requirement(".") == "batchcorder" and requirement("--no-deps") is None
+    assert requirement("'batchcorder[flight]'") == "batchcorder[flight]"
+    assert merge({"batchcorder", "batchcorder[flight]", "batchcorder[progress]", "duckdb"}) \
+        == frozenset({"batchcorder[flight,progress]", "duckdb"})
+    readme = {b.first_line: b for b in PYTHON if b.page == "README.md"}
+    assert readme["import duckdb"].requirements == frozenset({"batchcorder", "duckdb", "polars"})
+
+
 @pytest.mark.parametrize("block", PYTHON, ids=lambda b: b.where)
 def test_python_block_prints_what_its_page_shows(block, tmp_path):
     python, env = interpreter(block.requirements)
