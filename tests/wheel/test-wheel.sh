@@ -31,13 +31,14 @@ for line in "License-File: LICENSE-MIT" "License-File: LICENSE-APACHE" \
   grep -q "^$line" <<<"$metadata" || { echo "the wheel's METADATA lacks '$line'"; exit 1; }
 done
 
-# The suite and the files it reads (the examples of the README and docs/, the benchmark
-# workloads),
-# laid out as in the checkout.
+# The suite and the files it reads (the examples of the README and docs/, the headers
+# whose functions the package must reach, the benchmark workloads), laid out as in the
+# checkout.
 mkdir -p "$work/tests" "$work/bench"
 cp -r "$root/tests/python" "$work/tests/python"
 cp "$root/README.md" "$work/"
 cp -r "$root/docs" "$work/docs"
+cp -r "$root/include" "$work/include"
 cp "$root/bench/workloads.py" "$work/bench/"
 # No cargo, rustc or maturin: only the system's tools and the virtualenv.
 clean_path=/usr/local/bin:/usr/bin:/bin
