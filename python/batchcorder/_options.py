@@ -84,12 +84,19 @@ def options(
 ) -> Any:
     """A ``BcOptions *`` (freed at garbage collection) with the options given, for
     ``bc_cache_new`` or ``bc_cache_open``; or NULL, which both take as every default,
-    when none differs from ``bc_options_new``'s. Every value is converted before the
-    builder is made, so a refused one leaves nothing half built.
+    when every option is left at its default. Every value is converted before the builder
+    is made, so a refused one leaves nothing half built.
 
     >>> options() == ffi.NULL, options(max_readers=2) == ffi.NULL
     (True, False)
     """
+    # Every option at its default, as for most caches: no builder, and nothing to convert.
+    if (
+        memory_capacity is None and disk_path is None and disk_capacity is None
+        and max_readers is None and compression is None and segment_bytes is None
+        and prefetch is None and persist_path is None and write_policy == "on_insertion"
+    ):
+        return ffi.NULL
     # (setter, its arguments after the builder) for each option that is not a default.
     calls: list[tuple[Any, tuple[Any, ...]]] = []
     for name, value, setter in (
@@ -111,8 +118,6 @@ def options(
         calls.append((lib.bc_options_set_compression, (codec,)))
     if persist_path is not None:
         calls.append((lib.bc_options_set_persist, (path_bytes("persist_path", persist_path),)))
-    if not calls:
-        return ffi.NULL
     raw = lib.bc_options_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate a BcOptions")
