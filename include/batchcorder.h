@@ -5,7 +5,9 @@
  *
  * API conventions
  * - Every fallible call returns a BcStatus; on failure bc_last_error() holds the message
- *   (per OS thread, valid until the next bc_* call on that thread).
+ *   (per OS thread, valid until the next bc_* call on that thread), bc_last_error_errno()
+ *   its errno and bc_last_error_kind() what it is when the status alone does not say.
+ *   Decide from the status and the kind, never from the message.
  * - Output parameters are written only on success.
  * - Every pointer argument is checked: NULL is BC_INVALID_ARGUMENT, never a crash.
  * - Ownership is stated on each function: "moves", "the caller releases/frees".
@@ -41,12 +43,23 @@
 // Patch version of the library: fixes that leave the C ABI as it was.
 #define BATCHCORDER_VERSION_PATCH 0
 
+// What a failure is, finer than its `BcStatus`, as `bc_last_error_kind()` reports it.
+// Each kind belongs to one status; a binding decides from it, never from the message.
+typedef enum BcErrorKind {
+  // The status says all there is; also the kind when no call failed.
+  BC_ERROR_KIND_NONE = 0,
+  // With `BC_INVALID_ARGUMENT`: every one of the cache's `max_readers` readers was
+  // created already, so no new reader can be made (a server answers "unavailable").
+  BC_ERROR_KIND_READER_CAP = 1,
+} BcErrorKind;
+
 // The result of every fallible `bc_*` call. `BC_OK` is 0; read `bc_last_error()` for the
 // message of anything else.
 typedef enum BcStatus {
   // Success.
   BC_OK = 0,
-  // A NULL pointer, a released stream, a bad option value, or the reader cap reached.
+  // A NULL pointer, a released stream, a bad option value, or the reader cap reached
+  // (`bc_last_error_kind()` tells the cap apart: `BC_ERROR_KIND_READER_CAP`).
   BC_INVALID_ARGUMENT = 1,
   // A memory or disk budget cannot hold data that must be kept.
   BC_CAPACITY = 2,
@@ -74,10 +87,11 @@ typedef enum BcStatus {
 // invalidate them, `bc_cache_close` makes them fail cleanly.
 typedef struct BcCache BcCache;
 
-// Options for `bc_cache_new`, built with the `bc_options_set_*` calls.
+// Options for `bc_cache_new` and `bc_cache_open`, built with the `bc_options_set_*`
+// calls.
 //
-// Not thread-safe: build it on one thread. `bc_cache_new` copies it, so it may be freed
-// as soon as that returns.
+// Not thread-safe: build it on one thread. `bc_cache_new` and `bc_cache_open` copy it,
+// so it may be freed as soon as they return.
 typedef struct BcOptions BcOptions;
 
 #if !defined(BATCHCORDER_ARROW_C_DATA_FROM_ELSEWHERE)
@@ -222,6 +236,14 @@ const char *bc_last_error(void);
 // The errno class of the last failed `bc_*` call on this thread: the upstream's own
 // errno after `BC_UPSTREAM`, otherwise `EINVAL`, `ENOMEM` or `EIO`; 0 if none failed.
 int bc_last_error_errno(void);
+
+// The kind of the last failed `bc_*` call on this thread, finer than its status
+// (`BC_ERROR_KIND_READER_CAP` with `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
+// the status says all there is or none failed.
+//
+// Per OS thread and valid until the next `bc_*` call on it, like `bc_last_error()`;
+// a value, so there is nothing to free.
+enum BcErrorKind bc_last_error_kind(void);
 
 // Create a cache over `upstream`, reading nothing yet.
 //
@@ -541,16 +563,19 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 // `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 // first read in this process (`BC_CORRUPT` on a mismatch); a batch not checked is
 // validated structurally, so a damaged file never crashes the reader.
-// `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
-// NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
-// deletes nothing.
+//
+// `opts` may be NULL: no reader cap. Otherwise it is read, not kept, and of its options
+// only `bc_options_set_max_readers` applies; the disk tier's settings have no effect,
+// as in memory-only mode, and any other option set is `BC_INVALID_ARGUMENT` naming its
+// setter. `out_info` may be NULL. On `BC_OK` the caller frees `*out` with
+// `bc_cache_free`; closing or freeing it deletes nothing.
 //
 // # Safety
-// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` and
-// `out_info` writable.
+// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `opts` a live
+// builder, `out` and `out_info` writable.
 enum BcStatus bc_cache_open(const char *path_utf8,
                             BcVerify verify,
-                            uint64_t max_readers,
+                            const struct BcOptions *opts,
                             struct BcPersisted *out_info,
                             struct BcCache **out);
 

@@ -13,8 +13,11 @@
 // - `Reader` owns one ArrowArrayStream and releases it in its destructor (move-only).
 // - `Array` and `Schema` own one ArrowArray / ArrowSchema and release them (move-only).
 // - `Options` owns a BcOptions* (move-only); `Cache` copies it, so it may die right after.
-// Errors throw `batchcorder::Error`, carrying the BcStatus, bc_last_error() and
-// bc_last_error_errno(), read on the thread whose call failed, right after the call.
+// - `Stream` owns an ArrowArrayStream that is not a reader (a view of one).
+// - `Cache::share()` copies the library's string into a std::string and frees it.
+// Errors throw `batchcorder::Error`, carrying the BcStatus, bc_last_error(),
+// bc_last_error_errno() and bc_last_error_kind(), read on the thread whose call failed,
+// right after the call. Decide from status() and kind(), not from what().
 //
 // Threading is the C API's: one `Cache` may be used from several threads at once (share it
 // by reference or pointer); a `Reader` may move between threads but must not be used by two
@@ -26,6 +29,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -37,21 +41,26 @@ namespace batchcorder {
 /// BATCHCORDER_VERSION_* macros).
 inline std::string version() { return bc_version(); }
 
-/// A failed `bc_*` call: its status, its message and its errno class.
+/// A failed `bc_*` call: its status, its message, its errno class and its kind.
 class Error : public std::runtime_error {
  public:
-  Error(BcStatus status, const std::string &what, int error_number = 0)
-      : std::runtime_error(what), status_(status), errno_(error_number) {}
+  Error(BcStatus status, const std::string &what, int error_number = 0,
+        BcErrorKind kind = BC_ERROR_KIND_NONE)
+      : std::runtime_error(what), status_(status), errno_(error_number), kind_(kind) {}
 
   /// The BcStatus the call returned (never BC_OK).
   BcStatus status() const noexcept { return status_; }
   /// bc_last_error_errno() right after the failure: the upstream's own errno after
   /// BC_UPSTREAM, otherwise EINVAL, ENOMEM or EIO.
   int error_number() const noexcept { return errno_; }
+  /// bc_last_error_kind() right after the failure: BC_ERROR_KIND_READER_CAP when a
+  /// cache's max_readers readers all exist, BC_ERROR_KIND_NONE when the status says all.
+  BcErrorKind kind() const noexcept { return kind_; }
 
  private:
   BcStatus status_;
   int errno_;
+  BcErrorKind kind_;
 };
 
 /// The name of a status, "BC_INVALID_ARGUMENT" and so on.
@@ -70,14 +79,26 @@ inline const char *status_name(BcStatus status) noexcept {
   return "BC_UNKNOWN";
 }
 
+/// The name of an error kind, "BC_ERROR_KIND_READER_CAP" and so on.
+inline const char *kind_name(BcErrorKind kind) noexcept {
+  switch (kind) {
+    case BC_ERROR_KIND_NONE: return "BC_ERROR_KIND_NONE";
+    case BC_ERROR_KIND_READER_CAP: return "BC_ERROR_KIND_READER_CAP";
+  }
+  return "BC_ERROR_KIND_UNKNOWN";
+}
+
 namespace detail {
 /// Throw for a failed status, with the thread's last error, which must be read before any
 /// other bc_* call on this thread.
 inline void check(BcStatus status, const char *call) {
   if (status == BC_OK) return;
+  BcErrorKind kind = bc_last_error_kind();
+  int error_number = bc_last_error_errno();
   std::string message = std::string(call) + ": " + bc_last_error() + " (" +
-                        status_name(status) + ")";
-  throw Error(status, message, bc_last_error_errno());
+                        status_name(status);
+  if (kind != BC_ERROR_KIND_NONE) message = message + ", " + kind_name(kind);
+  throw Error(status, message + ")", error_number, kind);
 }
 }  // namespace detail
 
@@ -105,6 +126,8 @@ class Owned {
 
   bool valid() const noexcept { return raw_.release != nullptr; }
   const Raw *get() const noexcept { return &raw_; }
+  /// The struct in place, for a C call that takes it by pointer (a stream's callbacks).
+  Raw *get() noexcept { return &raw_; }
   const Raw *operator->() const noexcept { return &raw_; }
   /// Give up ownership: the returned struct is the caller's to release.
   Raw release() noexcept {
@@ -126,7 +149,7 @@ using Schema = Owned<ArrowSchema>;
 /// An owned `struct ArrowArray` (one batch).
 using Array = Owned<ArrowArray>;
 
-/// Options for a Cache: a fluent builder over BcOptions.
+/// Options for a Cache or Cache::open: a fluent builder over BcOptions.
 class Options {
  public:
   Options() : raw_(bc_options_new()) {
@@ -168,12 +191,31 @@ class Options {
     detail::check(bc_options_set_segment_bytes(raw_, bytes), "bc_options_set_segment_bytes");
     return *this;
   }
+  /// Read up to `batches` ahead of the fastest reader on a background thread.
+  Options &prefetch(std::uint64_t batches) {
+    detail::check(bc_options_set_prefetch(raw_, batches), "bc_options_set_prefetch");
+    return *this;
+  }
+  /// Save the stream to the directory `path` as it is ingested (see bc_options_set_persist).
+  Options &persist(const std::string &path) {
+    detail::check(bc_options_set_persist(raw_, path.c_str()), "bc_options_set_persist");
+    return *this;
+  }
+  /// Throw, naming the option, unless the options and the rules between them hold, as
+  /// Cache's constructor will check them: before handing over a stream it cannot get back.
+  const Options &validate() const {
+    detail::check(bc_options_validate(raw_), "bc_options_validate");
+    return *this;
+  }
 
   const BcOptions *get() const noexcept { return raw_; }
 
  private:
   BcOptions *raw_;
 };
+
+/// An owned `struct ArrowArrayStream` that is not a reader: a view of one (Reader::view).
+using Stream = Owned<ArrowArrayStream>;
 
 /// One independent reader of a Cache: an owned ArrowArrayStream, released in the
 /// destructor. Move-only. It may outlive the Cache it came from. get() gives the stream
@@ -185,15 +227,34 @@ class Reader : public Owned<ArrowArrayStream> {
   /// by bc_cache_reader is taken over with Reader(&stream) (its release is set to NULL).
   using Owned::Owned;
 
-  /// The underlying stream, to read it with any Arrow C Stream consumer in place.
-  ArrowArrayStream *get() noexcept { return &raw_; }
-
   /// The next batch, or std::nullopt at the end of the stream. Throws Error on failure.
   std::optional<Array> next() {
     ArrowArray out;
     detail::check(bc_reader_next(&raw_, &out), "bc_reader_next");
     if (out.release == nullptr) return std::nullopt;
     return Array(&out);
+  }
+
+  /// Cast every later batch to `requested_schema` (only read), failing the read of a
+  /// batch holding a value that does not convert; throws, leaving the reader as it was,
+  /// if the cast is impossible.
+  void cast(const ArrowSchema *requested_schema) {
+    detail::check(bc_reader_cast(&raw_, requested_schema), "bc_reader_cast");
+  }
+  /// The same, with `on_failure` (BC_CAST_FAILURE_ERROR or BC_CAST_FAILURE_NULL) saying
+  /// what a value that does not convert does.
+  void cast(const ArrowSchema *requested_schema, BcCastFailure on_failure) {
+    detail::check(bc_reader_cast_with(&raw_, requested_schema, on_failure), "bc_reader_cast_with");
+  }
+
+  /// A second stream reading through this reader (bc_reader_view), for an Arrow library
+  /// that takes over the streams it imports while this Reader is still used. Reads
+  /// through either advance one position. The Stream must be released (or never called
+  /// again) before this Reader is released or destroyed.
+  Stream view() {
+    ArrowArrayStream out;
+    detail::check(bc_reader_view(&raw_, &out), "bc_reader_view");
+    return Stream(&out);
   }
 
   /// The index of the batch next() returns next.
@@ -256,6 +317,13 @@ class Cache {
     detail::check(bc_cache_check_schema(raw_, requested_schema), "bc_cache_check_schema");
   }
 
+  /// Pull one more batch in; false once the upstream is exhausted. For progress reports.
+  bool ingest_next() {
+    bool pulled = false;
+    detail::check(bc_cache_ingest_next(raw_, &pulled), "bc_cache_ingest_next");
+    return pulled;
+  }
+
   /// Pull the whole upstream in; returns the total batch count.
   std::uint64_t ingest_all() {
     std::uint64_t batches = 0;
@@ -283,14 +351,29 @@ class Cache {
     return out;
   }
 
-  /// Open the cache persisted at `path`, read-only (see bc_cache_open); max_readers 0 is
-  /// no cap.
-  static Cache open(const std::string &path, BcVerify verify = BC_VERIFY_IF_MODIFIED,
-                    std::uint64_t max_readers = 0) {
-    BcCache *raw = nullptr;
-    detail::check(bc_cache_open(path.c_str(), verify, max_readers, nullptr, &raw),
-                  "bc_cache_open");
-    return Cache(raw);
+  /// Open the cache persisted at `path`, read-only, with no reader cap (see bc_cache_open).
+  static Cache open(const std::string &path, BcVerify verify = BC_VERIFY_IF_MODIFIED) {
+    return open_with(path, verify, nullptr);
+  }
+  /// The same with `options`, of which bc_cache_open uses max_readers.
+  static Cache open(const std::string &path, const Options &options,
+                    BcVerify verify = BC_VERIFY_IF_MODIFIED) {
+    return open_with(path, verify, options.get());
+  }
+
+  /// A persisted copy's directory and manifest record, as share() returns them.
+  struct Shared {
+    std::string path;
+    BcPersisted info;
+  };
+  /// The directory another process can open() this cache from (see bc_cache_share).
+  Shared share() {
+    char *path = nullptr;
+    BcPersisted info{};
+    detail::check(bc_cache_share(raw_, &path, &info), "bc_cache_share");
+    // Owned before the copy, which may throw.
+    std::unique_ptr<char, void (*)(char *)> owned(path, bc_string_free);
+    return Shared{std::string(owned.get()), info};
   }
 
   BcCache *get() const noexcept { return raw_; }
@@ -300,6 +383,11 @@ class Cache {
     detail::check(bc_cache_new(upstream, options, &raw_), "bc_cache_new");
   }
   explicit Cache(BcCache *raw) noexcept : raw_(raw) {}
+  static Cache open_with(const std::string &path, BcVerify verify, const BcOptions *options) {
+    BcCache *raw = nullptr;
+    detail::check(bc_cache_open(path.c_str(), verify, options, nullptr, &raw), "bc_cache_open");
+    return Cache(raw);
+  }
 
   BcCache *raw_;
 };

@@ -4,6 +4,11 @@
 
 #define BATCHCORDER_VERSION_PATCH 0
 
+typedef enum BcErrorKind {
+  BC_ERROR_KIND_NONE = 0,
+  BC_ERROR_KIND_READER_CAP = 1,
+} BcErrorKind;
+
 typedef enum BcStatus {
   BC_OK = 0,
   BC_INVALID_ARGUMENT = 1,
@@ -106,6 +111,8 @@ const char *bc_last_error(void);
 
 int bc_last_error_errno(void);
 
+enum BcErrorKind bc_last_error_kind(void);
+
 enum BcStatus bc_cache_new(struct ArrowArrayStream *upstream,
                            const struct BcOptions *opts,
                            struct BcCache **out);
@@ -187,7 +194,7 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 
 enum BcStatus bc_cache_open(const char *path_utf8,
                             BcVerify verify,
-                            uint64_t max_readers,
+                            const struct BcOptions *opts,
                             struct BcPersisted *out_info,
                             struct BcCache **out);
 

@@ -15,7 +15,8 @@ use batchcorder_core::Error;
 pub enum BcStatus {
     /// Success.
     BC_OK = 0,
-    /// A NULL pointer, a released stream, a bad option value, or the reader cap reached.
+    /// A NULL pointer, a released stream, a bad option value, or the reader cap reached
+    /// (`bc_last_error_kind()` tells the cap apart: `BC_ERROR_KIND_READER_CAP`).
     BC_INVALID_ARGUMENT = 1,
     /// A memory or disk budget cannot hold data that must be kept.
     BC_CAPACITY = 2,
@@ -39,7 +40,7 @@ pub enum BcStatus {
 impl From<&Error> for BcStatus {
     fn from(err: &Error) -> Self {
         match err {
-            Error::InvalidArgument(_) => BcStatus::BC_INVALID_ARGUMENT,
+            Error::InvalidArgument(_) | Error::ReaderCap { .. } => BcStatus::BC_INVALID_ARGUMENT,
             Error::Capacity(_) => BcStatus::BC_CAPACITY,
             Error::Io { .. } => BcStatus::BC_IO,
             Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
@@ -50,14 +51,40 @@ impl From<&Error> for BcStatus {
     }
 }
 
+/// What a failure is, finer than its `BcStatus`, as `bc_last_error_kind()` reports it.
+/// Each kind belongs to one status; a binding decides from it, never from the message.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BcErrorKind {
+    /// The status says all there is; also the kind when no call failed.
+    BC_ERROR_KIND_NONE = 0,
+    /// With `BC_INVALID_ARGUMENT`: every one of the cache's `max_readers` readers was
+    /// created already, so no new reader can be made (a server answers "unavailable").
+    BC_ERROR_KIND_READER_CAP = 1,
+}
+
+impl From<&Error> for BcErrorKind {
+    fn from(err: &Error) -> Self {
+        match err {
+            Error::ReaderCap { .. } => BcErrorKind::BC_ERROR_KIND_READER_CAP,
+            _ => BcErrorKind::BC_ERROR_KIND_NONE,
+        }
+    }
+}
+
 struct LastError {
     message: CString,
     errno: c_int,
+    kind: BcErrorKind,
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<LastError> =
-        RefCell::new(LastError { message: CString::default(), errno: 0 });
+    static LAST_ERROR: RefCell<LastError> = RefCell::new(LastError {
+        message: CString::default(),
+        errno: 0,
+        kind: BcErrorKind::BC_ERROR_KIND_NONE,
+    });
 }
 
 /// Turn an error into its C message: interior NULs cannot cross, so they become spaces.
@@ -71,6 +98,7 @@ pub(crate) fn fail(err: &Error) -> BcStatus {
         *last.borrow_mut() = LastError {
             message: c_message(&err.to_string()),
             errno: err.errno(),
+            kind: err.into(),
         };
     });
     BcStatus::from(err)
@@ -175,4 +203,17 @@ pub extern "C" fn bc_last_error() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn bc_last_error_errno() -> c_int {
     guard_value(libc::EIO, || LAST_ERROR.with(|last| last.borrow().errno))
+}
+
+/// The kind of the last failed `bc_*` call on this thread, finer than its status
+/// (`BC_ERROR_KIND_READER_CAP` with `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
+/// the status says all there is or none failed.
+///
+/// Per OS thread and valid until the next `bc_*` call on it, like `bc_last_error()`;
+/// a value, so there is nothing to free.
+#[no_mangle]
+pub extern "C" fn bc_last_error_kind() -> BcErrorKind {
+    guard_value(BcErrorKind::BC_ERROR_KIND_NONE, || {
+        LAST_ERROR.with(|last| last.borrow().kind)
+    })
 }

@@ -14,4 +14,6 @@ mod schema_copy;
 pub mod upstream;
 pub mod version;
 
-pub use boundary::{bc_last_error, bc_last_error_errno, bc_version, BcStatus};
+pub use boundary::{
+    bc_last_error, bc_last_error_errno, bc_last_error_kind, bc_version, BcErrorKind, BcStatus,
+};

@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use crate::boundary::{arg, arg_mut, guard, guard_value, utf8_arg, BcStatus};
 use batchcorder_core::options::{check_max_readers, check_prefetch, check_segment_bytes};
 use batchcorder_core::Error;
-use batchcorder_core::{CacheOptions, Compression, DiskOptions, WritePolicy};
+use batchcorder_core::{CacheOptions, Compression, DiskOptions, OpenOptions, Verify, WritePolicy};
 
 /// When the disk tier writes a batch: one of the `BC_WRITE_*` values.
 pub type BcWritePolicy = u32;
@@ -23,10 +23,11 @@ pub const BC_COMPRESSION_LZ4: BcCompression = 1;
 /// Zstandard compression; reads decompress into new buffers.
 pub const BC_COMPRESSION_ZSTD: BcCompression = 2;
 
-/// Options for `bc_cache_new`, built with the `bc_options_set_*` calls.
+/// Options for `bc_cache_new` and `bc_cache_open`, built with the `bc_options_set_*`
+/// calls.
 ///
-/// Not thread-safe: build it on one thread. `bc_cache_new` copies it, so it may be freed
-/// as soon as that returns.
+/// Not thread-safe: build it on one thread. `bc_cache_new` and `bc_cache_open` copy it,
+/// so it may be freed as soon as they return.
 pub struct BcOptions {
     options: CacheOptions,
     /// The disk tier's options, which may be set before `bc_options_set_disk` enables it.
@@ -41,6 +42,35 @@ impl BcOptions {
             disk: self.disk_enabled.then(|| self.disk.clone()),
             ..self.options.clone()
         }
+    }
+
+    /// The options `bc_cache_open` uses. An opened cache is finished and reads its own
+    /// files, so of the options that change a cache only `max_readers` applies: another
+    /// one set is refused, naming it, rather than ignored.
+    pub(crate) fn open_options(&self, verify: Verify) -> batchcorder_core::Result<OpenOptions> {
+        let CacheOptions {
+            memory_capacity,
+            max_readers,
+            disk: _,
+            prefetch,
+            persist,
+        } = &self.options;
+        let refused = [
+            (memory_capacity.is_some(), "bc_options_set_memory_capacity"),
+            (self.disk_enabled, "bc_options_set_disk"),
+            (prefetch.is_some(), "bc_options_set_prefetch"),
+            (persist.is_some(), "bc_options_set_persist"),
+        ];
+        if let Some((_, setter)) = refused.iter().find(|(set, _)| *set) {
+            return Err(Error::InvalidArgument(format!(
+                "argument `opts` sets an option bc_cache_open cannot use ({setter}): an \
+                 opened cache is finished and reads its own files; set only max_readers"
+            )));
+        }
+        Ok(OpenOptions {
+            verify,
+            max_readers: *max_readers,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::boundary::{guard, guard_value, out_arg, utf8_arg, BcStatus};
 use crate::cache::{on_cache, BcCache};
+use crate::options::BcOptions;
 use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache, Verify};
 
 /// When `bc_cache_open` checks a batch against its checksum: one of the `BC_VERIFY_*`
@@ -89,18 +90,21 @@ pub unsafe extern "C" fn bc_cache_persist(
 /// `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 /// first read in this process (`BC_CORRUPT` on a mismatch); a batch not checked is
 /// validated structurally, so a damaged file never crashes the reader.
-/// `max_readers` is 0 for no cap, else as `bc_options_set_max_readers`. `out_info` may be
-/// NULL. On `BC_OK` the caller frees `*out` with `bc_cache_free`; closing or freeing it
-/// deletes nothing.
+///
+/// `opts` may be NULL: no reader cap. Otherwise it is read, not kept, and of its options
+/// only `bc_options_set_max_readers` applies; the disk tier's settings have no effect,
+/// as in memory-only mode, and any other option set is `BC_INVALID_ARGUMENT` naming its
+/// setter. `out_info` may be NULL. On `BC_OK` the caller frees `*out` with
+/// `bc_cache_free`; closing or freeing it deletes nothing.
 ///
 /// # Safety
-/// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `out` and
-/// `out_info` writable.
+/// Each pointer is NULL or valid: `path_utf8` a NUL-terminated string, `opts` a live
+/// builder, `out` and `out_info` writable.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_open(
     path_utf8: *const c_char,
     verify: BcVerify,
-    max_readers: u64,
+    opts: *const BcOptions,
     out_info: *mut BcPersisted,
     out: *mut *mut BcCache,
 ) -> BcStatus {
@@ -120,9 +124,12 @@ pub unsafe extern "C" fn bc_cache_open(
                     )))
                 }
             };
-            let options = OpenOptions {
-                verify,
-                max_readers: (max_readers > 0).then_some(max_readers),
+            let options = match unsafe { opts.as_ref() } {
+                Some(opts) => opts.open_options(verify)?,
+                None => OpenOptions {
+                    verify,
+                    ..OpenOptions::default()
+                },
             };
             let (cache, opened): (StreamCache, Persisted) =
                 StreamCache::open(Path::new(path), &options)?;

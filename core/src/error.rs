@@ -9,8 +9,16 @@ use arrow_schema::ArrowError;
 /// Each variant maps to one `BcStatus` at the C boundary and to one Python exception.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
-    /// A caller error: bad option, impossible cast, reader cap reached.
+    /// A caller error: bad option, impossible cast, released stream.
     InvalidArgument(String),
+    /// Every one of the cache's `max_readers` readers was created already. A caller error
+    /// like [`Error::InvalidArgument`] (its status in C), with an identity of its own so
+    /// that a caller such as a server can tell "no reader left" from a bad request.
+    ReaderCap {
+        max_readers: u64,
+        /// Batches before this position were evicted (0: none were).
+        evicted_below: u64,
+    },
     /// A memory or disk budget cannot hold a batch that must be kept.
     Capacity(String),
     /// The disk tier failed; `errno` is the OS error (EIO when there is none).
@@ -47,7 +55,7 @@ impl Error {
     /// The errno a C Stream callback returns for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::InvalidArgument(_) | Error::Closed => libc::EINVAL,
+            Error::InvalidArgument(_) | Error::ReaderCap { .. } | Error::Closed => libc::EINVAL,
             Error::Capacity(_) => libc::ENOMEM,
             Error::Io { errno, .. } => *errno,
             Error::Internal(_) => libc::EIO,
@@ -96,6 +104,27 @@ impl fmt::Display for Error {
                 "the cache is closed; build a new cache from a fresh source to read again",
             ),
             Error::Internal(m) => write!(f, "internal error in batchcorder: {m}"),
+            Error::ReaderCap {
+                max_readers,
+                evicted_below,
+            } => {
+                write!(
+                    f,
+                    "Maximum number of readers ({max_readers}) has been reached: \
+                     max_readers={max_readers} readers were already created from this cache"
+                )?;
+                if *evicted_below > 0 {
+                    write!(
+                        f,
+                        ", and batches before {evicted_below} were evicted once every reader \
+                         had passed them, so a new reader could not replay from the start"
+                    )?;
+                }
+                f.write_str(
+                    "; create the cache with a larger max_readers, and create every reader \
+                     before reading",
+                )
+            }
         }
     }
 }

@@ -49,18 +49,10 @@ impl ReaderRegistry {
     pub fn register(&mut self, start: u64) -> Result<Arc<ReaderSlot>> {
         if let Some(max) = self.max_readers {
             if self.created >= max {
-                let evicted = match self.evicted_below {
-                    0 => String::new(),
-                    below => format!(
-                        ", and batches before {below} were evicted once every reader had \
-                         passed them, so a new reader could not replay from the start"
-                    ),
-                };
-                return Err(Error::InvalidArgument(format!(
-                    "Maximum number of readers ({max}) has been reached: max_readers={max} \
-                     readers were already created from this cache{evicted}; create the cache \
-                     with a larger max_readers, and create every reader before reading"
-                )));
+                return Err(Error::ReaderCap {
+                    max_readers: max,
+                    evicted_below: self.evicted_below,
+                });
             }
         }
         self.prune();
@@ -131,6 +123,16 @@ mod tests {
         registry.mark_evicted_below(3);
         drop(second);
         assert_eq!(registry.evictable_below(10), Some(5));
-        assert!(registry.register(0).is_err(), "cap of 2 reached");
+        let refused = registry.register(0).unwrap_err();
+        let expected = Error::ReaderCap {
+            max_readers: 2,
+            evicted_below: 3,
+        };
+        assert_eq!(refused, expected, "cap of 2 reached");
+        let text = refused.to_string();
+        assert!(
+            text.contains("max_readers=2") && text.contains("before 3 were evicted"),
+            "{text}"
+        );
     }
 }

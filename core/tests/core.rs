@@ -163,7 +163,7 @@ fn max_readers_caps_and_evicts_what_all_passed() {
         "reader b may still start at 0"
     );
     let mut b = cache.reader(true).unwrap();
-    assert!(matches!(cache.reader(true), Err(Error::InvalidArgument(_))));
+    assert!(matches!(cache.reader(true), Err(Error::ReaderCap { .. })));
     for _ in 0..5 {
         b.next().unwrap().unwrap();
     }

@@ -136,7 +136,7 @@ fn max_readers_on_an_opened_cache_caps_readers_and_deletes_no_file() {
     };
     let (cache, _) = StreamCache::open(&target, &options).unwrap();
     assert_eq!(read_all(&cache), source);
-    assert!(matches!(cache.reader(true), Err(Error::InvalidArgument(_))));
+    assert!(matches!(cache.reader(true), Err(Error::ReaderCap { .. })));
     assert_eq!(cache.stats().unwrap().batches_evicted, 5);
     assert_eq!(read_all(&open(&target).unwrap()), source);
 }

@@ -13,18 +13,10 @@ from ._sources import ArrowStreamExportable, Source
 from ._casting import CastingStreamCache
 from ._reader import StreamCacheReader
 from ._stats import CacheStats
-from ._errors import (
-    BatchcorderError,
-    BatchEvictedError,
-    CacheClosedError,
-    CapacityError,
-    CorruptCacheError,
-    DiskError,
-    InternalError,
-    InvalidArgumentError,
-    UpstreamError,
-    public_class as _public_class,
-)
+from ._errors import public_class as _public_class
+from . import _exceptions
+# Every exception class: _exceptions defines no other public name.
+from ._exceptions import *  # noqa: F401,F403
 from ._native import ffi as _ffi
 from ._native import lib as _lib
 
@@ -38,15 +30,7 @@ __all__ = [
     "CacheStats",
     "Source",
     "ArrowStreamExportable",
-    "BatchcorderError",
-    "InvalidArgumentError",
-    "CapacityError",
-    "DiskError",
-    "UpstreamError",
-    "BatchEvictedError",
-    "CacheClosedError",
-    "CorruptCacheError",
-    "InternalError",
+    *_exceptions._EXPORTED,
     "__version__",
 ]
 

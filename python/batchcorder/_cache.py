@@ -13,7 +13,8 @@ import pyarrow as pa
 
 from ._capsules import STREAM_NAME, capsule_pointer
 from ._casting import CastingStreamCache
-from ._errors import CorruptCacheError, InvalidArgumentError, check
+from ._errors import check
+from ._exceptions import CorruptCacheError, InvalidArgumentError
 from ._handle import CacheHandle, ClosesOnExit
 from ._native import ffi, lib
 from ._options import Compression, WritePolicy, options, path_bytes
@@ -130,8 +131,15 @@ class StreamCache(ClosesOnExit):
     ) -> None:
         # Built before the source is touched: refused options leave it unread.
         built = options(
-            memory_capacity, disk_path, disk_capacity, write_policy, max_readers,
-            compression, segment_bytes, prefetch, persist_path,
+            memory_capacity=memory_capacity,
+            disk_path=disk_path,
+            disk_capacity=disk_capacity,
+            write_policy=write_policy,
+            max_readers=max_readers,
+            compression=compression,
+            segment_bytes=segment_bytes,
+            prefetch=prefetch,
+            persist_path=persist_path,
         )
         stream, rows = as_stream(source, schema)
         capsule = stream.__arrow_c_stream__()
@@ -184,7 +192,8 @@ class StreamCache(ClosesOnExit):
         The manifest, the checksums and the data file's size, schema and footer are
         checked first: a damaged, truncated, edited or foreign directory raises
         :class:`CorruptCacheError`, a save from a newer format ``InvalidArgumentError``, a
-        missing path ``FileNotFoundError``.
+        missing path ``FileNotFoundError``. ``max_readers`` caps the readers as
+        :class:`StreamCache`'s does.
 
         ``verify`` says when a batch is checked against its checksum, on its first read
         in this process (one pass over its bytes; a mismatch raises
@@ -201,10 +210,6 @@ class StreamCache(ClosesOnExit):
         ...         pa.table(cache).num_rows, len(cache)
         (2, 1)
         """
-        if max_readers is not None and (not isinstance(max_readers, int) or max_readers < 1):
-            raise InvalidArgumentError(
-                f"max_readers must be an int of at least 1 or None, got {max_readers!r}"
-            )
         encoded = path_bytes("path", path)
         info = ffi.new("BcPersisted *")
         out = ffi.new("BcCache **")
@@ -212,7 +217,7 @@ class StreamCache(ClosesOnExit):
                 False: lib.BC_VERIFY_NEVER}.get(verify)
         if mode is None:
             raise InvalidArgumentError(f"verify must be None, True or False, got {verify!r}")
-        check(lib.bc_cache_open(encoded, mode, max_readers or 0, info, out))
+        check(lib.bc_cache_open(encoded, mode, options(max_readers=max_readers), info, out))
         cache = cls.__new__(cls)
         opened = PersistedCache._from_c(os.fsdecode(encoded), info)
         cache._adopt(out[0], max_readers, None, opened=opened, verify=verify)

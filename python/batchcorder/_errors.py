@@ -1,9 +1,11 @@
-"""Exceptions, and the one helper that turns a C status into a typed exception.
+"""The exception for a failed C call, from its status, its kind, its errno and message.
 
 Every exception made from a ``BcStatus`` is a :class:`BatchcorderError` and also the
 built-in exception a caller would catch; the only exceptions to that rule are an
 upstream's ``KeyboardInterrupt`` and ``SystemExit``, which arrive as themselves so that
-``except Exception`` does not swallow them. The mapping lives here and only here.
+``except Exception`` does not swallow them. Which class a status and kind stand for is
+``_exceptions.py``'s table; here the upstream's and the disk's errors get the subclass of
+their built-in.
 """
 
 from __future__ import annotations
@@ -14,184 +16,10 @@ import sys
 import threading
 from typing import NoReturn, Optional
 
+from ._exceptions import _CLASSES, _NONE, _PUBLIC_MODULE
+from ._exceptions import BatchcorderError, DiskError, InternalError, UpstreamError
 from ._native import ffi, lib
 from ._upstream import ERRNO, Report, builtins_of, system_exit_code, traceback_note
-
-__all__ = [
-    "BatchcorderError",
-    "InvalidArgumentError",
-    "CapacityError",
-    "DiskError",
-    "UpstreamError",
-    "BatchEvictedError",
-    "CacheClosedError",
-    "CorruptCacheError",
-    "InternalError",
-]
-
-# The module the public classes are shown under, and can be pickled from.
-_PUBLIC_MODULE = "batchcorder"
-
-
-class BatchcorderError(Exception):
-    """Base class of every error batchcorder raises on its own account.
-
-    Each subclass is also the built-in exception a caller would expect (``ValueError``,
-    ``MemoryError``, ``OSError``, ``RuntimeError``, ...), so either can be caught.
-
-    >>> issubclass(CapacityError, BatchcorderError), issubclass(CapacityError, MemoryError)
-    (True, True)
-    """
-
-
-class InvalidArgumentError(BatchcorderError, ValueError):
-    """A call was given something it cannot use (``BC_INVALID_ARGUMENT``): a bad option, a
-    released stream, an impossible cast, the reader cap reached, a consumed reader.
-
-    >>> import pyarrow as pa
-    >>> from batchcorder import StreamCache
-    >>> cache = StreamCache(pa.table({"x": [1]}))
-    >>> try:
-    ...     cache.cast(pa.schema([("y", pa.int64())]))
-    ... except InvalidArgumentError as err:
-    ...     isinstance(err, ValueError)
-    True
-    """
-
-
-class CapacityError(BatchcorderError, MemoryError):
-    """A memory or disk budget cannot hold a batch that must be kept.
-
-    >>> import pyarrow as pa
-    >>> from batchcorder import StreamCache
-    >>> cache = StreamCache(pa.table({"x": list(range(1000))}), memory_capacity=100)
-    >>> try:
-    ...     cache.ingest_all()
-    ... except CapacityError as err:
-    ...     "memory_capacity" in str(err)
-    True
-    """
-
-
-class DiskError(BatchcorderError, OSError):
-    """The disk tier failed (``BC_IO``): a full disk, a quota, permissions, a vanished file.
-
-    ``errno`` is the operating system's, and an errno that Python gives its own
-    ``OSError`` subclass makes an instance of that subclass too (``DiskPermissionError``
-    for ``EACCES``, ``DiskFileNotFoundError`` for ``ENOENT``), so ``except
-    PermissionError`` or ``except FileNotFoundError`` catch it.
-
-    >>> import batchcorder
-    >>> cls = batchcorder.DiskPermissionError
-    >>> issubclass(cls, DiskError), issubclass(cls, PermissionError)
-    (True, True)
-    """
-
-
-class UpstreamError(BatchcorderError):
-    """The upstream stream failed; the message is the upstream's own.
-
-    Each instance is also the built-in exception the upstream raised, when it can be
-    recovered: a Python source read through pyarrow (``RecordBatchReader.from_batches``
-    over a generator, for example) names its exception, so a ``RuntimeError``,
-    ``TypeError`` or ``KeyError`` there is an ``UpstreamError`` that is also a
-    ``RuntimeError``, ``TypeError`` or ``KeyError`` here; a class of the source's own is
-    recovered as its nearest built-in base. An ``OSError`` keeps its errno and its
-    subclass (``PermissionError`` for ``EACCES``). The upstream's Python traceback is a
-    note on the exception (``__notes__``), not part of its message. A source that names no
-    Python exception gives a ``ValueError``, ``MemoryError`` or ``OSError`` after its
-    errno (``EINVAL``, ``ENOMEM``, anything else).
-
-    A ``KeyboardInterrupt`` (Ctrl-C while the upstream runs) or ``SystemExit`` in the
-    upstream arrives as that built-in itself, not as an ``UpstreamError``.
-
-    Examples
-    --------
-    >>> import pyarrow as pa
-    >>> from batchcorder import StreamCache
-    >>> def produce():
-    ...     yield pa.record_batch({"x": [1]})
-    ...     raise RuntimeError("feed dropped")
-    >>> cache = StreamCache(pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), produce()))
-    >>> try:
-    ...     cache.ingest_all()
-    ... except UpstreamError as err:
-    ...     print(type(err).__name__, isinstance(err, RuntimeError), str(err))
-    UpstreamRuntimeError True upstream stream failed: RuntimeError: feed dropped
-    >>> next(cache.reader()).num_rows  # the batch before the failure is still there
-    1
-    """
-
-    def __str__(self) -> str:
-        # The message alone: not OSError's "[Errno N] " (the upstream's text has its own),
-        # nor KeyError's repr of it.
-        if isinstance(self, OSError) and len(self.args) == 2:
-            return str(self.args[1])
-        return BaseException.__str__(self)
-
-
-class BatchEvictedError(BatchcorderError, ValueError):
-    """A batch was already evicted because every ``max_readers`` reader had passed it.
-
-    >>> issubclass(BatchEvictedError, ValueError)
-    True
-    """
-
-
-class CacheClosedError(BatchcorderError, ValueError):
-    """The cache was closed; build a new one from a fresh source.
-
-    >>> import pyarrow as pa
-    >>> from batchcorder import StreamCache
-    >>> cache = StreamCache(pa.table({"x": [1]}))
-    >>> cache.close()
-    >>> try:
-    ...     cache.reader()
-    ... except CacheClosedError as err:
-    ...     "closed" in str(err)
-    True
-    """
-
-
-class CorruptCacheError(BatchcorderError, ValueError):
-    """A persisted cache's files are not what its save wrote (``BC_CORRUPT``): damaged,
-    edited, truncated, or not a persisted cache at all. The message names the file and
-    what does not match; persist the stream again.
-
-    >>> import tempfile
-    >>> from batchcorder import StreamCache
-    >>> with tempfile.TemporaryDirectory() as empty:
-    ...     try:
-    ...         StreamCache.open(empty)
-    ...     except CorruptCacheError as err:
-    ...         "holds no manifest.json" in str(err)
-    True
-    """
-
-
-class InternalError(BatchcorderError, RuntimeError):
-    """A bug in batchcorder (a Rust panic caught at the boundary); please report it.
-
-    The cache involved is poisoned: every later call on it raises this too.
-
-    >>> issubclass(InternalError, RuntimeError)
-    True
-    """
-
-
-# Shown (in tracebacks) and pickled as attributes of the package, where they are exported.
-for _public in (
-    BatchcorderError,
-    InvalidArgumentError,
-    CapacityError,
-    DiskError,
-    UpstreamError,
-    BatchEvictedError,
-    CacheClosedError,
-    CorruptCacheError,
-    InternalError,
-):
-    _public.__module__ = _PUBLIC_MODULE
 
 
 # -- classes made per built-in ----------------------------------------------------------
@@ -328,24 +156,11 @@ def upstream_error(code: int, message: str) -> BaseException:
 # BcStatus values, as the header defines them.
 OK = lib.BC_OK
 
-# The exception class of every failing BcStatus; BC_IO and BC_UPSTREAM pick a subclass
-# from the errno and message. tests/python/test_errors.py checks that every status the
-# header defines is here.
-STATUS_CLASSES: dict[int, type[BatchcorderError]] = {
-    lib.BC_INVALID_ARGUMENT: InvalidArgumentError,
-    lib.BC_CAPACITY: CapacityError,
-    lib.BC_IO: DiskError,
-    lib.BC_UPSTREAM: UpstreamError,
-    lib.BC_EVICTED: BatchEvictedError,
-    lib.BC_CLOSED: CacheClosedError,
-    lib.BC_INTERNAL: InternalError,
-    lib.BC_CORRUPT: CorruptCacheError,
-}
 
-
-def last_error() -> tuple[str, int]:
-    """The message and errno of the last failed call on this thread."""
-    return ffi.string(lib.bc_last_error()).decode("utf-8", "replace"), lib.bc_last_error_errno()
+def last_error() -> tuple[str, int, int]:
+    """The message, errno and kind of the last failed call on this thread."""
+    message = ffi.string(lib.bc_last_error()).decode("utf-8", "replace")
+    return message, lib.bc_last_error_errno(), lib.bc_last_error_kind()
 
 
 def status_error(status: int) -> BaseException:
@@ -354,19 +169,23 @@ def status_error(status: int) -> BaseException:
     A :class:`BatchcorderError` for every status, except an upstream's
     ``KeyboardInterrupt`` or ``SystemExit``, which is returned as itself.
     """
-    message, code = last_error()
-    return error_for(status, code, message)
+    message, code, kind = last_error()
+    return error_for(status, code, message, kind)
 
 
-def error_for(status: int, code: int, message: str) -> BaseException:
-    """The exception for ``status`` with this errno and message.
+def error_for(status: int, code: int, message: str, kind: int = _NONE) -> BaseException:
+    """The exception for ``status`` and ``kind`` with this errno and message: the class
+    the table gives the pair, else the status's own (a kind this package does not know
+    yet), else :class:`InternalError` (a status it does not know).
 
     >>> import errno
     >>> err = error_for(lib.BC_UPSTREAM, errno.EINVAL, "upstream stream failed: Invalid: bad")
     >>> type(err).__name__, isinstance(err, ValueError), str(err)
     ('UpstreamValueError', True, 'upstream stream failed: Invalid: bad')
+    >>> type(error_for(lib.BC_INVALID_ARGUMENT, errno.EINVAL, "cap", lib.BC_ERROR_KIND_READER_CAP))
+    <class 'batchcorder.ReaderCapError'>
     """
-    cls = STATUS_CLASSES.get(status, InternalError)
+    cls = _CLASSES.get((status, kind)) or _CLASSES.get((status, _NONE), InternalError)
     if cls is UpstreamError:
         return upstream_error(code, message)
     if cls is DiskError:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ._errors import CacheClosedError, check
+from ._errors import check
+from ._exceptions import CacheClosedError
 from ._native import ffi, lib
 
 _Self = TypeVar("_Self", bound="ClosesOnExit")

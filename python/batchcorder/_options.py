@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Mapping, Optional
 
-from ._errors import InvalidArgumentError, check
+from ._errors import check
+from ._exceptions import InvalidArgumentError
 from ._native import ffi, lib
 
 WritePolicy = Literal["on_insertion", "on_eviction"]
@@ -25,14 +26,10 @@ _COMPRESSIONS: Mapping[Any, int] = {
     "zstd": lib.BC_COMPRESSION_ZSTD,
 }
 _UINT64_END = 1 << 64
-_UNSET = (None,) * 6
-_DEFAULTS = (lib.BC_WRITE_ON_INSERTION, lib.BC_COMPRESSION_NONE)  # bc_options_new's
 
 
-def _uint64(name: str, value: Any) -> Optional[int]:
-    """``value`` as a ``uint64_t`` for cffi, or None when it is None."""
-    if value is None:
-        return None
+def _uint64(name: str, value: Any) -> int:
+    """``value`` as a ``uint64_t`` for cffi."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
     if not 0 <= value < _UINT64_END:
@@ -62,9 +59,7 @@ def _disk(disk_path: Any, disk_capacity: Any) -> Optional[tuple[bytes, int]]:
             f"disk_path and disk_capacity go together: {missing} is missing; "
             "give both to enable the disk tier, or neither"
         )
-    capacity = _uint64("disk_capacity", disk_capacity)
-    assert capacity is not None
-    return path_bytes("disk_path", disk_path), capacity
+    return path_bytes("disk_path", disk_path), _uint64("disk_capacity", disk_capacity)
 
 
 def path_bytes(name: str, value: Any) -> bytes:
@@ -75,48 +70,60 @@ def path_bytes(name: str, value: Any) -> bytes:
     return os.fsencode(path)
 
 
-
 def options(
-    memory_capacity: Any,
-    disk_path: Any,
-    disk_capacity: Any,
-    write_policy: Any,
-    max_readers: Any,
-    compression: Any,
-    segment_bytes: Any,
+    *,
+    memory_capacity: Any = None,
+    disk_path: Any = None,
+    disk_capacity: Any = None,
+    write_policy: Any = "on_insertion",
+    max_readers: Any = None,
+    compression: Any = None,
+    segment_bytes: Any = None,
     prefetch: Any = None,
     persist_path: Any = None,
 ) -> Any:
-    """A ``BcOptions *`` (freed at garbage collection) with ``StreamCache``'s arguments,
-    or NULL, which ``bc_cache_new`` takes as every default, when they are all defaults."""
-    memory = _uint64("memory_capacity", memory_capacity)
-    readers = _uint64("max_readers", max_readers)
-    policy = _enum("write_policy", write_policy, _WRITE_POLICIES)
-    codec = _enum("compression", compression, _COMPRESSIONS)
-    disk = _disk(disk_path, disk_capacity)
-    segment = _uint64("segment_bytes", segment_bytes)
-    ahead = _uint64("prefetch", prefetch)
-    save = None if persist_path is None else path_bytes("persist_path", persist_path)
-    if (memory, readers, disk, segment, ahead, save) == _UNSET and (policy, codec) == _DEFAULTS:
+    """A ``BcOptions *`` (freed at garbage collection) with the options given, for
+    ``bc_cache_new`` or ``bc_cache_open``; or NULL, which both take as every default,
+    when every option is left at its default. Every value is converted before the builder
+    is made, so a refused one leaves nothing half built.
+
+    >>> options() == ffi.NULL, options(max_readers=2) == ffi.NULL
+    (True, False)
+    """
+    # Every option at its default, as for most caches: no builder, and nothing to convert.
+    if (
+        memory_capacity is None and disk_path is None and disk_capacity is None
+        and max_readers is None and compression is None and segment_bytes is None
+        and prefetch is None and persist_path is None and write_policy == "on_insertion"
+    ):
         return ffi.NULL
+    # (setter, its arguments after the builder) for each option that is not a default.
+    calls: list[tuple[Any, tuple[Any, ...]]] = []
+    for name, value, setter in (
+        ("memory_capacity", memory_capacity, lib.bc_options_set_memory_capacity),
+        ("max_readers", max_readers, lib.bc_options_set_max_readers),
+        ("segment_bytes", segment_bytes, lib.bc_options_set_segment_bytes),
+        ("prefetch", prefetch, lib.bc_options_set_prefetch),
+    ):
+        if value is not None:
+            calls.append((setter, (_uint64(name, value),)))
+    disk = _disk(disk_path, disk_capacity)
+    if disk is not None:
+        calls.append((lib.bc_options_set_disk, disk))
+    policy = _enum("write_policy", write_policy, _WRITE_POLICIES)
+    if policy != lib.BC_WRITE_ON_INSERTION:
+        calls.append((lib.bc_options_set_write_policy, (policy,)))
+    codec = _enum("compression", compression, _COMPRESSIONS)
+    if codec != lib.BC_COMPRESSION_NONE:
+        calls.append((lib.bc_options_set_compression, (codec,)))
+    if persist_path is not None:
+        calls.append((lib.bc_options_set_persist, (path_bytes("persist_path", persist_path),)))
     raw = lib.bc_options_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate a BcOptions")
     built = ffi.gc(raw, lib.bc_options_free)
-    if memory is not None:
-        check(lib.bc_options_set_memory_capacity(built, memory))
-    if readers is not None:
-        check(lib.bc_options_set_max_readers(built, readers))
-    if disk is not None:
-        check(lib.bc_options_set_disk(built, *disk))
-    check(lib.bc_options_set_write_policy(built, policy))
-    check(lib.bc_options_set_compression(built, codec))
-    if segment is not None:
-        check(lib.bc_options_set_segment_bytes(built, segment))
-    if ahead is not None:
-        check(lib.bc_options_set_prefetch(built, ahead))
-    if save is not None:
-        check(lib.bc_options_set_persist(built, save))
+    for setter, args in calls:
+        check(setter(built, *args))
     # The rules between options, before the caller hands over a source it cannot get back.
     check(lib.bc_options_validate(built))
     return built

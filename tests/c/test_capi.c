@@ -66,6 +66,7 @@ static void test_version_and_errors(void) {
             patch == BATCHCORDER_VERSION_PATCH,
         "version macros match bc_version");
   CHECK(bc_last_error() != NULL, "bc_last_error never NULL");
+  CHECK(bc_last_error_kind() == BC_ERROR_KIND_NONE, "no kind before any failure");
 }
 
 static void test_new_and_misuse(void) {
@@ -270,8 +271,12 @@ static void test_max_readers_and_capacity(void) {
   struct ArrowArrayStream a, b, c;
   CHECK(bc_cache_reader(cache, true, NULL, &a) == BC_OK, "first reader");
   CHECK(bc_cache_reader(cache, true, NULL, &b) == BC_OK, "second reader");
-  CHECK(bc_cache_reader(cache, true, NULL, &c) != BC_OK, "cap reached");
+  CHECK(bc_cache_reader(cache, true, NULL, &c) == BC_INVALID_ARGUMENT, "cap reached");
+  CHECK(bc_last_error_kind() == BC_ERROR_KIND_READER_CAP, "its kind is the reader cap");
   CHECK(contains(bc_last_error(), "max_readers"), "message names max_readers");
+  CHECK(bc_options_set_max_readers(opts, 0) == BC_INVALID_ARGUMENT &&
+            bc_last_error_kind() == BC_ERROR_KIND_NONE,
+        "a bad max_readers is not the cap");
   struct ArrowArray batch;
   for (int i = 0; i < 4; i++) {
     a.get_next(&a, &batch);
@@ -539,19 +544,28 @@ static void test_persist_and_open(void) {
   CHECK(contains(bc_last_error(), "path_utf8"), "the message names the argument");
   CHECK(bc_cache_persist(NULL, path, NULL) == BC_INVALID_ARGUMENT, "NULL cache");
 
-  /* Open it twice, read both, close one: the files stay. */
+  /* Open it twice, read both, close one: the files stay. NULL options: no reader cap. */
   BcCache *first = NULL, *second = NULL;
   BcPersisted opened;
-  CHECK(bc_cache_open(path, BC_VERIFY_ALWAYS, 0, &opened, &first) == BC_OK, "open");
+  CHECK(bc_cache_open(path, BC_VERIFY_ALWAYS, NULL, &opened, &first) == BC_OK, "open");
   CHECK(strcmp(opened.id, info.id) == 0, "the same save");
-  CHECK(bc_cache_open(path, BC_VERIFY_NEVER, 1, NULL, &second) == BC_OK, "open again, without verify");
+  BcOptions *one_reader = bc_options_new();
+  bc_options_set_max_readers(one_reader, 1);
+  CHECK(bc_cache_open(path, BC_VERIFY_NEVER, one_reader, NULL, &second) == BC_OK,
+        "open again, without verify, with max_readers 1");
   CHECK(bc_cache_upstream_exhausted(first) && bc_cache_ingested_count(first) == 12, "finished");
   int64_t batches = 0;
   bc_cache_reader(first, true, NULL, &reader);
   CHECK(drain(&reader, &batches) == expected_sum(12) && batches == 12, "replay an opened cache");
   bc_cache_reader(second, true, NULL, &reader);
   CHECK(drain(&reader, NULL) == expected_sum(12), "replay the second open");
-  CHECK(bc_cache_reader(second, true, NULL, &reader) == BC_INVALID_ARGUMENT, "max_readers=1 holds");
+  CHECK(bc_cache_reader(second, true, NULL, &reader) == BC_INVALID_ARGUMENT &&
+            bc_last_error_kind() == BC_ERROR_KIND_READER_CAP,
+        "max_readers=1 holds");
+  for (int i = 0; i < 4; i++) {
+    bc_cache_reader(first, true, NULL, &reader);
+    CHECK(drain(&reader, NULL) == expected_sum(12), "without options, no cap");
+  }
   struct ArrowSchema schema;
   CHECK(bc_cache_schema(first, &schema) == BC_OK && schema.n_children == 2 &&
             strcmp(schema.children[0]->name, "id") == 0,
@@ -577,21 +591,33 @@ static void test_persist_and_open(void) {
 
   /* Bad input to open. */
   BcCache *out = (BcCache *)0x1;
-  CHECK(bc_cache_open(taken, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_CORRUPT, "not a save");
+  CHECK(bc_cache_open(taken, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_CORRUPT, "not a save");
   CHECK(contains(bc_last_error(), "manifest.json"), "the message says what is missing");
   CHECK(out == (BcCache *)0x1, "no output on failure");
   char nowhere[300];
   snprintf(nowhere, sizeof nowhere, "%s/nowhere", dir);
-  CHECK(bc_cache_open(nowhere, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_IO, "a missing path");
+  CHECK(bc_cache_open(nowhere, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_IO, "a missing path");
   CHECK(bc_last_error_errno() == ENOENT, "with ENOENT");
-  CHECK(bc_cache_open(NULL, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
-  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, 0, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
+  CHECK(bc_cache_open(NULL, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, NULL, NULL, NULL) == BC_INVALID_ARGUMENT, "NULL out");
+  /* Options an opened cache cannot use are refused, naming their setter; the disk tier's
+     settings have no effect, as in memory-only mode. */
+  bc_options_set_compression(one_reader, BC_COMPRESSION_ZSTD);
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, one_reader, NULL, &second) == BC_OK,
+        "a disk-tier setting without the disk tier");
+  bc_cache_free(second);
+  bc_options_set_memory_capacity(one_reader, 1 << 20);
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, one_reader, NULL, &out) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "bc_options_set_memory_capacity"),
+        "memory_capacity is refused, naming its setter");
+  CHECK(out == (BcCache *)0x1, "no output on failure");
+  bc_options_free(one_reader);
 
   /* A truncated data file. */
   CHECK(truncate(marker, 100) == 0, "truncate the data file");
-  CHECK(bc_cache_open(path, 7, 0, NULL, &out) == BC_INVALID_ARGUMENT, "an unknown verify");
+  CHECK(bc_cache_open(path, 7, NULL, NULL, &out) == BC_INVALID_ARGUMENT, "an unknown verify");
   CHECK(contains(bc_last_error(), "verify"), "the message names the argument");
-  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, 0, NULL, &out) == BC_CORRUPT, "a truncated save");
+  CHECK(bc_cache_open(path, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_CORRUPT, "a truncated save");
   CHECK(contains(bc_last_error(), "truncated"), "the message says so");
 
   bc_cache_free(cache);

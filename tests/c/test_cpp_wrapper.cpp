@@ -1,4 +1,6 @@
-// The C++ wrapper's own behaviour: empty objects are zeroed, and failures keep their status.
+// The C++ wrapper's own behaviour: empty objects are zeroed, failures keep their status and
+// kind, and each part of the C API it wraps (options, casts, views, persist, open, share)
+// works through it.
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -10,14 +12,108 @@
 #include "check.h"
 #include "producer.h"
 
+// What `call` threw: its status and kind, or BC_OK if it returned.
+struct Failure {
+  BcStatus status;
+  BcErrorKind kind;
+};
+
 template <typename F>
-static BcStatus status_of(F &&call) {
+static Failure failure_of(F &&call) {
   try {
     call();
   } catch (const batchcorder::Error &err) {
-    return err.status();
+    return {err.status(), err.kind()};
   }
-  return BC_OK;
+  return {BC_OK, BC_ERROR_KIND_NONE};
+}
+
+template <typename F>
+static BcStatus status_of(F &&call) {
+  return failure_of(call).status;
+}
+
+// Read `reader` to its end: its batch count.
+static int drain(batchcorder::Reader &reader) {
+  int batches = 0;
+  while (reader.next()) batches++;
+  return batches;
+}
+
+// A requested schema {id: int32, x: float64}, owned by the caller and never released.
+struct Requested {
+  ArrowSchema top{}, id{}, x{};
+  ArrowSchema *kids[2] = {&id, &x};
+  Requested() {
+    top.format = "+s";
+    top.n_children = 2;
+    top.children = kids;
+    id.format = "i";
+    id.name = "id";
+    id.flags = 2;  // ARROW_FLAG_NULLABLE
+    x.format = "g";
+    x.name = "x";
+  }
+};
+
+static void test_options_casts_and_views() {
+  // Options: every setter, and validate() naming what is wrong before a stream is handed over.
+  CHECK(status_of([] { batchcorder::Options().prefetch(0); }) == BC_INVALID_ARGUMENT, "prefetch 0 is refused");
+  CHECK(status_of([] { batchcorder::Options().persist(""); }) == BC_INVALID_ARGUMENT, "an empty persist path is refused");
+  try {
+    batchcorder::Options().memory_capacity(0).validate();
+    CHECK(false, "memory_capacity 0 without the disk tier is refused");
+  } catch (const batchcorder::Error &err) {
+    CHECK(err.status() == BC_INVALID_ARGUMENT && std::strstr(err.what(), "memory_capacity") != nullptr,
+          "validate() names the option");
+  }
+  ArrowArrayStream ahead_up = make_producer(5, 10, -1, 0, nullptr);
+  batchcorder::Cache ahead(&ahead_up, batchcorder::Options().prefetch(2).validate());
+  batchcorder::Reader ahead_reader = ahead.reader();
+  CHECK(drain(ahead_reader) == 5, "a prefetching cache reads every batch");
+
+  ArrowArrayStream up = make_producer(5, 10, -1, 0, nullptr);
+  batchcorder::Cache cache(&up, batchcorder::Options().max_readers(2).validate());
+
+  // ingest_next pulls one batch at a time, then reports the end.
+  int pulled = 0;
+  while (cache.ingest_next()) pulled++;
+  CHECK(pulled == 5 && cache.upstream_exhausted(), "ingest_next pulls every batch, then false");
+
+  // Casts: an existing reader, failing or nulling values that do not convert.
+  Requested requested;
+  batchcorder::Reader cast = cache.reader();
+  cast.cast(&requested.top);
+  CHECK(std::strcmp(cast.schema()->children[0]->format, "i") == 0, "cast() changes the schema");
+  CHECK(drain(cast) == 5, "a cast reader reads every batch");
+  batchcorder::Reader nulls = cache.reader();
+  nulls.cast(&requested.top, BC_CAST_FAILURE_NULL);
+  CHECK(drain(nulls) == 5, "cast(schema, BC_CAST_FAILURE_NULL)");
+
+  // The reader cap: the status stays BC_INVALID_ARGUMENT, the kind says which.
+  Failure cap = failure_of([&] { cache.reader(); });
+  CHECK(cap.status == BC_INVALID_ARGUMENT && cap.kind == BC_ERROR_KIND_READER_CAP, "the reader cap has its kind");
+  try {
+    cache.reader();
+    CHECK(false, "the cap holds");
+  } catch (const batchcorder::Error &err) {
+    CHECK(std::strstr(err.what(), "BC_ERROR_KIND_READER_CAP") != nullptr, "named in the message");
+  }
+  CHECK(failure_of([] { batchcorder::Options().max_readers(0); }).kind == BC_ERROR_KIND_NONE,
+        "a bad max_readers is not the cap");
+
+  // A view reads through its reader: one position for both.
+  ArrowArrayStream up2 = make_producer(3, 10, -1, 0, nullptr);
+  batchcorder::Cache plain(&up2);
+  batchcorder::Reader reader = plain.reader();
+  {
+    batchcorder::Stream view = reader.view();
+    ArrowArray batch;
+    CHECK(view->get_next(view.get(), &batch) == 0 && batch.release != nullptr,
+          "a view reads a batch");
+    batch.release(&batch);
+  }  // released before the reader, as it must be
+  CHECK(reader.position() == 1 && drain(reader) == 2, "the reader moved with its view");
 }
 
 int main() {
@@ -59,9 +155,31 @@ int main() {
   CHECK(saved.batches == 4 && saved.rows == 40, "persist() returns the manifest's counts");
   batchcorder::Cache opened = batchcorder::Cache::open(path);
   batchcorder::Reader replay = opened.reader();
-  batches = 0;
-  while (replay.next()) batches++;
-  CHECK(batches == 4, "an opened cache replays every batch");
+  CHECK(drain(replay) == 4, "an opened cache replays every batch");
+  batchcorder::Cache::Shared shared = opened.share();
+  CHECK(shared.path == path && std::strcmp(shared.info.id, saved.id) == 0, "share() names the save");
+  batchcorder::Cache capped = batchcorder::Cache::open(path, batchcorder::Options().max_readers(1),
+                                                       BC_VERIFY_ALWAYS);
+  batchcorder::Reader only = capped.reader();
+  CHECK(drain(only) == 4, "open() with options replays, verifying every batch");
+  CHECK(failure_of([&] { capped.reader(); }).kind == BC_ERROR_KIND_READER_CAP, "and keeps its max_readers");
+  CHECK(status_of([&] { batchcorder::Cache::open(path, batchcorder::Options().prefetch(1)); }) ==
+            BC_INVALID_ARGUMENT,
+        "open() refuses an option it cannot use");
+  ArrowArrayStream memory_only = make_producer(1, 10, -1, 0, nullptr);
+  batchcorder::Cache unsaved(&memory_only);
+  CHECK(status_of([&] { unsaved.share(); }) == BC_INVALID_ARGUMENT, "a memory-only cache has nothing to share");
+
+  // persist as an option: the save appears once the upstream ends.
+  std::string streamed = std::string(dir) + "/streamed";
+  ArrowArrayStream source2 = make_producer(2, 10, -1, 0, nullptr);
+  {
+    batchcorder::Cache saving2(&source2, batchcorder::Options().persist(streamed));
+    CHECK(saving2.ingest_all() == 2 && saving2.share().path == streamed, "Options::persist saves while ingesting");
+  }
+  batchcorder::Cache reopened = batchcorder::Cache::open(streamed);
+  batchcorder::Reader streamed_reader = reopened.reader();
+  CHECK(drain(streamed_reader) == 2, "and the save opens");
   try {
     batchcorder::Cache::open(dir);
     CHECK(false, "opening a directory that is not a save throws");
@@ -69,12 +187,15 @@ int main() {
     CHECK(err.status() == BC_CORRUPT, "with BC_CORRUPT");
     CHECK(std::strstr(err.what(), "BC_CORRUPT") != nullptr, "named in the message");
   }
-  for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
-    std::remove((path + "/" + name).c_str());
+  for (const std::string &save : {path, streamed}) {
+    for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
+      std::remove((save + "/" + name).c_str());
+    }
+    rmdir(save.c_str());
   }
-  rmdir(path.c_str());
   CHECK(rmdir(dir) == 0, "only the save was left");
 
+  test_options_casts_and_views();
   std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -305,7 +305,7 @@ def test_max_readers_caps_every_way_of_creating_readers():
     iter(cache)
     cache.__arrow_c_stream__()
     pa.table(cache.cast(SCHEMA))
-    with pytest.raises(ValueError, match="max_readers"):
+    with pytest.raises(batchcorder.ReaderCapError, match="max_readers"):
         cache.reader()
     assert cache.stats().readers_created == 4
 

@@ -30,10 +30,11 @@ from batchcorder import (
     CorruptCacheError,
     InternalError,
     InvalidArgumentError,
+    ReaderCapError,
     StreamCache,
     UpstreamError,
 )
-from batchcorder import _errors
+from batchcorder import _errors, _exceptions
 from batchcorder._native import ffi, lib
 
 SCHEMA = pa.schema([("x", pa.int64())])
@@ -333,35 +334,57 @@ def test_a_real_ctrl_c_during_a_blocking_upstream_arrives_as_keyboardinterrupt(h
     assert out["before"] == 0
 
 
-# -- every status -----------------------------------------------------------------------
+# -- every status and kind ---------------------------------------------------------------
 
-# The built-in a caller would catch for each status (BC_IO and BC_UPSTREAM: at least).
+# The class and the built-in a caller would catch for each status, with its kind
+# (BC_IO and BC_UPSTREAM: at least).
 EXPECTED = {
-    "BC_INVALID_ARGUMENT": (InvalidArgumentError, ValueError),
-    "BC_CAPACITY": (CapacityError, MemoryError),
-    "BC_IO": (DiskError, OSError),
-    "BC_UPSTREAM": (UpstreamError, ValueError),  # with errno EINVAL below
-    "BC_EVICTED": (BatchEvictedError, ValueError),
-    "BC_CLOSED": (CacheClosedError, ValueError),
-    "BC_INTERNAL": (InternalError, RuntimeError),
-    "BC_CORRUPT": (CorruptCacheError, ValueError),
+    ("BC_INVALID_ARGUMENT", "BC_ERROR_KIND_NONE"): (InvalidArgumentError, ValueError),
+    ("BC_INVALID_ARGUMENT", "BC_ERROR_KIND_READER_CAP"): (ReaderCapError, ValueError),
+    ("BC_CAPACITY", "BC_ERROR_KIND_NONE"): (CapacityError, MemoryError),
+    ("BC_IO", "BC_ERROR_KIND_NONE"): (DiskError, OSError),
+    ("BC_UPSTREAM", "BC_ERROR_KIND_NONE"): (UpstreamError, ValueError),  # errno EINVAL below
+    ("BC_EVICTED", "BC_ERROR_KIND_NONE"): (BatchEvictedError, ValueError),
+    ("BC_CLOSED", "BC_ERROR_KIND_NONE"): (CacheClosedError, ValueError),
+    ("BC_INTERNAL", "BC_ERROR_KIND_NONE"): (InternalError, RuntimeError),
+    ("BC_CORRUPT", "BC_ERROR_KIND_NONE"): (CorruptCacheError, ValueError),
 }
 
 
-def test_every_status_the_header_defines_maps_to_a_batchcorder_error():
+def test_every_status_and_kind_the_header_defines_has_a_class_in_the_table():
     statuses = ffi.typeof("enum BcStatus").elements  # value -> name, from the header
-    failing = {value: name for value, name in statuses.items() if name != "BC_OK"}
-    assert lib.BC_OK == 0 and statuses[0] == "BC_OK"
-    assert set(failing.values()) == set(EXPECTED), "a status was added or removed: map it"
-    assert set(_errors.STATUS_CLASSES) == set(failing)
-    for value, name in failing.items():
-        cls, builtin = EXPECTED[name]
-        assert _errors.STATUS_CLASSES[value] is cls
-        err = _errors.error_for(value, errno.EINVAL, "x-marker")
-        assert isinstance(err, cls) and isinstance(err, BatchcorderError), name
-        assert isinstance(err, builtin), name
+    kinds = ffi.typeof("enum BcErrorKind").elements
+    none = lib.BC_ERROR_KIND_NONE
+    failing = {value for value, name in statuses.items() if name != "BC_OK"}
+    assert lib.BC_OK == 0 and statuses[0] == "BC_OK" and none == 0
+    table = _exceptions._CLASSES
+    assert {status for status, kind in table if kind == none} == failing, "map every status"
+    assert {kind for _, kind in table} == set(kinds), "map every kind, with its status"
+    named = {(statuses[status], kinds[kind]): cls for (status, kind), cls in table.items()}
+    assert named == {key: cls for key, (cls, _) in EXPECTED.items()}
+    for (status, kind), cls in table.items():
+        # A kind is a case of its status: caught as the status's class too.
+        assert issubclass(cls, table[status, none]), cls
+        _, builtin = EXPECTED[statuses[status], kinds[kind]]
+        err = _errors.error_for(status, errno.EINVAL, "x-marker", kind)
+        assert isinstance(err, cls) and isinstance(err, BatchcorderError), cls
+        assert isinstance(err, builtin), cls
         assert "x-marker" in str(err)
         assert_public(err)
+
+
+def test_the_package_exports_exactly_the_classes_of_the_table():
+    # batchcorder imports every public name of _exceptions: only the classes may be there.
+    public = {name for name in vars(_exceptions) if not name.startswith("_")}
+    assert public == set(_exceptions._EXPORTED)
+    assert set(_exceptions._EXPORTED) == {"BatchcorderError"} | {c.__name__ for c in _exceptions._CLASSES.values()}
+    for name in _exceptions._EXPORTED:
+        assert name in batchcorder.__all__ and getattr(batchcorder, name) is getattr(_exceptions, name)
+
+
+def test_a_kind_this_package_does_not_know_is_its_status_class():
+    err = _errors.error_for(lib.BC_INVALID_ARGUMENT, errno.EINVAL, "x-marker", 99)
+    assert type(err) is InvalidArgumentError
 
 
 def test_an_unknown_status_is_an_internal_error():
@@ -413,9 +436,13 @@ def test_an_upstream_that_names_no_python_exception_is_typed_by_its_errno(code, 
 
 
 def test_real_statuses_raise_batchcorder_errors():
-    cache = StreamCache(pa.table({"x": [1]}))
-    with pytest.raises(InvalidArgumentError):
+    cache = StreamCache(pa.table({"x": [1]}), max_readers=1)
+    with pytest.raises(InvalidArgumentError) as info:
         cache.cast(pa.schema([("y", pa.int64())]))
+    assert not isinstance(info.value, ReaderCapError)
+    cache.reader()
+    with pytest.raises(ReaderCapError, match="max_readers=1"):
+        cache.reader()
     cache.close()
     with pytest.raises(CacheClosedError):
         cache.reader()

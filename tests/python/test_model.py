@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchcorder import StreamCache
+from batchcorder import ReaderCapError, StreamCache
 from conftest import STRESS_SCALE
 
 SCHEMA = pa.schema([("id", pa.int64())])
@@ -71,7 +71,7 @@ def test_operations_match_the_model(batches, fail_at, max_readers, tier, ops):
                     with pytest.raises(ValueError, match="closed"):
                         cache.reader(from_start)
                 elif max_readers is not None and created >= max_readers:
-                    with pytest.raises(ValueError, match="Maximum number of readers"):
+                    with pytest.raises(ReaderCapError, match="Maximum number of readers"):
                         cache.reader(from_start)
                 else:
                     readers.append([cache.reader(from_start), 0 if from_start else frontier])

@@ -133,6 +133,21 @@ def test_spawned_processes_open_one_save_at_once(saved):
     assert sums == [sum(range(10_000))] * 4
 
 
+def test_open_takes_max_readers_with_the_rules_of_a_new_cache(saved):
+    data, info = saved
+    with StreamCache.open(info.path, max_readers=1) as cache:
+        assert cache.max_readers == 1 and pa.table(cache) == data
+        with pytest.raises(batchcorder.ReaderCapError, match="max_readers=1"):
+            cache.reader()
+    # One home for the rules: bc_options_set_max_readers refuses 0, as for StreamCache().
+    with pytest.raises(InvalidArgumentError, match="max_readers must be at least 1"):
+        StreamCache.open(info.path, max_readers=0)
+    with pytest.raises(TypeError, match="max_readers must be an int"):
+        StreamCache.open(info.path, max_readers="2")
+    with StreamCache.open(info.path) as uncapped:
+        assert [pa.table(uncapped).num_rows for _ in range(3)] == [data.num_rows] * 3
+
+
 def test_a_persisted_cache_pickles_as_a_reference(saved):
     data, info = saved
     with StreamCache.open(info.path) as cache:

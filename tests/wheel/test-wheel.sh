@@ -35,9 +35,9 @@ if grep -q "^Project-URL:\|^Home-page:" <<<"$metadata"; then
   exit 1
 fi
 
-# The suite and the files it reads (the examples of the README and docs/, the benchmark
-# workloads),
-# laid out as in the checkout.
+# The suite and the files it reads (the examples of the README and docs/, the headers
+# whose functions the package must reach, the benchmark workloads), laid out as in the
+# checkout.
 mkdir -p "$work/tests" "$work/bench"
 cp -r "$root/tests/python" "$work/tests/python"
 cp "$root/README.md" "$work/"

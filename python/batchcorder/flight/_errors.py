@@ -18,12 +18,12 @@ from typing import Any, Callable, Optional, TypeVar, cast
 
 import pyarrow.flight as flight
 
-from .._errors import (
+from .._exceptions import (
     BatchcorderError,
     BatchEvictedError,
     CacheClosedError,
     InternalError,
-    InvalidArgumentError,
+    ReaderCapError,
 )
 from ._tickets import TicketError
 
@@ -61,9 +61,7 @@ def client_error(err: BaseException, cache: Optional[str] = None) -> flight.Flig
     kind: Any = flight.FlightServerError
     if isinstance(err, TicketError):
         message = f"malformed ticket: {err}"
-    elif isinstance(err, (CacheClosedError, BatchEvictedError)):
-        kind, message = flight.FlightUnavailableError, f"{prefix}{err}"
-    elif isinstance(err, InvalidArgumentError) and "max_readers" in str(err):
+    elif isinstance(err, (CacheClosedError, BatchEvictedError, ReaderCapError)):
         kind, message = flight.FlightUnavailableError, f"{prefix}{err}"
     elif isinstance(err, InternalError):
         log.error("internal error serving %s", cache or "a call", exc_info=err)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .._cache import StreamCache
-from .._errors import CacheClosedError
+from .._exceptions import CacheClosedError
 from .._reader import StreamCacheReader
 from ._errors import FLIGHT_METHODS, answers, answers_get_schema, client_error
 from ._security import BearerTokenAuth, PathArg, tls_pair
