@@ -35,12 +35,8 @@ except ImportError as err:  # a pyarrow built without Flight (some distributions
     ) from err
 
 from ._security import BearerTokenAuth, BearerTokenClient, read_pem
-from ._server import (
-    DEFAULT_MAX_STREAMS,
-    DEFAULT_MAX_STREAMS_PER_CLIENT,
-    CacheServer,
-    cache_state,
-)
+from ._info import cache_state
+from ._server import DEFAULT_MAX_STREAMS, DEFAULT_MAX_STREAMS_PER_CLIENT, CacheServer
 from ._tickets import START_VALUES, Request, TicketError, ticket
 
 # Refused calls and failed streams are logged here; silent unless the application

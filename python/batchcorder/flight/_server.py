@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import errno
-import ipaddress
-import json
 import logging
-import socket
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional, Union
-from urllib.parse import urlsplit
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -19,7 +14,9 @@ import pyarrow.flight as flight
 from .._cache import StreamCache
 from .._exceptions import CacheClosedError
 from .._reader import StreamCacheReader
+from ._binding import bind_location, exposure, start_error, with_port
 from ._errors import FLIGHT_METHODS, answers, answers_get_schema, client_error
+from ._info import flight_info
 from ._security import BearerTokenAuth, PathArg, tls_pair
 from ._tickets import Request, check_name, from_descriptor
 
@@ -96,7 +93,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> None:
         # Everything that can be refused is checked before the server binds.
         tls = tls_pair(tls_cert, tls_key)
-        location = _location(location, tls is not None)
+        location = bind_location(location, tls is not None)
         self._max_streams = _limit("max_streams", max_streams)
         self._max_per_client = _limit("max_streams_per_client", max_streams_per_client)
         middleware = {"auth": BearerTokenAuth(token)} if token is not None else None
@@ -111,14 +108,14 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         try:
             super().__init__(location, tls_certificates=[tls] if tls else None, middleware=middleware)
         except pa.ArrowException as err:
-            raise _start_error(location, tls is not None, err) from None
-        self._location = _with_port(location, self.port)
+            raise start_error(location, tls is not None, err) from None
+        self._location = with_port(location, self.port)
         # Created after pyarrow's own finalizer, so it runs first at interpreter exit:
         # streams then end at their next batch instead of running to their end.
         weakref.finalize(self, self._stopping.set)
         count = len(self._caches)
         log.info("serving %d %s at %s", count, "cache" if count == 1 else "caches", self._location)
-        exposed = _exposure(location, token is not None, tls is not None)
+        exposed = exposure(location, token is not None, tls is not None)
         if exposed:
             log.warning("serving %s beyond loopback %s", self._location, exposed)
 
@@ -176,7 +173,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         prefix = bytes(criteria or b"").decode("utf-8", "replace")
         for name, cache in sorted(self.caches.items()):
             if name.startswith(prefix):
-                yield _flight_info(Request(name), cache)
+                yield flight_info(Request(name), cache)
 
     @answers
     def get_flight_info(self, context: Any, descriptor: Any) -> Any:
@@ -187,7 +184,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         if cache.closed:
             raise flight.FlightUnavailableError(f"cache {request.cache!r} was closed on the server")
         try:
-            return _flight_info(request, cache)
+            return flight_info(request, cache)
         except CacheClosedError as err:  # closed after the check above
             raise client_error(err, request.cache) from None
 
@@ -362,124 +359,7 @@ class _Stream:
         log.debug("stream of %r to %s released", self.name, self.peer)
 
 
-def cache_state(cache: StreamCache) -> dict[str, Any]:
-    """What ListFlights and GetFlightInfo report in ``app_metadata`` (as JSON).
-
-    >>> import pyarrow as pa
-    >>> cache = StreamCache(pa.table({"x": [1, 2]}))
-    >>> cache_state(cache)["finished"], cache.ingest_all(), cache_state(cache)["rows"]
-    (False, 1, 2)
-    """
-    try:
-        stats = cache.stats()
-    except CacheClosedError:  # closed before or while we looked
-        return {"closed": True}
-    return {
-        "batches": stats.batches_ingested,
-        "rows": stats.rows_ingested,
-        "finished": stats.upstream_exhausted,
-        "readers_live": stats.readers_live,
-        "readers_created": stats.readers_created,
-        "max_readers": cache.max_readers,
-        "closed": False,
-    }
-
-
-def _flight_info(request: Request, cache: StreamCache) -> Any:
-    state = cache_state(cache)
-    rows = state["rows"] if state.get("finished") else -1
-    metadata = {"app_metadata": json.dumps(state, separators=(",", ":")).encode()} if _APP_METADATA else {}
-    return flight.FlightInfo(
-        cache.schema,
-        flight.FlightDescriptor.for_path(request.cache),
-        # No locations: the data is on this same server.
-        [flight.FlightEndpoint(request.encode(), [])],
-        rows,
-        -1,
-        **metadata,
-    )
-
-
-def _takes_app_metadata() -> bool:
-    """Whether this pyarrow's FlightInfo carries app_metadata (pyarrow 19 on); before
-    it, ListFlights and GetFlightInfo report only total_records."""
-    try:
-        flight.FlightInfo(pa.schema([]), flight.FlightDescriptor.for_path("x"), [], -1, -1, app_metadata=b"")
-    except TypeError:
-        return False
-    return True
-
-
-_APP_METADATA = _takes_app_metadata()
-
-
 def _limit(name: str, value: Optional[int]) -> Optional[int]:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{name} must be an int of at least 1 or None, got {value!r}")
     return value
-
-
-_SCHEMES = {"grpc": False, "grpc+tcp": False, "grpc+tls": True}
-
-
-def _location(location: Optional[str], tls: bool) -> str:
-    """The location to bind, checked against whether TLS is on."""
-    if location is None:
-        return "grpc+tls://127.0.0.1:0" if tls else "grpc://127.0.0.1:0"
-    if not isinstance(location, str):
-        raise TypeError(f"location must be a str like 'grpc://127.0.0.1:0', got {type(location).__name__}")
-    parts = urlsplit(location)
-    if parts.scheme not in _SCHEMES:
-        raise ValueError(f"location {location!r}: the scheme must be grpc, grpc+tcp or grpc+tls")
-    if not parts.hostname or parts.port is None:
-        raise ValueError(f"location {location!r} needs a host and a port (0 picks a free one)")
-    if _SCHEMES[parts.scheme] != tls:
-        hint = "give tls_cert and tls_key" if not tls else "use grpc+tls://"
-        raise ValueError(f"location {location!r} {'needs' if not tls else 'has no'} TLS: {hint}")
-    return location
-
-
-def _exposure(location: str, token: bool, tls: bool) -> str:
-    """What a server at ``location`` lacks to be safe beyond loopback ("" when it binds
-    loopback only, or has both a token and TLS)."""
-    if token and tls:
-        return ""
-    host = urlsplit(location).hostname or ""
-    try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
-    except socket.gaierror:
-        addresses = set()
-    # ip_address takes no zone (fe80::1%eth0); an address with one is not loopback.
-    if addresses and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
-        return ""
-    if not token and not tls:
-        return "without a token or TLS: any client that reaches it reads every cache, unencrypted"
-    if not token:
-        return "without a token: any client that reaches it reads every cache"
-    return "without TLS: the token and the data cross the network unencrypted"
-
-
-def _with_port(location: str, port: int) -> str:
-    parts = urlsplit(location)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}"
-
-
-def _start_error(location: str, tls: bool, err: Exception) -> OSError:
-    """Why the server did not start; gRPC only says that it did not."""
-    parts = urlsplit(location)
-    host, port = parts.hostname or "", parts.port or 0
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as lookup:
-        return OSError(errno.EADDRNOTAVAIL, f"cannot serve at {location}: the host does not resolve ({lookup})")
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        try:
-            probe.bind(address)
-        except OSError as bind:
-            return type(bind)(bind.errno, f"cannot serve at {location}: {bind.strerror}")
-    what = " (check that tls_cert and tls_key are a matching certificate and key)" if tls else ""
-    return OSError(errno.EIO, f"cannot serve at {location}: the Flight server did not start{what}: {err}")
