@@ -10,9 +10,9 @@ use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use crate::array_export::export_cached;
 use crate::boundary::{arg_mut, c_message, guard, out_arg, panic_message, BcStatus};
-use crate::schema_copy::SchemaCopy;
+use crate::derived::export_cached;
+use batchcorder_cdata::schema_copy::SchemaCopy;
 use batchcorder_core::{CacheReader, Cast, OnCastFailure};
 use batchcorder_core::{Error, Result};
 
@@ -99,9 +99,10 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
     } else {
         match state.reader.next_cached()? {
             Some(cached) => {
+                let array =
+                    export_cached(cached).map_err(|err| Error::Internal(err.to_string()))?;
                 // SAFETY: `out` is valid for writes (checked by the caller).
-                unsafe { export_cached(cached, out) }
-                    .map_err(|err| Error::Internal(err.to_string()))?;
+                unsafe { ptr::write(out, array) };
                 return Ok(());
             }
             None => FFI_ArrowArray::empty(),

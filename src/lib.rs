@@ -2,15 +2,14 @@
 //! `include/batchcorder.h` describes it. A thin layer: the cache itself is the
 //! `batchcorder-core` crate (core/), which Rust users depend on directly.
 
-pub mod abi;
-mod array_export;
+pub use batchcorder_cdata::abi;
 pub mod boundary;
 pub mod cache;
 pub mod capsule;
+mod derived;
 pub mod export;
 pub mod options;
 pub mod persist;
-mod schema_copy;
 pub mod upstream;
 pub mod version;
 

@@ -1,8 +1,10 @@
 //! The Arrow C Data and C Stream Interface structs, as the header declares them.
 //!
-//! arrow-rs has the same structs with private fields; these public twins exist so that
-//! cbindgen writes full definitions into both headers. Layouts are asserted equal below,
-//! and pointers are cast between the twins.
+//! arrow-rs has the same structs with private fields; these public twins exist so that the
+//! engine can read and write their members and cbindgen can write full definitions into
+//! both headers. Both follow the C Data Interface's definitions member for member (arrow-rs
+//! declares its own `#[repr(C)]` in the same order); sizes and alignments are asserted
+//! equal below, and the conversions here are the only casts between the twins.
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -74,4 +76,64 @@ impl ArrowArrayStream {
         release: None,
         private_data: std::ptr::null_mut(),
     };
+}
+
+impl ArrowArray {
+    /// An array with every member zero or NULL: the released state.
+    pub const RELEASED: Self = Self {
+        length: 0,
+        null_count: 0,
+        offset: 0,
+        n_buffers: 0,
+        n_children: 0,
+        buffers: std::ptr::null_mut(),
+        children: std::ptr::null_mut(),
+        dictionary: std::ptr::null_mut(),
+        release: None,
+        private_data: std::ptr::null_mut(),
+    };
+
+    /// arrow-rs's array as this struct, to read its members.
+    #[inline]
+    pub fn of_ffi(array: &FFI_ArrowArray) -> &Self {
+        // SAFETY: the same C struct (asserted above); a shared view allows no writes.
+        unsafe { &*std::ptr::from_ref(array).cast::<Self>() }
+    }
+
+    /// Take arrow-rs's array over: releasing it is now the caller's task.
+    #[inline]
+    pub fn from_ffi(array: FFI_ArrowArray) -> Self {
+        let array = std::mem::ManuallyDrop::new(array);
+        // SAFETY: the same C struct; `ManuallyDrop` hands its release over.
+        unsafe { std::ptr::read(std::ptr::from_ref(&*array).cast::<Self>()) }
+    }
+
+    /// This array for arrow-rs, which releases it when dropped.
+    ///
+    /// # Safety
+    /// `self` is released, or an array whose members keep the C Data Interface's rules.
+    #[inline]
+    pub unsafe fn into_ffi(self) -> FFI_ArrowArray {
+        // SAFETY: the same C struct; the caller vouches for its members.
+        unsafe { std::mem::transmute::<Self, FFI_ArrowArray>(self) }
+    }
+}
+
+impl ArrowSchema {
+    /// arrow-rs's schema as this struct, to read its members.
+    #[inline]
+    pub fn of_ffi(schema: &FFI_ArrowSchema) -> &Self {
+        // SAFETY: the same C struct (asserted above); a shared view allows no writes.
+        unsafe { &*std::ptr::from_ref(schema).cast::<Self>() }
+    }
+
+    /// This schema for arrow-rs, which releases it when dropped.
+    ///
+    /// # Safety
+    /// `self` is released, or a schema whose members keep the C Data Interface's rules.
+    #[inline]
+    pub unsafe fn into_ffi(self) -> FFI_ArrowSchema {
+        // SAFETY: the same C struct; the caller vouches for its members.
+        unsafe { std::mem::transmute::<Self, FFI_ArrowSchema>(self) }
+    }
 }
