@@ -135,7 +135,7 @@ impl BatchSource for CStreamUpstream {
     }
 
     fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
-        let array = match self.stream.next() {
+        let array = match self.stream.next_array() {
             Ok(array) => array?,
             Err(StreamError::Failed { errno, message }) => {
                 return Some(Err(errno_error(errno, message)))

@@ -120,6 +120,27 @@ impl ArrowArray {
 }
 
 impl ArrowSchema {
+    /// A schema with every member zero or NULL: the released state.
+    pub const RELEASED: Self = Self {
+        format: std::ptr::null(),
+        name: std::ptr::null(),
+        metadata: std::ptr::null(),
+        flags: 0,
+        n_children: 0,
+        children: std::ptr::null_mut(),
+        dictionary: std::ptr::null_mut(),
+        release: None,
+        private_data: std::ptr::null_mut(),
+    };
+
+    /// Take arrow-rs's schema over: releasing it is now the caller's task.
+    #[inline]
+    pub fn from_ffi(schema: FFI_ArrowSchema) -> Self {
+        let schema = std::mem::ManuallyDrop::new(schema);
+        // SAFETY: the same C struct; `ManuallyDrop` hands its release over.
+        unsafe { std::ptr::read(std::ptr::from_ref(&*schema).cast::<Self>()) }
+    }
+
     /// arrow-rs's schema as this struct, to read its members.
     #[inline]
     pub fn of_ffi(schema: &FFI_ArrowSchema) -> &Self {

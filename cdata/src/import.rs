@@ -94,7 +94,7 @@ impl ProducerStream {
     }
 
     /// The next array; `None` at the end of the stream.
-    pub fn next(&mut self) -> Result<Option<FFI_ArrowArray>, StreamError> {
+    pub fn next_array(&mut self) -> Result<Option<FFI_ArrowArray>, StreamError> {
         let get_next = self
             .stream
             .get_next
@@ -408,7 +408,7 @@ mod tests {
         // SAFETY: as above.
         let mut stream = unsafe { ProducerStream::take(&mut raw) };
         assert!(raw.release.is_none());
-        let arrays = std::iter::from_fn(|| stream.next().unwrap()).collect();
+        let arrays = std::iter::from_fn(|| stream.next_array().unwrap()).collect();
         (importer, arrays)
     }
 
@@ -424,10 +424,13 @@ mod tests {
         let get_next = raw.get_next.take();
         // SAFETY: a live stream.
         let mut stream = unsafe { ProducerStream::take(&mut raw) };
-        assert_eq!(stream.next().unwrap_err(), StreamError::Missing("get_next"));
+        assert_eq!(
+            stream.next_array().unwrap_err(),
+            StreamError::Missing("get_next")
+        );
         stream.stream.get_next = get_next;
-        assert!(stream.next().unwrap().is_some());
-        assert!(stream.next().unwrap().is_none());
+        assert!(stream.next_array().unwrap().is_some());
+        assert!(stream.next_array().unwrap().is_none());
     }
 
     #[test]
