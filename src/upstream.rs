@@ -218,6 +218,37 @@ pub(crate) mod tests {
         assert!(pulled.batch.derived_if_present::<TreeExport>().is_none());
     }
 
+    #[test]
+    fn a_schema_with_a_type_of_no_layout_is_the_upstreams_error_naming_it() {
+        unsafe extern "C" fn get_schema(
+            _: *mut ArrowArrayStream,
+            out: *mut crate::abi::ArrowSchema,
+        ) -> std::ffi::c_int {
+            use arrow_schema::ffi::FFI_ArrowSchema;
+            let column = FFI_ArrowSchema::try_new("w:-1", vec![], None)
+                .and_then(|column| column.with_name("w"))
+                .expect("a valid C schema");
+            let rows = FFI_ArrowSchema::try_new("+s", vec![column], None).expect("valid");
+            // SAFETY: the stream contract hands `get_schema` a writable schema.
+            unsafe { out.write(crate::abi::ArrowSchema::from_ffi(rows)) };
+            0
+        }
+        let mut stream = ArrowArrayStream {
+            get_schema: Some(get_schema),
+            ..ArrowArrayStream::RELEASED
+        };
+        // SAFETY: a stream whose one callback used here is live.
+        let Err(err) = (unsafe { CStreamUpstream::schema_of(&mut stream) }) else {
+            panic!("a type with no layout passed");
+        };
+        assert_eq!(err.errno(), libc::EINVAL);
+        let message = err.to_string();
+        assert!(
+            message.contains("cannot be imported") && message.contains("FixedSizeBinary(-1)"),
+            "{message}"
+        );
+    }
+
     /// The buffers the import lists for `batch` as a stream hands it over, those its flat
     /// form finds again, and those of arrow-rs's import of it.
     fn listed_three_ways(batch: &RecordBatch) -> [Allocations; 3] {

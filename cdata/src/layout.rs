@@ -576,14 +576,12 @@ mod tests {
     #[test]
     fn decreasing_string_offsets_are_refused_before_anything_reads_them() {
         let (mut array, plan) = exported();
+        let decreasing: [i32; 4] = [0, 1, 2, -1];
         let column = child(&mut array, 1);
-        // SAFETY: the column's offsets buffer, four i32s that arrow-rs's export shares
-        // with no one else here.
-        unsafe {
-            let offsets = (*column.buffers.add(1)).cast::<i32>().cast_mut();
-            *offsets.add(3) = -1;
-        }
-        // SAFETY: the tree is unchanged but for one offset.
+        // SAFETY: the column's list of three buffer pointers, which arrow-rs made mutable;
+        // its release frees its own buffers whatever the list points to.
+        unsafe { *column.buffers.add(1) = decreasing.as_ptr().cast() };
+        // SAFETY: the tree is unchanged but for its offsets, valid for three rows.
         let problem = unsafe { plan.flat_buffers(ArrowArray::of_ffi(&array)) }.unwrap_err();
         assert!(
             problem.contains("\"s\"") && problem.contains("from 0 to -1"),
