@@ -127,10 +127,12 @@ impl FlatImage {
     }
 
     /// How many columns the batch has.
+    #[inline]
     pub fn columns(&self) -> usize {
         (self.words.len() - ROOT_WORDS) / (NODE_WORDS + 1)
     }
 
+    #[inline]
     fn shape(&self) -> BlockShape {
         let columns = self.columns();
         // Checked by `BlockShape::new` when the image was made.
@@ -141,11 +143,13 @@ impl FlatImage {
     }
 
     /// What an export block holds after its header: the column nodes, then their slots.
+    #[inline]
     fn block_words(&self) -> &[u64] {
         &self.words[ROOT_WORDS..]
     }
 
     /// The root node over `children`, without a release.
+    #[inline]
     fn root_over(&self, children: *mut *mut ArrowArray) -> ArrowArray {
         let [length, null_count, offset] = [0, 1, 2].map(|i| self.words[i] as i64);
         columns_root(length, null_count, offset, self.columns(), children)
@@ -399,14 +403,17 @@ impl BlockShape {
         shape
     }
 
+    #[inline]
     fn nodes_offset(self) -> usize {
         Self::NODES_OFFSET
     }
 
+    #[inline]
     fn children_offset(self) -> usize {
         Self::NODES_OFFSET + self.descendants * size_of::<ArrowArray>()
     }
 
+    #[inline]
     fn layout(self) -> Layout {
         let size = self.children_offset() + self.child_slots * size_of::<*mut ArrowArray>();
         // SAFETY: `new` checked that this layout exists; node and pointer sizes are

@@ -140,6 +140,7 @@ pub(crate) unsafe fn take_column(root: &ArrowArray, index: usize) -> ArrowArray 
 
 /// A root of our own over `columns` column structs at `children`: a struct array with no
 /// validity bitmap, and no release of its own.
+#[inline]
 pub(crate) fn columns_root(
     length: i64,
     null_count: i64,
