@@ -74,10 +74,10 @@ pub(crate) fn export_cached(cached: Arc<CachedBatch>) -> Result<ArrowArray, Arro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::{ArrayRef, Int64Array, ListArray, StringArray};
+    use arrow_array::{ArrayRef, Int64Array, StringArray};
     use arrow_schema::DataType;
 
-    use crate::upstream::tests::pull_all;
+    use crate::upstream::tests::{encoded, pull_all};
 
     fn import(array: ArrowArray, batch: &RecordBatch) -> RecordBatch {
         let data_type = DataType::Struct(batch.schema().fields().clone());
@@ -88,22 +88,15 @@ mod tests {
 
     #[test]
     fn every_kind_of_cached_batch_exports_and_outlives_the_cache() {
-        let ids: Vec<i64> = (0..100).collect();
         let flat = RecordBatch::try_from_iter([
-            ("id", Arc::new(Int64Array::from(ids.clone())) as ArrayRef),
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..100)) as ArrayRef,
+            ),
             ("s", Arc::new(StringArray::from(vec!["abcd"; 100])) as _),
         ])
         .unwrap();
-        let nested = RecordBatch::try_from_iter([(
-            "list",
-            Arc::new(ListArray::from_iter_primitive::<
-                arrow_array::types::Int64Type,
-                _,
-                _,
-            >(ids.iter().map(|&v| Some(vec![Some(v)])))) as ArrayRef,
-        )])
-        .unwrap();
-        for original in [flat, nested] {
+        for original in [flat, encoded()] {
             let pulled = pull_all(vec![original.clone()]).pop().unwrap();
             // Rust-made (arrow-rs's export), kept by the import (a copy of its image).
             for cached in [

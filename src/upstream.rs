@@ -175,6 +175,14 @@ pub(crate) mod tests {
         std::iter::from_fn(|| upstream.pull().map(std::result::Result::unwrap)).collect()
     }
 
+    /// A batch of 100 rows whose one column is dictionary-encoded, so not flat.
+    pub(crate) fn encoded() -> RecordBatch {
+        let keys = Int32Array::from_iter_values((0..100).map(|i| i % 3));
+        let words = Arc::new(StringArray::from(vec!["ab", "cd", "ef"]));
+        let column = arrow_array::DictionaryArray::try_new(keys, words).unwrap();
+        RecordBatch::try_from_iter([("d", Arc::new(column) as ArrayRef)]).unwrap()
+    }
+
     #[test]
     fn a_batch_of_flat_columns_is_imported_on_first_use_and_others_at_once() {
         let rows: Vec<i64> = (0..100).collect();
@@ -190,19 +198,11 @@ pub(crate) mod tests {
         assert_eq!(pulled.batch.num_rows(), 100);
         assert_eq!(pulled.batch.batch().unwrap(), &flat);
 
-        let nested = RecordBatch::try_from_iter([(
-            "list",
-            Arc::new(arrow_array::ListArray::from_iter_primitive::<
-                arrow_array::types::Int64Type,
-                _,
-                _,
-            >(rows.iter().map(|&v| Some(vec![Some(v)])))) as _,
-        )])
-        .unwrap();
-        let [pulled] = &pull_all(vec![nested.clone()])[..] else {
+        let encoded = encoded();
+        let [pulled] = &pull_all(vec![encoded.clone()])[..] else {
             panic!()
         };
-        assert_eq!(pulled.batch.batch_if_made(), Some(&nested));
+        assert_eq!(pulled.batch.batch_if_made(), Some(&encoded));
         assert!(pulled.batch.derived_if_present::<TreeExport>().is_some());
     }
 

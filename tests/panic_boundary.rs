@@ -56,27 +56,31 @@ fn last_error() -> String {
         .into_owned()
 }
 
+/// A reader of `cache` past its first batch, which reads fine.
+fn reader_past_the_first_batch(cache: *mut BcCache) -> ArrowArrayStream {
+    let mut reader = ArrowArrayStream::RELEASED;
+    let mut array = ArrowArray::RELEASED;
+    // SAFETY: a live handle; the reader and the array are live once made, and released
+    // once.
+    unsafe {
+        let status = bc_cache_reader(cache, true, ptr::null(), &mut reader);
+        assert_eq!(status, BC_OK);
+        let code = (reader.get_next.unwrap())(&mut reader, &mut array);
+        assert_eq!(code, 0, "the first batch is fine");
+        (array.release.unwrap())(&mut array);
+    }
+    reader
+}
+
 #[test]
 fn a_panic_is_bc_internal_and_poisons_the_cache() {
     std::panic::set_hook(Box::new(|_| {})); // keep the expected panics out of the output
     let cache = panicking_cache();
-    let mut reader = ArrowArrayStream::RELEASED;
+    let mut reader = reader_past_the_first_batch(cache);
     let mut array = ArrowArray::RELEASED;
-    // SAFETY: `cache` is live until freed at the end, `reader` live until released, each
-    // array released once, and every other pointer a local.
+    // SAFETY: `cache` is live until freed at the end, `reader` live until released, and
+    // every other pointer a local.
     unsafe {
-        assert_eq!(
-            bc_cache_reader(cache, true, ptr::null(), &mut reader),
-            BC_OK
-        );
-        let get_next = reader.get_next.unwrap();
-        assert_eq!(
-            get_next(&mut reader, &mut array),
-            0,
-            "the first batch is fine"
-        );
-        (array.release.unwrap())(&mut array);
-
         assert_eq!(bc_cache_ingest_all(cache, ptr::null_mut()), BC_INTERNAL);
         assert!(
             last_error().contains("a bug deep inside the upstream"),
@@ -89,7 +93,7 @@ fn a_panic_is_bc_internal_and_poisons_the_cache() {
         assert!(last_error().contains("poisoned"), "{}", last_error());
         let mut stats = batchcorder::cache::BcStats::default();
         assert_eq!(bc_cache_stats(cache, &mut stats), BC_INTERNAL);
-        let code = get_next(&mut reader, &mut array);
+        let code = (reader.get_next.unwrap())(&mut reader, &mut array);
         assert_eq!(code, libc::EIO);
         let message = CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader));
         assert!(message.to_string_lossy().contains("poisoned"));
@@ -104,23 +108,13 @@ fn a_panic_is_bc_internal_and_poisons_the_cache() {
 fn a_panic_inside_a_reader_callback_is_eio() {
     std::panic::set_hook(Box::new(|_| {}));
     let cache = panicking_cache();
-    let mut reader = ArrowArrayStream::RELEASED;
+    let mut reader = reader_past_the_first_batch(cache);
     let mut array = ArrowArray::RELEASED;
-    // SAFETY: `cache` is live until freed at the end, `reader` live until released, each
-    // array released once, and every other pointer a local.
+    // SAFETY: `cache` is live until freed at the end, `reader` live until released, and
+    // every other pointer a local.
     unsafe {
-        assert_eq!(
-            bc_cache_reader(cache, true, ptr::null(), &mut reader),
-            BC_OK
-        );
-        let get_next = reader.get_next.unwrap();
-        assert_eq!(get_next(&mut reader, &mut array), 0);
-        (array.release.unwrap())(&mut array);
-        assert_eq!(
-            get_next(&mut reader, &mut array),
-            libc::EIO,
-            "the panic, caught"
-        );
+        let code = (reader.get_next.unwrap())(&mut reader, &mut array);
+        assert_eq!(code, libc::EIO, "the panic, caught");
         let message = CStr::from_ptr((reader.get_last_error.unwrap())(&mut reader));
         assert!(message.to_string_lossy().contains("panic"), "{message:?}");
         assert_eq!(bc_cache_ingest_all(cache, ptr::null_mut()), BC_INTERNAL);

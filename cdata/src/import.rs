@@ -3,7 +3,7 @@
 //! imported into arrow-rs only when a `RecordBatch` is needed) or as its whole tree under
 //! an arrow-rs import.
 
-use std::ffi::CStr;
+use std::ffi::{c_int, CStr};
 use std::ptr;
 use std::sync::Arc;
 
@@ -69,13 +69,8 @@ impl ProducerStream {
         let mut schema = FFI_ArrowSchema::empty();
         // SAFETY: a live stream, and a released schema for the producer to write.
         let code = unsafe { get_schema(raw, ptr::from_mut(&mut schema).cast()) };
-        if code != 0 {
-            return Err(StreamError::Failed {
-                errno: code,
-                // SAFETY: the stream failed a call just now.
-                message: unsafe { last_error(raw) },
-            });
-        }
+        // SAFETY: the stream's call returned just now.
+        unsafe { outcome(raw, code) }?;
         // SAFETY: the producer just wrote an unreleased schema.
         let exact = unsafe { SchemaCopy::of(ArrowSchema::of_ffi(&schema)) }
             .map_err(StreamError::InvalidSchema)?;
@@ -103,13 +98,8 @@ impl ProducerStream {
         let mut array = FFI_ArrowArray::empty();
         // SAFETY: an owned, live stream, and a released array for the producer to write.
         let code = unsafe { get_next(raw, ptr::from_mut(&mut array).cast()) };
-        if code != 0 {
-            return Err(StreamError::Failed {
-                errno: code,
-                // SAFETY: the stream failed a call just now.
-                message: unsafe { last_error(raw) },
-            });
-        }
+        // SAFETY: the stream's call returned just now.
+        unsafe { outcome(raw, code) }?;
         Ok((!array.is_released()).then_some(array))
     }
 }
@@ -123,23 +113,30 @@ impl Drop for ProducerStream {
     }
 }
 
-/// The message a failed stream call left, or a placeholder when it left none.
+/// `code`, what a call of the stream at `raw` returned, as a result: a failure carries the
+/// errno and the message the call left, or a placeholder when it left none.
 ///
 /// # Safety
-/// `raw` points to a live stream whose last call failed.
-unsafe fn last_error(raw: *mut ArrowArrayStream) -> String {
-    // SAFETY: a live stream.
-    let text = unsafe { (*raw).get_last_error }
-        // SAFETY: as above; the message lives until the next call on the stream.
-        .map(|get| unsafe { get(raw) })
-        .filter(|p| !p.is_null());
-    match text {
-        // SAFETY: a NUL-terminated message.
-        Some(ptr) => unsafe { CStr::from_ptr(ptr) }
+/// `raw` points to a live stream, whose last call returned `code`.
+unsafe fn outcome(raw: *mut ArrowArrayStream, code: c_int) -> Result<(), StreamError> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: a live stream, as the caller promised.
+    let get_last_error = unsafe { (*raw).get_last_error };
+    // SAFETY: as above.
+    let text = get_last_error.map(|get| unsafe { get(raw) });
+    let message = match text.filter(|text| !text.is_null()) {
+        // SAFETY: a NUL-terminated message, valid until the stream's next call.
+        Some(text) => unsafe { CStr::from_ptr(text) }
             .to_string_lossy()
             .into_owned(),
         None => "the upstream stream failed without a message".into(),
-    }
+    };
+    Err(StreamError::Failed {
+        errno: code,
+        message,
+    })
 }
 
 /// What importing a stream's arrays needs: its schema as arrow-rs holds it, and the plan
