@@ -85,12 +85,12 @@ impl FlatImage {
     /// no children) or a column is not a leaf.
     pub fn new(array: FFI_ArrowArray) -> Result<Arc<Self>, FFI_ArrowArray> {
         let root = ArrowArray::of_ffi(&array);
-        // SAFETY: an unreleased array is valid to read, and so are the children of one
-        // that gives them away.
+        // SAFETY: an unreleased array is valid to read.
         let leaves = unsafe { gives_columns_away(root) }
-            && (0..root.n_children as usize).all(|i| unsafe {
-                let child = *root.children.add(i);
-                (*child).n_children == 0 && (*child).dictionary.is_null()
+            && (0..root.n_children as usize).all(|i| {
+                // SAFETY: the children of a root that gives them away are valid.
+                let child = unsafe { &**root.children.add(i) };
+                child.n_children == 0 && child.dictionary.is_null()
             });
         if !leaves {
             return Err(array);

@@ -76,15 +76,15 @@ impl Plan {
         })
     }
 
-    /// Whether an array of the plan has a dictionary, at any depth.
-    pub fn has_dictionary(&self) -> bool {
-        self.has_dictionary
-    }
-
     /// The plan for the struct arrays that hold `schema`'s rows.
     pub fn for_rows(schema: &Schema) -> Result<Self, String> {
         let exported = FFI_ArrowSchema::try_from(schema).map_err(|err| err.to_string())?;
         Self::new(&exported)
+    }
+
+    /// Whether an array of the plan has a dictionary, at any depth.
+    pub fn has_dictionary(&self) -> bool {
+        self.has_dictionary
     }
 
     fn root(&self) -> &Node {
