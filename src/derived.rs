@@ -1,6 +1,7 @@
 //! The engine's kept forms of a batch as the core's `Derived` values, and the C export of
 //! a cached batch: a copy of the image kept with it, or arrow-rs's export of the batch.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StructArray};
@@ -43,6 +44,16 @@ impl Derived for FlatExport {
     }
 }
 
+/// The image kept with `cached`, if the C stream import kept one.
+#[inline]
+fn image_of(cached: &CachedBatch) -> Option<Image<'_>> {
+    if let Some(flat) = cached.derived_if_present::<FlatExport>() {
+        return Some(Image::Flat(flat.0.image()));
+    }
+    let tree = cached.derived_if_present::<TreeExport>()?;
+    Some(Image::Tree(&tree.0))
+}
+
 fn prefetch_words(words: &[u64]) {
     const CACHE_LINE_WORDS: usize = 64 / size_of::<u64>();
     for line in words.chunks(CACHE_LINE_WORDS) {
@@ -50,25 +61,20 @@ fn prefetch_words(words: &[u64]) {
     }
 }
 
-/// `cached` as a new C array the caller releases: a copy of the image kept with it (every
-/// batch that came through the C stream import has one), or else arrow-rs's export (a
-/// batch read back from disk, which is decoded anew for every read, or one from a Rust
-/// upstream).
-pub(crate) fn export_cached(cached: Arc<CachedBatch>) -> Result<ArrowArray, ArrowError> {
-    let exported = image::export(cached, |cached| {
-        if let Some(flat) = cached.derived_if_present::<FlatExport>() {
-            return Some(Image::Flat(flat.0.image()));
-        }
-        let tree = cached.derived_if_present::<TreeExport>()?;
-        Some(Image::Tree(&tree.0))
-    });
-    match exported {
-        Ok(array) => Ok(array),
-        Err(cached) => {
-            let data = StructArray::from(cached.batch()?.clone()).into_data();
-            Ok(ArrowArray::from_ffi(FFI_ArrowArray::new(&data)))
-        }
+/// Write `cached` into `out` as a new C array the caller releases: a copy of the image
+/// kept with it (every batch that came through the C stream import has one), or else
+/// arrow-rs's export (a batch read back from disk, which is decoded anew for every read,
+/// or one from a Rust upstream). On failure `out` is as it was.
+#[inline]
+pub(crate) fn export_cached(
+    cached: Arc<CachedBatch>,
+    out: &mut MaybeUninit<ArrowArray>,
+) -> Result<(), ArrowError> {
+    if let Err(cached) = image::export(cached, image_of, out) {
+        let data = StructArray::from(cached.batch()?.clone()).into_data();
+        out.write(ArrowArray::from_ffi(FFI_ArrowArray::new(&data)));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -103,10 +109,16 @@ mod tests {
                 Arc::new(CachedBatch::new(original.clone())),
                 Arc::new(pulled.batch),
             ] {
-                let exports = [export_cached(cached.clone()), export_cached(cached.clone())];
+                let export = || {
+                    let mut out = MaybeUninit::uninit();
+                    export_cached(cached.clone(), &mut out).unwrap();
+                    // SAFETY: written on success.
+                    unsafe { out.assume_init() }
+                };
+                let exports = [export(), export()];
                 drop(cached);
                 for out in exports {
-                    assert_eq!(import(out.unwrap(), &original), original);
+                    assert_eq!(import(out, &original), original);
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Export: a [`CacheReader`] as a C `ArrowArrayStream` whose arrays own their buffers.
 
 use std::ffi::{c_char, c_int, CString};
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -104,11 +105,10 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
     } else {
         match state.reader.next_cached()? {
             Some(cached) => {
-                let array =
-                    export_cached(cached).map_err(|err| Error::Internal(err.to_string()))?;
-                // SAFETY: `out` is valid for writes (checked by the caller).
-                unsafe { ptr::write(out, array) };
-                return Ok(());
+                // SAFETY: `out` is valid for writes (checked by the caller), and an
+                // `ArrowArray` may hold any bytes before it is written.
+                let out = unsafe { &mut *out.cast::<MaybeUninit<ArrowArray>>() };
+                return export_cached(cached, out).map_err(|err| Error::Internal(err.to_string()));
             }
             None => FFI_ArrowArray::empty(),
         }

@@ -56,7 +56,7 @@ impl CStreamUpstream {
     /// producer's columns alone, imported into arrow-rs when something needs a
     /// `RecordBatch`; a tiny batch as a copy, its producer's arrays released; any other as
     /// an arrow-rs import with the producer's tree kept for exports.
-    fn import(&self, array: FFI_ArrowArray) -> std::result::Result<Pulled, ImportError> {
+    fn import(&self, array: &mut FFI_ArrowArray) -> std::result::Result<Pulled, ImportError> {
         let mut arrived = self.importer.check(array)?;
         let rows = arrived.rows();
         if rows == 0 {
@@ -135,21 +135,18 @@ impl BatchSource for CStreamUpstream {
     }
 
     fn pull(&mut self) -> Option<std::result::Result<Pulled, ArrowError>> {
-        let array = match self.stream.next_array() {
-            Ok(array) => array?,
-            Err(StreamError::Failed { errno, message }) => {
-                return Some(Err(errno_error(errno, message)))
-            }
-            Err(StreamError::Missing(callback)) => {
-                return Some(Err(ArrowError::CDataInterface(format!(
-                    "upstream has no {callback}"
-                ))))
-            }
+        let mut array = FFI_ArrowArray::empty();
+        match self.stream.next_into(&mut array) {
+            Ok(true) => Some(self.import(&mut array).map_err(import_error)),
+            Ok(false) => None,
+            Err(StreamError::Failed { errno, message }) => Some(Err(errno_error(errno, message))),
+            Err(StreamError::Missing(callback)) => Some(Err(ArrowError::CDataInterface(format!(
+                "upstream has no {callback}"
+            )))),
             Err(StreamError::InvalidSchema(problem)) => {
-                return Some(Err(ArrowError::CDataInterface(problem)))
+                Some(Err(ArrowError::CDataInterface(problem)))
             }
-        };
-        Some(self.import(array).map_err(import_error))
+        }
     }
 }
 

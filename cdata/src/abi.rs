@@ -108,6 +108,20 @@ impl ArrowArray {
         unsafe { std::ptr::read(std::ptr::from_ref(&*array).cast::<Self>()) }
     }
 
+    /// Release arrow-rs's array where it is, as dropping it would, leaving it released.
+    #[inline]
+    pub fn release_ffi(array: &mut FFI_ArrowArray) {
+        let raw = std::ptr::from_mut(array).cast::<Self>();
+        // SAFETY: the same C struct; an unreleased array is released once, here, and
+        // marked released whatever its callback did, so that dropping it does nothing.
+        unsafe {
+            if let Some(release) = (*raw).release {
+                release(raw);
+                (*raw).release = None;
+            }
+        }
+    }
+
     /// This array for arrow-rs, which releases it when dropped.
     ///
     /// # Safety

@@ -9,6 +9,7 @@
 //! block, and the block holds the image's owner, which keeps the tree and its buffers.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,11 +81,11 @@ unsafe impl Sync for FlatImage {}
 const ROOT_WORDS: usize = 3;
 
 impl FlatImage {
-    /// Move the columns of `array` into a new image and release its root. Hands `array`
-    /// back when its root cannot give its columns away (a validity bitmap, a dictionary,
-    /// no children) or a column is not a leaf.
-    pub fn new(array: FFI_ArrowArray) -> Result<Arc<Self>, FFI_ArrowArray> {
-        let root = ArrowArray::of_ffi(&array);
+    /// Move the columns of `array` into a new image and release its root, where it is.
+    /// `None`, and `array` untouched, when its root cannot give its columns away (a
+    /// validity bitmap, a dictionary, no children) or a column is not a leaf.
+    pub fn take_columns(array: &mut FFI_ArrowArray) -> Option<Arc<Self>> {
+        let root = ArrowArray::of_ffi(array);
         // SAFETY: an unreleased array is valid to read.
         let leaves = unsafe { gives_columns_away(root) }
             && (0..root.n_children as usize).all(|i| {
@@ -93,7 +94,7 @@ impl FlatImage {
                 child.n_children == 0 && child.dictionary.is_null()
             });
         if !leaves {
-            return Err(array);
+            return None;
         }
         let columns = root.n_children as usize;
         let shape = BlockShape::new(columns, columns);
@@ -114,10 +115,10 @@ impl FlatImage {
                     .write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
             }
         }
-        drop(array); // the producer's root, its columns moved out
+        ArrowArray::release_ffi(array); // the producer's root, its columns moved out
 
         // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
-        Ok(unsafe { Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage) })
+        Some(unsafe { Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage) })
     }
 
     /// What an export reads, for a caller that prefetches it.
@@ -151,7 +152,8 @@ impl FlatImage {
     /// The root node over `children`, without a release.
     #[inline]
     fn root_over(&self, children: *mut *mut ArrowArray) -> ArrowArray {
-        let [length, null_count, offset] = [0, 1, 2].map(|i| self.words[i] as i64);
+        let root = &self.words[..ROOT_WORDS];
+        let (length, null_count, offset) = (root[0] as i64, root[1] as i64, root[2] as i64);
         columns_root(length, null_count, offset, self.columns(), children)
     }
 
@@ -189,7 +191,7 @@ impl Drop for FlatImage {
     fn drop(&mut self) {
         let nodes = self.words[ROOT_WORDS..].as_mut_ptr().cast::<ArrowArray>();
         for index in 0..self.columns() {
-            // SAFETY: a column moved in by `FlatImage::new`, released once, here.
+            // SAFETY: a column moved in by `take_columns`, released once, here.
             unsafe {
                 let column = nodes.add(index);
                 if let Some(release) = (*column).release {
@@ -213,16 +215,17 @@ pub enum Image<'a> {
     Flat(&'a FlatImage),
 }
 
-/// Export a copy of the image `find` finds in `owner`: a new `ArrowArray` tree in one
-/// allocation, which keeps `owner` until its last node is released. Hands `owner` back
-/// when it holds no image.
+/// Export into `out` a copy of the image `find` finds in `owner`: a new `ArrowArray` tree
+/// in one allocation, which keeps `owner` until its last node is released. Hands `owner`
+/// back, and leaves `out` as it was, when it holds no image.
 ///
 /// `find` hands out a reference borrowed from `owner`: the image lives as long as `owner`,
 /// which the export keeps, unmoved and shared, so no one can drop the image meanwhile.
 pub fn export<O: Send + Sync + 'static>(
     owner: Arc<O>,
     find: impl FnOnce(&O) -> Option<Image<'_>>,
-) -> Result<ArrowArray, Arc<O>> {
+    out: &mut MaybeUninit<ArrowArray>,
+) -> Result<(), Arc<O>> {
     const {
         assert!(size_of::<Block<O>>() == size_of::<Block<()>>());
         assert!(align_of::<Block<O>>() == align_of::<Block<()>>());
@@ -271,10 +274,10 @@ pub fn export<O: Send + Sync + 'static>(
             let slot = children.add(i);
             *slot = base.add((*slot).addr()).cast();
         }
-        let mut exported = root;
-        rebase::<O>(&mut exported, base);
-        Ok(exported)
+        let exported = out.write(root);
+        rebase::<O>(exported, base);
     }
+    Ok(())
 }
 
 const NODE_WORDS: usize = size_of::<ArrowArray>() / size_of::<u64>();
@@ -572,8 +575,11 @@ mod tests {
     }
 
     fn export_tree(owner: &Arc<TreeImage>) -> ArrowArray {
-        let found = export(owner.clone(), |image| Some(Image::Tree(image)));
-        found.unwrap_or_else(|_| panic!("an image was found"))
+        let mut out = MaybeUninit::uninit();
+        let found = export(owner.clone(), |image| Some(Image::Tree(image)), &mut out);
+        assert!(found.is_ok(), "an image was found");
+        // SAFETY: `export` wrote it.
+        unsafe { out.assume_init() }
     }
 
     /// An export of a kept batch that outlived its image's owner, with the batch, its
@@ -605,7 +611,7 @@ mod tests {
     #[test]
     fn an_owner_without_an_image_is_handed_back() {
         let owner = Arc::new(());
-        let back = export(owner.clone(), |_| None).map(|_| ()).unwrap_err();
+        let back = export(owner.clone(), |_| None, &mut MaybeUninit::uninit()).unwrap_err();
         assert!(Arc::ptr_eq(&back, &owner));
     }
 
@@ -711,8 +717,11 @@ mod tests {
     struct Flat(Arc<FlatImage>);
 
     fn export_flat(owner: &Arc<Flat>) -> ArrowArray {
-        let found = export(owner.clone(), |flat| Some(Image::Flat(&flat.0)));
-        found.unwrap_or_else(|_| panic!("an image was found"))
+        let mut out = MaybeUninit::uninit();
+        let found = export(owner.clone(), |flat| Some(Image::Flat(&flat.0)), &mut out);
+        assert!(found.is_ok(), "an image was found");
+        // SAFETY: `export` wrote it.
+        unsafe { out.assume_init() }
     }
 
     #[test]
@@ -720,10 +729,11 @@ mod tests {
         let original = flat_batch();
         let buffer = original.column(0).to_data().buffers()[0].clone();
         let alone = buffer.strong_count();
-        let produced = FFI_ArrowArray::new(&StructArray::from(original.slice(1, 2)).into_data());
-        let Ok(image) = FlatImage::new(produced) else {
-            panic!("a batch of leaf columns is kept flat");
-        };
+        let slice = StructArray::from(original.slice(1, 2)).into_data();
+        let mut produced = FFI_ArrowArray::new(&slice);
+        drop(slice);
+        let image = FlatImage::take_columns(&mut produced).expect("leaf columns are kept flat");
+        assert!(produced.is_released(), "the producer's root was released");
         assert_eq!(image.columns(), 3);
         let owner = Arc::new(Flat(image));
         assert!(
@@ -769,7 +779,8 @@ mod tests {
             original.columns().to_vec(),
             Some(validity),
         );
-        let produced = FFI_ArrowArray::new(&rows.into_data());
-        assert!(FlatImage::new(produced).is_err());
+        let mut produced = FFI_ArrowArray::new(&rows.into_data());
+        assert!(FlatImage::take_columns(&mut produced).is_none());
+        assert!(!produced.is_released());
     }
 }

@@ -88,19 +88,21 @@ impl ProducerStream {
         Self { stream }
     }
 
-    /// The next array; `None` at the end of the stream.
-    pub fn next_array(&mut self) -> Result<Option<FFI_ArrowArray>, StreamError> {
-        let get_next = self
-            .stream
-            .get_next
-            .ok_or(StreamError::Missing("get_next"))?;
+    /// Have the producer write its next array into `out`, a released array, where it
+    /// stays until it is kept (no copy of the struct on the way); `false` at the end of the
+    /// stream, with `out` left released.
+    #[inline]
+    pub fn next_into(&mut self, out: &mut FFI_ArrowArray) -> Result<bool, StreamError> {
+        let Some(get_next) = self.stream.get_next else {
+            return Err(StreamError::Missing("get_next"));
+        };
+        debug_assert!(out.is_released(), "a live array would leak");
         let raw = ptr::from_mut(&mut self.stream);
-        let mut array = FFI_ArrowArray::empty();
         // SAFETY: an owned, live stream, and a released array for the producer to write.
-        let code = unsafe { get_next(raw, ptr::from_mut(&mut array).cast()) };
+        let code = unsafe { get_next(raw, ptr::from_mut(out).cast()) };
         // SAFETY: the stream's call returned just now.
         unsafe { outcome(raw, code) }?;
-        Ok((!array.is_released()).then_some(array))
+        Ok(!out.is_released())
     }
 }
 
@@ -113,15 +115,26 @@ impl Drop for ProducerStream {
     }
 }
 
-/// `code`, what a call of the stream at `raw` returned, as a result: a failure carries the
-/// errno and the message the call left, or a placeholder when it left none.
+/// `code`, what a call of the stream at `raw` returned, as a result.
 ///
 /// # Safety
 /// `raw` points to a live stream, whose last call returned `code`.
+#[inline]
 unsafe fn outcome(raw: *mut ArrowArrayStream, code: c_int) -> Result<(), StreamError> {
     if code == 0 {
         return Ok(());
     }
+    // SAFETY: as the caller promised.
+    Err(unsafe { failure(raw, code) })
+}
+
+/// A failed call's errno, with the message the call left, or a placeholder when it left
+/// none.
+///
+/// # Safety
+/// As for [`outcome`].
+#[cold]
+unsafe fn failure(raw: *mut ArrowArrayStream, code: c_int) -> StreamError {
     // SAFETY: a live stream, as the caller promised.
     let get_last_error = unsafe { (*raw).get_last_error };
     // SAFETY: as above.
@@ -133,10 +146,10 @@ unsafe fn outcome(raw: *mut ArrowArrayStream, code: c_int) -> Result<(), StreamE
             .into_owned(),
         None => "the upstream stream failed without a message".into(),
     };
-    Err(StreamError::Failed {
+    StreamError::Failed {
         errno: code,
         message,
-    })
+    }
 }
 
 /// What importing a stream's arrays needs: its schema as arrow-rs holds it, and the plan
@@ -175,10 +188,12 @@ impl Importer {
     }
 
     /// Check `array`, a struct array of the stream's rows, against the plan: arrow-rs
-    /// trusts a tree's shape (and asserts on some of it).
-    pub fn check(&self, array: FFI_ArrowArray) -> Result<Arrived<'_>, ImportError> {
+    /// trusts a tree's shape (and asserts on some of it). The array stays where it is
+    /// until it is kept; one that is not is released when its owner drops it.
+    #[inline]
+    pub fn check<'a>(&'a self, array: &'a mut FFI_ArrowArray) -> Result<Arrived<'a>, ImportError> {
         // SAFETY: an unreleased array is valid to read.
-        unsafe { self.rows.plan.check(ArrowArray::of_ffi(&array)) }
+        unsafe { self.rows.plan.check(ArrowArray::of_ffi(array)) }
             .map_err(|problem| ImportError::Malformed(format!("the batch: {problem}")))?;
         Ok(Arrived {
             array,
@@ -189,7 +204,7 @@ impl Importer {
 
 /// An array the plan accepted, not kept yet.
 pub struct Arrived<'a> {
-    array: FFI_ArrowArray,
+    array: &'a mut FFI_ArrowArray,
     rows: &'a Arc<Rows>,
 }
 
@@ -197,7 +212,7 @@ impl<'a> Arrived<'a> {
     /// How many rows it has.
     #[inline]
     pub fn rows(&self) -> usize {
-        ArrowArray::of_ffi(&self.array).length as usize
+        ArrowArray::of_ffi(self.array).length as usize
     }
 
     /// The batch of a zero-row array: no rows' data is kept, since an empty string
@@ -212,33 +227,35 @@ impl<'a> Arrived<'a> {
         }
         // SAFETY: a tree the plan accepted for this type; nothing of it is read but its
         // dictionaries, which are validated in full below.
-        let data = unsafe { from_ffi_and_data_type(self.array, self.rows.row_type.clone()) }?;
+        let data = unsafe { from_ffi_and_data_type(take(self.array), self.rows.row_type.clone()) }?;
         Ok(batch_of_rows(empty_keeping_dictionaries(&data)?, schema)?)
     }
 
     /// (start, bytes) of each of its buffers when its columns are all flat and it has no
     /// nulls of its own, as arrow-rs's import would make them; `None` otherwise.
+    #[inline]
     pub fn flat_buffers(&self) -> Result<Option<Vec<(usize, u64)>>, ImportError> {
         // SAFETY: an unreleased array that the plan accepted.
-        unsafe { self.rows.plan.flat_buffers(ArrowArray::of_ffi(&self.array)) }
+        unsafe { self.rows.plan.flat_buffers(ArrowArray::of_ffi(self.array)) }
             .map_err(|problem| ImportError::Malformed(format!("the batch: {problem}")))
     }
 
     /// Keep its columns as they came, without an arrow-rs import. Hands it back when its
     /// root cannot give them away (a validity bitmap) or they are not leaves.
+    #[inline]
     pub fn keep_flat(self) -> Result<FlatBatch, Self> {
-        match FlatImage::new(self.array) {
-            Ok(image) => Ok(FlatBatch {
+        match FlatImage::take_columns(self.array) {
+            Some(image) => Ok(FlatBatch {
                 image,
                 rows: self.rows.clone(),
             }),
-            Err(array) => Err(Self { array, ..self }),
+            None => Err(self),
         }
     }
 
     /// Keep its tree, and import the rows into arrow-rs through a second root.
     pub fn keep_tree(self) -> Result<KeptRows<'a>, ImportError> {
-        let tree = Arc::new(KeptTree::new(self.array));
+        let tree = Arc::new(KeptTree::new(take(self.array)));
         let rows = import_rows(KeptTree::shared_import_root(&tree), self.rows)?;
         Ok(KeptRows {
             rows,
@@ -325,6 +342,11 @@ impl FlatBatch {
     }
 }
 
+/// The array in `slot`, which is left released.
+fn take(slot: &mut FFI_ArrowArray) -> FFI_ArrowArray {
+    std::mem::replace(slot, FFI_ArrowArray::empty())
+}
+
 /// The rows under `root`, a root over a kept tree that the plan accepted, imported into
 /// arrow-rs and validated.
 fn import_rows(root: FFI_ArrowArray, rows: &Rows) -> Result<ArrayData, ImportError> {
@@ -405,7 +427,11 @@ mod tests {
         // SAFETY: as above.
         let mut stream = unsafe { ProducerStream::take(&mut raw) };
         assert!(raw.release.is_none());
-        let arrays = std::iter::from_fn(|| stream.next_array().unwrap()).collect();
+        let arrays = std::iter::from_fn(|| {
+            let mut array = FFI_ArrowArray::empty();
+            stream.next_into(&mut array).unwrap().then_some(array)
+        })
+        .collect();
         (importer, arrays)
     }
 
@@ -421,13 +447,14 @@ mod tests {
         let get_next = raw.get_next.take();
         // SAFETY: a live stream.
         let mut stream = unsafe { ProducerStream::take(&mut raw) };
-        assert_eq!(
-            stream.next_array().unwrap_err(),
-            StreamError::Missing("get_next")
-        );
+        let mut array = FFI_ArrowArray::empty();
+        let missing = stream.next_into(&mut array).unwrap_err();
+        assert_eq!(missing, StreamError::Missing("get_next"));
         stream.stream.get_next = get_next;
-        assert!(stream.next_array().unwrap().is_some());
-        assert!(stream.next_array().unwrap().is_none());
+        assert!(stream.next_into(&mut array).unwrap());
+        assert!(!array.is_released());
+        let mut end = FFI_ArrowArray::empty();
+        assert!(!stream.next_into(&mut end).unwrap());
     }
 
     #[test]
@@ -439,8 +466,8 @@ mod tests {
         ])
         .unwrap();
         let (importer, arrays) = arrays_of(vec![flat.clone()]);
-        for array in arrays {
-            let arrived = importer.check(array).unwrap();
+        for mut array in arrays {
+            let arrived = importer.check(&mut array).unwrap();
             assert_eq!(arrived.rows(), 100);
             let listed = arrived.flat_buffers().unwrap().unwrap();
             let Ok(kept) = arrived.keep_flat() else {
@@ -460,8 +487,8 @@ mod tests {
         )])
         .unwrap();
         let (importer, arrays) = arrays_of(vec![nested.clone()]);
-        for array in arrays {
-            let arrived = importer.check(array).unwrap();
+        for mut array in arrays {
+            let arrived = importer.check(&mut array).unwrap();
             assert!(arrived.flat_buffers().unwrap().is_none());
             let kept = arrived.keep_tree().unwrap();
             assert!(kept.copy().is_some(), "unsliced rows are copied on request");
@@ -478,8 +505,8 @@ mod tests {
             let mut raw = ArrowArray::from_ffi(array);
             (raw.offset, raw.length) = (1, 2);
             // SAFETY: arrow-rs's export, sliced within its children's rows.
-            let sliced = unsafe { raw.into_ffi() };
-            let kept = importer.check(sliced).unwrap().keep_tree().unwrap();
+            let mut sliced = unsafe { raw.into_ffi() };
+            let kept = importer.check(&mut sliced).unwrap().keep_tree().unwrap();
             assert!(kept.copy().is_none());
             assert_eq!(kept.into_batch().unwrap().0, batch.slice(1, 2));
         }
@@ -491,8 +518,8 @@ mod tests {
         // arrow-rs exports this slice with offset 0 and its one offset 4.
         let (importer, arrays) = arrays_of(vec![batch.slice(2, 0), batch.slice(3, 0)]);
         assert_eq!(arrays.len(), 2);
-        for array in arrays {
-            let arrived = importer.check(array).unwrap();
+        for mut array in arrays {
+            let arrived = importer.check(&mut array).unwrap();
             assert_eq!(arrived.rows(), 0);
             assert_eq!(
                 arrived.into_empty_batch().unwrap(),
@@ -522,8 +549,8 @@ mod tests {
             };
             arrow_array::make_array(dictionary.child_data()[0].clone())
         };
-        for (index, array) in arrays.into_iter().enumerate() {
-            let arrived = importer.check(array).unwrap();
+        for (index, mut array) in arrays.into_iter().enumerate() {
+            let arrived = importer.check(&mut array).unwrap();
             if index == 1 {
                 continue;
             }
@@ -547,8 +574,8 @@ mod tests {
             raw.n_children = 0;
             // SAFETY: arrow-rs's export with its child count lowered: its release still
             // frees every child it made.
-            let spoiled = unsafe { raw.into_ffi() };
-            let Err(ImportError::Malformed(problem)) = importer.check(spoiled) else {
+            let mut spoiled = unsafe { raw.into_ffi() };
+            let Err(ImportError::Malformed(problem)) = importer.check(&mut spoiled) else {
                 panic!("a missing child passed");
             };
             assert!(problem.contains("0 children"), "{problem}");

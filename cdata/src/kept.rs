@@ -110,6 +110,7 @@ static NO_VALIDITY: NoValidity = NoValidity([ptr::null()]);
 ///
 /// # Safety
 /// `root` is an unreleased array.
+#[inline]
 pub(crate) unsafe fn gives_columns_away(root: &ArrowArray) -> bool {
     let validity = (root.n_buffers > 0 && !root.buffers.is_null())
         // SAFETY: a buffer list of at least one pointer.
@@ -127,6 +128,7 @@ pub(crate) unsafe fn gives_columns_away(root: &ArrowArray) -> bool {
 ///
 /// # Safety
 /// As for [`gives_columns_away`]; each column is taken once.
+#[inline]
 pub(crate) unsafe fn take_column(root: &ArrowArray, index: usize) -> ArrowArray {
     // SAFETY: the child is a valid, unreleased array; marking it released leaves its
     // parent's release with nothing to do for it.

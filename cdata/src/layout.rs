@@ -22,8 +22,8 @@ pub struct Plan {
     nodes: Box<[Node]>,
     /// Each node's children, as indices into `nodes`, one run per node.
     child_ids: Box<[usize]>,
-    /// Every child of the root is a [`Flat`] column.
-    flat_columns: bool,
+    /// The root's columns, when every one is flat.
+    flat_columns: Option<Box<[Flat]>>,
     /// A node has a dictionary.
     has_dictionary: bool,
 }
@@ -66,7 +66,10 @@ impl Plan {
         builder.add(root)?;
         let root_node = builder.nodes.last().expect("the root was added");
         let columns = &builder.child_ids[root_node.first_child..][..root_node.children];
-        let flat_columns = columns.iter().all(|&id| builder.nodes[id].flat.is_some());
+        let flat_columns = columns
+            .iter()
+            .map(|&id| builder.nodes[id].flat)
+            .collect::<Option<Box<[Flat]>>>();
         let has_dictionary = builder.nodes.iter().any(|node| node.dictionary.is_some());
         Ok(Self {
             nodes: builder.nodes.into_boxed_slice(),
@@ -87,12 +90,14 @@ impl Plan {
         self.has_dictionary
     }
 
+    #[inline]
     fn root(&self) -> &Node {
         self.nodes.last().expect("a plan has a root")
     }
 
+    #[inline]
     fn children(&self, node: &Node) -> impl Iterator<Item = &Node> {
-        self.child_ids[node.first_child..][..node.children]
+        self.child_ids[node.first_child..node.first_child + node.children]
             .iter()
             .map(|&id| &self.nodes[id])
     }
@@ -103,6 +108,7 @@ impl Plan {
     ///
     /// # Safety
     /// `array` is an unreleased array: its pointers are NULL or valid for their counts.
+    #[inline]
     pub unsafe fn check(&self, array: &ArrowArray) -> Result<(), String> {
         // SAFETY: as the caller promised.
         unsafe { self.check_node(array, self.root()) }
@@ -189,10 +195,9 @@ impl Plan {
         &self,
         root: &ArrowArray,
     ) -> Result<Option<Vec<(usize, u64)>>, String> {
-        let columns = self.root().children;
-        if columns == 0 || !self.flat_columns {
+        let Some(columns) = self.flat_columns.as_deref().filter(|c| !c.is_empty()) else {
             return Ok(None);
-        }
+        };
         // SAFETY: a struct array has one buffer, its validity bitmap (checked).
         if !unsafe { *root.buffers }.is_null() && root.null_count != 0 {
             return Ok(None);
@@ -200,7 +205,7 @@ impl Plan {
         // SAFETY: `check` found one valid child per column.
         let column = |index: usize| unsafe { &**root.children.add(index) };
         // Sized for every buffer a column can have, so that the list is rarely shrunk.
-        let most = (0..columns)
+        let most = (0..columns.len())
             .map(|index| {
                 let column = column(index);
                 let values = column.n_buffers.max(1) as usize - 1;
@@ -208,11 +213,16 @@ impl Plan {
             })
             .sum();
         let mut found = Vec::with_capacity(most);
-        for (index, node) in self.children(self.root()).enumerate() {
-            let flat = node.flat.expect("every column is flat");
+        for (index, &flat) in columns.iter().enumerate() {
             // SAFETY: `check` accepted the column for this node.
-            unsafe { column_buffers(column(index), flat, &mut found) }
-                .map_err(|problem| format!("its child {:?}: {problem}", node.name))?;
+            unsafe { column_buffers(column(index), flat, &mut found) }.map_err(|problem| {
+                let name = &self
+                    .children(self.root())
+                    .nth(index)
+                    .expect("a column")
+                    .name;
+                format!("its child {name:?}: {problem}")
+            })?;
         }
         Ok(Some(found))
     }
@@ -496,7 +506,7 @@ mod tests {
                     | DataType::LargeBinary
                     | DataType::FixedSizeBinary(_)
             ) || data_type.is_primitive();
-            assert_eq!(plan.flat_columns, leaf, "{data_type}");
+            assert_eq!(plan.flat_columns.is_some(), leaf, "{data_type}");
         }
     }
 
