@@ -48,8 +48,8 @@ venv-test: $(VENV)/.test-ready
 # own progress lines show while it compiles.
 WHEEL_DIR     := target/wheels
 WHEEL_STAMP   := $(WHEEL_DIR)/.built
-WHEEL_SOURCES := $(shell find src core/src python/batchcorder -type f -not -name '*.pyc') \
-  Cargo.toml core/Cargo.toml Cargo.lock pyproject.toml build.rs include/batchcorder_cffi.h \
+WHEEL_SOURCES := $(shell find src core/src cdata/src python/batchcorder -type f -not -name '*.pyc') \
+  Cargo.toml core/Cargo.toml cdata/Cargo.toml Cargo.lock pyproject.toml build.rs include/batchcorder_cffi.h \
   README.md LICENSE-MIT LICENSE-APACHE
 $(WHEEL_STAMP): $(WHEEL_SOURCES) | venv
 	rm -f $(WHEEL_DIR)/batchcorder-*.whl

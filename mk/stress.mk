@@ -32,10 +32,13 @@ tsan:
 	  $(CARGO) test -Zbuild-std --target $(HOST_TARGET) -p batchcorder-core --features fault-injection \
 	  --lib --test core --test disk
 
-# The parts with no FFI and no mmap (memory tier, registry, errors, the in-memory core)
-# under Miri, which needs a nightly toolchain.
+# Under Miri, which needs a nightly toolchain: the core's parts with no FFI and no mmap
+# (memory tier, registry, errors, the in-memory core), and the C Data engine's unit tests
+# (its unsafe code: kept trees, export images, the checks), with C producers and consumers
+# played by arrow-rs.
 miri:
 	rustup run nightly cargo miri --version >/dev/null 2>&1 \
 	  || rustup toolchain install nightly --profile minimal --component miri
 	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test -p batchcorder-core --lib --test core -- \
 	  --skip bounded_pass  # 1000 batches: hours under Miri; TSan and the release run cover it
+	CARGO_TARGET_DIR=target/miri $(CARGO) +nightly miri test -p batchcorder-cdata --lib

@@ -33,7 +33,9 @@ pub unsafe extern "C" fn bc_capsule_adopt_stream(
     guard(
         || {},
         || {
+            // SAFETY: only checked for NULL; neither is read.
             unsafe { arg(capsule.cast_const(), "capsule") }?;
+            // SAFETY: as above.
             unsafe { arg(stream.cast_const(), "stream") }?;
             let mut adopted = adopted().lock().unwrap_or_else(|e| e.into_inner());
             adopted.insert(capsule as usize, stream as usize);
@@ -54,7 +56,8 @@ pub unsafe extern "C" fn bc_capsule_release_stream(capsule: *mut c_void) {
         adopted.remove(&(capsule as usize))
     };
     if let Some(stream) = stream {
-        let _ =
-            std::panic::catch_unwind(|| unsafe { bc_stream_free(stream as *mut ArrowArrayStream) });
+        // SAFETY: a `bc_stream_new` stream the capsule adopted, freed once: it left the map.
+        let free = || unsafe { bc_stream_free(stream as *mut ArrowArrayStream) };
+        let _ = std::panic::catch_unwind(free);
     }
 }

@@ -1,6 +1,7 @@
 //! Export: a [`CacheReader`] as a C `ArrowArrayStream` whose arrays own their buffers.
 
 use std::ffi::{c_char, c_int, CString};
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 
 use crate::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
-use crate::array_export::export_cached;
 use crate::boundary::{arg_mut, c_message, guard, out_arg, panic_message, BcStatus};
-use crate::schema_copy::SchemaCopy;
+use crate::derived::export_cached;
+use batchcorder_cdata::schema_copy::SchemaCopy;
 use batchcorder_core::{CacheReader, Cast, OnCastFailure};
 use batchcorder_core::{Error, Result};
 
@@ -53,12 +54,17 @@ pub(crate) fn export_reader(
 }
 
 /// The reader behind `stream`, if it is a live stream made by this library.
+///
+/// # Safety
+/// `stream` is NULL or a valid stream, and no other reference to its reader state lives.
 unsafe fn exported<'a>(stream: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
+    // SAFETY: NULL or valid, as the caller promised.
     let stream = unsafe { stream.as_mut() }?;
     let ours = stream
         .release
         .is_some_and(|f| std::ptr::fn_addr_eq(f, READER_RELEASE));
     if ours && !stream.private_data.is_null() {
+        // SAFETY: a live reader stream of ours owns its `Exported`, borrowed by no one else.
         Some(unsafe { &mut *stream.private_data.cast::<Exported>() })
     } else {
         None
@@ -99,10 +105,10 @@ fn next_into(state: &mut Exported, out: *mut ArrowArray) -> Result<()> {
     } else {
         match state.reader.next_cached()? {
             Some(cached) => {
-                // SAFETY: `out` is valid for writes (checked by the caller).
-                unsafe { export_cached(cached, out) }
-                    .map_err(|err| Error::Internal(err.to_string()))?;
-                return Ok(());
+                // SAFETY: `out` is valid for writes (checked by the caller), and an
+                // `ArrowArray` may hold any bytes before it is written.
+                let out = unsafe { &mut *out.cast::<MaybeUninit<ArrowArray>>() };
+                return export_cached(cached, out).map_err(|err| Error::Internal(err.to_string()));
             }
             None => FFI_ArrowArray::empty(),
         }
@@ -121,7 +127,8 @@ fn schema_into(state: &Exported, out: *mut ArrowSchema) -> Result<()> {
     }
     let schema = FFI_ArrowSchema::try_from(state.reader.output_schema().as_ref())
         .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
-    unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
+    // SAFETY: `out` is valid for writes (checked by the caller).
+    unsafe { ptr::write(out, ArrowSchema::from_ffi(schema)) };
     Ok(())
 }
 
@@ -147,25 +154,34 @@ fn last_error_of(state: Option<&mut Exported>) -> *const c_char {
     }
 }
 
+// The stream callbacks: the C Stream Interface hands each a valid stream, called by one
+// thread at a time.
+
 unsafe extern "C" fn get_schema(stream: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
+    // SAFETY: a valid stream, not called concurrently.
     schema_callback(unsafe { exported(stream) }, out)
 }
 
 unsafe extern "C" fn get_next(stream: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
+    // SAFETY: as above.
     next_callback(unsafe { exported(stream) }, out)
 }
 
 unsafe extern "C" fn get_last_error(stream: *mut ArrowArrayStream) -> *const c_char {
+    // SAFETY: as above.
     last_error_of(unsafe { exported(stream) })
 }
 
 unsafe extern "C" fn release(stream: *mut ArrowArrayStream) {
+    // SAFETY: a valid stream, or NULL from a careless caller.
     let Some(stream) = (unsafe { stream.as_mut() }) else {
         return;
     };
     if stream.private_data.is_null() {
         return;
     }
+    // SAFETY: made by `Box::into_raw` in `export_reader`, freed once: the stream is
+    // released below.
     let private = unsafe { Box::from_raw(stream.private_data.cast::<Exported>()) };
     *stream = ArrowArrayStream::RELEASED;
     // A panic in a reader's drop must not unwind into C; the reader is gone either way.
@@ -186,6 +202,7 @@ pub unsafe extern "C" fn bc_reader_next(
     reader: *mut ArrowArrayStream,
     out: *mut ArrowArray,
 ) -> BcStatus {
+    // SAFETY: NULL or a live stream, as the caller promised.
     let state: *mut Exported = match unsafe { reader_arg(reader) } {
         Ok(state) => state,
         Err(err) => return crate::boundary::fail(&err),
@@ -193,6 +210,7 @@ pub unsafe extern "C" fn bc_reader_next(
     guard(
         // SAFETY: runs only after the body unwound, so nothing else borrows the reader.
         || unsafe { (*state).reader.poison_cache() },
+        // SAFETY: the reader's state, borrowed by nothing else while this runs.
         || next_into(unsafe { &mut *state }, out_arg(out, "out")?),
     )
 }
@@ -217,6 +235,7 @@ pub unsafe extern "C" fn bc_reader_cast(
     reader: *mut ArrowArrayStream,
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
+    // SAFETY: the same arguments, under the same contract.
     unsafe { bc_reader_cast_with(reader, requested_schema, BC_CAST_FAILURE_ERROR) }
 }
 
@@ -238,7 +257,9 @@ pub unsafe extern "C" fn bc_reader_cast_with(
     guard(
         || {},
         || {
+            // SAFETY: NULL or a live stream, as the caller promised.
             let state = unsafe { reader_arg(reader) }?;
+            // SAFETY: NULL or a valid schema, as the caller promised.
             let schema = unsafe { crate::boundary::arg(requested_schema, "requested_schema") }?;
             let on_failure = match on_failure {
                 BC_CAST_FAILURE_ERROR => OnCastFailure::Error,
@@ -273,7 +294,9 @@ pub unsafe extern "C" fn bc_reader_position(
     guard(
         || {},
         || {
+            // SAFETY: NULL or a live stream, as the caller promised.
             let position = unsafe { reader_arg(reader) }?.reader.position();
+            // SAFETY: not NULL (checked), so valid for one write.
             unsafe { out_arg(out, "out")?.write(position) };
             Ok(())
         },
@@ -292,6 +315,7 @@ pub unsafe extern "C" fn bc_reader_position(
 pub unsafe extern "C" fn bc_reader_failure(reader: *mut ArrowArrayStream) -> BcStatus {
     guard(
         || {},
+        // SAFETY: NULL or a live stream, as the caller promised.
         || match &unsafe { reader_arg(reader) }?.failure {
             Some((err, _)) => Err(err.clone()),
             None => Ok(()),
@@ -323,6 +347,7 @@ pub unsafe extern "C" fn bc_reader_view(
     guard(
         || {},
         || {
+            // SAFETY: NULL or a live stream, as the caller promised.
             let state: *mut Exported = unsafe { reader_arg(reader) }?;
             let out = out_arg(out, "out")?;
             let view = ArrowArrayStream {
@@ -340,7 +365,11 @@ pub unsafe extern "C" fn bc_reader_view(
 }
 
 /// The reader state a live view reads through.
+///
+/// # Safety
+/// `view` is NULL or a valid stream, and no other reference to its reader state lives.
 unsafe fn viewed<'a>(view: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
+    // SAFETY: NULL or valid, as the caller promised.
     let view = unsafe { view.as_ref() }?;
     let ours = view
         .release
@@ -351,25 +380,35 @@ unsafe fn viewed<'a>(view: *mut ArrowArrayStream) -> Option<&'a mut Exported> {
 }
 
 unsafe extern "C" fn view_get_schema(view: *mut ArrowArrayStream, out: *mut ArrowSchema) -> c_int {
+    // SAFETY: a valid stream, not called concurrently.
     schema_callback(unsafe { viewed(view) }, out)
 }
 
 unsafe extern "C" fn view_get_next(view: *mut ArrowArrayStream, out: *mut ArrowArray) -> c_int {
+    // SAFETY: as above.
     next_callback(unsafe { viewed(view) }, out)
 }
 
 unsafe extern "C" fn view_get_last_error(view: *mut ArrowArrayStream) -> *const c_char {
+    // SAFETY: as above.
     last_error_of(unsafe { viewed(view) })
 }
 
 unsafe extern "C" fn view_release(view: *mut ArrowArrayStream) {
+    // SAFETY: a valid stream, or NULL from a careless caller.
     if let Some(view) = unsafe { view.as_mut() } {
         *view = ArrowArrayStream::RELEASED;
     }
 }
 
+/// The reader state behind the `reader` argument of a `bc_reader_*` call.
+///
+/// # Safety
+/// `reader` is NULL or a live stream, and no other reference to its reader state lives.
 unsafe fn reader_arg<'a>(reader: *mut ArrowArrayStream) -> Result<&'a mut Exported> {
+    // SAFETY: NULL or live, as the caller promised.
     let stream = unsafe { arg_mut(reader, "reader") }?;
+    // SAFETY: as above.
     unsafe { exported(stream) }.ok_or_else(|| {
         Error::InvalidArgument(
             "argument `reader` is released or was not made by bc_cache_reader".into(),
@@ -396,8 +435,10 @@ pub unsafe extern "C" fn bc_stream_free(stream: *mut ArrowArrayStream) {
     if stream.is_null() {
         return;
     }
+    // SAFETY: made by `bc_stream_new` and not freed before, as the caller promised.
     let mut boxed = unsafe { Box::from_raw(stream) };
     if let Some(release) = boxed.release {
+        // SAFETY: a live stream, released once.
         unsafe { release(&mut *boxed) };
     }
 }

@@ -71,8 +71,10 @@ pub unsafe extern "C" fn bc_cache_persist(
     out: *mut BcPersisted,
 ) -> BcStatus {
     on_cache(cache, |cache| {
+        // SAFETY: NULL or a NUL-terminated string, as the caller promised.
         let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
         let saved = cache.persist(Path::new(path))?;
+        // SAFETY: NULL or writable, as the caller promised.
         if let Some(out) = unsafe { out.as_mut() } {
             *out = (&saved).into();
         }
@@ -111,6 +113,7 @@ pub unsafe extern "C" fn bc_cache_open(
     guard(
         || {},
         || {
+            // SAFETY: NULL or a NUL-terminated string, as the caller promised.
             let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
             let out = out_arg(out, "out")?;
             let verify = match verify {
@@ -124,6 +127,7 @@ pub unsafe extern "C" fn bc_cache_open(
                     )))
                 }
             };
+            // SAFETY: NULL or a live builder, as the caller promised.
             let options = match unsafe { opts.as_ref() } {
                 Some(opts) => opts.open_options(verify)?,
                 None => OpenOptions {
@@ -133,9 +137,11 @@ pub unsafe extern "C" fn bc_cache_open(
             };
             let (cache, opened): (StreamCache, Persisted) =
                 StreamCache::open(Path::new(path), &options)?;
+            // SAFETY: NULL or writable, as the caller promised.
             if let Some(info) = unsafe { out_info.as_mut() } {
                 *info = (&opened).into();
             }
+            // SAFETY: not NULL (checked), so writable.
             unsafe { out.write(BcCache::into_raw(cache)) };
             Ok(())
         },
@@ -168,9 +174,11 @@ pub unsafe extern "C" fn bc_cache_share(
         })?;
         let path = CString::new(path)
             .map_err(|_| Error::InvalidArgument("the persisted copy's path holds a NUL".into()))?;
+        // SAFETY: NULL or writable, as the caller promised.
         if let Some(info) = unsafe { out_info.as_mut() } {
             *info = (&shared).into();
         }
+        // SAFETY: not NULL (checked), so writable.
         unsafe { out_path.write(path.into_raw()) };
         Ok(())
     })
@@ -184,6 +192,7 @@ pub unsafe extern "C" fn bc_cache_share(
 pub unsafe extern "C" fn bc_string_free(text: *mut c_char) {
     guard_value((), || {
         if !text.is_null() {
+            // SAFETY: a string of ours not freed before, as the caller promised.
             drop(unsafe { CString::from_raw(text) });
         }
     })

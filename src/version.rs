@@ -50,6 +50,7 @@ mod tests {
     #[test]
     fn bc_version_is_the_package_version() {
         // The macros are checked against the package version at compile time above.
+        // SAFETY: `bc_version` returns a static NUL-terminated string.
         let c = unsafe { std::ffi::CStr::from_ptr(super::super::bc_version()) };
         assert_eq!(c.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
     }

@@ -30,6 +30,12 @@
 //! layers over this crate.
 
 pub mod cache;
+// Its one unsafe block whose SAFETY comment is not next to it (`map_file`) is being
+// reworked with damaged saves; the comment moves then, and this goes.
+#[expect(
+    clippy::undocumented_unsafe_blocks,
+    reason = "disk.rs is being reworked"
+)]
 pub mod disk;
 pub mod error;
 #[cfg(feature = "fault-injection")]

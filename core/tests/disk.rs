@@ -429,6 +429,7 @@ fn an_inner_dictionary_replaced_under_an_unchanged_outer_one_reads_back() {
 fn an_unwritable_disk_path_keeps_its_os_error() {
     // Root may write anywhere but in sysfs; anyone else is refused by a 0500 directory.
     let parent = tempfile::tempdir().unwrap();
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let path = if root {
         std::path::PathBuf::from("/sys")

@@ -69,13 +69,15 @@ pub fn upstream(batches: i64, fail_at: Option<i64>) -> ArrowArrayStream {
 }
 
 fn released_array() -> ArrowArray {
-    unsafe { std::mem::transmute(FFI_ArrowArray::empty()) }
+    ArrowArray::RELEASED
 }
 
 /// The first id of an exported batch; releases it.
 fn first_id(array: ArrowArray) -> i64 {
-    let ffi: FFI_ArrowArray = unsafe { std::mem::transmute(array) };
+    // SAFETY: a batch the library exported.
+    let ffi: FFI_ArrowArray = unsafe { array.into_ffi() };
     let data_type = DataType::Struct(schema().fields().clone());
+    // SAFETY: a batch of the stream's rows.
     let data = unsafe { from_ffi_and_data_type(ffi, data_type) }.unwrap();
     StructArray::from(data)
         .column(0)
@@ -174,6 +176,7 @@ fn configure(opts: *mut BcOptions, tier: Tier) -> Option<DiskDir> {
     };
     let compressions = [BC_COMPRESSION_NONE, BC_COMPRESSION_LZ4, BC_COMPRESSION_ZSTD];
     let compression = compressions[usize::from(compression % 3)];
+    // SAFETY: a live builder and a NUL-terminated path.
     unsafe {
         assert_eq!(
             bc_options_set_disk(opts, path.as_ptr(), DISK_CAPACITY),
@@ -205,15 +208,18 @@ pub fn run_on(
     let mut source = upstream(batches, fail_at);
     let opts = bc_options_new();
     if let Some(max) = max_readers {
+        // SAFETY: a live builder.
         assert_eq!(unsafe { bc_options_set_max_readers(opts, max) }, BC_OK);
     }
     let disk = configure(opts, tier);
     let mut cache = ptr::null_mut();
-    assert_eq!(
-        unsafe { bc_cache_new(&mut source, opts, &mut cache) },
-        BC_OK
-    );
+    // SAFETY: a live stream and builder, and a place for the handle. From here on, `cache`
+    // is a live handle until `bc_cache_free` below, and every reader stream is a live one
+    // of ours or released.
+    let status = unsafe { bc_cache_new(&mut source, opts, &mut cache) };
+    assert_eq!(status, BC_OK);
     assert!(source.release.is_none(), "the cache took the upstream");
+    // SAFETY: a live builder, freed once.
     unsafe { bc_options_free(opts) };
     if let Some(disk) = &disk {
         assert_eq!(disk.entries(), 1, "the cache made its private directory");
@@ -232,6 +238,7 @@ pub fn run_on(
         match op {
             Op::NewReader { from_start } => {
                 let mut stream = ArrowArrayStream::RELEASED;
+                // SAFETY: as said where `cache` was made.
                 let status =
                     unsafe { bc_cache_reader(cache, from_start, ptr::null(), &mut stream) };
                 if model.closed {
@@ -264,6 +271,7 @@ pub fn run_on(
                         break;
                     }
                     let mut array = released_array();
+                    // SAFETY: as said where `cache` was made.
                     let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
                     if model.closed {
                         assert_eq!(status, BC_CLOSED);
@@ -284,16 +292,16 @@ pub fn run_on(
                     r.position += 1;
                     model.frontier = model.frontier.max(r.position);
                     let mut position = 0;
-                    assert_eq!(
-                        unsafe { bc_reader_position(&mut r.stream, &mut position) },
-                        BC_OK
-                    );
+                    // SAFETY: as said where `cache` was made.
+                    let status = unsafe { bc_reader_position(&mut r.stream, &mut position) };
+                    assert_eq!(status, BC_OK);
                     assert_eq!(position as i64, r.position);
                 }
             }
             Op::Release { reader } => {
                 if let Some(r) = readers.get_mut(reader % READER_SLOTS) {
                     if let Some(release) = r.stream.release {
+                        // SAFETY: a live stream, released once.
                         unsafe { release(&mut r.stream) };
                     }
                     assert_released(&r.stream);
@@ -302,17 +310,20 @@ pub fn run_on(
             Op::ReleaseAgain { reader } => {
                 if let Some(r) = readers.get_mut(reader % READER_SLOTS) {
                     if let Some(release) = r.stream.release {
+                        // SAFETY: a live stream, released once.
                         unsafe { release(&mut r.stream) };
                     }
                     assert_released(&r.stream);
                     // The C stream interface forbids this, but a double release must not
                     // free anything twice: private_data is NULL, so it returns at once.
+                    // SAFETY: the library's release of a released stream, which it allows.
                     unsafe { (r.release_fn)(&mut r.stream) };
                     assert_released(&r.stream);
                 }
             }
             Op::IngestAll => {
                 let mut total = 0;
+                // SAFETY: as said where `cache` was made.
                 let status = unsafe { bc_cache_ingest_all(cache, &mut total) };
                 if model.closed {
                     assert_eq!(status, BC_CLOSED);
@@ -329,16 +340,16 @@ pub fn run_on(
                 if model.closed {
                     continue;
                 }
+                // SAFETY: as said where `cache` was made.
                 assert_eq!(unsafe { bc_cache_stats(cache, &mut stats) }, BC_OK);
                 assert_eq!(
                     stats.batches_ingested as i64,
                     model.frontier.min(model.stop())
                 );
                 assert_eq!(stats.readers_created, model.created);
-                assert_eq!(
-                    unsafe { bc_cache_ingested_count(cache) },
-                    stats.batches_ingested
-                );
+                // SAFETY: as said where `cache` was made.
+                let ingested = unsafe { bc_cache_ingested_count(cache) };
+                assert_eq!(ingested, stats.batches_ingested);
                 if let Some(disk) = &disk {
                     if disk.always_written && model.max_readers.is_none() {
                         // The disk tier is really in use, not just configured.
@@ -351,6 +362,7 @@ pub fn run_on(
                 }
             }
             Op::Close => {
+                // SAFETY: as said where `cache` was made.
                 assert_eq!(unsafe { bc_cache_close(cache) }, BC_OK);
                 model.closed = true;
                 if let Some(disk) = &disk {
@@ -360,10 +372,12 @@ pub fn run_on(
             Op::Misuse { reader } => misuse(cache, readers.get_mut(reader % READER_SLOTS)),
         }
     }
+    // SAFETY: a live handle, freed once.
     unsafe { bc_cache_free(cache) };
     // Readers outlive the handle; releasing them last must be clean.
     for mut r in readers {
         if let Some(release) = r.stream.release {
+            // SAFETY: a live stream, released once.
             unsafe { release(&mut r.stream) };
         }
         assert_released(&r.stream);
@@ -386,11 +400,12 @@ fn assert_released(stream: &ArrowArrayStream) {
 pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
     let null_cache: *mut BcCache = ptr::null_mut();
     let mut stream = ArrowArrayStream::RELEASED;
-    let mut schema_out: ArrowSchema = unsafe { std::mem::zeroed() };
+    let mut schema_out = ArrowSchema::RELEASED;
     // Each failure sets its own message, naming the argument: a stale one would name
     // the previous call's.
     let expect_invalid = |status: BcStatus, argument: &str| {
         assert_eq!(status, BC_INVALID_ARGUMENT);
+        // SAFETY: the library's message, NUL-terminated, valid until its next call here.
         let message = unsafe { std::ffi::CStr::from_ptr(batchcorder::bc_last_error()) };
         let message = message.to_string_lossy();
         assert!(
@@ -398,6 +413,8 @@ pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
             "{message}"
         );
     };
+    // SAFETY: `cache` is NULL or live, the reader live or released, and each pointer NULL
+    // or valid: what the calls allow, and misuse they must survive.
     unsafe {
         expect_invalid(
             bc_cache_reader(null_cache, true, ptr::null(), &mut stream),

@@ -13,7 +13,7 @@ use crate::abi::ArrowSchema;
 
 /// One node of a copied schema tree.
 #[derive(Debug, Clone)]
-pub(crate) struct SchemaCopy {
+pub struct SchemaCopy {
     format: CString,
     name: Option<CString>,
     /// The metadata in the C Data Interface's encoding.
@@ -42,12 +42,15 @@ impl SchemaCopy {
         if schema.format.is_null() {
             return Err("a schema node has no format string".into());
         }
+        // SAFETY: an unreleased schema's strings are NUL-terminated.
         let format = unsafe { CStr::from_ptr(schema.format) }.to_owned();
-        let name =
-            (!schema.name.is_null()).then(|| unsafe { CStr::from_ptr(schema.name) }.to_owned());
+        let name = (!schema.name.is_null())
+            // SAFETY: as above.
+            .then(|| unsafe { CStr::from_ptr(schema.name) }.to_owned());
         let metadata = if schema.metadata.is_null() {
             None
         } else {
+            // SAFETY: an unreleased schema's metadata is in the C Data Interface's encoding.
             Some(unsafe { copy_metadata(schema.metadata) })
         };
         let count = usize::try_from(schema.n_children)
@@ -57,11 +60,15 @@ impl SchemaCopy {
         }
         let mut children = Vec::with_capacity(count);
         for index in 0..count {
+            // SAFETY: the child list holds `n_children` pointers, each NULL or valid.
             let child = unsafe { (*schema.children.add(index)).as_ref() }
                 .ok_or_else(|| format!("a schema node has a NULL child {index}"))?;
+            // SAFETY: a child of an unreleased schema is unreleased.
             children.push(unsafe { Self::of(child) }?);
         }
+        // SAFETY: the dictionary is NULL or a valid, unreleased schema.
         let dictionary = match unsafe { schema.dictionary.as_ref() } {
+            // SAFETY: as above.
             Some(dictionary) => Some(Box::new(unsafe { Self::of(dictionary) }?)),
             None => None,
         };
@@ -78,10 +85,14 @@ impl SchemaCopy {
     /// The schema as arrow-rs holds it: without the metadata entries whose key or value
     /// is not UTF-8, and without what arrow-rs has no place for.
     pub fn to_arrow(&self) -> Result<Schema, ArrowError> {
-        // SAFETY: the layouts are equal (abi.rs); the export is a fresh, owned tree.
-        let exported: FFI_ArrowSchema =
-            unsafe { std::mem::transmute(self.utf8_metadata_only().export()) };
-        Schema::try_from(&exported)
+        Schema::try_from(&self.arrow_view())
+    }
+
+    /// The C schema tree arrow-rs reads: this one without the metadata entries whose key
+    /// or value is not UTF-8, which arrow-rs refuses.
+    pub fn arrow_view(&self) -> FFI_ArrowSchema {
+        // SAFETY: a fresh tree of ours, which keeps the C Data Interface's rules.
+        unsafe { self.utf8_metadata_only().export().into_ffi() }
     }
 
     /// The same tree without the metadata entries whose key or value is not UTF-8.
@@ -140,6 +151,7 @@ impl SchemaCopy {
 }
 
 unsafe extern "C" fn release_exported(schema: *mut ArrowSchema) {
+    // SAFETY: a release callback gets a valid schema, or NULL from a careless caller.
     let Some(schema) = (unsafe { schema.as_mut() }) else {
         return;
     };
@@ -156,8 +168,10 @@ unsafe extern "C" fn release_exported(schema: *mut ArrowSchema) {
     {
         // A consumer may have moved a child out (and marked it released): then only the
         // struct, which is ours, is freed here.
+        // SAFETY: made by `Box::into_raw` in `export`, freed once, here.
         let mut owned = unsafe { Box::from_raw(owned) };
         if let Some(release) = owned.release {
+            // SAFETY: an unreleased child, released once.
             unsafe { release(&mut *owned) };
         }
     }
@@ -171,6 +185,7 @@ unsafe extern "C" fn release_exported(schema: *mut ArrowSchema) {
 /// # Safety
 /// `metadata` points to metadata in that encoding.
 unsafe fn copy_metadata(metadata: *const c_char) -> Box<[u8]> {
+    // SAFETY: each length read lies inside the encoding, as the caller promised.
     let read_i32 =
         |at: usize| unsafe { ptr::read_unaligned(metadata.add(at).cast::<i32>()).max(0) as usize };
     let pairs = read_i32(0);
@@ -178,6 +193,7 @@ unsafe fn copy_metadata(metadata: *const c_char) -> Box<[u8]> {
     for _ in 0..pairs * 2 {
         at += 4 + read_i32(at);
     }
+    // SAFETY: the encoding is `at` bytes long, counted above.
     unsafe { std::slice::from_raw_parts(metadata.cast::<u8>(), at) }.into()
 }
 
@@ -232,12 +248,12 @@ mod tests {
         let schema = Schema::new(vec![field, nested])
             .with_metadata(HashMap::from([("origin".to_string(), "test".to_string())]));
         let source = FFI_ArrowSchema::try_from(&schema).unwrap();
-        let raw = unsafe { &*(&source as *const FFI_ArrowSchema).cast::<ArrowSchema>() };
-        let copy = unsafe { SchemaCopy::of(raw) }.unwrap();
+        // SAFETY: an unreleased schema exported by arrow-rs.
+        let copy = unsafe { SchemaCopy::of(ArrowSchema::of_ffi(&source)) }.unwrap();
         drop(source);
         for _ in 0..2 {
-            let exported = copy.export();
-            let back: FFI_ArrowSchema = unsafe { std::mem::transmute(exported) };
+            // SAFETY: a fresh export of ours.
+            let back = unsafe { copy.export().into_ffi() };
             assert_eq!(Schema::try_from(&back).unwrap(), schema);
         }
     }
@@ -259,9 +275,10 @@ mod tests {
             dictionary: None,
         };
         let exported = copy.export();
+        // SAFETY: the export's metadata is the encoding it was given.
         assert_eq!(&*unsafe { copy_metadata(exported.metadata) }, &bytes[..]);
-        let back: FFI_ArrowSchema = unsafe { std::mem::transmute(exported) };
-        drop(back);
+        // SAFETY: a fresh export of ours, released by arrow-rs's drop.
+        drop(unsafe { exported.into_ffi() });
         let schema = copy.to_arrow().unwrap();
         assert_eq!(
             schema.metadata(),
