@@ -35,8 +35,21 @@ const ALIGNMENT: usize = 64;
 
 pub(crate) fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     Error::Io {
-        message: format!("{what} {}: {err}", path.display()),
+        message: format!("{what} {}: {}", path.display(), without_errno(&err)),
         errno: os_errno(&err),
+    }
+}
+
+/// `err`'s text without Rust's " (os error N)": the errno travels apart, and Python's
+/// `OSError` shows it as "[Errno N]".
+fn without_errno(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.split_once(" (os error ") {
+        Some((before, rest)) => match rest.split_once(')') {
+            Some((_, after)) => format!("{before}{after}"),
+            None => text,
+        },
+        None => text,
     }
 }
 

@@ -472,3 +472,11 @@ def test_an_unwritable_disk_path_is_a_permission_error(tmp_path):
     assert type(err).__name__ == "DiskPermissionError" and isinstance(err, DiskError), err
     assert err.errno == code, err
     assert os.strerror(code) in str(err) and str(target) in str(err), err
+
+
+def test_an_os_error_names_its_errno_once(tmp_path):
+    with pytest.raises(FileNotFoundError) as missing:
+        StreamCache.open(tmp_path / "nowhere")
+    text = str(missing.value)
+    assert missing.value.errno == 2
+    assert text.count("[Errno 2]") == 1 and "os error" not in text, text
