@@ -83,8 +83,9 @@ typedef enum BcStatus {
 // A cache over one upstream stream.
 //
 // Thread-safe: any `bc_cache_*` call may run on any thread, concurrently with others on
-// the same cache. Readers it hands out may outlive it: `bc_cache_free` does not
-// invalidate them, `bc_cache_close` makes them fail cleanly.
+// the same cache, except `bc_cache_free`, which must be the last call on the handle.
+// Readers it hands out may outlive it: `bc_cache_free` does not invalidate them,
+// `bc_cache_close` makes them fail cleanly.
 typedef struct BcCache BcCache;
 
 // Options for `bc_cache_new` and `bc_cache_open`, built with the `bc_options_set_*`
@@ -278,6 +279,8 @@ enum BcStatus bc_cache_new(struct ArrowArrayStream *upstream,
 //
 // # Safety
 // Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+// `requested_schema` is only read, during the call: its strings, children and
+// dictionary must be valid then, and its `release` may be NULL.
 enum BcStatus bc_cache_reader(struct BcCache *cache,
                               bool from_start,
                               const struct ArrowSchema *requested_schema,
@@ -287,7 +290,8 @@ enum BcStatus bc_cache_reader(struct BcCache *cache,
 // `bc_cache_reader` can cast this cache's batches to. The schema is only read.
 //
 // # Safety
-// Each pointer is NULL or valid.
+// Each pointer is NULL or valid. `requested_schema` is only read, during the call: its
+// strings, children and dictionary must be valid then, and its `release` may be NULL.
 enum BcStatus bc_cache_check_schema(const struct BcCache *cache,
                                     const struct ArrowSchema *requested_schema);
 
@@ -342,7 +346,8 @@ enum BcStatus bc_cache_close(struct BcCache *cache);
 // storage alive until they are released.
 //
 // # Safety
-// `cache` is NULL or came from `bc_cache_new` and was not freed before.
+// `cache` is NULL or came from `bc_cache_new` or `bc_cache_open` and was not freed
+// before; no other call on it runs at the same time or later.
 void bc_cache_free(struct BcCache *cache);
 
 // Record that `capsule` owns `stream` (from `bc_stream_new`): when the capsule's

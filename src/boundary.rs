@@ -135,25 +135,43 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
+/// Check a pointer argument without borrowing it: fail naming it when it is NULL.
+pub(crate) fn non_null<T>(ptr: *const T, name: &str) -> batchcorder_core::Result<*const T> {
+    if ptr.is_null() {
+        return Err(Error::InvalidArgument(format!(
+            "argument `{name}` is NULL; pass a valid pointer"
+        )));
+    }
+    Ok(ptr)
+}
+
 /// Borrow `ptr`, or fail with a message naming the argument.
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a live `T` for `'a`.
+/// A non-NULL `ptr` must be aligned and point to an initialized `T` that stays live and
+/// is not written (other than through a `T`'s own interior mutability) for `'a`.
 pub(crate) unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> batchcorder_core::Result<&'a T> {
-    unsafe { ptr.as_ref() }.ok_or_else(|| {
-        Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
-    })
+    let ptr = non_null(ptr, name)?;
+    // SAFETY: not NULL (checked by `non_null` above); aligned, initialized, live and not
+    // written for `'a`, as the caller promised.
+    Ok(unsafe { &*ptr })
 }
 
 /// Borrow a NUL-terminated UTF-8 string argument, or fail naming it.
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a NUL-terminated string that lives for `'a`.
+/// A non-NULL `ptr` must point to a NUL-terminated string that stays live and unchanged
+/// for `'a`.
 pub(crate) unsafe fn utf8_arg<'a>(
     ptr: *const c_char,
     name: &str,
 ) -> batchcorder_core::Result<&'a str> {
-    let text = unsafe { std::ffi::CStr::from_ptr(arg(ptr, name)?) };
+    // The raw pointer itself, not one derived from a `&c_char`: a reference would allow
+    // reads of its first byte only, and `CStr::from_ptr` reads up to the NUL.
+    let ptr = non_null(ptr, name)?;
+    // SAFETY: not NULL (checked by `non_null` above); NUL-terminated, live and unchanged
+    // for `'a`, as the caller promised.
+    let text = unsafe { std::ffi::CStr::from_ptr(ptr) };
     text.to_str()
         .map_err(|_| Error::InvalidArgument(format!("argument `{name}` is not valid UTF-8")))
 }
@@ -172,14 +190,16 @@ pub(crate) fn out_arg<T>(out: *mut T, name: &str) -> batchcorder_core::Result<*m
 /// Borrow `ptr` mutably, or fail with a message naming the argument.
 ///
 /// # Safety
-/// A non-NULL `ptr` must point to a live `T` for `'a`, borrowed by nothing else.
+/// A non-NULL `ptr` must be aligned and point to an initialized `T` that stays live for
+/// `'a` and that nothing else reads, writes or borrows meanwhile.
 pub(crate) unsafe fn arg_mut<'a, T>(
     ptr: *mut T,
     name: &str,
 ) -> batchcorder_core::Result<&'a mut T> {
-    unsafe { ptr.as_mut() }.ok_or_else(|| {
-        Error::InvalidArgument(format!("argument `{name}` is NULL; pass a valid pointer"))
-    })
+    let ptr = non_null(ptr, name)?.cast_mut();
+    // SAFETY: not NULL (checked by `non_null` above); aligned, initialized, live for `'a`
+    // and used by nothing else meanwhile, as the caller promised.
+    Ok(unsafe { &mut *ptr })
 }
 
 /// The library version, "MAJOR.MINOR.PATCH". The string is static.

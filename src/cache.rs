@@ -19,14 +19,21 @@ use batchcorder_core::{Error, Result};
 /// A cache over one upstream stream.
 ///
 /// Thread-safe: any `bc_cache_*` call may run on any thread, concurrently with others on
-/// the same cache. Readers it hands out may outlive it: `bc_cache_free` does not
-/// invalidate them, `bc_cache_close` makes them fail cleanly.
+/// the same cache, except `bc_cache_free`, which must be the last call on the handle.
+/// Readers it hands out may outlive it: `bc_cache_free` does not invalidate them,
+/// `bc_cache_close` makes them fail cleanly.
 pub struct BcCache {
     cache: StreamCache,
     /// The schema as the upstream's producer wrote it, which readers hand out; `None`
     /// for a cache built in Rust, whose readers export arrow-rs's schema.
     exact_schema: Option<Arc<SchemaCopy>>,
 }
+
+// `on_cache` shares one handle between concurrent calls on any thread.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<BcCache>();
+};
 
 impl std::ops::Deref for BcCache {
     type Target = StreamCache;
@@ -48,10 +55,20 @@ impl BcCache {
 }
 
 /// Run a call on `cache`, poisoning it if the call panics.
+///
+/// Safe to call only with an export's own `cache` argument, which that export's caller
+/// promised is NULL or a live handle (`# Safety` of each `bc_cache_*` export): this takes
+/// a raw pointer yet is not `unsafe`, since its callers outside this file (persist.rs)
+/// call it without an `unsafe` block.
 pub(crate) fn on_cache(
     cache: *const BcCache,
     body: impl FnOnce(&BcCache) -> Result<()>,
 ) -> BcStatus {
+    // SAFETY: every caller passes its export's `cache` argument, which the export's
+    // caller promised is NULL or a live handle from `bc_cache_new` or `bc_cache_open`
+    // (header contract): a `Box<BcCache>`'s pointer, so aligned and initialized, not
+    // freed before this call returns (`bc_cache_free` is the last call on a handle), and
+    // only shared while it runs (`BcCache` is `Sync`; nothing takes `&mut` to it).
     let handle = match unsafe { arg(cache, "cache") } {
         Ok(handle) => handle,
         Err(err) => return crate::boundary::fail(&err),
@@ -87,6 +104,9 @@ pub unsafe extern "C" fn bc_cache_new(
     guard(
         || {},
         || {
+            // SAFETY: NULL or a live stream, as the caller promised (header contract);
+            // nothing else uses it during this call, and `stream` is not used after the
+            // check below, before `schema_of` and `take` go through `upstream` again.
             let stream = unsafe { arg(upstream, "upstream") }?;
             let out = out_arg(out, "out")?;
             if stream.release.is_none() {
@@ -94,19 +114,26 @@ pub unsafe extern "C" fn bc_cache_new(
                     "argument `upstream` is a released stream; pass a live ArrowArrayStream".into(),
                 ));
             }
+            // SAFETY: NULL or a live builder from `bc_options_new`, as the caller promised;
+            // builders are not thread-safe (header), so no other call changes it meanwhile.
             let options = match unsafe { opts.as_ref() } {
                 Some(opts) => opts.cache_options(),
                 None => CacheOptions::default(),
             };
             let prepared = StreamCache::prepare(options)?;
+            // SAFETY: not NULL (checked by `arg` above), live as the caller promised, and
+            // unreleased (its `release` was checked above).
             let (schema, exact) = unsafe { CStreamUpstream::schema_of(upstream) }?;
             // Nothing below fails, so the caller keeps the stream on every error path.
+            // SAFETY: the same live, unreleased stream that `schema` was just read from.
             let source = unsafe { CStreamUpstream::take(upstream, schema) };
             let cache = prepared.start_source(Box::new(source));
             let handle = Box::into_raw(Box::new(BcCache {
                 cache,
                 exact_schema: Some(Arc::new(exact)),
             }));
+            // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
+            // promised; a `*mut BcCache` needs no release, so overwriting it is right.
             unsafe { out.write(handle) };
             Ok(())
         },
@@ -123,6 +150,8 @@ pub unsafe extern "C" fn bc_cache_new(
 ///
 /// # Safety
 /// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
+/// `requested_schema` is only read, during the call: its strings, children and
+/// dictionary must be valid then, and its `release` may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_reader(
     cache: *mut BcCache,
@@ -131,7 +160,9 @@ pub unsafe extern "C" fn bc_cache_reader(
     out: *mut ArrowArrayStream,
 ) -> BcStatus {
     on_cache(cache, |cache| {
-        out_arg(out, "out")?;
+        let out = out_arg(out, "out")?;
+        // SAFETY: NULL or a valid schema, as the caller promised, only read during this
+        // call and not written meanwhile (a `const` argument the caller keeps).
         let (target, exact) = match unsafe { requested_schema.as_ref() } {
             None => (None, cache.exact_schema.clone()),
             Some(schema) => {
@@ -140,6 +171,8 @@ pub unsafe extern "C" fn bc_cache_reader(
             }
         };
         let reader = cache.reader_with_schema(from_start, target)?;
+        // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
+        // promised, who also agreed that it is overwritten without release.
         unsafe { ptr::write(out, export_reader(reader, exact)) };
         Ok(())
     })
@@ -149,26 +182,41 @@ pub unsafe extern "C" fn bc_cache_reader(
 /// `bc_cache_reader` can cast this cache's batches to. The schema is only read.
 ///
 /// # Safety
-/// Each pointer is NULL or valid.
+/// Each pointer is NULL or valid. `requested_schema` is only read, during the call: its
+/// strings, children and dictionary must be valid then, and its `release` may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_check_schema(
     cache: *const BcCache,
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
     on_cache(cache, |cache| {
-        let (target, _) = requested(unsafe { arg(requested_schema, "requested_schema") }?)?;
+        // SAFETY: NULL or a valid schema, as the caller promised, only read during this
+        // call and not written meanwhile.
+        let schema = unsafe { arg(requested_schema, "requested_schema") }?;
+        let (target, _) = requested(schema)?;
         batchcorder_core::validate_cast(&cache.schema(), &target)
     })
 }
 
 /// A requested schema as arrow-rs casts to it, and exactly as the caller wrote it, which
 /// the reader hands out.
+///
+/// Safe to call only with a schema that an export's caller promised is valid (its
+/// strings, children and dictionary valid for reads; its `release` may be NULL):
+/// `bc_cache_reader`, `bc_cache_check_schema` and `bc_reader_cast_with` (export.rs) pass
+/// their `requested_schema` argument. It is not `unsafe` only because export.rs calls it
+/// without an `unsafe` block.
 pub(crate) fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
     let invalid = |problem: String| {
         Error::InvalidArgument(format!(
             "argument `requested_schema` is not a valid schema: {problem}"
         ))
     };
+    // SAFETY: every caller passes a schema its own caller promised is valid for reads
+    // during the call (strings NUL-terminated; `children` holding `n_children` pointers
+    // and `dictionary`, each NULL or a valid schema likewise). `SchemaCopy::of` reads
+    // those members and never `release`, so a read-only schema whose `release` is NULL
+    // (as tests/c passes) is read soundly too.
     let exact = unsafe { SchemaCopy::of(schema) }.map_err(invalid)?;
     let target = exact.to_arrow().map_err(|err| invalid(err.to_string()))?;
     Ok((target, exact))
@@ -181,14 +229,16 @@ pub(crate) fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowSchema) -> BcStatus {
     on_cache(cache, |cache| {
-        out_arg(out, "out")?;
-        if let Some(exact) = &cache.exact_schema {
-            unsafe { ptr::write(out, exact.export()) };
-            return Ok(());
-        }
-        let schema = FFI_ArrowSchema::try_from(cache.schema().as_ref())
-            .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?;
-        unsafe { ptr::write(out.cast::<FFI_ArrowSchema>(), schema) };
+        let out = out_arg(out, "out")?;
+        let schema = match &cache.exact_schema {
+            Some(exact) => exact.export(),
+            None => FFI_ArrowSchema::try_from(cache.schema().as_ref())
+                .map(ArrowSchema::from_ffi)
+                .map_err(|err| Error::Internal(format!("cannot export the schema: {err}")))?,
+        };
+        // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
+        // promised, who also agreed that it is overwritten without release.
+        unsafe { ptr::write(out, schema) };
         Ok(())
     })
 }
@@ -205,8 +255,10 @@ pub unsafe extern "C" fn bc_cache_ingest_all(
 ) -> BcStatus {
     on_cache(cache, |cache| {
         let total = cache.ingest_all()?;
-        if let Some(out) = unsafe { out_batches.as_mut() } {
-            *out = total;
+        if !out_batches.is_null() {
+            // SAFETY: not NULL (checked just above) and writable, as the caller promised.
+            // Written, never borrowed: it may hold anything before, uninitialized too.
+            unsafe { out_batches.write(total) };
         }
         Ok(())
     })
@@ -225,8 +277,11 @@ pub unsafe extern "C" fn bc_cache_ingest_next(
 ) -> BcStatus {
     on_cache(cache, |cache| {
         let pulled = cache.ingest_next()?;
-        if let Some(out) = unsafe { out_pulled.as_mut() } {
-            *out = pulled;
+        if !out_pulled.is_null() {
+            // SAFETY: not NULL (checked just above) and writable, as the caller promised.
+            // Written, never borrowed: it may hold anything before, even a byte that is
+            // not a valid `bool`.
+            unsafe { out_pulled.write(pulled) };
         }
         Ok(())
     })
@@ -239,6 +294,8 @@ pub unsafe extern "C" fn bc_cache_ingest_next(
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
     guard_value(0, || {
+        // SAFETY: NULL or a live handle, as the caller promised (header contract); only
+        // shared while borrowed here.
         unsafe { cache.as_ref() }.map_or(0, |c| c.cache.ingested_count())
     })
 }
@@ -250,6 +307,8 @@ pub unsafe extern "C" fn bc_cache_ingested_count(cache: *const BcCache) -> u64 {
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_upstream_exhausted(cache: *const BcCache) -> bool {
     guard_value(false, || {
+        // SAFETY: NULL or a live handle, as the caller promised (header contract); only
+        // shared while borrowed here.
         unsafe { cache.as_ref() }.is_some_and(|c| c.cache.upstream_exhausted())
     })
 }
@@ -317,7 +376,10 @@ impl From<Stats> for BcStats {
 pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut BcStats) -> BcStatus {
     on_cache(cache, |cache| {
         let stats = cache.stats()?;
-        unsafe { out_arg(out, "out")?.write(stats.into()) };
+        let out = out_arg(out, "out")?;
+        // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
+        // promised; `BcStats` is plain data, so overwriting it leaks nothing.
+        unsafe { out.write(stats.into()) };
         Ok(())
     })
 }
@@ -337,11 +399,15 @@ pub unsafe extern "C" fn bc_cache_close(cache: *mut BcCache) -> BcStatus {
 /// storage alive until they are released.
 ///
 /// # Safety
-/// `cache` is NULL or came from `bc_cache_new` and was not freed before.
+/// `cache` is NULL or came from `bc_cache_new` or `bc_cache_open` and was not freed
+/// before; no other call on it runs at the same time or later.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_free(cache: *mut BcCache) {
     guard_value((), || {
         if !cache.is_null() {
+            // SAFETY: not NULL (checked just above); the caller promised a handle from
+            // `bc_cache_new` or `bc_cache_open`, both `Box::into_raw` of a `BcCache`, not
+            // freed before and used by no other call now or later, so it is ours to drop.
             drop(unsafe { Box::from_raw(cache) });
         }
     })

@@ -3,25 +3,11 @@
 //! `batchcorder-core` crate (core/), which Rust users depend on directly.
 
 pub use batchcorder_cdata::abi;
-// These three are being reworked for the statuses (issue 27, item 3); their unsafe
-// blocks get SAFETY comments then, and these exemptions go.
-#[expect(
-    clippy::undocumented_unsafe_blocks,
-    reason = "reworked for the statuses"
-)]
 pub mod boundary;
-#[expect(
-    clippy::undocumented_unsafe_blocks,
-    reason = "reworked for the statuses"
-)]
 pub mod cache;
 pub mod capsule;
 mod derived;
 pub mod export;
-#[expect(
-    clippy::undocumented_unsafe_blocks,
-    reason = "reworked for the statuses"
-)]
 pub mod options;
 pub mod persist;
 pub mod upstream;

@@ -91,12 +91,22 @@ pub extern "C" fn bc_options_new() -> *mut BcOptions {
 /// and `change` either succeeds or leaves the builder as it was.
 ///
 /// # Safety
-/// `opts` is NULL or a live builder.
+/// `opts` is NULL or a live builder from `bc_options_new` that no other call uses
+/// meanwhile (builders are not thread-safe: built on one thread).
 unsafe fn update(
     opts: *mut BcOptions,
     change: impl FnOnce(&mut BcOptions) -> batchcorder_core::Result<()>,
 ) -> BcStatus {
-    guard(|| {}, || change(unsafe { arg_mut(opts, "opts") }?))
+    guard(
+        || {},
+        || {
+            // SAFETY: NULL or a live builder (a `Box<BcOptions>`'s pointer, so aligned and
+            // initialized) that nothing else uses during this call, as the caller promised;
+            // `change` gets the only borrow and cannot reach the builder another way.
+            let opts = unsafe { arg_mut(opts, "opts") }?;
+            change(opts)
+        },
+    )
 }
 
 /// Check every option and the rules between them (memory_capacity 0 needs the disk
@@ -110,7 +120,12 @@ unsafe fn update(
 pub unsafe extern "C" fn bc_options_validate(opts: *const BcOptions) -> BcStatus {
     guard(
         || {},
-        || unsafe { arg(opts, "opts") }?.cache_options().validate(),
+        || {
+            // SAFETY: NULL or a live builder, as the caller promised; builders are not
+            // thread-safe (header), so no other call writes it while it is borrowed here.
+            let opts = unsafe { arg(opts, "opts") }?;
+            opts.cache_options().validate()
+        },
     )
 }
 
@@ -122,6 +137,9 @@ pub unsafe extern "C" fn bc_options_validate(opts: *const BcOptions) -> BcStatus
 pub unsafe extern "C" fn bc_options_free(opts: *mut BcOptions) {
     guard_value((), || {
         if !opts.is_null() {
+            // SAFETY: not NULL (checked just above); the caller promised it came from
+            // `bc_options_new`, a `Box::into_raw` of a `BcOptions`, and was not freed
+            // before, so it is ours to drop; no other call uses it (not thread-safe).
             drop(unsafe { Box::from_raw(opts) });
         }
     })
@@ -143,6 +161,8 @@ pub unsafe extern "C" fn bc_options_set_memory_capacity(
         opts.options.memory_capacity = Some(bytes);
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -162,6 +182,8 @@ pub unsafe extern "C" fn bc_options_set_max_readers(
         opts.options.max_readers = Some(max_readers);
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -179,6 +201,8 @@ pub unsafe extern "C" fn bc_options_set_disk(
     capacity_bytes: u64,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
+        // SAFETY: NULL or a NUL-terminated string, as the caller promised; only read
+        // during this call (copied into the builder's own path before it returns).
         let dir = unsafe { utf8_arg(dir_utf8, "dir_utf8") }?;
         let disk = DiskOptions {
             path: dir.into(),
@@ -190,6 +214,8 @@ pub unsafe extern "C" fn bc_options_set_disk(
         opts.disk_enabled = true;
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -218,6 +244,8 @@ pub unsafe extern "C" fn bc_options_set_write_policy(
         opts.disk.write_policy = policy;
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -245,6 +273,8 @@ pub unsafe extern "C" fn bc_options_set_compression(
         };
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -263,6 +293,8 @@ pub unsafe extern "C" fn bc_options_set_persist(
     path_utf8: *const c_char,
 ) -> BcStatus {
     let change = |opts: &mut BcOptions| {
+        // SAFETY: NULL or a NUL-terminated string, as the caller promised; only read
+        // during this call (copied into the builder's own path before it returns).
         let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
         if path.is_empty() {
             return Err(Error::InvalidArgument(
@@ -272,6 +304,8 @@ pub unsafe extern "C" fn bc_options_set_persist(
         opts.options.persist = Some(path.into());
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -293,6 +327,8 @@ pub unsafe extern "C" fn bc_options_set_prefetch(opts: *mut BcOptions, batches: 
         opts.options.prefetch = Some(batches);
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
 
@@ -313,5 +349,7 @@ pub unsafe extern "C" fn bc_options_set_segment_bytes(
         opts.disk.segment_bytes = bytes;
         Ok(())
     };
+    // SAFETY: NULL or a live builder, as the caller promised, used by no other call
+    // meanwhile (builders are not thread-safe).
     unsafe { update(opts, change) }
 }
