@@ -51,3 +51,11 @@ def test_the_architecture_map_names_every_source_file_and_no_other():
         files = sources(folder)
         assert files - named[key] == set(), f"{MAP.name} does not name these files of {key}: {sorted(files - named[key])}"
         assert named[key] - files == set(), f"{MAP.name} names files {key} does not have: {sorted(named[key] - files)}"
+
+
+@pytest.mark.skipif(not (ROOT / "core" / "src").is_dir(), reason="run from a source checkout: the map describes its files")
+def test_no_python_module_is_over_400_lines():
+    package = ROOT / "python" / "batchcorder"
+    long = {str(p.relative_to(package)): n for p in package.rglob("*.py")
+            if "_native" not in p.parts and (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}, f"split these modules (a room each, at most 400 lines): {long}"
