@@ -36,3 +36,28 @@ def wait_for_child(pid: int, seconds: float = 60.0) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail(f"the forked child {pid} did not exit within {seconds} s")
+
+
+def listening_location(process, said, seconds: float = 60.0) -> str:
+    """The location a ``batchcorder-flight`` child prints ("listening at LOCATION"), read
+    from its stdout; a child that does not say it within `seconds` is killed and fails the
+    test with what `said()` returns (its log)."""
+    import re
+    import threading
+
+    found: list[str] = []
+
+    def scan() -> None:
+        for line in process.stdout:
+            match = re.match(r"listening at (\S+)", line)
+            if match:
+                found.append(match.group(1))
+                return
+
+    reader = threading.Thread(target=scan, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if not found:
+        process.kill()
+        pytest.fail(f"batchcorder-flight never said where it listens: {said()}")
+    return found[0]

@@ -31,6 +31,7 @@ import pyarrow.flight as fl
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import listening_location
 import batchcorder
 from batchcorder import StreamCache
 from batchcorder.flight import CacheServer, Request, TicketError, connect, ticket
@@ -1053,7 +1054,7 @@ def command(*args: str, env: Optional[dict[str, str]] = None) -> Iterator[tuple[
         env={**os.environ, **(env or {})},
     )
     try:
-        location = _listening_line(process)
+        location = listening_location(process, process.stderr.read, WAIT)
         yield process, location
     finally:
         if process.poll() is None:
@@ -1061,25 +1062,6 @@ def command(*args: str, env: Optional[dict[str, str]] = None) -> Iterator[tuple[
         process.wait(timeout=WAIT)
         process.stdout.close()
         process.stderr.close()
-
-
-def _listening_line(process: subprocess.Popen) -> str:
-    found: list[str] = []
-
-    def scan() -> None:
-        for line in process.stdout:
-            match = re.match(r"listening at (\S+)", line)
-            if match:
-                found.append(match.group(1))
-                return
-
-    reader = threading.Thread(target=scan, daemon=True)
-    reader.start()
-    reader.join(WAIT)
-    if not found:
-        process.kill()
-        pytest.fail(f"the server never said where it listens: {process.stderr.read()}")
-    return found[0]
 
 
 def test_the_command_serves_a_parquet_file_and_a_persisted_cache(tmp_path):

@@ -68,7 +68,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -80,6 +79,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
+from conftest import listening_location
 from test_types import (
     BIG,
     CATALOGUE,
@@ -553,23 +553,9 @@ class Shared:
             log.close()
 
         self._stack.callback(stop)
-        found: List[str] = []
-
-        def scan() -> None:
-            for line in process.stdout:
-                match = re.match(r"listening at (\S+)", line)
-                if match:
-                    found.append(match.group(1))
-                    return
-
-        reader = threading.Thread(target=scan, daemon=True)
-        reader.start()
-        reader.join(WAIT)
-        if not found:
-            process.kill()
-            said = (self.directory / "command.log").read_text()
-            pytest.fail(f"batchcorder-flight never said where it listens: {said}")
-        return found[0]
+        return listening_location(
+            process, lambda: (self.directory / "command.log").read_text(), WAIT
+        )
 
     def close(self) -> None:
         self._stack.close()
