@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use twox_hash::XxHash3_64;
 
 use crate::cache::{made, StreamCache};
-use crate::disk::{io_error, map_range, Checksum, DiskEntry, DiskIndex, Message, Segment};
+use crate::disk::{io_error, map_range, Check, DiskEntry, DiskIndex, Message, Segment};
 use crate::error::{Error, Result};
 use crate::spill_dir::{self, SpillDir};
 
@@ -38,12 +38,16 @@ pub const FORMAT_VERSION: u64 = 1;
 const MANIFEST: &str = "manifest.json";
 const DATA: &str = "data.arrow";
 const CHECKSUMS: &str = "checksums.xxh3";
+/// The manifest's own checksum, in its `checksums` object: over every other field.
+const MANIFEST_SUM: &str = "manifest_xxh3";
 /// Message alignment in the data file, as in the disk tier.
 const ALIGNMENT: usize = 64;
 
 /// When a persisted batch is checked against its checksum (on its first read in the
-/// process: one pass over its bytes). A batch not checked is validated structurally,
-/// which catches everything that could crash, but not an edited value.
+/// process: one pass over its bytes). Checked or not, every batch is also validated in
+/// full by arrow on its first read (offsets, lengths, UTF-8, dictionary keys), so a
+/// damaged file is an [`Error::Corrupt`], never a crash; only the checksum catches an
+/// edited value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Verify {
     /// When the data file was modified after its save (its modification time differs
@@ -195,12 +199,11 @@ impl StreamCache {
         let dictionaries: Arc<[Message]> = dictionaries.into();
         let mut entries = Vec::with_capacity(footer.batches.len());
         for (block, expected) in footer.batches.iter().zip(batch_sums) {
-            let checksum = verify.then(|| Checksum::new(*expected));
             entries.push(DiskEntry::persisted(
                 Message::persisted(&segment, block)?,
                 dictionaries.clone(),
                 footer.schema.clone(),
-                checksum,
+                Check::new(verify.then_some(*expected)),
             ));
         }
         let cache = StreamCache::from_persisted(
@@ -317,6 +320,7 @@ impl Saver {
             rows: self.rows,
         };
         write_manifest(self.staging.path(), &saved, schema)?;
+        as_mkdir_makes(self.staging.path())?;
         let target = self.target;
         self.staging
             .commit(&target)
@@ -330,6 +334,19 @@ impl Saver {
             })?;
         Ok(saved)
     }
+}
+
+/// Give the staging folder, private while written, the mode `mkdir` gives a folder
+/// beside it (0777 less the umask, or the parent's default ACL): a save is shared like
+/// any file the user writes. A probe folder tells that mode; reading the umask would
+/// mean setting it, under every other thread's feet.
+fn as_mkdir_makes(dir: &Path) -> Result<()> {
+    let probe = dir.join(".mode");
+    std::fs::create_dir(&probe)
+        .and_then(|()| std::fs::metadata(&probe))
+        .and_then(|meta| std::fs::remove_dir(&probe).map(|()| meta.permissions()))
+        .and_then(|mode| std::fs::set_permissions(dir, mode))
+        .map_err(|err| io_error("cannot set the mode of", dir, err))
 }
 
 /// The parent folder a save to `path` is staged in, once `path` is free to take.
@@ -377,7 +394,7 @@ fn create_file(path: &Path) -> Result<File> {
         .write(true)
         .read(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o666) // less the umask, as any file the user writes
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| io_error("cannot create", path, err))
@@ -462,7 +479,7 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
         .iter()
         .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
         .collect();
-    let manifest = json!({
+    let mut manifest = json!({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "id": saved.id,
@@ -481,10 +498,48 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
             "schema_and_footer_xxh3": hex(structure),
         },
     });
+    manifest["checksums"][MANIFEST_SUM] = hex(manifest_checksum(&manifest)).into();
     let mut text = serde_json::to_vec_pretty(&manifest)
         .map_err(|err| Error::Internal(format!("manifest: {err}")))?;
     text.push(b'\n');
     write_synced(&dir.join(MANIFEST), &text)
+}
+
+/// XXH3 of the manifest without its own checksum, in a canonical form (compact, keys
+/// sorted), so that a tool that reformats the file changes nothing.
+fn manifest_checksum(manifest: &Value) -> u64 {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(fields) => {
+                let mut fields: Vec<_> = fields.iter().collect();
+                fields.sort_unstable_by_key(|(key, _)| *key);
+                out.push('{');
+                for (i, (key, value)) in fields.into_iter().enumerate() {
+                    out.push_str(if i == 0 { "" } else { "," });
+                    out.push_str(&Value::from(key.as_str()).to_string());
+                    out.push(':');
+                    canonical(value, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(if i == 0 { "" } else { "," });
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut without = manifest.clone();
+    if let Some(sums) = without.get_mut("checksums").and_then(Value::as_object_mut) {
+        sums.remove(MANIFEST_SUM);
+    }
+    let mut text = String::new();
+    canonical(&without, &mut text);
+    XxHash3_64::oneshot(text.as_bytes())
 }
 
 /// A persisted cache's manifest and checksums, checked against each other.
@@ -570,6 +625,14 @@ impl Layout {
                 "unknown checksum algorithm \"{algorithm}\""
             )));
         }
+        if sum(MANIFEST_SUM)? != manifest_checksum(&manifest) {
+            return Err(Error::Corrupt(format!(
+                "the persisted cache at {} is damaged: {} was edited (its fields do not \
+                 match its checksum {MANIFEST_SUM}); persist the stream again",
+                path.display(),
+                manifest_path.display()
+            )));
+        }
         let mut layout = Self {
             path: path.to_path_buf(),
             id: text_field(manifest.get("id"), "id")?,
@@ -611,7 +674,19 @@ struct Footer {
 }
 
 impl Footer {
+    /// The footer of the data file at `path`, `len` bytes long.
     fn read(file: &File, path: &Path, len: u64) -> Result<Self> {
+        // arrow-ipc's schema conversion panics on some malformed input instead of
+        // failing; nothing outlives the parse.
+        std::panic::catch_unwind(|| Self::parse(file, path, len)).unwrap_or_else(|_| {
+            Err(Error::Corrupt(format!(
+                "{} is not a whole Arrow IPC file: its schema does not parse",
+                path.display()
+            )))
+        })
+    }
+
+    fn parse(file: &File, path: &Path, len: u64) -> Result<Self> {
         let damaged = |why: String| {
             Error::Corrupt(format!(
                 "{} is not a whole Arrow IPC file: {why}",
