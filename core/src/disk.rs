@@ -244,7 +244,7 @@ impl DiskEntry {
             .filter(|check| !check.passed.load(Ordering::Acquire));
         let Some(check) = check else {
             // Our own spill files, or a persisted batch that passed its check.
-            return self.decode(schema, &self.batch.bytes()?, true);
+            return self.decode(schema, &self.batch.bytes()?);
         };
         let bytes = self.batch.bytes_for(check.checksum.is_some())?;
         if let Some(expected) = check.checksum {
@@ -261,10 +261,15 @@ impl DiskEntry {
         check_message(&bytes, self.batch.metadata_len, false).map_err(|why| self.damaged(&why))?;
         // arrow-ipc panics on some malformed input instead of failing; the decoder is
         // local, so a panic leaves nothing half-updated.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.decode(schema, &bytes, false)
-        }))
-        .unwrap_or_else(|panic| {
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let batch = self.decode(schema, &bytes)?;
+            for column in batch.columns() {
+                crate::validate::validate_full(&column.to_data())
+                    .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
+            }
+            Ok(batch)
+        }));
+        let batch = checked.unwrap_or_else(|panic| {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -273,15 +278,18 @@ impl DiskEntry {
             Err(self.damaged(&format!("does not decode ({what})")))
         })?;
         check.passed.store(true, Ordering::Release);
-        Ok(decoded)
+        Ok(batch)
     }
 
-    /// Decode from `bytes`, the batch's message; `trusted` skips arrow's validation.
-    fn decode(&self, schema: &SchemaRef, bytes: &Buffer, trusted: bool) -> Result<RecordBatch> {
+    /// Decode `bytes`, the batch's message, without validating it.
+    fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
         let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
-        // SAFETY: skipped only for the spill files this process wrote, and for persisted
-        // bytes that passed the full validation below on an earlier read in this process.
-        let mut decoder = unsafe { decoder.with_skip_validation(trusted) };
+        // SAFETY: for the spill files this process wrote, and for a persisted batch that
+        // passed `read`'s checks in this process. On its first read, a persisted batch is
+        // decoded unchecked too, then validated in full before anything reads a value:
+        // the decoder's unchecked constructors only assemble buffers (slicing out of
+        // range panics, and `read` catches that).
+        let mut decoder = unsafe { decoder.with_skip_validation(true) };
         let failed = |err: arrow_schema::ArrowError| match self.check {
             Some(_) => self.damaged(&format!("does not decode ({err})")),
             None => Error::io(format!(
