@@ -258,25 +258,21 @@ impl DiskEntry {
             check_message(&dictionary.bytes()?, dictionary.metadata_len, true)
                 .map_err(|why| self.damaged(&format!("has a damaged dictionary: {why}")))?;
         }
-        check_message(&bytes, self.batch.metadata_len, false).map_err(|why| self.damaged(&why))?;
-        // arrow-ipc panics on some malformed input instead of failing; the decoder is
-        // local, so a panic leaves nothing half-updated.
-        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_message(&bytes, self.batch.metadata_len, false)
+            .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
+        // Decoded unchecked, arrow-rs's constructors assert (panic) on a buffer too short
+        // for its array, where the checked decoder would fail; the decoder is local, so
+        // a panic leaves nothing half-updated.
+        let checked = catch_quietly(|| {
             let batch = self.decode(schema, &bytes)?;
             for column in batch.columns() {
                 crate::validate::validate_full(&column.to_data())
                     .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
             }
             Ok(batch)
-        }));
-        let batch = checked.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(self.damaged(&format!("does not decode ({what})")))
-        })?;
+        });
+        let batch = checked
+            .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
         check.passed.store(true, Ordering::Release);
         Ok(batch)
     }
@@ -338,6 +334,33 @@ impl DiskEntry {
             check: Some(check),
         }
     }
+}
+
+/// Run `f`, returning a panic's message instead of unwinding, and without printing it:
+/// on a damaged persisted file, arrow-rs's panics are damage to report, not bugs. Other
+/// panics still reach the hook that was installed before (wrapped on first use).
+pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    use std::cell::Cell;
+    thread_local!(static QUIET: Cell<bool> = const { Cell::new(false) });
+    static WRAP_HOOK: std::sync::Once = std::sync::Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|quiet| quiet.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|quiet| quiet.set(was));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
 }
 
 /// Refuse, before arrow-ipc sees it, what it would panic on or allocate for instead of

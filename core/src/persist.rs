@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use twox_hash::XxHash3_64;
 
 use crate::cache::{made, StreamCache};
-use crate::disk::{io_error, map_range, Check, DiskEntry, DiskIndex, Message, Segment};
+use crate::disk::{
+    catch_quietly, io_error, map_range, Check, DiskEntry, DiskIndex, Message, Segment,
+};
 use crate::error::{Error, Result};
 use crate::spill_dir::{self, SpillDir};
 
@@ -347,6 +349,35 @@ fn as_mkdir_makes(dir: &Path) -> Result<()> {
         .and_then(|meta| std::fs::remove_dir(&probe).map(|()| meta.permissions()))
         .and_then(|mode| std::fs::set_permissions(dir, mode))
         .map_err(|err| io_error("cannot set the mode of", dir, err))
+}
+
+/// Tests and fuzzing only: rewrite the checksums and the manifest of the save at `path`
+/// from its data file as it is now, as if batchcorder had saved those bytes: a save
+/// crafted to pass every checksum, which must still never crash a reader.
+#[cfg(feature = "fault-injection")]
+pub fn reseal(path: &Path) -> Result<()> {
+    let manifest_path = path.join(MANIFEST);
+    let text = std::fs::read(&manifest_path)
+        .map_err(|err| io_error("cannot read", &manifest_path, err))?;
+    let manifest: Value = serde_json::from_slice(&text)
+        .map_err(|err| Error::Corrupt(format!("{}: {err}", manifest_path.display())))?;
+    let data_path = path.join(DATA);
+    let file = open_file(&data_path)?;
+    let len = file
+        .metadata()
+        .map_err(|err| io_error("cannot read", &data_path, err))?
+        .len();
+    let footer = Footer::read(&file, &data_path, len)?;
+    let saved = Persisted {
+        path: path.to_path_buf(),
+        id: manifest["id"].as_str().unwrap_or_default().to_owned(),
+        batches: footer.batches.len() as u64,
+        rows: manifest["rows"].as_u64().unwrap_or_default(),
+    };
+    for name in [MANIFEST, CHECKSUMS] {
+        let _ = std::fs::remove_file(path.join(name));
+    }
+    write_manifest(path, &saved, &footer.schema)
 }
 
 /// The parent folder a save to `path` is staged in, once `path` is free to take.
@@ -678,9 +709,9 @@ impl Footer {
     fn read(file: &File, path: &Path, len: u64) -> Result<Self> {
         // arrow-ipc's schema conversion panics on some malformed input instead of
         // failing; nothing outlives the parse.
-        std::panic::catch_unwind(|| Self::parse(file, path, len)).unwrap_or_else(|_| {
+        catch_quietly(|| Self::parse(file, path, len)).unwrap_or_else(|panic| {
             Err(Error::Corrupt(format!(
-                "{} is not a whole Arrow IPC file: its schema does not parse",
+                "{} is not a whole Arrow IPC file: its footer does not parse ({panic})",
                 path.display()
             )))
         })
