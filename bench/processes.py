@@ -2,10 +2,12 @@
 against the same processes reading the same Arrow file through `pa.memory_map`; and the
 time to open a save of 10 000 batches.
 
-    python bench/processes.py [--quick] [--out FILE]
+    python bench/processes.py [--quick] [--out FILE] [--before DIR]
 
 `ours` opens with the default verification (checksums only for a data file modified
-since its save: not this one), `ours-verify-always` checks every batch's checksum.
+since its save: not this one), `ours-verify-always` checks every batch's checksum. `--before DIR` adds the same two
+sides for another build of batchcorder installed in DIR (`pip install --target DIR
+<wheel>`), interleaved with the others: a before-and-after in one run.
 Workers are fresh processes that start together; each reports the wall-clock span of
 its timed part (open, read every batch, sum its columns) and its peak RSS growth over
 that part. Total time is from the first worker's start to the last one's end. Rounds
@@ -60,7 +62,7 @@ def worker(side: str, path: str) -> None:
     else:
         from batchcorder import StreamCache
 
-        verify = {"ours": None, "ours-verify-always": True}[side]
+        verify = True if side.endswith("verify-always") else None
         with StreamCache.open(path, verify=verify) as cache:
             total = consume(cache)
     end = time.time()
@@ -88,9 +90,13 @@ def make_save(path: Path, gib: float) -> pa.Schema:
     return first.schema
 
 
-def run_workers(side: str, path: Path) -> dict:
+def run_workers(side: str, path: Path, before: str | None) -> dict:
     command = [sys.executable, __file__, "--worker", side, str(path)]
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(WORKERS)]
+    env = dict(os.environ)
+    if side.startswith("before"):
+        env["PYTHONPATH"] = before
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(WORKERS)]
     results = []
     for proc in procs:
         out, _ = proc.communicate()
@@ -131,6 +137,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE.parent / "build" / "bench-processes.md"))
+    parser.add_argument("--before", help="a directory holding another build of batchcorder")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -148,10 +155,13 @@ def main() -> None:
 
     rounds = 1 if args.quick else 7
     sides = ["mmap", "ours", "ours-verify-always"]
+    if args.before:
+        sides += ["before", "before-verify-always"]
     results: dict[str, list[dict]] = {side: [] for side in sides}
+    load_before = os.getloadavg()
     for round_ in range(rounds):
         for side in sides:
-            results[side].append(run_workers(side, save))
+            results[side].append(run_workers(side, save, args.before))
         print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
 
     small = work / "small"
@@ -178,6 +188,10 @@ def main() -> None:
         "",
         f"Targets: total within 1.05x of pa.memory_map; RSS growth under {budget:.0f} MiB "
         f"(10% of {WORKERS} x the data).",
+        "",
+        f"Load average (1 min) before the rounds {load_before[0]:.2f}, after them "
+        f"{os.getloadavg()[0]:.2f}, on {os.cpu_count()} cores."
+        + (f" `before`: the build in {args.before}." if args.before else ""),
         "",
         f"Opening a save of 10 000 batches: {inside_ms:.2f} ms in a long-lived process, "
         f"{fresh_ms:.2f} ms in a fresh one (median; target under 10 ms).",

@@ -218,8 +218,8 @@ typedef uint32_t BcVerify;
 // Every batch, on its first read in the process.
 #define BC_VERIFY_ALWAYS 1
 
-// Never; batches are only validated structurally (no crash, but an edited value is
-// not caught).
+// Never; batches are only validated (no crash and no invalid batch, but an edited value
+// is not caught).
 #define BC_VERIFY_NEVER 2
 
 #ifdef __cplusplus
@@ -566,8 +566,9 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 // first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
 // wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
 // `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
-// first read in this process (`BC_CORRUPT` on a mismatch); a batch not checked is
-// validated structurally, so a damaged file never crashes the reader.
+// first read in this process (`BC_CORRUPT` on a mismatch). Checked or not, every batch is
+// validated in full on that first read (offsets, lengths, UTF-8, dictionary keys), so a
+// damaged file is `BC_CORRUPT` at that batch, never a crash or an invalid batch.
 //
 // `opts` may be NULL: no reader cap. Otherwise it is read, not kept, and of its options
 // only `bc_options_set_max_readers` applies; the disk tier's settings have no effect,

@@ -1,6 +1,6 @@
-# `make stress`: the long reliability runs behind docs/reliability.md (about 40 minutes on
-# 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time). `make test` runs the
-# same tests at scale 1 and a short fuzz smoke run.
+# `make stress`: the long reliability runs behind docs/reliability.md (about 60 minutes on
+# 2 cores; FUZZ_SECONDS, from mk/fuzz.mk, sets the fuzzing time of each fuzz target).
+# `make test` runs the same tests at scale 1 and a short fuzz smoke run.
 
 STRESS_SCALE ?= 25
 STRESS_LOG   ?= build/stress.log
@@ -17,7 +17,7 @@ stress-run:
 	BC_STRESS_SCALE=$(STRESS_SCALE) $(CARGO) test --workspace --release --features fault-injection
 	BC_STRESS_SCALE=$(STRESS_SCALE) $(VPY) -m pytest -q -p no:cacheprovider \
 	  tests/python/test_model.py tests/python/test_stress.py tests/python/test_disk.py \
-	  tests/python/test_crash_leftovers.py \
+	  tests/python/test_crash_leftovers.py tests/python/test_damaged_saves.py \
 	  --hypothesis-show-statistics
 	$(MAKE) --no-print-directory tsan
 	$(MAKE) --no-print-directory miri

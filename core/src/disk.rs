@@ -223,22 +223,26 @@ pub(crate) struct DiskEntry {
     dictionaries: Arc<[Message]>,
     /// The schema as the IPC writer numbered its dictionaries, which the decoder needs.
     ipc_schema: SchemaRef,
-    /// For a persisted batch: the checksum its bytes must match before they are trusted.
-    checksum: Option<Arc<Checksum>>,
+    /// For a batch of a persisted file: how it is checked on its first read; `None` for
+    /// the spill files this process wrote.
+    check: Option<Arc<Check>>,
 }
 
-/// A persisted batch's expected checksum, checked on its first read in this process.
+/// How a persisted batch is checked on its first read in this process: against its
+/// checksum when the cache verifies, and always by arrow's full validation, with its
+/// dictionaries. Once passed, later reads of the same bytes skip both.
 #[derive(Debug)]
-pub(crate) struct Checksum {
-    expected: u64,
-    verified: std::sync::atomic::AtomicBool,
+pub(crate) struct Check {
+    checksum: Option<u64>,
+    passed: std::sync::atomic::AtomicBool,
 }
 
-impl Checksum {
-    pub(crate) fn new(expected: u64) -> Arc<Self> {
+impl Check {
+    /// `checksum`: what the batch's bytes must hash to, or `None` to skip that part.
+    pub(crate) fn new(checksum: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
-            expected,
-            verified: std::sync::atomic::AtomicBool::new(false),
+            checksum,
+            passed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -247,41 +251,60 @@ impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
     /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let unverified = self
-            .checksum
+        let check = self
+            .check
             .as_ref()
-            .is_some_and(|c| !c.verified.load(Ordering::Acquire));
-        let bytes = self.batch.bytes_for(unverified)?;
-        let trusted = match &self.checksum {
-            // Our own spill files, written by this process into a private directory.
-            None => true,
-            Some(checksum) if checksum.verified.load(Ordering::Acquire) => true,
-            Some(checksum) => {
-                if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != checksum.expected {
-                    return Err(Error::Corrupt(format!(
-                        "a batch at byte {} of {} does not match its checksum: the file was \
-                         edited or damaged; persist the stream again",
-                        self.batch.offset,
-                        self.batch.segment.path.display()
-                    )));
-                }
-                checksum.verified.store(true, Ordering::Release);
-                true
-            }
+            .filter(|check| !check.passed.load(Ordering::Acquire));
+        let Some(check) = check else {
+            // Our own spill files, or a persisted batch that passed its check.
+            return self.decode(schema, &self.batch.bytes()?);
         };
+        let bytes = self.batch.bytes_for(check.checksum.is_some())?;
+        if let Some(expected) = check.checksum {
+            if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != expected {
+                return Err(
+                    self.damaged("does not match its checksum: the file was edited or damaged")
+                );
+            }
+        }
+        for dictionary in self.dictionaries.iter() {
+            check_message(&dictionary.bytes()?, dictionary.metadata_len, true)
+                .map_err(|why| self.damaged(&format!("has a damaged dictionary: {why}")))?;
+        }
+        check_message(&bytes, self.batch.metadata_len, false)
+            .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
+        // Decoded unchecked, arrow-rs's constructors assert (panic) on a buffer too short
+        // for its array, where the checked decoder would fail; the decoder is local, so
+        // a panic leaves nothing half-updated.
+        let checked = catch_quietly(|| {
+            let batch = self.decode(schema, &bytes)?;
+            for column in batch.columns() {
+                crate::validate::validate_full(&column.to_data())
+                    .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
+            }
+            Ok(batch)
+        });
+        let batch = checked
+            .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
+        check.passed.store(true, Ordering::Release);
+        Ok(batch)
+    }
+
+    /// Decode `bytes`, the batch's message, without validating it.
+    fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
         let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
-        // SAFETY: skipped only for bytes this process wrote or whose checksum matched the
-        // one taken when they were written; anything else is validated in full.
-        let mut decoder = unsafe { decoder.with_skip_validation(trusted) };
-        let failed = |err: arrow_schema::ArrowError| {
-            let message = format!(
+        // SAFETY: for the spill files this process wrote, and for a persisted batch that
+        // passed `read`'s checks in this process. On its first read, a persisted batch is
+        // decoded unchecked too, then validated in full before anything reads a value:
+        // the decoder's unchecked constructors only assemble buffers (slicing out of
+        // range panics, and `read` catches that).
+        let mut decoder = unsafe { decoder.with_skip_validation(true) };
+        let failed = |err: arrow_schema::ArrowError| match self.check {
+            Some(_) => self.damaged(&format!("does not decode ({err})")),
+            None => Error::io(format!(
                 "cannot decode batch from {}: {err}",
                 self.batch.segment.path.display()
-            );
-            match self.segment().is_persisted() {
-                true => Error::Corrupt(message),
-                false => Error::io(message),
-            }
+            )),
         };
         for dictionary in self.dictionaries.iter() {
             decoder
@@ -289,7 +312,7 @@ impl DiskEntry {
                 .map_err(failed)?;
         }
         let decoded = decoder
-            .read_record_batch(&self.batch.block(), &bytes)
+            .read_record_batch(&self.batch.block(), bytes)
             .map_err(failed)?
             .ok_or_else(|| Error::io("a disk block holds no record batch"))?;
         let options = RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
@@ -297,24 +320,113 @@ impl DiskEntry {
             .map_err(failed)
     }
 
+    /// The error for a persisted batch that fails its check.
+    fn damaged(&self, why: &str) -> Error {
+        Error::Corrupt(format!(
+            "the batch at byte {} of {} {why}; persist the stream again",
+            self.batch.offset,
+            self.batch.segment.path.display()
+        ))
+    }
+
     fn segment(&self) -> &Arc<Segment> {
         &self.batch.segment
     }
 
-    /// A batch of a persisted file; `dictionaries` are checked already.
+    /// A batch of a persisted file, checked on its first read as `check` says.
     pub(crate) fn persisted(
         batch: Message,
         dictionaries: Arc<[Message]>,
         ipc_schema: SchemaRef,
-        checksum: Option<Arc<Checksum>>,
+        check: Arc<Check>,
     ) -> Self {
         Self {
             batch,
             dictionaries,
             ipc_schema,
-            checksum,
+            check: Some(check),
         }
     }
+}
+
+/// Run `f`, returning a panic's message instead of unwinding, and without printing it:
+/// on a damaged persisted file, arrow-rs's panics are damage to report, not bugs. Other
+/// panics still reach the hook that was installed before (wrapped on first use).
+pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    use std::cell::Cell;
+    thread_local!(static QUIET: Cell<bool> = const { Cell::new(false) });
+    static WRAP_HOOK: std::sync::Once = std::sync::Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|quiet| quiet.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|quiet| quiet.set(was));
+    result.map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into())
+    })
+}
+
+/// Refuse, before arrow-ipc sees it, what it would panic on or allocate for instead of
+/// failing: a message too short for its prefix, a header of another kind, compression (a
+/// save is never compressed, and a damaged length prefix would size an allocation), a
+/// negative length, or a buffer outside the body. Arrow's validation checks the rest.
+fn check_message(
+    bytes: &[u8],
+    metadata_len: usize,
+    dictionary: bool,
+) -> std::result::Result<(), String> {
+    let prefix = bytes
+        .get(..8)
+        .filter(|_| metadata_len >= 8 && metadata_len <= bytes.len());
+    let Some(prefix) = prefix else {
+        return Err(format!("its metadata length {metadata_len} is too short"));
+    };
+    if prefix[..4] != [0xff; 4] {
+        return Err("it does not start with an IPC continuation marker".into());
+    }
+    let flatbuffer_len = i32::from_le_bytes(prefix[4..].try_into().expect("4 bytes"));
+    let metadata = usize::try_from(flatbuffer_len)
+        .ok()
+        .and_then(|len| bytes[..metadata_len].get(8..8 + len))
+        .ok_or_else(|| format!("its metadata length prefix {flatbuffer_len} overruns it"))?;
+    let message = arrow_ipc::root_as_message(metadata)
+        .map_err(|err| format!("its metadata does not parse ({err})"))?;
+    let batch = match dictionary {
+        true => message.header_as_dictionary_batch().and_then(|d| d.data()),
+        false => message.header_as_record_batch(),
+    };
+    let Some(batch) = batch else {
+        return Err(format!("it holds a {:?} message", message.header_type()));
+    };
+    if batch.compression().is_some() {
+        return Err("it claims compression, which a save never uses".into());
+    }
+    let body = (bytes.len() - metadata_len) as i64;
+    let nodes = batch.nodes().into_iter().flatten();
+    if batch.length() < 0 || nodes.clone().any(|n| n.length() < 0 || n.null_count() < 0) {
+        return Err("it has a negative length".into());
+    }
+    for buffer in batch.buffers().into_iter().flatten() {
+        let end = buffer.offset().checked_add(buffer.length());
+        if buffer.offset() < 0 || buffer.length() < 0 || end.is_none_or(|end| end > body) {
+            return Err(format!(
+                "a buffer of {} bytes at {} lies outside its {body}-byte body",
+                buffer.length(),
+                buffer.offset()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes batches into segments; used only by the thread that ingests.
@@ -455,7 +567,7 @@ impl DiskWriter {
             batch: message,
             dictionaries: self.in_force.clone(),
             ipc_schema,
-            checksum: None,
+            check: None,
         })
     }
 

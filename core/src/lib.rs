@@ -49,6 +49,7 @@ pub mod reader;
 mod registry;
 mod spill_dir;
 pub mod storage;
+mod validate;
 
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};

@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use twox_hash::XxHash3_64;
 
 use crate::cache::{made, StreamCache};
-use crate::disk::{io_error, map_range, Checksum, DiskEntry, DiskIndex, Message, Segment};
+use crate::disk::{
+    catch_quietly, io_error, map_range, Check, DiskEntry, DiskIndex, Message, Segment,
+};
 use crate::error::{Error, Result};
 use crate::spill_dir::{self, SpillDir};
 
@@ -38,12 +40,16 @@ pub const FORMAT_VERSION: u64 = 1;
 const MANIFEST: &str = "manifest.json";
 const DATA: &str = "data.arrow";
 const CHECKSUMS: &str = "checksums.xxh3";
+/// The manifest's own checksum, in its `checksums` object: over every other field.
+const MANIFEST_SUM: &str = "manifest_xxh3";
 /// Message alignment in the data file, as in the disk tier.
 const ALIGNMENT: usize = 64;
 
 /// When a persisted batch is checked against its checksum (on its first read in the
-/// process: one pass over its bytes). A batch not checked is validated structurally,
-/// which catches everything that could crash, but not an edited value.
+/// process: one pass over its bytes). Checked or not, every batch is also validated in
+/// full by arrow on its first read (offsets, lengths, UTF-8, dictionary keys), so a
+/// damaged file is an [`Error::Corrupt`], never a crash; only the checksum catches an
+/// edited value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Verify {
     /// When the data file was modified after its save (its modification time differs
@@ -124,13 +130,14 @@ impl StreamCache {
         if let Some(saved) = self.persisted_copy() {
             return Ok(saved);
         }
-        self.persist(&folder.join("shared")).map_err(|err| match err {
-            Error::InvalidArgument(why) => Error::InvalidArgument(format!(
-                "this cache cannot be shared with another process (pickle, share), which \
+        self.persist(&folder.join("shared"))
+            .map_err(|err| match err {
+                Error::InvalidArgument(why) => Error::InvalidArgument(format!(
+                    "this cache cannot be shared with another process (pickle, share), which \
                  opens a save of it made once: {why}"
-            )),
-            other => other,
-        })
+                )),
+                other => other,
+            })
     }
 
     /// The persisted copy recorded by [`StreamCache::open`], [`StreamCache::persist`] or
@@ -212,12 +219,11 @@ impl StreamCache {
             if count != written_before.0 {
                 written_before = (count, in_force(count));
             }
-            let checksum = verify.then(|| Checksum::new(*expected));
             entries.push(DiskEntry::persisted(
                 Message::persisted(&segment, block)?,
                 written_before.1.clone(),
                 footer.schema.clone(),
-                checksum,
+                Check::new(verify.then_some(*expected)),
             ));
         }
         let cache = StreamCache::from_persisted(
@@ -337,6 +343,7 @@ impl Saver {
             rows: self.rows,
         };
         write_manifest(self.staging.path(), &saved, schema)?;
+        as_mkdir_makes(self.staging.path())?;
         let target = self.target;
         self.staging
             .commit(&target)
@@ -350,6 +357,48 @@ impl Saver {
             })?;
         Ok(saved)
     }
+}
+
+/// Give the staging folder, private while written, the mode `mkdir` gives a folder
+/// beside it (0777 less the umask, or the parent's default ACL): a save is shared like
+/// any file the user writes. A probe folder tells that mode; reading the umask would
+/// mean setting it, under every other thread's feet.
+fn as_mkdir_makes(dir: &Path) -> Result<()> {
+    let probe = dir.join(".mode");
+    std::fs::create_dir(&probe)
+        .and_then(|()| std::fs::metadata(&probe))
+        .and_then(|meta| std::fs::remove_dir(&probe).map(|()| meta.permissions()))
+        .and_then(|mode| std::fs::set_permissions(dir, mode))
+        .map_err(|err| io_error("cannot set the mode of", dir, err))
+}
+
+/// Tests and fuzzing only: rewrite the checksums and the manifest of the save at `path`
+/// from its data file as it is now, as if batchcorder had saved those bytes: a save
+/// crafted to pass every checksum, which must still never crash a reader.
+#[cfg(feature = "fault-injection")]
+pub fn reseal(path: &Path) -> Result<()> {
+    let manifest_path = path.join(MANIFEST);
+    let text = std::fs::read(&manifest_path)
+        .map_err(|err| io_error("cannot read", &manifest_path, err))?;
+    let manifest: Value = serde_json::from_slice(&text)
+        .map_err(|err| Error::Corrupt(format!("{}: {err}", manifest_path.display())))?;
+    let data_path = path.join(DATA);
+    let file = open_file(&data_path)?;
+    let len = file
+        .metadata()
+        .map_err(|err| io_error("cannot read", &data_path, err))?
+        .len();
+    let footer = Footer::read(&file, &data_path, len)?;
+    let saved = Persisted {
+        path: path.to_path_buf(),
+        id: manifest["id"].as_str().unwrap_or_default().to_owned(),
+        batches: footer.batches.len() as u64,
+        rows: manifest["rows"].as_u64().unwrap_or_default(),
+    };
+    for name in [MANIFEST, CHECKSUMS] {
+        let _ = std::fs::remove_file(path.join(name));
+    }
+    write_manifest(path, &saved, &footer.schema)
 }
 
 /// The parent folder a save to `path` is staged in, once `path` is free to take.
@@ -403,7 +452,7 @@ fn create_file(path: &Path) -> Result<File> {
         .write(true)
         .read(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(0o666) // less the umask, as any file the user writes
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| io_error("cannot create", path, err))
@@ -488,7 +537,7 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
         .iter()
         .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
         .collect();
-    let manifest = json!({
+    let mut manifest = json!({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "id": saved.id,
@@ -507,10 +556,48 @@ fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<(
             "schema_and_footer_xxh3": hex(structure),
         },
     });
+    manifest["checksums"][MANIFEST_SUM] = hex(manifest_checksum(&manifest)).into();
     let mut text = serde_json::to_vec_pretty(&manifest)
         .map_err(|err| Error::Internal(format!("manifest: {err}")))?;
     text.push(b'\n');
     write_synced(&dir.join(MANIFEST), &text)
+}
+
+/// XXH3 of the manifest without its own checksum, in a canonical form (compact, keys
+/// sorted), so that a tool that reformats the file changes nothing.
+fn manifest_checksum(manifest: &Value) -> u64 {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(fields) => {
+                let mut fields: Vec<_> = fields.iter().collect();
+                fields.sort_unstable_by_key(|(key, _)| *key);
+                out.push('{');
+                for (i, (key, value)) in fields.into_iter().enumerate() {
+                    out.push_str(if i == 0 { "" } else { "," });
+                    out.push_str(&Value::from(key.as_str()).to_string());
+                    out.push(':');
+                    canonical(value, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    out.push_str(if i == 0 { "" } else { "," });
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut without = manifest.clone();
+    if let Some(sums) = without.get_mut("checksums").and_then(Value::as_object_mut) {
+        sums.remove(MANIFEST_SUM);
+    }
+    let mut text = String::new();
+    canonical(&without, &mut text);
+    XxHash3_64::oneshot(text.as_bytes())
 }
 
 /// A persisted cache's manifest and checksums, checked against each other.
@@ -596,6 +683,14 @@ impl Layout {
                 "unknown checksum algorithm \"{algorithm}\""
             )));
         }
+        if sum(MANIFEST_SUM)? != manifest_checksum(&manifest) {
+            return Err(Error::Corrupt(format!(
+                "the persisted cache at {} is damaged: {} was edited (its fields do not \
+                 match its checksum {MANIFEST_SUM}); persist the stream again",
+                path.display(),
+                manifest_path.display()
+            )));
+        }
         let mut layout = Self {
             path: path.to_path_buf(),
             id: text_field(manifest.get("id"), "id")?,
@@ -637,7 +732,19 @@ struct Footer {
 }
 
 impl Footer {
+    /// The footer of the data file at `path`, `len` bytes long.
     fn read(file: &File, path: &Path, len: u64) -> Result<Self> {
+        // arrow-ipc's schema conversion panics on some malformed input instead of
+        // failing; nothing outlives the parse.
+        catch_quietly(|| Self::parse(file, path, len)).unwrap_or_else(|panic| {
+            Err(Error::Corrupt(format!(
+                "{} is not a whole Arrow IPC file: its footer does not parse ({panic})",
+                path.display()
+            )))
+        })
+    }
+
+    fn parse(file: &File, path: &Path, len: u64) -> Result<Self> {
         let damaged = |why: String| {
             Error::Corrupt(format!(
                 "{} is not a whole Arrow IPC file: {why}",

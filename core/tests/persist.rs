@@ -553,3 +553,255 @@ fn read_all_ok(cache: &StreamCache) -> usize {
         .take_while(|b| b.is_ok())
         .count()
 }
+
+// -- damaged saves ---------------------------------------------------------------------
+
+/// The three verify modes, named.
+fn verify_modes() -> [(&'static str, OpenOptions); 3] {
+    let with = |verify| OpenOptions {
+        verify,
+        ..Default::default()
+    };
+    [
+        ("Never", with(Verify::Never)),
+        ("IfModified", with(Verify::IfModified)),
+        ("Always", with(Verify::Always)),
+    ]
+}
+
+/// Put the data file's modification time back to the one its manifest records, so that
+/// `Verify::IfModified` does not check checksums.
+fn restore_modified_time(save: &Path) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(save.join("manifest.json")).unwrap()).unwrap();
+    set_modified_ns(
+        &save.join("data.arrow"),
+        manifest["data_modified_ns"].as_u64().unwrap(),
+    );
+}
+
+/// Where record batch `index` lies in an Arrow IPC file, from its footer.
+fn batch_block(data: &[u8], index: usize) -> std::ops::Range<usize> {
+    let trailer: [u8; 10] = data[data.len() - 10..].try_into().unwrap();
+    let footer_len = arrow_ipc::reader::read_footer_length(trailer).unwrap();
+    let footer_at = data.len() - 10 - footer_len;
+    let footer = arrow_ipc::root_as_footer(&data[footer_at..data.len() - 10]).unwrap();
+    let block = footer.recordBatches().unwrap().get(index);
+    let start = block.offset() as usize;
+    start..start + block.metaDataLength() as usize + block.bodyLength() as usize
+}
+
+/// Every batch a reader hands out, until the first error: each must pass arrow's full
+/// validation; the error, if any, must be `Corrupt`. Returns the batches and whether
+/// the read stopped at a damaged batch.
+fn read_checked(cache: &StreamCache, what: &str) -> (Vec<RecordBatch>, bool) {
+    let mut read = Vec::new();
+    let mut reader = cache.reader(true).unwrap();
+    loop {
+        match reader.next_batch() {
+            Ok(None) => return (read, false),
+            Ok(Some(batch)) => {
+                for column in batch.columns() {
+                    if let Err(err) = column.to_data().validate_full() {
+                        panic!("{what}: an invalid batch was handed out: {err}");
+                    }
+                }
+                read.push(batch);
+            }
+            Err(Error::Corrupt(_)) => return (read, true),
+            Err(other) => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_string_offset_out_of_range_is_corrupt_in_every_verify_mode_and_poisons_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let data_path = target.join("data.arrow");
+    let mut data = fs::read(&data_path).unwrap();
+    // Batch 2's names are n200..n299, four bytes each: its offsets are 0, 4, 8, ...
+    let block = batch_block(&data, 2);
+    let offsets: Vec<u8> = (0..8i32).flat_map(|i| (4 * i).to_le_bytes()).collect();
+    let at = block.start
+        + data[block.clone()]
+            .windows(offsets.len())
+            .position(|w| w == offsets.as_slice())
+            .expect("batch 2's name offsets are in its block");
+    data[at + 4 * 50..at + 4 * 51].copy_from_slice(&0x4000_0000i32.to_le_bytes());
+    fs::write(&data_path, &data).unwrap();
+    restore_modified_time(&target);
+
+    for (mode, options) in verify_modes() {
+        let (cache, _) = StreamCache::open(&target, &options).unwrap();
+        for pass in 0..2 {
+            let mut reader = cache.reader(true).unwrap();
+            assert_eq!(reader.next_batch().unwrap().unwrap(), source[0], "{mode}");
+            assert_eq!(reader.next_batch().unwrap().unwrap(), source[1], "{mode}");
+            match reader.next_batch() {
+                Err(Error::Corrupt(message)) => {
+                    assert!(message.contains("data.arrow"), "{mode}: {message}");
+                    assert!(
+                        message.contains("persist the stream again"),
+                        "{mode}: {message}"
+                    );
+                }
+                other => panic!("{mode}, pass {pass}: expected Corrupt, got {other:?}"),
+            }
+        }
+        assert!(cache.stats().is_ok(), "{mode}: the cache is not poisoned");
+    }
+}
+
+#[test]
+fn bit_flips_anywhere_in_the_data_file_give_corrupt_or_valid_batches_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let data_path = target.join("data.arrow");
+    let pristine = fs::read(&data_path).unwrap();
+    let flips = 400;
+    let mut outcomes = [[0usize; 3]; 3]; // per mode: refused at open, at a batch, read whole
+    for i in 0..flips {
+        // Spread over the file, every metadata byte of batch 1 included.
+        let block = batch_block(&pristine, 1);
+        let at = match i % 2 {
+            0 => block.start + (i / 2) % 200,
+            _ => (i * 7919) % pristine.len(),
+        };
+        let mut data = pristine.clone();
+        data[at] ^= 1 << (i % 8);
+        fs::write(&data_path, &data).unwrap();
+        restore_modified_time(&target);
+        for (m, (mode, options)) in verify_modes().into_iter().enumerate() {
+            let what = format!("{mode}, bit {} of byte {at}", i % 8);
+            let cache = match StreamCache::open(&target, &options) {
+                Ok((cache, _)) => cache,
+                Err(Error::Corrupt(_)) => {
+                    outcomes[m][0] += 1;
+                    continue;
+                }
+                Err(other) => panic!("{what}: expected Corrupt at open, got {other:?}"),
+            };
+            let (read, refused) = read_checked(&cache, &what);
+            outcomes[m][if refused { 1 } else { 2 }] += 1;
+            if mode == "Always" {
+                assert!(refused, "{what}: a checksum catches every flip");
+                assert_eq!(read, source[..read.len()], "{what}");
+            }
+        }
+    }
+    // The flips reach both checks: some are refused at open, some at a batch.
+    for (m, (mode, _)) in verify_modes().iter().enumerate() {
+        assert_eq!(outcomes[m].iter().sum::<usize>(), flips, "{mode}");
+        assert!(
+            outcomes[m][0] > 0 && outcomes[m][1] > 0,
+            "{mode}: {:?}",
+            outcomes[m]
+        );
+    }
+}
+
+#[test]
+fn an_edited_manifest_is_corrupt_but_a_reformatted_one_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let text = fs::read_to_string(target.join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (key, value) in [
+        ("rows", serde_json::json!(501)),
+        ("rows", serde_json::json!(500.0)),
+        ("batches", serde_json::json!(4)),
+        ("dictionaries", serde_json::json!(0)),
+        ("data_modified_ns", serde_json::json!(1)),
+        ("id", serde_json::json!("0123456789abcdef0123456789abcdef")),
+    ] {
+        let mut edited = manifest.clone();
+        edited[key] = value.clone();
+        fs::write(target.join("manifest.json"), edited.to_string()).unwrap();
+        corrupt(open(&target), "manifest.json was edited");
+    }
+    // Reformatted by a tool (compact, keys in another order): the same values open.
+    let mut fields: Vec<_> = manifest.as_object().unwrap().iter().collect();
+    fields.reverse();
+    let reordered: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+        .collect();
+    fs::write(
+        target.join("manifest.json"),
+        format!("{{{}}}", reordered.join(",")),
+    )
+    .unwrap();
+    let opened = open(&target).unwrap();
+    assert_eq!(opened.stats().unwrap().rows_ingested, 500);
+    assert_eq!(read_all(&opened), source);
+}
+
+/// This process's umask, read without setting it (setting it would race other threads).
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+#[test]
+fn a_save_gets_the_modes_of_any_file_the_user_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target) = saved(dir.path());
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let umask = umask();
+    assert_eq!(
+        mode(&target),
+        0o777 & !umask,
+        "the directory, as mkdir makes it"
+    );
+    for name in ["data.arrow", "checksums.xxh3", "manifest.json"] {
+        assert_eq!(mode(&target.join(name)), 0o666 & !umask, "{name}");
+    }
+}
+
+#[test]
+fn zeroed_lengths_in_a_batchs_metadata_are_corrupt_not_a_panic() {
+    use arrow_array::{BinaryViewArray, StringViewArray};
+    let dir = tempfile::tempdir().unwrap();
+    let source: Vec<RecordBatch> = (0..3)
+        .map(|b| {
+            let texts: Vec<String> = (0..20)
+                .map(|i| format!("a view longer than 12 bytes {b}-{i}"))
+                .collect();
+            let views = StringViewArray::from_iter_values(&texts);
+            let bytes = BinaryViewArray::from_iter_values(texts.iter().map(|t| t.as_bytes()));
+            RecordBatch::try_from_iter([
+                ("views", Arc::new(views) as arrow_array::ArrayRef),
+                ("bytes", Arc::new(bytes)),
+            ])
+            .unwrap()
+        })
+        .collect();
+    let target = dir.path().join("views");
+    cache_over(source.clone(), CacheOptions::default())
+        .persist(&target)
+        .unwrap();
+    let pristine = fs::read(target.join("data.arrow")).unwrap();
+    let block = batch_block(&pristine, 1);
+    let mut refused = 0;
+    // Every aligned 8 bytes of batch 1's metadata: buffer offsets and lengths among them.
+    for at in (block.start..block.start + 512).step_by(8) {
+        let mut data = pristine.clone();
+        data[at..at + 8].copy_from_slice(&0i64.to_le_bytes());
+        fs::write(target.join("data.arrow"), &data).unwrap();
+        restore_modified_time(&target);
+        for (mode, options) in verify_modes() {
+            let (cache, _) = StreamCache::open(&target, &options).unwrap();
+            let (read, stopped) = read_checked(&cache, &format!("{mode}, zeroed at {at}"));
+            assert_eq!(
+                read[..read.len().min(1)],
+                source[..read.len().min(1)],
+                "{mode}"
+            );
+            refused += stopped as usize;
+        }
+    }
+    assert!(refused > 0);
+}

@@ -95,9 +95,11 @@ class CacheBase(ClosesOnExit):
         in this process (one pass over its bytes; a mismatch raises
         :class:`CorruptCacheError` at that batch): ``None`` (the default) when the data
         file was modified after its save, so an edit or a damaging copy is caught and an
-        untouched save is read at full speed; ``True`` always; ``False`` never. A batch
-        not checked is validated structurally, which catches everything that could
-        crash, but not an edited value.
+        untouched save is read at full speed; ``True`` always; ``False`` never. Checked
+        or not, every batch is validated in full on its first read (offsets, lengths,
+        UTF-8, dictionary keys), so a damaged save raises :class:`CorruptCacheError`
+        rather than crash or hand out an invalid batch; only a checksum catches an
+        edited value.
 
         >>> import tempfile, pathlib, pyarrow as pa
         >>> from batchcorder import StreamCache

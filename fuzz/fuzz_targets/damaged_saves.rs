@@ -1,0 +1,423 @@
+//! Damaged persisted caches under AddressSanitizer: a real save, cut short or edited (bit
+//! flips, 4- and 8-byte values written into a batch's metadata or buffers, the footer,
+//! the manifest, the checksums file), optionally resealed with matching checksums (a
+//! crafted save), then opened in every verify mode and read to the end.
+//!
+//!     RUSTC_BOOTSTRAP=1 cargo fuzz run damaged_saves --sanitizer address
+//!
+//! or `make -f mk/fuzz.mk fuzz-smoke FUZZ_TARGET=damaged_saves` from the repository root.
+//!
+//! The rule: no crash, no panic, no ASan report; `open` and every read either succeed or
+//! fail with `Error::Corrupt` (or `InvalidArgument` for a manifest claiming a newer
+//! format); every batch handed out passes arrow's full validation and has the cache's
+//! schema; and a batch checked against an untouched checksum is exactly the one saved.
+
+#![no_main]
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arbitrary::Arbitrary;
+use arrow_array::builder::{
+    BinaryViewBuilder, FixedSizeBinaryBuilder, Int32Builder, ListBuilder, MapBuilder, StringBuilder,
+};
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Decimal128Array, DictionaryArray, FixedSizeListArray,
+    Float64Array, Int16Array, Int32Array, Int64Array, LargeBinaryArray, LargeStringArray,
+    ListViewArray, NullArray, RecordBatch, RecordBatchIterator, RunArray, StringArray,
+    StringViewArray, StructArray, UnionArray,
+};
+use arrow_buffer::ScalarBuffer;
+use arrow_schema::{DataType, Field, UnionFields};
+use batchcorder_core::{CacheOptions, Error, OpenOptions, StreamCache, Verify};
+use libfuzzer_sys::fuzz_target;
+
+const DATA: usize = 0;
+const MANIFEST: usize = 1;
+const CHECKSUMS: usize = 2;
+const NAMES: [&str; 3] = ["data.arrow", "manifest.json", "checksums.xxh3"];
+
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum File {
+    Data,
+    Manifest,
+    Checksums,
+}
+
+impl File {
+    fn index(self) -> usize {
+        match self {
+            File::Data => DATA,
+            File::Manifest => MANIFEST,
+            File::Checksums => CHECKSUMS,
+        }
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+enum Edit {
+    /// Flip one bit of a file.
+    Flip { file: File, at: u32, bit: u8 },
+    /// Write 4 aligned bytes into a batch's or dictionary's block: a length, a count, a
+    /// 32-bit offset, a flatbuffer field.
+    Set32 { block: u8, at: u16, value: i32 },
+    /// Write 8 aligned bytes into a block: a buffer's offset or length, a 64-bit offset.
+    Set64 { block: u8, at: u16, value: i64 },
+    /// Overwrite a byte counted from the end of the data file: trailer, footer, schema.
+    FromEnd { back: u16, value: u8 },
+    /// Cut a file short.
+    Truncate { file: File, keep: u32 },
+    /// Set a number in the manifest.
+    Manifest { field: u8, value: u64 },
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    seed: u8,
+    edits: Vec<Edit>,
+    /// Rewrite the checksums and the manifest to match the edited data file.
+    reseal: bool,
+    /// Put the data file's modification time back to the manifest's, so that
+    /// `Verify::IfModified` does not check checksums.
+    restore_mtime: bool,
+}
+
+/// A pristine save: its files, its batches, and where its blocks lie in the data file.
+struct Seed {
+    files: [Vec<u8>; 3],
+    batches: Vec<RecordBatch>,
+    blocks: Vec<Range<usize>>,
+}
+
+fn seeds() -> &'static [Seed] {
+    static SEEDS: OnceLock<Vec<Seed>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        [everyday(), unusual()]
+            .into_iter()
+            .map(|batches| save(&batches))
+            .collect()
+    })
+}
+
+fn save(batches: &[RecordBatch]) -> Seed {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = batches[0].schema();
+    let reader = RecordBatchIterator::new(batches.to_vec().into_iter().map(Ok), schema);
+    let cache = StreamCache::new(Box::new(reader), CacheOptions::default()).unwrap();
+    cache.persist(&dir.path().join("save")).unwrap();
+    let files = NAMES.map(|name| std::fs::read(dir.path().join("save").join(name)).unwrap());
+    let blocks = blocks(&files[DATA]);
+    Seed {
+        files,
+        batches: batches.to_vec(),
+        blocks,
+    }
+}
+
+/// Every dictionary and record batch block of an Arrow IPC file.
+fn blocks(data: &[u8]) -> Vec<Range<usize>> {
+    let trailer: [u8; 10] = data[data.len() - 10..].try_into().unwrap();
+    let footer_len = arrow_ipc::reader::read_footer_length(trailer).unwrap();
+    let footer = arrow_ipc::root_as_footer(&data[data.len() - 10 - footer_len..]).unwrap();
+    let lists = [footer.dictionaries(), footer.recordBatches()];
+    lists
+        .into_iter()
+        .flatten()
+        .flat_map(|list| list.iter().collect::<Vec<_>>())
+        .map(|b| {
+            let start = b.offset() as usize;
+            start..start + b.metaDataLength() as usize + b.bodyLength() as usize
+        })
+        .collect()
+}
+
+/// Common columns: numbers, text (some of it not ASCII), a dictionary, a list, a struct.
+fn everyday() -> Vec<RecordBatch> {
+    let words = ["alpha", "ñandú", "€uro", "", "z"];
+    (0..3)
+        .map(|b| {
+            let rows = 12 + 4 * b;
+            let ids = Int64Array::from_iter_values((0..rows).map(|i| (b * 100 + i) as i64));
+            let names: StringArray = (0..rows)
+                .map(|i| (i % 4 != 3).then(|| format!("{}-{i}", words[i % words.len()])))
+                .collect();
+            let kinds: DictionaryArray<Int32Type> =
+                (0..rows).map(|i| ["a", "bb", "ccc"][i % 3]).collect();
+            let mut lists = ListBuilder::new(Int32Builder::new());
+            for i in 0..rows {
+                lists.append_value((0..i % 4).map(|v| Some(v as i32)));
+            }
+            let pair = StructArray::from(vec![
+                (
+                    Arc::new(Field::new("x", DataType::Float64, false)),
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..rows).map(|i| i as f64 / 3.0),
+                    )) as ArrayRef,
+                ),
+                (
+                    Arc::new(Field::new("ok", DataType::Boolean, true)),
+                    Arc::new(BooleanArray::from_iter(
+                        (0..rows).map(|i| (i % 5 != 0).then_some(i % 2 == 0)),
+                    )),
+                ),
+            ]);
+            let blobs = LargeBinaryArray::from_iter_values((0..rows).map(|i| vec![i as u8; i % 7]));
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(ids) as ArrayRef),
+                ("name", Arc::new(names)),
+                ("kind", Arc::new(kinds)),
+                ("tags", Arc::new(lists.finish())),
+                ("pair", Arc::new(pair)),
+                ("blob", Arc::new(blobs)),
+            ])
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Less common layouts: views, fixed sizes, decimals, list views, maps, unions, run ends,
+/// nulls, large strings.
+fn unusual() -> Vec<RecordBatch> {
+    (0..3)
+        .map(|b| {
+            let rows = 10 + b;
+            let views: StringViewArray = (0..rows)
+                .map(|i| {
+                    Some(format!("a string longer than twelve bytes, {i}")).filter(|_| i % 3 != 1)
+                })
+                .collect();
+            let mut binary_views = BinaryViewBuilder::new();
+            let mut fixed = FixedSizeBinaryBuilder::new(3);
+            let mut maps = MapBuilder::new(None, StringBuilder::new(), Int32Builder::new());
+            for i in 0..rows {
+                binary_views.append_value(vec![b'v'; i * 3]);
+                fixed.append_value([i as u8, 1, 2]).unwrap();
+                for k in 0..i % 3 {
+                    maps.keys().append_value(format!("k{k}"));
+                    maps.values().append_value((i * k) as i32);
+                }
+                maps.append(true).unwrap();
+            }
+            let decimals = Decimal128Array::from_iter_values((0..rows).map(|i| i as i128 * 1001))
+                .with_precision_and_scale(10, 2)
+                .unwrap();
+            let item = Arc::new(Field::new_list_field(DataType::Int32, true));
+            let list_views = ListViewArray::new(
+                item,
+                ScalarBuffer::from((0..rows).map(|i| (i % 5) as i32).collect::<Vec<_>>()),
+                ScalarBuffer::from((0..rows).map(|i| (i % 3) as i32).collect::<Vec<_>>()),
+                Arc::new(Int32Array::from_iter_values(0..8)),
+                None,
+            );
+            let union_fields = UnionFields::try_new(
+                [0, 5],
+                [
+                    Field::new("n", DataType::Int32, false),
+                    Field::new("s", DataType::Utf8, false),
+                ],
+            )
+            .unwrap();
+            let type_ids: Vec<i8> = (0..rows).map(|i| if i % 2 == 0 { 0 } else { 5 }).collect();
+            let value_offsets: Vec<i32> = (0..rows).map(|i| (i / 2) as i32).collect();
+            let union = UnionArray::try_new(
+                union_fields,
+                type_ids.into(),
+                Some(value_offsets.into()),
+                vec![
+                    Arc::new(Int32Array::from_iter_values(0..rows.div_ceil(2) as i32)),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..rows / 2).map(|i| format!("u{i}")),
+                    )),
+                ],
+            )
+            .unwrap();
+            let runs = RunArray::<Int32Type>::try_new(
+                &Int32Array::from(vec![2, 5, rows as i32]),
+                &StringArray::from(vec!["run", "ünï", "end"]),
+            )
+            .unwrap();
+            let pairs = FixedSizeListArray::new(
+                Arc::new(Field::new_list_field(DataType::Int16, false)),
+                2,
+                Arc::new(Int16Array::from_iter_values(
+                    (0..2 * rows as i16).map(|v| v * 3),
+                )),
+                None,
+            );
+            let large = LargeStringArray::from_iter_values((0..rows).map(|i| "ß".repeat(i % 4)));
+            RecordBatch::try_from_iter([
+                ("view", Arc::new(views) as ArrayRef),
+                ("binary_view", Arc::new(binary_views.finish())),
+                ("fixed", Arc::new(fixed.finish())),
+                ("decimal", Arc::new(decimals)),
+                ("list_view", Arc::new(list_views)),
+                ("map", Arc::new(maps.finish())),
+                ("union", Arc::new(union)),
+                ("runs", Arc::new(runs)),
+                ("nothing", Arc::new(NullArray::new(rows))),
+                ("pairs", Arc::new(pairs)),
+                ("large", Arc::new(large)),
+            ])
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Overwrite `bytes` at `at` (clamped into the file, aligned down to `align`).
+fn put(file: &mut [u8], range: Range<usize>, at: usize, align: usize, bytes: &[u8]) {
+    if range.len() < bytes.len() {
+        return;
+    }
+    let at = (range.start + at % (range.len() - bytes.len() + 1)) / align * align;
+    if at >= range.start && at + bytes.len() <= file.len() {
+        file[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+}
+
+fn apply(edit: &Edit, files: &mut [Vec<u8>; 3], blocks: &[Range<usize>]) {
+    let block = |i: u8| blocks.get(i as usize % blocks.len().max(1)).cloned();
+    match *edit {
+        Edit::Flip { file, at, bit } => {
+            let file = &mut files[file.index()];
+            if !file.is_empty() {
+                let at = at as usize % file.len();
+                file[at] ^= 1 << (bit % 8);
+            }
+        }
+        Edit::Set32 {
+            block: i,
+            at,
+            value,
+        } => {
+            if let Some(range) = block(i) {
+                put(&mut files[DATA], range, at.into(), 4, &value.to_le_bytes());
+            }
+        }
+        Edit::Set64 {
+            block: i,
+            at,
+            value,
+        } => {
+            if let Some(range) = block(i) {
+                put(&mut files[DATA], range, at.into(), 8, &value.to_le_bytes());
+            }
+        }
+        Edit::FromEnd { back, value } => {
+            let data = &mut files[DATA];
+            if let Some(at) = data.len().checked_sub(1 + back as usize % 512) {
+                data[at] = value;
+            }
+        }
+        Edit::Truncate { file, keep } => {
+            let file = &mut files[file.index()];
+            let keep = keep as usize % (file.len() + 1);
+            file.truncate(keep);
+        }
+        Edit::Manifest { field, value } => {
+            let keys = [
+                "rows",
+                "batches",
+                "dictionaries",
+                "data_bytes",
+                "data_modified_ns",
+                "format_version",
+            ];
+            if let Ok(mut manifest) = serde_json::from_slice::<serde_json::Value>(&files[MANIFEST])
+            {
+                manifest[keys[field as usize % keys.len()]] = value.into();
+                files[MANIFEST] = manifest.to_string().into_bytes();
+            }
+        }
+    }
+}
+
+/// Set the data file's modification time to the one its manifest records.
+fn restore_mtime(dir: &Path) {
+    let Ok(text) = std::fs::read(dir.join("manifest.json")) else {
+        return;
+    };
+    let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return;
+    };
+    let Some(ns) = manifest["data_modified_ns"].as_u64() else {
+        return;
+    };
+    let when = SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(dir.join("data.arrow"));
+    file.and_then(|f| f.set_modified(when)).unwrap();
+}
+
+/// A refusal the rules allow.
+fn allowed(err: &Error) -> bool {
+    match err {
+        Error::Corrupt(_) => true,
+        Error::InvalidArgument(m) => m.contains("newer than this batchcorder"),
+        _ => false,
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let seeds = seeds();
+    let seed = &seeds[input.seed as usize % seeds.len()];
+    let mut files = seed.files.clone();
+    for edit in input.edits.iter().take(8) {
+        apply(edit, &mut files, &seed.blocks);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("save");
+    std::fs::create_dir(&save).unwrap();
+    for (name, bytes) in NAMES.iter().zip(&files) {
+        std::fs::write(save.join(name), bytes).unwrap();
+    }
+    if input.reseal {
+        // A footer that no longer parses cannot be resealed: the save stays as edited.
+        let _ = batchcorder_core::persist::reseal(&save);
+    }
+    if input.restore_mtime {
+        restore_mtime(&save);
+    }
+    // Unchanged bytes under an unchanged checksum must come back exactly.
+    let exact_when_checked = !input.reseal;
+    for verify in [Verify::Never, Verify::IfModified, Verify::Always] {
+        let options = OpenOptions {
+            verify,
+            ..Default::default()
+        };
+        let cache = match StreamCache::open(&save, &options) {
+            Ok((cache, _)) => cache,
+            Err(err) if allowed(&err) => continue,
+            Err(err) => panic!("{verify:?}: open failed with {err:?}"),
+        };
+        // The harness rewrote the data file: only a restored time skips the checksums.
+        let checked =
+            verify == Verify::Always || (verify == Verify::IfModified && !input.restore_mtime);
+        for pass in 0..2 {
+            let mut reader = cache.reader(true).unwrap();
+            loop {
+                match reader.next_batch() {
+                    Ok(Some(batch)) => {
+                        assert_eq!(batch.schema(), cache.schema(), "{verify:?}");
+                        for column in batch.columns() {
+                            if let Err(err) = column.to_data().validate_full() {
+                                panic!("{verify:?}, pass {pass}: an invalid batch was handed out: {err}");
+                            }
+                        }
+                        let position = reader.position() as usize - 1;
+                        if checked && exact_when_checked {
+                            assert_eq!(Some(&batch), seed.batches.get(position), "{verify:?}");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) if allowed(&err) => break,
+                    Err(err) => panic!("{verify:?}, pass {pass}: read failed with {err:?}"),
+                }
+            }
+        }
+        assert!(cache.stats().is_ok(), "{verify:?}: the cache is poisoned");
+    }
+});

@@ -1,0 +1,252 @@
+"""Damaged and foreign saves: never a crash, never an invalid batch, whatever the verify mode.
+
+Each damaged copy of a real save is read in a child process, in every verify mode
+(`verify=False`; the default with the data file's modification time put back, so that it
+checks no checksum; the default with the time changed; `verify=True`). The child reports
+what each read gave; the test asserts the child exited normally, that every refusal was
+`CorruptCacheError`, that every batch handed out passes `validate(full=True)`, and that a
+batch checked against its checksum is exactly the saved one. Also here: the manifest's
+counts are tamper-evident, and a save's file modes follow the umask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from conftest import STRESS_SCALE, wait_for_child
+
+from batchcorder import CorruptCacheError, StreamCache
+
+BATCHES = 6
+ROWS = 500
+
+# Reads every case in every mode and prints one JSON line per read, flushed, so that a
+# crash still shows which case it was.
+CHILD = r"""
+import json, os, sys
+import pyarrow as pa
+from batchcorder import CorruptCacheError, StreamCache
+
+pristine_path, cases = sys.argv[1], json.loads(sys.argv[2])
+pristine = pa.ipc.open_file(pristine_path)
+expected = [pristine.get_batch(i) for i in range(pristine.num_record_batches)]
+for case in cases:
+    saved_ns = case["saved_ns"]
+    for mode in ("never", "unchanged-time", "changed-time", "always"):
+        if mode in ("unchanged-time", "changed-time"):
+            ns = saved_ns if mode == "unchanged-time" else saved_ns + 1_000_000_000
+            os.utime(os.path.join(case["path"], "data.arrow"), ns=(ns, ns))
+        verify = {"never": False, "always": True}.get(mode)
+        result = {"case": case["name"], "mode": mode, "served": 0, "inexact": [],
+                  "invalid": [], "refused": None, "unexpected": None}
+        try:
+            with StreamCache.open(case["path"], verify=verify) as cache:
+                result["refused"] = "batch"
+                for i, batch in enumerate(cache):
+                    try:
+                        batch.validate(full=True)
+                    except pa.ArrowInvalid as err:
+                        result["invalid"].append(f"batch {i}: {err}")
+                    if i >= len(expected) or not batch.equals(expected[i]):
+                        result["inexact"].append(i)
+                    result["served"] += 1
+                result["refused"] = None
+        except CorruptCacheError as err:
+            result["refused"] = result["refused"] or "open"
+            result["message"] = str(err)
+        except Exception as err:
+            result["unexpected"] = f"{type(err).__name__}: {err}"
+        print(json.dumps(result), flush=True)
+"""
+
+
+def table() -> pa.Table:
+    # Fixed-width names, so that every batch's offsets are the same run of numbers; an
+    # accent, so that an offset can land inside a character.
+    rows = BATCHES * ROWS
+    return pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "name": pa.array([f"é{i:05d}" for i in range(rows)], pa.string()),
+            "kind": pa.array([["a", "b", "c"][i % 3] for i in range(rows)]).dictionary_encode(),
+            "tags": pa.array([[i, i + 1] for i in range(rows)], pa.list_(pa.int32())),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def save(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("damaged") / "pristine"
+    data = table()
+    with StreamCache(data.to_reader(max_chunksize=ROWS)) as cache:
+        cache.persist(path)
+    return path
+
+
+def damaged_copy(save: Path, where: Path, name: str, data: bytes) -> dict:
+    copy = where / name
+    shutil.copytree(save, copy)
+    (copy / "data.arrow").write_bytes(data)
+    saved_ns = json.loads((save / "manifest.json").read_text())["data_modified_ns"]
+    return {"name": name, "path": str(copy), "saved_ns": saved_ns}
+
+
+def offsets_at(data: bytes) -> list[int]:
+    """Where each batch's `name` offsets start in the file: 0, 7, 14, ... (é is 2 bytes)."""
+    needle = b"".join((7 * i).to_bytes(4, "little") for i in range(8))
+    found, at = [], data.find(needle)
+    while at != -1:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    assert len(found) == BATCHES, found
+    return found
+
+
+def read_in_child(save: Path, cases: list[dict]) -> list[dict]:
+    process = subprocess.run(
+        [sys.executable, "-c", CHILD, str(save / "data.arrow"), json.dumps(cases)],
+        capture_output=True, text=True, timeout=600,
+    )
+    results = [json.loads(line) for line in process.stdout.splitlines()]
+    last = results[-1]["case"] if results else "none"
+    assert process.returncode == 0, (
+        f"the reading process died ({process.returncode}) after case {last}: "
+        f"{process.stderr[-2000:]}"
+    )
+    assert len(results) == 4 * len(cases)
+    return results
+
+
+def check(results: list[dict]) -> None:
+    for result in results:
+        what = f"{result['case']}, {result['mode']}"
+        assert result["unexpected"] is None, f"{what}: {result['unexpected']}"
+        assert not result["invalid"], f"{what}: invalid batches handed out: {result['invalid']}"
+        if result["mode"] in ("changed-time", "always"):
+            assert not result["inexact"], f"{what}: a checked batch differs: {result}"
+
+
+def test_string_offsets_out_of_range_backwards_or_inside_a_character(save, tmp_path):
+    data = (save / "data.arrow").read_bytes()
+    cases = []
+    for batch, at in enumerate(offsets_at(data)):
+        slot = at + 4 * (1 + batch * 37 % (ROWS - 2))
+        previous = int.from_bytes(data[slot - 4 : slot], "little")
+        for how, value in [
+            ("past-the-end", 0x7FFF0000),
+            ("negative", -5),
+            ("backwards", previous - 3),
+            ("inside-e-acute", previous + 1),
+        ]:
+            edited = bytearray(data)
+            edited[slot : slot + 4] = value.to_bytes(4, "little", signed=True)
+            cases.append(damaged_copy(save, tmp_path, f"batch{batch}-{how}", bytes(edited)))
+    results = read_in_child(save, cases)
+    check(results)
+    for result in results:
+        batch = int(result["case"].split("-")[0][len("batch"):])
+        # Refused at the damaged batch in every mode; the batches before it are served exactly.
+        assert result["refused"] == "batch", result
+        assert result["served"] == batch and not result["inexact"], result
+
+
+def test_bit_flips_anywhere_and_truncations(save, tmp_path):
+    data = (save / "data.arrow").read_bytes()
+    rng = random.Random(26)
+    cases = []
+    for n in range(150 * STRESS_SCALE):
+        at = rng.randrange(len(data))
+        edited = bytearray(data)
+        edited[at] ^= 1 << rng.randrange(8)
+        cases.append(damaged_copy(save, tmp_path, f"flip-{n}-at-{at}", bytes(edited)))
+    for n, keep in enumerate(sorted(rng.sample(range(len(data)), 10)) + [0]):
+        cases.append(damaged_copy(save, tmp_path, f"cut-{n}-to-{keep}", data[:keep]))
+    results = read_in_child(save, cases)
+    check(results)
+    by_mode: dict[str, dict[str, int]] = {}
+    for result in results:
+        outcome = result["refused"] or ("inexact" if result["inexact"] else "exact")
+        counts = by_mode.setdefault(result["mode"], {})
+        counts[outcome] = counts.get(outcome, 0) + 1
+        if result["case"].startswith("cut-"):
+            assert result["refused"] == "open", result
+    # Checked modes catch every flip; unchecked ones still refuse the structural damage.
+    for mode in ("changed-time", "always"):
+        assert by_mode[mode].get("exact", 0) == 0, by_mode
+    for mode in ("never", "unchanged-time"):
+        assert by_mode[mode].get("batch", 0) > 0 and by_mode[mode].get("open", 0) > 0, by_mode
+
+
+def test_edited_manifest_counts_are_refused_at_open(save, tmp_path):
+    for key, value in [("rows", 2999), ("rows", 3001), ("batches", 5), ("data_bytes", 1)]:
+        copy = tmp_path / f"{key}-{value}"
+        shutil.copytree(save, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest[key] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        with pytest.raises(CorruptCacheError, match="manifest.json was edited"):
+            StreamCache.open(copy)
+    # Reformatted without a change of value (compact, keys sorted): still the same save.
+    copy = tmp_path / "reformatted"
+    shutil.copytree(save, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    with StreamCache.open(copy) as cache:
+        assert cache.stats().rows_ingested == BATCHES * ROWS
+        assert pa.table(cache) == table()
+
+
+PERSIST = r"""
+import sys
+import pyarrow as pa
+from batchcorder import StreamCache
+StreamCache(pa.table({"x": [1, 2, 3], "s": ["a", "b", "c"]})).persist(sys.argv[1])
+"""
+
+
+def modes(path: Path) -> dict[str, int]:
+    found = {".": stat.S_IMODE(path.stat().st_mode)}
+    found.update({p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()})
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_a_save_follows_the_umask_like_any_file_the_user_writes(umask):
+    # A folder others may enter: pytest's own temporary folders are private.
+    with tempfile.TemporaryDirectory(dir="/tmp") as shared:
+        os.chmod(shared, 0o755)
+        path = Path(shared, "save")
+        subprocess.run([sys.executable, "-c", PERSIST, str(path)], umask=umask, check=True)
+        assert modes(path) == {
+            ".": 0o777 & ~umask,
+            "data.arrow": 0o666 & ~umask,
+            "checksums.xxh3": 0o666 & ~umask,
+            "manifest.json": 0o666 & ~umask,
+        }
+        if os.geteuid() != 0:
+            return  # another user's read needs root to become that user
+        expected = pa.table({"x": [1, 2, 3], "s": ["a", "b", "c"]})
+        pid = os.fork()
+        if pid == 0:  # the child: another user, who may open the save only if others may read it
+            code = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with StreamCache.open(path) as cache:
+                    code = 0 if pa.table(cache) == expected else 1
+            except PermissionError:
+                code = 2
+            finally:
+                os._exit(code)
+        assert wait_for_child(pid) == (0 if umask & 0o004 == 0 else 2)
