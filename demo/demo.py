@@ -49,7 +49,9 @@ def main() -> None:
         print(f"bare stream, first DuckDB query: {first:,} rows")
         try:
             duckdb.sql("SELECT count(*) FROM bare").fetchall()
-            raise AssertionError("a second query on a bare single-use stream worked")
+            # DuckDB before 2.0 (the newest on Python 3.10) answers it from its own copy.
+            print(f"bare stream, second DuckDB query: DuckDB {duckdb.__version__} answered "
+                  "it too; DuckDB 2 refuses a consumed stream")
         except duckdb.Error as err:
             print(f"bare stream, second DuckDB query fails: {str(err).split('. ')[0]}")
 

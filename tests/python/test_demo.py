@@ -18,8 +18,13 @@ def test_the_demo_shows_the_failure_the_cache_and_what_next(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "bare stream, first DuckDB query: 3,000,000 rows" in out
-    assert "second DuckDB query fails: Invalid Input Error: This RecordBatchReader has already " \
-        "been consumed" in out
+    import duckdb  # the demo's, since it runs in this interpreter
+
+    if int(duckdb.__version__.split(".")[0]) >= 2:
+        assert "second DuckDB query fails: Invalid Input Error: This RecordBatchReader has " \
+            "already been consumed" in out
+    else:
+        assert f"second DuckDB query: DuckDB {duckdb.__version__} answered it too" in out
     assert "DuckDB self-join over the cache: 3,000,000 rows matched" in out
     read = re.search(r"the file was read once: (\d+) batches pulled from it, (\d+) cached; "
                      r"(\d+) readers created", out)
