@@ -2,7 +2,7 @@
 against the same processes reading the same Arrow file through `pa.memory_map`; and the
 time to open a save of 10 000 batches.
 
-    python bench/processes.py [--quick] [--out FILE] [--before DIR]
+    python bench/processes.py [--quick] [--out FILE] [--before DIR] [--rounds N]
 
 `ours` opens with the default verification (checksums only for a data file modified
 since its save: not this one), `ours-verify-always` checks every batch's checksum. `--before DIR` adds the same two
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE.parent / "build" / "bench-processes.md"))
     parser.add_argument("--before", help="a directory holding another build of batchcorder")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7, 1 quick)")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -153,7 +154,7 @@ def main() -> None:
     data_bytes = os.path.getsize(save / "data.arrow")
     subprocess.run(["cat", str(save / "data.arrow")], stdout=subprocess.DEVNULL, check=True)
 
-    rounds = 1 if args.quick else 7
+    rounds = args.rounds or (1 if args.quick else 7)
     sides = ["mmap", "ours", "ours-verify-always"]
     if args.before:
         sides += ["before", "before-verify-always"]

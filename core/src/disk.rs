@@ -229,8 +229,8 @@ pub(crate) struct DiskEntry {
 }
 
 /// How a persisted batch is checked on its first read in this process: against its
-/// checksum when the cache verifies, and always by arrow's full validation, with its
-/// dictionaries. Once passed, later reads of the same bytes skip both.
+/// checksum when the cache verifies, and always by a full validation (`crate::validate`),
+/// its dictionaries with it. Once passed, later reads of the same bytes skip both.
 #[derive(Debug)]
 pub(crate) struct Check {
     checksum: Option<u64>,

@@ -94,25 +94,20 @@ struct Seed {
 
 fn seeds() -> &'static [Seed] {
     static SEEDS: OnceLock<Vec<Seed>> = OnceLock::new();
-    SEEDS.get_or_init(|| {
-        [everyday(), unusual()]
-            .into_iter()
-            .map(|batches| save(&batches))
-            .collect()
-    })
+    SEEDS.get_or_init(|| [everyday(), unusual()].into_iter().map(save).collect())
 }
 
-fn save(batches: &[RecordBatch]) -> Seed {
+fn save(batches: Vec<RecordBatch>) -> Seed {
     let dir = tempfile::tempdir().unwrap();
     let schema = batches[0].schema();
-    let reader = RecordBatchIterator::new(batches.to_vec().into_iter().map(Ok), schema);
+    let reader = RecordBatchIterator::new(batches.clone().into_iter().map(Ok), schema);
     let cache = StreamCache::new(Box::new(reader), CacheOptions::default()).unwrap();
     cache.persist(&dir.path().join("save")).unwrap();
     let files = NAMES.map(|name| std::fs::read(dir.path().join("save").join(name)).unwrap());
     let blocks = blocks(&files[DATA]);
     Seed {
         files,
-        batches: batches.to_vec(),
+        batches,
         blocks,
     }
 }

@@ -38,7 +38,7 @@ import json, os, sys
 import pyarrow as pa
 from batchcorder import CorruptCacheError, StreamCache
 
-pristine_path, cases = sys.argv[1], json.loads(sys.argv[2])
+pristine_path, cases = sys.argv[1], json.load(sys.stdin)
 pristine = pa.ipc.open_file(pristine_path)
 expected = [pristine.get_batch(i) for i in range(pristine.num_record_batches)]
 for case in cases:
@@ -115,8 +115,8 @@ def offsets_at(data: bytes) -> list[int]:
 
 def read_in_child(save: Path, cases: list[dict]) -> list[dict]:
     process = subprocess.run(
-        [sys.executable, "-c", CHILD, str(save / "data.arrow"), json.dumps(cases)],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-c", CHILD, str(save / "data.arrow")],
+        input=json.dumps(cases), capture_output=True, text=True, timeout=600,
     )
     results = [json.loads(line) for line in process.stdout.splitlines()]
     last = results[-1]["case"] if results else "none"
