@@ -83,6 +83,11 @@ class Request:
 
     @classmethod
     def _from_json(cls, text: str) -> "Request":
+        # Checked before parsing: how deep Python's parser goes before RecursionError
+        # differs between versions. A ticket is one object of plain values; one level
+        # more still gets the message that names the key.
+        if _nesting(text) > 2:
+            raise TicketError("the ticket's JSON nests too deeply: a ticket is one object of plain values")
         try:
             fields = json.loads(text)
         except json.JSONDecodeError as err:
@@ -140,3 +145,25 @@ def from_descriptor(descriptor: Any) -> Request:
     if descriptor.descriptor_type == flight.DescriptorType.CMD:
         return Request.decode(bytes(descriptor.command))
     raise TicketError("the descriptor is neither a path nor a command")
+
+
+def _nesting(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
