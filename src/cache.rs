@@ -166,7 +166,8 @@ pub unsafe extern "C" fn bc_cache_reader(
         let (target, exact) = match unsafe { requested_schema.as_ref() } {
             None => (None, cache.exact_schema.clone()),
             Some(schema) => {
-                let (target, exact) = requested(schema)?;
+                // SAFETY: the caller's `requested_schema`, valid as it promised.
+                let (target, exact) = unsafe { requested(schema) }?;
                 (Some(Cast::to(Arc::new(target))), Some(Arc::new(exact)))
             }
         };
@@ -193,7 +194,8 @@ pub unsafe extern "C" fn bc_cache_check_schema(
         // SAFETY: NULL or a valid schema, as the caller promised, only read during this
         // call and not written meanwhile.
         let schema = unsafe { arg(requested_schema, "requested_schema") }?;
-        let (target, _) = requested(schema)?;
+        // SAFETY: the caller's `requested_schema`, valid as it promised.
+        let (target, _) = unsafe { requested(schema) }?;
         batchcorder_core::validate_cast(&cache.schema(), &target)
     })
 }
@@ -201,12 +203,10 @@ pub unsafe extern "C" fn bc_cache_check_schema(
 /// A requested schema as arrow-rs casts to it, and exactly as the caller wrote it, which
 /// the reader hands out.
 ///
-/// Safe to call only with a schema that an export's caller promised is valid (its
-/// strings, children and dictionary valid for reads; its `release` may be NULL):
-/// `bc_cache_reader`, `bc_cache_check_schema` and `bc_reader_cast_with` (export.rs) pass
-/// their `requested_schema` argument. It is not `unsafe` only because export.rs calls it
-/// without an `unsafe` block.
-pub(crate) fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
+/// # Safety
+/// `schema` is one an export's caller promised is valid: its strings, children and
+/// dictionary valid for reads during the call; its `release` may be NULL.
+pub(crate) unsafe fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCopy)> {
     let invalid = |problem: String| {
         Error::InvalidArgument(format!(
             "argument `requested_schema` is not a valid schema: {problem}"

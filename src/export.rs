@@ -271,7 +271,8 @@ pub unsafe extern "C" fn bc_reader_cast_with(
                     )))
                 }
             };
-            let (target, exact) = crate::cache::requested(schema)?;
+            // SAFETY: the caller's `requested_schema`, valid as it promised.
+            let (target, exact) = unsafe { crate::cache::requested(schema) }?;
             state.reader.cast_to(Cast {
                 schema: Arc::new(target),
                 on_failure,

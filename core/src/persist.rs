@@ -156,12 +156,7 @@ impl StreamCache {
     /// manifest first; batches are mapped from the data file as readers reach them.
     pub fn open(path: &Path, options: &OpenOptions) -> Result<(StreamCache, Persisted)> {
         let layout = Layout::read(path)?;
-        let file = open_file(&path.join(DATA))?;
-        let data_path = path.join(DATA);
-        let len = file
-            .metadata()
-            .map_err(|err| io_error("cannot read", &data_path, err))?
-            .len();
+        let (data_path, file, len) = data_file(path)?;
         if len != layout.data_bytes {
             return Err(layout.damaged(format!(
                 "{DATA} has {len} bytes where the manifest says {}: it was truncated or edited",
@@ -382,12 +377,7 @@ pub fn reseal(path: &Path) -> Result<()> {
         .map_err(|err| io_error("cannot read", &manifest_path, err))?;
     let manifest: Value = serde_json::from_slice(&text)
         .map_err(|err| Error::Corrupt(format!("{}: {err}", manifest_path.display())))?;
-    let data_path = path.join(DATA);
-    let file = open_file(&data_path)?;
-    let len = file
-        .metadata()
-        .map_err(|err| io_error("cannot read", &data_path, err))?
-        .len();
+    let (data_path, file, len) = data_file(path)?;
     let footer = Footer::read(&file, &data_path, len)?;
     let saved = Persisted {
         path: path.to_path_buf(),
@@ -445,6 +435,17 @@ fn check_target(path: &Path) -> Result<PathBuf> {
 /// and in another process.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The data file of the save in `dir`: its path, the open file and its length.
+fn data_file(dir: &Path) -> Result<(PathBuf, File, u64)> {
+    let path = dir.join(DATA);
+    let file = open_file(&path)?;
+    let len = file
+        .metadata()
+        .map_err(|err| io_error("cannot read", &path, err))?
+        .len();
+    Ok((path, file, len))
 }
 
 fn create_file(path: &Path) -> Result<File> {
@@ -513,12 +514,7 @@ fn hex(value: u64) -> String {
 
 /// Checksum the data file's blocks, write them and the manifest, all synced.
 fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<()> {
-    let data_path = dir.join(DATA);
-    let file = open_file(&data_path)?;
-    let len = file
-        .metadata()
-        .map_err(|err| io_error("cannot read", &data_path, err))?
-        .len();
+    let (data_path, file, len) = data_file(dir)?;
     let footer = Footer::read(&file, &data_path, len)?;
     let structure = footer.structure_checksum(&file, &data_path, len)?;
     let modified = modified_ns(&file, &data_path)?;
