@@ -3,7 +3,7 @@ way a user reads a cache back, gives exact data or a refusal that pyarrow itself
 
 The matrix
 ----------
-``SURFACES`` x ``CASES``: 20 surfaces x 31 type cases = 620 cases, in one parametrized
+``SURFACES`` x ``CASES``: 21 surfaces x 31 type cases = 651 cases, in one parametrized
 test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
 
 * ``SURFACES`` is the one list of surfaces; a surface added later joins by adding one
@@ -13,7 +13,8 @@ test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
   reads back; and the pyarrow writers its data goes through. The list holds every cache
   mode of test_types' ``MODES`` (memory; the disk tier alone with no compression, LZ4 and
   Zstd; two interleaved readers; 4 KiB segments deleted under two readers; a cast view to
-  the stream's own schema), then the disk tier writing on eviction with each codec;
+  the stream's own schema), then the disk tier writing on eviction with each codec; a
+  generator of the batches as the source;
   ``persist`` then ``StreamCache.open`` with ``verify`` None (on an untouched save, and on
   one whose data file's mtime moved, which turns checking on), True and False; the
   save's ``data.arrow`` read by pyarrow alone; ``persist_path`` (saved as it is read),
@@ -432,6 +433,14 @@ def pickled_to_spawn_worker(disk_backed: bool) -> ReadFunction:
     return read
 
 
+def from_a_generator(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
+    """A generator of the batches as the source (``schema=`` given), as users hand one."""
+    cache = context.stack.enter_context(StreamCache((b for b in batches), schema=schema))
+    replay = Replay()
+    read_passes(cache, replay, "a generator's cache: ")
+    return replay
+
+
 def read_flight(client, name: str, where: str) -> Replay:
     """What a Flight client gets: GetSchema's schema, and two DoGets batch by batch."""
     replay = Replay()
@@ -469,6 +478,7 @@ SURFACES: List[Surface] = [
         )
         for codec in (None, "lz4", "zstd")
     ),
+    Surface("memory-from-a-generator", from_a_generator),
     Surface("persist-open-verify-default", persist_then_open(None), (ipc_file,)),
     Surface("persist-open-verify-default-touched", persist_then_open(None, touch=True), (ipc_file,)),
     Surface("persist-open-verify-always", persist_then_open(True), (ipc_file,)),
