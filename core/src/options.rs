@@ -181,3 +181,11 @@ impl DiskOptions {
         check_segment_bytes(self.segment_bytes)
     }
 }
+
+/// How [`crate::StreamCache::open`] opens a persisted cache.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub verify: crate::save::Verify,
+    /// As [`CacheOptions::max_readers`].
+    pub max_readers: Option<u64>,
+}
