@@ -96,9 +96,7 @@ OUTPUT_OF: dict[tuple[str, str], str] = {
 # Pages kept by other work that do not follow the conventions yet: their python blocks
 # run (exit status, imports) with the install line given here, and their output is not
 # compared. test_pending_pages_still_differ fails once one follows them: then drop it here.
-PENDING: dict[str, str] = {
-    "processes.md": "pip install batchcorder duckdb polars",
-}
+PENDING: dict[str, str] = {}
 
 # Import names whose distribution is not the import name, and what brings them.
 PROVIDED_BY = {
