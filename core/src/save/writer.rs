@@ -82,14 +82,14 @@ impl Saver {
     pub(crate) fn write(&mut self, position: u64, batch: &RecordBatch) -> Result<()> {
         let path = self.data_path();
         let writer = self.writer(batch.schema_ref())?;
+        // The cache's batches all have its schema, so the IPC file writer refuses one only
+        // for what a file cannot hold: a dictionary replaced rather than extended.
         writer.write(batch).map_err(|err| match err {
-            ArrowError::InvalidArgumentError(m) if m.contains("replacement") => {
-                Error::InvalidArgument(format!(
-                    "cannot persist: batch {position} replaces a dictionary with one that \
-                     does not extend it, which an Arrow IPC file cannot hold ({m}); cast the \
-                     dictionary columns to their value type (cache.cast) and persist that"
-                ))
-            }
+            ArrowError::InvalidArgumentError(why) => Error::InvalidArgument(format!(
+                "cannot persist: an Arrow IPC file cannot hold batch {position} ({why}); a \
+                 file keeps one dictionary per column, extended but never replaced, so cast \
+                 the dictionary columns to their value type (cache.cast) and persist that"
+            )),
             other => write_error(&path, other),
         })?;
         self.batches += 1;
