@@ -97,9 +97,10 @@ pub(crate) fn physical_memory() -> Option<u64> {
 }
 
 /// Make `file`'s data and metadata durable, as [`File::sync_all`]. On macOS that is
-/// `fcntl(F_FULLFSYNC)`, which some file systems refuse (SMB, FUSE, exFAT, ...: `ENOTSUP`,
-/// `EINVAL` or `ENOTTY`); there it falls back to `fsync`, which such a file system does
-/// honour, as SQLite and Go do. Linux: `sync_all` (`fsync`), nothing else.
+/// `fcntl(F_FULLFSYNC)`, which some file systems refuse (SMB, FUSE, exFAT, ...:
+/// `ENOTSUP`, `EOPNOTSUPP`, `EINVAL` or `ENOTTY`); there it falls back to `fsync`, which
+/// such a file system does honour, as SQLite and Go do. Linux: `sync_all` (`fsync`),
+/// nothing else.
 pub(crate) fn sync_all(file: &File) -> std::io::Result<()> {
     #[cfg(target_os = "macos")]
     {
@@ -108,7 +109,7 @@ pub(crate) fn sync_all(file: &File) -> std::io::Result<()> {
             Err(err)
                 if matches!(
                     err.raw_os_error(),
-                    Some(libc::ENOTSUP | libc::EINVAL | libc::ENOTTY)
+                    Some(libc::ENOTSUP | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY)
                 ) =>
             {
                 loop {
