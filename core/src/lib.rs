@@ -43,6 +43,7 @@ pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
 pub mod options;
+mod platform;
 mod prefetch;
 pub mod reader;
 mod registry;

@@ -213,7 +213,7 @@ fn open_file(path: &Path) -> Result<File> {
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = create_file(path)?;
     file.write_all(bytes)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| crate::platform::sync_all(&file))
         .map_err(|err| io_error("cannot write", path, err))
 }
 

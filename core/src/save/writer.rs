@@ -109,8 +109,7 @@ impl Saver {
             .map_err(|err| write_error(&path, err))?
             .into_inner()
             .map_err(|err| io_error("cannot write", &path, err.into_error()))?;
-        file.sync_all()
-            .map_err(|err| io_error("cannot sync", &path, err))?;
+        crate::platform::sync_all(&file).map_err(|err| io_error("cannot sync", &path, err))?;
         let saved = Persisted {
             path: self.target.clone(),
             id: random_id(self.staging.path())?,
