@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ABI surface of the shared library: it exports only bc_* functions, and its SONAME
 # carries the ABI major version.
-#   tests/abi/check-symbols.sh target/release/libbatchcorder.so 0
+#   tests/abi/check-symbols.sh target/x86_64-unknown-linux-gnu/release/libbatchcorder.so 0
 set -euo pipefail
 lib=${1:?usage: check-symbols.sh LIBRARY.so MAJOR}
 major=${2:?usage: check-symbols.sh LIBRARY.so MAJOR}
