@@ -94,7 +94,7 @@ test-sdist: sdist
 	  print("test-sdist: the sdist built and replays:", batchcorder.__file__)'
 
 # The wheel installed into .venv, for the demo and the tests.
-$(VENV)/.installed: $(WHEEL_STAMP)
+$(VENV)/.installed: $(WHEEL_STAMP) | venv
 	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/batchcorder-*.whl
 	touch $@
 install-python: $(VENV)/.installed
