@@ -66,7 +66,10 @@ WHEEL_DIR     := target/wheels
 WHEEL_STAMP   := $(WHEEL_DIR)/.built
 WHEEL_SOURCES := $(shell find src core/src cdata/src python/batchcorder -type f -not -name '*.pyc') \
   Cargo.toml core/Cargo.toml cdata/Cargo.toml Cargo.lock pyproject.toml build.rs include/batchcorder_cffi.h \
-  README.md LICENSE-MIT LICENSE-APACHE
+  README.md LICENSE-MIT LICENSE-APACHE Makefile
+# The zig wheel's name: `pip install .` and maturin's PEP 517 builds leave a plain
+# linux_x86_64 wheel in a target directory's wheels/ too.
+WHEEL_FILE     = $(wildcard $(WHEEL_DIR)/batchcorder-*manylinux*.whl)
 $(WHEEL_STAMP): $(WHEEL_SOURCES) | venv-build
 	rm -f $(WHEEL_DIR)/batchcorder-*.whl
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin build --release --zig \
@@ -81,12 +84,12 @@ sdist: venv-build
 	rm -f target/sdist/batchcorder-*.tar.gz
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin sdist --out target/sdist
 
-# pip builds the sdist in a fresh virtualenv, as a user without zig would: a native build
-# in target/release, the only one there, which later runs reuse. The installed package
-# replays a stream.
+# pip builds the sdist in a fresh virtualenv, as a user without zig would: a native build,
+# in target/test-sdist, which later runs reuse (and whose wheels/ keeps maturin's plain
+# linux wheel apart from the zig one). The installed package replays a stream.
 test-sdist: sdist
 	rm -rf build/test-sdist && $(PYTHON) -m venv build/test-sdist
-	CARGO_TARGET_DIR=$(CURDIR)/target build/test-sdist/bin/pip install --progress-bar on \
+	CARGO_TARGET_DIR=$(CURDIR)/target/test-sdist build/test-sdist/bin/pip install --progress-bar on \
 	  target/sdist/batchcorder-*.tar.gz
 	cd build && test-sdist/bin/python -c 'import pyarrow as pa, batchcorder; \
 	  c = batchcorder.StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1)); \
@@ -95,7 +98,7 @@ test-sdist: sdist
 
 # The wheel installed into .venv, for the demo and the tests.
 $(VENV)/.installed: $(WHEEL_STAMP) | venv
-	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/batchcorder-*.whl
+	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_FILE)
 	touch $@
 install-python: $(VENV)/.installed
 

@@ -12,7 +12,7 @@ fi
 # Ours is the wheel: the one release build of the library (the Makefile's `wheel`, which
 # compiles only when a source changed).
 "${MAKE:-make}" --no-print-directory wheel
-bench/.venv-ours/bin/pip install -q --force-reinstall --no-deps target/wheels/batchcorder-*.whl
+bench/.venv-ours/bin/pip install -q --force-reinstall --no-deps target/wheels/batchcorder-*manylinux*.whl
 if [ ! -x bench/.venv-ref/bin/python ]; then
   "$PY" -m venv bench/.venv-ref
   bench/.venv-ref/bin/pip install -q "batchcorder==0.1.3" "${DEPS[@]}"
