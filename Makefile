@@ -146,6 +146,7 @@ include mk/install.mk
 # Reliability: fuzz-smoke, fuzz-long (mk/fuzz.mk); stress, tsan, miri (mk/stress.mk).
 include mk/fuzz.mk
 include mk/stress.mk
+include mk/cross.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
 # it installs the wheel, the one build of the library.

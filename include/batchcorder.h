@@ -568,7 +568,10 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 // `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 // first read in this process (`BC_CORRUPT` on a mismatch). Checked or not, every batch is
 // validated in full on that first read (offsets, lengths, UTF-8, dictionary keys), so a
-// damaged file is `BC_CORRUPT` at that batch, never a crash or an invalid batch.
+// damaged file is `BC_CORRUPT` at that batch, never a crash or an invalid batch. The
+// UTF-8 pass is skipped (except with `BC_VERIFY_ALWAYS`) when the save's
+// `validated.json` records that a process validated the data file as it is now: its
+// change time, which every write moves, unchanged.
 //
 // `opts` may be NULL: no reader cap. Otherwise it is read, not kept, and of its options
 // only `bc_options_set_max_readers` applies; the disk tier's settings have no effect,

@@ -187,6 +187,18 @@ pub(crate) fn out_arg<T>(out: *mut T, name: &str) -> batchcorder_core::Result<*m
     Ok(out)
 }
 
+/// Write `value` to an optional output argument, which may hold anything before (so it
+/// is overwritten, never read or borrowed); nothing when `out` is NULL.
+///
+/// # Safety
+/// A non-NULL `out` must be aligned and writable for a `T`.
+pub(crate) unsafe fn write_optional_out<T>(out: *mut T, value: T) {
+    if !out.is_null() {
+        // SAFETY: not NULL (checked above); aligned and writable, as the caller promised.
+        unsafe { out.write(value) };
+    }
+}
+
 /// Borrow `ptr` mutably, or fail with a message naming the argument.
 ///
 /// # Safety

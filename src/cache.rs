@@ -56,19 +56,16 @@ impl BcCache {
 
 /// Run a call on `cache`, poisoning it if the call panics.
 ///
-/// Safe to call only with an export's own `cache` argument, which that export's caller
-/// promised is NULL or a live handle (`# Safety` of each `bc_cache_*` export): this takes
-/// a raw pointer yet is not `unsafe`, since its callers outside this file (persist.rs)
-/// call it without an `unsafe` block.
-pub(crate) fn on_cache(
+/// # Safety
+/// `cache` must be NULL or a live handle from `bc_cache_new` or `bc_cache_open`, not freed
+/// before this returns: what every `bc_cache_*` export's caller promises of its `cache`.
+pub(crate) unsafe fn on_cache(
     cache: *const BcCache,
     body: impl FnOnce(&BcCache) -> Result<()>,
 ) -> BcStatus {
-    // SAFETY: every caller passes its export's `cache` argument, which the export's
-    // caller promised is NULL or a live handle from `bc_cache_new` or `bc_cache_open`
-    // (header contract): a `Box<BcCache>`'s pointer, so aligned and initialized, not
-    // freed before this call returns (`bc_cache_free` is the last call on a handle), and
-    // only shared while it runs (`BcCache` is `Sync`; nothing takes `&mut` to it).
+    // SAFETY: NULL or a live handle, as the caller promised: a `Box<BcCache>`'s pointer,
+    // so aligned and initialized, not freed before this returns, and only shared while
+    // it runs (`BcCache` is `Sync`; nothing takes `&mut` to it).
     let handle = match unsafe { arg(cache, "cache") } {
         Ok(handle) => handle,
         Err(err) => return crate::boundary::fail(&err),
@@ -159,7 +156,7 @@ pub unsafe extern "C" fn bc_cache_reader(
     requested_schema: *const ArrowSchema,
     out: *mut ArrowArrayStream,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         let out = out_arg(out, "out")?;
         // SAFETY: NULL or a valid schema, as the caller promised, only read during this
         // call and not written meanwhile (a `const` argument the caller keeps).
@@ -176,7 +173,9 @@ pub unsafe extern "C" fn bc_cache_reader(
         // promised, who also agreed that it is overwritten without release.
         unsafe { ptr::write(out, export_reader(reader, exact)) };
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Check, without creating a reader, that `requested_schema` is one that
@@ -190,14 +189,16 @@ pub unsafe extern "C" fn bc_cache_check_schema(
     cache: *const BcCache,
     requested_schema: *const ArrowSchema,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         // SAFETY: NULL or a valid schema, as the caller promised, only read during this
         // call and not written meanwhile.
         let schema = unsafe { arg(requested_schema, "requested_schema") }?;
         // SAFETY: the caller's `requested_schema`, valid as it promised.
         let (target, _) = unsafe { requested(schema) }?;
         batchcorder_core::validate_cast(&cache.schema(), &target)
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// A requested schema as arrow-rs casts to it, and exactly as the caller wrote it, which
@@ -228,7 +229,7 @@ pub(crate) unsafe fn requested(schema: &ArrowSchema) -> Result<(Schema, SchemaCo
 /// Each pointer is NULL or valid; `out` is writable and is overwritten without release.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowSchema) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         let out = out_arg(out, "out")?;
         let schema = match &cache.exact_schema {
             Some(exact) => exact.export(),
@@ -240,7 +241,9 @@ pub unsafe extern "C" fn bc_cache_schema(cache: *const BcCache, out: *mut ArrowS
         // promised, who also agreed that it is overwritten without release.
         unsafe { ptr::write(out, schema) };
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Pull the whole upstream into the cache. Idempotent. `out_batches` may be NULL;
@@ -253,7 +256,7 @@ pub unsafe extern "C" fn bc_cache_ingest_all(
     cache: *mut BcCache,
     out_batches: *mut u64,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         let total = cache.ingest_all()?;
         if !out_batches.is_null() {
             // SAFETY: not NULL (checked just above) and writable, as the caller promised.
@@ -261,7 +264,9 @@ pub unsafe extern "C" fn bc_cache_ingest_all(
             unsafe { out_batches.write(total) };
         }
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Pull one more batch from the upstream into the cache. `*out_pulled` (may be NULL)
@@ -275,7 +280,7 @@ pub unsafe extern "C" fn bc_cache_ingest_next(
     cache: *mut BcCache,
     out_pulled: *mut bool,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         let pulled = cache.ingest_next()?;
         if !out_pulled.is_null() {
             // SAFETY: not NULL (checked just above) and writable, as the caller promised.
@@ -284,7 +289,9 @@ pub unsafe extern "C" fn bc_cache_ingest_next(
             unsafe { out_pulled.write(pulled) };
         }
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Batches pulled from the upstream so far (0 for NULL). Never waits on ingestion.
@@ -374,14 +381,16 @@ impl From<Stats> for BcStats {
 /// Each pointer is NULL or valid.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut BcStats) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> Result<()> {
         let stats = cache.stats()?;
         let out = out_arg(out, "out")?;
         // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
         // promised; `BcStats` is plain data, so overwriting it leaks nothing.
         unsafe { out.write(stats.into()) };
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Drop the cached batches and the upstream, and delete any files. Idempotent, and
@@ -392,7 +401,8 @@ pub unsafe extern "C" fn bc_cache_stats(cache: *const BcCache, out: *mut BcStats
 /// `cache` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn bc_cache_close(cache: *mut BcCache) -> BcStatus {
-    on_cache(cache, |cache| cache.close())
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, |cache| cache.close()) }
 }
 
 /// Free the handle. NULL is ignored. Readers already handed out stay valid and keep the

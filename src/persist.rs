@@ -4,7 +4,7 @@
 use std::ffi::{c_char, CString};
 use std::path::Path;
 
-use crate::boundary::{guard, guard_value, out_arg, utf8_arg, BcStatus};
+use crate::boundary::{guard, guard_value, out_arg, utf8_arg, write_optional_out, BcStatus};
 use crate::cache::{on_cache, BcCache};
 use crate::options::BcOptions;
 use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache, Verify};
@@ -70,16 +70,16 @@ pub unsafe extern "C" fn bc_cache_persist(
     path_utf8: *const c_char,
     out: *mut BcPersisted,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> batchcorder_core::Result<()> {
         // SAFETY: NULL or a NUL-terminated string, as the caller promised.
         let path = unsafe { utf8_arg(path_utf8, "path_utf8") }?;
         let saved = cache.persist(Path::new(path))?;
-        // SAFETY: NULL or writable, as the caller promised.
-        if let Some(out) = unsafe { out.as_mut() } {
-            *out = (&saved).into();
-        }
+        // SAFETY: NULL or aligned and writable, as the caller promised.
+        unsafe { write_optional_out(out, (&saved).into()) };
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Open the cache persisted at `path_utf8`, read-only, as a finished cache: readers replay
@@ -92,7 +92,10 @@ pub unsafe extern "C" fn bc_cache_persist(
 /// `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 /// first read in this process (`BC_CORRUPT` on a mismatch). Checked or not, every batch is
 /// validated in full on that first read (offsets, lengths, UTF-8, dictionary keys), so a
-/// damaged file is `BC_CORRUPT` at that batch, never a crash or an invalid batch.
+/// damaged file is `BC_CORRUPT` at that batch, never a crash or an invalid batch. The
+/// UTF-8 pass is skipped (except with `BC_VERIFY_ALWAYS`) when the save's
+/// `validated.json` records that a process validated the data file as it is now: its
+/// change time, which every write moves, unchanged.
 ///
 /// `opts` may be NULL: no reader cap. Otherwise it is read, not kept, and of its options
 /// only `bc_options_set_max_readers` applies; the disk tier's settings have no effect,
@@ -138,10 +141,8 @@ pub unsafe extern "C" fn bc_cache_open(
             };
             let (cache, opened): (StreamCache, Persisted) =
                 StreamCache::open(Path::new(path), &options)?;
-            // SAFETY: NULL or writable, as the caller promised.
-            if let Some(info) = unsafe { out_info.as_mut() } {
-                *info = (&opened).into();
-            }
+            // SAFETY: NULL or aligned and writable, as the caller promised.
+            unsafe { write_optional_out(out_info, (&opened).into()) };
             // SAFETY: not NULL (checked), so writable.
             unsafe { out.write(BcCache::into_raw(cache)) };
             Ok(())
@@ -164,7 +165,7 @@ pub unsafe extern "C" fn bc_cache_share(
     out_path: *mut *mut c_char,
     out_info: *mut BcPersisted,
 ) -> BcStatus {
-    on_cache(cache, |cache| {
+    let body = |cache: &BcCache| -> batchcorder_core::Result<()> {
         let out_path = out_arg(out_path, "out_path")?;
         let shared = cache.share()?;
         let path = shared.path.to_str().ok_or_else(|| {
@@ -175,14 +176,14 @@ pub unsafe extern "C" fn bc_cache_share(
         })?;
         let path = CString::new(path)
             .map_err(|_| Error::InvalidArgument("the persisted copy's path holds a NUL".into()))?;
-        // SAFETY: NULL or writable, as the caller promised.
-        if let Some(info) = unsafe { out_info.as_mut() } {
-            *info = (&shared).into();
-        }
+        // SAFETY: NULL or aligned and writable, as the caller promised.
+        unsafe { write_optional_out(out_info, (&shared).into()) };
         // SAFETY: not NULL (checked), so writable.
         unsafe { out_path.write(path.into_raw()) };
         Ok(())
-    })
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
 }
 
 /// Free a string the library handed out (`bc_cache_share`'s path). NULL is ignored.

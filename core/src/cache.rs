@@ -1,6 +1,7 @@
 //! The cache: owns the upstream, ingests it lazily and exactly once, and hands out readers.
 
 use std::mem::ManuallyDrop;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -10,11 +11,11 @@ use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::disk::{DiskIndex, DiskWriter};
 use crate::error::{Error, Result};
-use crate::options::{default_memory_capacity, CacheOptions, WritePolicy};
-use crate::persist::Saver;
+use crate::options::{default_memory_capacity, CacheOptions, OpenOptions, WritePolicy};
 use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
+use crate::save::{self, Persisted, Saver};
 use crate::storage::{Allocations, CachedBatch, MemoryTier};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
@@ -118,9 +119,9 @@ pub(crate) struct Shared {
     prefetch: Option<Arc<Signal>>,
     /// The persisted copy another process can open: where this cache was opened from,
     /// or its latest save.
-    pub(crate) persisted: Mutex<Option<crate::Persisted>>,
+    persisted: Mutex<Option<Persisted>>,
     /// Held by [`StreamCache::share`] while it saves, so that it saves once.
-    pub(crate) save_lock: Mutex<()>,
+    save_lock: Mutex<()>,
 }
 
 impl Drop for Shared {
@@ -287,10 +288,6 @@ impl StreamCache {
         Ok(StreamCache {
             shared: Arc::new(shared),
         })
-    }
-
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     /// The batch at `position`, ingesting up to it; `None` past the end.
@@ -766,6 +763,94 @@ impl State {
             }
             self.registry.mark_evicted_below(below);
         }
+    }
+}
+
+/// Saves: `persist`, `share` and `open` over the save format (`crate::save`).
+impl StreamCache {
+    /// Read the rest of the stream and save all of it to `path`, a directory that must
+    /// not exist yet (or be empty). Fails if `max_readers` already evicted batches.
+    pub fn persist(&self, path: &Path) -> Result<Persisted> {
+        let parent = save::check_target(path)?;
+        self.ingest_all()?;
+        let evicted = self.stats()?.batches_evicted;
+        if evicted > 0 {
+            return Err(Error::InvalidArgument(format!(
+                "cannot persist: max_readers already evicted {evicted} batches that every \
+                 reader had passed; persist before the readers move on, or open the cache \
+                 without max_readers"
+            )));
+        }
+        let mut saver = Saver::start(path, parent)?;
+        let mut position = 0;
+        while let Some(batch) = self.batch_at(position)? {
+            saver.write(position, made(&batch)?)?;
+            position += 1;
+        }
+        let saved = saver.finish(&self.schema())?;
+        self.remember(&saved);
+        Ok(saved)
+    }
+
+    /// A persisted copy of this cache that other processes can open: where it was opened
+    /// from or last persisted to; for a disk-tier cache never persisted, a save made once
+    /// inside its private folder (deleted with it). A memory-only cache has none.
+    pub fn share(&self) -> Result<Persisted> {
+        if let Some(saved) = self.persisted_copy() {
+            return Ok(saved);
+        }
+        let Some(folder) = self.disk_directory() else {
+            return Err(Error::InvalidArgument(
+                "a memory-only cache has no files another process can open: persist it \
+                 first (persist(path)), or give it a disk_path"
+                    .into(),
+            ));
+        };
+        // Read to the end before taking the save lock: no lock is held across the
+        // upstream. Then one save at a time; a second caller finds the first one's copy.
+        self.ingest_all()?;
+        let _saving = self
+            .shared
+            .save_lock
+            .lock()
+            .map_err(|_| Error::poisoned())?;
+        if let Some(saved) = self.persisted_copy() {
+            return Ok(saved);
+        }
+        self.persist(&folder.join("shared"))
+            .map_err(|err| match err {
+                Error::InvalidArgument(why) => Error::InvalidArgument(format!(
+                    "this cache cannot be shared with another process (pickle, share), which \
+                 opens a save of it made once: {why}"
+                )),
+                other => other,
+            })
+    }
+
+    /// The persisted copy recorded by [`StreamCache::open`], [`StreamCache::persist`] or
+    /// [`StreamCache::share`], if any.
+    pub fn persisted_copy(&self) -> Option<Persisted> {
+        self.shared.persisted.lock().ok()?.clone()
+    }
+
+    fn remember(&self, saved: &Persisted) {
+        if let Ok(mut slot) = self.shared.persisted.lock() {
+            *slot = Some(saved.clone());
+        }
+    }
+
+    /// Open the persisted cache at `path`, read-only. Its files are checked against the
+    /// manifest first; batches are mapped from the data file as readers reach them.
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<(StreamCache, Persisted)> {
+        let opened = crate::save::open(path, options.verify)?;
+        let cache = StreamCache::from_persisted(
+            opened.schema,
+            opened.index,
+            opened.saved.rows,
+            options.max_readers,
+        )?;
+        cache.remember(&opened.saved);
+        Ok((cache, opened.saved))
     }
 }
 

@@ -28,6 +28,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
 use crate::options::{Compression, DiskOptions, WritePolicy};
+use crate::save::validation_note::Validation;
 use crate::spill_dir::{self, SpillDir};
 
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
@@ -234,14 +235,17 @@ pub(crate) struct DiskEntry {
 #[derive(Debug)]
 pub(crate) struct Check {
     checksum: Option<u64>,
+    validation: Arc<Validation>,
     passed: std::sync::atomic::AtomicBool,
 }
 
 impl Check {
-    /// `checksum`: what the batch's bytes must hash to, or `None` to skip that part.
-    pub(crate) fn new(checksum: Option<u64>) -> Arc<Self> {
+    /// `checksum`: what the batch's bytes must hash to, or `None` to skip that part;
+    /// `validation`: shared by the batches of the save.
+    pub(crate) fn new(checksum: Option<u64>, validation: Arc<Validation>) -> Arc<Self> {
         Arc::new(Self {
             checksum,
+            validation,
             passed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -279,14 +283,16 @@ impl DiskEntry {
         let checked = catch_quietly(|| {
             let batch = self.decode(schema, &bytes)?;
             for column in batch.columns() {
-                crate::validate::validate_full(&column.to_data())
+                crate::validate::validate_full(&column.to_data(), check.validation.utf8())
                     .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
             }
             Ok(batch)
         });
         let batch = checked
             .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
-        check.passed.store(true, Ordering::Release);
+        if !check.passed.swap(true, Ordering::AcqRel) {
+            check.validation.passed();
+        }
         Ok(batch)
     }
 

@@ -43,17 +43,20 @@ pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
 pub mod options;
-pub mod persist;
+mod platform;
 mod prefetch;
 pub mod reader;
 mod registry;
+pub mod save;
 mod spill_dir;
 pub mod storage;
 mod validate;
 
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};
-pub use options::{default_memory_capacity, CacheOptions, Compression, DiskOptions, WritePolicy};
-pub use persist::{OpenOptions, Persisted, Verify};
+pub use options::{
+    default_memory_capacity, CacheOptions, Compression, DiskOptions, OpenOptions, WritePolicy,
+};
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
+pub use save::{Persisted, Verify};
 pub use storage::{CachedBatch, Derived};

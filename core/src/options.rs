@@ -91,18 +91,7 @@ pub fn default_memory_capacity() -> u64 {
         if cfg!(miri) {
             return u64::MAX; // Miri cannot ask the OS for the machine's memory
         }
-        // SAFETY: sysconf has no preconditions.
-        let (pages, page_size) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PHYS_PAGES),
-                libc::sysconf(libc::_SC_PAGESIZE),
-            )
-        };
-        if pages > 0 && page_size > 0 {
-            (pages as u64).saturating_mul(page_size as u64) / 4 * 3
-        } else {
-            u64::MAX
-        }
+        crate::platform::physical_memory().map_or(u64::MAX, |bytes| bytes / 4 * 3)
     })
 }
 
@@ -180,4 +169,12 @@ impl DiskOptions {
         }
         check_segment_bytes(self.segment_bytes)
     }
+}
+
+/// How [`crate::StreamCache::open`] opens a persisted cache.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub verify: crate::save::Verify,
+    /// As [`CacheOptions::max_readers`].
+    pub max_readers: Option<u64>,
 }

@@ -13,6 +13,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::platform;
+
 /// A disk tier's folder's name starts with this.
 const SPILL_PREFIX: &str = "batchcorder-";
 /// A save's staging folder's name starts with this: hidden, and unlike any name a user
@@ -87,16 +89,16 @@ impl SpillDir {
         let parent = parent.unwrap_or(Path::new("."));
         let _committing = ParentLock::take(parent, libc::LOCK_SH);
         std::fs::remove_file(self.path().join(OWNER))?;
-        File::open(self.path())?.sync_all()?;
+        platform::sync_all(&File::open(self.path())?)?;
         match std::fs::remove_dir(target) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
-        rename_no_replace(self.path(), target)?;
+        platform::rename_no_replace(self.path(), target)?;
         self.committed = true;
         self.dir.disable_cleanup(true);
-        File::open(parent)?.sync_all()
+        platform::sync_all(&File::open(parent)?)
     }
 }
 
@@ -122,31 +124,6 @@ fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::remove_dir_all(folder)
-}
-
-fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
-    };
-    let (from, to) = (c(from)?, c(to)?);
-    // SAFETY: two NUL-terminated paths. renameat2 through syscall: glibc 2.17, the
-    // wheel's floor, has no wrapper for it.
-    let status = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    match status {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
 }
 
 /// Take the exclusive flock of `file` without waiting; false if another holds it.

@@ -12,15 +12,25 @@ use arrow_buffer::{ArrowNativeType, ScalarBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::{ArrowError, DataType};
 
-/// What [`ArrayData::validate_full`] checks, for `data` and its children.
-pub(crate) fn validate_full(data: &ArrayData) -> Result<(), ArrowError> {
+/// Whether the text values of string arrays are checked for UTF-8: the one check that
+/// reads every byte of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Utf8 {
+    Check,
+    /// A process validated these very bytes before (`crate::save::validation_note`).
+    Noted,
+}
+
+/// What [`ArrayData::validate_full`] checks, for `data` and its children; UTF-8 as `utf8`
+/// says.
+pub(crate) fn validate_full(data: &ArrayData, utf8: Utf8) -> Result<(), ArrowError> {
     data.validate()?;
     data.validate_nulls()?;
     let values = || data.buffers().get(1).map_or(0, |b| b.len());
     let child = || data.child_data().first().map_or(0, |c| c.len());
     match data.data_type() {
-        DataType::Utf8 => check_offsets::<i32>(data, values(), true)?,
-        DataType::LargeUtf8 => check_offsets::<i64>(data, values(), true)?,
+        DataType::Utf8 => check_offsets::<i32>(data, values(), utf8 == Utf8::Check)?,
+        DataType::LargeUtf8 => check_offsets::<i64>(data, values(), utf8 == Utf8::Check)?,
         DataType::Binary => check_offsets::<i32>(data, values(), false)?,
         DataType::LargeBinary => check_offsets::<i64>(data, values(), false)?,
         DataType::List(_) | DataType::Map(..) => check_offsets::<i32>(data, child(), false)?,
@@ -28,7 +38,7 @@ pub(crate) fn validate_full(data: &ArrayData) -> Result<(), ArrowError> {
         _ => data.validate_values()?,
     }
     for (i, child) in data.child_data().iter().enumerate() {
-        validate_full(child).map_err(|err| {
+        validate_full(child, utf8).map_err(|err| {
             ArrowError::InvalidArgumentError(format!(
                 "{} child #{i} invalid: {err}",
                 data.data_type()
@@ -128,10 +138,22 @@ mod tests {
         for (offsets, values) in cases {
             for data_type in [DataType::Utf8, DataType::Binary] {
                 let data = strings(data_type.clone(), &offsets, &values);
-                let ours = validate_full(&data).is_ok();
+                let ours = validate_full(&data, Utf8::Check).is_ok();
                 let arrows = data.validate_full().is_ok();
                 assert_eq!(ours, arrows, "{data_type} over {offsets:?}, {values:?}");
             }
+        }
+    }
+
+    /// Noted text skips only the UTF-8 check: offsets are still checked.
+    #[test]
+    fn noted_text_still_has_its_offsets_checked() {
+        let not_utf8 = strings(DataType::Utf8, &[0, 1, 2], &[b'a', 0xff]);
+        assert!(validate_full(&not_utf8, Utf8::Check).is_err());
+        assert!(validate_full(&not_utf8, Utf8::Noted).is_ok());
+        for offsets in [[0, 3, 2], [0, 1, 3]] {
+            let bad = strings(DataType::Utf8, &offsets, b"ab");
+            assert!(validate_full(&bad, Utf8::Noted).is_err(), "{offsets:?}");
         }
     }
 }

@@ -427,12 +427,17 @@ fn an_inner_dictionary_replaced_under_an_unchanged_outer_one_reads_back() {
 
 #[test]
 fn an_unwritable_disk_path_keeps_its_os_error() {
-    // Root may write anywhere but in sysfs; anyone else is refused by a 0500 directory.
+    // Root may write anywhere but in sysfs (Linux) or the sealed system volume (macOS);
+    // anyone else is refused by a 0500 directory.
     let parent = tempfile::tempdir().unwrap();
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let path = if root {
-        std::path::PathBuf::from("/sys")
+        std::path::PathBuf::from(if cfg!(target_os = "macos") {
+            "/System"
+        } else {
+            "/sys"
+        })
     } else {
         use std::os::unix::fs::PermissionsExt;
         let locked = parent.path().join("locked");
@@ -446,8 +451,11 @@ fn an_unwritable_disk_path_keeps_its_os_error() {
     };
     match StreamCache::prepare(options).unwrap_err() {
         Error::Io { errno, message } => {
+            // macOS refuses root in /System with EPERM (SIP) or EROFS (the sealed volume).
             assert!(
-                errno == libc::EACCES || errno == libc::EPERM,
+                errno == libc::EACCES
+                    || errno == libc::EPERM
+                    || (cfg!(target_os = "macos") && errno == libc::EROFS),
                 "{errno}: {message}"
             );
             assert!(message.contains(&path.display().to_string()), "{message}");

@@ -371,7 +371,7 @@ fuzz_target!(|input: Input| {
     }
     if input.reseal {
         // A footer that no longer parses cannot be resealed: the save stays as edited.
-        let _ = batchcorder_core::persist::reseal(&save);
+        let _ = batchcorder_core::save::reseal(&save);
     }
     if input.restore_mtime {
         restore_mtime(&save);

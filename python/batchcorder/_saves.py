@@ -99,7 +99,10 @@ class CacheBase(ClosesOnExit):
         or not, every batch is validated in full on its first read (offsets, lengths,
         UTF-8, dictionary keys), so a damaged save raises :class:`CorruptCacheError`
         rather than crash or hand out an invalid batch; only a checksum catches an
-        edited value.
+        edited value. The first process to read every batch of a save notes it in the
+        save's ``validated.json``; later ones skip the UTF-8 pass (not with
+        ``verify=True``) while the data file's change time, which every write moves, is
+        the one noted.
 
         >>> import tempfile, pathlib, pyarrow as pa
         >>> from batchcorder import StreamCache

@@ -6,6 +6,8 @@ thread's stack instead of stalling the run."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,14 @@ def listening_location(process, said, seconds: float = 60.0) -> str:
         process.kill()
         pytest.fail(f"batchcorder-flight never said where it listens: {said()}")
     return found[0]
+
+
+# A process that validated every batch of a save notes it (validated.json) only once the
+# data file's change time is this old (core/src/save/validation_note.rs).
+NOTE_SETTLES_AFTER = 3.0
+
+
+def wait_until_noteable(save: Path) -> None:
+    """Sleep until the data file of `save` is old enough for a validation note."""
+    changed = (Path(save) / "data.arrow").stat().st_ctime
+    time.sleep(max(0.0, changed + NOTE_SETTLES_AFTER + 0.2 - time.time()))

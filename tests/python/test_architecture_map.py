@@ -14,6 +14,7 @@ MAP = ROOT / "docs" / "architecture.md"
 # Where each group of rows lives: the folder its first cell names, and its source files.
 FOLDERS = {
     "core/": ROOT / "core" / "src",
+    "core/src/save/": ROOT / "core" / "src" / "save",
     "cdata/": ROOT / "cdata" / "src",
     "src/": ROOT / "src",
     "python/batchcorder/flight": ROOT / "python" / "batchcorder" / "flight",

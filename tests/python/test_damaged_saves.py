@@ -6,7 +6,8 @@ checks no checksum; the default with the time changed; `verify=True`). The child
 what each read gave; the test asserts the child exited normally, that every refusal was
 `CorruptCacheError`, that every batch handed out passes `validate(full=True)`, and that a
 batch checked against its checksum is exactly the saved one. Also here: the manifest's
-counts are tamper-evident, and a save's file modes follow the umask.
+counts are tamper-evident, a save's file modes follow the umask, and a validation note
+(validated.json) is trusted only for the file as it was when noted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import STRESS_SCALE, wait_for_child
+from conftest import STRESS_SCALE, wait_for_child, wait_until_noteable
 
 from batchcorder import CorruptCacheError, StreamCache
 
@@ -186,6 +187,51 @@ def test_bit_flips_anywhere_and_truncations(save, tmp_path):
         assert by_mode[mode].get("exact", 0) == 0, by_mode
     for mode in ("never", "unchanged-time"):
         assert by_mode[mode].get("batch", 0) > 0 and by_mode[mode].get("open", 0) > 0, by_mode
+
+
+def rows_read(path: Path, verify=None) -> int:
+    with StreamCache.open(path, verify=verify) as cache:
+        return sum(batch.num_rows for batch in cache)
+
+
+def test_a_validation_note_is_trusted_only_for_the_file_as_it_was(tmp_path):
+    path = tmp_path / "saved"
+    with StreamCache(table().to_reader(max_chunksize=ROWS)) as cache:
+        cache.persist(path)
+    data, note = path / "data.arrow", path / "validated.json"
+    # Not noted while a write could still carry the file's change time.
+    assert rows_read(path) == BATCHES * ROWS and not note.exists()
+    wait_until_noteable(path)
+    with StreamCache.open(path) as cache:
+        next(iter(cache))
+    assert not note.exists(), "noted before every batch was validated"
+    assert rows_read(path) == BATCHES * ROWS
+    written = json.loads(note.read_text())
+    assert written["format"] == "batchcorder-validated"
+    assert written["data_file"]["inode"] == data.stat().st_ino
+    assert stat.S_IMODE(note.stat().st_mode) == stat.S_IMODE(data.stat().st_mode)
+    # A damaged note is no note: the next full read validates and notes again.
+    note.write_text("{}")
+    assert rows_read(path) == BATCHES * ROWS
+    assert json.loads(note.read_text()) == written
+    # A note that cannot be written costs nothing but the next process's UTF-8 pass.
+    note.unlink()
+    note.mkdir()
+    assert rows_read(path) == BATCHES * ROWS and note.is_dir()
+    note.rmdir()
+    assert rows_read(path) == BATCHES * ROWS and note.exists()
+    # Invalid UTF-8 written in place, with the times put back: the note names the file as
+    # it was, so every mode reads the text again and refuses it.
+    before = data.stat()
+    with open(data, "r+b") as file:
+        at = file.read().index("é00003".encode())
+        file.seek(at + 1)
+        file.write(b"A")  # the second byte of é: now a lead byte with no continuation
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    for verify, why in ((None, "UTF-8"), (False, "UTF-8"), (True, "checksum")):
+        with pytest.raises(CorruptCacheError, match=why):
+            rows_read(path, verify)
+    assert json.loads(note.read_text()) == written
 
 
 def test_edited_manifest_counts_are_refused_at_open(save, tmp_path):

@@ -93,12 +93,6 @@ OUTPUT_OF: dict[tuple[str, str], str] = {
     ("c-users.md", "libbatchcorder 0.2.0 (header 0.2.0)"): "examples/c/replay.c",
 }
 
-# Pages kept by other work that do not follow the conventions yet: their python blocks
-# run (exit status, imports) with the install line given here, and their output is not
-# compared. test_pending_pages_still_differ fails once one follows them: then drop it here.
-PENDING: dict[str, str] = {
-    "processes.md": "pip install batchcorder duckdb polars",
-}
 
 # Import names whose distribution is not the import name, and what brings them.
 PROVIDED_BY = {
@@ -169,17 +163,14 @@ def page_blocks(page: Path) -> list[Block]:
     install lines above it and its ```text output block."""
     text = page.read_text()
     name = page.name
-    pending = PENDING.get(name)
     installs = [(m.start(), m.group(1)) for m in _PIP.finditer(text)]
-    if pending is not None:
-        installs = [(0, pending.removeprefix("pip install "))]
     blocks: list[Block] = []
     previous_end = 0
     for match in _FENCE.finditer(text):
         start = match.start()
         named: set[str] = set()
         for at, args in installs:
-            if at < start or (pending is not None):
+            if at < start:
                 named |= {r for r in map(requirement, args.split()) if r is not None}
         block = Block(name, text.count("\n", 0, start) + 1, match.group(1), match.group(2),
                       merge(named) if named else frozenset())
@@ -216,7 +207,6 @@ def test_every_block_runs_compiles_or_says_why_not():
         and not is_install_block(b)
         and not is_output_block(b)
         and b.key not in NOT_RUN
-        and not (b.page in PENDING and b.lang == "text")
     ]
     assert not unaccounted, (
         "blocks that neither run nor say why (see this module's docstring): add a ```text "
@@ -389,8 +379,6 @@ def test_python_block_prints_what_its_page_shows(block, tmp_path):
         timeout=300, env=env,
     )
     assert result.returncode == 0, f"{block.where} failed:\n{result.stderr}"
-    if block.page in PENDING:
-        return
     shown = block.output.code if block.output is not None else ""
     if "has already been consumed" in shown:
         found = subprocess.run([str(python), "-c", "import duckdb; print(duckdb.__version__)"],
@@ -403,15 +391,6 @@ def test_python_block_prints_what_its_page_shows(block, tmp_path):
         f"{block.where} prints what its page does not show.\n--- the page shows:\n{shown}"
         f"--- it prints:\n{result.stdout}"
     )
-
-
-@pytest.mark.xfail(strict=True, reason="pages in PENDING do not follow the conventions yet")
-@pytest.mark.parametrize("page", sorted(PENDING))
-def test_pending_pages_still_differ(page):
-    # Passes, and so fails the run, once the page shows its output and install line.
-    blocks = [b for b in PYTHON if b.page == page]
-    assert "pip install" in (ROOT / "docs" / page).read_text()
-    assert all(b.output is not None for b in blocks if "print(" in b.code)
 
 
 # -- C and C++ ------------------------------------------------------------------------

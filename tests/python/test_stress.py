@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -169,6 +171,10 @@ def test_duckdb_limit_releases_half_read_streams_without_leaking_readers():
 
 
 def _rss_kib() -> int:
+    if not sys.platform.startswith("linux"):
+        # No /proc (macOS): ps tells the resident set in KiB too.
+        ps = subprocess.run(["ps", "-o", "rss=", "-p", str(os.getpid())], capture_output=True, text=True, check=True)
+        return int(ps.stdout.split()[0])
     with open(f"/proc/{os.getpid()}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -177,6 +183,8 @@ def _rss_kib() -> int:
 
 
 def _open_fds() -> int:
+    if not sys.platform.startswith("linux"):
+        return len(os.listdir("/dev/fd"))  # macOS: this process's descriptors
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
 
 

@@ -3,7 +3,7 @@ way a user reads a cache back, gives exact data or a refusal that pyarrow itself
 
 The matrix
 ----------
-``SURFACES`` x ``CASES``: 21 surfaces x 31 type cases = 651 cases, in one parametrized
+``SURFACES`` x ``CASES``: 22 surfaces x 31 type cases = 682 cases, in one parametrized
 test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
 
 * ``SURFACES`` is the one list of surfaces; a surface added later joins by adding one
@@ -16,7 +16,9 @@ test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
   the stream's own schema), then the disk tier writing on eviction with each codec; a
   generator of the batches as the source;
   ``persist`` then ``StreamCache.open`` with ``verify`` None (on an untouched save, and on
-  one whose data file's mtime moved, which turns checking on), True and False; the
+  one whose data file's mtime moved, which turns checking on), True and False; a save
+  opened after a first read noted its validation (validated.json), so the UTF-8 pass is
+  skipped; the
   save's ``data.arrow`` read by pyarrow alone; ``persist_path`` (saved as it is read),
   then the save opened; a pickled reference, of a persisted cache and of a disk-backed
   cache (which saves itself to be shared), read in a spawn worker; Flight DoGet (and
@@ -80,7 +82,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import listening_location
+from conftest import listening_location, wait_until_noteable
 from test_types import (
     BIG,
     CATALOGUE,
@@ -454,6 +456,30 @@ def read_flight(client, name: str, where: str) -> Replay:
     return replay
 
 
+def noted_save_then_open(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
+    """The module's save of the case, opened once its validation is noted: a first
+    process-wide read validates every batch and writes validated.json, and the open after
+    it skips the UTF-8 pass."""
+    saves, refused = context.shared.saves()
+    if context.case in refused:
+        raise refused[context.case]
+    path = saves[context.case]
+    wait_until_noteable(path)
+    with StreamCache.open(path) as first:
+        for _ in first:
+            pass
+    note = path / "validated.json"
+    replay = Replay()
+    replay.checks.append(lambda: _assert_noted(note, batches))
+    read_passes(context.stack.enter_context(StreamCache.open(path)), replay, "the noted save: ")
+    return replay
+
+
+def _assert_noted(note: Path, batches: Batches) -> None:
+    # A stream with no batches has nothing to validate, so nothing to note.
+    assert note.exists() == bool(batches), f"{note} exists: {note.exists()}"
+
+
 def flight_from_the_api(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
     server, client = context.shared.flight()
     cache = context.stack.enter_context(StreamCache(single_use(schema, batches)))
@@ -483,6 +509,7 @@ SURFACES: List[Surface] = [
     Surface("persist-open-verify-default-touched", persist_then_open(None, touch=True), (ipc_file,)),
     Surface("persist-open-verify-always", persist_then_open(True), (ipc_file,)),
     Surface("persist-open-verify-never", persist_then_open(False), (ipc_file,)),
+    Surface("persist-open-noted", noted_save_then_open, (ipc_file,)),
     Surface("persist-read-by-pyarrow", read_save_with_pyarrow, (ipc_file,)),
     Surface("persist-path-then-open", save_as_read_then_open, (ipc_file,)),
     Surface("spawn-worker-persisted-reference", pickled_to_spawn_worker(disk_backed=False), (ipc_file,)),
@@ -507,6 +534,7 @@ class Shared:
         self._pool: Optional[ProcessPoolExecutor] = None
         self._flight = None
         self._command = None
+        self._saves = None
 
     def in_worker(self, function: Callable, argument: object):
         """`function(argument)` in the spawn worker."""
@@ -525,10 +553,10 @@ class Shared:
             self._flight = (server, self._stack.enter_context(connect(server.location)))
         return self._flight
 
-    def command(self):
-        """A client of the command serving every case's save, and the saves refused."""
-        if self._command is None:
-            sources, refused = [], {}
+    def saves(self):
+        """A save of every case, made once, by case name; and the cases persist refused."""
+        if self._saves is None:
+            saves, refused = {}, {}
             (self.directory / "saves").mkdir()
             for case in CASES:
                 schema, batches = stream(case.name)
@@ -539,8 +567,15 @@ class Shared:
                 except Exception as err:  # re-raised by the case's test
                     refused[case.name] = err
                     continue
-                sources.append(f"{case.name}={path}")
-            location = self._start(sources)
+                saves[case.name] = path
+            self._saves = (saves, refused)
+        return self._saves
+
+    def command(self):
+        """A client of the command serving every case's save, and the saves refused."""
+        if self._command is None:
+            saves, refused = self.saves()
+            location = self._start([f"{name}={path}" for name, path in saves.items()])
             self._command = (self._stack.enter_context(connect(location)), refused)
         return self._command
 

@@ -1,0 +1,235 @@
+//! The save format: a whole stream as a standard Arrow IPC file plus a manifest, written
+//! and opened read-only, zero-copy, by any number of processes at once, with no knowledge
+//! of the cache that holds it (`StreamCache::persist` and `open` use it).
+//!
+//! A persisted cache is a directory:
+//! - `data.arrow`: the batches as an Arrow IPC file (pyarrow's `ipc.open_file`, Polars'
+//!   `scan_ipc` and DuckDB through either read it without batchcorder);
+//! - `checksums.xxh3`: one little-endian XXH3-64 per IPC block, dictionaries first, then
+//!   record batches, in the file footer's order;
+//! - `manifest.json`: format and version, an id, the counts, the schema as text, and the
+//!   checksums of everything else;
+//! - `validated.json`, once a process has validated every batch: see [`validation_note`].
+//!
+//! A save is built in a locked staging folder beside the target and renamed into place
+//! only when every file is written and synced: a crash leaves the old state or nothing.
+
+mod footer;
+mod manifest;
+pub(crate) mod validation_note;
+mod writer;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_schema::SchemaRef;
+
+use crate::disk::{io_error, Check, DiskEntry, DiskIndex, Message, Segment};
+use crate::error::{Error, Result};
+use footer::Footer;
+#[cfg(feature = "fault-injection")]
+pub use manifest::reseal;
+use manifest::Layout;
+use validation_note::Validation;
+pub(crate) use writer::{check_target, Saver};
+
+/// What the manifest's `format` field says.
+pub const FORMAT: &str = "batchcorder-persisted-cache";
+/// The newest format this build writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+const MANIFEST: &str = "manifest.json";
+const DATA: &str = "data.arrow";
+const CHECKSUMS: &str = "checksums.xxh3";
+
+/// When a persisted batch is checked against its checksum (on its first read in the
+/// process: one pass over its bytes). Checked or not, every batch is also validated in
+/// full on its first read (offsets, lengths, UTF-8, dictionary keys), so a damaged file
+/// is an [`Error::Corrupt`], never a crash; only the checksum catches an edited value.
+/// UTF-8, the one check that reads every text byte, is skipped when a process already
+/// validated the data file as it is now ([`validation_note`]), except with `Always`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// When the data file was modified after its save (its modification time differs
+    /// from the one the manifest records): an edit or a damaging copy is caught, and an
+    /// untouched save is read at full speed.
+    #[default]
+    IfModified,
+    Always,
+    Never,
+}
+
+/// What a save wrote, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    /// The directory, from the root.
+    pub path: PathBuf,
+    /// 32 hex digits, new for every save: a reference to a persisted cache names it.
+    pub id: String,
+    pub batches: u64,
+    pub rows: u64,
+}
+
+/// An opened save: its batches, read from the data file as they are reached.
+pub(crate) struct Opened {
+    pub(crate) schema: SchemaRef,
+    pub(crate) index: DiskIndex,
+    pub(crate) saved: Persisted,
+}
+
+/// Open the save at `path`, read-only. Its files are checked against the manifest first;
+/// batches are mapped from the data file as readers reach them, each checked on its first
+/// read as `verify` says.
+pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
+    let layout = Layout::read(path)?;
+    let (data_path, file, len) = data_file(path)?;
+    if len != layout.data_bytes {
+        return Err(layout.damaged(format!(
+            "{DATA} has {len} bytes where the manifest says {}: it was truncated or edited",
+            layout.data_bytes
+        )));
+    }
+    let checksums = match verify {
+        Verify::Always => true,
+        Verify::Never => false,
+        Verify::IfModified => modified_ns(&file, &data_path)? != layout.data_modified_ns,
+    };
+    let footer = Footer::read(&file, &data_path, len)?;
+    if footer.batches.len() as u64 != layout.batches
+        || footer.checksummed() != layout.checksums.len()
+    {
+        return Err(layout.damaged(format!(
+            "{DATA} holds {} batches and {} dictionaries where the manifest says {} and \
+             {} checksums",
+            footer.batches.len(),
+            footer.dictionaries.len(),
+            layout.batches,
+            layout.checksums.len()
+        )));
+    }
+    if footer.structure_checksum(&file, &data_path, len)? != layout.structure_checksum {
+        return Err(layout.damaged(format!(
+            "the schema or footer of {DATA} does not match its checksum: it was edited"
+        )));
+    }
+    let validation = Validation::new(
+        path,
+        &layout.id,
+        &file,
+        footer.batches.len(),
+        verify == Verify::Always,
+    );
+    let segment = Segment::persisted(data_path, file, len);
+    let (dictionary_sums, batch_sums) = layout.checksums.split_at(footer.dictionaries.len());
+    let mut dictionaries = Vec::with_capacity(footer.dictionaries.len());
+    for (block, expected) in footer.dictionaries.iter().zip(dictionary_sums) {
+        let message = Message::persisted(&segment, block)?;
+        if checksums && message.checksum()? != *expected {
+            return Err(layout.damaged(format!(
+                "a dictionary at byte {} of {DATA} does not match its checksum: it was \
+                 edited or damaged",
+                block.offset()
+            )));
+        }
+        dictionaries.push(message);
+    }
+    // A batch decodes with the dictionaries written before it, deltas included, so
+    // each replays the dictionary it was saved with.
+    let in_force = |count: usize| -> Arc<[Message]> { dictionaries[..count].into() };
+    let mut written_before = (0, in_force(0));
+    let mut entries = Vec::with_capacity(footer.batches.len());
+    for (block, expected) in footer.batches.iter().zip(batch_sums) {
+        let count = footer
+            .dictionaries
+            .iter()
+            .take_while(|d| d.offset() < block.offset())
+            .count();
+        if count != written_before.0 {
+            written_before = (count, in_force(count));
+        }
+        entries.push(DiskEntry::persisted(
+            Message::persisted(&segment, block)?,
+            written_before.1.clone(),
+            footer.schema.clone(),
+            Check::new(checksums.then_some(*expected), validation.clone()),
+        ));
+    }
+    Ok(Opened {
+        schema: footer.schema,
+        index: DiskIndex::persisted(entries),
+        saved: Persisted {
+            path: absolute(path),
+            id: layout.id,
+            batches: layout.batches,
+            rows: layout.rows,
+        },
+    })
+}
+
+/// `path` from the root, so that a reference to a save opens after a change of directory
+/// and in another process.
+pub(super) fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The data file of the save in `dir`: its path, the open file and its length.
+pub(super) fn data_file(dir: &Path) -> Result<(PathBuf, File, u64)> {
+    let path = dir.join(DATA);
+    let file = open_file(&path)?;
+    let len = file
+        .metadata()
+        .map_err(|err| io_error("cannot read", &path, err))?
+        .len();
+    Ok((path, file, len))
+}
+
+pub(super) fn create_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o666) // less the umask, as any file the user writes
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| io_error("cannot create", path, err))
+}
+
+fn open_file(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => Error::Corrupt(format!(
+                "{} is missing: this is not a whole persisted cache",
+                path.display()
+            )),
+            _ => io_error("cannot open", path, err),
+        })
+}
+
+pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = create_file(path)?;
+    file.write_all(bytes)
+        .and_then(|()| crate::platform::sync_all(&file))
+        .map_err(|err| io_error("cannot write", path, err))
+}
+
+/// The file's modification time in nanoseconds since the epoch (0 if before it).
+pub(super) fn modified_ns(file: &File, path: &Path) -> Result<Option<u64>> {
+    let modified = file
+        .metadata()
+        .and_then(|meta| meta.modified())
+        .map_err(|err| io_error("cannot read", path, err))?;
+    Ok(Some(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64),
+    ))
+}
+
+pub(super) fn hex(value: u64) -> String {
+    format!("{value:016x}")
+}
