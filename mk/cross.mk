@@ -41,7 +41,7 @@ cross-tools:
 	done
 	@$(CROSS_ZIG) version >/dev/null 2>&1 || $(MAKE) --no-print-directory -C $(BC_CROSS_ROOT) venv-build
 	@$(CROSS_ZIG) version >/dev/null \
-	  || { echo "no zig: $(CROSS_ZIG) fails (make venv installs it)"; exit 1; }
+	  || { echo "no zig: $(CROSS_ZIG) fails (make venv-build installs it)"; exit 1; }
 
 # check-cross-<target>: $(1) is the Rust target. The cc crate reads CC_<target> and
 # AR_<target> (dashes as underscores).
