@@ -5,17 +5,19 @@ PYTHON    ?= python3
 VENV      ?= .venv
 VPY       := $(VENV)/bin/python
 CARGO     ?= cargo
-LIBDIR    := target/release
 CARGO_TEST_FLAGS ?=
+# The one release build of the library (below, with the wheel): zig links it for the host
+# triple, so cargo puts it under target/<host triple>/release.
+HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+LIBDIR      := target/$(HOST_TARGET)/release
 
-.PHONY: all build header check-header venv venv-test wheel sdist install-python demo test test-rust \
+.PHONY: all build header check-header venv-build venv venv-test wheel sdist install-python demo test test-rust \
   test-c test-python test-wheel test-sdist test-docs docs bench clean
 
 all: build
 
-build:
-	$(CARGO) build --release
-	ln -sfn libbatchcorder.so $(LIBDIR)/libbatchcorder.so.$(BC_MAJOR)
+# The C library (libbatchcorder.so and .a in $(LIBDIR)) is the wheel's build: see below.
+build: wheel
 
 # The committed headers, public and cffi's, from the sources (tools/header pins cbindgen).
 HEADERS := include/batchcorder.h include/batchcorder_cffi.h
@@ -28,11 +30,15 @@ check-header:
 	@for h in $(HEADERS); do diff -u $$h target/headers/$$(basename $$h) \
 	  || { echo "$$h is stale: run 'make header' and commit it"; exit 1; }; done
 
-# What the build and the demo need; the tests' own packages come with venv-test.
-$(VENV)/.ready: pyproject.toml
+# What the build needs (maturin; cffi, which writes the module's declarations; zig, which
+# links); `make build` and `make install` stop there. The demo adds what demo/demo.py
+# imports, and the tests' own packages come with venv-test.
+$(VENV)/.build-ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --progress-bar on "maturin>=1.16,<2" "cffi>=1.17" "ziglang>=0.13" \
-	  "pyarrow>=14" "numpy" "duckdb>=1.1"
+	$(VPY) -m pip install --progress-bar on "maturin>=1.16,<2" "cffi>=1.17" "ziglang>=0.13"
+	touch $@
+$(VENV)/.ready: $(VENV)/.build-ready
+	$(VPY) -m pip install --progress-bar on "pyarrow>=14" "numpy" "duckdb>=1.1"
 	touch $@
 $(VENV)/.test-ready: $(VENV)/.ready
 	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
@@ -40,34 +46,50 @@ $(VENV)/.test-ready: $(VENV)/.ready
 	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6" "pdoc==16.0.0"
 	touch $@
 
+venv-build: $(VENV)/.build-ready
 venv: $(VENV)/.ready
 venv-test: $(VENV)/.test-ready
 
 # The wheel: one manylinux2014 (glibc 2.17) x86_64 wheel for every CPython from 3.10 on,
 # linked by zig against glibc 2.17's symbols. Rebuilt only when a source changed; cargo's
 # own progress lines show while it compiles.
+#
+# The same compile is the C library's (make build, install, test-c, test-examples, test-r,
+# bench): maturin compiles the crate as a cdylib only, so `--crate-type staticlib` (after
+# `--`, for rustc) has the same rustc run write the static archive beside it, in deps/.
+# One compile of the dependencies in all; a plain `cargo build --release` would compile
+# them again (zig's CC and linker settings are part of cargo's fingerprints), and its
+# library would need the build machine's glibc (2.34 on Debian 12) where this one needs
+# 2.17. The SONAME link lets programs linked against $(LIBDIR) run from there (rpath or
+# LD_LIBRARY_PATH).
 WHEEL_DIR     := target/wheels
 WHEEL_STAMP   := $(WHEEL_DIR)/.built
 WHEEL_SOURCES := $(shell find src core/src cdata/src python/batchcorder -type f -not -name '*.pyc') \
   Cargo.toml core/Cargo.toml cdata/Cargo.toml Cargo.lock pyproject.toml build.rs include/batchcorder_cffi.h \
-  README.md LICENSE-MIT LICENSE-APACHE
-$(WHEEL_STAMP): $(WHEEL_SOURCES) | venv
+  README.md LICENSE-MIT LICENSE-APACHE Makefile
+# The zig wheel's name: `pip install .` and maturin's PEP 517 builds leave a plain
+# linux_x86_64 wheel in a target directory's wheels/ too.
+WHEEL_FILE     = $(wildcard $(WHEEL_DIR)/batchcorder-*manylinux*.whl)
+$(WHEEL_STAMP): $(WHEEL_SOURCES) | venv-build
 	rm -f $(WHEEL_DIR)/batchcorder-*.whl
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin build --release --zig \
-	  --compatibility manylinux2014 --out $(WHEEL_DIR)
+	  --compatibility manylinux2014 --out $(WHEEL_DIR) -- --crate-type staticlib
+	ln -f $(LIBDIR)/deps/libbatchcorder.a $(LIBDIR)/libbatchcorder.a
+	ln -sfn libbatchcorder.so $(LIBDIR)/libbatchcorder.so.$(BC_MAJOR)
 	touch $@
 wheel: $(WHEEL_STAMP)
 
 # An sdist that `pip install` builds on any machine with cargo.
-sdist: venv
+sdist: venv-build
 	rm -f target/sdist/batchcorder-*.tar.gz
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/maturin sdist --out target/sdist
 
-# pip builds the sdist in a fresh virtualenv (reusing this checkout's compiled
-# dependencies), and the installed package replays a stream.
-test-sdist: sdist build
+# pip builds the sdist in a fresh virtualenv, as a user without zig would: a native build,
+# in target/test-sdist, which later runs reuse (and whose wheels/ keeps maturin's plain
+# linux wheel apart from the zig one). The installed package replays a stream.
+test-sdist: sdist
 	rm -rf build/test-sdist && $(PYTHON) -m venv build/test-sdist
-	CARGO_TARGET_DIR=$(CURDIR)/target build/test-sdist/bin/pip install --progress-bar on \
+	CARGO_TARGET_DIR=$(CURDIR)/target/test-sdist build/test-sdist/bin/pip install --progress-bar on \
 	  target/sdist/batchcorder-*.tar.gz
 	cd build && test-sdist/bin/python -c 'import pyarrow as pa, batchcorder; \
 	  c = batchcorder.StreamCache(pa.table({"x": [1, 2, 3]}).to_reader(max_chunksize=1)); \
@@ -75,8 +97,8 @@ test-sdist: sdist build
 	  print("test-sdist: the sdist built and replays:", batchcorder.__file__)'
 
 # The wheel installed into .venv, for the demo and the tests.
-$(VENV)/.installed: $(WHEEL_STAMP)
-	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/batchcorder-*.whl
+$(VENV)/.installed: $(WHEEL_STAMP) | venv
+	$(VPY) -m pip install -q --force-reinstall --no-deps $(WHEEL_FILE)
 	touch $@
 install-python: $(VENV)/.installed
 
@@ -127,8 +149,8 @@ include mk/stress.mk
 include mk/cross.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
-# it builds the library once, as the wheel it installs.
-bench:
+# it installs the wheel, the one build of the library.
+bench: wheel
 	bash bench/run.sh
 
 clean:

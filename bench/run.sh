@@ -7,9 +7,12 @@ PY=${PYTHON:-python3}
 DEPS=(pyarrow numpy duckdb matplotlib)
 if [ ! -x bench/.venv-ours/bin/python ]; then
   "$PY" -m venv bench/.venv-ours
-  bench/.venv-ours/bin/pip install -q maturin cffi "${DEPS[@]}"
+  bench/.venv-ours/bin/pip install -q cffi "${DEPS[@]}"
 fi
-PATH="$PWD/bench/.venv-ours/bin:$PATH" bench/.venv-ours/bin/pip install -q --no-build-isolation --force-reinstall --no-deps .
+# Ours is the wheel: the one release build of the library (the Makefile's `wheel`, which
+# compiles only when a source changed).
+"${MAKE:-make}" --no-print-directory wheel
+bench/.venv-ours/bin/pip install -q --force-reinstall --no-deps target/wheels/batchcorder-*manylinux*.whl
 if [ ! -x bench/.venv-ref/bin/python ]; then
   "$PY" -m venv bench/.venv-ref
   bench/.venv-ref/bin/pip install -q "batchcorder==0.1.3" "${DEPS[@]}"
@@ -30,7 +33,7 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
     bench/.venv-base/bin/pip install --no-build-isolation --force-reinstall --no-deps "$base_src"
   export BENCH_BASELINE_NAME="$BENCH_BASELINE ($(git rev-parse --short "$BENCH_BASELINE"))"
 fi
-# The C-level program links the library the wheel just built: one Rust build in all.
+# The C-level program links the wheel's library: one Rust build in all.
 NATIVE=$(bench/.venv-ours/bin/python -c 'import batchcorder._native as n, os; print(os.path.dirname(n.__file__))')
 mkdir -p build/bench-lib
 ln -sfn "$NATIVE/lib_native.so" build/bench-lib/libbatchcorder.so

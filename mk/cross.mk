@@ -10,7 +10,7 @@
 # then the same with the tests' fault injection on (as the Linux clippy runs). A check
 # compiles and lints every crate, tests included, but links nothing, so no macOS SDK is
 # needed; the one C dependency (zstd-sys, through the cc crate) is compiled by zig
-# (tools/zigcc), taken from the project's virtualenv: `make venv` installs PyPI's
+# (tools/zigcc), taken from the project's virtualenv: `make venv-build` installs PyPI's
 # ziglang there, and this file runs it when zig is missing. The rustup targets are
 # added when missing (rustup downloads their standard libraries once).
 
@@ -34,14 +34,14 @@ BC_ZIGCC := $(BC_CROSS_ROOT)/tools/zigcc
 
 check-cross: $(addprefix check-cross-,$(CROSS_TARGETS))
 
-# The rustup targets and zig; `make venv` (the top-level Makefile's) when zig is missing.
+# The rustup targets and zig; `make venv-build` (the top-level Makefile's) when zig is missing.
 cross-tools:
 	@for t in $(CROSS_TARGETS); do \
 	  rustup target list --installed | grep -qx "$$t" || rustup target add "$$t" || exit 1; \
 	done
-	@$(CROSS_ZIG) version >/dev/null 2>&1 || $(MAKE) --no-print-directory -C $(BC_CROSS_ROOT) venv
+	@$(CROSS_ZIG) version >/dev/null 2>&1 || $(MAKE) --no-print-directory -C $(BC_CROSS_ROOT) venv-build
 	@$(CROSS_ZIG) version >/dev/null \
-	  || { echo "no zig: $(CROSS_ZIG) fails (make venv installs it)"; exit 1; }
+	  || { echo "no zig: $(CROSS_ZIG) fails (make venv-build installs it)"; exit 1; }
 
 # check-cross-<target>: $(1) is the Rust target. The cc crate reads CC_<target> and
 # AR_<target> (dashes as underscores).

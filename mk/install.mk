@@ -17,14 +17,16 @@
 BC_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
 
 BC_ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
-BC_RELEASE_DIR := $(BC_ROOT)/target/release
+# The library is the one release build, the wheel's (`make build` in the Makefile): zig
+# links it for the host triple against glibc 2.17's symbols.
+BC_HOST_TARGET := $(or $(HOST_TARGET),$(shell rustc -vV | sed -n 's/^host: //p'))
+BC_RELEASE_DIR := $(BC_ROOT)/target/$(BC_HOST_TARGET)/release
 BC_VERSION     := $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' $(BC_ROOT)/Cargo.toml | head -n 1)
 BC_MAJOR       := $(word 1,$(subst ., ,$(BC_VERSION)))
 # What the Rust standard library needs when the static archive is linked into a program:
 # `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs` on Linux.
 BC_NATIVE_STATIC_LIBS ?= -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 
-CARGO      ?= cargo
 PYTHON3    ?= python3
 INSTALL    ?= install
 STRIP      ?= strip
@@ -32,7 +34,8 @@ PREFIX     ?= /usr/local
 DESTDIR    ?=
 libdir     ?= $(PREFIX)/lib
 includedir ?= $(PREFIX)/include
-# 1: install the libraries without debug info (symbols stay); 0: as cargo built them.
+# 1: install the libraries without debug info (the static archive's symbols stay; the
+# shared library is the wheel's, stripped to its exported symbols); 0: as built.
 INSTALL_STRIP ?= 1
 
 # Where test-examples and test-r install the library and build the examples.
@@ -61,11 +64,11 @@ BC_SUBST = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(libdir)|g' \
 
 .PHONY: c-lib install uninstall install-c uninstall-c test-examples test-r
 
-# The release build, plus the libbatchcorder.so.MAJOR link that the SONAME asks for, so that
-# programs linked against target/release also run from there (rpath or LD_LIBRARY_PATH).
+# The release build (the Makefile's `build`: the wheel's compile, which also writes the
+# static archive and the libbatchcorder.so.MAJOR link that the SONAME asks for). Nothing
+# is compiled when the wheel is up to date.
 c-lib:
-	cd $(BC_ROOT) && $(CARGO) build --release
-	ln -sfn libbatchcorder.so $(BC_RELEASE_DIR)/libbatchcorder.so.$(BC_MAJOR)
+	$(MAKE) --no-print-directory -C $(BC_ROOT) build
 
 # The C library, headers, pkg-config and CMake files (the Python package installs with pip).
 install: c-lib

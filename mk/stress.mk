@@ -4,7 +4,6 @@
 
 STRESS_SCALE ?= 25
 STRESS_LOG   ?= build/stress.log
-HOST_TARGET  := $(shell rustc -vV | sed -n 's/^host: //p')
 
 .PHONY: stress stress-run tsan miri
 
@@ -25,7 +24,8 @@ stress-run:
 	@echo "== stress: finished $$(date -u +%FT%TZ)"
 
 # The core's threaded tests under ThreadSanitizer; std is rebuilt instrumented, which
-# needs rust-src. RUSTC_BOOTSTRAP lets the stable toolchain take -Z flags.
+# needs rust-src. RUSTC_BOOTSTRAP lets the stable toolchain take -Z flags. HOST_TARGET is
+# the Makefile's.
 tsan:
 	rustup component add rust-src
 	RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR=target/tsan \

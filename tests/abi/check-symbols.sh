@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The ABI surface of the shared library: it exports only bc_* functions, and its SONAME
-# carries the ABI major version.
-#   tests/abi/check-symbols.sh target/release/libbatchcorder.so 0
+# The ABI surface of the shared library: it exports only bc_* functions, its SONAME
+# carries the ABI major version, and it needs no glibc symbol newer than 2.17.
+#   tests/abi/check-symbols.sh target/x86_64-unknown-linux-gnu/release/libbatchcorder.so 0
 set -euo pipefail
 lib=${1:?usage: check-symbols.sh LIBRARY.so MAJOR}
 major=${2:?usage: check-symbols.sh LIBRARY.so MAJOR}
@@ -35,4 +35,12 @@ if [ -n "$missing" ] || [ -n "$undeclared" ]; then
   [ -z "$undeclared" ] || { echo "check-symbols: exported, not declared in batchcorder.h:"; printf '  %s\n' $undeclared; } >&2
   exit 1
 fi
-echo "check-symbols: $count exported symbols, all bc_* and all in batchcorder.h; SONAME $soname"
+# The build links against glibc 2.17's symbols (zig, for manylinux2014): the library runs
+# on any glibc from 2.17 on, and a newer version here means the build lost that.
+glibc=$(readelf -V --wide "$lib" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -Vu | tail -n 1)
+if [ -z "$glibc" ] || [ "$(printf '%s\n' "$glibc" 2.17 | sort -V | tail -n 1)" != 2.17 ]; then
+  echo "check-symbols: $lib needs GLIBC_${glibc:-?}; the build should need 2.17 at most" >&2
+  exit 1
+fi
+echo "check-symbols: $count exported symbols, all bc_* and all in batchcorder.h; SONAME $soname;" \
+  "glibc $glibc at most"

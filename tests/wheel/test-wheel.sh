@@ -8,7 +8,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 wheels=$(cd "$1" && pwd)
-wheel=$(ls "$wheels"/batchcorder-*.whl)
+# The zig wheel (`pip install .` leaves a plain linux_x86_64 one beside it).
+wheel=$(ls "$wheels"/batchcorder-*manylinux*.whl)
 work="$root/build/test-wheel"
 rm -rf "$work" && mkdir -p "$work"
 
