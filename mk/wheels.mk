@@ -28,6 +28,12 @@ WHEEL_CROSS_TARGETS := aarch64-unknown-linux-gnu x86_64-apple-darwin aarch64-app
 BC_MACOS_MIN_x86_64-apple-darwin  := 10.12
 BC_MACOS_MIN_aarch64-apple-darwin := 11.0
 BC_MACOS_STUBS := target/macos-stubs
+# zig's target for zstd's C sources, with the minimum macOS: tools/zigcc drops the cc
+# crate's --target= (which carries it), and zig's default is its newest macOS.
+BC_WHEEL_ZIG_x86_64-apple-darwin  := x86_64-macos.10.12
+BC_WHEEL_ZIG_aarch64-apple-darwin := aarch64-macos.11.0
+# The stamps are kept: reached through wheel-%, make would take them for intermediates.
+.SECONDARY: $(foreach t,$(WHEEL_CROSS_TARGETS),$(WHEEL_DIR)/$(t)/.built)
 
 .PHONY: wheels test-wheels check-workflows
 
@@ -46,7 +52,7 @@ bc_wheel_args = $(if $(call bc_wheel_is_macos,$(1)),\
 bc_wheel_env = $(if $(call bc_wheel_is_macos,$(1)),\
   MACOSX_DEPLOYMENT_TARGET=$(BC_MACOS_MIN_$(1)) \
   CARGO_TARGET_$(call bc_upper,$(1))_LINKER=rust-lld \
-  CC_$(subst -,_,$(1))="$(BC_ZIGCC) cc $(BC_ZIG_TARGET_$(1))" \
+  CC_$(subst -,_,$(1))="$(BC_ZIGCC) cc $(BC_WHEEL_ZIG_$(1))" \
   AR_$(subst -,_,$(1))="$(BC_ZIGCC) ar" ZIG="$(CROSS_ZIG)")
 bc_upper = $(shell echo '$(subst -,_,$(1))' | tr a-z A-Z)
 
