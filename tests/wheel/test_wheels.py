@@ -1,0 +1,147 @@
+"""The cross wheels of `make wheels` (mk/wheels.mk), read without running them: the macOS
+wheels here can only be checked, and the Linux aarch64 one runs under emulation elsewhere
+(`make test-aarch64`). `make test-wheels` runs this file after `make wheels`; a missing
+wheel fails, it is never skipped.
+
+For each wheel: one file of the expected tags; the package, py.typed, the licences, and
+cffi declarations equal to what cffi makes of include/batchcorder_cffi.h. For its library,
+read with LIEF: the file format and architecture, only the bc_* functions of
+include/batchcorder.h exported; on macOS the minimum version of the wheel's tag, only system
+libraries linked, the install name, and arm64's code signature; on Linux aarch64,
+tests/abi/check-symbols.sh (exports, SONAME, glibc 2.17 at most), as for x86_64.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cffi
+import lief
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEELS = ROOT / "target" / "wheels"
+HEADER = ROOT / "include" / "batchcorder.h"
+CFFI_HEADER = ROOT / "include" / "batchcorder_cffi.h"
+
+
+@dataclass(frozen=True)
+class Wheel:
+    triple: str
+    tags: tuple[str, ...]  # the platform tags in its name, in order
+    library: str  # its file in batchcorder/_native/
+    macos_min: tuple[int, int] | None = None
+    cpu: str = ""  # LIEF's name of the architecture
+
+
+CROSS = [
+    Wheel("aarch64-unknown-linux-gnu", ("manylinux2014_aarch64", "manylinux_2_17_aarch64"), "lib_native.so", cpu="AARCH64"),
+    Wheel("x86_64-apple-darwin", ("macosx_10_12_x86_64",), "lib_native.dylib", (10, 12), "X86_64"),
+    Wheel("aarch64-apple-darwin", ("macosx_11_0_arm64",), "lib_native.dylib", (11, 0), "ARM64"),
+]
+IDS = [w.triple for w in CROSS]
+
+
+def wheel_file(w: Wheel) -> Path:
+    folder = WHEELS / w.triple
+    found = sorted(folder.glob("batchcorder-*.whl"))
+    assert len(found) == 1, f"expected one wheel in {folder} (make wheel-{w.triple}), found {[p.name for p in found]}"
+    return found[0]
+
+
+def declared_functions() -> set[str]:
+    return set(re.findall(r"\b(bc_[a-z0-9_]+)\(", HEADER.read_text()))
+
+
+def extract_library(w: Wheel, into: Path) -> Path:
+    with zipfile.ZipFile(wheel_file(w)) as z:
+        path = into / w.library
+        path.write_bytes(z.read(f"batchcorder/_native/{w.library}"))
+    return path
+
+
+@pytest.mark.parametrize("w", CROSS, ids=IDS)
+def test_the_wheel_is_one_py3_none_file_of_its_tags(w: Wheel) -> None:
+    name = wheel_file(w).name
+    m = re.fullmatch(r"batchcorder-(\d+\.\d+\.\d+)-py3-none-(.+)\.whl", name)
+    assert m, name
+    assert m.group(2).split(".") == list(w.tags), name
+    with zipfile.ZipFile(wheel_file(w)) as z:
+        wheel_meta = z.read(f"batchcorder-{m.group(1)}.dist-info/WHEEL").decode()
+    assert sorted(re.findall(r"^Tag: (.+)$", wheel_meta, re.M)) == sorted(f"py3-none-{t}" for t in w.tags)
+
+
+@pytest.mark.parametrize("w", CROSS, ids=IDS)
+def test_the_wheel_carries_the_library_declarations_licences_and_py_typed(w: Wheel) -> None:
+    with zipfile.ZipFile(wheel_file(w)) as z:
+        names = set(z.namelist())
+        for needed in ("batchcorder/__init__.py", "batchcorder/py.typed", "batchcorder/_native/__init__.py",
+                       "batchcorder/_native/ffi.py", f"batchcorder/_native/{w.library}"):
+            assert needed in names, f"{needed} missing from {wheel_file(w).name}"
+        licences = {n.rsplit("/", 1)[1] for n in names if ".dist-info/licenses/" in n}
+        assert {"LICENSE-MIT", "LICENSE-APACHE"} <= licences, licences
+        # The package loads the library under the name the wheel gives it.
+        assert f"'{w.library}'" in z.read("batchcorder/_native/__init__.py").decode()
+        shipped = z.read("batchcorder/_native/ffi.py").decode()
+    # The declarations are cffi's out-of-line ABI module of the committed header, as
+    # maturin writes it.
+    ffi = cffi.FFI()
+    ffi.cdef(CFFI_HEADER.read_text())
+    ffi.set_source("ffi", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        made = Path(tmp) / "ffi.py"
+        ffi.emit_python_code(str(made))
+        assert shipped == made.read_text(), f"the wheel's cffi declarations differ from {CFFI_HEADER.name}'s"
+
+
+MACOS = [w for w in CROSS if w.macos_min]
+
+
+@pytest.mark.parametrize("w", MACOS, ids=[w.triple for w in MACOS])
+def test_the_macos_library(w: Wheel, tmp_path: Path) -> None:
+    lief.logging.disable()
+    fat = lief.MachO.parse(str(extract_library(w, tmp_path)))
+    assert fat is not None and fat.size == 1, "expected a Mach-O file of one architecture"
+    lib = fat.at(0)
+    assert lib.header.cpu_type == getattr(lief.MachO.Header.CPU_TYPE, w.cpu), lib.header.cpu_type
+    assert lib.header.file_type == lief.MachO.Header.FILE_TYPE.DYLIB
+
+    # Only the functions of the public header, as on Linux.
+    exported = {s.name for s in lib.exported_symbols}
+    assert {s for s in exported if not s.startswith("_bc_")} == set(), "exports outside bc_*"
+    assert {s[1:] for s in exported} == declared_functions()
+
+    # The minimum macOS the wheel's tag promises, from either load command.
+    if lib.has_build_version:
+        minos = tuple(lib.build_version.minos)
+    else:
+        assert lib.has_version_min, "no LC_BUILD_VERSION nor LC_VERSION_MIN_MACOSX"
+        minos = tuple(lib.version_min.version)
+    assert minos[:2] == w.macos_min and not any(minos[2:]), minos
+
+    # Only the system's libraries; the library's own name is @rpath-relative (build.rs).
+    commands = lief.MachO.LoadCommand.TYPE
+    ids = [d.name for d in lib.libraries if d.command == commands.ID_DYLIB]
+    assert ids == ["@rpath/libbatchcorder.0.dylib"], ids
+    linked = [d.name for d in lib.libraries if d.command != commands.ID_DYLIB]
+    assert "/usr/lib/libSystem.B.dylib" in linked, linked
+    assert [d for d in linked if not d.startswith(("/usr/lib/", "/System/Library/"))] == [], linked
+    assert not [c for c in lib.commands if c.command == commands.RPATH], "an LC_RPATH in the library"
+
+    # Apple silicon runs signed code only: the linker's ad-hoc signature.
+    if w.cpu == "ARM64":
+        assert lib.has_code_signature, "arm64 code must carry a signature"
+
+
+def test_the_linux_aarch64_library(tmp_path: Path) -> None:
+    w = next(w for w in CROSS if w.triple == "aarch64-unknown-linux-gnu")
+    path = extract_library(w, tmp_path)
+    lib = lief.ELF.parse(str(path))
+    assert lib is not None and lib.header.machine_type == lief.ELF.ARCH.AARCH64, "not an aarch64 ELF"
+    major = re.match(r"batchcorder-(\d+)\.", wheel_file(w).name).group(1)  # type: ignore[union-attr]
+    subprocess.run(["bash", str(ROOT / "tests" / "abi" / "check-symbols.sh"), str(path), major], check=True)
