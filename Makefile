@@ -134,8 +134,11 @@ docs: install-python venv-test
 test-docs: install-python venv-test
 	$(VPY) -m pytest -q -p no:cacheprovider tests/python/test_docs.py tests/python/test_api_reference.py
 
-# The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly.
-test: check-header test-rust test-c test-python test-wheel test-wheels check-workflows test-sdist \
+# The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly. The cross
+# wheels' checks (make test-wheels) and the aarch64 suite (make test-aarch64) are not part
+# of it: they need rustup's cross standard libraries, which come from rustup's own
+# server, not a package registry, and they add 10 minutes or more (docs/building.md).
+test: check-header test-rust test-c test-python test-wheel check-workflows test-sdist \
   test-examples test-r
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
