@@ -68,7 +68,7 @@ BC_AARCH64_CHROOT = unshare --mount --propagation private sh -ec '\
     $(foreach v,$(BC_AARCH64_PASS),$(if $($(v)),$(v)="$($(v))")) \
     /bin/sh -ec "$$0"'
 
-.PHONY: test-aarch64 test-aarch64-python test-aarch64-c aarch64-host aarch64-root aarch64-lib
+.PHONY: test-aarch64 test-aarch64-python test-aarch64-c aarch64-host aarch64-root aarch64-venv aarch64-lib
 
 test-aarch64: test-aarch64-c test-aarch64-python
 
@@ -113,10 +113,11 @@ $(AARCH64_ROOT)$(AARCH64_VENV)/.bc-ready: $(AARCH64_ROOT)/.bc-root $(BC_AARCH64_
 	$(BC_AARCH64_CHROOT) 'python3 -m venv $(AARCH64_VENV) && \
 	  pip install --progress-bar on $(AARCH64_TEST_PACKAGES)'
 	touch $@
+aarch64-venv: $(AARCH64_ROOT)$(AARCH64_VENV)/.bc-ready
 
 # The Python suite against the installed aarch64 wheel, from a copy of the tests.
 test-aarch64-python: wheel-aarch64-unknown-linux-gnu $(AARCH64_ROOT)$(AARCH64_VENV)/.bc-ready | aarch64-root
-	@set -e; w=$$(ls $(AARCH64_WHEELS)/batchcorder-*-manylinux_2_17_aarch64.whl); \
+	@set -e; w=$$(ls $(AARCH64_WHEELS)/batchcorder-*manylinux_2_17_aarch64.whl); \
 	  [ $$(echo "$$w" | wc -w) = 1 ] || { echo "not one aarch64 wheel: $$w"; exit 1; }; \
 	  echo "== aarch64: $$(basename $$w) and the tests into the arm64 root"; \
 	  rm -rf $(AARCH64_ROOT)$(AARCH64_WORK) && mkdir -p $(AARCH64_ROOT)$(AARCH64_WORK)/wheel; \
@@ -133,7 +134,7 @@ test-aarch64-python: wheel-aarch64-unknown-linux-gnu $(AARCH64_ROOT)$(AARCH64_VE
 
 # The aarch64 library, from the wheel (the one build), as libbatchcorder.so with its SONAME link.
 aarch64-lib: wheel-aarch64-unknown-linux-gnu
-	@set -e; w=$$(ls $(AARCH64_WHEELS)/batchcorder-*-manylinux_2_17_aarch64.whl); \
+	@set -e; w=$$(ls $(AARCH64_WHEELS)/batchcorder-*manylinux_2_17_aarch64.whl); \
 	  [ $$(echo "$$w" | wc -w) = 1 ] || { echo "not one aarch64 wheel: $$w"; exit 1; }; \
 	  rm -rf $(AARCH64_LIB) && mkdir -p $(AARCH64_LIB); \
 	  $(BC_AARCH64_REPO)/$(VENV)/bin/python -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
