@@ -127,7 +127,7 @@ test-aarch64-python: wheel-aarch64-unknown-linux-gnu $(AARCH64_ROOT)$(AARCH64_VE
 	  && cp -r examples/c $$w/examples/ && cp demo/demo.py $$w/demo/ && cp tools/apidocs.py $$w/tools/ \
 	  && cp bench/workloads.py $$w/bench/
 	$(BC_AARCH64_CHROOT) 'cd $(AARCH64_WORK) && \
-	  pip install --no-deps --force-reinstall wheel/batchcorder-*.whl && \
+	  pip uninstall -q -y batchcorder && pip install wheel/batchcorder-*.whl && \
 	  python -c "import platform, batchcorder; print(platform.machine(), batchcorder.__version__, batchcorder.__file__)" && \
 	  BC_DOCS_VENVS=0 BC_TEST_TIMEOUT=$(AARCH64_TEST_TIMEOUT) python -m pytest -q -p no:cacheprovider \
 	    -rfEs --durations=15 $(AARCH64_DESELECT) $(AARCH64_PYTEST_ARGS) tests/python'
