@@ -41,11 +41,23 @@ AARCH64_WORK     := /bc-test
 AARCH64_TEST_PACKAGES := "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0" "datafusion>=40" \
   "nanoarrow>=0.6" "arro3-core>=0.4" "tqdm>=4.60" "numpy" "pytest-timeout>=2.3" "pyarrow>=19" \
   "trustme>=1.0" "pdoc==16.0.0"
-# What the root cannot run: it has no C compiler (the C tests below cover the aarch64
-# library from C instead).
-AARCH64_DESELECT := \
+# Deselected, each for a reason of the emulation (docs/building.md, "Testing aarch64"):
+# - test_docs's C blocks: the root has no C compiler (test-aarch64-c covers the aarch64
+#   library from C instead);
+# - test_full_disk_for_real's full-filesystem cases: they mount a small tmpfs in
+#   `unshare --map-root-user`, and qemu-user runs every program with a thread of its own,
+#   so Linux refuses it a user namespace (unshare: Invalid argument);
+# - test_a_process_killed_at_any_instant...: it kills children within 4 ms of their start,
+#   which under emulation is before they reach the windows it aims at;
+# - test_caches_created_and_closed...rss_and_fds_flat: ps gives qemu's RSS, and qemu's own
+#   heap grows about 113 MB over its 300 caches (the same loop grows natively 20 KB).
+AARCH64_DESELECT ?= \
   --deselect tests/python/test_docs.py::test_c_block_compiles \
-  --deselect tests/python/test_docs.py::test_a_programs_output_is_what_its_page_shows
+  --deselect tests/python/test_docs.py::test_a_programs_output_is_what_its_page_shows \
+  --deselect "tests/python/test_disk.py::test_full_disk_for_real[full-filesystem-28-on_insertion]" \
+  --deselect "tests/python/test_disk.py::test_full_disk_for_real[full-filesystem-28-on_eviction]" \
+  --deselect tests/python/test_crash_leftovers.py::test_a_process_killed_at_any_instant_leaves_nothing_the_next_cache_keeps \
+  --deselect tests/python/test_stress.py::test_caches_created_and_closed_in_a_loop_keep_rss_and_fds_flat
 # More time per test than natively (300 s): emulation is several times slower.
 AARCH64_TEST_TIMEOUT ?= 900
 AARCH64_PYTEST_ARGS  ?=
@@ -101,9 +113,10 @@ $(AARCH64_ROOT)/.bc-root: | aarch64-host
 	  $(AARCH64_SUITE) $(AARCH64_ROOT) $(AARCH64_MIRROR)
 	touch $@
 
-# The host's name resolution, CA bundle and pip settings, on every run (they may change).
+# The host's name resolution (debootstrap writes no /etc/hosts: without one, localhost
+# is not loopback), CA bundle and pip settings, on every run (they may change).
 aarch64-root: $(AARCH64_ROOT)/.bc-root
-	cp -L /etc/resolv.conf $(AARCH64_ROOT)/etc/resolv.conf
+	cp -L /etc/resolv.conf /etc/hosts $(AARCH64_ROOT)/etc/
 	cp -L /etc/ssl/certs/ca-certificates.crt $(AARCH64_ROOT)/etc/ssl/certs/ca-certificates.crt
 	if [ -f /etc/pip.conf ]; then cp -L /etc/pip.conf $(AARCH64_ROOT)/etc/pip.conf; fi
 
