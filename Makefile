@@ -155,6 +155,8 @@ include mk/fuzz.mk
 include mk/stress.mk
 include mk/cross.mk
 include mk/wheels.mk
+# aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
+include mk/aarch64.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
 # it installs the wheel, the one build of the library.
