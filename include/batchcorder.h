@@ -51,6 +51,9 @@ typedef enum BcErrorKind {
   // With `BC_INVALID_ARGUMENT`: every one of the cache's `max_readers` readers was
   // created already, so no new reader can be made (a server answers "unavailable").
   BC_ERROR_KIND_READER_CAP = 1,
+  // With `BC_INVALID_ARGUMENT`: a batch index (`bc_cache_batch`) or a row
+  // (`bc_cache_take`) past the end of the stream; the message has the count.
+  BC_ERROR_KIND_OUT_OF_RANGE = 2,
 } BcErrorKind;
 
 // The result of every fallible `bc_*` call. `BC_OK` is 0; read `bc_last_error()` for the
@@ -68,8 +71,9 @@ typedef enum BcStatus {
   // The upstream producer failed; its message is kept and `bc_last_error_errno()` has
   // its errno.
   BC_UPSTREAM = 4,
-  // Not returned by this version: eviction never drops a batch that a live reader has
-  // not passed. Kept so that the values of the other statuses stay as they were.
+  // `bc_cache_batch` or `bc_cache_take` asked for a batch that `max_readers` eviction
+  // dropped once every reader had passed it. A reader never meets it: eviction keeps
+  // every batch a live reader has not passed.
   BC_EVICTED = 5,
   // The cache was closed.
   BC_CLOSED = 6,
@@ -239,7 +243,8 @@ const char *bc_last_error(void);
 int bc_last_error_errno(void);
 
 // The kind of the last failed `bc_*` call on this thread, finer than its status
-// (`BC_ERROR_KIND_READER_CAP` with `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
+// (`BC_ERROR_KIND_READER_CAP` or `BC_ERROR_KIND_OUT_OF_RANGE` with
+// `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
 // the status says all there is or none failed.
 //
 // Per OS thread and valid until the next `bc_*` call on it, like `bc_last_error()`;
@@ -604,6 +609,47 @@ enum BcStatus bc_cache_share(struct BcCache *cache, char **out_path, struct BcPe
 // # Safety
 // `text` is NULL or came from this library and was not freed before.
 void bc_string_free(char *text);
+
+// Write batch `index` of the stream (0 is the first) into `*out`, as a struct array of
+// the cache's schema: `bc_cache_schema` gives that schema, once for every batch.
+//
+// The upstream is pulled up to that batch and no further. This is no reader:
+// `max_readers` does not count it and it holds back no eviction, so a batch eviction
+// already dropped is `BC_EVICTED`. An index past the end is `BC_INVALID_ARGUMENT` with
+// `bc_last_error_kind()` `BC_ERROR_KIND_OUT_OF_RANGE` and the batch count in the
+// message; the whole upstream was pulled to learn it. A closed cache is `BC_CLOSED`.
+//
+// Ownership: the caller releases `*out`, which stays valid after the cache is closed or
+// freed. `*out` is written only on `BC_OK`.
+//
+// # Safety
+// `cache` is NULL or a live handle; `out` is NULL or writable, and is overwritten without
+// release.
+enum BcStatus bc_cache_batch(struct BcCache *cache, uint64_t index, struct ArrowArray *out);
+
+// Write the stream's rows at `rows[0..count]` (positions over the whole stream, 0 is
+// the first row of the first batch) into `*out`, in that order, as one struct array of
+// the cache's schema (`bc_cache_schema`): what a `take` over the stream as one table
+// gives. A row may come more than once; `count` may be 0 (`rows` may then be NULL),
+// which gives an array of no rows.
+//
+// The cache finds each row's batch through its row index (the rows of every batch,
+// summed), reads only the batches that hold the rows, and pulls the upstream only as far
+// as the largest row. Dictionary columns whose batches hold different dictionaries come
+// out with one dictionary covering them. A row past the end is `BC_INVALID_ARGUMENT` with
+// kind `BC_ERROR_KIND_OUT_OF_RANGE` and the row count in the message; a row in a batch
+// `max_readers` eviction dropped is `BC_EVICTED`; a closed cache `BC_CLOSED`.
+//
+// Ownership: `rows` is only read, during the call. The caller releases `*out`, which
+// stays valid after the cache is closed or freed; it is written only on `BC_OK`.
+//
+// # Safety
+// `cache` is NULL or a live handle; `rows` is NULL or points to `count` readable
+// `uint64_t`; `out` is NULL or writable, and is overwritten without release.
+enum BcStatus bc_cache_take(struct BcCache *cache,
+                            const uint64_t *rows,
+                            size_t count,
+                            struct ArrowArray *out);
 
 #ifdef __cplusplus
 }  // extern "C"

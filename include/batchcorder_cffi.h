@@ -7,6 +7,7 @@
 typedef enum BcErrorKind {
   BC_ERROR_KIND_NONE = 0,
   BC_ERROR_KIND_READER_CAP = 1,
+  BC_ERROR_KIND_OUT_OF_RANGE = 2,
 } BcErrorKind;
 
 typedef enum BcStatus {
@@ -201,3 +202,10 @@ enum BcStatus bc_cache_open(const char *path_utf8,
 enum BcStatus bc_cache_share(struct BcCache *cache, char **out_path, struct BcPersisted *out_info);
 
 void bc_string_free(char *text);
+
+enum BcStatus bc_cache_batch(struct BcCache *cache, uint64_t index, struct ArrowArray *out);
+
+enum BcStatus bc_cache_take(struct BcCache *cache,
+                            const uint64_t *rows,
+                            size_t count,
+                            struct ArrowArray *out);

@@ -25,8 +25,9 @@ pub enum BcStatus {
     /// The upstream producer failed; its message is kept and `bc_last_error_errno()` has
     /// its errno.
     BC_UPSTREAM = 4,
-    /// Not returned by this version: eviction never drops a batch that a live reader has
-    /// not passed. Kept so that the values of the other statuses stay as they were.
+    /// `bc_cache_batch` or `bc_cache_take` asked for a batch that `max_readers` eviction
+    /// dropped once every reader had passed it. A reader never meets it: eviction keeps
+    /// every batch a live reader has not passed.
     BC_EVICTED = 5,
     /// The cache was closed.
     BC_CLOSED = 6,
@@ -40,7 +41,10 @@ pub enum BcStatus {
 impl From<&Error> for BcStatus {
     fn from(err: &Error) -> Self {
         match err {
-            Error::InvalidArgument(_) | Error::ReaderCap { .. } => BcStatus::BC_INVALID_ARGUMENT,
+            Error::InvalidArgument(_) | Error::ReaderCap { .. } | Error::OutOfRange(_) => {
+                BcStatus::BC_INVALID_ARGUMENT
+            }
+            Error::Evicted { .. } => BcStatus::BC_EVICTED,
             Error::Capacity(_) => BcStatus::BC_CAPACITY,
             Error::Io { .. } => BcStatus::BC_IO,
             Error::Upstream { .. } => BcStatus::BC_UPSTREAM,
@@ -62,12 +66,16 @@ pub enum BcErrorKind {
     /// With `BC_INVALID_ARGUMENT`: every one of the cache's `max_readers` readers was
     /// created already, so no new reader can be made (a server answers "unavailable").
     BC_ERROR_KIND_READER_CAP = 1,
+    /// With `BC_INVALID_ARGUMENT`: a batch index (`bc_cache_batch`) or a row
+    /// (`bc_cache_take`) past the end of the stream; the message has the count.
+    BC_ERROR_KIND_OUT_OF_RANGE = 2,
 }
 
 impl From<&Error> for BcErrorKind {
     fn from(err: &Error) -> Self {
         match err {
             Error::ReaderCap { .. } => BcErrorKind::BC_ERROR_KIND_READER_CAP,
+            Error::OutOfRange(_) => BcErrorKind::BC_ERROR_KIND_OUT_OF_RANGE,
             _ => BcErrorKind::BC_ERROR_KIND_NONE,
         }
     }
@@ -238,7 +246,8 @@ pub extern "C" fn bc_last_error_errno() -> c_int {
 }
 
 /// The kind of the last failed `bc_*` call on this thread, finer than its status
-/// (`BC_ERROR_KIND_READER_CAP` with `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
+/// (`BC_ERROR_KIND_READER_CAP` or `BC_ERROR_KIND_OUT_OF_RANGE` with
+/// `BC_INVALID_ARGUMENT`), or `BC_ERROR_KIND_NONE` if
 /// the status says all there is or none failed.
 ///
 /// Per OS thread and valid until the next `bc_*` call on it, like `bc_last_error()`;

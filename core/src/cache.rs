@@ -16,7 +16,7 @@ use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast};
 use crate::registry::ReaderRegistry;
 use crate::save::{self, Persisted, Saver};
-use crate::storage::{Allocations, CachedBatch, MemoryTier};
+use crate::storage::{Allocations, CachedBatch, MemoryTier, RowIndex};
 
 /// The upstream a cache reads from: any Arrow record batch reader.
 pub type Upstream = Box<dyn RecordBatchReader + Send>;
@@ -295,6 +295,11 @@ impl StreamCache {
         self.shared.batch_at(position)
     }
 
+    /// What every cache shares with its readers: for the random access calls.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The schema of the stream.
     pub fn schema(&self) -> SchemaRef {
         self.shared.schema.clone()
@@ -455,6 +460,16 @@ impl Shared {
         }
     }
 
+    /// Run `f` on the stream's row index, under the state lock; [`Error::Closed`] once
+    /// the cache is closed.
+    pub(crate) fn with_row_index<T>(&self, f: impl FnOnce(&mut RowIndex) -> T) -> Result<T> {
+        let mut state = self.lock_state()?;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        Ok(f(state.memory.rows()))
+    }
+
     fn lock_ingest(&self) -> Result<MutexGuard<'_, Ingest>> {
         self.ingest.lock().map_err(|_| Error::poisoned())
     }
@@ -473,13 +488,19 @@ impl Shared {
                         return Ok(Some(batch.clone()));
                     }
                     let on_disk = state.disk.as_ref().and_then(|d| d.get(position)).cloned();
+                    let evicted_below = state.registry.evicted_below();
                     drop(state);
                     // Decoded without any lock: readers on many threads read disk at once.
                     return match on_disk {
                         Some(entry) => {
                             Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?))))
                         }
-                        // Eviction keeps every batch a live reader has not passed.
+                        // Eviction keeps every batch a live reader has not passed; random
+                        // access, which is no reader, may ask for one it dropped.
+                        None if position < evicted_below => Err(Error::Evicted {
+                            position,
+                            evicted_below,
+                        }),
                         None => Err(Error::Internal(format!(
                             "batch {position} is neither in memory nor on disk"
                         ))),

@@ -27,6 +27,17 @@ pub enum Error {
     Upstream { message: String, errno: i32 },
     /// The cache was closed.
     Closed,
+    /// A batch or row index past the end of the stream. A caller error like
+    /// [`Error::InvalidArgument`] (its status in C), with an identity of its own so that
+    /// a binding can raise its "index out of range" error (Python's `IndexError`).
+    OutOfRange(String),
+    /// Random access reached a batch that `max_readers` eviction dropped already, once
+    /// every reader had passed it.
+    Evicted {
+        position: u64,
+        /// Every batch before this position is gone.
+        evicted_below: u64,
+    },
     /// A persisted cache's files are not what its save wrote: damaged, edited, truncated,
     /// or not a persisted cache at all.
     Corrupt(String),
@@ -55,7 +66,11 @@ impl Error {
     /// The errno a C Stream callback returns for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::InvalidArgument(_) | Error::ReaderCap { .. } | Error::Closed => libc::EINVAL,
+            Error::InvalidArgument(_)
+            | Error::ReaderCap { .. }
+            | Error::Closed
+            | Error::OutOfRange(_)
+            | Error::Evicted { .. } => libc::EINVAL,
             Error::Capacity(_) => libc::ENOMEM,
             Error::Io { errno, .. } => *errno,
             Error::Internal(_) => libc::EIO,
@@ -96,6 +111,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidArgument(m)
+            | Error::OutOfRange(m)
             | Error::Capacity(m)
             | Error::Corrupt(m)
             | Error::Io { message: m, .. } => f.write_str(m),
@@ -104,6 +120,15 @@ impl fmt::Display for Error {
                 "the cache is closed; build a new cache from a fresh source to read again",
             ),
             Error::Internal(m) => write!(f, "internal error in batchcorder: {m}"),
+            Error::Evicted {
+                position,
+                evicted_below,
+            } => write!(
+                f,
+                "batch {position} was evicted: max_readers dropped every batch before \
+                 {evicted_below} once all the readers had passed it; read it before the \
+                 readers pass it, or create the cache without max_readers"
+            ),
             Error::ReaderCap {
                 max_readers,
                 evicted_below,

@@ -45,6 +45,7 @@ mod faults;
 pub mod options;
 mod platform;
 mod prefetch;
+mod random_access;
 pub mod reader;
 mod registry;
 pub mod save;
@@ -59,4 +60,4 @@ pub use options::{
 };
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
 pub use save::{Persisted, Verify};
-pub use storage::{CachedBatch, Derived};
+pub use storage::{CachedBatch, Derived, RowIndex};

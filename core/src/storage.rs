@@ -190,6 +190,8 @@ pub(crate) struct MemoryTier {
     /// Evicted batches, for the caller to drop after it unlocks: the last reference to a
     /// batch may release a producer's array, which may need Python's GIL.
     released: Vec<Arc<CachedBatch>>,
+    /// Rows of every batch stored since position 0, evicted ones too.
+    rows: RowIndex,
 }
 
 /// A batch did not fit in the memory budget.
@@ -211,6 +213,7 @@ impl MemoryTier {
             pending: 0,
             capacity,
             released: Vec::new(),
+            rows: RowIndex::default(),
         }
     }
 
@@ -309,6 +312,7 @@ impl MemoryTier {
     /// Append a batch whose allocations ([`CachedBatch::allocations`]) sum to
     /// `summed_bytes`, counted in `pending` until [`account_all`](Self::account_all).
     fn insert(&mut self, mut batch: CachedBatch, summed_bytes: u64) {
+        self.rows.learn(self.end(), batch.num_rows() as u64);
         batch.summed_bytes = summed_bytes;
         self.pending = self.pending.saturating_add(summed_bytes);
         self.slots.push_back(Arc::new(batch));
@@ -394,6 +398,12 @@ impl MemoryTier {
         dropped
     }
 
+    /// The row index of the stream: every batch stored here, and those of a tier that
+    /// starts later ([`starting_at`](Self::starting_at)) as they are learned.
+    pub fn rows(&mut self) -> &mut RowIndex {
+        &mut self.rows
+    }
+
     /// The batches evicted since the last call, for the caller to drop once it holds no
     /// lock.
     pub fn take_released(&mut self) -> Vec<Arc<CachedBatch>> {
@@ -410,6 +420,49 @@ impl MemoryTier {
                 }
             }
         }
+    }
+}
+
+/// Where each batch's rows lie in the stream: the rows of batches `0..=i`, summed, for
+/// each batch `i` known so far, so that a row's batch is a binary search away. Kept as
+/// batches are stored, evicted ones included (8 bytes a batch); a save's batches are
+/// learned as they are first read, since its file does not list their rows.
+#[derive(Debug, Default)]
+pub struct RowIndex {
+    ends: Vec<u64>,
+}
+
+impl RowIndex {
+    /// Record that batch `position` holds `rows` rows, if it is the next one unknown;
+    /// a position known already (another thread learned it first) is left as it is.
+    pub fn learn(&mut self, position: u64, rows: u64) {
+        if position == self.batches() {
+            self.ends.push(self.rows().saturating_add(rows));
+        }
+    }
+
+    /// Batches whose rows are known: `0..batches()`.
+    pub fn batches(&self) -> u64 {
+        self.ends.len() as u64
+    }
+
+    /// Rows in the known batches.
+    pub fn rows(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// The batch holding stream row `row` and the row's offset in it; `None` when `row`
+    /// lies past the known batches.
+    pub fn locate(&self, row: u64) -> Option<(u64, u64)> {
+        let batch = self.ends.partition_point(|&end| end <= row);
+        let end = *self.ends.get(batch)?;
+        let start = end - self.rows_in(batch);
+        Some((batch as u64, row - start))
+    }
+
+    fn rows_in(&self, batch: usize) -> u64 {
+        let before = batch.checked_sub(1).map_or(0, |b| self.ends[b]);
+        self.ends[batch] - before
     }
 }
 
@@ -555,6 +608,31 @@ mod tests {
         // The upper bound (every allocation new) exceeds the budget; the real need is 0.
         push(&mut tier, whole.slice(500, 500)).unwrap();
         assert_eq!(tier.end(), 2);
+    }
+
+    #[test]
+    fn the_row_index_finds_each_rows_batch_across_empty_batches() {
+        let mut index = RowIndex::default();
+        for (position, rows) in [3, 0, 2, 0, 0, 4].into_iter().enumerate() {
+            index.learn(position as u64, rows);
+        }
+        index.learn(2, 99); // known already: ignored
+        assert_eq!((index.batches(), index.rows()), (6, 9));
+        let found: Vec<_> = (0..10).map(|row| index.locate(row)).collect();
+        let expected = [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (5, 0), (5, 1), (5, 2), (5, 3)];
+        assert_eq!(found[..9], expected.map(Some));
+        assert_eq!(found[9], None);
+    }
+
+    #[test]
+    fn stored_batches_fill_the_row_index_and_eviction_keeps_it() {
+        let mut tier = MemoryTier::new(u64::MAX);
+        push(&mut tier, batch(vec![1, 2])).unwrap();
+        push(&mut tier, batch(vec![3, 4, 5])).unwrap();
+        tier.evict_below(1);
+        assert_eq!(tier.rows().locate(4), Some((1, 2)));
+        let mut opened = MemoryTier::starting_at(5);
+        assert_eq!(opened.rows().batches(), 0);
     }
 
     #[test]
