@@ -34,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace batchcorder {
 
@@ -54,7 +55,8 @@ class Error : public std::runtime_error {
   /// BC_UPSTREAM, otherwise EINVAL, ENOMEM or EIO.
   int error_number() const noexcept { return errno_; }
   /// bc_last_error_kind() right after the failure: BC_ERROR_KIND_READER_CAP when a
-  /// cache's max_readers readers all exist, BC_ERROR_KIND_NONE when the status says all.
+  /// cache's max_readers readers all exist, BC_ERROR_KIND_OUT_OF_RANGE for a batch or row
+  /// past the end, BC_ERROR_KIND_NONE when the status says all.
   BcErrorKind kind() const noexcept { return kind_; }
 
  private:
@@ -84,6 +86,7 @@ inline const char *kind_name(BcErrorKind kind) noexcept {
   switch (kind) {
     case BC_ERROR_KIND_NONE: return "BC_ERROR_KIND_NONE";
     case BC_ERROR_KIND_READER_CAP: return "BC_ERROR_KIND_READER_CAP";
+    case BC_ERROR_KIND_OUT_OF_RANGE: return "BC_ERROR_KIND_OUT_OF_RANGE";
   }
   return "BC_ERROR_KIND_UNKNOWN";
 }
@@ -338,6 +341,24 @@ class Cache {
     BcStats out{};
     detail::check(bc_cache_stats(raw_, &out), "bc_cache_stats");
     return out;
+  }
+
+  /// Batch `index` of the stream (bc_cache_batch), pulling the upstream up to it; schema()
+  /// is its schema. Not a reader: max_readers does not count it. Throws Error: kind
+  /// BC_ERROR_KIND_OUT_OF_RANGE past the end, status BC_EVICTED for a batch eviction
+  /// dropped.
+  Array batch(std::uint64_t index) {
+    ArrowArray out;
+    detail::check(bc_cache_batch(raw_, index, &out), "bc_cache_batch");
+    return Array(&out);
+  }
+
+  /// The stream's rows at `rows` (positions over the whole stream), in that order, as one
+  /// array of schema() (bc_cache_take). Throws as batch() does.
+  Array take(const std::vector<std::uint64_t> &rows) {
+    ArrowArray out;
+    detail::check(bc_cache_take(raw_, rows.data(), rows.size(), &out), "bc_cache_take");
+    return Array(&out);
   }
 
   /// Drop the cached data and the upstream now; readers then fail with BC_CLOSED.

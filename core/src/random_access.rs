@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
-use arrow_select::interleave::interleave_record_batch;
+use arrow_array::{Array, RecordBatch, RecordBatchOptions};
+use arrow_select::interleave::interleave;
 
 use crate::cache::{made, StreamCache};
 use crate::error::{Error, Result};
@@ -66,13 +66,25 @@ impl StreamCache {
                 (at, offset as usize)
             })
             .collect();
-        let sources: Vec<&RecordBatch> = batches.iter().collect();
-        interleave_record_batch(&sources, &indices).map_err(|err| {
-            Error::InvalidArgument(format!(
-                "cannot gather rows of this stream's batches: {err}; read whole batches by \
-                 their index instead"
-            ))
-        })
+        let schema = self.schema();
+        // Column by column rather than `interleave_record_batch`, which cannot make a
+        // batch of no columns: its row count would be lost.
+        let columns = (0..schema.fields().len())
+            .map(|column| {
+                let values: Vec<&dyn Array> =
+                    batches.iter().map(|b| b.column(column).as_ref()).collect();
+                interleave(&values, &indices)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|err| {
+                Error::InvalidArgument(format!(
+                    "cannot gather rows of this stream's batches: {err}; read whole batches \
+                     by their index instead"
+                ))
+            })?;
+        let options = RecordBatchOptions::new().with_row_count(Some(indices.len()));
+        RecordBatch::try_new_with_options(schema, columns, &options)
+            .map_err(|err| Error::Internal(format!("gathered rows do not fit the schema: {err}")))
     }
 
     /// Make the row index cover stream row `row`: learn the rows of each batch up to
@@ -96,5 +108,62 @@ impl StreamCache {
             self.shared()
                 .with_row_index(|index| index.learn(batches, batch.num_rows() as u64))?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Int64Array, RecordBatchIterator};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::CacheOptions;
+
+    /// A cache over `batches` batches of 3 rows each, whose ids count the stream's rows.
+    fn cache(batches: i64, options: CacheOptions) -> StreamCache {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let made: Vec<_> = (0..batches)
+            .map(|b| {
+                let ids = Int64Array::from_iter_values(b * 3..b * 3 + 3);
+                Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(ids)]).unwrap())
+            })
+            .collect();
+        let upstream = Box::new(RecordBatchIterator::new(made, schema));
+        StreamCache::new(upstream, options).unwrap()
+    }
+
+    fn ids(batch: &RecordBatch) -> Vec<i64> {
+        let column = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        column.values().to_vec()
+    }
+
+    #[test]
+    fn a_batch_and_rows_are_read_only_as_far_as_they_lie() {
+        let cache = cache(5, CacheOptions::default());
+        assert_eq!(ids(&cache.batch(1).unwrap()), [3, 4, 5]);
+        assert_eq!(cache.ingested_count(), 2);
+        assert_eq!(ids(&cache.take(&[8, 0, 8, 4]).unwrap()), [8, 0, 8, 4]);
+        assert_eq!(cache.ingested_count(), 3);
+        assert_eq!(cache.take(&[]).unwrap().num_rows(), 0);
+        assert!(matches!(cache.batch(5), Err(Error::OutOfRange(m)) if m.contains("has 5 batches")));
+        assert!(matches!(cache.take(&[15]), Err(Error::OutOfRange(m)) if m.contains("has 15 rows")));
+    }
+
+    #[test]
+    fn a_batch_eviction_dropped_is_evicted_and_close_is_closed() {
+        let options = CacheOptions {
+            max_readers: Some(1),
+            ..CacheOptions::default()
+        };
+        let cache = cache(3, options);
+        assert_eq!(cache.reader(true).unwrap().count(), 3);
+        let evicted = Error::Evicted {
+            position: 1,
+            evicted_below: 3,
+        };
+        assert_eq!(cache.batch(1).unwrap_err(), evicted);
+        cache.close().unwrap();
+        assert_eq!(cache.take(&[0]).unwrap_err(), Error::Closed);
+        assert_eq!(cache.take(&[]).unwrap_err(), Error::Closed);
     }
 }

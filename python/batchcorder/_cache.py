@@ -13,6 +13,7 @@ from ._errors import check
 from ._native import ffi, lib
 from ._options import Compression, WritePolicy, options
 from ._progress import ingest_reporting, log_changes
+from ._random_access import RandomAccess
 from ._reader import StreamCacheReader, reader_capsule
 from ._saves import CacheBase, PersistedCache
 from ._schema import as_schema, fields, schema_from_c
@@ -22,7 +23,7 @@ from ._stats import CacheStats, read_stats
 __all__ = ["StreamCache", "PersistedCache"]
 
 
-class StreamCache(CacheBase):
+class StreamCache(RandomAccess, CacheBase):
     """Read a single-use Arrow stream once, replay it from any number of readers.
 
     Parameters
@@ -80,6 +81,9 @@ class StreamCache(CacheBase):
         the stream's first batch); with it, nothing is read until a reader asks, and an
         empty iterable is an empty stream. Every batch must have this schema.
 
+    ``cache[i]`` is batch ``i`` and ``cache.take(rows)`` the rows at those positions of
+    the stream (:class:`~batchcorder._random_access.RandomAccess`), neither a reader.
+
     Examples
     --------
     >>> import pyarrow as pa
@@ -88,6 +92,8 @@ class StreamCache(CacheBase):
     >>> cache = StreamCache(once)
     >>> pa.table(cache).num_rows, pa.table(cache).num_rows
     (6, 6)
+    >>> cache[1].column("x").to_pylist(), cache.take([5, 0]).column("x").to_pylist()
+    ([2, 3], [5, 0])
     """
 
     _source_rows: Optional[int]

@@ -58,6 +58,22 @@ class ReaderCapError(InvalidArgumentError):
     """
 
 
+class OutOfRangeError(InvalidArgumentError, IndexError):
+    """A batch index (``cache[i]``) or a row (``cache.take``) past the end of the stream
+    (``BC_INVALID_ARGUMENT``, kind ``BC_ERROR_KIND_OUT_OF_RANGE``); the message has the
+    count. An ``IndexError``, as a sequence's would be.
+
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": [1, 2]}))
+    >>> try:
+    ...     cache[5]
+    ... except IndexError as err:
+    ...     type(err).__name__, str(err)
+    ('OutOfRangeError', 'batch index 5 is out of range: the stream has 1 batches; ask for an index below that')
+    """
+
+
 class CapacityError(BatchcorderError, MemoryError):
     """A memory or disk budget cannot hold a batch that must be kept.
 
@@ -130,9 +146,18 @@ class UpstreamError(BatchcorderError):
 
 
 class BatchEvictedError(BatchcorderError, ValueError):
-    """A batch was already evicted because every ``max_readers`` reader had passed it.
+    """A batch was already evicted because every ``max_readers`` reader had passed it
+    (``BC_EVICTED``). Only random access (``cache[i]``, ``cache.take``) meets it: a reader
+    never does, since eviction keeps every batch a live reader has not passed.
 
-    >>> issubclass(BatchEvictedError, ValueError)
+    >>> import pyarrow as pa
+    >>> from batchcorder import StreamCache
+    >>> cache = StreamCache(pa.table({"x": [1, 2]}).to_reader(max_chunksize=1), max_readers=1)
+    >>> _ = pa.table(cache)  # the one reader passes both batches: they are dropped
+    >>> try:
+    ...     cache[0]
+    ... except BatchEvictedError as err:
+    ...     isinstance(err, ValueError)
     True
     """
 
@@ -185,6 +210,7 @@ _NONE = _lib.BC_ERROR_KIND_NONE
 _CLASSES: dict[tuple[int, int], type[BatchcorderError]] = {
     (_lib.BC_INVALID_ARGUMENT, _NONE): InvalidArgumentError,
     (_lib.BC_INVALID_ARGUMENT, _lib.BC_ERROR_KIND_READER_CAP): ReaderCapError,
+    (_lib.BC_INVALID_ARGUMENT, _lib.BC_ERROR_KIND_OUT_OF_RANGE): OutOfRangeError,
     (_lib.BC_CAPACITY, _NONE): CapacityError,
     (_lib.BC_IO, _NONE): DiskError,
     (_lib.BC_UPSTREAM, _NONE): UpstreamError,

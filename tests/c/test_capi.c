@@ -633,6 +633,79 @@ typedef struct {
   int64_t sum;
 } Job;
 
+/* The id at row `i` of a batch whose first column is the producer's int64 ids. */
+static int64_t id_at(const struct ArrowArray *batch, int64_t i) {
+  const struct ArrowArray *ids = batch->children[0];
+  return ((const int64_t *)ids->buffers[1])[ids->offset + i];
+}
+
+static void test_random_access(void) {
+  int64_t pulls = 0;
+  BcCache *cache = new_cache(10, -1, NULL, &pulls);
+  struct ArrowArray batch;
+  CHECK(bc_cache_batch(cache, 3, &batch) == BC_OK, "bc_cache_batch");
+  CHECK(batch.length == ROWS && first_id(&batch) == 3 * ROWS, "batch 3 holds rows 300 to 399");
+  CHECK(pulls == 4, "the upstream is pulled up to batch 3 and no further");
+  batch.release(&batch);
+  struct ArrowArray untouched, before;
+  memset(&untouched, 0x5a, sizeof untouched);
+  before = untouched;
+  CHECK(bc_cache_batch(NULL, 0, &untouched) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "`cache`"),
+        "a NULL cache is named");
+  CHECK(bc_cache_batch(cache, 0, NULL) == BC_INVALID_ARGUMENT && contains(bc_last_error(), "`out`"),
+        "a NULL out is named");
+  CHECK(bc_cache_batch(cache, 10, &untouched) == BC_INVALID_ARGUMENT, "past the end fails");
+  CHECK(bc_last_error_kind() == BC_ERROR_KIND_OUT_OF_RANGE, "its kind is out of range");
+  CHECK(contains(bc_last_error(), "has 10 batches"), "its message has the batch count");
+  CHECK(memcmp(&untouched, &before, sizeof before) == 0, "out is untouched on failure");
+
+  uint64_t rows[] = {999, 0, 150, 150, 401};
+  CHECK(bc_cache_take(cache, rows, 5, &batch) == BC_OK, "bc_cache_take");
+  CHECK(batch.length == 5 && batch.n_children == 2, "one array of the rows asked for");
+  int in_order = 1;
+  for (int i = 0; i < 5; i++) in_order &= id_at(&batch, i) == (int64_t)rows[i];
+  CHECK(in_order, "rows come in the order asked, duplicates too");
+  CHECK(bc_cache_take(cache, NULL, 0, &untouched) == BC_OK && untouched.length == 0,
+        "no rows gives an empty array");
+  untouched.release(&untouched);
+  memset(&untouched, 0x5a, sizeof untouched);
+  CHECK(bc_cache_take(cache, NULL, 2, &untouched) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "`rows`"),
+        "NULL rows with a count are named");
+  uint64_t past[] = {3, 1000};
+  CHECK(bc_cache_take(cache, past, 2, &untouched) == BC_INVALID_ARGUMENT &&
+            bc_last_error_kind() == BC_ERROR_KIND_OUT_OF_RANGE &&
+            contains(bc_last_error(), "has 1000 rows"),
+        "a row past the end is out of range, with the row count");
+  CHECK(memcmp(&untouched, &before, sizeof before) == 0, "out is untouched on failure");
+  CHECK(bc_cache_close(cache) == BC_OK, "close");
+  CHECK(bc_cache_batch(cache, 0, &untouched) == BC_CLOSED, "a closed cache is BC_CLOSED");
+  CHECK(bc_cache_take(cache, rows, 1, &untouched) == BC_CLOSED, "take on it too");
+  bc_cache_free(cache);
+  CHECK(id_at(&batch, 0) == 999, "taken rows outlive the cache");
+  batch.release(&batch);
+
+  pulls = 0;
+  cache = new_cache(10, -1, NULL, &pulls);
+  uint64_t early[] = {250, 5};
+  CHECK(bc_cache_take(cache, early, 2, &batch) == BC_OK && pulls == 3,
+        "take pulls only as far as the largest row");
+  batch.release(&batch);
+  bc_cache_free(cache);
+
+  BcOptions *opts = bc_options_new();
+  bc_options_set_max_readers(opts, 1);
+  cache = new_cache(3, -1, opts, NULL);
+  bc_options_free(opts);
+  struct ArrowArrayStream reader;
+  bc_cache_reader(cache, true, NULL, &reader);
+  CHECK(drain(&reader, NULL) == expected_sum(3), "the one reader reads all");
+  CHECK(bc_cache_batch(cache, 0, &untouched) == BC_EVICTED, "an evicted batch is BC_EVICTED");
+  CHECK(contains(bc_last_error(), "max_readers"), "its message names max_readers");
+  bc_cache_free(cache);
+}
+
 static void *replay(void *arg) {
   Job *job = (Job *)arg;
   struct ArrowArrayStream reader;
@@ -670,6 +743,7 @@ int main(void) {
   test_reader_view();
   test_disk_tier();
   test_persist_and_open();
+  test_random_access();
   test_threads();
   printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;

@@ -116,6 +116,27 @@ static void test_options_casts_and_views() {
   CHECK(reader.position() == 1 && drain(reader) == 2, "the reader moved with its view");
 }
 
+// Random access: a batch by its index, rows by theirs, out of range with its kind.
+static void test_random_access() {
+  ArrowArrayStream up = make_producer(4, 10, -1, 0, nullptr);
+  batchcorder::Cache cache(&up);
+  batchcorder::Array batch = cache.batch(2);
+  const ArrowArray *ids = batch->children[0];
+  CHECK(batch->length == 10 && static_cast<const int64_t *>(ids->buffers[1])[ids->offset] == 20,
+        "batch(2) holds rows 20 to 29");
+  CHECK(cache.ingested_count() == 3, "batch(2) pulled up to batch 2");
+  batchcorder::Array rows = cache.take({39, 0, 39});
+  const ArrowArray *taken = rows->children[0];
+  const int64_t *values = static_cast<const int64_t *>(taken->buffers[1]) + taken->offset;
+  CHECK(rows->length == 3 && values[0] == 39 && values[1] == 0 && values[2] == 39,
+        "take() gives the rows in order");
+  Failure past = failure_of([&] { cache.batch(4); });
+  CHECK(past.status == BC_INVALID_ARGUMENT && past.kind == BC_ERROR_KIND_OUT_OF_RANGE,
+        "batch() past the end has its kind");
+  CHECK(failure_of([&] { cache.take({40}); }).kind == BC_ERROR_KIND_OUT_OF_RANGE,
+        "take() past the end too");
+}
+
 int main() {
   batchcorder::Reader empty;
   ArrowArrayStream zeroed;
@@ -196,6 +217,7 @@ int main() {
   CHECK(rmdir(dir) == 0, "only the save was left");
 
   test_options_casts_and_views();
+  test_random_access();
   std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

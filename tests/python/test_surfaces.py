@@ -3,7 +3,7 @@ way a user reads a cache back, gives exact data or a refusal that pyarrow itself
 
 The matrix
 ----------
-``SURFACES`` x ``CASES``: 22 surfaces x 31 type cases = 682 cases, in one parametrized
+``SURFACES`` x ``CASES``: 26 surfaces x 31 type cases = 806 cases, in one parametrized
 test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
 
 * ``SURFACES`` is the one list of surfaces; a surface added later joins by adding one
@@ -22,8 +22,10 @@ test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
   save's ``data.arrow`` read by pyarrow alone; ``persist_path`` (saved as it is read),
   then the save opened; a pickled reference, of a persisted cache and of a disk-backed
   cache (which saves itself to be shared), read in a spawn worker; Flight DoGet (and
-  GetSchema) from an in-process ``CacheServer``; and from the ``batchcorder-flight``
-  command serving a save of every case.
+  GetSchema) from an in-process ``CacheServer``; from the ``batchcorder-flight``
+  command serving a save of every case; and random access, ``cache[i]`` for every batch
+  and ``cache.take`` of a permutation of every row (pyarrow's ``Table.take`` the
+  oracle, or a slice per row where pyarrow has no take for the type), in memory, on the disk tier with each write policy and on an opened save.
 * ``CASES`` are streams of columns of test_types' ``CATALOGUE``. Every family, its columns
   without a dictionary anywhere in their type in one stream, as consecutive slices of
   one array per column (batches of 7, 300 and 1 rows; 300 for the codecs to compress).
@@ -94,6 +96,7 @@ from test_types import (
     _describe,
     check_replay,
     make_batches,
+    open_cache,
     read_mode,
     read_passes,
 )
@@ -495,6 +498,64 @@ def flight_from_the_command(schema: pa.Schema, batches: Batches, context: Contex
     return read_flight(client, context.case, "batchcorder-flight: ")
 
 
+def pyarrow_take(schema: pa.Schema, batches: Batches, rows: List[int]) -> pa.Table:
+    """The stream's `rows` as pyarrow gives them: ``Table.take``; where pyarrow has no
+    take for a type (view types, run-end encoded, nested or null-holding dictionaries it
+    cannot unify) or loses the row count (no columns), one pyarrow slice per row."""
+    table = pa.Table.from_batches(batches, schema=schema)
+    if schema:
+        try:
+            return table.take(pa.array(rows, pa.int64()))
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            pass
+    return pa.Table.from_batches([b for row in rows for b in table.slice(row, 1).to_batches()], schema)
+
+
+def assert_taken(taken: pa.RecordBatch, schema: pa.Schema, batches: Batches, rows: List[int]) -> None:
+    """``cache.take(rows)`` against pyarrow's own take of the stream (``pyarrow_take``):
+    the same schema, and the same values column by column; exactly, except that a column
+    holding a dictionary is compared by its values, since one dictionary now covers rows
+    of batches whose dictionaries differed."""
+    where = "cache.take(a permutation of every row)"
+    taken.validate(full=True)
+    assert taken.schema.equals(schema, check_metadata=True), f"{where}: schema {taken.schema}"
+    expected = pyarrow_take(schema, batches, rows)
+    assert taken.num_rows == expected.num_rows == len(rows), where
+    for index, field in enumerate(schema):
+        got = pa.chunked_array([taken.column(index)], field.type)
+        wanted = expected.column(index)
+        same = got.to_pylist() == wanted.to_pylist() if has_dictionary(field.type) else got.equals(wanted)
+        assert same, f"{where}: {field.name}: got {_describe(got)}, expected {_describe(wanted)}"
+
+
+def random_access(storage: str) -> ReadFunction:
+    """``cache[i]`` for every batch, from a fresh cache (each pulls up to its batch), then
+    ``cache[i - n]``; and ``cache.take`` of a seeded permutation of every row, with
+    pyarrow's own take as the oracle (``pyarrow_take``). In memory, on the disk tier alone
+    (``memory_capacity=0``) with each write policy, or on a save opened with ``open``."""
+
+    def read(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
+        if storage == "opened-save":
+            with StreamCache(single_use(schema, batches)) as source:
+                saved = source.persist(context.directory / "saved")
+            cache = context.stack.enter_context(StreamCache.open(saved.path))
+        else:
+            mode = Mode() if storage == "memory" else Mode(disk=True, write_policy=storage)
+            directory = str(context.directory)
+            cache = context.stack.enter_context(open_cache(single_use(schema, batches), mode, directory))
+        count = len(batches)
+        replay = Replay()
+        replay.reads.append(("cache[i] for each i", [cache[i] for i in range(count)]))
+        replay.reads.append(("cache[i - n] for each i", [cache[i - count] for i in range(count)]))
+        rows = list(range(sum(batch.num_rows for batch in batches)))
+        random.Random(len(rows)).shuffle(rows)
+        taken = cache.take(pa.array(rows, pa.int64()))
+        replay.checks.append(lambda: assert_taken(taken, schema, batches, rows))
+        return replay
+
+    return read
+
+
 SURFACES: List[Surface] = [
     *(mode_surface(name, mode) for name, mode in MODES.items()),
     *(
@@ -516,6 +577,10 @@ SURFACES: List[Surface] = [
     Surface("spawn-worker-disk-backed-reference", pickled_to_spawn_worker(disk_backed=True), (ipc_file,)),
     Surface("flight-cacheserver", flight_from_the_api, (ipc_stream,)),
     Surface("flight-command-line", flight_from_the_command, (ipc_file, ipc_stream)),
+    Surface("random-access-memory", random_access("memory")),
+    Surface("random-access-disk-on-insertion", random_access("on_insertion")),
+    Surface("random-access-disk-on-eviction", random_access("on_eviction")),
+    Surface("random-access-opened-save", random_access("opened-save"), (ipc_file,)),
 ]
 SURFACE_NAMES = [surface.name for surface in SURFACES]
 
