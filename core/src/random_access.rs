@@ -133,7 +133,11 @@ mod tests {
     }
 
     fn ids(batch: &RecordBatch) -> Vec<i64> {
-        let column = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         column.values().to_vec()
     }
 
@@ -146,7 +150,9 @@ mod tests {
         assert_eq!(cache.ingested_count(), 3);
         assert_eq!(cache.take(&[]).unwrap().num_rows(), 0);
         assert!(matches!(cache.batch(5), Err(Error::OutOfRange(m)) if m.contains("has 5 batches")));
-        assert!(matches!(cache.take(&[15]), Err(Error::OutOfRange(m)) if m.contains("has 15 rows")));
+        assert!(
+            matches!(cache.take(&[15]), Err(Error::OutOfRange(m)) if m.contains("has 15 rows"))
+        );
     }
 
     #[test]

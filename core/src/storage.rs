@@ -619,7 +619,17 @@ mod tests {
         index.learn(2, 99); // known already: ignored
         assert_eq!((index.batches(), index.rows()), (6, 9));
         let found: Vec<_> = (0..10).map(|row| index.locate(row)).collect();
-        let expected = [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1), (5, 0), (5, 1), (5, 2), (5, 3)];
+        let expected = [
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (2, 0),
+            (2, 1),
+            (5, 0),
+            (5, 1),
+            (5, 2),
+            (5, 3),
+        ];
         assert_eq!(found[..9], expected.map(Some));
         assert_eq!(found[9], None);
     }
