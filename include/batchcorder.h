@@ -18,6 +18,7 @@
 #define BATCHCORDER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 /* The Arrow C Data and C Stream Interface structs, under the standard guards, so this
  * header can be included beside Arrow's abi.h, nanoarrow or DuckDB in any order. */

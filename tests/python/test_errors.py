@@ -30,6 +30,7 @@ from batchcorder import (
     CorruptCacheError,
     InternalError,
     InvalidArgumentError,
+    OutOfRangeError,
     ReaderCapError,
     StreamCache,
     UpstreamError,
@@ -341,6 +342,7 @@ def test_a_real_ctrl_c_during_a_blocking_upstream_arrives_as_keyboardinterrupt(h
 EXPECTED = {
     ("BC_INVALID_ARGUMENT", "BC_ERROR_KIND_NONE"): (InvalidArgumentError, ValueError),
     ("BC_INVALID_ARGUMENT", "BC_ERROR_KIND_READER_CAP"): (ReaderCapError, ValueError),
+    ("BC_INVALID_ARGUMENT", "BC_ERROR_KIND_OUT_OF_RANGE"): (OutOfRangeError, IndexError),
     ("BC_CAPACITY", "BC_ERROR_KIND_NONE"): (CapacityError, MemoryError),
     ("BC_IO", "BC_ERROR_KIND_NONE"): (DiskError, OSError),
     ("BC_UPSTREAM", "BC_ERROR_KIND_NONE"): (UpstreamError, ValueError),  # errno EINVAL below
