@@ -82,7 +82,7 @@ class StreamCache(RandomAccess, CacheBase):
         empty iterable is an empty stream. Every batch must have this schema.
 
     ``cache[i]`` is batch ``i`` and ``cache.take(rows)`` the rows at those positions of
-    the stream (:class:`~batchcorder._random_access.RandomAccess`), neither a reader.
+    the stream (:meth:`__getitem__`, :meth:`take`); neither is a reader.
 
     Examples
     --------
