@@ -10,6 +10,7 @@ mod derived;
 pub mod export;
 pub mod options;
 pub mod persist;
+pub mod reader_options;
 pub mod upstream;
 pub mod version;
 
