@@ -25,14 +25,15 @@ impl BcReaderOptions {
     /// The reader these options describe, or the rule between them that is broken.
     fn reader_options(&self) -> Result<ReaderOptions> {
         let needs_seed = [
-            (self.window.is_some(), "bc_reader_options_set_shuffle_window"),
-            (self.rows, "bc_reader_options_set_shuffle_rows"),
+            (self.window.is_some(), "shuffle_window", "bc_reader_options_set_shuffle_window"),
+            (self.rows, "shuffle_rows", "bc_reader_options_set_shuffle_rows"),
         ];
         if self.seed.is_none() {
-            if let Some((_, setter)) = needs_seed.iter().find(|(set, _)| *set) {
+            if let Some((_, name, setter)) = needs_seed.iter().find(|(set, ..)| *set) {
                 return Err(Error::InvalidArgument(format!(
-                    "argument `opts` sets {setter} (shuffle_window or shuffle_rows) but no \
-                     shuffle; set a seed with bc_reader_options_set_shuffle (shuffle=seed)"
+                    "argument `opts`: {name} ({setter}) needs a shuffle; pass a seed \
+                     (shuffle=seed in Python, bc_reader_options_set_shuffle in C), or leave \
+                     {name} unset"
                 )));
             }
         }

@@ -25,10 +25,11 @@ def _uint64(value: Any, name: str, what: str) -> int:
 
 
 def shard_pair(shard: Any) -> tuple[int, int]:
-    """``shard`` as ``(index, count)``: a pair of ints; ``TypeError`` otherwise."""
-    if not isinstance(shard, tuple) or len(shard) != 2:
+    """``shard`` as ``(index, count)``: a tuple or list of two ints; ``TypeError``
+    otherwise."""
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2:
         raise TypeError(
-            f"shard must be a tuple (index, count), got {type(shard).__name__} {shard!r}"
+            f"shard must be a pair (index, count), got {type(shard).__name__} {shard!r}"
         )
     index, count = shard
     return (
