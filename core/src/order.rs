@@ -143,6 +143,11 @@ fn permute<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
 
 /// The rows of `batch`, at stream position `position`, in `seed`'s order for it.
 pub(crate) fn shuffle_rows(batch: &RecordBatch, seed: u64, position: u64) -> Result<RecordBatch> {
+    if batch.num_rows() < 2 {
+        // Nothing to move; `take` would rebuild the columns (and drop an empty
+        // dictionary's values).
+        return Ok(batch.clone());
+    }
     let rows = u32::try_from(batch.num_rows()).map_err(|_| {
         Error::InvalidArgument(format!(
             "batch {position} has {} rows, more than shuffle_rows can permute (2^32 - 1)",
