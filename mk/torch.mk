@@ -1,0 +1,20 @@
+# make test-torch: worker_shard() and shard readers under real PyTorch (tests/torch).
+#
+# Not part of `make test`: the PyPI torch wheel for Linux x86_64 is 539 MB and pulls about
+# 20 CUDA packages (nvidia-cudnn, -cublas, -nccl, triton...), several GB in all. Here torch
+# comes from PyTorch's own CPU-only index (download.pytorch.org, about 200 MB), into a
+# virtualenv of its own so that the main one stays as `make test` expects it.
+
+TORCH_VENV  ?= build/torch-venv
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: test-torch
+$(TORCH_VENV)/.ready: | wheel
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/python -m pip install --progress-bar on --index-url $(TORCH_INDEX) torch
+	$(TORCH_VENV)/bin/python -m pip install --progress-bar on "pyarrow>=14" "pytest>=8" "pytest-timeout>=2.3"
+	touch $@
+
+test-torch: wheel $(TORCH_VENV)/.ready
+	$(TORCH_VENV)/bin/python -m pip install -q --force-reinstall --no-deps $(WHEEL_FILE)
+	cd build && $(CURDIR)/$(TORCH_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CURDIR)/tests/torch
