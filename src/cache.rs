@@ -12,8 +12,8 @@ use crate::export::export_reader;
 use crate::options::BcOptions;
 use crate::upstream::CStreamUpstream;
 use batchcorder_cdata::schema_copy::SchemaCopy;
-use batchcorder_core::{Cast, ReaderOptions};
 use batchcorder_core::{CacheOptions, Stats, StreamCache};
+use batchcorder_core::{Cast, ReaderOptions};
 use batchcorder_core::{Error, Result};
 
 /// A cache over one upstream stream.

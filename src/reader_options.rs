@@ -25,8 +25,16 @@ impl BcReaderOptions {
     /// The reader these options describe, or the rule between them that is broken.
     fn reader_options(&self) -> Result<ReaderOptions> {
         let needs_seed = [
-            (self.window.is_some(), "shuffle_window", "bc_reader_options_set_shuffle_window"),
-            (self.rows, "shuffle_rows", "bc_reader_options_set_shuffle_rows"),
+            (
+                self.window.is_some(),
+                "shuffle_window",
+                "bc_reader_options_set_shuffle_window",
+            ),
+            (
+                self.rows,
+                "shuffle_rows",
+                "bc_reader_options_set_shuffle_rows",
+            ),
         ];
         if self.seed.is_none() {
             if let Some((_, name, setter)) = needs_seed.iter().find(|(set, ..)| *set) {
@@ -140,9 +148,8 @@ pub unsafe extern "C" fn bc_reader_options_set_shuffle_window(
     // SAFETY: NULL or a live builder, used by no other call meanwhile.
     unsafe {
         update(opts, |opts: &mut BcReaderOptions| {
-            check_window(window).map_err(|err| {
-                Error::InvalidArgument(format!("argument `window`: {err}"))
-            })?;
+            check_window(window)
+                .map_err(|err| Error::InvalidArgument(format!("argument `window`: {err}")))?;
             opts.window = Some(window);
             Ok(())
         })

@@ -12,8 +12,8 @@ use arrow_schema::{ArrowError, SchemaRef};
 use crate::disk::{DiskIndex, DiskWriter};
 use crate::error::{Error, Result};
 use crate::options::{default_memory_capacity, CacheOptions, OpenOptions, WritePolicy};
-use crate::prefetch::{Signal, Step};
 use crate::order::Sequence;
+use crate::prefetch::{Signal, Step};
 use crate::reader::{CacheReader, Cast, ReaderOptions};
 use crate::registry::ReaderRegistry;
 use crate::save::{self, Persisted, Saver};
@@ -346,7 +346,13 @@ impl StreamCache {
         let sequence = Sequence::new(&order, start)?;
         let slot = state.registry.register(sequence.lowest_needed())?;
         drop(state);
-        Ok(CacheReader::new(self.shared.clone(), sequence, &order, slot, cast))
+        Ok(CacheReader::new(
+            self.shared.clone(),
+            sequence,
+            &order,
+            slot,
+            cast,
+        ))
     }
 
     /// Pull the next batch from the upstream into the cache; false once it is exhausted.

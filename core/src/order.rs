@@ -156,8 +156,11 @@ pub(crate) fn shuffle_rows(batch: &RecordBatch, seed: u64, position: u64) -> Res
     })?;
     let mut order: Vec<u32> = (0..rows).collect();
     permute(&mut order, &mut rng(seed, position.saturating_add(1)));
-    arrow_select::take::take_record_batch(batch, &UInt32Array::from(order))
-        .map_err(|err| Error::Internal(format!("cannot permute the rows of batch {position}: {err}")))
+    arrow_select::take::take_record_batch(batch, &UInt32Array::from(order)).map_err(|err| {
+        Error::Internal(format!(
+            "cannot permute the rows of batch {position}: {err}"
+        ))
+    })
 }
 
 /// The stream positions one reader returns, one at a time.
@@ -366,9 +369,18 @@ mod tests {
 
     #[test]
     fn shards_and_windows_are_checked() {
-        assert!(Shard::new(2, 2).unwrap_err().to_string().contains("index 2"));
-        assert!(Shard::new(0, 0).unwrap_err().to_string().contains("count is 0"));
-        assert!(check_window(0).unwrap_err().to_string().contains("shuffle_window"));
+        assert!(Shard::new(2, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("index 2"));
+        assert!(Shard::new(0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("count is 0"));
+        assert!(check_window(0)
+            .unwrap_err()
+            .to_string()
+            .contains("shuffle_window"));
         let shuffled = ReadOrder {
             shuffle: Some(Shuffle {
                 seed: 1,
@@ -377,7 +389,11 @@ mod tests {
             }),
             shard: None,
         };
-        assert!(shuffled.validate(false).unwrap_err().to_string().contains("from_start"));
+        assert!(shuffled
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("from_start"));
         shuffled.validate(true).unwrap();
     }
 

@@ -153,7 +153,10 @@ impl CacheReader {
         let Some(position) = self.sequence.peek(&self.shared)? else {
             return Ok(None);
         };
-        Ok(self.shared.batch_at(position)?.map(|batch| (position, batch)))
+        Ok(self
+            .shared
+            .batch_at(position)?
+            .map(|batch| (position, batch)))
     }
 
     /// Move past the current batch, or mark the end of the stream.

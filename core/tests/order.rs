@@ -30,7 +30,12 @@ fn cache(batches: i64, options: CacheOptions) -> StreamCache {
     StreamCache::new(stream(batches), options).unwrap()
 }
 
-fn order(seed: Option<u64>, window: Option<u64>, rows: bool, shard: Option<(u64, u64)>) -> ReaderOptions {
+fn order(
+    seed: Option<u64>,
+    window: Option<u64>,
+    rows: bool,
+    shard: Option<(u64, u64)>,
+) -> ReaderOptions {
     ReaderOptions {
         order: ReadOrder {
             shuffle: seed.map(|seed| Shuffle { seed, window, rows }),
@@ -60,7 +65,12 @@ fn a_seed_gives_one_order_and_another_seed_another() {
     assert_eq!(first, batches(&cache, order(Some(7), None, false, None)));
     assert_ne!(first, batches(&cache, order(Some(8), None, false, None)));
     assert_ne!(first, (0..50).collect::<Vec<_>>());
-    let sorted: Vec<_> = first.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let sorted: Vec<_> = first
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     assert_eq!(sorted, (0..50).collect::<Vec<_>>(), "a permutation");
 }
 
@@ -96,11 +106,15 @@ fn a_window_reorders_only_within_reach() {
 #[test]
 fn a_window_reads_a_live_stream_lazily() {
     let cache = cache(100, CacheOptions::default());
-    let mut reader = cache.reader_with(order(Some(2), Some(8), false, None)).unwrap();
+    let mut reader = cache
+        .reader_with(order(Some(2), Some(8), false, None))
+        .unwrap();
     reader.next().unwrap().unwrap();
     assert_eq!(cache.ingested_count(), 8, "one window filled");
     // A whole-stream shuffle reads everything first.
-    let mut whole = cache.reader_with(order(Some(2), None, false, None)).unwrap();
+    let mut whole = cache
+        .reader_with(order(Some(2), None, false, None))
+        .unwrap();
     whole.next().unwrap().unwrap();
     assert!(cache.upstream_exhausted());
 }
@@ -112,7 +126,13 @@ fn shuffled_rows_are_a_seeded_permutation_of_each_batch() {
         cache
             .reader_with(order(Some(seed), Some(2), true, None))
             .unwrap()
-            .map(|b| b.unwrap().column(0).as_primitive::<Int64Type>().values().to_vec())
+            .map(|b| {
+                b.unwrap()
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
             .collect()
     };
     let first = ids(9);
@@ -129,7 +149,9 @@ fn shuffled_rows_are_a_seeded_permutation_of_each_batch() {
 #[test]
 fn position_counts_batches_returned_for_an_ordered_reader() {
     let cache = cache(10, CacheOptions::default());
-    let mut reader = cache.reader_with(order(None, None, false, Some((1, 4)))).unwrap();
+    let mut reader = cache
+        .reader_with(order(None, None, false, Some((1, 4))))
+        .unwrap();
     assert_eq!(reader.position(), 0);
     reader.next().unwrap().unwrap();
     reader.next().unwrap().unwrap();
@@ -166,8 +188,13 @@ fn a_window_larger_than_the_budget_is_refused_once_sizes_are_known() {
         .reader_with(order(Some(1), Some(1000), false, None))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("shuffle_window=1000") && err.contains("memory_capacity"), "{err}");
-    cache.reader_with(order(Some(1), Some(4), false, None)).unwrap();
+    assert!(
+        err.contains("shuffle_window=1000") && err.contains("memory_capacity"),
+        "{err}"
+    );
+    cache
+        .reader_with(order(Some(1), Some(4), false, None))
+        .unwrap();
 }
 
 #[test]
@@ -179,7 +206,11 @@ fn shards_and_windows_under_max_readers_keep_memory_bounded() {
     };
     let cache = cache(batches_in, options);
     let mut readers: Vec<_> = (0..2)
-        .map(|index| cache.reader_with(order(Some(5), Some(8), false, Some((index, 2)))).unwrap())
+        .map(|index| {
+            cache
+                .reader_with(order(Some(5), Some(8), false, Some((index, 2))))
+                .unwrap()
+        })
         .collect();
     let batch_bytes = {
         readers[0].next().unwrap().unwrap();
@@ -204,5 +235,8 @@ fn shards_and_windows_under_max_readers_keep_memory_bounded() {
     assert_eq!(stats.batches_ingested, batches_in as u64);
     assert!(stats.batches_evicted > 300, "{stats:?}");
     // The oldest batch in the window stays until it is drawn: a few windows' worth.
-    assert!(most <= 64 * batch_bytes, "{most} bytes held, batches of {batch_bytes}");
+    assert!(
+        most <= 64 * batch_bytes,
+        "{most} bytes held, batches of {batch_bytes}"
+    );
 }
