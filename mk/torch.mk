@@ -14,7 +14,7 @@ $(TORCH_VENV)/.ready: | wheel
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --progress-bar on --no-cache-dir \
 	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
-	$(TORCH_VENV)/bin/python -m pip install --progress-bar on "pyarrow>=14" "pytest>=8" "pytest-timeout>=2.3"
+	$(TORCH_VENV)/bin/python -m pip install --progress-bar on "pyarrow>=14" "cffi>=1.17" numpy "pytest>=8" "pytest-timeout>=2.3"
 	touch $@
 
 test-torch: wheel $(TORCH_VENV)/.ready
