@@ -34,7 +34,8 @@ pub struct CacheReader {
 /// How [`crate::StreamCache::reader_with`] makes a reader.
 #[derive(Debug, Clone, Default)]
 pub struct ReaderOptions {
-    /// From batch 0, or (false) from the ingestion frontier.
+    /// From batch 0, or (false, the `Default`) from the ingestion frontier; see
+    /// [`ReaderOptions::from_start`].
     pub from_start: bool,
     /// The order and share of the batches ([`ReadOrder`]); the stream's own by default.
     pub order: ReadOrder,
