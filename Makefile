@@ -157,6 +157,8 @@ include mk/cross.mk
 include mk/wheels.mk
 # aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
 include mk/aarch64.mk
+# PyTorch's DataLoader and torch.distributed with worker_shard(): test-torch (mk/torch.mk).
+include mk/torch.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
 # it installs the wheel, the one build of the library.

@@ -100,6 +100,13 @@ typedef struct BcCache BcCache;
 // so it may be freed as soon as they return.
 typedef struct BcOptions BcOptions;
 
+// Options for `bc_cache_reader_with`, built with the `bc_reader_options_set_*` calls:
+// where the reader starts, a seeded shuffle, and a shard of the stream.
+//
+// Not thread-safe: build it on one thread. `bc_cache_reader_with` copies it, so it may
+// be freed or reused as soon as that returns.
+typedef struct BcReaderOptions BcReaderOptions;
+
 #if !defined(BATCHCORDER_ARROW_C_DATA_FROM_ELSEWHERE)
 // Arrow C Data Interface: the type of an array (`struct ArrowSchema`).
 typedef struct ArrowSchema {
@@ -405,7 +412,9 @@ enum BcStatus bc_reader_cast_with(struct ArrowArrayStream *reader,
                                   const struct ArrowSchema *requested_schema,
                                   BcCastFailure on_failure);
 
-// The index of the next batch a reader stream made by `bc_cache_reader` returns.
+// The position of a reader stream made by `bc_cache_reader` or `bc_cache_reader_with`:
+// for a reader in the stream's order, the stream index of the next batch it returns; for
+// a shuffled or sharded reader, the count of batches it has returned so far.
 //
 // # Safety
 // `reader` is NULL or a live stream; `out` is NULL or valid for one write.
@@ -651,6 +660,75 @@ enum BcStatus bc_cache_take(struct BcCache *cache,
                             const uint64_t *rows,
                             size_t count,
                             struct ArrowArray *out);
+
+// A new reader options builder: from the start, in the stream's order, the whole
+// stream. The caller frees it with `bc_reader_options_free`. NULL only if allocation
+// failed.
+struct BcReaderOptions *bc_reader_options_new(void);
+
+// Free a reader options builder. NULL is ignored.
+//
+// # Safety
+// `opts` is NULL or came from `bc_reader_options_new` and was not freed before.
+void bc_reader_options_free(struct BcReaderOptions *opts);
+
+// Start at batch 0 (`true`, the default) or at the ingestion frontier (`false`, which
+// cannot be shuffled).
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_reader_options_set_from_start(struct BcReaderOptions *opts, bool from_start);
+
+// Return the batches in a random order seeded by `seed`: the same seed gives the same
+// order in any process, for a given library version (ChaCha8; docs/training.md). Without
+// a window the order is a permutation of the whole stream, which is read to its end
+// before the first batch is returned.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_reader_options_set_shuffle(struct BcReaderOptions *opts, uint64_t seed);
+
+// Shuffle through a window of `window` batches (at least 1) instead of the whole
+// stream, as tf.data's shuffle buffer does: fill `window` positions, return a random
+// one, refill. Works on a live stream and under `max_readers`, where the cache keeps the
+// batches from the oldest one in the window to the frontier. Needs a shuffle seed.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_reader_options_set_shuffle_window(struct BcReaderOptions *opts, uint64_t window);
+
+// Also permute the rows inside each batch, seeded by the shuffle seed and the batch's
+// stream position (each batch is then a copy). Needs a shuffle seed.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_reader_options_set_shuffle_rows(struct BcReaderOptions *opts, bool shuffle_rows);
+
+// Read shard `index` of `count` (`index < count`): the elements `index`, `index +
+// count`, ... of the reader's order (the stream's, or the shuffled one, which is the
+// same in every shard of one seed). The shards' union is the stream, with no batch
+// twice. `count` 0 or `index` out of range is `BC_INVALID_ARGUMENT` naming it.
+//
+// # Safety
+// `opts` is NULL or a live builder.
+enum BcStatus bc_reader_options_set_shard(struct BcReaderOptions *opts,
+                                          uint64_t index,
+                                          uint64_t count);
+
+// Write a new reader made as `opts` says into `*out`, as `bc_cache_reader` does
+// (`requested_schema` and ownership alike). `opts` may be NULL: a reader from the start,
+// in order. Options that contradict each other (a shuffle from the frontier, a window or
+// row shuffle without a seed, a window too large for a memory budget that evicts) are
+// `BC_INVALID_ARGUMENT` naming the option. `bc_reader_position` of a shuffled or
+// sharded reader is the count of batches it has returned. It counts toward
+// `max_readers` like any reader.
+//
+// # Safety
+// As `bc_cache_reader`'s; `opts` is NULL or a live builder.
+enum BcStatus bc_cache_reader_with(struct BcCache *cache,
+                                   const struct BcReaderOptions *opts,
+                                   const struct ArrowSchema *requested_schema,
+                                   struct ArrowArrayStream *out);
 
 #ifdef __cplusplus
 }  // extern "C"

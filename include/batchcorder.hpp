@@ -13,6 +13,7 @@
 // - `Reader` owns one ArrowArrayStream and releases it in its destructor (move-only).
 // - `Array` and `Schema` own one ArrowArray / ArrowSchema and release them (move-only).
 // - `Options` owns a BcOptions* (move-only); `Cache` copies it, so it may die right after.
+//   `ReaderOptions` (a shuffle, a shard) owns a BcReaderOptions* the same way.
 // - `Stream` owns an ArrowArrayStream that is not a reader (a view of one).
 // - `Cache::share()` copies the library's string into a std::string and frees it.
 // Errors throw `batchcorder::Error`, carrying the BcStatus, bc_last_error(),
@@ -217,6 +218,57 @@ class Options {
   BcOptions *raw_;
 };
 
+/// How Cache::reader(const ReaderOptions &) makes a reader: a fluent builder over
+/// BcReaderOptions (move-only; the Cache copies it). Each setter throws Error naming the
+/// argument that is wrong.
+class ReaderOptions {
+ public:
+  ReaderOptions() : raw_(bc_reader_options_new()) {
+    if (raw_ == nullptr) throw Error(BC_CAPACITY, "bc_reader_options_new: out of memory");
+  }
+  ReaderOptions(ReaderOptions &&other) noexcept : raw_(std::exchange(other.raw_, nullptr)) {}
+  ReaderOptions &operator=(ReaderOptions &&other) noexcept {
+    if (this != &other) {
+      bc_reader_options_free(raw_);
+      raw_ = std::exchange(other.raw_, nullptr);
+    }
+    return *this;
+  }
+  ReaderOptions(const ReaderOptions &) = delete;
+  ReaderOptions &operator=(const ReaderOptions &) = delete;
+  ~ReaderOptions() { bc_reader_options_free(raw_); }
+
+  ReaderOptions &from_start(bool from_start) {
+    detail::check(bc_reader_options_set_from_start(raw_, from_start), "bc_reader_options_set_from_start");
+    return *this;
+  }
+  /// A seeded random order (the same in any process, for a given library version).
+  ReaderOptions &shuffle(std::uint64_t seed) {
+    detail::check(bc_reader_options_set_shuffle(raw_, seed), "bc_reader_options_set_shuffle");
+    return *this;
+  }
+  /// Shuffle through a window of `window` batches rather than the whole stream.
+  ReaderOptions &shuffle_window(std::uint64_t window) {
+    detail::check(bc_reader_options_set_shuffle_window(raw_, window), "bc_reader_options_set_shuffle_window");
+    return *this;
+  }
+  /// Also permute the rows inside each batch.
+  ReaderOptions &shuffle_rows(bool shuffle_rows) {
+    detail::check(bc_reader_options_set_shuffle_rows(raw_, shuffle_rows), "bc_reader_options_set_shuffle_rows");
+    return *this;
+  }
+  /// Shard `index` of `count`: every count-th batch of the order, from index on.
+  ReaderOptions &shard(std::uint64_t index, std::uint64_t count) {
+    detail::check(bc_reader_options_set_shard(raw_, index, count), "bc_reader_options_set_shard");
+    return *this;
+  }
+
+  const BcReaderOptions *get() const noexcept { return raw_; }
+
+ private:
+  BcReaderOptions *raw_;
+};
+
 /// An owned `struct ArrowArrayStream` that is not a reader: a view of one (Reader::view).
 using Stream = Owned<ArrowArrayStream>;
 
@@ -260,7 +312,8 @@ class Reader : public Owned<ArrowArrayStream> {
     return Stream(&out);
   }
 
-  /// The index of the batch next() returns next.
+  /// The index of the batch next() returns next; for a shuffled or sharded reader, the
+  /// count of batches it has returned.
   std::uint64_t position() {
     std::uint64_t out = 0;
     detail::check(bc_reader_position(&raw_, &out), "bc_reader_position");
@@ -305,6 +358,14 @@ class Cache {
   Reader reader(bool from_start = true, const ArrowSchema *requested_schema = nullptr) {
     ArrowArrayStream out;
     detail::check(bc_cache_reader(raw_, from_start, requested_schema, &out), "bc_cache_reader");
+    return Reader(&out);
+  }
+
+  /// A new reader ordered as `options` say (a shuffle, a shard; bc_cache_reader_with),
+  /// cast to `requested_schema` when one is given.
+  Reader reader(const ReaderOptions &options, const ArrowSchema *requested_schema = nullptr) {
+    ArrowArrayStream out;
+    detail::check(bc_cache_reader_with(raw_, options.get(), requested_schema, &out), "bc_cache_reader_with");
     return Reader(&out);
   }
 

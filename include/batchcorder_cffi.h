@@ -26,6 +26,8 @@ typedef struct BcCache BcCache;
 
 typedef struct BcOptions BcOptions;
 
+typedef struct BcReaderOptions BcReaderOptions;
+
 typedef struct ArrowSchema {
   const char *format;
   const char *name;
@@ -209,3 +211,24 @@ enum BcStatus bc_cache_take(struct BcCache *cache,
                             const uint64_t *rows,
                             size_t count,
                             struct ArrowArray *out);
+
+struct BcReaderOptions *bc_reader_options_new(void);
+
+void bc_reader_options_free(struct BcReaderOptions *opts);
+
+enum BcStatus bc_reader_options_set_from_start(struct BcReaderOptions *opts, bool from_start);
+
+enum BcStatus bc_reader_options_set_shuffle(struct BcReaderOptions *opts, uint64_t seed);
+
+enum BcStatus bc_reader_options_set_shuffle_window(struct BcReaderOptions *opts, uint64_t window);
+
+enum BcStatus bc_reader_options_set_shuffle_rows(struct BcReaderOptions *opts, bool shuffle_rows);
+
+enum BcStatus bc_reader_options_set_shard(struct BcReaderOptions *opts,
+                                          uint64_t index,
+                                          uint64_t count);
+
+enum BcStatus bc_cache_reader_with(struct BcCache *cache,
+                                   const struct BcReaderOptions *opts,
+                                   const struct ArrowSchema *requested_schema,
+                                   struct ArrowArrayStream *out);

@@ -12,8 +12,8 @@ use crate::export::export_reader;
 use crate::options::BcOptions;
 use crate::upstream::CStreamUpstream;
 use batchcorder_cdata::schema_copy::SchemaCopy;
-use batchcorder_core::Cast;
 use batchcorder_core::{CacheOptions, Stats, StreamCache};
+use batchcorder_core::{Cast, ReaderOptions};
 use batchcorder_core::{Error, Result};
 
 /// A cache over one upstream stream.
@@ -156,7 +156,29 @@ pub unsafe extern "C" fn bc_cache_reader(
     requested_schema: *const ArrowSchema,
     out: *mut ArrowArrayStream,
 ) -> BcStatus {
+    let options = || {
+        Ok(ReaderOptions {
+            from_start,
+            ..ReaderOptions::default()
+        })
+    };
+    // SAFETY: the same arguments, under the same contract.
+    unsafe { new_reader(cache, options, requested_schema, out) }
+}
+
+/// `bc_cache_reader` and `bc_cache_reader_with`: a reader as `options` say (read inside
+/// the panic guard), cast to `requested_schema` if it is not NULL, written into `*out`.
+///
+/// # Safety
+/// As `bc_cache_reader`'s.
+pub(crate) unsafe fn new_reader(
+    cache: *mut BcCache,
+    options: impl FnOnce() -> Result<ReaderOptions>,
+    requested_schema: *const ArrowSchema,
+    out: *mut ArrowArrayStream,
+) -> BcStatus {
     let body = |cache: &BcCache| -> Result<()> {
+        let options = options()?;
         let out = out_arg(out, "out")?;
         // SAFETY: NULL or a valid schema, as the caller promised, only read during this
         // call and not written meanwhile (a `const` argument the caller keeps).
@@ -168,7 +190,10 @@ pub unsafe extern "C" fn bc_cache_reader(
                 (Some(Cast::to(Arc::new(target))), Some(Arc::new(exact)))
             }
         };
-        let reader = cache.reader_with_schema(from_start, target)?;
+        let reader = cache.reader_with(ReaderOptions {
+            cast: target,
+            ..options
+        })?;
         // SAFETY: not NULL (checked by `out_arg` above) and writable, as the caller
         // promised, who also agreed that it is overwritten without release.
         unsafe { ptr::write(out, export_reader(reader, exact)) };

@@ -283,7 +283,9 @@ pub unsafe extern "C" fn bc_reader_cast_with(
     )
 }
 
-/// The index of the next batch a reader stream made by `bc_cache_reader` returns.
+/// The position of a reader stream made by `bc_cache_reader` or `bc_cache_reader_with`:
+/// for a reader in the stream's order, the stream index of the next batch it returns; for
+/// a shuffled or sharded reader, the count of batches it has returned so far.
 ///
 /// # Safety
 /// `reader` is NULL or a live stream; `out` is NULL or valid for one write.

@@ -11,6 +11,7 @@ pub mod export;
 pub mod options;
 pub mod persist;
 pub mod random_access;
+pub mod reader_options;
 pub mod upstream;
 pub mod version;
 

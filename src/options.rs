@@ -87,15 +87,16 @@ pub extern "C" fn bc_options_new() -> *mut BcOptions {
     })
 }
 
-/// Change a live builder behind the panic guard: NULL `opts` fails naming the argument,
-/// and `change` either succeeds or leaves the builder as it was.
+/// Change a live builder (`BcOptions`, `BcReaderOptions`) behind the panic guard: NULL
+/// `opts` fails naming the argument, and `change` either succeeds or leaves the builder
+/// as it was.
 ///
 /// # Safety
-/// `opts` is NULL or a live builder from `bc_options_new` that no other call uses
+/// `opts` is NULL or a live builder from its `_new` call that no other call uses
 /// meanwhile (builders are not thread-safe: built on one thread).
-unsafe fn update(
-    opts: *mut BcOptions,
-    change: impl FnOnce(&mut BcOptions) -> batchcorder_core::Result<()>,
+pub(crate) unsafe fn update<T>(
+    opts: *mut T,
+    change: impl FnOnce(&mut T) -> batchcorder_core::Result<()>,
 ) -> BcStatus {
     guard(
         || {},

@@ -12,8 +12,9 @@ use arrow_schema::{ArrowError, SchemaRef};
 use crate::disk::{DiskIndex, DiskWriter};
 use crate::error::{Error, Result};
 use crate::options::{default_memory_capacity, CacheOptions, OpenOptions, WritePolicy};
+use crate::order::Sequence;
 use crate::prefetch::{Signal, Step};
-use crate::reader::{CacheReader, Cast};
+use crate::reader::{CacheReader, Cast, ReaderOptions};
 use crate::registry::ReaderRegistry;
 use crate::save::{self, Persisted, Saver};
 use crate::storage::{Allocations, CachedBatch, MemoryTier, RowIndex};
@@ -95,6 +96,8 @@ struct State {
     batches_evicted: u64,
     /// Bytes of the newest batch stored: what the read-ahead thread expects the next to need.
     last_batch_bytes: u64,
+    /// Bytes of every batch stored, for the average a shuffle window is checked with.
+    bytes_ingested: u64,
 }
 
 /// What only the ingesting thread touches.
@@ -217,6 +220,7 @@ impl PreparedCache {
             rows_ingested: 0,
             batches_evicted: 0,
             last_batch_bytes: 0,
+            bytes_ingested: 0,
         };
         let prefetch = options.prefetch.map(|_| Arc::new(Signal::default()));
         let shared = Shared {
@@ -267,6 +271,7 @@ impl StreamCache {
             rows_ingested: rows,
             batches_evicted: 0,
             last_batch_bytes: 0,
+            bytes_ingested: 0,
         };
         let shared = Shared {
             schema,
@@ -316,17 +321,43 @@ impl StreamCache {
         from_start: bool,
         target: Option<Cast>,
     ) -> Result<CacheReader> {
-        if let Some(target) = &target {
+        self.reader_with(ReaderOptions {
+            from_start,
+            cast: target,
+            ..ReaderOptions::default()
+        })
+    }
+
+    /// A new reader as `options` say: where it starts, its order and share of the
+    /// batches ([`crate::ReadOrder`]), and its cast.
+    pub fn reader_with(&self, options: ReaderOptions) -> Result<CacheReader> {
+        let ReaderOptions {
+            from_start,
+            order,
+            cast,
+        } = options;
+        order.validate(from_start)?;
+        if let Some(target) = &cast {
             crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
         }
         let mut state = self.shared.lock_state()?;
         if state.closed {
             return Err(Error::Closed);
         }
+        if let Some(window) = order.shuffle.and_then(|shuffle| shuffle.window) {
+            state.check_window_fits(window, self.ingested_count())?;
+        }
         let start = if from_start { 0 } else { state.memory.end() };
-        let slot = state.registry.register(start)?;
+        let sequence = Sequence::new(&order, start)?;
+        let slot = state.registry.register(sequence.lowest_needed())?;
         drop(state);
-        Ok(CacheReader::new(self.shared.clone(), start, slot, target))
+        Ok(CacheReader::new(
+            self.shared.clone(),
+            sequence,
+            &order,
+            slot,
+            cast,
+        ))
     }
 
     /// Pull the next batch from the upstream into the cache; false once it is exhausted.
@@ -517,6 +548,14 @@ impl Shared {
         }
     }
 
+    /// Whether the stream has a batch at `position`, pulling up to it as needed.
+    pub(crate) fn contains(&self, position: u64) -> Result<bool> {
+        if position < self.ingested.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        Ok(self.batch_at(position)?.is_some())
+    }
+
     /// Pull one batch from the upstream, unless another thread got there first.
     ///
     /// Only the ingest lock is held while the upstream runs: a pyarrow upstream over a
@@ -623,8 +662,10 @@ impl Shared {
         }
         state.evict_passed();
         let rows = batch.num_rows() as u64;
+        let bytes = allocations.totals().0;
+        state.bytes_ingested += bytes;
         if self.prefetch.is_some() {
-            state.last_batch_bytes = allocations.totals().0;
+            state.last_batch_bytes = bytes;
         }
         let spill = match written {
             None if policy.is_none() => match state.memory.push(batch, allocations) {
@@ -772,6 +813,28 @@ impl State {
             Some(index) => index.has_room_for(next),
             None => self.memory.fits(next),
         }
+    }
+
+    /// Refuse a shuffle window that cannot fit a memory-only cache that evicts: a window
+    /// keeps at least `window` batches, estimated at the average size so far. Without
+    /// `max_readers` every batch stays anyway, and with the disk tier they spill.
+    fn check_window_fits(&mut self, window: u64, ingested: u64) -> Result<()> {
+        if self.disk.is_some() || !self.registry.caps() || ingested == 0 {
+            return Ok(());
+        }
+        let average = self.bytes_ingested / ingested;
+        let needed = average.saturating_mul(window);
+        let capacity = self.memory.capacity();
+        if needed > capacity {
+            return Err(Error::InvalidArgument(format!(
+                "shuffle_window={window} keeps at least {window} batches, about {needed} \
+                 bytes at the {average} bytes per batch read so far, but memory_capacity is \
+                 {capacity} bytes; pass a smaller shuffle_window (at most {}), raise \
+                 memory_capacity, or add a disk tier",
+                capacity / average.max(1)
+            )));
+        }
+        Ok(())
     }
 
     fn evict_passed(&mut self) {

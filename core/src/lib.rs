@@ -43,6 +43,7 @@ pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
 pub mod options;
+pub mod order;
 mod platform;
 mod prefetch;
 mod random_access;
@@ -58,6 +59,7 @@ pub use error::{Error, Result};
 pub use options::{
     default_memory_capacity, CacheOptions, Compression, DiskOptions, OpenOptions, WritePolicy,
 };
-pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
+pub use order::{ReadOrder, Shard, Shuffle};
+pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure, ReaderOptions};
 pub use save::{Persisted, Verify};
 pub use storage::{CachedBatch, Derived, RowIndex};

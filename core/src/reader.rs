@@ -8,6 +8,7 @@ use arrow_schema::{ArrowError, Schema, SchemaRef};
 
 use crate::cache::{made, Shared};
 use crate::error::{Error, Result};
+use crate::order::{shuffle_rows, ReadOrder, Sequence};
 use crate::registry::ReaderSlot;
 use crate::storage::CachedBatch;
 
@@ -17,10 +18,39 @@ use crate::storage::CachedBatch;
 /// the cache's storage alive until dropped.
 pub struct CacheReader {
     shared: Arc<Shared>,
-    next: u64,
+    /// The stream positions this reader returns, in its order.
+    sequence: Sequence,
+    /// Batches returned so far.
+    returned: u64,
+    /// Shuffled or sharded: `position` counts the batches returned.
+    reorders: bool,
+    /// The seed of the rows' order, with `shuffle_rows`.
+    row_seed: Option<u64>,
     slot: Arc<ReaderSlot>,
     target: Option<Cast>,
     finished: bool,
+}
+
+/// How [`crate::StreamCache::reader_with`] makes a reader.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderOptions {
+    /// From batch 0, or (false, the `Default`) from the ingestion frontier; see
+    /// [`ReaderOptions::from_start`].
+    pub from_start: bool,
+    /// The order and share of the batches ([`ReadOrder`]); the stream's own by default.
+    pub order: ReadOrder,
+    /// A cast applied to every batch returned.
+    pub cast: Option<Cast>,
+}
+
+impl ReaderOptions {
+    /// A reader of the whole stream in order, from batch 0.
+    pub fn from_start() -> Self {
+        Self {
+            from_start: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// What a cast does with a value that does not convert (a string that is not a number,
@@ -55,7 +85,8 @@ impl Cast {
 impl std::fmt::Debug for CacheReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheReader")
-            .field("position", &self.next)
+            .field("position", &self.position())
+            .field("reorders", &self.reorders)
             .field("finished", &self.finished)
             .field("casts", &self.target.is_some())
             .finish()
@@ -65,22 +96,32 @@ impl std::fmt::Debug for CacheReader {
 impl CacheReader {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        start: u64,
+        sequence: Sequence,
+        order: &ReadOrder,
         slot: Arc<ReaderSlot>,
         target: Option<Cast>,
     ) -> Self {
+        slot.advance_to(sequence.lowest_needed());
         Self {
             shared,
-            next: start,
+            sequence,
+            returned: 0,
+            reorders: order.reorders(),
+            row_seed: order.shuffle.filter(|s| s.rows).map(|s| s.seed),
             slot,
             target,
             finished: false,
         }
     }
 
-    /// Index of the next batch this reader returns.
+    /// For a reader in the stream's order, the stream index of the next batch it returns
+    /// (its start plus the batches returned). For a shuffled or sharded reader, the
+    /// number of batches it has returned: its place in its own order.
     pub fn position(&self) -> u64 {
-        self.next
+        match (&self.sequence, self.reorders) {
+            (Sequence::Stride { next, .. }, false) => *next,
+            _ => self.returned,
+        }
     }
 
     /// Fail with [`Error::Closed`] once the cache is closed (or the poisoned error), as a
@@ -97,19 +138,26 @@ impl CacheReader {
         }
     }
 
-    /// The next stored batch as cached, without any cast; `None` at the end.
+    /// The next stored batch as cached, without any cast or row shuffle; `None` at the
+    /// end.
     pub fn next_cached(&mut self) -> Result<Option<Arc<CachedBatch>>> {
-        let batch = self.current()?;
+        let batch = self.current()?.map(|(_, batch)| batch);
         self.advance(batch.is_some());
         Ok(batch)
     }
 
-    /// The batch at this reader's position, without moving.
-    fn current(&self) -> Result<Option<Arc<CachedBatch>>> {
+    /// The batch at this reader's position and its stream position, without moving.
+    fn current(&mut self) -> Result<Option<(u64, Arc<CachedBatch>)>> {
         if self.finished {
             return Ok(None);
         }
-        self.shared.batch_at(self.next)
+        let Some(position) = self.sequence.peek(&self.shared)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .shared
+            .batch_at(position)?
+            .map(|batch| (position, batch)))
     }
 
     /// Move past the current batch, or mark the end of the stream.
@@ -118,8 +166,9 @@ impl CacheReader {
             return;
         }
         if past_batch {
-            self.next += 1;
-            self.slot.advance_to(self.next);
+            self.sequence.pass();
+            self.returned += 1;
+            self.slot.advance_to(self.sequence.lowest_needed());
         } else {
             self.finished = true;
             self.slot.advance_to(u64::MAX);
@@ -141,21 +190,31 @@ impl CacheReader {
         self.shared.poison();
     }
 
-    /// True when batches must be cast before they are returned.
+    /// True when batches change before they are returned (a cast, a row shuffle), so
+    /// that [`CacheReader::next_batch`] must be used rather than `next_cached`.
     pub fn casts(&self) -> bool {
-        self.target.is_some()
+        self.target.is_some() || self.row_seed.is_some()
     }
 
-    /// The next batch, cast to the target schema if there is one; `None` at the end.
-    /// A batch that fails its cast is not passed: the next call tries it again.
+    /// The next batch, its rows shuffled and cast to the target schema as the reader
+    /// says; `None` at the end. A batch that fails its cast is not passed: the next call
+    /// tries it again.
     pub fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let Some(cached) = self.current()? else {
+        let Some((position, cached)) = self.current()? else {
             self.advance(false);
             return Ok(None);
         };
+        let shuffled;
+        let batch = match self.row_seed {
+            Some(seed) => {
+                shuffled = shuffle_rows(made(&cached)?, seed, position)?;
+                &shuffled
+            }
+            None => made(&cached)?,
+        };
         let batch = match &self.target {
-            None => made(&cached)?.clone(),
-            Some(cast) => cast_batch(made(&cached)?, cast, self.next)?,
+            None => batch.clone(),
+            Some(cast) => cast_batch(batch, cast, position)?,
         };
         self.advance(true);
         Ok(Some(batch))

@@ -36,6 +36,11 @@ impl ReaderRegistry {
         }
     }
 
+    /// Whether readers are capped (`max_readers`), so that passed batches are evicted.
+    pub fn caps(&self) -> bool {
+        self.max_readers.is_some()
+    }
+
     pub fn created(&self) -> u64 {
         self.created
     }

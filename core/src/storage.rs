@@ -225,6 +225,11 @@ impl MemoryTier {
         }
     }
 
+    /// The budget in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
     /// Position one past the last stored batch: the ingestion frontier.
     pub fn end(&self) -> u64 {
         self.first + self.slots.len() as u64

@@ -13,6 +13,7 @@ from ._sources import ArrowStreamExportable, Source
 from ._casting import CastingStreamCache
 from ._reader import StreamCacheReader
 from ._stats import CacheStats
+from ._shards import worker_shard
 from ._errors import public_class as _public_class
 from . import _exceptions
 # Every exception class: _exceptions defines no other public name.
@@ -28,6 +29,7 @@ __all__ = [
     "PersistedCache",
     "CastingStreamCache",
     "CacheStats",
+    "worker_shard",
     "Source",
     "ArrowStreamExportable",
     *_exceptions._EXPORTED,

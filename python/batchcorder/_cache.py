@@ -214,16 +214,33 @@ class StreamCache(RandomAccess, CacheBase):
 
     # -- operations -------------------------------------------------------------------
 
-    def reader(self, from_start: bool = True) -> "StreamCacheReader":
+    def reader(
+        self,
+        from_start: bool = True,
+        *,
+        shuffle: Optional[int] = None,
+        shuffle_window: Optional[int] = None,
+        shuffle_rows: bool = False,
+        shard: Optional[tuple[int, int]] = None,
+    ) -> "StreamCacheReader":
         """A new independent reader, at batch 0 or (``from_start=False``) at the
         ingestion frontier, so that it sees only batches not yet pulled.
+
+        ``shuffle=seed`` returns the batches in a seeded random order (the same in any
+        process): the whole stream is read first, unless ``shuffle_window=n`` shuffles
+        through a window of ``n`` batches instead; ``shuffle_rows=True`` permutes the
+        rows of each batch too. ``shard=(index, count)`` returns every ``count``-th
+        batch of that order from ``index`` on. See docs/training.md.
 
         >>> import pyarrow as pa
         >>> cache = StreamCache(pa.table({"x": [1, 2]}))
         >>> [b.num_rows for b in cache.reader()]
         [2]
         """
-        return StreamCacheReader._create(self, from_start, None)
+        return StreamCacheReader._create(
+            self, from_start, None, shuffle=shuffle, shuffle_window=shuffle_window,
+            shuffle_rows=shuffle_rows, shard=shard,
+        )
 
     def ingest_all(
         self,

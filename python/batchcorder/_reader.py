@@ -13,6 +13,7 @@ from ._capsules import requested_schema_pointer, stream_capsule
 from ._errors import check, status_error
 from ._handle import ClosesOnExit
 from ._native import ffi, lib
+from ._order import reader_options
 from ._schema import as_schema, fields
 
 if TYPE_CHECKING:
@@ -39,15 +40,20 @@ def new_stream(
     from_start: bool,
     requested_schema: Any = None,
     cast: Optional[tuple[pa.Schema, bool]] = None,
+    options: Any = None,
 ) -> Any:
     """A new reader of the ``BcCache *`` ``cache`` in a ``bc_stream_new`` struct freed at
     garbage collection, cast to ``requested_schema`` (a capsule) or as ``cast`` (a schema
-    and ``safe``) says."""
+    and ``safe``) says, ordered as ``options`` (a ``BcReaderOptions *``) say."""
     raw = lib.bc_stream_new()
     if raw == ffi.NULL:
         raise MemoryError("cannot allocate an ArrowArrayStream")
     stream = ffi.gc(raw, lib.bc_stream_free)
-    check(lib.bc_cache_reader(cache, from_start, requested_schema_pointer(requested_schema), stream))
+    schema = requested_schema_pointer(requested_schema)
+    if options is None:
+        check(lib.bc_cache_reader(cache, from_start, schema, stream))
+    else:
+        check(lib.bc_cache_reader_with(cache, options, schema, stream))
     if cast is not None:
         cast_reader(stream, *cast)
     return stream
@@ -128,11 +134,13 @@ class StreamCacheReader(ClosesOnExit):
         from_start: bool,
         target: Optional[pa.Schema],
         safe: bool = True,
+        **order: Any,
     ) -> StreamCacheReader:
         if not isinstance(from_start, bool):
             raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
         cast = None if target is None else (target, safe)
-        stream = new_stream(cache._handle.get(), from_start, None, cast)
+        options = reader_options(from_start, **order)
+        stream = new_stream(cache._handle.get(), from_start, None, cast, options)
         self = cls.__new__(cls)
         self._stream = stream
         self._exported = False
@@ -157,7 +165,8 @@ class StreamCacheReader(ClosesOnExit):
 
     @property
     def position(self) -> int:
-        """Index of the next batch this reader returns.
+        """Index of the next batch this reader returns; for a shuffled or sharded reader
+        (``shuffle=``, ``shard=``), the number of batches it has returned.
 
         Raises ``ValueError`` once the reader is exhausted, closed or exported: it then
         holds no position (count the batches as they come if you need the total)."""

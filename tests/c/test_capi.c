@@ -312,6 +312,93 @@ static void test_max_readers_and_capacity(void) {
   bc_cache_free(cache);
 }
 
+/* The first ids of a reader's batches, in its order, into `ids` (at most `max`); the
+ * count, or -1 on error. Releases the reader. */
+static int64_t order_of(struct ArrowArrayStream *reader, int64_t *ids, int64_t max) {
+  int64_t n = 0;
+  struct ArrowArray batch;
+  while (reader->get_next(reader, &batch) == 0 && batch.release != NULL) {
+    if (n < max) ids[n] = first_id(&batch) / ROWS;
+    n++;
+    batch.release(&batch);
+  }
+  reader->release(reader);
+  return n;
+}
+
+static void test_reader_options(void) {
+  BcCache *cache = new_cache(12, -1, NULL, NULL);
+  BcReaderOptions *opts = bc_reader_options_new();
+  struct ArrowArrayStream r;
+  int64_t whole[12], again[12], shard[12];
+
+  /* Misuse: each setter names its argument, and a refused value changes nothing. */
+  CHECK(bc_reader_options_set_shard(opts, 3, 3) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "`index`"),
+        "a shard index out of range names `index`");
+  CHECK(bc_reader_options_set_shard(opts, 0, 0) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "`count`"),
+        "a shard count of 0 names `count`");
+  CHECK(bc_reader_options_set_shuffle_window(opts, 0) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "`window`"),
+        "a window of 0 names `window`");
+  CHECK(bc_reader_options_set_shuffle(NULL, 1) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "opts"),
+        "NULL opts is named");
+  CHECK(bc_reader_options_set_shuffle_rows(opts, true) == BC_OK, "shuffle_rows is set");
+  CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "shuffle_rows"),
+        "shuffle_rows without a seed is refused naming it");
+  bc_reader_options_set_shuffle_rows(opts, false);
+  bc_reader_options_set_shuffle(opts, 5);
+  bc_reader_options_set_from_start(opts, false);
+  CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "from_start"),
+        "a shuffle from the frontier is refused naming from_start");
+  bc_reader_options_set_from_start(opts, true);
+
+  /* A seed gives one order; its shards split it. */
+  CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_OK, "a shuffled reader");
+  CHECK(order_of(&r, whole, 12) == 12, "it returns every batch");
+  bc_cache_reader_with(cache, opts, NULL, &r);
+  order_of(&r, again, 12);
+  CHECK(memcmp(whole, again, sizeof whole) == 0, "the same seed gives the same order");
+  int moved = 0;
+  for (int i = 0; i < 12; i++) moved += whole[i] != i;
+  CHECK(moved > 0, "the order is not the stream's");
+  bc_reader_options_set_shard(opts, 1, 3);
+  CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_OK, "a shuffled shard");
+  struct ArrowArray batch;
+  r.get_next(&r, &batch);
+  batch.release(&batch);
+  uint64_t position = 0;
+  CHECK(bc_reader_position(&r, &position) == BC_OK && position == 1,
+        "the position of a shard counts the batches returned");
+  int64_t rest = order_of(&r, shard + 1, 11) + 1;
+  int same = rest == 4;
+  for (int i = 1; i < 4 && same; i++) same = shard[i] == whole[1 + 3 * i];
+  CHECK(same, "shard 1 of 3 takes elements 1, 4, 7, 10 of the shuffled order");
+
+  /* A window on a live stream pulls one window before the first batch. */
+  BcCache *live = new_cache(50, -1, NULL, NULL);
+  bc_reader_options_set_shard(opts, 0, 1);
+  bc_reader_options_set_shuffle_window(opts, 4);
+  bc_reader_options_set_shuffle_rows(opts, true);
+  CHECK(bc_cache_reader_with(live, opts, NULL, &r) == BC_OK, "a windowed reader");
+  CHECK(r.get_next(&r, &batch) == 0 && batch.length == ROWS, "its first batch");
+  batch.release(&batch);
+  BcStats stats;
+  bc_cache_stats(live, &stats);
+  CHECK(stats.batches_ingested == 4, "one window pulled, not the stream");
+  r.release(&r);
+  CHECK(bc_cache_reader_with(live, NULL, NULL, &r) == BC_OK && drain(&r, NULL) == expected_sum(50),
+        "NULL opts: a reader in order from the start");
+  bc_cache_free(live);
+  bc_reader_options_free(opts);
+  bc_reader_options_free(NULL);
+  bc_cache_free(cache);
+}
+
 static void test_upstream_failure(void) {
   int64_t pulls = 0;
   BcCache *cache = new_cache(10, 3, NULL, &pulls);
@@ -737,6 +824,7 @@ int main(void) {
   test_replay_exactly_once();
   test_requested_schema();
   test_max_readers_and_capacity();
+  test_reader_options();
   test_upstream_failure();
   test_lifetimes_and_close();
   test_malformed_upstream();

@@ -135,6 +135,26 @@ static void test_random_access() {
         "batch() past the end has its kind");
   CHECK(failure_of([&] { cache.take({40}); }).kind == BC_ERROR_KIND_OUT_OF_RANGE,
         "take() past the end too");
+static void test_reader_options() {
+  struct ArrowArrayStream up = make_producer(9, 10, -1, EINVAL, nullptr);
+  batchcorder::Cache cache(&up, batchcorder::Options().max_readers(3));
+  CHECK(status_of([] { batchcorder::ReaderOptions().shard(2, 2); }) == BC_INVALID_ARGUMENT,
+        "a shard index out of range throws");
+  CHECK(status_of([] { batchcorder::ReaderOptions().shuffle_window(0); }) == BC_INVALID_ARGUMENT,
+        "a window of 0 throws");
+  CHECK(status_of([&] { cache.reader(batchcorder::ReaderOptions().from_start(false).shuffle(1)); }) ==
+            BC_INVALID_ARGUMENT,
+        "a shuffle from the frontier throws");
+  int total = 0;
+  for (std::uint64_t index = 0; index < 3; index++) {
+    batchcorder::ReaderOptions options;
+    options.shuffle(7).shuffle_window(3).shuffle_rows(true).shard(index, 3);
+    batchcorder::Reader shard = cache.reader(options);
+    total += drain(shard);
+  }
+  CHECK(total == 9, "three shards cover the nine batches once");
+  CHECK(failure_of([&] { cache.reader(batchcorder::ReaderOptions()); }).kind == BC_ERROR_KIND_READER_CAP,
+        "shard readers count toward max_readers");
 }
 
 int main() {
@@ -218,6 +238,7 @@ int main() {
 
   test_options_casts_and_views();
   test_random_access();
+  test_reader_options();
   std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

@@ -85,12 +85,15 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "needs a Ray cluster: the block after it runs the same function in a process pool",
     ("processes.md", "import torch"):
         "torch is too large for the test run: the block after it runs the same pattern",
+    ("training.md", "import torch"):
+        "torch with CUDA is gigabytes: make test-torch runs this dataset with DataLoader(num_workers=2)",
 }
-MAX_NOT_RUN = 17
+MAX_NOT_RUN = 18
 
 # ```text blocks that show what a program of the repository prints, by (page, first line).
 OUTPUT_OF: dict[tuple[str, str], str] = {
     ("c-users.md", "libbatchcorder 0.2.0 (header 0.2.0)"): "examples/c/replay.c",
+    ("training.md", "epoch 0: order [9, 7, 3, 4, 10, 5, 8, 0, 1, 11, 2, 6]"): "examples/training_loop.py",
 }
 
 
@@ -413,6 +416,10 @@ def test_c_block_compiles(block, tmp_path):
 def test_a_programs_output_is_what_its_page_shows(key, tmp_path):
     [block] = [b for b in ALL_BLOCKS if b.key == key]
     program = ROOT / OUTPUT_OF[key]
+    if program.suffix == ".py":  # a Python example, run as a user runs it
+        result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, check=True)
+        assert matches(block.code, result.stdout), f"{block.where} is not what {OUTPUT_OF[key]} prints:\n{result.stdout}"
+        return
     # The library the Python package loads is libbatchcorder under another file name.
     native = next((Path(batchcorder.__file__).parent / "_native").glob("*.so"))
     (tmp_path / "libbatchcorder.so.0").symlink_to(native)

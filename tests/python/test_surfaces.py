@@ -3,7 +3,7 @@ way a user reads a cache back, gives exact data or a refusal that pyarrow itself
 
 The matrix
 ----------
-``SURFACES`` x ``CASES``: 26 surfaces x 31 type cases = 806 cases, in one parametrized
+``SURFACES`` x ``CASES``: 30 surfaces x 31 type cases = 930 cases, in one parametrized
 test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
 
 * ``SURFACES`` is the one list of surfaces; a surface added later joins by adding one
@@ -22,10 +22,15 @@ test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
   save's ``data.arrow`` read by pyarrow alone; ``persist_path`` (saved as it is read),
   then the save opened; a pickled reference, of a persisted cache and of a disk-backed
   cache (which saves itself to be shared), read in a spawn worker; Flight DoGet (and
-  GetSchema) from an in-process ``CacheServer``; from the ``batchcorder-flight``
-  command serving a save of every case; and random access, ``cache[i]`` for every batch
+  GetSchema) from an in-process ``CacheServer``; and from the ``batchcorder-flight``
+  command serving a save of every case. Random access: ``cache[i]`` for every batch
   and ``cache.take`` of a permutation of every row (pyarrow's ``Table.take`` the
-  oracle, or a slice per row where pyarrow has no take for the type), in memory, on the disk tier with each write policy and on an opened save.
+  oracle, or a slice per row where pyarrow has no take for the type), in memory, on the
+  disk tier with each write policy and on an opened save. Then the reordering readers (issue 30): a
+  shuffled reader; a windowed shuffle with shuffled rows over an opened save; three
+  shuffled shards over the disk tier; two shards in stream order. Their batches (and
+  rows) are put back where they came from, as learnt from twin caches of the same shape,
+  then compared exactly (a run-end encoded column whose rows moved, by value).
 * ``CASES`` are streams of columns of test_types' ``CATALOGUE``. Every family, its columns
   without a dictionary anywhere in their type in one stream, as consecutive slices of
   one array per column (batches of 7, 300 and 1 rows; 300 for the codecs to compress).
@@ -551,6 +556,84 @@ def random_access(storage: str) -> ReadFunction:
         random.Random(len(rows)).shuffle(rows)
         taken = cache.take(pa.array(rows, pa.int64()))
         replay.checks.append(lambda: assert_taken(taken, schema, batches, rows))
+def _twin_orders(batches: Batches, order: dict, shards: int) -> List[List[Tuple[int, List[int]]]]:
+    """For each shard of a reader ordered by ``order``, where each batch it returns came
+    from: its stream position and its rows' order. Read from caches of the same shape whose
+    values are their positions: an order depends on the seed and the batch and row counts
+    only (docs/training.md), never on the values."""
+    def read(schema: pa.Schema, twin: List[pa.RecordBatch], index: int) -> List[pa.RecordBatch]:
+        cache = StreamCache(pa.RecordBatchReader.from_batches(schema, iter(twin)))
+        return list(cache.reader(**order, shard=(index, shards)))
+
+    at, row = pa.schema([("at", pa.int64())]), pa.schema([("row", pa.int64())])
+    one_row = [pa.record_batch([pa.array([p], pa.int64())], schema=at) for p in range(len(batches))]
+    rows = [pa.record_batch([pa.array(range(b.num_rows), pa.int64())], schema=row) for b in batches]
+    return [
+        [
+            (at.column(0)[0].as_py(), moved.column(0).to_pylist())
+            for at, moved in zip(read(at, one_row, index), read(row, rows, index))
+        ]
+        for index in range(shards)
+    ]
+
+
+def _rows_put_back(batch: pa.RecordBatch, rows: List[int], source: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` whose row ``k`` came from row ``rows[k]`` of ``source``, in its rows' first
+    order: each column taken by pyarrow, or as one-row slices concatenated where ``take``
+    has no kernel for its type (a view type). A run-end encoded column's runs are its
+    encoder's to choose once rows move, so it is compared by value and the source's kept."""
+    at = {row: k for k, row in enumerate(rows)}
+    order = [at[row] for row in range(len(rows))]
+    columns = []
+    for column, original in zip(batch.columns, source.columns):
+        if pa.types.is_run_end_encoded(column.type):
+            values = column.to_pylist()
+            assert [values[k] for k in order] == original.to_pylist(), "rows moved, not changed"
+            columns.append(original)
+            continue
+        try:
+            columns.append(column.take(pa.array(order, pa.int64())))
+        except pa.ArrowNotImplementedError:
+            columns.append(pa.concat_arrays([column.slice(k, 1) for k in order]))
+    if not columns:
+        return batch
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+def reordered(order: dict, shards: int = 1, tier: str = "memory") -> ReadFunction:
+    """A reader ordered by ``order`` (``shuffle``, ``shuffle_window``, ``shuffle_rows``),
+    split into ``shards`` shard readers, over a cache in memory, on disk or opened from a
+    save. Each batch is put back where it came from (its rows too), as learnt from twin
+    caches of the same shape, so the data is compared exactly; the reads must be in
+    another order than the stream's wherever the stream can be reordered."""
+
+    def read(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
+        source = single_use(schema, batches)
+        if tier == "disk":
+            cache = StreamCache(source, disk_path=context.directory / "spill", disk_capacity=1 << 30)
+        else:
+            cache = StreamCache(source)
+        if tier == "opened":
+            cache.persist(context.directory / "save")
+            cache = StreamCache.open(context.directory / "save")
+        context.stack.callback(cache.close)
+        replay = Replay()
+        placed: List[Optional[pa.RecordBatch]] = [None] * len(batches)
+        returned: List[int] = []
+        for index, came_from in enumerate(_twin_orders(batches, order, shards)):
+            reader = cache.reader(**order, shard=(index, shards))
+            replay.schemas.append((f"shard {index} of {shards}", reader.schema))
+            got = list(reader)
+            assert len(got) == len(came_from), f"shard {index}: {len(got)} batches"
+            for batch, (position, rows) in zip(got, came_from):
+                if rows != sorted(rows):
+                    batch = _rows_put_back(batch, rows, batches[position])
+                placed[position] = batch
+                returned.append(position)
+        assert sorted(returned) == list(range(len(batches))), "every batch once"
+        if len(batches) > 3 and order.get("shuffle") is not None:
+            assert returned != sorted(returned), "a shuffle reorders"
+        replay.reads.append(("batches put back in stream order", placed))
         return replay
 
     return read
@@ -581,6 +664,10 @@ SURFACES: List[Surface] = [
     Surface("random-access-disk-on-insertion", random_access("on_insertion")),
     Surface("random-access-disk-on-eviction", random_access("on_eviction")),
     Surface("random-access-opened-save", random_access("opened-save"), (ipc_file,)),
+    Surface("shuffled-reader", reordered({"shuffle": 5})),
+    Surface("shuffle-window-rows-opened", reordered({"shuffle": 6, "shuffle_window": 2, "shuffle_rows": True}, tier="opened"), (ipc_file,)),
+    Surface("shuffled-shards-disk", reordered({"shuffle": 7}, shards=3, tier="disk")),
+    Surface("shards-in-order", reordered({}, shards=2)),
 ]
 SURFACE_NAMES = [surface.name for surface in SURFACES]
 

@@ -287,7 +287,7 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
                     "connection (max_streams_per_client); read or cancel them first"
                 )
             try:
-                reader = cache.reader(from_start=request.from_start)
+                reader = cache.reader(from_start=request.from_start, **request.reader_order())
             except BaseException as err:
                 raise client_error(err, request.cache) from None
             stream = _Stream(self, request.cache, peer, reader)

@@ -6,13 +6,17 @@ cache's name alone as UTF-8 bytes (``b"trades"``), which reads from the beginnin
 (a reader at the ingestion frontier, which sees only batches not yet pulled from the
 source). Unknown keys are refused, so a misspelt ``"strat"`` is an error, not a
 silent read from the beginning.
+
+Three optional keys order the reader as ``StreamCache.reader`` does: ``"seed"`` (an
+integer: ``shuffle=seed``), ``"window"`` (an integer: ``shuffle_window``) and
+``"shard"`` (``[index, count]``: ``shard=(index, count)``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, Optional, cast
 
 import pyarrow.flight as flight
 
@@ -23,7 +27,9 @@ START_VALUES: tuple[Start, ...] = ("beginning", "frontier")
 # Tickets are names, not payloads: a bound keeps a hostile client from making the
 # server parse megabytes of JSON.
 MAX_TICKET_BYTES = 4096
-_KEYS = frozenset({"cache", "start"})
+_KEYS = frozenset({"cache", "start", "seed", "window", "shard"})
+# A seed, window or shard number: a uint64, as the C library takes it.
+_U64_MAX = 2**64 - 1
 
 
 class TicketError(ValueError):
@@ -32,7 +38,8 @@ class TicketError(ValueError):
 
 @dataclass(frozen=True)
 class Request:
-    """What a ticket asks for: a cache by name, and where its reader starts.
+    """What a ticket asks for: a cache by name, where its reader starts, and
+    optionally its shuffle seed, shuffle window and shard.
 
     >>> Request.decode(b'{"cache": "trades", "start": "frontier"}')
     Request(cache='trades', start='frontier')
@@ -40,10 +47,15 @@ class Request:
     Request(cache='trades', start='beginning')
     >>> Request("trades").encode()
     b'{"cache":"trades","start":"beginning"}'
+    >>> Request.decode(b'{"cache": "trades", "seed": 7, "shard": [1, 4]}')
+    Request(cache='trades', start='beginning', seed=7, shard=(1, 4))
     """
 
     cache: str
     start: Start = "beginning"
+    seed: Optional[int] = None
+    window: Optional[int] = None
+    shard: Optional[tuple[int, int]] = None
 
     def __post_init__(self) -> None:
         check_name(self.cache)
@@ -51,15 +63,41 @@ class Request:
             raise TicketError(
                 f'"start" must be "beginning" or "frontier", got {self.start!r}'
             )
+        for key in ("seed", "window"):
+            _check_number(getattr(self, key), key)
+        if self.shard is not None:
+            shard = self.shard
+            if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+                raise TicketError(f'"shard" must be [index, count], got {shard!r}')
+            for number in shard:
+                _check_number(number, "shard")
+            object.__setattr__(self, "shard", tuple(shard))
+
+    def __repr__(self) -> str:
+        ordered = "".join(
+            f", {key}={getattr(self, key)!r}"
+            for key in ("seed", "window", "shard")
+            if getattr(self, key) is not None
+        )
+        return f"Request(cache={self.cache!r}, start={self.start!r}{ordered})"
 
     @property
     def from_start(self) -> bool:
         """The ``from_start`` argument of :meth:`StreamCache.reader` for this request."""
         return self.start == "beginning"
 
+    def reader_order(self) -> dict[str, Any]:
+        """The ordering arguments of :meth:`StreamCache.reader` for this request."""
+        return {"shuffle": self.seed, "shuffle_window": self.window, "shard": self.shard}
+
     def encode(self) -> bytes:
         """The JSON form of this request, as ticket bytes."""
-        return json.dumps({"cache": self.cache, "start": self.start}, separators=(",", ":")).encode()
+        fields: dict[str, Any] = {"cache": self.cache, "start": self.start}
+        for key in ("seed", "window", "shard"):
+            value = getattr(self, key)
+            if value is not None:
+                fields[key] = list(value) if key == "shard" else value
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     def ticket(self) -> Any:
         """This request as a ``pyarrow.flight.Ticket``."""
@@ -98,7 +136,10 @@ class Request:
             raise TicketError("a JSON ticket must be an object")
         unknown = sorted(set(fields) - _KEYS)
         if unknown:
-            raise TicketError(f"unknown ticket keys {unknown}: a ticket has \"cache\" and \"start\"")
+            raise TicketError(
+                f'unknown ticket keys {unknown}: a ticket has "cache", "start", and optionally '
+                '"seed", "window" and "shard"'
+            )
         if "cache" not in fields:
             raise TicketError('the ticket has no "cache" key naming the cache to read')
         name, start = fields["cache"], fields.get("start", "beginning")
@@ -106,7 +147,17 @@ class Request:
             raise TicketError(f'"cache" must be a string, got {type(name).__name__}')
         if start not in START_VALUES:
             raise TicketError(f'"start" must be "beginning" or "frontier", got {start!r}')
-        return cls(name, cast(Start, start))
+        return cls(name, cast(Start, start), fields.get("seed"), fields.get("window"), fields.get("shard"))
+
+
+def _check_number(value: object, key: str) -> None:
+    """``None``, or an integer a ``uint64_t`` holds (not a bool); ``TicketError`` if not."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TicketError(f'"{key}" must hold integers, got {type(value).__name__} {value!r}')
+    if not 0 <= value <= _U64_MAX:
+        raise TicketError(f'"{key}" must hold integers from 0 to 2**64 - 1, got {value}')
 
 
 def check_name(name: object) -> str:
@@ -124,13 +175,24 @@ def check_name(name: object) -> str:
     return name
 
 
-def ticket(cache: str, start: Start = "beginning") -> Any:
-    """A ``pyarrow.flight.Ticket`` that reads the cache ``cache`` from ``start``.
+def ticket(
+    cache: str,
+    start: Start = "beginning",
+    *,
+    seed: Optional[int] = None,
+    window: Optional[int] = None,
+    shard: Optional[tuple[int, int]] = None,
+) -> Any:
+    """A ``pyarrow.flight.Ticket`` that reads the cache ``cache`` from ``start``; with
+    ``seed`` (and ``window``) shuffled, with ``shard=(index, count)`` that shard, as
+    ``StreamCache.reader(shuffle=seed, shuffle_window=window, shard=shard)`` does.
 
     >>> ticket("trades", "frontier").ticket
     b'{"cache":"trades","start":"frontier"}'
+    >>> ticket("trades", seed=3, shard=(0, 2)).ticket
+    b'{"cache":"trades","start":"beginning","seed":3,"shard":[0,2]}'
     """
-    return Request(cache, start).ticket()
+    return Request(cache, start, seed, window, shard).ticket()
 
 
 def from_descriptor(descriptor: Any) -> Request:

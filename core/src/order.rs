@@ -1,0 +1,413 @@
+//! Reading orders: shuffled epochs and shards of the stream.
+//!
+//! A reader's order is a sequence of stream positions. Without a shuffle it is the
+//! stream itself; with one, a seeded permutation of the whole stream, or (with a window)
+//! the output of a shuffle buffer like tf.data's. A shard of `count` takes the elements
+//! `index`, `index + count`, ... of that sequence, so the shards of one seed split the
+//! same order and their union is the stream with no batch twice.
+//!
+//! Reproducible: the random numbers come from ChaCha8 (`rand_chacha`), keyed by the seed
+//! (little-endian, in the key's first 8 bytes; the rest zero). Stream 0 orders the
+//! batches; stream `p + 1` orders the rows of the batch at position `p`. A bounded draw
+//! takes `next_u64` and rejects the top partial range, and the permutation is the
+//! Fisher-Yates shuffle from the last element down; so an order depends only on the seed
+//! and the stream, on any machine, for a given library version.
+
+use arrow_array::{RecordBatch, UInt32Array};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::cache::Shared;
+use crate::error::{Error, Result};
+
+/// How a reader orders the batches it returns. The default is the stream's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadOrder {
+    /// A seeded random order instead of the stream's.
+    pub shuffle: Option<Shuffle>,
+    /// Only this share of the (possibly shuffled) order.
+    pub shard: Option<Shard>,
+}
+
+/// A seeded random order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shuffle {
+    /// The same seed gives the same order, in any process.
+    pub seed: u64,
+    /// `None`: a permutation of the whole stream, which is read to its end before the
+    /// first batch. `Some(n)`: a shuffle buffer of `n` batches, which works on a live
+    /// stream: fill `n` positions, return a random one, refill.
+    pub window: Option<u64>,
+    /// Also permute the rows inside each batch (seeded by the seed and the batch's
+    /// position).
+    pub rows: bool,
+}
+
+/// Every `count`-th element of the order, starting at `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    /// Check `index < count` and `count >= 1`, naming what is wrong.
+    pub fn new(index: u64, count: u64) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::InvalidArgument(
+                "shard count is 0; pass the number of shards (at least 1)".into(),
+            ));
+        }
+        if index >= count {
+            return Err(Error::InvalidArgument(format!(
+                "shard index {index} is out of range for {count} shards; pass an index from \
+                 0 to {}",
+                count - 1
+            )));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// Check a shuffle window: at least 1.
+pub fn check_window(window: u64) -> Result<()> {
+    if window == 0 {
+        return Err(Error::InvalidArgument(
+            "shuffle_window is 0; pass the number of batches to shuffle among (at least 1), \
+             or no window to shuffle the whole stream"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl ReadOrder {
+    /// Check the order against where the reader starts, naming the option that is wrong.
+    pub fn validate(&self, from_start: bool) -> Result<()> {
+        if let Some(shard) = self.shard {
+            Shard::new(shard.index, shard.count)?;
+        }
+        let Some(shuffle) = self.shuffle else {
+            return Ok(());
+        };
+        if let Some(window) = shuffle.window {
+            check_window(window)?;
+        }
+        if !from_start {
+            return Err(Error::InvalidArgument(
+                "shuffle needs a reader from the start: a reader at the frontier \
+                 (from_start=false) has no earlier batches to shuffle; pass from_start=true"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True unless this is the stream's own order.
+    pub fn reorders(&self) -> bool {
+        self.shuffle.is_some() || self.shard.is_some()
+    }
+
+    fn shard(&self) -> Shard {
+        self.shard.unwrap_or(Shard { index: 0, count: 1 })
+    }
+}
+
+/// The random numbers of `seed`'s stream `stream`.
+fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut rng = ChaCha8Rng::from_seed(key);
+    rng.set_stream(stream);
+    rng
+}
+
+/// A uniform draw from `0..bound` (`bound >= 1`), without modulo bias.
+fn below(rng: &mut ChaCha8Rng, bound: u64) -> u64 {
+    let zone = u64::MAX - u64::MAX % bound;
+    loop {
+        let draw = rng.next_u64();
+        if draw < zone {
+            return draw % bound;
+        }
+    }
+}
+
+/// Fisher-Yates, from the last element down.
+fn permute<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
+    for last in (1..items.len()).rev() {
+        let other = below(rng, last as u64 + 1) as usize;
+        items.swap(last, other);
+    }
+}
+
+/// The rows of `batch`, at stream position `position`, in `seed`'s order for it.
+pub(crate) fn shuffle_rows(batch: &RecordBatch, seed: u64, position: u64) -> Result<RecordBatch> {
+    if batch.num_rows() < 2 {
+        // Nothing to move; `take` would rebuild the columns (and drop an empty
+        // dictionary's values).
+        return Ok(batch.clone());
+    }
+    let rows = u32::try_from(batch.num_rows()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "batch {position} has {} rows, more than shuffle_rows can permute (2^32 - 1)",
+            batch.num_rows()
+        ))
+    })?;
+    let mut order: Vec<u32> = (0..rows).collect();
+    permute(&mut order, &mut rng(seed, position.saturating_add(1)));
+    arrow_select::take::take_record_batch(batch, &UInt32Array::from(order)).map_err(|err| {
+        Error::Internal(format!(
+            "cannot permute the rows of batch {position}: {err}"
+        ))
+    })
+}
+
+/// The stream positions one reader returns, one at a time.
+#[derive(Debug)]
+pub(crate) enum Sequence {
+    /// Stream order: `next`, `next + step`, ...
+    Stride { next: u64, step: u64 },
+    /// A permutation of the whole stream, made on the first read.
+    Permuted {
+        seed: u64,
+        shard: Shard,
+        /// This shard's positions, in order, and the lowest of each suffix.
+        mine: Option<(Vec<u64>, Vec<u64>)>,
+        at: usize,
+    },
+    /// A shuffle buffer over the stream.
+    Window(Box<Window>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Window {
+    rng: ChaCha8Rng,
+    shard: Shard,
+    size: usize,
+    /// Positions filled and not yet emitted by the (whole, unsharded) order.
+    buffer: Vec<u64>,
+    /// The next position to fill from.
+    fill: u64,
+    /// The stream has no batch at `fill`.
+    drained: bool,
+    /// Elements the whole order has emitted.
+    emitted: u64,
+    /// The buffer slot of the next element this shard returns, once drawn.
+    pending: Option<usize>,
+}
+
+impl Sequence {
+    /// The sequence of `order` for a reader that starts at `start`.
+    pub fn new(order: &ReadOrder, start: u64) -> Result<Self> {
+        let shard = order.shard();
+        Ok(match order.shuffle {
+            None => {
+                // The first position at or after `start` that belongs to the shard.
+                let offset = (shard.index + shard.count - start % shard.count) % shard.count;
+                Sequence::Stride {
+                    next: start.saturating_add(offset),
+                    step: shard.count,
+                }
+            }
+            Some(Shuffle {
+                seed, window: None, ..
+            }) => Sequence::Permuted {
+                seed,
+                shard,
+                mine: None,
+                at: 0,
+            },
+            Some(Shuffle {
+                seed,
+                window: Some(size),
+                ..
+            }) => {
+                let size = usize::try_from(size).map_err(|_| {
+                    Error::InvalidArgument(format!("shuffle_window={size} is too large"))
+                })?;
+                Sequence::Window(Box::new(Window {
+                    rng: rng(seed, 0),
+                    shard,
+                    size,
+                    buffer: Vec::with_capacity(size.min(1 << 16)),
+                    fill: start,
+                    drained: false,
+                    emitted: 0,
+                    pending: None,
+                }))
+            }
+        })
+    }
+
+    /// The position of the next batch, without moving past it; `None` at the end.
+    pub fn peek(&mut self, shared: &Shared) -> Result<Option<u64>> {
+        match self {
+            Sequence::Stride { next, .. } => Ok(Some(*next)),
+            Sequence::Permuted {
+                seed,
+                shard,
+                mine,
+                at,
+            } => {
+                if mine.is_none() {
+                    *mine = Some(permuted(shared, *seed, *shard)?);
+                }
+                Ok(mine.as_ref().and_then(|(list, _)| list.get(*at).copied()))
+            }
+            Sequence::Window(window) => window.peek(shared),
+        }
+    }
+
+    /// Move past the position `peek` returned.
+    pub fn pass(&mut self) {
+        match self {
+            Sequence::Stride { next, step } => *next = next.saturating_add(*step),
+            Sequence::Permuted { at, .. } => *at += 1,
+            Sequence::Window(window) => window.pass(),
+        }
+    }
+
+    /// The lowest stream position this reader may still return: what eviction must keep.
+    pub fn lowest_needed(&self) -> u64 {
+        match self {
+            Sequence::Stride { next, .. } => *next,
+            Sequence::Permuted { mine: None, .. } => 0,
+            Sequence::Permuted {
+                mine: Some((_, lowest)),
+                at,
+                ..
+            } => lowest.get(*at).copied().unwrap_or(u64::MAX),
+            Sequence::Window(window) => window.lowest_needed(),
+        }
+    }
+}
+
+/// Read the whole stream, permute its positions with `seed`, and keep `shard`'s share.
+fn permuted(shared: &Shared, seed: u64, shard: Shard) -> Result<(Vec<u64>, Vec<u64>)> {
+    let mut count = 0;
+    while shared.contains(count)? {
+        count += 1;
+    }
+    let mut all: Vec<u64> = (0..count).collect();
+    permute(&mut all, &mut rng(seed, 0));
+    let mine: Vec<u64> = all
+        .into_iter()
+        .skip(shard.index as usize)
+        .step_by(shard.count as usize)
+        .collect();
+    let mut lowest = mine.clone();
+    for at in (0..lowest.len().saturating_sub(1)).rev() {
+        lowest[at] = lowest[at].min(lowest[at + 1]);
+    }
+    Ok((mine, lowest))
+}
+
+impl Window {
+    fn peek(&mut self, shared: &Shared) -> Result<Option<u64>> {
+        loop {
+            if let Some(slot) = self.pending {
+                return Ok(Some(self.buffer[slot]));
+            }
+            while self.buffer.len() < self.size && !self.drained {
+                if shared.contains(self.fill)? {
+                    self.buffer.push(self.fill);
+                    self.fill += 1;
+                } else {
+                    self.drained = true;
+                }
+            }
+            if self.buffer.is_empty() {
+                return Ok(None);
+            }
+            let slot = below(&mut self.rng, self.buffer.len() as u64) as usize;
+            if self.emitted % self.shard.count == self.shard.index {
+                self.pending = Some(slot);
+            } else {
+                // Another shard's element: passed over here.
+                self.buffer.swap_remove(slot);
+                self.emitted += 1;
+            }
+        }
+    }
+
+    fn pass(&mut self) {
+        if let Some(slot) = self.pending.take() {
+            self.buffer.swap_remove(slot);
+            self.emitted += 1;
+        }
+    }
+
+    fn lowest_needed(&self) -> u64 {
+        let unfilled = if self.drained { u64::MAX } else { self.fill };
+        self.buffer.iter().copied().fold(unfilled, u64::min)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_are_the_documented_chacha8_stream() {
+        // Pinned: a change here changes every user's shuffled order.
+        let mut all: Vec<u64> = (0..10).collect();
+        permute(&mut all, &mut rng(42, 0));
+        assert_eq!(all, vec![2, 1, 4, 3, 7, 0, 5, 8, 6, 9]);
+    }
+
+    #[test]
+    fn below_stays_in_range_and_covers_it() {
+        let mut rng = rng(7, 3);
+        let mut seen = [false; 5];
+        for _ in 0..200 {
+            seen[below(&mut rng, 5) as usize] = true;
+        }
+        assert_eq!(seen, [true; 5]);
+        assert_eq!(below(&mut rng, 1), 0);
+    }
+
+    #[test]
+    fn shards_and_windows_are_checked() {
+        assert!(Shard::new(2, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("index 2"));
+        assert!(Shard::new(0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("count is 0"));
+        assert!(check_window(0)
+            .unwrap_err()
+            .to_string()
+            .contains("shuffle_window"));
+        let shuffled = ReadOrder {
+            shuffle: Some(Shuffle {
+                seed: 1,
+                window: None,
+                rows: false,
+            }),
+            shard: None,
+        };
+        assert!(shuffled
+            .validate(false)
+            .unwrap_err()
+            .to_string()
+            .contains("from_start"));
+        shuffled.validate(true).unwrap();
+    }
+
+    #[test]
+    fn a_stride_starts_at_the_shards_first_position() {
+        let order = ReadOrder {
+            shuffle: None,
+            shard: Some(Shard { index: 1, count: 3 }),
+        };
+        for (start, first) in [(0, 1), (1, 1), (2, 4), (4, 4), (5, 7)] {
+            match Sequence::new(&order, start).unwrap() {
+                Sequence::Stride { next, step } => assert_eq!((next, step), (first, 3)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
