@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 
@@ -45,9 +45,21 @@ class CastingStreamCache:
         """The target schema."""
         return self._target
 
-    def reader(self, from_start: bool = True) -> StreamCacheReader:
-        """A new reader whose batches are cast to the target schema."""
-        return StreamCacheReader._create(self._cache, from_start, self._target, self._safe)
+    def reader(
+        self,
+        from_start: bool = True,
+        *,
+        shuffle: Optional[int] = None,
+        shuffle_window: Optional[int] = None,
+        shuffle_rows: bool = False,
+        shard: Optional[tuple[int, int]] = None,
+    ) -> StreamCacheReader:
+        """A new reader whose batches are cast to the target schema; the order arguments
+        are :meth:`StreamCache.reader`'s."""
+        return StreamCacheReader._create(
+            self._cache, from_start, self._target, self._safe, shuffle=shuffle,
+            shuffle_window=shuffle_window, shuffle_rows=shuffle_rows, shard=shard,
+        )
 
     def __iter__(self) -> StreamCacheReader:
         return self.reader()

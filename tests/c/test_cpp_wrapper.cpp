@@ -135,6 +135,8 @@ static void test_random_access() {
         "batch() past the end has its kind");
   CHECK(failure_of([&] { cache.take({40}); }).kind == BC_ERROR_KIND_OUT_OF_RANGE,
         "take() past the end too");
+}
+
 static void test_reader_options() {
   struct ArrowArrayStream up = make_producer(9, 10, -1, EINVAL, nullptr);
   batchcorder::Cache cache(&up, batchcorder::Options().max_readers(3));

@@ -247,3 +247,13 @@ def test_worker_shards_read_a_save_in_spawned_processes(tmp_path):
     shares = [json.loads(worker.communicate()[0]) for worker in workers]
     whole = order_of(StreamCache.open(tmp_path / "save").reader(shuffle=7))
     assert shares == [whole[r::4] for r in range(4)]
+
+
+def test_a_cast_view_reads_in_the_same_orders_as_its_cache():
+    cache = StreamCache(single_use())
+    view = cache.cast(pa.schema([("batch", pa.string()), ("row", pa.int64())]))
+    for order in ({"shuffle": 4}, {"shuffle": 4, "shard": (1, 3)}, {"shard": (2, 3)}):
+        cast = [b.column("batch")[0].as_py() for b in view.reader(**order)]
+        assert cast == [str(b) for b in order_of(cache.reader(**order))]
+    with pytest.raises(ValueError, match="shard"):
+        view.reader(shard=(3, 3))
