@@ -556,6 +556,11 @@ def random_access(storage: str) -> ReadFunction:
         random.Random(len(rows)).shuffle(rows)
         taken = cache.take(pa.array(rows, pa.int64()))
         replay.checks.append(lambda: assert_taken(taken, schema, batches, rows))
+        return replay
+
+    return read
+
+
 def _twin_orders(batches: Batches, order: dict, shards: int) -> List[List[Tuple[int, List[int]]]]:
     """For each shard of a reader ordered by ``order``, where each batch it returns came
     from: its stream position and its rows' order. Read from caches of the same shape whose
