@@ -58,5 +58,5 @@ pub use options::{
     default_memory_capacity, CacheOptions, Compression, DiskOptions, OpenOptions, WritePolicy,
 };
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure};
-pub use save::{Persisted, Verify};
+pub use save::{Persisted, Validated, Verify};
 pub use storage::{CachedBatch, Derived};
