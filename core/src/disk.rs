@@ -953,3 +953,64 @@ impl DiskIndex {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A persisted file of `len` bytes, each the low byte of its offset's index / 7.
+    fn persisted(len: usize) -> (tempfile::TempDir, Arc<Segment>, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("data.arrow");
+        let bytes: Vec<u8> = (0..len).map(|i| (i / 7) as u8).collect();
+        std::fs::write(&path, &bytes).expect("written");
+        let file = File::open(&path).expect("opened");
+        let segment = Segment::persisted(path, file, len as u64);
+        (dir, segment, bytes)
+    }
+
+    fn windows(segment: &Segment) -> &Windows {
+        match &segment.backing {
+            Backing::Persisted(windows) => windows,
+            Backing::Mapped(_) => unreachable!("a persisted segment"),
+        }
+    }
+
+    /// Every range reads the file's bytes: inside a window, across a window's end, longer
+    /// than a window, at the file's end; ranges inside one window share its mapping.
+    #[test]
+    fn windows_serve_any_range_of_the_file() {
+        let window = WINDOW as usize;
+        let len = 2 * window + window / 2 + 13;
+        let (_dir, segment, bytes) = persisted(len);
+        let ranges = [
+            (0, 100),
+            (5000, 64),
+            (window - 10, 20),
+            (window + 3, window + 7),
+            (len - 5, 5),
+            (17, 0),
+            (1, len - 1),
+        ];
+        for (offset, size) in ranges {
+            let read = segment.bytes(offset, size).expect("mapped");
+            assert_eq!(read.as_slice(), &bytes[offset..offset + size], "{offset}+{size}");
+        }
+        let first = segment.bytes(64, 8).expect("mapped");
+        let second = segment.bytes(4096 * 3, 8).expect("mapped");
+        assert_eq!(
+            second.as_ptr() as usize - first.as_ptr() as usize,
+            4096 * 3 - 64,
+            "one window serves both"
+        );
+        let recent = windows(&segment).recent.lock().expect("not poisoned");
+        assert!(recent.len() <= RECENT_WINDOWS);
+    }
+
+    /// A range past the end is refused, never mapped (a read would fault).
+    #[test]
+    fn a_range_past_the_end_is_an_error() {
+        let (_dir, segment, _) = persisted(1000);
+        assert!(matches!(segment.bytes(990, 20), Err(Error::Internal(_))));
+    }
+}
