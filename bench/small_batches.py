@@ -1,7 +1,7 @@
 """Small batches read from a save (issue 30, item 4): per batch, ours against
 `pa.memory_map` + `ipc.open_file` reading the same data file.
 
-    python bench/small_batches.py [--quick] [--out FILE] [--batches N] [--rounds N]
+    python bench/small_batches.py [--quick] [--out FILE] [--batches N] [--rounds N] [--before DIR]
 
 Two saves of N batches (10 and 64 rows; five columns: int64, float64, int32, a short
 string and a dictionary-free category string), opened with the default verification as
@@ -16,7 +16,8 @@ side opens the file and reads every batch, in two forms:
 `fresh`: each round in a new process (imports before the clock); `long-lived`: every
 round in one process, each opening the save again. Rounds interleave the sides; figures
 are medians per batch. The reference release (batchcorder 0.1.3) has no saves, so it has
-no side here.
+no side here. `--before DIR` adds another build of batchcorder installed in DIR (`pip
+install --target DIR <wheel>`), in fresh processes only (one process imports one build).
 """
 
 from __future__ import annotations
@@ -92,13 +93,14 @@ def warm_up(path: str) -> None:
             read_once(side, form, path)
 
 
-def fresh(side: str, form: str, path: str) -> dict:
+def fresh(side: str, form: str, path: str, before: str | None = None) -> dict:
     code = (
         "import sys; sys.path.insert(0, sys.argv[4]); import small_batches as s, json, batchcorder; "
         "print(json.dumps(s.read_once(sys.argv[1], sys.argv[2], sys.argv[3])))"
     )
-    out = subprocess.run([sys.executable, "-c", code, side, form, path, str(HERE)],
-                         capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ, PYTHONPATH=before) if before else None
+    out = subprocess.run([sys.executable, "-c", code, "ours" if before else side, form, path,
+                          str(HERE)], capture_output=True, text=True, check=True, env=env).stdout
     seconds, rows = json.loads(out)
     return {"seconds": seconds, "rows": rows}
 
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "build" / "bench-small-batches.md"))
     parser.add_argument("--batches", type=int, help="batches per save (default 10 000)")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 9, 3 quick)")
+    parser.add_argument("--before", help="a directory holding another build of batchcorder")
     args = parser.parse_args()
     count = args.batches or (1000 if args.quick else 10_000)
     rounds = args.rounds or (3 if args.quick else 9)
@@ -145,6 +148,11 @@ def main() -> None:
                     assert fresh_run["rows"] == rows_read == rows * count
                     results.setdefault((rows, form, side, "fresh"), []).append(fresh_run["seconds"])
                     results.setdefault((rows, form, side, "long-lived"), []).append(seconds)
+                if args.before:
+                    before_run = fresh("before", form, str(save), args.before)
+                    assert before_run["rows"] == rows * count
+                    results.setdefault((rows, form, "before", "fresh"), []).append(
+                        before_run["seconds"])
         print(f"round {round_ + 1}/{rounds} done", file=sys.stderr)
 
     def per_batch_us(key) -> float:
@@ -153,16 +161,21 @@ def main() -> None:
     lines = [
         f"# Small batches from a save ({count} batches per save, median of {rounds} rounds)",
         "",
-        "| rows per batch | read form | process | pyarrow us/batch | ours us/batch | ours / pyarrow |",
-        "|---|---|---|---|---|---|",
+        "| rows per batch | read form | process | pyarrow us/batch | ours us/batch | ours / pyarrow "
+        "| before us/batch | before / pyarrow |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rows in saves:
         for form in FORMS:
             for process in ("fresh", "long-lived"):
                 theirs = per_batch_us((rows, form, "pyarrow", process))
                 ours = per_batch_us((rows, form, "ours", process))
+                before = "| - | - |"
+                if (rows, form, "before", process) in results:
+                    then = per_batch_us((rows, form, "before", process))
+                    before = f"| {then:.2f} | {then / theirs:.2f}x |"
                 lines.append(f"| {rows} | {form} | {process} | {theirs:.2f} | {ours:.2f} "
-                             f"| {ours / theirs:.2f}x |")
+                             f"| {ours / theirs:.2f}x {before}")
     lines += [
         "",
         "Target: ours at most 1.5x pyarrow per batch, for both batch sizes, fresh and "
@@ -170,7 +183,8 @@ def main() -> None:
         "release 0.1.3 has no saves: no side).",
         "",
         f"Load average (1 min) before the rounds {load_before[0]:.2f}, after them "
-        f"{os.getloadavg()[0]:.2f}, on {os.cpu_count()} cores.",
+        f"{os.getloadavg()[0]:.2f}, on {os.cpu_count()} cores."
+        + (f" `before`: the build in {args.before}." if args.before else ""),
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
