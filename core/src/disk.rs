@@ -111,7 +111,7 @@ enum Backing {
 /// Bytes a persisted file is mapped in at a time: one mmap and one munmap serve every
 /// batch inside, and the pages a process holds stay bounded (not the whole file, as
 /// `pa.memory_map` holds it once read).
-const WINDOW: u64 = 16 << 20;
+const WINDOW: u64 = 4 << 20;
 /// Windows start at a multiple of this: a page size on every platform (4, 16, 64 KiB).
 const WINDOW_ALIGN: u64 = 64 << 10;
 /// Windows kept mapped after their batches go: the dictionaries' (at the start of the
