@@ -46,6 +46,12 @@ bench/.venv-ours/bin/python bench/run.py
 if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",processes,"* ]]; then
   bench/.venv-ours/bin/python bench/processes.py ${BENCH_QUICK:+--quick} --out bench/processes.md
 fi
+# Small batches from a save (issue 30, item 4): ours against pa.memory_map + ipc.open_file
+# per batch, fresh and long-lived; no reference (0.1 has no saves). Skipped by a partial
+# run unless it names "small-batches".
+if [ -z "${BENCH_WORKLOADS:-}" ] || [[ ",$BENCH_WORKLOADS," == *",small-batches,"* ]]; then
+  bench/.venv-ours/bin/python bench/small_batches.py ${BENCH_QUICK:+--quick} --out bench/small_batches.md
+fi
 # The disk tier at scale (issue 20, item 6): a 32 GiB pass through a 256 MiB memory tier
 # with max_readers=2, against the machine's write speed. Skipped by a partial run unless
 # it names "scale".

@@ -149,6 +149,10 @@ typedef struct ArrowArrayStream {
 } ArrowArrayStream;
 #endif
 
+// How an opened save's batches are checked on their first read: one of the
+// `BC_VALIDATION_*` values.
+typedef uint32_t BcValidation;
+
 // Counters describing a cache, as `bc_cache_stats` writes them.
 typedef struct BcStats {
   // Batches pulled from the upstream.
@@ -171,6 +175,9 @@ typedef struct BcStats {
   bool upstream_exhausted;
   // Nanoseconds spent inside the upstream's `next`.
   uint64_t upstream_wait_ns;
+  // For a cache opened from a save, how its batches are checked on their first read
+  // in this process: one of the `BC_VALIDATION_*` values.
+  BcValidation validation;
 } BcStats;
 
 // What a reader's cast does with a value that does not convert: one of the
@@ -199,6 +206,19 @@ typedef struct BcPersisted {
 // When `bc_cache_open` checks a batch against its checksum: one of the `BC_VERIFY_*`
 // values.
 typedef uint32_t BcVerify;
+
+// Not a cache opened from a save.
+#define BC_VALIDATION_NONE 0
+
+// Against their checksums, then validated in full (UTF-8 included).
+#define BC_VALIDATION_CHECKSUMS 1
+
+// Validated in full, UTF-8 included; no checksums.
+#define BC_VALIDATION_FULL 2
+
+// Validated in full but for UTF-8, which the save's `validated.json` vouches for: a
+// process validated the data file as it is now.
+#define BC_VALIDATION_NOTED 3
 
 // The read of the batch holding the value fails with `BC_INVALID_ARGUMENT` (`EINVAL`
 // through `get_next`), naming the field and the value; the reader stays at that batch.

@@ -61,6 +61,8 @@ typedef struct ArrowArrayStream {
   void *private_data;
 } ArrowArrayStream;
 
+typedef uint32_t BcValidation;
+
 typedef struct BcStats {
   uint64_t batches_ingested;
   uint64_t rows_ingested;
@@ -72,6 +74,7 @@ typedef struct BcStats {
   uint64_t readers_created;
   bool upstream_exhausted;
   uint64_t upstream_wait_ns;
+  BcValidation validation;
 } BcStats;
 
 typedef uint32_t BcCastFailure;
@@ -87,6 +90,14 @@ typedef struct BcPersisted {
 } BcPersisted;
 
 typedef uint32_t BcVerify;
+
+#define BC_VALIDATION_NONE 0
+
+#define BC_VALIDATION_CHECKSUMS 1
+
+#define BC_VALIDATION_FULL 2
+
+#define BC_VALIDATION_NOTED 3
 
 #define BC_CAST_FAILURE_ERROR 0
 

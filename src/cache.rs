@@ -12,7 +12,7 @@ use crate::export::export_reader;
 use crate::options::BcOptions;
 use crate::upstream::CStreamUpstream;
 use batchcorder_cdata::schema_copy::SchemaCopy;
-use batchcorder_core::{CacheOptions, Stats, StreamCache};
+use batchcorder_core::{CacheOptions, Stats, StreamCache, Validated};
 use batchcorder_core::{Cast, ReaderOptions};
 use batchcorder_core::{Error, Result};
 
@@ -369,7 +369,23 @@ pub struct BcStats {
     pub upstream_exhausted: bool,
     /// Nanoseconds spent inside the upstream's `next`.
     pub upstream_wait_ns: u64,
+    /// For a cache opened from a save, how its batches are checked on their first read
+    /// in this process: one of the `BC_VALIDATION_*` values.
+    pub validation: BcValidation,
 }
+
+/// How an opened save's batches are checked on their first read: one of the
+/// `BC_VALIDATION_*` values.
+pub type BcValidation = u32;
+/// Not a cache opened from a save.
+pub const BC_VALIDATION_NONE: BcValidation = 0;
+/// Against their checksums, then validated in full (UTF-8 included).
+pub const BC_VALIDATION_CHECKSUMS: BcValidation = 1;
+/// Validated in full, UTF-8 included; no checksums.
+pub const BC_VALIDATION_FULL: BcValidation = 2;
+/// Validated in full but for UTF-8, which the save's `validated.json` vouches for: a
+/// process validated the data file as it is now.
+pub const BC_VALIDATION_NOTED: BcValidation = 3;
 
 impl From<Stats> for BcStats {
     fn from(stats: Stats) -> Self {
@@ -384,6 +400,7 @@ impl From<Stats> for BcStats {
             readers_created,
             upstream_exhausted,
             upstream_wait_ns,
+            validated,
         } = stats;
         Self {
             batches_ingested,
@@ -396,6 +413,12 @@ impl From<Stats> for BcStats {
             readers_created,
             upstream_exhausted,
             upstream_wait_ns,
+            validation: match validated {
+                None => BC_VALIDATION_NONE,
+                Some(Validated::Checksums) => BC_VALIDATION_CHECKSUMS,
+                Some(Validated::Full) => BC_VALIDATION_FULL,
+                Some(Validated::Noted) => BC_VALIDATION_NOTED,
+            },
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct Stats {
     pub upstream_exhausted: bool,
     /// Nanoseconds spent inside the upstream's `next`.
     pub upstream_wait_ns: u64,
+    /// For a cache opened from a save, how its batches are checked on their first read
+    /// in this process; `None` for any other cache.
+    pub validated: Option<crate::save::Validated>,
 }
 
 #[derive(Debug)]
@@ -389,9 +392,9 @@ impl StreamCache {
     /// Current counters.
     pub fn stats(&self) -> Result<Stats> {
         let mut state = self.shared.lock_state()?;
-        let (disk_bytes, segments_deleted) = match &state.disk {
-            Some(index) => (index.bytes(), index.segments_deleted()),
-            None => (0, 0),
+        let (disk_bytes, segments_deleted, validated) = match &state.disk {
+            Some(index) => (index.bytes(), index.segments_deleted(), index.validated()),
+            None => (0, 0, None),
         };
         Ok(Stats {
             batches_ingested: self.ingested_count(),
@@ -404,6 +407,7 @@ impl StreamCache {
             readers_created: state.registry.created(),
             upstream_exhausted: state.exhausted,
             upstream_wait_ns: self.shared.upstream_wait_ns.load(Ordering::Relaxed),
+            validated,
         })
     }
 

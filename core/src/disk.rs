@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
 use crate::options::{Compression, DiskOptions, WritePolicy};
 use crate::save::validation_note::Validation;
+use crate::save::Validated;
 use crate::spill_dir::{self, SpillDir};
 
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
@@ -83,8 +84,8 @@ fn os_errno(err: &std::io::Error) -> i32 {
 }
 
 /// One segment file: a spill segment, mapped once at its full size, or a persisted
-/// cache's data file, mapped one message at a time so that a process maps only what its
-/// live batches use.
+/// cache's data file, mapped in windows (`Windows`) so that a process maps only what its
+/// live batches and its last reads use.
 pub(crate) struct Segment {
     path: PathBuf,
     backing: Backing,
@@ -104,7 +105,60 @@ impl std::fmt::Debug for Segment {
 
 enum Backing {
     Mapped(Buffer),
-    Persisted(File),
+    Persisted(Windows),
+}
+
+/// Bytes a persisted file is mapped in at a time: one mmap and one munmap serve every
+/// batch inside, and the pages a process holds stay bounded (not the whole file, as
+/// `pa.memory_map` holds it once read).
+const WINDOW: u64 = 4 << 20;
+/// Windows start at a multiple of this: a page size on every platform (4, 16, 64 KiB).
+const WINDOW_ALIGN: u64 = 64 << 10;
+/// Windows kept mapped after their batches go: the dictionaries' (at the start of the
+/// file) and the current one of a reader or two.
+const RECENT_WINDOWS: usize = 3;
+
+/// A persisted data file's mappings. A window lives while the segment keeps it among its
+/// recent ones or while a batch's buffers (slices of it) hold it; the last one unmaps it.
+struct Windows {
+    file: File,
+    len: u64,
+    /// Newest first: `(file offset, mapping)`.
+    recent: std::sync::Mutex<VecDeque<(u64, Buffer)>>,
+}
+
+impl Windows {
+    /// `len` bytes at `offset`, from a recent window or a new one that starts at or
+    /// below `offset`.
+    fn slice(&self, path: &Path, offset: u64, len: usize) -> Result<Buffer> {
+        let end = offset + len as u64;
+        let within = |(start, window): &(u64, Buffer)| {
+            (*start <= offset && end <= start + window.len() as u64)
+                .then(|| window.slice_with_length((offset - start) as usize, len))
+        };
+        // A poisoned lock only means a map failed mid-update: the list is still whole.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = recent.iter().find_map(within) {
+            return Ok(found);
+        }
+        if end > self.len {
+            // The footer's blocks were checked to lie inside the file.
+            return Err(Error::Internal(format!(
+                "bytes {offset}..{end} lie past the end of {} ({} bytes)",
+                path.display(),
+                self.len
+            )));
+        }
+        let start = offset - offset % WINDOW_ALIGN;
+        let stop = (start + WINDOW).max(end).min(self.len);
+        let window = map_range(&self.file, path, start, (stop - start) as usize, false)?;
+        let found = within(&(start, window.clone())).expect("the window spans the range");
+        recent.push_front((start, window));
+        let dropped = (recent.len() > RECENT_WINDOWS).then(|| recent.pop_back());
+        drop(recent);
+        drop(dropped); // unmapped (if no batch holds it) outside the lock
+        Ok(found)
+    }
 }
 
 impl Segment {
@@ -112,7 +166,11 @@ impl Segment {
     pub(crate) fn persisted(path: PathBuf, file: File, len: u64) -> Arc<Self> {
         Arc::new(Self {
             path,
-            backing: Backing::Persisted(file),
+            backing: Backing::Persisted(Windows {
+                file,
+                len,
+                recent: Default::default(),
+            }),
             written: AtomicU64::new(len),
             last_position: AtomicU64::new(u64::MAX),
         })
@@ -122,12 +180,12 @@ impl Segment {
         matches!(self.backing, Backing::Persisted(_))
     }
 
-    /// The bytes at `offset..offset + len`, zero-copy; `whole` when all of them are about
-    /// to be read, so a fresh mapping is faulted in at once rather than page by page.
-    fn bytes(&self, offset: usize, len: usize, whole: bool) -> Result<Buffer> {
+    /// The bytes at `offset..offset + len`, zero-copy.
+    fn bytes(&self, offset: usize, len: usize) -> Result<Buffer> {
         match &self.backing {
             Backing::Mapped(buffer) => Ok(buffer.slice_with_length(offset, len)),
-            Backing::Persisted(file) => map_range(file, &self.path, offset as u64, len, whole),
+            Backing::Persisted(_) if len == 0 => Ok(Buffer::from_vec(Vec::<u8>::new())),
+            Backing::Persisted(windows) => windows.slice(&self.path, offset as u64, len),
         }
     }
 
@@ -186,20 +244,13 @@ impl Message {
     }
 
     fn bytes(&self) -> Result<Buffer> {
-        self.bytes_for(false)
-    }
-
-    /// The bytes; `whole` when every one of them is about to be read.
-    fn bytes_for(&self, whole: bool) -> Result<Buffer> {
         self.segment
-            .bytes(self.offset, self.metadata_len + self.body_len, whole)
+            .bytes(self.offset, self.metadata_len + self.body_len)
     }
 
     /// XXH3-64 of the message's bytes.
     pub(crate) fn checksum(&self) -> Result<u64> {
-        Ok(twox_hash::XxHash3_64::oneshot(
-            self.bytes_for(true)?.as_slice(),
-        ))
+        Ok(twox_hash::XxHash3_64::oneshot(self.bytes()?.as_slice()))
     }
 
     /// A message of a persisted file, at `block`.
@@ -263,7 +314,7 @@ impl DiskEntry {
             // Our own spill files, or a persisted batch that passed its check.
             return self.decode(schema, &self.batch.bytes()?);
         };
-        let bytes = self.batch.bytes_for(check.checksum.is_some())?;
+        let bytes = self.batch.bytes()?;
         if let Some(expected) = check.checksum {
             if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != expected {
                 return Err(
@@ -813,11 +864,13 @@ pub(crate) struct DiskIndex {
     /// `disk_capacity`, which the writer enforces.
     capacity: u64,
     segments_deleted: u64,
+    /// For an opened save: how its batches are checked on their first read.
+    validated: Option<Validated>,
 }
 
 impl DiskIndex {
     /// The index of a persisted cache: its batches in order, none of them deletable.
-    pub(crate) fn persisted(entries: Vec<DiskEntry>) -> Self {
+    pub(crate) fn persisted(entries: Vec<DiskEntry>, validated: Validated) -> Self {
         let segments = entries.first().map(|entry| entry.segment().clone());
         let bytes = segments
             .as_ref()
@@ -828,6 +881,7 @@ impl DiskIndex {
             used: Arc::new(AtomicU64::new(bytes)),
             capacity: bytes,
             segments_deleted: 0,
+            validated: Some(validated),
         }
     }
 
@@ -838,6 +892,7 @@ impl DiskIndex {
             used,
             capacity,
             segments_deleted: 0,
+            validated: None,
         }
     }
 
@@ -875,6 +930,11 @@ impl DiskIndex {
         self.segments_deleted
     }
 
+    /// For an opened save, how its batches are checked on their first read.
+    pub fn validated(&self) -> Option<Validated> {
+        self.validated
+    }
+
     /// Forget positions before `position` and delete segments that only held those.
     /// The newest segment stays: the writer may still be appending to it.
     pub fn evict_below(&mut self, position: u64) {
@@ -891,5 +951,66 @@ impl DiskIndex {
                 .fetch_sub(segment.written.load(Ordering::Acquire), Ordering::AcqRel);
             self.segments_deleted += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A persisted file of `len` bytes, each the low byte of its offset's index / 7.
+    fn persisted(len: usize) -> (tempfile::TempDir, Arc<Segment>, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("data.arrow");
+        let bytes: Vec<u8> = (0..len).map(|i| (i / 7) as u8).collect();
+        std::fs::write(&path, &bytes).expect("written");
+        let file = File::open(&path).expect("opened");
+        let segment = Segment::persisted(path, file, len as u64);
+        (dir, segment, bytes)
+    }
+
+    fn windows(segment: &Segment) -> &Windows {
+        match &segment.backing {
+            Backing::Persisted(windows) => windows,
+            Backing::Mapped(_) => unreachable!("a persisted segment"),
+        }
+    }
+
+    /// Every range reads the file's bytes: inside a window, across a window's end, longer
+    /// than a window, at the file's end; ranges inside one window share its mapping.
+    #[test]
+    fn windows_serve_any_range_of_the_file() {
+        let window = WINDOW as usize;
+        let len = 2 * window + window / 2 + 13;
+        let (_dir, segment, bytes) = persisted(len);
+        let ranges = [
+            (0, 100),
+            (5000, 64),
+            (window - 10, 20),
+            (window + 3, window + 7),
+            (len - 5, 5),
+            (17, 0),
+            (1, len - 1),
+        ];
+        for (offset, size) in ranges {
+            let read = segment.bytes(offset, size).expect("mapped");
+            assert_eq!(read.as_slice(), &bytes[offset..offset + size], "{offset}+{size}");
+        }
+        let first = segment.bytes(64, 8).expect("mapped");
+        let second = segment.bytes(4096 * 3, 8).expect("mapped");
+        assert_eq!(
+            second.as_ptr() as usize - first.as_ptr() as usize,
+            4096 * 3 - 64,
+            "one window serves both"
+        );
+        let recent = windows(&segment).recent.lock().expect("not poisoned");
+        assert!(recent.len() <= RECENT_WINDOWS);
+    }
+
+    /// A range past the end is refused, never mapped (a read would fault).
+    #[test]
+    fn a_range_past_the_end_is_an_error() {
+        let (_dir, segment, _) = persisted(1000);
+        assert!(matches!(segment.bytes(990, 20), Err(Error::Internal(_))));
     }
 }

@@ -61,5 +61,5 @@ pub use options::{
 };
 pub use order::{ReadOrder, Shard, Shuffle};
 pub use reader::{validate_cast, CacheReader, Cast, OnCastFailure, ReaderOptions};
-pub use save::{Persisted, Verify};
+pub use save::{Persisted, Validated, Verify};
 pub use storage::{CachedBatch, Derived, RowIndex};

@@ -101,8 +101,10 @@ class CacheBase(ClosesOnExit):
         rather than crash or hand out an invalid batch; only a checksum catches an
         edited value. The first process to read every batch of a save notes it in the
         save's ``validated.json``; later ones skip the UTF-8 pass (not with
-        ``verify=True``) while the data file's change time, which every write moves, is
-        the one noted.
+        ``verify=True``, which does not read the note) while the data file's change time,
+        which every write moves, is the one noted. ``cache.stats().validation`` says which
+        of these checks the opened cache makes: ``"checksums"``, ``"full"`` or
+        ``"noted"``.
 
         >>> import tempfile, pathlib, pyarrow as pa
         >>> from batchcorder import StreamCache

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from ._errors import check
 from ._native import ffi, lib
@@ -22,6 +22,12 @@ class CacheStats:
     >>> stats = cache.stats()
     >>> stats.batches_ingested, stats.rows_ingested, stats.upstream_exhausted
     (1, 3, True)
+
+    ``validation`` is ``None`` except for a cache opened from a save
+    (:meth:`~batchcorder.StreamCache.open`), where it says how each batch is checked on
+    its first read in this process: ``"checksums"`` (against its checksum, then
+    validated in full), ``"full"`` (validated in full, UTF-8 included) or ``"noted"``
+    (validated in full but for UTF-8, which the save's ``validated.json`` vouches for).
     """
 
     batches_ingested: int
@@ -34,6 +40,7 @@ class CacheStats:
     readers_created: int
     upstream_exhausted: bool
     upstream_wait_seconds: float
+    validation: Optional[str] = None
 
 
 def read_stats(cache: Any) -> CacheStats:
@@ -51,4 +58,13 @@ def read_stats(cache: Any) -> CacheStats:
         readers_created=c_stats.readers_created,
         upstream_exhausted=bool(c_stats.upstream_exhausted),
         upstream_wait_seconds=c_stats.upstream_wait_ns / 1e9,
+        validation=_VALIDATION[c_stats.validation],
     )
+
+
+_VALIDATION = {
+    lib.BC_VALIDATION_NONE: None,
+    lib.BC_VALIDATION_CHECKSUMS: "checksums",
+    lib.BC_VALIDATION_FULL: "full",
+    lib.BC_VALIDATION_NOTED: "noted",
+}

@@ -234,6 +234,42 @@ def test_a_validation_note_is_trusted_only_for_the_file_as_it_was(tmp_path):
     assert json.loads(note.read_text()) == written
 
 
+def test_verify_true_checks_utf8_even_where_a_valid_note_vouches_for_the_text(tmp_path):
+    # Text that is not UTF-8 from the save on, so that every checksum matches it, and a
+    # note that names the data file exactly as it is: the note vouches for text that no
+    # process validated. verify=True reads no note and still refuses the text.
+    not_utf8 = pa.Array.from_buffers(
+        pa.string(), 2, [None, pa.py_buffer(bytes([0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0])),
+                         pa.py_buffer(b"a\xff")])
+    path = tmp_path / "not-utf8"
+    with StreamCache(pa.table({"s": not_utf8})) as cache:
+        cache.persist(path)
+    # A note as a process writes it, for a good save, made to name the other data file.
+    good = tmp_path / "good"
+    with StreamCache(table().to_reader(max_chunksize=ROWS)) as cache:
+        cache.persist(good)
+    wait_until_noteable(good)
+    assert rows_read(good) == BATCHES * ROWS
+    note = json.loads((good / "validated.json").read_text())
+    data = (path / "data.arrow").stat()
+    note["id"] = json.loads((path / "manifest.json").read_text())["id"]
+    note["data_file"] = {
+        "device": data.st_dev, "inode": data.st_ino, "bytes": data.st_size,
+        "changed": list(divmod(data.st_ctime_ns, 10**9)),
+        "modified": list(divmod(data.st_mtime_ns, 10**9)),
+    }
+    (path / "validated.json").write_text(json.dumps(note))
+    # The note is valid: the default and verify=False trust it and skip the UTF-8 pass.
+    for verify in (None, False):
+        with StreamCache.open(path, verify=verify) as cache:
+            assert cache.stats().validation == "noted"
+            assert sum(batch.num_rows for batch in cache) == 2
+    with StreamCache.open(path, verify=True) as cache:
+        assert cache.stats().validation == "checksums"
+        with pytest.raises(CorruptCacheError, match="invalid UTF-8"):
+            next(iter(cache))
+
+
 def test_edited_manifest_counts_are_refused_at_open(save, tmp_path):
     for key, value in [("rows", 2999), ("rows", 3001), ("batches", 5), ("data_bytes", 1)]:
         copy = tmp_path / f"{key}-{value}"

@@ -148,6 +148,22 @@ def test_open_takes_max_readers_with_the_rules_of_a_new_cache(saved):
         assert [pa.table(uncapped).num_rows for _ in range(3)] == [data.num_rows] * 3
 
 
+def test_stats_say_how_an_opened_save_is_checked(saved, tmp_path):
+    data, info = saved
+    assert StreamCache(data).stats().validation is None
+    copy = tmp_path / "copy"
+    shutil.copytree(info.path, copy)  # a fresh file: too new for a validation note
+    for verify, expected in ((None, "full"), (False, "full"), (True, "checksums")):
+        with StreamCache.open(copy, verify=verify) as cache:
+            assert cache.stats().validation == expected, verify
+            assert pa.table(cache) == data
+    # Modified after its save: the default checks checksums.
+    os.utime(copy / "data.arrow", ns=(1, 1))
+    with StreamCache.open(copy) as cache:
+        assert cache.stats().validation == "checksums"
+        assert pa.table(cache) == data
+
+
 def test_a_persisted_cache_pickles_as_a_reference(saved):
     data, info = saved
     with StreamCache.open(info.path) as cache:

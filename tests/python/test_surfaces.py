@@ -478,14 +478,20 @@ def noted_save_then_open(schema: pa.Schema, batches: Batches, context: Context) 
             pass
     note = path / "validated.json"
     replay = Replay()
-    replay.checks.append(lambda: _assert_noted(note, batches))
-    read_passes(context.stack.enter_context(StreamCache.open(path)), replay, "the noted save: ")
+    cache = context.stack.enter_context(StreamCache.open(path))
+    # What the open decided, as stats() shows it: the note trusted.
+    validation = cache.stats().validation
+    replay.checks.append(lambda: _assert_noted(note, batches, validation))
+    read_passes(cache, replay, "the noted save: ")
     return replay
 
 
-def _assert_noted(note: Path, batches: Batches) -> None:
-    # A stream with no batches has nothing to validate, so nothing to note.
+def _assert_noted(note: Path, batches: Batches, validation: str) -> None:
+    # A stream with no batches has nothing to validate, so nothing to note: it is
+    # validated in full (there is nothing to validate).
     assert note.exists() == bool(batches), f"{note} exists: {note.exists()}"
+    expected = "noted" if batches else "full"
+    assert validation == expected, f"stats().validation is {validation!r}, not {expected!r}"
 
 
 def flight_from_the_api(schema: pa.Schema, batches: Batches, context: Context) -> Replay:

@@ -19,10 +19,11 @@ use crate::error::{Error, Result};
 const MANIFEST_SUM: &str = "manifest_xxh3";
 /// Checksum the data file's blocks, write them and the manifest, all synced.
 pub(super) fn write_manifest(dir: &Path, saved: &Persisted, schema: &SchemaRef) -> Result<()> {
-    let (data_path, file, len) = data_file(dir)?;
+    let (data_path, file, meta) = data_file(dir)?;
+    let len = meta.len();
     let footer = Footer::read(&file, &data_path, len)?;
     let structure = footer.structure_checksum(&file, &data_path, len)?;
-    let modified = modified_ns(&file, &data_path)?;
+    let modified = modified_ns(&meta, &data_path)?;
     let segment = Segment::persisted(data_path.clone(), file, len);
     let mut sums = Vec::with_capacity(footer.checksummed() * 8);
     for block in footer.dictionaries.iter().chain(&footer.batches) {
@@ -235,8 +236,8 @@ pub fn reseal(path: &Path) -> Result<()> {
         .map_err(|err| io_error("cannot read", &manifest_path, err))?;
     let manifest: Value = serde_json::from_slice(&text)
         .map_err(|err| Error::Corrupt(format!("{}: {err}", manifest_path.display())))?;
-    let (data_path, file, len) = data_file(path)?;
-    let footer = Footer::read(&file, &data_path, len)?;
+    let (data_path, file, meta) = data_file(path)?;
+    let footer = Footer::read(&file, &data_path, meta.len())?;
     let saved = Persisted {
         path: path.to_path_buf(),
         id: manifest["id"].as_str().unwrap_or_default().to_owned(),

@@ -19,7 +19,7 @@ mod manifest;
 pub(crate) mod validation_note;
 mod writer;
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use arrow_schema::SchemaRef;
 
 use crate::disk::{io_error, Check, DiskEntry, DiskIndex, Message, Segment};
 use crate::error::{Error, Result};
+use crate::validate::Utf8;
 use footer::Footer;
 #[cfg(feature = "fault-injection")]
 pub use manifest::reseal;
@@ -61,6 +62,18 @@ pub enum Verify {
     Never,
 }
 
+/// How the batches of an opened save are checked on their first read in a process, as
+/// `verify` and the save's [`validation_note`] decided when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validated {
+    /// Against their checksums, then validated in full (UTF-8 included).
+    Checksums,
+    /// Validated in full, UTF-8 included; no checksums.
+    Full,
+    /// Validated in full but for UTF-8, which a note (`validated.json`) vouches for.
+    Noted,
+}
+
 /// What a save wrote, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisted {
@@ -84,7 +97,8 @@ pub(crate) struct Opened {
 /// read as `verify` says.
 pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
     let layout = Layout::read(path)?;
-    let (data_path, file, len) = data_file(path)?;
+    let (data_path, file, meta) = data_file(path)?;
+    let len = meta.len();
     if len != layout.data_bytes {
         return Err(layout.damaged(format!(
             "{DATA} has {len} bytes where the manifest says {}: it was truncated or edited",
@@ -94,7 +108,7 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
     let checksums = match verify {
         Verify::Always => true,
         Verify::Never => false,
-        Verify::IfModified => modified_ns(&file, &data_path)? != layout.data_modified_ns,
+        Verify::IfModified => modified_ns(&meta, &data_path)? != layout.data_modified_ns,
     };
     let footer = Footer::read(&file, &data_path, len)?;
     if footer.batches.len() as u64 != layout.batches
@@ -118,6 +132,7 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
         path,
         &layout.id,
         &file,
+        &meta,
         footer.batches.len(),
         verify == Verify::Always,
     );
@@ -156,9 +171,14 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
             Check::new(checksums.then_some(*expected), validation.clone()),
         ));
     }
+    let validated = match (checksums, validation.utf8()) {
+        (true, _) => Validated::Checksums,
+        (false, Utf8::Check) => Validated::Full,
+        (false, Utf8::Noted) => Validated::Noted,
+    };
     Ok(Opened {
         schema: footer.schema,
-        index: DiskIndex::persisted(entries),
+        index: DiskIndex::persisted(entries, validated),
         saved: Persisted {
             path: absolute(path),
             id: layout.id,
@@ -174,15 +194,15 @@ pub(super) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The data file of the save in `dir`: its path, the open file and its length.
-pub(super) fn data_file(dir: &Path) -> Result<(PathBuf, File, u64)> {
+/// The data file of the save in `dir`: its path, the open file and its metadata (the one
+/// `fstat` an open makes: its length, times and identity all come from it).
+pub(super) fn data_file(dir: &Path) -> Result<(PathBuf, File, Metadata)> {
     let path = dir.join(DATA);
     let file = open_file(&path)?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|err| io_error("cannot read", &path, err))?
-        .len();
-    Ok((path, file, len))
+        .map_err(|err| io_error("cannot read", &path, err))?;
+    Ok((path, file, meta))
 }
 
 pub(super) fn create_file(path: &Path) -> Result<File> {
@@ -217,11 +237,11 @@ pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|err| io_error("cannot write", path, err))
 }
 
-/// The file's modification time in nanoseconds since the epoch (0 if before it).
-pub(super) fn modified_ns(file: &File, path: &Path) -> Result<Option<u64>> {
-    let modified = file
-        .metadata()
-        .and_then(|meta| meta.modified())
+/// The modification time in `meta` (of the file at `path`) in nanoseconds since the
+/// epoch (0 if before it).
+pub(super) fn modified_ns(meta: &Metadata, path: &Path) -> Result<Option<u64>> {
+    let modified = meta
+        .modified()
         .map_err(|err| io_error("cannot read", path, err))?;
     Ok(Some(
         modified

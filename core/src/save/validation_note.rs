@@ -2,7 +2,7 @@
 //! later openers skip the one check that reads every text byte (UTF-8) while the file's
 //! change time, which every write moves, is still the one the note records.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -36,14 +36,17 @@ struct FileState {
 
 impl FileState {
     fn of(file: &File) -> Option<Self> {
-        let meta = file.metadata().ok()?;
-        Some(Self {
+        Some(Self::from(&file.metadata().ok()?))
+    }
+
+    fn from(meta: &Metadata) -> Self {
+        Self {
             device: meta.dev(),
             inode: meta.ino(),
             bytes: meta.size(),
             changed: (meta.ctime(), meta.ctime_nsec()),
             modified: (meta.mtime(), meta.mtime_nsec()),
-        })
+        }
     }
 
     /// Whether every write from `now` on gets a later change time than this state's.
@@ -92,30 +95,31 @@ struct PendingNote {
 }
 
 impl Validation {
-    /// For the `batches` of save `id` in `dir`, whose data file is `file`: text is trusted
-    /// when a note matches the file as it is now, unless `always_check`.
+    /// For the `batches` of save `id` in `dir`, whose data file is `file` with metadata
+    /// `meta`: text is trusted when a note matches the file as it is now; with
+    /// `always_check` the note is not even read (and is written again once all passed).
     pub(super) fn new(
         dir: &Path,
         id: &str,
         file: &File,
+        meta: &Metadata,
         batches: usize,
         always_check: bool,
     ) -> Arc<Self> {
-        let state = FileState::of(file);
-        let noted = state.is_some_and(|state| read_note(dir) == Some(state.note(id)));
-        let note = match state {
-            Some(state) if !noted && state.settled(SystemTime::now()) => {
-                file.try_clone().ok().map(|file| PendingNote {
-                    dir: dir.to_path_buf(),
-                    id: id.to_owned(),
-                    file,
-                    state,
-                })
-            }
-            _ => None,
+        let state = FileState::from(meta);
+        let noted = !always_check && read_note(dir) == Some(state.note(id));
+        let note = if !noted && state.settled(SystemTime::now()) {
+            file.try_clone().ok().map(|file| PendingNote {
+                dir: dir.to_path_buf(),
+                id: id.to_owned(),
+                file,
+                state,
+            })
+        } else {
+            None
         };
         Arc::new(Self {
-            utf8: if noted && !always_check {
+            utf8: if noted {
                 Utf8::Noted
             } else {
                 Utf8::Check
