@@ -45,21 +45,21 @@ class FlightSource:
 
         return flight.FlightCallOptions(timeout=self.timeout)
 
-    def schema(self) -> pa.Schema:
-        """The cache's schema (GetSchema: no reader is created)."""
+    def _info(self) -> Any:
+        # GetFlightInfo, not GetSchema: pyarrow raises the Flight error classes
+        # (FlightUnauthenticatedError...) for it, a bare OSError for GetSchema.
         import pyarrow.flight as flight
 
         with self._client() as client:
-            descriptor = flight.FlightDescriptor.for_path(self.name)
-            return client.get_schema(descriptor, self._options()).schema
+            return client.get_flight_info(flight.FlightDescriptor.for_path(self.name), self._options())
+
+    def schema(self) -> pa.Schema:
+        """The cache's schema (no reader is created)."""
+        return self._info().schema
 
     def batches(self) -> Optional[int]:
         """The cache's batch count once its source is read to the end, else None."""
-        import pyarrow.flight as flight
-
-        with self._client() as client:
-            info = client.get_flight_info(flight.FlightDescriptor.for_path(self.name), self._options())
-        state = json.loads(info.app_metadata or b"{}")
+        state = json.loads(self._info().app_metadata or b"{}")
         return int(state["batches"]) if state.get("finished") else None
 
     def read(self, shard: tuple[int, int]) -> Iterator[pa.RecordBatch]:

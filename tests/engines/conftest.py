@@ -14,7 +14,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+# The tests' own modules, for this process and (through PYTHONPATH) Ray's workers.
+TEST_PATHS = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "python")]
+sys.path.insert(0, TEST_PATHS[1])
 
 TEST_TIMEOUT = float(os.environ.get("BC_TEST_TIMEOUT", "300"))
 WAIT = 120.0  # seconds a worker may take to start, finish or be noticed gone
@@ -35,7 +37,8 @@ def ray_session() -> Iterator[None]:
     # the view types (binary_view, string_view) where a user's Ray falls back to Arrow IPC.
     under_test = os.environ.pop("PYTEST_CURRENT_TEST", None)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, object_store_memory=400 * 1024 * 1024)
+             configure_logging=False, object_store_memory=400 * 1024 * 1024,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(TEST_PATHS)}})
     if under_test is not None:
         os.environ["PYTEST_CURRENT_TEST"] = under_test
     import ray.data

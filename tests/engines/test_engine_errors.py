@@ -194,7 +194,8 @@ def test_a_killed_ray_worker_releases_its_flight_reader(ray_session, tmp_path):
     with big_cache() as cache, CacheServer({"big": cache}) as server:
         task = ray.remote(max_retries=0)(read_slowly).remote(
             FlightSource(server.location, "big"), (0, 1), str(pid_file))
-        wait_until(pid_file.exists, "the Ray task started reading")
+        wait_until(lambda: pid_file.exists() or ray.wait([task], timeout=0)[0],
+                   "the Ray task started reading")
         assert cache.stats().readers_live == 1
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         with pytest.raises(ray.exceptions.RayError):
@@ -212,7 +213,7 @@ def test_a_killed_dask_worker_releases_its_flight_reader(dask_client, tmp_path):
     with big_cache() as cache, CacheServer({"big": cache}) as server:
         future = dask_client.submit(read_slowly, FlightSource(server.location, "big"), (0, 1),
                                     str(pid_file), pure=False)
-        wait_until(pid_file.exists, "the Dask task started reading")
+        wait_until(lambda: pid_file.exists() or future.done(), "the Dask task started reading")
         assert cache.stats().readers_live == 1
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         with pytest.raises(KilledWorker):
