@@ -13,7 +13,7 @@ nor Dask. See the source repository's docs/engines.md.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union, cast
 
 import pyarrow as pa
 
@@ -120,10 +120,11 @@ def read_cache(
     )
     count = shard_count(src, shards, DEFAULT_SHARDS)
     schema = src.schema()
-    return dd.from_map(
+    frame = dd.from_map(  # type: ignore[no-untyped-call, unused-ignore]
         _Partition(src, count, schema),
         range(count),
         meta=meta(schema),
         label="batchcorder-read-cache",
         enforce_metadata=False,
     )
+    return cast("dd.DataFrame", frame)

@@ -13,7 +13,7 @@ repository's docs/engines.md.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union, cast
 
 import pyarrow as pa
 
@@ -32,7 +32,7 @@ from ._engines import source as _source
 __all__ = ["CacheDatasource", "read_cache"]
 
 
-class CacheDatasource(Datasource):  # type: ignore[misc]
+class CacheDatasource(Datasource):  # type: ignore[misc, unused-ignore]  # Any without Ray
     """A Ray Data datasource over a cache: ``ray.data.read_datasource(CacheDatasource(...))``.
 
     ``source`` is a Flight location (``"grpc://host:port"``, ``"grpc+tls://..."``) with
@@ -59,7 +59,7 @@ class CacheDatasource(Datasource):  # type: ignore[misc]
         shards: Optional[int] = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self._source: Source = _source(
             source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
             timeout=timeout,
@@ -149,4 +149,4 @@ def read_cache(
     # tasks than it wants, and its splitting refuses view types (binary_view, string_view).
     minimum = ray.data.DataContext.get_current().read_op_min_num_blocks
     read_args.setdefault("override_num_blocks", shard_count(datasource._source, shards, minimum))
-    return ray.data.read_datasource(datasource, **read_args)
+    return cast("ray.data.Dataset", ray.data.read_datasource(datasource, **read_args))
