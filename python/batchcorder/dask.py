@@ -4,32 +4,38 @@
 or a save (:meth:`~batchcorder.StreamCache.persist`) on storage every worker reaches, as
 one partition per shard (``dd.from_map``): partition ``i`` of ``n`` holds every ``n``-th
 batch from batch ``i``, as ``cache.reader(shard=(i, n))`` gives it. The columns are
-pyarrow-backed (``pd.ArrowDtype``; see :func:`carried_type` for the three kinds
+pyarrow-backed (``pd.ArrowDtype``; see :func:`carried_type` for the four kinds
 of column that change type), and the DataFrame's meta comes from the cache's
 schema without reading any batch. ``import batchcorder`` does not import this module,
-nor Dask. See the source repository's docs/engines.md.
+and this module imports Dask only when used: without it, :func:`read_cache` raises
+``ImportError`` naming the extra. See the source repository's docs/engines.md.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union, cast
 
 import pyarrow as pa
-
-try:
-    import dask.dataframe as dd
-    import numpy as np
-    import pandas as pd
-except ImportError as err:
-    raise ImportError(
-        "batchcorder.dask needs Dask's DataFrame: pip install 'batchcorder[dask]'"
-    ) from err
 
 from ._engines import DEFAULT_TIMEOUT, Shipped, Source, shard_count
 from ._engines import source as _source
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import pandas as pd
+
 __all__ = ["read_cache", "carried_type", "meta", "to_pandas"]
+
+
+def _pandas() -> Any:
+    """The ``pandas`` module, or an ImportError naming the extra that installs Dask."""
+    try:
+        import dask.dataframe  # noqa: F401  (what the extra brings; pandas comes with it)
+        import pandas
+    except ImportError as err:
+        raise ImportError("batchcorder.dask needs Dask's DataFrame: pip install 'batchcorder[dask]'") from err
+    return pandas
 
 # Partitions when neither ``shards`` nor the cache's batch count says otherwise.
 DEFAULT_SHARDS = 8
@@ -51,6 +57,8 @@ def carried_type(type_: pa.DataType) -> pa.DataType:
 def _decode_runs(array: pa.Array) -> pa.Array:
     """A run-end encoded array's values, one per row (``pc.run_end_decode`` has no kernel
     for dictionary values, so the runs are expanded with ``take``)."""
+    import numpy as np
+
     ends = array.run_ends.to_numpy(zero_copy_only=False)
     rows = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))
     return array.values.take(pa.array(rows[array.offset:array.offset + len(array)]))
@@ -69,7 +77,7 @@ def to_pandas(table: pa.Table) -> "pd.DataFrame":
     columns = [_carried(column) for column in table.columns]
     fields = [field.with_type(column.type) for field, column in zip(table.schema, columns)]
     return pa.table(columns, schema=pa.schema(fields, table.schema.metadata)).to_pandas(
-        types_mapper=pd.ArrowDtype)
+        types_mapper=_pandas().ArrowDtype)
 
 
 def meta(schema: pa.Schema) -> "pd.DataFrame":
@@ -114,12 +122,15 @@ def read_cache(
     partition is read whole into its worker's memory, as Dask partitions are: choose
     ``shards`` so that one fits.
     """
+    _pandas()  # first: without Dask, say which extra to install
     src = _source(
         source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
         timeout=timeout,
     )
     count = shard_count(src, shards, DEFAULT_SHARDS)
     schema = src.schema()
+    import dask.dataframe as dd
+
     frame = dd.from_map(  # type: ignore[no-untyped-call, unused-ignore]
         _Partition(src, count, schema),
         range(count),

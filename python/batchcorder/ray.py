@@ -6,33 +6,49 @@ storage that every node reaches, with one Ray read task per shard: shard ``i`` o
 holds every ``n``-th batch from batch ``i``, as ``cache.reader(shard=(i, n))`` gives it.
 Each task streams its share batch by batch, so no task holds the whole stream; over
 Flight, each task is one DoGet, so one reader of the served cache (its ``max_readers``
-counts them). ``import batchcorder`` does not import this module, nor Ray. See the source
-repository's docs/engines.md.
+counts them). ``import batchcorder`` does not import this module, and this module
+imports Ray only when used: without it, :func:`read_cache` raises ``ImportError`` naming
+the extra. See the source repository's docs/engines.md.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union, cast
 
 import pyarrow as pa
-
-try:
-    import ray
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-except ImportError as err:
-    raise ImportError(
-        "batchcorder.ray needs Ray Data: pip install 'batchcorder[ray]'"
-    ) from err
 
 from ._engines import DEFAULT_TIMEOUT, SaveSource, Shipped, Source, shard_count
 from ._engines import source as _source
 
+if TYPE_CHECKING:
+    import ray.data
+
 __all__ = ["CacheDatasource", "read_cache"]
 
 
-class CacheDatasource(Datasource):  # type: ignore[misc, unused-ignore]  # Any without Ray
+def _ray() -> Any:
+    """The ``ray`` module, or an ImportError naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as err:
+        raise ImportError("batchcorder.ray needs Ray Data: pip install 'batchcorder[ray]'") from err
+    return ray
+
+
+def __getattr__(name: str) -> Any:
+    # CacheDatasource subclasses Ray's Datasource, so it is made on first use: importing
+    # this module needs no Ray (nor does collecting its doctests).
+    if name == "CacheDatasource":
+        made = type("CacheDatasource", (_CacheDatasource, _ray().data.Datasource), {})
+        made.__module__, made.__doc__ = __name__, _CacheDatasource.__doc__
+        globals()["CacheDatasource"] = made  # pickled by reference, as a module-level class
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _CacheDatasource:
     """A Ray Data datasource over a cache: ``ray.data.read_datasource(CacheDatasource(...))``.
 
     ``source`` is a Flight location (``"grpc://host:port"``, ``"grpc+tls://..."``) with
@@ -59,7 +75,7 @@ class CacheDatasource(Datasource):  # type: ignore[misc, unused-ignore]  # Any w
         shards: Optional[int] = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
+        super().__init__()  # Ray's Datasource, the class's other base
         self._source: Source = _source(
             source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
             timeout=timeout,
@@ -91,8 +107,11 @@ class CacheDatasource(Datasource):  # type: ignore[misc, unused-ignore]  # Any w
         parallelism: int,
         per_task_row_limit: Optional[int] = None,
         data_context: Any = None,
-    ) -> list[ReadTask]:
+    ) -> list[Any]:
         """One task per shard; see the class."""
+        from ray.data import ReadTask
+        from ray.data.block import BlockMetadata
+
         count = shard_count(self._source, self._shards, parallelism)
         return [
             ReadTask(
@@ -141,12 +160,13 @@ def read_cache(
     Dataset has the cache's schema and reads lazily, as Ray Datasets do: each
     execution of it reads the cache again, which a cache makes cheap.
     """
-    datasource = CacheDatasource(
+    engine = _ray()
+    datasource = __getattr__("CacheDatasource")(
         source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
         shards=shards, timeout=timeout,
     )
     # One output block stream per task: left to itself, Ray splits the blocks of fewer
     # tasks than it wants, and its splitting refuses view types (binary_view, string_view).
-    minimum = ray.data.DataContext.get_current().read_op_min_num_blocks
+    minimum = engine.data.DataContext.get_current().read_op_min_num_blocks
     read_args.setdefault("override_num_blocks", shard_count(datasource._source, shards, minimum))
-    return cast("ray.data.Dataset", ray.data.read_datasource(datasource, **read_args))
+    return cast("ray.data.Dataset", engine.data.read_datasource(datasource, **read_args))
