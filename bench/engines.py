@@ -5,14 +5,18 @@ a save, against the same engine reading the same rows from uncompressed Parquet.
 
 Before the clock: the stream (bench/workloads.py's generated batches: an id, two
 numbers, a string) is cached and saved, and written as `shards` uncompressed Parquet
-files. Each sample then reads every column of every row on the engine's workers and
-sends back only a row count:
+files. Each sample then reads every column of every row on the engine's workers, and
+touches every value (`touch`: a sum of each number column and of the strings' lengths,
+the same work on every side: a save is mapped, and a read that touched nothing would
+cost nothing), sending back only those sums:
 
-- Ray (`ray.init(num_cpus=2)`): `map_batches` over `batchcorder.ray.read_cache(...)` or
-  `ray.data.read_parquet(dir)`, summing each block's row count;
-- Dask (`LocalCluster(n_workers=2, processes=True)`, restarted before each sample, so
-  each worker's peak RSS is that sample's): `map_partitions(len)` over
+- Ray (`ray.init(num_cpus=2)`): `map_batches(touch)` over `batchcorder.ray.read_cache(...)`
+  or `ray.data.read_parquet(dir)`;
+- Dask (`LocalCluster(n_workers=2, processes=True)`): `map_partitions(touch)` over
   `batchcorder.dask.read_cache(...)` or `dd.read_parquet(dir, dtype_backend="pyarrow")`.
+
+The workers' memory is the largest RSS of one worker process (Ray's `ray::` processes,
+Dask's worker processes), sampled every 20 ms from outside during the sample.
 
 Over Flight, every sample starts a fresh `batchcorder-flight` process serving the save
 (one cache, read from its file), so its peak RSS (VmHWM) is that sample's. Sides
@@ -33,7 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import threading
+
+import psutil
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workloads import generated_batches, proc_status_bytes  # bench/ is the script's folder
@@ -67,6 +75,39 @@ def prepare(folder: Path, batches: int, shards: int) -> tuple[Path, Path]:
     return saved, parquet
 
 
+def touch(table: pa.Table) -> pa.Table:
+    """Every value of every column read once: the sums of the numbers and string lengths."""
+    sums = [pc.sum(table.column(name)).as_py() or 0 for name in ("id", "x", "y")]
+    return pa.table({"rows": [table.num_rows], "sum": [float(sum(sums))],
+                     "chars": [pc.sum(pc.utf8_length(table.column("s"))).as_py() or 0]})
+
+
+class Peak:
+    """The largest RSS of one of the processes `pids()` names, sampled every 20 ms."""
+
+    def __init__(self, pids) -> None:
+        self.pids, self.peak, self.done = pids, 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.02):
+            for pid in self.pids():
+                try:
+                    self.peak = max(self.peak, psutil.Process(pid).memory_info().rss)
+                except psutil.Error:
+                    pass  # a worker that ended
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return self.peak
+
+
+def ray_workers() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::")]
+
+
 class Server:
     """`batchcorder-flight` serving the save, in a process of its own."""
 
@@ -94,36 +135,40 @@ def ray_sample(side: str, saved: Path, parquet: Path, shards: int) -> dict:
     from batchcorder.ray import read_cache
 
     server = Server(saved) if side == "flight" else None
+    workers = Peak(ray_workers)
     start = time.perf_counter()
     if side == "parquet":
         dataset = ray.data.read_parquet(str(parquet), override_num_blocks=shards)
     else:
         dataset = read_cache(server.location if server else saved, "data" if server else None, shards=shards)
-    counts = dataset.map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_format="pyarrow", batch_size=None)
-    rows = counts.sum("n")
+    rows = dataset.map_batches(touch, batch_format="pyarrow", batch_size=None).sum("rows")
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": rows, "server_peak": server.stop() if server else None}
+    return {"seconds": seconds, "rows": rows, "server_peak": server.stop() if server else None,
+            "worker_peak": workers.stop()}
 
 
 def dask_sample(client, side: str, saved: Path, parquet: Path, shards: int) -> dict:
     import dask.dataframe as dd
+    import pandas as pd
 
     from batchcorder.dask import read_cache
 
-    client.restart()
+    pids = list(client.run(os.getpid).values())
     server = Server(saved) if side == "flight" else None
+    workers = Peak(lambda: pids)
     start = time.perf_counter()
     if side == "parquet":
         frame = dd.read_parquet(str(parquet), dtype_backend="pyarrow")
     else:
         frame = read_cache(server.location if server else saved, "data" if server else None, shards=shards)
-    rows = int(frame.map_partitions(len).sum().compute())
+    meta = pd.DataFrame({"rows": pd.Series([], dtype="int64"), "sum": pd.Series([], dtype="float64"),
+                         "chars": pd.Series([], dtype="int64")})
+    touched = frame.map_partitions(lambda df: touch(pa.Table.from_pandas(df, preserve_index=False)).to_pandas(),
+                                   meta=meta)
+    rows = int(touched["rows"].sum().compute())
     seconds = time.perf_counter() - start
-    import resource
-
-    workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"seconds": seconds, "rows": rows, "server_peak": server.stop() if server else None,
-            "worker_peak": max(workers.values())}
+            "worker_peak": workers.stop()}
 
 
 def main() -> None:
