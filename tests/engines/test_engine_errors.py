@@ -221,3 +221,32 @@ def test_a_killed_dask_worker_releases_its_flight_reader(dask_client, tmp_path):
         wait_until(lambda: cache.stats().readers_live == 0, "the killed worker's reader released")
         wait_until(lambda: server.active_streams == 0, "the killed worker's stream ended")
     dask_client.wait_for_workers(2, timeout=WAIT)  # the nanny restarts it for the next tests
+
+
+# -- TLS and a token: what a server beyond loopback asks for -------------------------------
+
+
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+def test_a_server_with_tls_and_a_token_is_read_with_both(engine, request, tmp_path):
+    import trustme
+
+    request.getfixturevalue("ray_session" if engine == "ray" else "dask_client")
+    read_cache = importlib.import_module(f"batchcorder.{engine}").read_cache
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    authority.cert_pem.write_to_path(str(ca))
+    issued.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    cache = StreamCache(TABLE.to_reader(max_chunksize=5_000))
+    with cache, CacheServer({"t": cache}, "grpc+tls://127.0.0.1:0", tls_cert=cert, tls_key=key,
+                            token="s3cret") as server:
+        assert server.location.startswith("grpc+tls://")
+        data = read_cache(server.location, "t", token="s3cret", tls_root_certs=ca, shards=3)
+        if engine == "ray":
+            assert data.sum("x") == sum(range(TABLE.num_rows))
+        else:
+            assert data.x.sum().compute() == sum(range(TABLE.num_rows))
+        assert cache.stats().readers_created == 3
+        with pytest.raises(flight.FlightUnavailableError):  # no roots: the certificate is not trusted
+            read_cache(server.location, "t", token="s3cret", timeout=10)
