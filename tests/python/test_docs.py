@@ -384,6 +384,11 @@ def test_engine_pages_run_under_make_test_engines():
     assert "BC_DOCS_ENGINES=1" in recipe and "tests/python/test_docs.py" in recipe
     assert all(f"-k {page}" in recipe for page in ENGINE_PAGES)
     assert all(any(b.page == page for b in PYTHON) for page in ENGINE_PAGES)
+    # An install line naming an engine's extra on another page would put Ray or Dask
+    # into make test's virtualenvs: every block below it would install them.
+    engines = re.compile(r"batchcorder\[[^\]]*\b(ray|dask)\b")
+    assert not [b.where for b in PYTHON
+                if b.page not in ENGINE_PAGES and any(engines.search(r) for r in b.requirements)]
 
 
 @pytest.mark.parametrize(
