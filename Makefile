@@ -159,6 +159,8 @@ include mk/wheels.mk
 include mk/aarch64.mk
 # PyTorch's DataLoader and torch.distributed with worker_shard(): test-torch (mk/torch.mk).
 include mk/torch.mk
+# Ray Data and Dask reading caches (batchcorder.ray, batchcorder.dask): test-engines (mk/engines.mk).
+include mk/engines.mk
 
 # Speed and memory side by side with plain pyarrow and the reference release (see bench/);
 # it installs the wheel, the one build of the library.
