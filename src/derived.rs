@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StructArray};
 use arrow_data::ffi::FFI_ArrowArray;
-use arrow_data::ArrayData;
 use arrow_schema::{ArrowError, DataType};
 
 use crate::abi::ArrowArray;
@@ -73,34 +72,29 @@ impl Derived for OwnImage {
 
 impl OwnImage {
     fn of(batch: &RecordBatch) -> Self {
-        let columns: Vec<ArrayData> = batch.columns().iter().map(|c| c.to_data()).collect();
-        if !columns.iter().all(is_flat_leaf) {
-            return Self {
-                image: None,
-                _addresses: Box::new([]),
-            };
-        }
+        let columns = batch.columns();
         // Per column: its validity bitmap (or NULL), then its buffers, as C lists them.
-        let mut addresses: Box<[*const c_void]> = columns
-            .iter()
-            .flat_map(|data| {
-                let validity = data.nulls().map_or(ptr::null(), |n| n.buffer().as_ptr());
-                let buffers = data.buffers().iter().map(|b| b.as_ptr());
-                std::iter::once(validity)
-                    .chain(buffers)
-                    .map(<*const u8>::cast)
-            })
-            .collect();
+        let mut addresses = Vec::with_capacity(columns.len() * 3);
+        let mut layouts = Vec::with_capacity(columns.len());
+        for column in columns {
+            let Some(layout) = flat_leaf(column.as_ref(), &mut addresses) else {
+                return Self {
+                    image: None,
+                    _addresses: Box::new([]),
+                };
+            };
+            layouts.push(layout);
+        }
+        let mut addresses = addresses.into_boxed_slice();
         let mut next = addresses.as_mut_ptr();
-        let nodes = columns.iter().map(|data| {
-            let n_buffers = 1 + data.buffers().len();
+        let nodes = columns.iter().zip(layouts).map(|(column, (offset, n_buffers))| {
             let buffers = next;
             // SAFETY: `addresses` holds `n_buffers` for each column, in this order.
             next = unsafe { next.add(n_buffers) };
             batchcorder_cdata::abi::ArrowArray {
-                length: data.len() as i64,
-                null_count: data.null_count() as i64,
-                offset: data.offset() as i64,
+                length: column.len() as i64,
+                null_count: column.null_count() as i64,
+                offset: offset as i64,
                 n_buffers: n_buffers as i64,
                 n_children: 0,
                 buffers,
@@ -118,21 +112,50 @@ impl OwnImage {
     }
 }
 
-/// Whether `data` has a C layout of a validity bitmap and its own buffers, with the
-/// array's offset applying to all of them, as arrow-rs keeps them.
-fn is_flat_leaf(data: &ArrayData) -> bool {
-    let buffers = match data.data_type() {
-        DataType::Boolean | DataType::FixedSizeBinary(_) => 1,
-        primitive if primitive.is_primitive() => 1,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary => 2,
-        _ => return false,
+/// For a column with a C layout of a validity bitmap and its own buffers, all under one
+/// offset: push the buffers' addresses onto `addresses`, and return that offset and how
+/// many there are. `None` for any other column (nested, dictionary, views, null).
+fn flat_leaf(array: &dyn Array, addresses: &mut Vec<*const c_void>) -> Option<(usize, usize)> {
+    use arrow_array::cast::AsArray;
+    // arrow-rs keeps a sliced column's values sliced (offset 0, but for booleans' bits)
+    // and its bitmap with its own bit offset.
+    let (offset, values): (usize, [Option<&[u8]>; 2]) = match array.data_type() {
+        DataType::Boolean => {
+            let bits = array.as_boolean().values();
+            (bits.offset(), [Some(bits.inner().as_slice()), None])
+        }
+        DataType::Utf8 => {
+            let strings = array.as_string::<i32>();
+            (0, [Some(strings.offsets().inner().inner()), Some(strings.values())])
+        }
+        DataType::LargeUtf8 => {
+            let strings = array.as_string::<i64>();
+            (0, [Some(strings.offsets().inner().inner()), Some(strings.values())])
+        }
+        DataType::Binary => {
+            let bytes = array.as_binary::<i32>();
+            (0, [Some(bytes.offsets().inner().inner()), Some(bytes.values())])
+        }
+        DataType::LargeBinary => {
+            let bytes = array.as_binary::<i64>();
+            (0, [Some(bytes.offsets().inner().inner()), Some(bytes.values())])
+        }
+        DataType::FixedSizeBinary(_) => (0, [Some(array.as_fixed_size_binary().value_data()), None]),
+        _ => arrow_array::downcast_primitive_array!(
+            array => (0, [Some(array.values().inner().as_slice()), None]),
+            _ => return None
+        ),
     };
-    data.buffers().len() == buffers
-        && data.child_data().is_empty()
-        // arrow-rs's export shifts a bitmap that starts elsewhere; such a batch goes there.
-        && data.nulls().is_none_or(|nulls| nulls.offset() == data.offset())
-        // An empty array may have no offsets, which C consumers need (arrow-rs adds them).
-        && (buffers == 1 || !data.buffers()[0].is_empty())
+    // arrow-rs's export shifts a bitmap that starts elsewhere; such a column goes there.
+    if array.nulls().is_some_and(|nulls| nulls.offset() != offset) {
+        return None;
+    }
+    let validity = array.nulls().map_or(ptr::null(), |n| n.buffer().as_ptr());
+    addresses.push(validity.cast());
+    let values = values.into_iter().flatten();
+    let before = addresses.len();
+    addresses.extend(values.map(|v| v.as_ptr().cast::<c_void>()));
+    Some((offset, 1 + addresses.len() - before))
 }
 
 /// The image kept with `cached`: the C stream import's, or one laid out on its first
