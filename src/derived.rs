@@ -87,23 +87,26 @@ impl OwnImage {
         }
         let mut addresses = addresses.into_boxed_slice();
         let mut next = addresses.as_mut_ptr();
-        let nodes = columns.iter().zip(layouts).map(|(column, (offset, n_buffers))| {
-            let buffers = next;
-            // SAFETY: `addresses` holds `n_buffers` for each column, in this order.
-            next = unsafe { next.add(n_buffers) };
-            batchcorder_cdata::abi::ArrowArray {
-                length: column.len() as i64,
-                null_count: column.null_count() as i64,
-                offset: offset as i64,
-                n_buffers: n_buffers as i64,
-                n_children: 0,
-                buffers,
-                children: ptr::null_mut(),
-                dictionary: ptr::null_mut(),
-                release: None,
-                private_data: ptr::null_mut(),
-            }
-        });
+        let nodes = columns
+            .iter()
+            .zip(layouts)
+            .map(|(column, (offset, n_buffers))| {
+                let buffers = next;
+                // SAFETY: `addresses` holds `n_buffers` for each column, in this order.
+                next = unsafe { next.add(n_buffers) };
+                batchcorder_cdata::abi::ArrowArray {
+                    length: column.len() as i64,
+                    null_count: column.null_count() as i64,
+                    offset: offset as i64,
+                    n_buffers: n_buffers as i64,
+                    n_children: 0,
+                    buffers,
+                    children: ptr::null_mut(),
+                    dictionary: ptr::null_mut(),
+                    release: None,
+                    private_data: ptr::null_mut(),
+                }
+            });
         let image = FlatImage::of_leaves(batch.num_rows() as i64, nodes);
         Self {
             image: Some(image),
@@ -126,21 +129,41 @@ fn flat_leaf(array: &dyn Array, addresses: &mut Vec<*const c_void>) -> Option<(u
         }
         DataType::Utf8 => {
             let strings = array.as_string::<i32>();
-            (0, [Some(strings.offsets().inner().inner()), Some(strings.values())])
+            (
+                0,
+                [
+                    Some(strings.offsets().inner().inner()),
+                    Some(strings.values()),
+                ],
+            )
         }
         DataType::LargeUtf8 => {
             let strings = array.as_string::<i64>();
-            (0, [Some(strings.offsets().inner().inner()), Some(strings.values())])
+            (
+                0,
+                [
+                    Some(strings.offsets().inner().inner()),
+                    Some(strings.values()),
+                ],
+            )
         }
         DataType::Binary => {
             let bytes = array.as_binary::<i32>();
-            (0, [Some(bytes.offsets().inner().inner()), Some(bytes.values())])
+            (
+                0,
+                [Some(bytes.offsets().inner().inner()), Some(bytes.values())],
+            )
         }
         DataType::LargeBinary => {
             let bytes = array.as_binary::<i64>();
-            (0, [Some(bytes.offsets().inner().inner()), Some(bytes.values())])
+            (
+                0,
+                [Some(bytes.offsets().inner().inner()), Some(bytes.values())],
+            )
         }
-        DataType::FixedSizeBinary(_) => (0, [Some(array.as_fixed_size_binary().value_data()), None]),
+        DataType::FixedSizeBinary(_) => {
+            (0, [Some(array.as_fixed_size_binary().value_data()), None])
+        }
         _ => arrow_array::downcast_primitive_array!(
             array => (0, [Some(array.values().inner().as_slice()), None]),
             _ => return None

@@ -84,13 +84,25 @@ pub(crate) fn validate_column(array: &dyn Array, utf8: Utf8) -> Result<(), Arrow
 fn strings<O: OffsetSizeTrait>(array: &dyn Array, utf8: bool) -> Result<(), ArrowError> {
     let strings = array.as_string::<O>();
     let values = strings.values().as_slice();
-    check_offset_values(array.data_type(), strings.offsets(), values, values.len(), utf8)
+    check_offset_values(
+        array.data_type(),
+        strings.offsets(),
+        values,
+        values.len(),
+        utf8,
+    )
 }
 
 fn binaries<O: OffsetSizeTrait>(array: &dyn Array) -> Result<(), ArrowError> {
     let bytes = array.as_binary::<O>();
     let values = bytes.values().as_slice();
-    check_offset_values(array.data_type(), bytes.offsets(), values, values.len(), false)
+    check_offset_values(
+        array.data_type(),
+        bytes.offsets(),
+        values,
+        values.len(),
+        false,
+    )
 }
 
 /// The offsets of `data` (checked for size by `validate`) never decrease and stay within
@@ -208,7 +220,10 @@ mod tests {
                 // The typed array's constructor refuses by panicking, as on a read.
                 let typed = crate::disk::catch_quietly(|| make_array(data.clone()))
                     .is_ok_and(|array| validate_column(array.as_ref(), Utf8::Check).is_ok());
-                assert_eq!(typed, arrows, "typed {data_type} over {offsets:?}, {values:?}");
+                assert_eq!(
+                    typed, arrows,
+                    "typed {data_type} over {offsets:?}, {values:?}"
+                );
             }
         }
     }
