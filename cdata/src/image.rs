@@ -97,28 +97,60 @@ impl FlatImage {
             return None;
         }
         let columns = root.n_children as usize;
+        // SAFETY: each column is taken once.
+        let image = Self::build(
+            root.length,
+            root.null_count,
+            root.offset,
+            columns,
+            |i| unsafe { take_column(root, i) },
+        );
+        ArrowArray::release_ffi(array); // the producer's root, its columns moved out
+        Some(image)
+    }
+
+    /// An image of `columns`, leaves without a release (no children, no dictionary) whose
+    /// buffers the caller keeps alive as long as the image, under a root of `length` rows.
+    pub fn of_leaves(
+        length: i64,
+        mut columns: impl ExactSizeIterator<Item = ArrowArray>,
+    ) -> Arc<Self> {
+        Self::build(length, 0, 0, columns.len(), |_| {
+            let column = columns.next().expect("an exact count");
+            debug_assert!(column.n_children == 0 && column.dictionary.is_null());
+            debug_assert!(column.release.is_none());
+            column
+        })
+    }
+
+    /// The image of a root with these fields over the `columns` nodes `column` gives.
+    fn build(
+        length: i64,
+        null_count: i64,
+        offset: i64,
+        columns: usize,
+        mut column: impl FnMut(usize) -> ArrowArray,
+    ) -> Arc<Self> {
         let shape = BlockShape::new(columns, columns);
         let mut words = Arc::<[u64]>::new_uninit_slice(ROOT_WORDS + columns * (NODE_WORDS + 1));
         let image = Arc::get_mut(&mut words).expect("a new Arc is unique");
-        image[0].write(root.length as u64);
-        image[1].write(root.null_count as u64);
-        image[2].write(root.offset as u64);
+        image[0].write(length as u64);
+        image[1].write(null_count as u64);
+        image[2].write(offset as u64);
         let nodes = image[ROOT_WORDS..].as_mut_ptr().cast::<ArrowArray>();
         // SAFETY: the image has room for `columns` nodes and `columns` slots, aligned
-        // (asserted below); each column is taken once.
+        // (asserted below).
         unsafe {
             let slots = nodes.add(columns).cast::<u64>();
             for i in 0..columns {
-                nodes.add(i).write(take_column(root, i));
+                nodes.add(i).write(column(i));
                 slots
                     .add(i)
                     .write((shape.nodes_offset() + i * size_of::<ArrowArray>()) as u64);
             }
         }
-        ArrowArray::release_ffi(array); // the producer's root, its columns moved out
-
         // SAFETY: every word was written above; `FlatImage` is a transparent `[u64]`.
-        Some(unsafe { Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage) })
+        unsafe { Arc::from_raw(Arc::into_raw(words.assume_init()) as *const FlatImage) }
     }
 
     /// What an export reads, for a caller that prefetches it.

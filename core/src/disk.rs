@@ -334,7 +334,7 @@ impl DiskEntry {
         let checked = catch_quietly(|| {
             let batch = self.decode(schema, &bytes)?;
             for column in batch.columns() {
-                crate::validate::validate_full(&column.to_data(), check.validation.utf8())
+                crate::validate::validate_column(column.as_ref(), check.validation.utf8())
                     .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
             }
             Ok(batch)
