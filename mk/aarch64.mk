@@ -50,20 +50,20 @@ AARCH64_TEST_PACKAGES := "pytest>=8" "hypothesis>=6" "duckdb>=1.1" "polars>=1.0"
 # - test_a_process_killed_at_any_instant...: it kills children within 4 ms of their start,
 #   which under emulation is before they reach the windows it aims at;
 # - test_caches_created_and_closed...rss_and_fds_flat: ps gives qemu's RSS, and qemu's own
-#   heap grows about 113 MB over its 300 caches (the same loop grows natively 20 KB);
-# - test_spawn_and_process_pools_get_a_cache_they_can_read: in one run of two, a spawn
-#   worker (fork, then exec) hung between its fork and its exec on a futex, a qemu-user
-#   fork deadlock; the time limit then ended the whole run (pytest-timeout's thread method).
+#   heap grows over its 300 caches, where the same loop natively stays flat.
+# Not deselected: the spawn and forkserver tests. One spawn worker hung once between its
+# fork and its exec (qemu's, not ours: docs/building.md); deselecting one of them would
+# not keep the others from meeting it.
 AARCH64_DESELECT ?= \
   --deselect tests/python/test_docs.py::test_c_block_compiles \
   --deselect tests/python/test_docs.py::test_a_programs_output_is_what_its_page_shows \
   --deselect "tests/python/test_disk.py::test_full_disk_for_real[full-filesystem-28-on_insertion]" \
   --deselect "tests/python/test_disk.py::test_full_disk_for_real[full-filesystem-28-on_eviction]" \
   --deselect tests/python/test_crash_leftovers.py::test_a_process_killed_at_any_instant_leaves_nothing_the_next_cache_keeps \
-  --deselect tests/python/test_stress.py::test_caches_created_and_closed_in_a_loop_keep_rss_and_fds_flat \
-  --deselect tests/python/test_persist.py::test_spawn_and_process_pools_get_a_cache_they_can_read
-# More time per test than natively (300 s): emulation is several times slower.
-AARCH64_TEST_TIMEOUT ?= 900
+  --deselect tests/python/test_stress.py::test_caches_created_and_closed_in_a_loop_keep_rss_and_fds_flat
+# Twice the native 300 s per test: the slowest take under a minute emulated
+# (docs/building.md), and a hang should end the run soon.
+AARCH64_TEST_TIMEOUT ?= 600
 AARCH64_PYTEST_ARGS  ?=
 
 # zig for the C tests, as mk/cross.mk runs it (`make venv-build` installs it).
