@@ -137,7 +137,9 @@ test-docs: install-python venv-test
 # The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly. The cross
 # wheels' checks (make test-wheels) and the aarch64 suite (make test-aarch64) are not part
 # of it: they need rustup's cross standard libraries, which come from rustup's own
-# server, not a package registry, and they add 10 minutes or more (docs/building.md).
+# server, not a package registry, and they add 15 minutes or more (docs/building.md).
+# CI (.ci/run) runs the aarch64 suite and make test-engines (Ray, Dask) as steps of
+# their own after this.
 test: check-header test-rust test-c test-python test-wheel check-workflows test-sdist \
   test-examples test-r
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
