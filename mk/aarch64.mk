@@ -141,7 +141,8 @@ test-aarch64-python: wheel-aarch64-unknown-linux-gnu $(AARCH64_ROOT)$(AARCH64_VE
 	  cp $$w $(AARCH64_ROOT)$(AARCH64_WORK)/wheel/
 	cd $(BC_AARCH64_REPO) && w=$(AARCH64_ROOT)$(AARCH64_WORK) && mkdir -p $$w/tests $$w/bench $$w/examples \
 	  $$w/demo $$w/tools && cp -r tests/python $$w/tests/ && cp README.md $$w/ && cp -r docs include $$w/ \
-	  && cp -r examples/c $$w/examples/ && cp demo/demo.py $$w/demo/ && cp tools/apidocs.py $$w/tools/ \
+	  && cp -r examples/c $$w/examples/ && cp examples/*.py $$w/examples/ && cp demo/demo.py $$w/demo/ \
+	  && cp tools/apidocs.py $$w/tools/ && mkdir -p $$w/mk && cp mk/engines.mk $$w/mk/ \
 	  && cp bench/workloads.py $$w/bench/
 	$(BC_AARCH64_CHROOT) 'cd $(AARCH64_WORK) && \
 	  pip uninstall -q -y batchcorder && pip install wheel/batchcorder-*.whl && \

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -67,17 +70,69 @@ class FlightSource:
 
         The stream is cancelled when the caller stops early, so the server releases its
         reader at once; a worker process that dies closes the connection, which the
-        server notices at its next write.
+        server notices at its next write. A wait of more than ``timeout`` seconds for
+        the next batch (a stalled server or network) cancels the stream and raises
+        ``TimeoutError``; the time the caller spends between batches does not count.
         """
         from .flight import ticket
 
         with self._client() as client:
             stream = client.do_get(ticket(self.name, shard=shard))
+            watchdog = _StallWatchdog(self.timeout, stream.cancel)
             try:
-                for chunk in stream:
+                while True:
+                    with watchdog.waiting():
+                        try:
+                            chunk = stream.read_chunk()
+                        except StopIteration:
+                            return
+                        except (pa.ArrowException, OSError) as err:
+                            if watchdog.fired:
+                                raise TimeoutError(
+                                    f"no batch from {self.location} for {self.timeout:g} s "
+                                    f"(cache {self.name!r}, shard {shard}); the server or "
+                                    "the network stalled: check the server, or pass a "
+                                    "larger timeout="
+                                ) from err
+                            raise
                     yield chunk.data
             finally:
+                watchdog.stop()
                 stream.cancel()
+
+
+class _StallWatchdog:
+    """Calls ``on_stall`` once if a wait inside ``waiting()`` lasts over ``timeout``
+    seconds: pyarrow's Flight reads take a deadline for a whole call only, which a long
+    stream would pass."""
+
+    def __init__(self, timeout: float, on_stall: Any) -> None:
+        self._timeout = timeout
+        self._on_stall = on_stall
+        self._since: Optional[float] = None
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, name="bc-flight-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self._timeout / 4)):
+            since = self._since
+            if since is not None and time.monotonic() - since > self._timeout:
+                self.fired = True
+                self._on_stall()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 @dataclass(frozen=True)

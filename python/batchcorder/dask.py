@@ -115,7 +115,9 @@ def read_cache(
     the ``name`` of a cache served there, ``token`` and ``tls_root_certs`` as
     :func:`batchcorder.flight.connect` takes them; or the path of a save, opened with
     ``verify`` as :meth:`StreamCache.open <batchcorder.StreamCache.open>` does.
-    ``timeout`` (seconds) bounds the calls that plan the read.
+    ``timeout`` (seconds) bounds the calls that plan the read, and each task's wait for
+    its next batch over Flight: a stalled server or network fails the task with
+    ``TimeoutError``.
 
     ``shards`` is the number of partitions, one read task and (over Flight) one reader
     each; by default 8, capped by the cache's batch count when it is known. Each

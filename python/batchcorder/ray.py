@@ -56,7 +56,8 @@ class _CacheDatasource:
     :func:`batchcorder.flight.connect` takes them; or the path of a save, read with
     ``verify`` as :meth:`StreamCache.open <batchcorder.StreamCache.open>` does.
     ``timeout`` (seconds) bounds each call that plans the read (the schema, the batch
-    count), so an unreachable server fails at once.
+    count), so an unreachable server fails at once, and each task's wait for its next
+    batch over Flight: a stalled server or network fails the task with ``TimeoutError``.
 
     ``shards`` is the number of read tasks. By default it is the parallelism Ray asks
     for, capped by the cache's batch count when that is known (a save, or a served cache

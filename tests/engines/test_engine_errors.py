@@ -250,3 +250,35 @@ def test_a_server_with_tls_and_a_token_is_read_with_both(engine, request, tmp_pa
         assert cache.stats().readers_created == 3
         with pytest.raises(flight.FlightUnavailableError):  # no roots: the certificate is not trusted
             read_cache(server.location, "t", token="s3cret", timeout=10)
+
+
+# -- a stalled server ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["ray", "dask"])
+def test_a_stream_that_stalls_fails_its_task_after_the_timeout(engine, request):
+    """The served cache's source stops giving batches after the first two (a stuck
+    upstream), so a DoGet waits with no batch: the task gives up after `timeout` seconds
+    with TimeoutError, and the stream it cancelled releases its reader as soon as the
+    server's handler, stuck in the upstream until then, can see it."""
+    import threading
+
+    request.getfixturevalue("ray_session" if engine == "ray" else "dask_client")
+    read_cache = importlib.import_module(f"batchcorder.{engine}").read_cache
+    release = threading.Event()
+
+    def stuck():
+        for batch in TABLE.to_batches(max_chunksize=5_000)[:2]:
+            yield batch
+        release.wait(WAIT)
+
+    cache = StreamCache(stuck(), schema=TABLE.schema)
+    with cache, CacheServer({"t": cache}) as server:
+        try:
+            data = read_cache(server.location, "t", shards=1, timeout=3)
+            with pytest.raises(TimeoutError, match="no batch from .* for 3 s"):
+                data.materialize() if engine == "ray" else data.compute()
+            release.set()
+            wait_until(lambda: cache.stats().readers_live == 0, "the stalled reader released")
+        finally:
+            release.set()

@@ -47,6 +47,8 @@ cp -r "$root/docs" "$work/docs"
 # the demo and the API reference's builder are tested too.
 cp -r "$root/include" "$work/include"
 mkdir -p "$work/examples" && cp -r "$root/examples/c" "$work/examples/c"
+cp "$root"/examples/*.py "$work/examples/"  # programs whose output a page shows
+mkdir -p "$work/mk" && cp "$root/mk/engines.mk" "$work/mk/"  # which doc pages it runs
 mkdir -p "$work/demo" && cp "$root/demo/demo.py" "$work/demo/"
 mkdir -p "$work/tools" && cp "$root/tools/apidocs.py" "$work/tools/"
 cp "$root/bench/workloads.py" "$work/bench/"
