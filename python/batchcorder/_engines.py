@@ -56,14 +56,12 @@ class FlightSource:
         with self._client() as client:
             return client.get_flight_info(flight.FlightDescriptor.for_path(self.name), self._options())
 
-    def schema(self) -> pa.Schema:
-        """The cache's schema (no reader is created)."""
-        return self._info().schema
-
-    def batches(self) -> Optional[int]:
-        """The cache's batch count once its source is read to the end, else None."""
-        state = json.loads(self._info().app_metadata or b"{}")
-        return int(state["batches"]) if state.get("finished") else None
+    def plan(self) -> tuple[pa.Schema, Optional[int]]:
+        """The cache's schema, and its batch count once its source is read to the end
+        (else None), from one GetFlightInfo; no reader is created."""
+        info = self._info()
+        state = json.loads(info.app_metadata or b"{}")
+        return info.schema, (int(state["batches"]) if state.get("finished") else None)
 
     def read(self, shard: tuple[int, int]) -> Iterator[pa.RecordBatch]:
         """Stream shard ``shard`` (``(index, count)``) from a DoGet of its own.
@@ -147,13 +145,10 @@ class SaveSource:
 
         return StreamCache.open(self.path, verify=self.verify)
 
-    def schema(self) -> pa.Schema:
+    def plan(self) -> tuple[pa.Schema, Optional[int]]:
+        """The save's schema and batch count, from one open."""
         with self._open() as cache:
-            return cache.schema
-
-    def batches(self) -> Optional[int]:
-        with self._open() as cache:
-            return int(cache._opened.batches)
+            return cache.schema, int(cache._opened.batches)
 
     def read(self, shard: tuple[int, int]) -> Iterator[pa.RecordBatch]:
         """Stream shard ``shard`` of the save, mapped batch by batch."""
@@ -217,12 +212,12 @@ def source(
     return SaveSource(Path(os.fspath(where)).absolute(), verify)
 
 
-def shard_count(src: Source, shards: Optional[int], default: int) -> int:
+def shard_count(known: Optional[int], shards: Optional[int], default: int) -> int:
     """How many shards to read: ``shards`` when given, else ``default`` capped by the
-    cache's batch count when it is known (a shard with no batch would be an empty task)."""
+    cache's batch count ``known`` (from ``plan``) when it is known (a shard with no batch
+    would be an empty task)."""
     if shards is not None:
         if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
             raise InvalidArgumentError(f"shards must be a positive integer, got {shards!r}")
         return shards
-    known = src.batches()
     return max(1, min(default, known)) if known is not None else max(1, default)

@@ -129,8 +129,8 @@ def read_cache(
         source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
         timeout=timeout,
     )
-    count = shard_count(src, shards, DEFAULT_SHARDS)
-    schema = src.schema()
+    schema, known = src.plan()
+    count = shard_count(known, shards, DEFAULT_SHARDS)
     import dask.dataframe as dd
 
     frame = dd.from_map(  # type: ignore[no-untyped-call, unused-ignore]

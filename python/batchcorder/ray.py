@@ -61,7 +61,7 @@ class _CacheDatasource:
 
     ``shards`` is the number of read tasks. By default it is the parallelism Ray asks
     for, capped by the cache's batch count when that is known (a save, or a served cache
-    whose source is read to its end). Set it to the served cache's ``max_readers`` when
+    whose source was read to its end when the datasource was made). Set it to the served cache's ``max_readers`` when
     that cap is for these tasks.
     """
 
@@ -81,10 +81,10 @@ class _CacheDatasource:
             source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
             timeout=timeout,
         )
+        self._schema, self._batches = self._source.plan()
         if shards is not None:
-            shard_count(self._source, shards, 1)  # checks it now, not at the first read
+            shard_count(self._batches, shards, 1)  # checks it now, not at the first read
         self._shards = shards
-        self._schema = self._source.schema()
 
     @property
     def schema(self) -> pa.Schema:
@@ -113,7 +113,7 @@ class _CacheDatasource:
         from ray.data import ReadTask
         from ray.data.block import BlockMetadata
 
-        count = shard_count(self._source, self._shards, parallelism)
+        count = shard_count(self._batches, self._shards, parallelism)
         return [
             ReadTask(
                 _ShardRead(self._source, (index, count), self._schema),
@@ -169,5 +169,5 @@ def read_cache(
     # One output block stream per task: left to itself, Ray splits the blocks of fewer
     # tasks than it wants, and its splitting refuses view types (binary_view, string_view).
     minimum = engine.data.DataContext.get_current().read_op_min_num_blocks
-    read_args.setdefault("override_num_blocks", shard_count(datasource._source, shards, minimum))
+    read_args.setdefault("override_num_blocks", shard_count(datasource._batches, shards, minimum))
     return cast("ray.data.Dataset", engine.data.read_datasource(datasource, **read_args))
