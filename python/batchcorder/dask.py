@@ -129,6 +129,8 @@ def read_cache(
         source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
         timeout=timeout,
     )
+    if shards is not None:
+        shard_count(None, shards, DEFAULT_SHARDS)  # checks it now, before any I/O
     schema, known = src.plan()
     count = shard_count(known, shards, DEFAULT_SHARDS)
     import dask.dataframe as dd

@@ -81,9 +81,9 @@ class _CacheDatasource:
             source, name, token=token, tls_root_certs=tls_root_certs, verify=verify,
             timeout=timeout,
         )
-        self._schema, self._batches = self._source.plan()
         if shards is not None:
-            shard_count(self._batches, shards, 1)  # checks it now, not at the first read
+            shard_count(None, shards, 1)  # checks it now, before any I/O
+        self._schema, self._batches = self._source.plan()
         self._shards = shards
 
     @property
