@@ -92,6 +92,9 @@ sdist: venv-build
 # linux wheel apart from the zig one). The installed package replays a stream.
 test-sdist: sdist
 	rm -rf build/test-sdist && $(PYTHON) -m venv build/test-sdist
+	# The sdist's files all carry one old mtime, so cargo would take the project's own
+	# crates from an earlier run as fresh: forget them, keep the dependencies.
+	rm -rf target/test-sdist/*/.fingerprint/batchcorder*
 	CARGO_TARGET_DIR=$(CURDIR)/target/test-sdist build/test-sdist/bin/pip install --progress-bar on \
 	  target/sdist/batchcorder-*.tar.gz
 	cd build && test-sdist/bin/python -c 'import pyarrow as pa, batchcorder; \
