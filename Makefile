@@ -144,7 +144,7 @@ test-docs: install-python venv-test
 # CI (.ci/run) runs the aarch64 suite and make test-engines (Ray, Dask) as steps of
 # their own after this.
 test: check-header test-rust test-c test-python test-wheel check-workflows test-sdist \
-  test-examples test-r
+  test-examples test-r test-c-windows
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite
@@ -160,6 +160,8 @@ include mk/fuzz.mk
 include mk/stress.mk
 include mk/cross.mk
 include mk/wheels.mk
+# tests/c and the C/C++ examples for Windows x64 under wine64: test-c-windows (mk/wine.mk).
+include mk/wine.mk
 # aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
 include mk/aarch64.mk
 # PyTorch's DataLoader and torch.distributed with worker_shard(): test-torch (mk/torch.mk).

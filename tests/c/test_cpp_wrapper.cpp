@@ -10,6 +10,7 @@
 
 #include "batchcorder.hpp"
 #include "check.h"
+#include "portable.h"
 #include "producer.h"
 
 // What `call` threw: its status and kind, or BC_OK if it returned.
@@ -189,9 +190,9 @@ int main() {
 
   // Persist and open: the saved stream replays from the opened cache; a directory that is
   // not a save throws BC_CORRUPT, named by status_name.
-  char dir[] = "/tmp/bc-cpp-persist-XXXXXX";
-  CHECK(mkdtemp(dir) != nullptr, "temp dir");
-  std::string path = std::string(dir) + "/saved";
+  char dir[260];
+  CHECK(make_temp_dir("bc-cpp-persist-", dir, sizeof dir) == 0, "temp dir");
+  std::string path = std::string(dir) + SEP "saved";
   ArrowArrayStream source = make_producer(4, 10, -1, 0, nullptr);
   batchcorder::Cache saving(&source);
   BcPersisted saved = saving.persist(path);
@@ -214,7 +215,7 @@ int main() {
   CHECK(status_of([&] { unsaved.share(); }) == BC_INVALID_ARGUMENT, "a memory-only cache has nothing to share");
 
   // persist as an option: the save appears once the upstream ends.
-  std::string streamed = std::string(dir) + "/streamed";
+  std::string streamed = std::string(dir) + SEP "streamed";
   ArrowArrayStream source2 = make_producer(2, 10, -1, 0, nullptr);
   {
     batchcorder::Cache saving2(&source2, batchcorder::Options().persist(streamed));
@@ -232,7 +233,7 @@ int main() {
   }
   for (const std::string &save : {path, streamed}) {
     for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
-      std::remove((save + "/" + name).c_str());
+      std::remove((save + SEP + name).c_str());
     }
     rmdir(save.c_str());
   }
@@ -241,6 +242,5 @@ int main() {
   test_options_casts_and_views();
   test_random_access();
   test_reader_options();
-  std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
-  return failed == 0 ? 0 : 1;
+  return summary("cpp wrapper");
 }
