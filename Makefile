@@ -142,7 +142,9 @@ test-docs: install-python venv-test
 # of it: they need rustup's cross standard libraries, which come from rustup's own
 # server, not a package registry, and they add 15 minutes or more (docs/building.md).
 # CI (.ci/run) runs the aarch64 suite and make test-engines (Ray, Dask) as steps of
-# their own after this.
+# their own after this. test-c-windows (mk/wine.mk) runs tests/c and the C examples
+# under wine64 against the Windows wheel's DLL, installing mingw-w64 and wine64 from
+# Debian's packages when they are missing.
 test: check-header test-rust test-c test-python test-wheel check-workflows test-sdist \
   test-examples test-r test-c-windows
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
