@@ -162,6 +162,8 @@ include mk/fuzz.mk
 include mk/stress.mk
 include mk/cross.mk
 include mk/wheels.mk
+# Windows x64: wheel-x86_64-pc-windows-gnu (also in make wheels), check-windows (mk/windows.mk).
+include mk/windows.mk
 # tests/c and the C/C++ examples for Windows x64 under wine64: test-c-windows (mk/wine.mk).
 include mk/wine.mk
 # aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
