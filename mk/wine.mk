@@ -1,6 +1,7 @@
 # mk/wine.mk: the C suite (tests/c) and the C and C++ examples built for Windows x64 with
 # mingw-w64 and run under wine64, against the Windows wheel's batchcorder.dll.
-# Included from the top-level Makefile, after mk/windows.mk (WIN_LIBDIR and its build).
+# Included from the top-level Makefile, after mk/windows.mk (WIN_TARGET, WIN_LIBDIR, the
+# build and win-tools: the rustup target and mingw-w64).
 #
 #   make test-c-windows    # part of make test
 #   make wine-prefix       # the tools (installed from Debian's packages when missing) and
@@ -11,8 +12,6 @@
 # winpthreads, libgcc and libstdc++ linked in, so they need no DLL but batchcorder.dll,
 # copied beside them, and Windows' own. The crash test kills the wine process (SIGKILL).
 
-BC_WIN_TARGET ?= x86_64-pc-windows-gnu
-WIN_LIBDIR    ?= target/$(BC_WIN_TARGET)/release
 # The compilers of mingw-w64's POSIX thread model: std::thread (examples/cpp) needs it.
 BC_WIN_CC     ?= x86_64-w64-mingw32-gcc-posix
 BC_WIN_CXX    ?= x86_64-w64-mingw32-g++-posix
@@ -27,17 +26,15 @@ BC_WIN_BUILD  := $(CURDIR)/build/windows
 
 .PHONY: wine-tools wine-prefix test-c-windows test-examples-windows
 
-# mingw-w64 and wine64 from Debian's packages, each only when missing; root is needed.
-wine-tools:
-	@missing=; \
-	command -v $(BC_WIN_CC) >/dev/null || missing="$$missing mingw-w64"; \
-	[ -x $(WINE64) ] && [ -x $(WINESERVER) ] || missing="$$missing wine64"; \
-	[ -z "$$missing" ] && exit 0; \
+# wine64 from Debian's packages when missing (root is needed), after win-tools' mingw-w64.
+wine-tools: win-tools
+	@[ -x $(WINE64) ] && [ -x $(WINESERVER) ] && exit 0; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "wine-tools: missing$$missing; install, as root: apt-get install$$missing" >&2; exit 1; fi; \
-	start=$$(date +%s); echo "== installing$$missing from Debian's packages"; \
-	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends$$missing; \
-	echo "== installed$$missing in $$(( $$(date +%s) - start )) s"
+	  echo "wine64 is missing: install Debian's wine64 package as root \
+	    (apt-get install --no-install-recommends wine64), then run make again" >&2; exit 1; fi; \
+	start=$$(date +%s); echo "== installing wine64 from Debian's packages"; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wine64 \
+	  && echo "== installed wine64 in $$(( $$(date +%s) - start )) s"
 
 # The prefix (a C: drive and a registry) is made once, then kept: wineboot takes ~8 s.
 $(WINE_PREFIX)/.bc-ready: | wine-tools
@@ -51,7 +48,7 @@ $(WINE_PREFIX)/.bc-ready: | wine-tools
 wine-prefix: $(WINE_PREFIX)/.bc-ready
 
 # tests/c as on Linux (but valgrind), then the examples; the time each part took.
-test-c-windows: wheel-$(BC_WIN_TARGET) wine-prefix
+test-c-windows: wheel-$(WIN_TARGET) wine-prefix
 	@start=$$(date +%s.%N); \
 	$(BC_WINE_ENV) $(MAKE) --no-print-directory -C tests/c WINDOWS=1 LIBDIR=$(CURDIR)/$(WIN_LIBDIR) \
 	  OUT=$(BC_WIN_BUILD)/tests-c CC=$(BC_WIN_CC) CXX=$(BC_WIN_CXX) RUN=$(WINE64) \

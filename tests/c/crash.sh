@@ -29,6 +29,11 @@ check() {  # NAME COMMAND...: one check
   shift
   if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "not ok - $name"; fi
 }
+# On Windows the library keeps a lock file in the parent: a folder cannot be locked there
+# (docs/processes.md, "Windows"). It is the one entry the checks below let pass.
+folder_lock=
+[ "${BC_WINDOWS_PATHS:-0}" = 1 ] && folder_lock=.batchcorder-folder.lock
+but_lock() { grep -vxF -e "${folder_lock:-/}" -e "entry ${folder_lock:-/}" || true; }
 arg() {  # a path as the program takes it
   if [ "${BC_WINDOWS_PATHS:-0}" = 1 ]; then printf 'Z:%s' "${1//\//\\}"; else printf '%s' "$1"; fi
 }
@@ -73,7 +78,7 @@ check "... the other too" is_one_of "$folder_live_save" .batchcorder-save-
 
 for name in killed_spill killed_save; do
   pid_var=pid_$name
-  kill -9 "${!pid_var}"
+  kill -9 "${!pid_var}" 2>/dev/null || true
   status=0
   { wait "${!pid_var}"; } 2>/dev/null || status=$?
   check "$name died of SIGKILL (status $status)" test "$status" = 137
@@ -84,7 +89,8 @@ check "the killed save left its staging folder" test -d "$parent/$(folder_of kil
 
 sweep=$work/sweep.out
 status=0
-"${runner[@]}" "$exe" sweep "$(arg "$parent")" >"$sweep" 2>&1 || status=$?
+"${runner[@]}" "$exe" sweep "$(arg "$parent")" >"$sweep.raw" 2>&1 || status=$?
+tr -d '\r' <"$sweep.raw" >"$sweep"  # a Windows program's lines end in CRLF
 check "the sweeping cache ran (status $status)" test "$status" = 0
 check "it removed the dead disk tier's folder" test ! -e "$parent/$(folder_of killed_spill)"
 check "it removed the dead save's staging folder" test ! -e "$parent/$(folder_of killed_save)"
@@ -93,7 +99,7 @@ check "nor the dead save's" not listed "$(folder_of killed_save)" "$sweep"
 check "a live disk tier's folder is left alone" listed "$(folder_of live_spill)" "$sweep"
 check "a live save's staging folder is left alone" listed "$(folder_of live_save)" "$sweep"
 check "the sweeper had its own folder, and nothing else was there" \
-  test "$(grep -c '^entry ' "$sweep")" = 3
+  test "$(grep '^entry ' "$sweep" | but_lock | wc -l)" = 3
 check "the live owners are still running" kill -0 "$pid_live_spill" "$pid_live_save"
 check "once the sweeper is gone, the live folders are what is left" \
   test "$(ours)" = "$(printf '%s\n' "$(folder_of live_spill)" "$(folder_of live_save)" | LC_ALL=C sort)"
@@ -105,7 +111,7 @@ for name in live_spill live_save; do
   wait "${!pid_var}" || status=$?
   check "$name exited cleanly when asked (status $status)" test "$status" = 0
 done
-check "and removed their folders: the parent is empty" test -z "$(ls -A "$parent")"
+check "and removed their folders: the parent is empty" test -z "$(ls -A "$parent" | but_lock)"
 [ "$failed" = 0 ] || { echo "== the sweep listed:"; cat "$sweep"; }
 
 echo "crash leftovers: $passed passed, $failed failed ($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $start0 }") s)"
