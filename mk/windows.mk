@@ -4,6 +4,7 @@
 #   make wheel-x86_64-pc-windows-gnu   # the wheel, the DLL and its import library (below)
 #   make check-windows                 # clippy -D warnings for the target, as check-cross
 #   make win-tools                     # what those need: the rustup target, mingw-w64
+#   make test-windows-rust             # the core's tests under wine (see below)
 #
 # One maturin run (one rustc compile) gives:
 #   target/wheels/x86_64-pc-windows-gnu/batchcorder-<version>-py3-none-win_amd64.whl
@@ -53,6 +54,31 @@ wheel-$(WIN_TARGET): $(WHEEL_DIR)/$(WIN_TARGET)/.built
 	  $(WIN_LIBDIR)/libbatchcorder.dll.a
 
 wheels: wheel-$(WIN_TARGET)
+
+# Wine 8 (Debian 12's) lacks bcryptprimitives.dll, which Rust's standard library imports
+# (ProcessPrng): without it batchcorder.dll and every Rust test program fail to load
+# (status c0000135). tools/wine/bcryptprimitives.c stands in for it, in a wine prefix's
+# system32 only: `make win-wine-shim WINEPREFIX=...` puts it there.
+WIN_WINE_SHIM := target/$(WIN_TARGET)/wine-shims/bcryptprimitives.dll
+$(WIN_WINE_SHIM): tools/wine/bcryptprimitives.c | win-tools
+	mkdir -p $(dir $@)
+	$(WIN_CC) -shared -O2 -o $@ $< -lbcrypt
+
+.PHONY: win-wine-shim test-windows-rust
+win-wine-shim: $(WIN_WINE_SHIM)
+	@[ -n "$(WINEPREFIX)" ] || { echo "name the wine prefix: make win-wine-shim WINEPREFIX=..."; exit 1; }
+	@[ -d "$(WINEPREFIX)/drive_c/windows/system32" ] || WINEDEBUG=-all wineboot -i
+	cp $(WIN_WINE_SHIM) "$(WINEPREFIX)/drive_c/windows/system32/bcryptprimitives.dll"
+
+# The core's Rust tests as Windows programs under wine (not in make test: minutes more,
+# and wine is no Windows; docs/processes.md, "Windows", says which pass).
+test-windows-rust: export WINEPREFIX ?= $(CURDIR)/target/wineprefix
+test-windows-rust: export WINEDEBUG ?= -all
+test-windows-rust: win-tools
+	@command -v wine >/dev/null || { echo "wine is missing: apt-get install wine64 (as root)"; exit 1; }
+	$(MAKE) --no-print-directory win-wine-shim
+	$(WIN_ENV) CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine $(CARGO) test \
+	  --target $(WIN_TARGET) -p batchcorder-core --features fault-injection $(CARGO_TEST_FLAGS)
 
 # Every crate and its tests, as Linux's clippy runs them, with and without fault injection.
 check-windows: win-tools
