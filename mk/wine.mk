@@ -5,7 +5,8 @@
 #
 #   make test-c-windows    # part of make test
 #   make wine-prefix       # the tools (installed from Debian's packages when missing) and
-#                          # the wine prefix, target/wine-prefix, made once
+#                          # the wine prefix, target/wineprefix, made once (as
+#                          # make test-windows-rust's, mk/windows.mk)
 #
 # The library is the Windows wheel's compile (wheel-x86_64-pc-windows-gnu), never a second
 # one. The programs are linked against its import library, libbatchcorder.dll.a, with
@@ -19,31 +20,36 @@ BC_WIN_CXX    ?= x86_64-w64-mingw32-g++-posix
 # `wine` package's script, which prefers a 32-bit wine when there is one).
 WINE64        ?= /usr/lib/wine/wine64
 WINESERVER    ?= /usr/lib/wine/wineserver64
-WINE_PREFIX   := $(CURDIR)/target/wine-prefix
+WINE_PREFIX   := $(CURDIR)/target/wineprefix
 # Quiet, and no Mono or Gecko installer offered while the prefix is made.
 BC_WINE_ENV   := WINEPREFIX=$(WINE_PREFIX) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 BC_WIN_BUILD  := $(CURDIR)/build/windows
 
 .PHONY: wine-tools wine-prefix test-c-windows test-examples-windows
 
-# wine64 from Debian's packages when missing (root is needed), after win-tools' mingw-w64.
+# wine64 (and `wine`, its launcher scripts) from Debian's packages when missing (root is
+# needed), after win-tools' mingw-w64.
 wine-tools: win-tools
-	@[ -x $(WINE64) ] && [ -x $(WINESERVER) ] && exit 0; \
+	@[ -x $(WINE64) ] && [ -x $(WINESERVER) ] && command -v wine >/dev/null && exit 0; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "wine64 is missing: install Debian's wine64 package as root \
-	    (apt-get install --no-install-recommends wine64), then run make again" >&2; exit 1; fi; \
-	start=$$(date +%s); echo "== installing wine64 from Debian's packages"; \
-	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wine64 \
-	  && echo "== installed wine64 in $$(( $$(date +%s) - start )) s"
+	  echo "wine64 is missing: install Debian's wine64 and wine packages as root \
+	    (apt-get install --no-install-recommends wine64 wine), then run make again" >&2; exit 1; fi; \
+	start=$$(date +%s); echo "== installing wine64 and wine from Debian's packages"; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+	  wine64 wine && echo "== installed wine64 and wine in $$(( $$(date +%s) - start )) s"
 
-# The prefix (a C: drive and a registry) is made once, then kept: wineboot takes ~8 s.
-$(WINE_PREFIX)/.bc-ready: | wine-tools
+# The prefix (a C: drive and a registry) is made once, then kept; then the stand-in for the
+# bcryptprimitives.dll wine 8 lacks goes into its system32 (mk/windows.mk, win-wine-shim).
+$(WINE_PREFIX)/.bc-booted: | wine-tools
 	@echo "== making the wine prefix $(WINE_PREFIX)"
 	@start=$$(date +%s); rm -rf $(WINE_PREFIX); \
-	$(BC_WINE_ENV) $(WINE64) wineboot -i >$(CURDIR)/target/wine-prefix.log 2>&1 \
-	  || { cat $(CURDIR)/target/wine-prefix.log; exit 1; }; \
+	$(BC_WINE_ENV) $(WINE64) wineboot -i >$(CURDIR)/target/wineprefix.log 2>&1 \
+	  || { cat $(CURDIR)/target/wineprefix.log; exit 1; }; \
 	$(BC_WINE_ENV) $(WINESERVER) -w; \
 	echo "== wine prefix made in $$(( $$(date +%s) - start )) s"
+	@touch $@
+$(WINE_PREFIX)/.bc-ready: $(WINE_PREFIX)/.bc-booted $(WIN_WINE_SHIM)
+	$(MAKE) --no-print-directory win-wine-shim WINEPREFIX=$(WINE_PREFIX)
 	@touch $@
 wine-prefix: $(WINE_PREFIX)/.bc-ready
 
