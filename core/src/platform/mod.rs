@@ -81,7 +81,6 @@ impl std::error::Error for Errno {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
 
     // Each asks the OS itself, which Miri (`make miri` runs this crate's unit tests)
     // does not model.
@@ -136,6 +135,28 @@ mod tests {
         assert!(!try_lock(&second), "a second handle took a held lock");
         drop(first);
         assert!(try_lock(&second), "the lock outlived its handle");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "system calls")]
+    fn a_folder_lock_is_shared_or_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FolderLock::take(dir.path(), Hold::Shared).expect("a shared lock");
+        let second = FolderLock::take(dir.path(), Hold::Shared).expect("shared twice");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let sweeper = std::thread::spawn(move || {
+            let exclusive = FolderLock::take(&path, Hold::Exclusive);
+            tx.send(exclusive.is_some()).unwrap();
+        });
+        let wait = std::time::Duration::from_millis(200);
+        assert!(rx.recv_timeout(wait).is_err(), "taken while shared");
+        drop((first, second));
+        assert!(
+            rx.recv_timeout(wait * 50).unwrap(),
+            "an exclusive lock once free"
+        );
+        sweeper.join().unwrap();
     }
 
     #[test]
