@@ -58,7 +58,8 @@ start() {
   after=$(ours)
   printf -v "pid_$name" '%s' "$pid"
   printf -v "folder_$name" '%s' "$(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$after"))"
-  check "$name is ready" grep -q '^ready' "$out" || cat "$out"
+  check "$name is ready" grep -q '^ready' "$out"
+  grep -q '^ready' "$out" || cat "$out"
 }
 
 start0=$EPOCHREALTIME
