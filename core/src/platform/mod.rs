@@ -174,6 +174,34 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
     }
 
+    // Unix only: on Windows making a symlink takes a privilege (or developer mode), and
+    // wine 8 reports success but makes none, so nothing here could make one to refuse.
+    #[cfg(unix)]
+    #[test]
+    #[cfg_attr(miri, ignore = "system calls")]
+    fn a_symlink_is_neither_followed_nor_replaced() {
+        use std::os::unix::fs::symlink as symlink_file;
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("target"), dir.path().join("link"));
+        std::fs::write(&target, b"kept").unwrap();
+        symlink_file(&target, &link).unwrap();
+        let err = open_read_no_follow(&link).unwrap_err();
+        assert_eq!(errno(&err), libc::ELOOP, "{err}");
+        let (missing, dangling) = (dir.path().join("missing"), dir.path().join("dangling"));
+        symlink_file(&missing, &dangling).unwrap();
+        for path in [&link, &dangling] {
+            for err in [
+                create_private(path, Lifetime::Kept).unwrap_err(),
+                create_private(path, Lifetime::Spill).unwrap_err(),
+                create_shared(path).unwrap_err(),
+            ] {
+                assert_eq!(errno(&err), libc::EEXIST, "{err}");
+            }
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert!(!missing.exists());
+    }
+
     #[test]
     #[cfg_attr(miri, ignore = "system calls")]
     fn missing_and_forbidden_files_keep_their_errno_class() {
