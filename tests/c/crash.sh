@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Crash leftovers, as a C program meets them: four processes (test_crash.c) keep a folder
-# in one parent folder, two disk tiers and two unfinished saves; one of each is killed
-# with SIGKILL (under wine, the wine process that runs it: no Windows code runs on the way
-# out), and the next cache over that parent removes the dead owners' folders and leaves
-# the live owners' alone. The live ones then exit and remove their own.
+# Crash leftovers, as a C program meets them (test_crash.c is each process). Processes
+# are killed with SIGKILL (under wine, the wine process that runs the program: no Windows
+# code runs on the way out):
+# - four keep a folder in one parent folder, two disk tiers and two unfinished saves; one
+#   of each is killed, and the next cache over that parent removes the dead owners'
+#   folders and leaves the live owners' alone. The live ones then exit and remove their own.
+# - processes that churn disk tiers and saves there are killed at random instants, beside
+#   a live one: it never loses a folder, the next cache leaves nothing of theirs, and every
+#   save that finished opens whole.
 #   tests/c/crash.sh BUILD/test_crash [RUNNER...]
 # make test-c runs it natively; make test-c-windows with RUNNER wine64 and
 # BC_WINDOWS_PATHS=1 (the program is handed Z:\... paths, wine's name for the Unix root).
