@@ -306,6 +306,8 @@ impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
     /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        #[cfg(test)]
+        READS.with(|reads| reads.set(reads.get() + 1));
         let check = self
             .check
             .as_ref()
@@ -404,6 +406,12 @@ impl DiskEntry {
             check: Some(check),
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Batches this thread read from disk, for tests of what reads them.
+    pub(crate) static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Run `f`, returning a panic's message instead of unwinding, and without printing it:
