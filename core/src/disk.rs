@@ -137,8 +137,8 @@ impl Windows {
                 .then(|| window.slice_with_length((offset - start) as usize, len))
         };
         // A poisoned lock only means a map failed mid-update: the list is still whole.
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = recent.iter().find_map(within) {
+        let lock = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = lock().iter().find_map(within) {
             return Ok(found);
         }
         if end > self.len {
@@ -151,7 +151,14 @@ impl Windows {
         }
         let start = offset - offset % WINDOW_ALIGN;
         let stop = (start + WINDOW).max(end).min(self.len);
+        // Mapped outside the lock, so that readers of other windows do not wait on it.
         let window = map_range(&self.file, path, start, (stop - start) as usize, false)?;
+        let mut recent = lock();
+        if let Some(found) = recent.iter().find_map(within) {
+            // Another reader mapped it meanwhile: ours goes, untouched, so no pages twice.
+            drop(recent);
+            return Ok(found);
+        }
         let found = within(&(start, window.clone())).expect("the window spans the range");
         recent.push_front((start, window));
         let dropped = (recent.len() > RECENT_WINDOWS).then(|| recent.pop_back());
@@ -1013,6 +1020,34 @@ mod tests {
         );
         let recent = windows(&segment).recent.lock().expect("not poisoned");
         assert!(recent.len() <= RECENT_WINDOWS);
+    }
+
+    /// Readers racing for one window all get the one mapping the segment keeps: a window
+    /// mapped twice is unmapped, not kept beside the first.
+    #[test]
+    fn racing_readers_share_one_window() {
+        for round in 0..20 {
+            let (_dir, segment, bytes) = persisted(1 << 20);
+            let offset = round * 4096 + 64;
+            let barrier = std::sync::Barrier::new(4);
+            let reads: Vec<Buffer> = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            segment.bytes(offset, 100).expect("mapped")
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for read in &reads {
+                assert_eq!(read.as_slice(), &bytes[offset..offset + 100]);
+                assert_eq!(read.as_ptr(), reads[0].as_ptr(), "round {round}");
+            }
+            let recent = windows(&segment).recent.lock().expect("not poisoned");
+            assert!(recent.len() <= RECENT_WINDOWS);
+        }
     }
 
     /// A range past the end is refused, never mapped (a read would fault).
