@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Type, Utf8Type};
 use arrow_array::{
     downcast_primitive, ArrayRef, ArrowPrimitiveType, BooleanArray, FixedSizeBinaryArray,
-    GenericByteArray, PrimitiveArray, RecordBatch, RecordBatchOptions,
+    GenericByteArray, PrimitiveArray, RecordBatch,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, SchemaRef};
@@ -45,60 +45,72 @@ pub(crate) fn decode(
     if header.compression().is_some() {
         return Ok(None);
     }
+    let rows = usize::try_from(header.length()).map_err(|_| "a negative row count")?;
     let mut parts = Parts {
-        header,
-        node: 0,
-        buffer: 0,
+        nodes: header.nodes().into_iter().flatten(),
+        buffers: header.buffers().into_iter().flatten(),
         message,
         body_start,
     };
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
-        match column(field.data_type(), &mut parts)? {
-            Some(column) => columns.push(column),
-            None => return Ok(None),
+        let Some(column) = column(field.data_type(), rows, &mut parts)? else {
+            return Ok(None);
+        };
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(format!(
+                "its non-nullable column {} holds nulls",
+                field.name()
+            ));
         }
+        columns.push(column);
     }
-    let rows = usize::try_from(header.length()).map_err(|_| "a negative row count")?;
-    let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
-        .map(Some)
-        .map_err(|err| err.to_string())
+    // SAFETY: what `RecordBatch::try_new` checks holds: a column per field, each built
+    // with its field's type (`column`), `rows` long, and nulls only where allowed.
+    Ok(Some(unsafe {
+        RecordBatch::new_unchecked(schema.clone(), columns, rows)
+    }))
 }
 
 /// The header's nodes and buffers, taken in turn.
-struct Parts<'a> {
-    header: arrow_ipc::RecordBatch<'a>,
-    node: usize,
-    buffer: usize,
+struct Parts<'a, N, B> {
+    nodes: N,
+    buffers: B,
     message: &'a Buffer,
     body_start: usize,
 }
 
-impl Parts<'_> {
-    /// The next node's length and null count.
-    fn node(&mut self) -> Result<(usize, usize), String> {
+impl<'a, N, B> Parts<'_, N, B>
+where
+    N: Iterator<Item = &'a arrow_ipc::FieldNode>,
+    B: Iterator<Item = &'a arrow_ipc::Buffer>,
+{
+    /// The next node's null count, if its length is `rows`.
+    fn node(&mut self, rows: usize) -> Result<usize, String> {
         let node = self
-            .header
-            .nodes()
-            .filter(|nodes| self.node < nodes.len())
-            .map(|nodes| nodes.get(self.node))
+            .nodes
+            .next()
             .ok_or("it has fewer field nodes than the schema has columns")?;
-        self.node += 1;
+        if node.length() != rows as i64 {
+            return Err(format!(
+                "a column of {} rows in a batch of {rows}",
+                node.length()
+            ));
+        }
         // `check_message` refused negative ones.
-        let count = |n: i64| usize::try_from(n).map_err(|_| "a negative length".to_string());
-        Ok((count(node.length())?, count(node.null_count())?))
+        usize::try_from(node.null_count()).map_err(|_| "a negative null count".to_string())
     }
 
-    /// The next buffer, which `check_message` found inside the body.
+    /// Where the next buffer lies in the body (`check_message` found it inside).
+    fn next(&mut self) -> Result<&'a arrow_ipc::Buffer, String> {
+        self.buffers
+            .next()
+            .ok_or_else(|| "it has fewer buffers than its columns need".to_string())
+    }
+
+    /// The next buffer.
     fn buffer(&mut self) -> Result<Buffer, String> {
-        let buffer = self
-            .header
-            .buffers()
-            .filter(|buffers| self.buffer < buffers.len())
-            .map(|buffers| buffers.get(self.buffer))
-            .ok_or("it has fewer buffers than its columns need")?;
-        self.buffer += 1;
+        let buffer = self.next()?;
         let (offset, len) = (buffer.offset() as usize, buffer.length() as usize);
         Ok(self
             .message
@@ -108,20 +120,28 @@ impl Parts<'_> {
     /// The next buffer as a null bitmap for `len` values with `null_count` nulls; none
     /// when there are no nulls, as arrow-ipc reads it.
     fn nulls(&mut self, len: usize, null_count: usize) -> Result<Option<NullBuffer>, String> {
-        let bitmap = self.buffer()?;
         if null_count == 0 {
+            self.next()?;
             return Ok(None);
         }
-        let bits = bits(bitmap, len, "null bitmap")?;
+        let bits = bits(self.buffer()?, len, "null bitmap")?;
         // SAFETY: the null count is checked against the bitmap before any value is read
         // (`crate::validate::validate_column`), or these bytes passed that check before.
         Ok(Some(unsafe { NullBuffer::new_unchecked(bits, null_count) }))
     }
 }
 
-/// One column of type `data_type`; `Ok(None)` for arrow-ipc to decode.
-fn column(data_type: &DataType, parts: &mut Parts<'_>) -> Result<Option<ArrayRef>, String> {
-    let (len, null_count) = parts.node()?;
+/// One column of type `data_type` and `len` rows; `Ok(None)` for arrow-ipc to decode.
+fn column<'a, N, B>(
+    data_type: &DataType,
+    len: usize,
+    parts: &mut Parts<'_, N, B>,
+) -> Result<Option<ArrayRef>, String>
+where
+    N: Iterator<Item = &'a arrow_ipc::FieldNode>,
+    B: Iterator<Item = &'a arrow_ipc::Buffer>,
+{
+    let null_count = parts.node(len)?;
     let nulls = parts.nulls(len, null_count)?;
     macro_rules! primitive {
         ($t:ty) => {
@@ -144,10 +164,10 @@ fn column(data_type: &DataType, parts: &mut Parts<'_>) -> Result<Option<ArrayRef
                 .map(|array| Some(Arc::new(array) as ArrayRef))
                 .map_err(|err| err.to_string())
         }
-        DataType::Utf8 => bytes::<Utf8Type>(len, nulls, parts),
-        DataType::LargeUtf8 => bytes::<LargeUtf8Type>(len, nulls, parts),
-        DataType::Binary => bytes::<BinaryType>(len, nulls, parts),
-        DataType::LargeBinary => bytes::<LargeBinaryType>(len, nulls, parts),
+        DataType::Utf8 => bytes::<Utf8Type, _, _>(len, nulls, parts),
+        DataType::LargeUtf8 => bytes::<LargeUtf8Type, _, _>(len, nulls, parts),
+        DataType::Binary => bytes::<BinaryType, _, _>(len, nulls, parts),
+        DataType::LargeBinary => bytes::<LargeBinaryType, _, _>(len, nulls, parts),
         _ => Ok(None),
     }
 }
@@ -190,15 +210,24 @@ fn primitive<T: ArrowPrimitiveType>(
     let Some(values) = scalars::<T::Native>(values, len, "values")? else {
         return Ok(None);
     };
-    let array = PrimitiveArray::<T>::new(values, nulls).with_data_type(data_type.clone());
+    let array = PrimitiveArray::<T>::new(values, nulls);
+    // Only a timezone, a precision or a scale differs from the type's own.
+    let array = match *data_type == T::DATA_TYPE {
+        true => array,
+        false => array.with_data_type(data_type.clone()),
+    };
     Ok(Some(Arc::new(array)))
 }
 
-fn bytes<T: ByteArrayType>(
+fn bytes<'a, T: ByteArrayType, N, B>(
     len: usize,
     nulls: Option<NullBuffer>,
-    parts: &mut Parts<'_>,
-) -> Result<Option<ArrayRef>, String> {
+    parts: &mut Parts<'_, N, B>,
+) -> Result<Option<ArrayRef>, String>
+where
+    N: Iterator<Item = &'a arrow_ipc::FieldNode>,
+    B: Iterator<Item = &'a arrow_ipc::Buffer>,
+{
     let (offsets, values) = (parts.buffer()?, parts.buffer()?);
     let offsets = match len {
         // An empty array may come with no offsets at all.
