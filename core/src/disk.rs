@@ -525,7 +525,10 @@ fn parse_message(
     let message = arrow_ipc::root_as_message(metadata)
         .map_err(|err| format!("its metadata does not parse ({err})"))?;
     if message.version() != MetadataVersion::V5 {
-        return Err(format!("its metadata is of {:?}, not V5", message.version()));
+        return Err(format!(
+            "its metadata is of {:?}, not V5",
+            message.version()
+        ));
     }
     let batch = match dictionary {
         true => message.header_as_dictionary_batch().and_then(|d| d.data()),
