@@ -90,7 +90,10 @@ def flat_table() -> pa.Table:
     # Only columns the reader decodes straight from the message (core/src/ipc_flat.rs),
     # with nulls in them.
     rows = BATCHES * ROWS
-    maybe = lambda i, value: None if i % 5 == 2 else value  # noqa: E731
+
+    def maybe(i, value):
+        return None if i % 5 == 2 else value
+
     return pa.table(
         {
             "id": pa.array(range(rows), pa.int64()),
