@@ -1,20 +1,25 @@
 """The cross wheels of `make wheels` (mk/wheels.mk), read without running them: the macOS
-wheels here can only be checked, and the Linux aarch64 one runs under emulation elsewhere
-(`make test-aarch64`). `make test-wheels` runs this file after `make wheels`; a missing
-wheel fails, it is never skipped.
+and Windows wheels here can only be checked, and the Linux aarch64 one runs under emulation
+elsewhere (`make test-aarch64`). `make test-wheels` runs this file after `make wheels`, and
+`make test` runs its Windows part (`make test-wheel-windows`); a missing wheel fails, it is
+never skipped.
 
 For each wheel: one file of the expected tags; the package, py.typed, the licences, and
 cffi declarations equal to what cffi makes of include/batchcorder_cffi.h. For its library,
 read with LIEF: the file format and architecture, only the bc_* functions of
 include/batchcorder.h exported; on macOS the minimum version of the wheel's tag, only system
 libraries linked, the install name, and arm64's code signature; on Linux aarch64,
-tests/abi/check-symbols.sh (exports, SONAME, glibc 2.17 at most), as for x86_64.
+tests/abi/check-symbols.sh (exports, SONAME, glibc 2.17 at most), as for x86_64; on Windows
+a PE32+ DLL importing only Windows' own DLLs, and the package's real loader, run here,
+opening the DLL by the name the wheel ships it under.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -43,6 +48,8 @@ CROSS = [
     Wheel("aarch64-unknown-linux-gnu", ("manylinux2014_aarch64", "manylinux_2_17_aarch64"), "lib_native.so", cpu="AARCH64"),
     Wheel("x86_64-apple-darwin", ("macosx_10_12_x86_64",), "lib_native.dylib", (10, 12), "X86_64"),
     Wheel("aarch64-apple-darwin", ("macosx_11_0_arm64",), "lib_native.dylib", (11, 0), "ARM64"),
+    # mingw-w64 links batchcorder.dll (mk/windows.mk); maturin ships it as _native.dll.
+    Wheel("x86_64-pc-windows-gnu", ("win_amd64",), "_native.dll", cpu="AMD64"),
 ]
 IDS = [w.triple for w in CROSS]
 
@@ -54,8 +61,8 @@ def wheel_file(w: Wheel) -> Path:
     return found[0]
 
 
-def declared_functions() -> set[str]:
-    return set(re.findall(r"\b(bc_[a-z0-9_]+)\(", HEADER.read_text()))
+def declared_functions(header: Path = HEADER) -> set[str]:
+    return set(re.findall(r"\b(bc_[a-z0-9_]+)\(", header.read_text()))
 
 
 def extract_library(w: Wheel, into: Path) -> Path:
@@ -145,3 +152,72 @@ def test_the_linux_aarch64_library(tmp_path: Path) -> None:
     assert lib is not None and lib.header.machine_type == lief.ELF.ARCH.AARCH64, "not an aarch64 ELF"
     major = re.match(r"batchcorder-(\d+)\.", wheel_file(w).name).group(1)  # type: ignore[union-attr]
     subprocess.run(["bash", str(ROOT / "tests" / "abi" / "check-symbols.sh"), str(path), major], check=True)
+
+
+WINDOWS = next(w for w in CROSS if w.triple == "x86_64-pc-windows-gnu")
+# What the DLL may import: DLLs of every Windows 10+ in System32, and the API sets
+# (api-ms-win-*) that resolve to them. cffi opens the DLL by its full path (LoadLibrary),
+# which looks for its dependencies beside python.exe, in System32 and on the PATH; a
+# user's machine has nothing of mingw's there (libgcc_s, libwinpthread), and a CI runner
+# with mingw on its PATH would hide the lack.
+WINDOWS_SYSTEM_DLLS = {
+    "kernel32.dll", "ntdll.dll", "msvcrt.dll", "ucrtbase.dll", "advapi32.dll", "bcrypt.dll",
+    "bcryptprimitives.dll", "ws2_32.dll", "userenv.dll", "synchronization.dll",
+}
+
+
+def test_the_windows_library(tmp_path: Path) -> None:
+    lief.logging.disable()
+    lib = lief.PE.parse(str(extract_library(WINDOWS, tmp_path)))
+    assert lib is not None, "not a PE file"
+    assert lib.header.machine == lief.PE.Header.MACHINE_TYPES.AMD64, lib.header.machine
+    assert lib.optional_header.magic == lief.PE.PE_TYPE.PE32_PLUS, "not PE32+"
+    assert lib.header.has_characteristic(lief.PE.Header.CHARACTERISTICS.DLL), "not a DLL"
+
+    # Only the functions of the public header, by name, none forwarded elsewhere; cffi's
+    # declarations name no other.
+    assert lib.has_exports, "no export table"
+    export = lib.get_export()
+    assert export.name == "batchcorder.dll", export.name  # as linked; the wheel renames the file
+    entries = list(export.entries)
+    assert not [e.name for e in entries if e.is_forwarded], "forwarded exports"
+    names = {e.name for e in entries}
+    assert {n for n in names if not n.startswith("bc_")} == set(), "exports outside bc_*"
+    assert names == declared_functions()
+    assert declared_functions(CFFI_HEADER) <= names
+
+    # Windows' own DLLs only: no mingw runtime DLL to ship beside it.
+    imported = {i.name.lower() for i in lib.imports} | {d.name.lower() for d in lib.delay_imports}
+    foreign = {d for d in imported if d not in WINDOWS_SYSTEM_DLLS and not d.startswith("api-ms-win-")}
+    assert foreign == set(), f"imports DLLs Windows does not have: {sorted(foreign)} (of {sorted(imported)})"
+    assert "kernel32.dll" in imported, imported
+
+    # Address space randomisation (64-bit) and no execution from data pages, as for
+    # python.exe itself.
+    flags = lief.PE.OptionalHeader.DLL_CHARACTERISTICS
+    for flag in (flags.DYNAMIC_BASE, flags.HIGH_ENTROPY_VA, flags.NX_COMPAT):
+        assert lib.optional_header.has(flag), f"{flag} is not set"
+
+
+def test_the_windows_loader_opens_the_shipped_dll(tmp_path: Path) -> None:
+    """The wheel's own loader (batchcorder/_native/__init__.py, maturin's), run here by
+    importing the package from the wheel's files as pip lays them out: it opens the DLL
+    by the name the wheel gives it, which Linux's dlopen finds and then refuses as not an
+    ELF file. With that file gone the same import fails to find it, so the message tells
+    the two apart."""
+    site = tmp_path / "site-packages"
+    with zipfile.ZipFile(wheel_file(WINDOWS)) as z:
+        z.extractall(site, [n for n in z.namelist() if n.startswith("batchcorder/")])
+    shipped = site / "batchcorder" / "_native" / WINDOWS.library
+
+    def import_it() -> str:
+        result = subprocess.run([sys.executable, "-c", "import batchcorder"], cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
+        assert result.returncode != 0, "a Windows DLL loaded on Linux"
+        return result.stderr
+
+    said = import_it()
+    assert f"cannot load library '{shipped}': {shipped}: invalid ELF header" in said, said
+    shipped.unlink()
+    said = import_it()
+    assert f"cannot load library '{shipped}'" in said and "No such file" in said, said
