@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from conftest import posix_only
+
 from batchcorder import StreamCache
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="uses /proc/self/maps and POSIX file modes"
-)
+# The mappings are read from /proc/self/maps, which only Linux has.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 
 BIG = 1 << 30  # a disk_capacity that never binds
 SEGMENT_RE = re.compile(r"^segment-(\d+)\.arrows$")
@@ -506,6 +507,7 @@ def test_compression_round_trip_and_smaller(tmp_path, codec):
 # -- zero-copy --------------------------------------------------------------------------
 
 
+@linux_only
 @pytest.mark.parametrize("policy", ["on_insertion", "on_eviction"])
 def test_uncompressed_reads_point_into_the_segment_mapping(tmp_path, policy):
     table = mixed_table(rows=20_000)
@@ -530,6 +532,7 @@ def test_uncompressed_reads_point_into_the_segment_mapping(tmp_path, policy):
     cache.close()
 
 
+@linux_only
 @pytest.mark.parametrize("codec", ["lz4", "zstd"])
 def test_compressed_reads_are_copies(tmp_path, codec):
     table = pa.table({"x": np.arange(50_000, dtype=np.int64) % 100})
@@ -735,6 +738,7 @@ TMPFS_4M = ["unshare", "--map-root-user", "--mount", "sh", "-c",
             'mount -t tmpfs -o size=4m batchcorder-full "$0" && exec "$@"']
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a tmpfs in a mount namespace, RLIMIT_FSIZE")
 @pytest.mark.parametrize("policy", ["on_insertion", "on_eviction"])
 @pytest.mark.parametrize(
     "limit, expected_errno",
@@ -760,6 +764,7 @@ def test_full_disk_for_real(tmp_path, policy, limit, expected_errno):
     assert out["left"] == []
 
 
+@posix_only("removes the folder of a live cache; Windows refuses to while its files are mapped")
 @pytest.mark.parametrize("policy", ["on_insertion", "on_eviction"])
 def test_vanished_directory(tmp_path, policy):
     batches = int_batches(count=40, rows=8192)
@@ -791,6 +796,7 @@ def test_vanished_directory(tmp_path, policy):
 # -- files and cleanup ------------------------------------------------------------------
 
 
+@posix_only("file modes; the folder takes the user's ACL on Windows")
 def test_private_directory_is_not_accessible_to_others(tmp_path):
     old = os.umask(0o022)  # the common default: what users get
     try:
@@ -806,6 +812,7 @@ def test_private_directory_is_not_accessible_to_others(tmp_path):
         os.umask(old)
 
 
+@posix_only("file modes; the files take the user's ACL on Windows")
 def test_segment_files_are_0600(tmp_path):
     old = os.umask(0o000)  # even the most permissive umask must not widen them
     try:
