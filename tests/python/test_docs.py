@@ -447,10 +447,14 @@ def test_a_programs_output_is_what_its_page_shows(key, tmp_path):
         return
     if sys.platform == "win32":
         pytest.skip("POSIX only: a C program linked by the system's cc (tests/c runs under wine)")
-    # The library the Python package loads is libbatchcorder under another file name.
-    native = next((Path(batchcorder.__file__).parent / "_native").glob("*.so"))
-    (tmp_path / "libbatchcorder.so.0").symlink_to(native)
-    (tmp_path / "libbatchcorder.so").symlink_to(native)
+    # The library the Python package loads is libbatchcorder under another file name; the
+    # program finds it by its SONAME (Linux) or install name (macOS, build.rs).
+    [native] = [p for p in (Path(batchcorder.__file__).parent / "_native").iterdir()
+                if p.suffix in (".so", ".dylib")]
+    names = ("libbatchcorder.0.dylib", "libbatchcorder.dylib") if native.suffix == ".dylib" \
+        else ("libbatchcorder.so.0", "libbatchcorder.so")
+    for name in names:
+        (tmp_path / name).symlink_to(native)
     subprocess.run(
         ["cc", "-std=c11", "-pthread", str(program), f"-I{ROOT / 'include'}", f"-L{tmp_path}",
          "-lbatchcorder", f"-Wl,-rpath,{tmp_path}", "-o", str(tmp_path / "program")],
