@@ -162,6 +162,8 @@ include mk/fuzz.mk
 include mk/stress.mk
 include mk/cross.mk
 include mk/wheels.mk
+# Windows x64: wheel-x86_64-pc-windows-gnu (also in make wheels), check-windows (mk/windows.mk).
+include mk/windows.mk
 # aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
 include mk/aarch64.mk
 # PyTorch's DataLoader and torch.distributed with worker_shard(): test-torch (mk/torch.mk).
