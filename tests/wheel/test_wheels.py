@@ -162,7 +162,7 @@ WINDOWS = next(w for w in CROSS if w.triple == "x86_64-pc-windows-gnu")
 # with mingw on its PATH would hide the lack.
 WINDOWS_SYSTEM_DLLS = {
     "kernel32.dll", "ntdll.dll", "msvcrt.dll", "ucrtbase.dll", "advapi32.dll", "bcrypt.dll",
-    "bcryptprimitives.dll", "ws2_32.dll", "userenv.dll", "synchronization.dll",
+    "bcryptprimitives.dll", "ws2_32.dll", "userenv.dll",
 }
 
 
