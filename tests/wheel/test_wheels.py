@@ -199,6 +199,16 @@ def test_the_windows_library(tmp_path: Path) -> None:
         assert lib.optional_header.has(flag), f"{flag} is not set"
 
 
+def test_the_windows_wheel_ships_the_dll_c_programs_link(tmp_path: Path) -> None:
+    """One build (mk/windows.mk): the wheel's DLL is, byte for byte, the batchcorder.dll
+    that C programs link through libbatchcorder.dll.a, so the C suite's run under Wine is
+    a run of the wheel's DLL too."""
+    built = ROOT / "target" / WINDOWS.triple / "release" / "batchcorder.dll"
+    assert built.is_file(), f"{built} is missing (make wheel-{WINDOWS.triple} leaves it)"
+    assert extract_library(WINDOWS, tmp_path).read_bytes() == built.read_bytes(), \
+        f"the wheel's {WINDOWS.library} is not {built}: two builds"
+
+
 def test_the_windows_loader_opens_the_shipped_dll(tmp_path: Path) -> None:
     """The wheel's own loader (batchcorder/_native/__init__.py, maturin's), run here by
     importing the package from the wheel's files as pip lays them out: it opens the DLL
