@@ -156,10 +156,10 @@ def test_the_linux_aarch64_library(tmp_path: Path) -> None:
 
 WINDOWS = next(w for w in CROSS if w.triple == "x86_64-pc-windows-gnu")
 # What the DLL may import: DLLs of every Windows 10+ in System32, and the API sets
-# (api-ms-win-*) that resolve to them. cffi opens the DLL by its full path (LoadLibrary),
-# which looks for its dependencies beside python.exe, in System32 and on the PATH; a
-# user's machine has nothing of mingw's there (libgcc_s, libwinpthread), and a CI runner
-# with mingw on its PATH would hide the lack.
+# (api-ms-win-*) that resolve to them. cffi opens the DLL by its full path; Windows then
+# looks for its dependencies in System32, beside python.exe and, as cffi asks, in the
+# DLL's folder (older cffi: on the PATH instead). The wheel ships nothing of mingw's
+# (libgcc_s, libwinpthread), and a CI runner with mingw on its PATH would hide the lack.
 WINDOWS_SYSTEM_DLLS = {
     "kernel32.dll", "ntdll.dll", "msvcrt.dll", "ucrtbase.dll", "advapi32.dll", "bcrypt.dll",
     "bcryptprimitives.dll", "ws2_32.dll", "userenv.dll",
