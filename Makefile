@@ -144,9 +144,11 @@ test-docs: install-python venv-test
 # from rustup's own server, not a package registry, and they add 15 minutes or more
 # (docs/building.md).
 # CI (.ci/run) runs the aarch64 suite and make test-engines (Ray, Dask) as steps of
-# their own after this.
+# their own after this. test-c-windows (mk/wine.mk) runs tests/c and the C examples
+# under wine64 against the Windows wheel's DLL, installing mingw-w64 and wine64 from
+# Debian's packages when they are missing.
 test: check-header test-rust test-c test-python test-wheel test-wheel-windows check-workflows \
-  test-sdist test-examples test-r
+  test-sdist test-examples test-r test-c-windows
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite
@@ -164,6 +166,8 @@ include mk/cross.mk
 include mk/wheels.mk
 # Windows x64: wheel-x86_64-pc-windows-gnu (also in make wheels), check-windows (mk/windows.mk).
 include mk/windows.mk
+# tests/c and the C/C++ examples for Windows x64 under wine64: test-c-windows (mk/wine.mk).
+include mk/wine.mk
 # aarch64 under emulation: test-aarch64 (mk/aarch64.mk).
 include mk/aarch64.mk
 # PyTorch's DataLoader and torch.distributed with worker_shard(): test-torch (mk/torch.mk).
