@@ -231,3 +231,41 @@ def test_the_windows_loader_opens_the_shipped_dll(tmp_path: Path) -> None:
     shipped.unlink()
     said = import_it()
     assert f"cannot load library '{shipped}'" in said and "No such file" in said, said
+
+
+def test_the_windows_dll_loads_as_cffi_opens_it_under_wine(tmp_path: Path) -> None:
+    """The Win32 half of the loader, under Wine: tests/wheel/load_dll.c opens the file the
+    shipped loader names, by its full path, with the search folders cffi gives
+    LoadLibraryExW (the default ones and the DLL's own, not the PATH), then finds every
+    function the shipped cffi declarations name, as `lib.bc_...` does. Wine is no Windows,
+    but its loader resolves the DLL's imports and runs its initialisation (Rust's TLS
+    callbacks included). `make test-wheel-windows` makes the Wine prefix (mk/wine.mk)."""
+    wine = os.environ.get("BC_WINE64", "/usr/lib/wine/wine64")
+    prefix = Path(os.environ.get("WINEPREFIX", ROOT / "target" / "wineprefix"))
+    assert Path(wine).is_file() and (prefix / ".bc-ready").is_file(), \
+        f"no wine prefix at {prefix}: `make wine-prefix` makes it (make test-wheel-windows does)"
+    site = tmp_path / "site-packages"
+    with zipfile.ZipFile(wheel_file(WINDOWS)) as z:
+        z.extractall(site, [n for n in z.namelist() if n.startswith("batchcorder/")])
+    native = site / "batchcorder" / "_native"
+    opened = re.search(r"ffi\.dlopen\(os\.path\.join\(os\.path\.dirname\(__file__\), '([^']+)'\)\)",
+                       (native / "__init__.py").read_text())
+    assert opened, "the shipped loader no longer opens a file beside itself"
+    functions = sorted(set(re.findall(r"b'[^']*?(bc_[a-z0-9_]+)'", (native / "ffi.py").read_text())))
+    assert set(functions) == declared_functions(CFFI_HEADER)
+    program = tmp_path / "load_dll.exe"
+    subprocess.run([os.environ.get("BC_WIN_CC", "x86_64-w64-mingw32-gcc"), "-std=c11", "-municode", "-O2",
+                    "-Wall", "-Wextra", "-Werror", "-o", str(program), str(ROOT / "tests" / "wheel" / "load_dll.c")],
+                   check=True)
+
+    def load(path: Path) -> subprocess.CompletedProcess[str]:
+        windows_path = "Z:" + str(path).replace("/", "\\")  # how Wine shows this file system
+        return subprocess.run([wine, str(program), windows_path, *functions], capture_output=True, text=True,
+                              env={**os.environ, "WINEPREFIX": str(prefix), "WINEDEBUG": "-all"}, timeout=120)
+
+    done = load(native / opened.group(1))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == f"{len(functions)} of {len(functions)} functions found", done.stdout
+    # The same program tells a missing file apart (Windows' error 126: module not found).
+    done = load(native / "elsewhere.dll")
+    assert done.returncode == 1 and "error 126" in done.stderr, done.stdout + done.stderr
