@@ -10,8 +10,9 @@ read with LIEF: the file format and architecture, only the bc_* functions of
 include/batchcorder.h exported; on macOS the minimum version of the wheel's tag, only system
 libraries linked, the install name, and arm64's code signature; on Linux aarch64,
 tests/abi/check-symbols.sh (exports, SONAME, glibc 2.17 at most), as for x86_64; on Windows
-a PE32+ DLL importing only Windows' own DLLs, and the package's real loader, run here,
-opening the DLL by the name the wheel ships it under.
+a PE32+ DLL importing only Windows' own DLLs, the very DLL C programs link, the package's
+real loader, run here, opening the DLL by the name the wheel ships it under, and that file
+loaded under Wine as cffi loads it on Windows.
 """
 
 from __future__ import annotations
