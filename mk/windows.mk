@@ -4,7 +4,7 @@
 #   make wheel-x86_64-pc-windows-gnu   # the wheel, the DLL and its import library (below)
 #   make check-windows                 # clippy -D warnings for the target, as check-cross
 #   make win-tools                     # what those need: the rustup target, mingw-w64
-#   make test-windows-rust             # the core's tests under wine (see below)
+#   make test-windows-rust             # the Rust tests under wine (see below)
 #
 # One maturin run (one rustc compile) gives:
 #   target/wheels/x86_64-pc-windows-gnu/batchcorder-<version>-py3-none-win_amd64.whl
@@ -70,15 +70,17 @@ win-wine-shim: $(WIN_WINE_SHIM)
 	@[ -d "$(WINEPREFIX)/drive_c/windows/system32" ] || WINEDEBUG=-all wineboot -i
 	cp $(WIN_WINE_SHIM) "$(WINEPREFIX)/drive_c/windows/system32/bcryptprimitives.dll"
 
-# The core's Rust tests as Windows programs under wine (not in make test: minutes more,
-# and wine is no Windows; docs/processes.md, "Windows", says which pass).
+# The Rust tests (core, C ABI, C Data) as Windows programs under wine, fault injection
+# on, as make test-rust runs them. Not in make test: minutes more, and wine is no Windows
+# (docs/processes.md, "Windows", says what is Unix-only).
 test-windows-rust: export WINEPREFIX ?= $(CURDIR)/target/wineprefix
 test-windows-rust: export WINEDEBUG ?= -all
 test-windows-rust: win-tools
 	@command -v wine >/dev/null || { echo "wine is missing: apt-get install wine64 (as root)"; exit 1; }
 	$(MAKE) --no-print-directory win-wine-shim
 	$(WIN_ENV) CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine $(CARGO) test \
-	  --target $(WIN_TARGET) -p batchcorder-core --features fault-injection $(CARGO_TEST_FLAGS)
+	  --target $(WIN_TARGET) --workspace --exclude batchcorder-header --features fault-injection \
+	  $(CARGO_TEST_FLAGS)
 
 # Every crate and its tests, as Linux's clippy runs them, with and without fault injection.
 check-windows: win-tools

@@ -484,8 +484,9 @@ pub(crate) struct DiskWriter {
     faults: Option<FaultInjector>,
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
     ipc_schema: Option<SchemaRef>,
-    /// Removes the directory with everything in it when the writer goes.
-    _dir: SpillDir,
+    /// Removes the directory with everything in it when the writer goes (and, where an
+    /// open file keeps its name, the last mapping of its segments: see [`SegmentMap`]).
+    dir: Arc<SpillDir>,
 }
 
 impl std::fmt::Debug for DiskWriter {
@@ -533,7 +534,7 @@ impl DiskWriter {
             in_force: Arc::from([]),
             faults,
             ipc_schema: None,
-            _dir: dir,
+            dir: Arc::new(dir),
         };
         Ok((writer, DiskIndex::new(used, options.capacity)))
     }
@@ -656,8 +657,12 @@ impl DiskWriter {
         let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
             .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
         let len = map.len();
+        let owner = SegmentMap {
+            _map: map,
+            _folder: crate::platform::OPEN_FILES_PIN_THEIR_NAMES.then(|| self.dir.clone()),
+        };
         // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
-        let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) };
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(owner)) };
         let segment = Arc::new(Segment {
             path,
             backing: Backing::Mapped(buffer),
@@ -667,6 +672,15 @@ impl DiskWriter {
         self.active = Some((segment, file));
         Ok(())
     }
+}
+
+/// A spill segment's mapping, which the arrays read from it hold. Where an open file keeps
+/// its name until its last handle closes (Windows), it holds the cache's folder too: a
+/// segment is deleted when its mapping goes (it was made delete-on-close), and the folder,
+/// by the last one, so nothing is left once the last array goes.
+struct SegmentMap {
+    _map: Mmap,
+    _folder: Option<Arc<SpillDir>>,
 }
 
 struct Written {

@@ -83,7 +83,7 @@ impl SpillDir {
         let parent = parent.unwrap_or(Path::new("."));
         let _committing = FolderLock::take(parent, Hold::Shared);
         let owner_file = self.path().join(OWNER);
-        if platform::OPEN_FILES_PIN_THEIR_FOLDER {
+        if platform::OPEN_FILES_PIN_THEIR_NAMES {
             // Closed before the rename, under a name no sweep takes for an owner file.
             let closing = self
                 .path()
@@ -111,14 +111,21 @@ impl Drop for SpillDir {
     fn drop(&mut self) {
         // What this leaves (an error on the way) the TempDir's own drop tries again.
         if !self.committed {
-            let _ = remove_owner_last(self.path());
+            let owner = if platform::OPEN_FILES_PIN_THEIR_NAMES {
+                self.owner.take()
+            } else {
+                None
+            };
+            let _ = remove_owner_last(self.path(), owner);
         }
     }
 }
 
 /// Remove `folder` and everything in it, its owner file last: a process killed meanwhile
-/// leaves a folder whose owner file a sweep finds unlocked, or an empty one.
-fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
+/// leaves a folder whose owner file a sweep finds unlocked, or an empty one. `owner`, the
+/// owner file's open handle if the caller holds it, is closed before the owner file goes
+/// where an open file keeps its name; elsewhere it is held to the end.
+fn remove_owner_last(folder: &Path, owner: Option<File>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(folder)?.flatten() {
         if entry.file_name() == OWNER {
             continue;
@@ -127,6 +134,9 @@ fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
             Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path())?,
             _ => std::fs::remove_file(entry.path())?,
         }
+    }
+    if platform::OPEN_FILES_PIN_THEIR_NAMES {
+        drop(owner);
     }
     std::fs::remove_dir_all(folder)
 }
@@ -185,7 +195,7 @@ pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
                     && died_unowned(&folder, prefix)
             }
         };
-        if abandoned && remove_owner_last(&folder).is_ok() {
+        if abandoned && remove_owner_last(&folder, owner.ok()).is_ok() {
             removed.push(folder);
         }
     }

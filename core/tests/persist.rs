@@ -92,6 +92,30 @@ fn a_persisted_cache_opens_with_the_same_batches_from_memory_and_disk_tiers() {
 }
 
 #[test]
+fn a_save_deleted_while_open_keeps_the_arrays_read_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = saved(dir.path());
+    let cache = open(&target).unwrap();
+    let first = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
+    match fs::remove_dir_all(&target) {
+        Ok(()) => assert!(!target.exists()),
+        // Windows refuses to delete a mapped file (docs/processes.md, "Windows").
+        Err(err) if cfg!(windows) => {
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+            assert!(target.join("data.arrow").exists());
+        }
+        Err(err) => panic!("{err}"),
+    }
+    assert_eq!(first, source[0]);
+    drop(cache);
+    assert_eq!(first, source[0]);
+    drop(first);
+    if target.exists() {
+        fs::remove_dir_all(&target).unwrap();
+    }
+}
+
+#[test]
 fn the_data_file_is_a_plain_arrow_ipc_file() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = saved(dir.path());

@@ -81,7 +81,6 @@ impl std::error::Error for Errno {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
 
     // Each asks the OS itself, which Miri (`make miri` runs this crate's unit tests)
     // does not model.
@@ -140,6 +139,28 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "system calls")]
+    fn a_folder_lock_is_shared_or_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FolderLock::take(dir.path(), Hold::Shared).expect("a shared lock");
+        let second = FolderLock::take(dir.path(), Hold::Shared).expect("shared twice");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let sweeper = std::thread::spawn(move || {
+            let exclusive = FolderLock::take(&path, Hold::Exclusive);
+            tx.send(exclusive.is_some()).unwrap();
+        });
+        let wait = std::time::Duration::from_millis(200);
+        assert!(rx.recv_timeout(wait).is_err(), "taken while shared");
+        drop((first, second));
+        assert!(
+            rx.recv_timeout(wait * 50).unwrap(),
+            "an exclusive lock once free"
+        );
+        sweeper.join().unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "system calls")]
     fn a_new_file_is_never_made_over_an_existing_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -151,6 +172,34 @@ mod tests {
             assert_eq!(errno(&err), libc::EEXIST, "{err}");
         }
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+    }
+
+    // Unix only: on Windows making a symlink takes a privilege (or developer mode), and
+    // wine 8 reports success but makes none, so nothing here could make one to refuse.
+    #[cfg(unix)]
+    #[test]
+    #[cfg_attr(miri, ignore = "system calls")]
+    fn a_symlink_is_neither_followed_nor_replaced() {
+        use std::os::unix::fs::symlink as symlink_file;
+        let dir = tempfile::tempdir().unwrap();
+        let (target, link) = (dir.path().join("target"), dir.path().join("link"));
+        std::fs::write(&target, b"kept").unwrap();
+        symlink_file(&target, &link).unwrap();
+        let err = open_read_no_follow(&link).unwrap_err();
+        assert_eq!(errno(&err), libc::ELOOP, "{err}");
+        let (missing, dangling) = (dir.path().join("missing"), dir.path().join("dangling"));
+        symlink_file(&missing, &dangling).unwrap();
+        for path in [&link, &dangling] {
+            for err in [
+                create_private(path, Lifetime::Kept).unwrap_err(),
+                create_private(path, Lifetime::Spill).unwrap_err(),
+                create_shared(path).unwrap_err(),
+            ] {
+                assert_eq!(errno(&err), libc::EEXIST, "{err}");
+            }
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        assert!(!missing.exists());
     }
 
     #[test]

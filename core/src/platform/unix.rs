@@ -13,8 +13,10 @@ use super::{FileState, Hold};
 /// `EDQUOT`: a disk quota is exhausted.
 pub(crate) const EDQUOT: i32 = libc::EDQUOT;
 
-/// Whether a folder cannot be renamed while a file in it is open (Windows).
-pub(crate) const OPEN_FILES_PIN_THEIR_FOLDER: bool = false;
+/// Whether an open file keeps its name, and so its folder, until its last handle (a
+/// mapping's included) closes, and a folder holding an open file cannot be renamed:
+/// Windows's ways, not Unix's.
+pub(crate) const OPEN_FILES_PIN_THEIR_NAMES: bool = false;
 
 /// An OS error is an errno already.
 pub(super) fn errno_of_os_error(code: i32) -> i32 {

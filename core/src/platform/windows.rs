@@ -14,8 +14,8 @@ use windows_sys::Win32::Security::Cryptography::{
 use windows_sys::Win32::Storage::FileSystem::{
     FileBasicInfo, GetFileInformationByHandle, GetFileInformationByHandleEx, LockFileEx,
     MoveFileExW, BY_HANDLE_FILE_INFORMATION, FILE_ATTRIBUTE_REPARSE_POINT, FILE_BASIC_INFO,
-    FILE_FLAG_DELETE_ON_CLOSE, FILE_FLAG_OPEN_REPARSE_POINT, LOCKFILE_EXCLUSIVE_LOCK,
-    LOCKFILE_FAIL_IMMEDIATELY, LOCK_FILE_FLAGS, MOVEFILE_WRITE_THROUGH,
+    FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_DELETE_ON_CLOSE, FILE_FLAG_OPEN_REPARSE_POINT,
+    LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LOCK_FILE_FLAGS, MOVEFILE_WRITE_THROUGH,
 };
 use windows_sys::Win32::System::SystemInformation::{GlobalMemoryStatusEx, MEMORYSTATUSEX};
 use windows_sys::Win32::System::IO::OVERLAPPED;
@@ -25,8 +25,10 @@ use super::{FileState, Hold};
 /// The C runtime has no `EDQUOT`: a quota is a full disk to it (`ENOSPC`).
 pub(crate) const EDQUOT: i32 = libc::ENOSPC;
 
-/// A folder cannot be renamed while a file in it is open.
-pub(crate) const OPEN_FILES_PIN_THEIR_FOLDER: bool = true;
+/// An open file may keep its name, and so its folder, until its last handle (a
+/// mapping's included) closes: deleting it marks it for deletion then, unless the file
+/// system has POSIX delete semantics. A folder holding an open file cannot be renamed.
+pub(crate) const OPEN_FILES_PIN_THEIR_NAMES: bool = true;
 
 /// The C runtime's errno for a Win32 error code, as its own `_dosmaperr` classes them
 /// (what Python's `OSError` reads to pick `FileNotFoundError`, `PermissionError`, ...).
@@ -239,21 +241,50 @@ pub(crate) fn try_lock(file: &File) -> bool {
     lock(file, LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY)
 }
 
-/// The name of the lock file that stands for a folder's lock: Windows locks no folder.
-const FOLDER_LOCK: &str = ".batchcorder-folder.lock";
+/// The folder, in the user's temporary folder, of the lock files that stand for folders'
+/// locks: Windows locks no folder, and a lock file in the folder itself would be a file
+/// batchcorder leaves in the user's folders.
+const FOLDER_LOCKS: &str = "batchcorder-folder-locks";
 
-/// A lock on a folder, released when dropped: a `LockFileEx` lock on a file in it,
-/// made on first use and left there (removing it would race another process's open).
+/// The volume serial number and file index of the open `file`: its identity, whatever
+/// path (8.3 name, letter case, junction) reached it.
+fn file_id(file: &File) -> Option<(u32, u64)> {
+    let info = handle_info(file)?;
+    let index = (u64::from(info.nFileIndexHigh) << 32) | u64::from(info.nFileIndexLow);
+    Some((info.dwVolumeSerialNumber, index))
+}
+
+/// `GetFileInformationByHandle` of the open `file`.
+fn handle_info(file: &File) -> Option<BY_HANDLE_FILE_INFORMATION> {
+    // SAFETY: plain data; all zeroes is a valid value.
+    let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid handle and a structure of the type the call fills.
+    let ok = unsafe { GetFileInformationByHandle(file.as_raw_handle(), &mut info) };
+    (ok != 0).then_some(info)
+}
+
+/// A lock on a folder, released when dropped: a `LockFileEx` lock on a file named after
+/// the folder's identity in `%TEMP%\batchcorder-folder-locks`, made on first use and left
+/// there (removing it would race another process's open). So it is shared by the
+/// processes of users whose temporary folder is the same (docs/processes.md).
 #[derive(Debug)]
 pub(crate) struct FolderLock {
     _held: File,
 }
 
 impl FolderLock {
-    /// `None` when the lock file can neither be made nor opened (a folder this user
-    /// cannot write, say); callers then go on without it.
+    /// `None` when the folder cannot be opened or the lock file made; callers then go
+    /// on without it.
     pub(crate) fn take(folder: &Path, hold: Hold) -> Option<Self> {
-        let path = folder.join(FOLDER_LOCK);
+        let folder = OpenOptions::new()
+            .read(true)
+            .custom_flags(FILE_FLAG_BACKUP_SEMANTICS) // what opens a folder
+            .open(folder)
+            .ok()?;
+        let (volume, index) = file_id(&folder)?;
+        let locks = std::env::temp_dir().join(FOLDER_LOCKS);
+        std::fs::create_dir_all(&locks).ok()?;
+        let path = locks.join(format!("{volume:08x}-{index:016x}.lock"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -288,19 +319,13 @@ fn since_epoch(ticks: i64) -> (i64, i64) {
 /// The state of the open `file`: its volume and file index, size, and NTFS's change and
 /// write times. `None` if the OS does not say.
 pub(crate) fn file_state(file: &File) -> Option<FileState> {
-    let handle = file.as_raw_handle();
-    // SAFETY: plain data; all zeroes is a valid value.
-    let mut info: BY_HANDLE_FILE_INFORMATION = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid handle and a structure of the type the call fills.
-    if unsafe { GetFileInformationByHandle(handle, &mut info) } == 0 {
-        return None;
-    }
+    let info = handle_info(file)?;
     // SAFETY: plain data; all zeroes is a valid value.
     let mut basic: FILE_BASIC_INFO = unsafe { std::mem::zeroed() };
     // SAFETY: a valid handle, and a buffer of the size given for FileBasicInfo.
     let ok = unsafe {
         GetFileInformationByHandleEx(
-            handle,
+            file.as_raw_handle(),
             FileBasicInfo,
             (&mut basic as *mut FILE_BASIC_INFO).cast(),
             std::mem::size_of::<FILE_BASIC_INFO>() as u32,

@@ -23,8 +23,10 @@ const ALIGNMENT: usize = 64;
 /// place. Dropped unfinished, it removes the staging folder.
 pub(crate) struct Saver {
     target: PathBuf,
-    staging: SpillDir,
+    /// Dropped before the staging folder: Windows keeps an open file's name, and so the
+    /// folder, until it is closed.
     writer: Option<FileWriter<BufWriter<File>>>,
+    staging: SpillDir,
     batches: u64,
     rows: u64,
 }
