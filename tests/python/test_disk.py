@@ -260,6 +260,9 @@ def test_round_trip_many_readers_many_threads(tmp_path, policy, hot_batches):
         assert 0 < stats.memory_bytes <= memory_capacity
     assert segment_files(private_dir(tmp_path))
     cache.close()
+    if sys.platform == "win32":  # held batches map their files, which keep the folder there
+        del results, got  # until the batches go (docs/processes.md, "Windows")
+        gc.collect()
     assert private_dirs(tmp_path) == []
 
 
@@ -580,6 +583,9 @@ def test_max_readers_reclaims_passed_segments(tmp_path):
     assert most_bytes <= 4 * segment, (most_bytes, total)
     assert total > 4 << 20
     cache.close()
+    if sys.platform == "win32":  # held batches map their files, which keep the folder there
+        del batch  # until the batches go (docs/processes.md, "Windows")
+        gc.collect()
     assert private_dirs(tmp_path) == []
 
 
@@ -672,6 +678,9 @@ def test_disk_capacity_too_small(tmp_path, policy):
     with pytest.raises(MemoryError, match="disk_capacity"):
         next(again)
     cache.close()
+    if sys.platform == "win32":  # held batches map their files, which keep the folder there
+        del got, replay  # until the batches go (docs/processes.md, "Windows")
+        gc.collect()
     assert private_dirs(tmp_path) == []
 
 
@@ -976,7 +985,9 @@ def test_arrays_still_valid_after_close(tmp_path, compression):
     batches = read_all_batches(cache)
     directory = private_dir(tmp_path)
     cache.close()
-    assert not directory.exists()
+    # Windows keeps a mapped file's name: uncompressed batches, which map their segments,
+    # keep the folder until the last of them goes (docs/processes.md, "Windows").
+    assert directory.exists() == (sys.platform == "win32" and compression is None)
     gc.collect()
     table_ = table
     # The files are gone; the arrays (mapped or copied) still hold the right values.
@@ -988,6 +999,9 @@ def test_arrays_still_valid_after_close(tmp_path, compression):
     assert duckdb.sql(query.format("result")).fetchall() == (
         duckdb.sql(query.format("table_")).fetchall()
     )
+    del batches, result
+    gc.collect()
+    assert not directory.exists()
 
 
 def test_readers_handed_out_fail_cleanly_after_close(tmp_path):
@@ -1001,6 +1015,9 @@ def test_readers_handed_out_fail_cleanly_after_close(tmp_path):
     exported = pa.RecordBatchReader.from_stream(cache)
     exported.read_next_batch()
     cache.close()
+    if sys.platform == "win32":  # held batches map their files, which keep the folder there
+        del first  # until the batches go (docs/processes.md, "Windows")
+        gc.collect()
     assert list(tmp_path.iterdir()) == []
     for reader in (started, fresh):
         with pytest.raises(ValueError, match="closed"):
@@ -1055,6 +1072,9 @@ def test_close_while_threads_read_from_disk(tmp_path):
         assert isinstance(error, ValueError) and "closed" in str(error), repr(error)
         # Whatever a reader returned before the close is intact.
         assert_batches_equal(got, batches[: len(got)])
+    if sys.platform == "win32":  # held batches map their files, which keep the folder there
+        del outcomes, got  # until the batches go (docs/processes.md, "Windows")
+        gc.collect()
     assert list(tmp_path.iterdir()) == []
 
 
