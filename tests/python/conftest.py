@@ -31,6 +31,15 @@ def posix_only(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(sys.platform == "win32", reason=f"POSIX only: {reason}")
 
 
+def temporary_directory(prefix: str | None = None) -> "tempfile.TemporaryDirectory[str]":
+    """A temporary folder for caches and saves. On Windows a file stays while an array a
+    test still holds maps it (docs/processes.md, "Windows"), so what cannot be deleted on
+    leaving is left to the system's temporary folder there; elsewhere any failure raises."""
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=sys.platform == "win32")
+
+
 def windows_memory_kib(peak: bool = False) -> int:
     """This process's working set (or its peak) in KiB, from GetProcessMemoryInfo: the
     Windows counterpart of the resident set."""
