@@ -59,21 +59,6 @@ static inline int make_temp_dir(const char *prefix, char *out, size_t size) {
 #endif
 }
 
-/* On Windows, the library keeps a lock file in each folder it makes its own folders in:
- * Windows cannot lock a folder, and a sweep must not judge a folder still being made
- * (docs/processes.md, "Windows"). Removed, where there is one, before a test checks that a
- * folder holds nothing else. */
-#define FOLDER_LOCK ".batchcorder-folder.lock"
-static inline void remove_folder_lock(const char *dir) {
-#ifdef _WIN32
-  char path[400];
-  snprintf(path, sizeof path, "%s" SEP FOLDER_LOCK, dir);
-  remove(path);
-#else
-  (void)dir;
-#endif
-}
-
 /* Sleep about `ms` milliseconds. */
 static inline void sleep_ms(unsigned ms) {
 #ifdef _WIN32

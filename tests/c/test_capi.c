@@ -608,9 +608,8 @@ static void test_disk_tier(void) {
   char folder[400];
   CHECK(find_folder(dir, "batchcorder-", folder, sizeof folder) == 0, "in a folder of its own");
   CHECK_UNIX(private_to_its_user(folder), "the folder is mode 0700, its files 0600",
-             "Windows has ACLs, not modes: the folder takes the ACL its parent gives (docs/processes.md)");
+             "Windows has no modes: they inherit the ACL of the folder they are made in");
   CHECK(bc_cache_close(cache) == BC_OK, "close deletes the files");
-  remove_folder_lock(dir);
   CHECK_UNIX(rmdir(dir) == 0, "only the cache's own files were there, and they are gone",
              "Windows keeps a mapped file's name until it is unmapped: checked once the array goes");
   CHECK(first_id(&kept) == 0, "a mapped array stays valid after its file is deleted");
@@ -761,7 +760,6 @@ static void test_persist_and_open(void) {
   snprintf(marker, sizeof marker, "%s" SEP "keep", taken);
   unlink(marker);
   rmdir(taken);
-  remove_folder_lock(dir);
   CHECK(rmdir(dir) == 0, "no staging folder was left behind");
 }
 

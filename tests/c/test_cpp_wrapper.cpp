@@ -212,7 +212,6 @@ static void test_persist_and_open() {
     }
     rmdir(save.c_str());
   }
-  remove_folder_lock(dir);
   CHECK(rmdir(dir) == 0, "only the saves were left");
 }
 
