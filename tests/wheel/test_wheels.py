@@ -73,6 +73,14 @@ def extract_library(w: Wheel, into: Path) -> Path:
     return path
 
 
+def installed_package(w: Wheel, into: Path) -> Path:
+    """A site-packages folder holding the wheel's package, as pip lays it out."""
+    site = into / "site-packages"
+    with zipfile.ZipFile(wheel_file(w)) as z:
+        z.extractall(site, [n for n in z.namelist() if n.startswith("batchcorder/")])
+    return site
+
+
 @pytest.mark.parametrize("w", CROSS, ids=IDS)
 def test_the_wheel_is_one_py3_none_file_of_its_tags(w: Wheel) -> None:
     name = wheel_file(w).name
@@ -216,9 +224,7 @@ def test_the_windows_loader_opens_the_shipped_dll(tmp_path: Path) -> None:
     by the name the wheel gives it, which Linux's dlopen finds and then refuses as not an
     ELF file. With that file gone the same import fails to find it, so the message tells
     the two apart."""
-    site = tmp_path / "site-packages"
-    with zipfile.ZipFile(wheel_file(WINDOWS)) as z:
-        z.extractall(site, [n for n in z.namelist() if n.startswith("batchcorder/")])
+    site = installed_package(WINDOWS, tmp_path)
     shipped = site / "batchcorder" / "_native" / WINDOWS.library
 
     def import_it() -> str:
@@ -245,10 +251,7 @@ def test_the_windows_dll_loads_as_cffi_opens_it_under_wine(tmp_path: Path) -> No
     prefix = Path(os.environ.get("WINEPREFIX", ROOT / "target" / "wineprefix"))
     assert Path(wine).is_file() and (prefix / ".bc-ready").is_file(), \
         f"no wine prefix at {prefix}: `make wine-prefix` makes it (make test-wheel-windows does)"
-    site = tmp_path / "site-packages"
-    with zipfile.ZipFile(wheel_file(WINDOWS)) as z:
-        z.extractall(site, [n for n in z.namelist() if n.startswith("batchcorder/")])
-    native = site / "batchcorder" / "_native"
+    native = installed_package(WINDOWS, tmp_path) / "batchcorder" / "_native"
     opened = re.search(r"ffi\.dlopen\(os\.path\.join\(os\.path\.dirname\(__file__\), '([^']+)'\)\)",
                        (native / "__init__.py").read_text())
     assert opened, "the shipped loader no longer opens a file beside itself"
