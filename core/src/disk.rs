@@ -7,9 +7,8 @@
 //! blocks, which lets any batch be decoded alone, with the dictionaries in force at it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,32 +54,11 @@ fn without_errno(err: &std::io::Error) -> String {
     }
 }
 
-/// The OS error behind `err`, also when a library wrapped it: tempfile keeps the OS
-/// error only in its message, "... (os error N) at path ...". EIO when there is none.
+/// The OS error behind `err` as an errno, also when a library wrapped it: tempfile keeps
+/// the OS error only in its message, "... (os error N) at path ...". EIO when there is
+/// none.
 fn os_errno(err: &std::io::Error) -> i32 {
-    use std::io::ErrorKind;
-    if let Some(errno) = err.raw_os_error() {
-        return errno;
-    }
-    let text = err.to_string();
-    let quoted = text
-        .split_once("(os error ")
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .and_then(|(number, _)| number.parse().ok());
-    if let Some(errno) = quoted {
-        return errno;
-    }
-    match err.kind() {
-        ErrorKind::PermissionDenied => libc::EACCES,
-        ErrorKind::NotFound => libc::ENOENT,
-        ErrorKind::AlreadyExists => libc::EEXIST,
-        ErrorKind::StorageFull => libc::ENOSPC,
-        ErrorKind::QuotaExceeded => libc::EDQUOT,
-        ErrorKind::ReadOnlyFilesystem => libc::EROFS,
-        ErrorKind::NotADirectory => libc::ENOTDIR,
-        ErrorKind::OutOfMemory => libc::ENOMEM,
-        _ => libc::EIO,
-    }
+    crate::platform::errno(err)
 }
 
 /// One segment file: a spill segment, mapped once at its full size, or a persisted
@@ -575,8 +553,9 @@ pub(crate) struct DiskWriter {
     faults: Option<FaultInjector>,
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
     ipc_schema: Option<SchemaRef>,
-    /// Removes the directory with everything in it when the writer goes.
-    _dir: SpillDir,
+    /// Removes the directory with everything in it when the writer goes (and, where an
+    /// open file keeps its name, the last mapping of its segments: see [`SegmentMap`]).
+    dir: Arc<SpillDir>,
 }
 
 impl std::fmt::Debug for DiskWriter {
@@ -624,7 +603,7 @@ impl DiskWriter {
             in_force: Arc::from([]),
             faults,
             ipc_schema: None,
-            _dir: dir,
+            dir: Arc::new(dir),
         };
         Ok((writer, DiskIndex::new(used, options.capacity)))
     }
@@ -709,7 +688,7 @@ impl DiskWriter {
         let offset = segment.written.load(Ordering::Acquire);
         let fault = inject(&self.faults, IoPoint::Write)
             .err()
-            .and_then(|err| err.raw_os_error());
+            .map(|err| crate::platform::errno(&err));
         let written = write_at(file, offset, message, &self.options, fault)
             .map_err(|err| io_error("cannot write to", &segment.path, err))?;
         segment
@@ -735,13 +714,7 @@ impl DiskWriter {
         let fail =
             |point, what| inject(&self.faults, point).map_err(|err| io_error(what, &path, err));
         fail(IoPoint::CreateSegment, "cannot create segment")?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
+        let file = crate::platform::create_private(&path, crate::platform::Lifetime::Spill)
             .map_err(|err| io_error("cannot create segment", &path, err))?;
         // Sized once, before mapping, and never shrunk: reads of the mapping cannot fault.
         fail(IoPoint::SizeSegment, "cannot size segment")?;
@@ -753,8 +726,12 @@ impl DiskWriter {
         let ptr = std::ptr::NonNull::new(map.as_ptr() as *mut u8)
             .ok_or_else(|| Error::io(format!("empty mapping of {}", path.display())))?;
         let len = map.len();
+        let owner = SegmentMap {
+            _map: map,
+            _folder: crate::platform::OPEN_FILES_PIN_THEIR_NAMES.then(|| self.dir.clone()),
+        };
         // SAFETY: the mapping lives as long as the Arc that owns it, held by the buffer.
-        let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) };
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(owner)) };
         let segment = Arc::new(Segment {
             path,
             backing: Backing::Mapped(buffer),
@@ -764,6 +741,15 @@ impl DiskWriter {
         self.active = Some((segment, file));
         Ok(())
     }
+}
+
+/// A spill segment's mapping, which the arrays read from it hold. Where an open file keeps
+/// its name until its last handle closes (Windows), it holds the cache's folder too: a
+/// segment is deleted when its mapping goes (it was made delete-on-close), and the folder,
+/// by the last one, so nothing is left once the last array goes.
+struct SegmentMap {
+    _map: Mmap,
+    _folder: Option<Arc<SpillDir>>,
 }
 
 struct Written {
@@ -794,7 +780,7 @@ struct Torn<W> {
 impl<W: Write> Write for Torn<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.budget == 0 {
-            return Err(std::io::Error::from_raw_os_error(self.errno));
+            return Err(crate::platform::errno_error(self.errno));
         }
         let n = self.inner.write(&buf[..buf.len().min(self.budget)])?;
         self.budget -= n;
@@ -1014,7 +1000,8 @@ impl DiskIndex {
                 break;
             }
             let segment = self.segments.pop_front().expect("checked non-empty");
-            // Mapped buffers handed out stay valid: unlinking keeps the inode until unmapped.
+            // Mapped buffers handed out stay valid: unlinking keeps the inode until
+            // unmapped (on Windows the file goes when its last handle, the mapping's, does).
             let _ = std::fs::remove_file(&segment.path);
             self.used
                 .fetch_sub(segment.written.load(Ordering::Acquire), Ordering::AcqRel);

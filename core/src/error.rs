@@ -52,7 +52,9 @@ impl Error {
     /// Wrap an error raised by the upstream reader, keeping its errno class.
     pub fn from_upstream(err: &ArrowError) -> Self {
         let errno = match err {
-            ArrowError::IoError(_, io) => io.raw_os_error().unwrap_or(libc::EIO),
+            ArrowError::IoError(_, io) => io
+                .raw_os_error()
+                .map_or(libc::EIO, |_| crate::platform::errno(io)),
             ArrowError::MemoryError(_) => libc::ENOMEM,
             ArrowError::InvalidArgumentError(_) => libc::EINVAL,
             _ => libc::EIO,

@@ -79,7 +79,7 @@ impl FaultInjector {
                 Some(left.saturating_sub(1))
             });
         if before == Ok(0) && plan.fired.fetch_add(1, Ordering::AcqRel) == 0 {
-            return Err(std::io::Error::from_raw_os_error(plan.errno));
+            return Err(crate::platform::errno_error(plan.errno));
         }
         Ok(())
     }

@@ -4,16 +4,14 @@
 //! up (SIGKILL, SIGTERM, a crash), whenever they died.
 //!
 //! A folder has no locked owner file for an instant: between its creation and the lock,
-//! and while a save's commit renames it. Both steps hold a shared flock on the parent
+//! and while a save's commit renames it. Both steps hold a shared lock on the parent
 //! folder and a sweep holds it exclusively, so a sweep that finds a folder of ours with
 //! no owner file knows that its maker died in one of those steps.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::platform;
+use crate::platform::{self, FolderLock, Hold, Lifetime};
 
 /// A disk tier's folder's name starts with this.
 const SPILL_PREFIX: &str = "batchcorder-";
@@ -22,7 +20,7 @@ const SPILL_PREFIX: &str = "batchcorder-";
 const STAGING_PREFIX: &str = ".batchcorder-save-";
 /// The random characters after either prefix.
 const SUFFIX_LEN: usize = 6;
-/// The lock file in a private folder; its flock is held while the owner lives.
+/// The lock file in a private folder; its lock is held while the owner lives.
 const OWNER: &str = "owner.lock";
 /// The owner file's name while it is made and locked.
 const NEW_OWNER: &str = ".owner.lock.";
@@ -32,7 +30,7 @@ const NEW_OWNER: &str = ".owner.lock.";
 pub(crate) struct SpillDir {
     dir: tempfile::TempDir,
     /// Holds the owner lock; a forked child shares it, so its exit releases nothing.
-    _owner: File,
+    owner: Option<File>,
     committed: bool,
 }
 
@@ -48,30 +46,26 @@ impl SpillDir {
     }
 
     fn make(parent: &Path, prefix: &str) -> std::io::Result<Self> {
-        let _creating = ParentLock::take(parent, libc::LOCK_SH);
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .rand_bytes(SUFFIX_LEN)
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(parent)?;
+        let _creating = FolderLock::take(parent, Hold::Shared);
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(prefix).rand_bytes(SUFFIX_LEN);
+        if let Some(private) = platform::private_folder_permissions() {
+            builder.permissions(private);
+        }
+        let dir = builder.tempdir_in(parent)?;
         // Locked under a name no cleaner takes for an owner file, then renamed into
         // place: a cleaner never finds an owner file that is not locked yet.
         let staging = dir
             .path()
             .join(format!("{NEW_OWNER}{}", std::process::id()));
-        let owner = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&staging)?;
-        if !try_lock(&owner) {
+        let owner = platform::create_private(&staging, Lifetime::Kept)?;
+        if !platform::try_lock(&owner) {
             return Err(std::io::Error::last_os_error());
         }
         std::fs::rename(&staging, dir.path().join(OWNER))?;
         Ok(Self {
             dir,
-            _owner: owner,
+            owner: Some(owner),
             committed: false,
         })
     }
@@ -87,9 +81,20 @@ impl SpillDir {
     pub fn commit(mut self, target: &Path) -> std::io::Result<()> {
         let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
-        let _committing = ParentLock::take(parent, libc::LOCK_SH);
-        std::fs::remove_file(self.path().join(OWNER))?;
-        platform::sync_all(&File::open(self.path())?)?;
+        let _committing = FolderLock::take(parent, Hold::Shared);
+        let owner_file = self.path().join(OWNER);
+        if platform::OPEN_FILES_PIN_THEIR_NAMES {
+            // Closed before the rename, under a name no sweep takes for an owner file.
+            let closing = self
+                .path()
+                .join(format!("{NEW_OWNER}{}", std::process::id()));
+            std::fs::rename(&owner_file, &closing)?;
+            self.owner = None;
+            std::fs::remove_file(&closing)?;
+        } else {
+            std::fs::remove_file(&owner_file)?;
+        }
+        platform::sync_dir(self.path())?;
         match std::fs::remove_dir(target) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -98,7 +103,7 @@ impl SpillDir {
         platform::rename_no_replace(self.path(), target)?;
         self.committed = true;
         self.dir.disable_cleanup(true);
-        platform::sync_all(&File::open(parent)?)
+        platform::sync_dir(parent)
     }
 }
 
@@ -106,14 +111,21 @@ impl Drop for SpillDir {
     fn drop(&mut self) {
         // What this leaves (an error on the way) the TempDir's own drop tries again.
         if !self.committed {
-            let _ = remove_owner_last(self.path());
+            let owner = if platform::OPEN_FILES_PIN_THEIR_NAMES {
+                self.owner.take()
+            } else {
+                None
+            };
+            let _ = remove_owner_last(self.path(), owner);
         }
     }
 }
 
 /// Remove `folder` and everything in it, its owner file last: a process killed meanwhile
-/// leaves a folder whose owner file a sweep finds unlocked, or an empty one.
-fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
+/// leaves a folder whose owner file a sweep finds unlocked, or an empty one. `owner`, the
+/// owner file's open handle if the caller holds it, is closed before the owner file goes
+/// where an open file keeps its name; elsewhere it is held to the end.
+fn remove_owner_last(folder: &Path, owner: Option<File>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(folder)?.flatten() {
         if entry.file_name() == OWNER {
             continue;
@@ -123,40 +135,10 @@ fn remove_owner_last(folder: &Path) -> std::io::Result<()> {
             _ => std::fs::remove_file(entry.path())?,
         }
     }
-    std::fs::remove_dir_all(folder)
-}
-
-/// Take the exclusive flock of `file` without waiting; false if another holds it.
-fn try_lock(file: &File) -> bool {
-    // SAFETY: a valid descriptor; flock has no other precondition.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-/// A flock on a folder, released when dropped: shared while a folder of ours is made or
-/// committed in it, exclusive while a sweep judges its folders.
-struct ParentLock {
-    _held: File,
-}
-
-impl ParentLock {
-    /// `None` when the folder cannot be opened or locked (no read permission, a file
-    /// system without flock); callers then go on without it.
-    fn take(folder: &Path, operation: libc::c_int) -> Option<Self> {
-        let folder = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(folder)
-            .ok()?;
-        loop {
-            // SAFETY: a valid descriptor; flock has no other precondition.
-            if unsafe { libc::flock(folder.as_raw_fd(), operation) } == 0 {
-                return Some(Self { _held: folder });
-            }
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                return None;
-            }
-        }
+    if platform::OPEN_FILES_PIN_THEIR_NAMES {
+        drop(owner);
     }
+    std::fs::remove_dir_all(folder)
 }
 
 /// The prefix of a name [`SpillDir`] gives, if `name` is one.
@@ -189,7 +171,7 @@ fn died_unowned(folder: &Path, prefix: &str) -> bool {
 /// cache's folder, a file, a symlink, another name) is left alone. Returns the folders
 /// removed.
 pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
-    let settled = ParentLock::take(parent, libc::LOCK_EX);
+    let settled = FolderLock::take(parent, Hold::Exclusive);
     let Ok(entries) = std::fs::read_dir(parent) else {
         return Vec::new();
     };
@@ -203,20 +185,17 @@ pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
             continue;
         }
         let folder = entry.path();
-        let owner = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(folder.join(OWNER));
+        let owner = platform::open_read_no_follow(&folder.join(OWNER));
         // Held until the folder is gone, so that no other cleaner judges it meanwhile.
         let abandoned = match &owner {
-            Ok(owner) => try_lock(owner),
+            Ok(owner) => platform::try_lock(owner),
             Err(err) => {
                 settled.is_some()
                     && err.kind() == std::io::ErrorKind::NotFound
                     && died_unowned(&folder, prefix)
             }
         };
-        if abandoned && remove_owner_last(&folder).is_ok() {
+        if abandoned && remove_owner_last(&folder, owner.ok()).is_ok() {
             removed.push(folder);
         }
     }

@@ -178,10 +178,14 @@ fn close_and_drop_remove_the_directory_and_arrays_stay_valid() {
     let kept = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
     assert!(dir.exists());
     cache.close().unwrap();
-    assert!(!dir.exists());
-    assert_eq!(files_in(parent.path()), 0);
+    // Windows keeps a mapped file's name, so the folder goes with the last array that
+    // points into it (docs/processes.md, "Windows"); Unix removes it at once.
+    assert_eq!(dir.exists(), cfg!(windows));
     let ids = kept.column(0).as_primitive::<Int64Type>();
     assert_eq!(ids.values().iter().sum::<i64>(), (0..1000i64).sum::<i64>());
+    drop(kept);
+    assert!(!dir.exists());
+    assert_eq!(files_in(parent.path()), 0);
 
     let cache = disk_cache(
         id_batches(5, 1000),
@@ -263,6 +267,8 @@ fn dictionary_replacement_round_trips() {
     }
 }
 
+// Windows refuses to delete a folder whose files are open, so a live cache's cannot vanish.
+#[cfg(unix)]
 #[test]
 fn a_vanished_directory_is_an_io_error_and_cached_batches_stay() {
     let parent = tempfile::tempdir().unwrap();
@@ -425,6 +431,9 @@ fn an_inner_dictionary_replaced_under_an_unchanged_outer_one_reads_back() {
     }
 }
 
+// Unix modes and root's exceptions; a Windows ACL is not set up by a test (and wine
+// maps access to the Unix user's).
+#[cfg(unix)]
 #[test]
 fn an_unwritable_disk_path_keeps_its_os_error() {
     // Root may write anywhere but in sysfs (Linux) or the sealed system volume (macOS);

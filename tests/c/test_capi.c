@@ -1,6 +1,7 @@
 /* Every function of libbatchcorder's C contract, including misuse, as a C program sees it.
  * Prints one line per check and ends with "N passed, M failed". */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 
 #include "batchcorder.h"
 #include "check.h"
+#include "portable.h"
 #include "producer.h"
 
 static const int64_t ROWS = 100;
@@ -550,9 +552,43 @@ static void test_reader_view(void) {
   bc_cache_free(cache);
 }
 
+/* The folder of ours (a name starting with `prefix`) in `dir`, into `out`; 0 if found. */
+static int find_folder(const char *dir, const char *prefix, char *out, size_t size) {
+  DIR *entries = opendir(dir);
+  int found = -1;
+  for (struct dirent *entry; entries != NULL && (entry = readdir(entries)) != NULL;) {
+    if (strncmp(entry->d_name, prefix, strlen(prefix)) == 0) {
+      snprintf(out, size, "%s" SEP "%s", dir, entry->d_name);
+      found = 0;
+    }
+  }
+  if (entries != NULL) closedir(entries);
+  return found;
+}
+
+#ifndef _WIN32
+/* Whether `folder` is mode 0700 and every file in it 0600. */
+static int private_to_its_user(const char *folder) {
+  struct stat st;
+  if (stat(folder, &st) != 0 || (st.st_mode & 0777) != 0700) return 0;
+  DIR *entries = opendir(folder);
+  int files = 0, private_files = 0;
+  for (struct dirent *entry; entries != NULL && (entry = readdir(entries)) != NULL;) {
+    char file[600];
+    snprintf(file, sizeof file, "%s/%s", folder, entry->d_name);
+    if (stat(file, &st) == 0 && S_ISREG(st.st_mode)) {
+      files++;
+      private_files += (st.st_mode & 0777) == 0600;
+    }
+  }
+  if (entries != NULL) closedir(entries);
+  return files > 1 && private_files == files;
+}
+#endif
+
 static void test_disk_tier(void) {
-  char dir[] = "/tmp/bc-c-test-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL, "temp dir");
+  char dir[260];
+  CHECK(make_temp_dir("bc-c-test-", dir, sizeof dir) == 0, "temp dir");
   BcOptions *opts = bc_options_new();
   CHECK(bc_options_set_disk(opts, dir, 1 << 26) == BC_OK, "set disk");
   CHECK(bc_options_set_memory_capacity(opts, 1) == BC_OK, "everything on disk");
@@ -569,19 +605,31 @@ static void test_disk_tier(void) {
   BcStats stats;
   bc_cache_stats(cache, &stats);
   CHECK(stats.disk_bytes >= (uint64_t)(20 * ROWS * 16) && stats.memory_bytes == 0, "data is on disk");
+  char folder[400];
+  CHECK(find_folder(dir, "batchcorder-", folder, sizeof folder) == 0, "in a folder of its own");
+  CHECK_UNIX(private_to_its_user(folder), "the folder is mode 0700, its files 0600",
+             "Windows has no modes: they inherit the ACL of the folder they are made in");
   CHECK(bc_cache_close(cache) == BC_OK, "close deletes the files");
-  CHECK(rmdir(dir) == 0, "only the cache's own files were there, and they are gone");
+  CHECK_UNIX(rmdir(dir) == 0, "only the cache's own files were there, and they are gone",
+             "Windows keeps a mapped file's name until it is unmapped: checked once the array goes");
   CHECK(first_id(&kept) == 0, "a mapped array stays valid after its file is deleted");
   kept.release(&kept);
+#ifdef _WIN32
+  CHECK(rmdir(dir) == 0, "once the last array is released, its file and the cache's folder are gone");
+#endif
   struct ArrowArray batch;
   CHECK(b.get_next(&b, &batch) != 0, "readers fail cleanly after close");
   b.release(&b);
   bc_cache_free(cache);
 
+  char file[300];
+  snprintf(file, sizeof file, "%s.file", dir);
+  FILE *f = fopen(file, "w");
+  CHECK(f != NULL && fclose(f) == 0, "a file beside it");
   opts = bc_options_new();
-  CHECK(bc_options_set_disk(opts, "/proc/version", 1 << 20) == BC_INVALID_ARGUMENT,
-        "a file is not a disk dir");
+  CHECK(bc_options_set_disk(opts, file, 1 << 20) == BC_INVALID_ARGUMENT, "a file is not a disk dir");
   bc_options_free(opts);
+  CHECK(unlink(file) == 0, "the file removed");
 }
 
 /* Remove a save made by the test: its three files, then the directory. */
@@ -589,18 +637,18 @@ static void remove_save(const char *path) {
   const char *files[] = {"manifest.json", "checksums.xxh3", "data.arrow"};
   char file[512];
   for (int i = 0; i < 3; i++) {
-    snprintf(file, sizeof file, "%s/%s", path, files[i]);
+    snprintf(file, sizeof file, "%s" SEP "%s", path, files[i]);
     unlink(file);
   }
   rmdir(path);
 }
 
 static void test_persist_and_open(void) {
-  char dir[] = "/tmp/bc-c-persist-XXXXXX";
-  CHECK(mkdtemp(dir) != NULL, "temp dir");
-  char path[256], taken[256];
-  snprintf(path, sizeof path, "%s/saved", dir);
-  snprintf(taken, sizeof taken, "%s/taken", dir);
+  char dir[260];
+  CHECK(make_temp_dir("bc-c-persist-", dir, sizeof dir) == 0, "temp dir");
+  char path[300], taken[300];
+  snprintf(path, sizeof path, "%s" SEP "saved", dir);
+  snprintf(taken, sizeof taken, "%s" SEP "taken", dir);
 
   int64_t pulls = 0;
   BcCache *cache = new_cache(12, -1, NULL, &pulls);
@@ -615,9 +663,9 @@ static void test_persist_and_open(void) {
   CHECK(drain(&reader, NULL) == expected_sum(12), "the cache still replays after a save");
 
   /* A taken path, NULL arguments: status and message, outputs untouched. */
-  CHECK(mkdir(taken, 0700) == 0, "a directory that is not empty");
-  char marker[300];
-  snprintf(marker, sizeof marker, "%s/keep", taken);
+  CHECK(make_dir(taken) == 0, "a directory that is not empty");
+  char marker[400];
+  snprintf(marker, sizeof marker, "%s" SEP "keep", taken);
   FILE *f = fopen(marker, "w");
   fputs("theirs", f);
   fclose(f);
@@ -666,7 +714,7 @@ static void test_persist_and_open(void) {
   CHECK(bc_cache_close(first) == BC_OK, "close an opened cache");
   bc_cache_free(first);
   bc_cache_free(second);
-  snprintf(marker, sizeof marker, "%s/data.arrow", path);
+  snprintf(marker, sizeof marker, "%s" SEP "data.arrow", path);
   CHECK(access(marker, F_OK) == 0, "closing deletes none of its files");
 
   /* A memory-only cache never persisted has nothing to share. */
@@ -682,7 +730,7 @@ static void test_persist_and_open(void) {
   CHECK(contains(bc_last_error(), "manifest.json"), "the message says what is missing");
   CHECK(out == (BcCache *)0x1, "no output on failure");
   char nowhere[300];
-  snprintf(nowhere, sizeof nowhere, "%s/nowhere", dir);
+  snprintf(nowhere, sizeof nowhere, "%s" SEP "nowhere", dir);
   CHECK(bc_cache_open(nowhere, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_IO, "a missing path");
   CHECK(bc_last_error_errno() == ENOENT, "with ENOENT");
   CHECK(bc_cache_open(NULL, BC_VERIFY_IF_MODIFIED, NULL, NULL, &out) == BC_INVALID_ARGUMENT, "NULL path");
@@ -709,7 +757,7 @@ static void test_persist_and_open(void) {
 
   bc_cache_free(cache);
   remove_save(path);
-  snprintf(marker, sizeof marker, "%s/keep", taken);
+  snprintf(marker, sizeof marker, "%s" SEP "keep", taken);
   unlink(marker);
   rmdir(taken);
   CHECK(rmdir(dir) == 0, "no staging folder was left behind");
@@ -833,6 +881,5 @@ int main(void) {
   test_persist_and_open();
   test_random_access();
   test_threads();
-  printf("%d passed, %d failed\n", passed, failed);
-  return failed == 0 ? 0 : 1;
+  return summary("test_capi");
 }

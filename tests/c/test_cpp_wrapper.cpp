@@ -10,6 +10,7 @@
 
 #include "batchcorder.hpp"
 #include "check.h"
+#include "portable.h"
 #include "producer.h"
 
 // What `call` threw: its status and kind, or BC_OK if it returned.
@@ -159,6 +160,61 @@ static void test_reader_options() {
         "shard readers count toward max_readers");
 }
 
+// Persist and open: the saved stream replays from the opened cache; a directory that is
+// not a save throws BC_CORRUPT, named by status_name.
+static void test_persist_and_open() {
+  char dir[260];
+  CHECK(make_temp_dir("bc-cpp-persist-", dir, sizeof dir) == 0, "temp dir");
+  std::string path = std::string(dir) + SEP "saved";
+  std::string streamed = std::string(dir) + SEP "streamed";
+  {  // The caches end before their saves are removed: Windows keeps an open file's name.
+    ArrowArrayStream source = make_producer(4, 10, -1, 0, nullptr);
+    batchcorder::Cache saving(&source);
+    BcPersisted saved = saving.persist(path);
+    CHECK(saved.batches == 4 && saved.rows == 40, "persist() returns the manifest's counts");
+    batchcorder::Cache opened = batchcorder::Cache::open(path);
+    batchcorder::Reader replay = opened.reader();
+    CHECK(drain(replay) == 4, "an opened cache replays every batch");
+    batchcorder::Cache::Shared shared = opened.share();
+    CHECK(shared.path == path && std::strcmp(shared.info.id, saved.id) == 0, "share() names the save");
+    batchcorder::Cache capped = batchcorder::Cache::open(path, batchcorder::Options().max_readers(1),
+                                                         BC_VERIFY_ALWAYS);
+    batchcorder::Reader only = capped.reader();
+    CHECK(drain(only) == 4, "open() with options replays, verifying every batch");
+    CHECK(failure_of([&] { capped.reader(); }).kind == BC_ERROR_KIND_READER_CAP, "and keeps its max_readers");
+    CHECK(status_of([&] { batchcorder::Cache::open(path, batchcorder::Options().prefetch(1)); }) ==
+              BC_INVALID_ARGUMENT,
+          "open() refuses an option it cannot use");
+    ArrowArrayStream memory_only = make_producer(1, 10, -1, 0, nullptr);
+    batchcorder::Cache unsaved(&memory_only);
+    CHECK(status_of([&] { unsaved.share(); }) == BC_INVALID_ARGUMENT, "a memory-only cache has nothing to share");
+
+    // persist as an option: the save appears once the upstream ends.
+    ArrowArrayStream source2 = make_producer(2, 10, -1, 0, nullptr);
+    {
+      batchcorder::Cache saving2(&source2, batchcorder::Options().persist(streamed));
+      CHECK(saving2.ingest_all() == 2 && saving2.share().path == streamed, "Options::persist saves while ingesting");
+    }
+    batchcorder::Cache reopened = batchcorder::Cache::open(streamed);
+    batchcorder::Reader streamed_reader = reopened.reader();
+    CHECK(drain(streamed_reader) == 2, "and the save opens");
+    try {
+      batchcorder::Cache::open(dir);
+      CHECK(false, "opening a directory that is not a save throws");
+    } catch (const batchcorder::Error &err) {
+      CHECK(err.status() == BC_CORRUPT, "with BC_CORRUPT");
+      CHECK(std::strstr(err.what(), "BC_CORRUPT") != nullptr, "named in the message");
+    }
+  }
+  for (const std::string &save : {path, streamed}) {
+    for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
+      std::remove((save + SEP + name).c_str());
+    }
+    rmdir(save.c_str());
+  }
+  CHECK(rmdir(dir) == 0, "only the saves were left");
+}
+
 int main() {
   batchcorder::Reader empty;
   ArrowArrayStream zeroed;
@@ -187,60 +243,10 @@ int main() {
   CHECK(!late.valid(), "taking over a released stream gives an empty reader");
   CHECK(status_of([&] { cache.reader(); }) == BC_CLOSED, "a closed cache refuses readers with BC_CLOSED");
 
-  // Persist and open: the saved stream replays from the opened cache; a directory that is
-  // not a save throws BC_CORRUPT, named by status_name.
-  char dir[] = "/tmp/bc-cpp-persist-XXXXXX";
-  CHECK(mkdtemp(dir) != nullptr, "temp dir");
-  std::string path = std::string(dir) + "/saved";
-  ArrowArrayStream source = make_producer(4, 10, -1, 0, nullptr);
-  batchcorder::Cache saving(&source);
-  BcPersisted saved = saving.persist(path);
-  CHECK(saved.batches == 4 && saved.rows == 40, "persist() returns the manifest's counts");
-  batchcorder::Cache opened = batchcorder::Cache::open(path);
-  batchcorder::Reader replay = opened.reader();
-  CHECK(drain(replay) == 4, "an opened cache replays every batch");
-  batchcorder::Cache::Shared shared = opened.share();
-  CHECK(shared.path == path && std::strcmp(shared.info.id, saved.id) == 0, "share() names the save");
-  batchcorder::Cache capped = batchcorder::Cache::open(path, batchcorder::Options().max_readers(1),
-                                                       BC_VERIFY_ALWAYS);
-  batchcorder::Reader only = capped.reader();
-  CHECK(drain(only) == 4, "open() with options replays, verifying every batch");
-  CHECK(failure_of([&] { capped.reader(); }).kind == BC_ERROR_KIND_READER_CAP, "and keeps its max_readers");
-  CHECK(status_of([&] { batchcorder::Cache::open(path, batchcorder::Options().prefetch(1)); }) ==
-            BC_INVALID_ARGUMENT,
-        "open() refuses an option it cannot use");
-  ArrowArrayStream memory_only = make_producer(1, 10, -1, 0, nullptr);
-  batchcorder::Cache unsaved(&memory_only);
-  CHECK(status_of([&] { unsaved.share(); }) == BC_INVALID_ARGUMENT, "a memory-only cache has nothing to share");
 
-  // persist as an option: the save appears once the upstream ends.
-  std::string streamed = std::string(dir) + "/streamed";
-  ArrowArrayStream source2 = make_producer(2, 10, -1, 0, nullptr);
-  {
-    batchcorder::Cache saving2(&source2, batchcorder::Options().persist(streamed));
-    CHECK(saving2.ingest_all() == 2 && saving2.share().path == streamed, "Options::persist saves while ingesting");
-  }
-  batchcorder::Cache reopened = batchcorder::Cache::open(streamed);
-  batchcorder::Reader streamed_reader = reopened.reader();
-  CHECK(drain(streamed_reader) == 2, "and the save opens");
-  try {
-    batchcorder::Cache::open(dir);
-    CHECK(false, "opening a directory that is not a save throws");
-  } catch (const batchcorder::Error &err) {
-    CHECK(err.status() == BC_CORRUPT, "with BC_CORRUPT");
-    CHECK(std::strstr(err.what(), "BC_CORRUPT") != nullptr, "named in the message");
-  }
-  for (const std::string &save : {path, streamed}) {
-    for (const char *name : {"manifest.json", "checksums.xxh3", "data.arrow"}) {
-      std::remove((save + "/" + name).c_str());
-    }
-    rmdir(save.c_str());
-  }
-  CHECK(rmdir(dir) == 0, "only the save was left");
-
+  test_persist_and_open();
   test_options_casts_and_views();
   test_random_access();
   test_reader_options();
-  std::printf("cpp wrapper: %d passed, %d failed\n", passed, failed);
-  return failed == 0 ? 0 : 1;
+  return summary("cpp wrapper");
 }

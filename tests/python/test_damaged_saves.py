@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import STRESS_SCALE, wait_for_child, wait_until_noteable
+from conftest import STRESS_SCALE, posix_only, wait_for_child, wait_until_noteable
 
 from batchcorder import CorruptCacheError, StreamCache
 
@@ -335,6 +335,7 @@ def modes(path: Path) -> dict[str, int]:
     return found
 
 
+@posix_only("file modes and the umask; a save on Windows takes its folder's ACL")
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_a_save_follows_the_umask_like_any_file_the_user_writes(umask):
     # A folder others may enter: pytest's own temporary folders are private.

@@ -78,7 +78,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -90,7 +89,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import listening_location, wait_until_noteable
+from conftest import listening_location, temporary_directory, wait_until_noteable
 from test_types import (
     BIG,
     CATALOGUE,
@@ -865,7 +864,7 @@ def pyarrow_refusal(surface: Surface, schema: pa.Schema, batches: Batches) -> Op
 def test_every_type_case_through_every_surface(case, surface, shared):
     schema, batches = stream(case)
     refusal = pyarrow_refusal(surface, schema, batches)
-    with tempfile.TemporaryDirectory(prefix="bc-surfaces-") as directory, ExitStack() as stack:
+    with temporary_directory(prefix="bc-surfaces-") as directory, ExitStack() as stack:
         context = Context(case, Path(directory), stack, shared)
         if refusal is None:
             check_surface(surface.read(schema, batches, context), schema, batches)

@@ -21,7 +21,6 @@ mod writer;
 
 use std::fs::{File, Metadata};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -205,29 +204,19 @@ pub(super) fn data_file(dir: &Path) -> Result<(PathBuf, File, Metadata)> {
     Ok((path, file, meta))
 }
 
+/// A new file of the save, shared as any file the user writes.
 pub(super) fn create_file(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .read(true)
-        .create_new(true)
-        .mode(0o666) // less the umask, as any file the user writes
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|err| io_error("cannot create", path, err))
+    crate::platform::create_shared(path).map_err(|err| io_error("cannot create", path, err))
 }
 
 fn open_file(path: &Path) -> Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::NotFound => Error::Corrupt(format!(
-                "{} is missing: this is not a whole persisted cache",
-                path.display()
-            )),
-            _ => io_error("cannot open", path, err),
-        })
+    crate::platform::open_read(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => Error::Corrupt(format!(
+            "{} is missing: this is not a whole persisted cache",
+            path.display()
+        )),
+        _ => io_error("cannot open", path, err),
+    })
 }
 
 pub(super) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -4,7 +4,6 @@
 
 use std::fs::{File, Metadata};
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::platform::{self, FileState};
 use crate::validate::Utf8;
 
 /// The note's name in the save folder.
@@ -24,31 +24,8 @@ const SETTLED: Duration = Duration::from_secs(3);
 /// A note is a few hundred bytes; a larger file is not one.
 const MAX_NOTE_BYTES: u64 = 4096;
 
-/// One state of a data file: any write to it changes its change time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileState {
-    device: u64,
-    inode: u64,
-    bytes: u64,
-    changed: (i64, i64),
-    modified: (i64, i64),
-}
-
+/// A note records one state of a data file: any write to it changes its change time.
 impl FileState {
-    fn of(file: &File) -> Option<Self> {
-        Some(Self::from(&file.metadata().ok()?))
-    }
-
-    fn from(meta: &Metadata) -> Self {
-        Self {
-            device: meta.dev(),
-            inode: meta.ino(),
-            bytes: meta.size(),
-            changed: (meta.ctime(), meta.ctime_nsec()),
-            modified: (meta.mtime(), meta.mtime_nsec()),
-        }
-    }
-
     /// Whether every write from `now` on gets a later change time than this state's.
     fn settled(&self, now: SystemTime) -> bool {
         let (Ok(seconds), Ok(nanos)) =
@@ -106,9 +83,9 @@ impl Validation {
         batches: usize,
         always_check: bool,
     ) -> Arc<Self> {
-        let state = FileState::from(meta);
-        let noted = !always_check && read_note(dir) == Some(state.note(id));
-        let note = if !noted && state.settled(SystemTime::now()) {
+        let state = platform::file_state_of(file, meta);
+        let noted = !always_check && state.is_some_and(|s| read_note(dir) == Some(s.note(id)));
+        let note = if let Some(state) = state.filter(|s| !noted && s.settled(SystemTime::now())) {
             file.try_clone().ok().map(|file| PendingNote {
                 dir: dir.to_path_buf(),
                 id: id.to_owned(),
@@ -119,11 +96,7 @@ impl Validation {
             None
         };
         Arc::new(Self {
-            utf8: if noted {
-                Utf8::Noted
-            } else {
-                Utf8::Check
-            },
+            utf8: if noted { Utf8::Noted } else { Utf8::Check },
             pending: AtomicUsize::new(batches),
             note,
         })
@@ -149,7 +122,7 @@ impl PendingNote {
     /// Write the note (best effort: a save in a read-only folder is validated again by
     /// each process), through a temporary file and a rename, readable as the data file is.
     fn write(&self) {
-        if FileState::of(&self.file) != Some(self.state) {
+        if platform::file_state(&self.file) != Some(self.state) {
             return;
         }
         let write = || -> std::io::Result<()> {
@@ -209,7 +182,8 @@ mod tests {
         let changed = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
         assert!(!state().settled(changed));
         assert!(!state().settled(changed + SETTLED));
-        assert!(state().settled(changed + SETTLED + Duration::from_nanos(1)));
+        // Windows's clock ticks in 100 ns.
+        assert!(state().settled(changed + SETTLED + Duration::from_nanos(100)));
         let mut before_the_epoch = state();
         before_the_epoch.changed = (-1, 0);
         assert!(!before_the_epoch.settled(SystemTime::now()));

@@ -2,7 +2,7 @@
 //! target, then the checksums and manifest, then one rename into place.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
@@ -23,8 +23,10 @@ const ALIGNMENT: usize = 64;
 /// place. Dropped unfinished, it removes the staging folder.
 pub(crate) struct Saver {
     target: PathBuf,
-    staging: SpillDir,
+    /// Dropped before the staging folder: Windows keeps an open file's name, and so the
+    /// folder, until it is closed.
     writer: Option<FileWriter<BufWriter<File>>>,
+    staging: SpillDir,
     batches: u64,
     rows: u64,
 }
@@ -110,6 +112,8 @@ impl Saver {
             .into_inner()
             .map_err(|err| io_error("cannot write", &path, err.into_error()))?;
         crate::platform::sync_all(&file).map_err(|err| io_error("cannot sync", &path, err))?;
+        // Closed before its folder is renamed, which Windows refuses while a file in it is open.
+        drop(file);
         let saved = Persisted {
             path: self.target.clone(),
             id: random_id(self.staging.path())?,
@@ -121,8 +125,8 @@ impl Saver {
         let target = self.target;
         self.staging
             .commit(&target)
-            .map_err(|err| match err.raw_os_error() {
-                Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Error::InvalidArgument(format!(
+            .map_err(|err| match crate::platform::errno(&err) {
+                libc::EEXIST | libc::ENOTEMPTY => Error::InvalidArgument(format!(
                     "cannot persist to {}: it appeared while this save ran (another save to the \
                  same path finished first); pick another path",
                     target.display()
@@ -195,8 +199,12 @@ fn write_error(path: &Path, err: ArrowError) -> Error {
 
 fn random_id(near: &Path) -> Result<String> {
     let mut bytes = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|err| io_error("cannot read /dev/urandom for an id of", near, err))?;
+    crate::platform::random_bytes(&mut bytes).map_err(|err| {
+        let what = format!(
+            "cannot read {} for an id of",
+            crate::platform::RANDOM_SOURCE
+        );
+        io_error(&what, near, err)
+    })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
