@@ -137,16 +137,18 @@ docs: install-python venv-test
 test-docs: install-python venv-test
 	$(VPY) -m pytest -q -p no:cacheprovider tests/python/test_docs.py tests/python/test_api_reference.py
 
-# The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly. The cross
-# wheels' checks (make test-wheels) and the aarch64 suite (make test-aarch64) are not part
-# of it: they need rustup's cross standard libraries, which come from rustup's own
-# server, not a package registry, and they add 15 minutes or more (docs/building.md).
+# The fuzz smoke run replays the seed corpus under ASan, then fuzzes briefly. Of the cross
+# wheels' checks (make test-wheels) only the Windows wheel's are part of it
+# (test-wheel-windows: its build is the Wine C suite's); the others and the aarch64 suite
+# (make test-aarch64) are not: they need rustup's cross standard libraries, which come
+# from rustup's own server, not a package registry, and they add 15 minutes or more
+# (docs/building.md).
 # CI (.ci/run) runs the aarch64 suite and make test-engines (Ray, Dask) as steps of
 # their own after this. test-c-windows (mk/wine.mk) runs tests/c and the C examples
 # under wine64 against the Windows wheel's DLL, installing mingw-w64 and wine64 from
 # Debian's packages when they are missing.
-test: check-header test-rust test-c test-python test-wheel check-workflows test-sdist \
-  test-examples test-r test-c-windows
+test: check-header test-rust test-c test-python test-wheel test-wheel-windows check-workflows \
+  test-sdist test-examples test-r test-c-windows
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 
 # The wheel as a user gets it: auditwheel finds it manylinux_2_17, and the Python suite

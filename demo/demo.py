@@ -102,6 +102,7 @@ def main() -> None:
             )
             assert joined[0] == ROWS and table.num_rows == ROWS
             assert batches_read == stats.batches_ingested
+        parquet.close()  # Windows deletes no file that is still open, the folder's included
 
     print(
         "\nWhat to try next:\n"

@@ -16,7 +16,7 @@
 #
 # The suite runs in a chroot of the arm64 root, inside a private mount namespace
 # (unshare) so the /proc, /dev and /sys it mounts there vanish with it, from a copy of
-# tests/python and the files it reads (as tests/wheel/test-wheel.sh lays them out).
+# tests/python and the files it reads (tests/wheel/copy-suite.sh, as for test-wheel.sh).
 
 # Including this file must not change the includer's default goal.
 BC_AARCH64_SAVED_DEFAULT_GOAL := $(.DEFAULT_GOAL)
@@ -139,11 +139,7 @@ test-aarch64-python: wheel-aarch64-unknown-linux-gnu $(AARCH64_ROOT)$(AARCH64_VE
 	  echo "== aarch64: $$(basename $$w) and the tests into the arm64 root"; \
 	  rm -rf $(AARCH64_ROOT)$(AARCH64_WORK) && mkdir -p $(AARCH64_ROOT)$(AARCH64_WORK)/wheel; \
 	  cp $$w $(AARCH64_ROOT)$(AARCH64_WORK)/wheel/
-	cd $(BC_AARCH64_REPO) && w=$(AARCH64_ROOT)$(AARCH64_WORK) && mkdir -p $$w/tests $$w/bench $$w/examples \
-	  $$w/demo $$w/tools && cp -r tests/python $$w/tests/ && cp README.md $$w/ && cp -r docs include $$w/ \
-	  && cp -r examples/c $$w/examples/ && cp examples/*.py $$w/examples/ && cp demo/demo.py $$w/demo/ \
-	  && cp tools/apidocs.py $$w/tools/ && mkdir -p $$w/mk && cp mk/engines.mk $$w/mk/ \
-	  && cp bench/workloads.py $$w/bench/
+	bash $(BC_AARCH64_REPO)/tests/wheel/copy-suite.sh $(AARCH64_ROOT)$(AARCH64_WORK)
 	$(BC_AARCH64_CHROOT) 'cd $(AARCH64_WORK) && \
 	  pip uninstall -q -y batchcorder && pip install wheel/batchcorder-*.whl && \
 	  python -c "import platform, batchcorder; print(platform.machine(), batchcorder.__version__, batchcorder.__file__)" && \

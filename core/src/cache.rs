@@ -371,12 +371,7 @@ impl StreamCache {
 
     /// Pull the whole upstream into the cache; returns the batch count. Idempotent.
     pub fn ingest_all(&self) -> Result<u64> {
-        loop {
-            let frontier = self.shared.ingested.load(Ordering::Acquire);
-            if self.shared.batch_at(frontier)?.is_none() {
-                return Ok(self.ingested_count());
-            }
-        }
+        self.shared.ingest_all()
     }
 
     /// Batches pulled from the upstream so far. Never blocks on ingestion.
@@ -549,6 +544,26 @@ impl Shared {
                 }
             }
             self.pull_next(position)?;
+        }
+    }
+
+    /// Pull the whole upstream; returns the batch count. No batch is read back, so none
+    /// that went to disk is decoded.
+    pub(crate) fn ingest_all(&self) -> Result<u64> {
+        loop {
+            {
+                let state = self.lock_state()?;
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                if let Some(failure) = &state.failure {
+                    return Err(failure.clone());
+                }
+                if state.exhausted {
+                    return Ok(self.ingested.load(Ordering::Acquire));
+                }
+            }
+            self.pull_next(self.ingested.load(Ordering::Acquire))?;
         }
     }
 

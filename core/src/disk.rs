@@ -115,8 +115,8 @@ impl Windows {
                 .then(|| window.slice_with_length((offset - start) as usize, len))
         };
         // A poisoned lock only means a map failed mid-update: the list is still whole.
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = recent.iter().find_map(within) {
+        let lock = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = lock().iter().find_map(within) {
             return Ok(found);
         }
         if end > self.len {
@@ -129,7 +129,14 @@ impl Windows {
         }
         let start = offset - offset % WINDOW_ALIGN;
         let stop = (start + WINDOW).max(end).min(self.len);
+        // Mapped outside the lock, so that readers of other windows do not wait on it.
         let window = map_range(&self.file, path, start, (stop - start) as usize, false)?;
+        let mut recent = lock();
+        if let Some(found) = recent.iter().find_map(within) {
+            // Another reader mapped it meanwhile: ours goes, untouched, so no pages twice.
+            drop(recent);
+            return Ok(found);
+        }
         let found = within(&(start, window.clone())).expect("the window spans the range");
         recent.push_front((start, window));
         let dropped = (recent.len() > RECENT_WINDOWS).then(|| recent.pop_back());
@@ -284,6 +291,8 @@ impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
     /// unless compressed.
     pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        #[cfg(test)]
+        READS.with(|reads| reads.set(reads.get() + 1));
         let check = self
             .check
             .as_ref()
@@ -304,13 +313,16 @@ impl DiskEntry {
             check_message(&dictionary.bytes()?, dictionary.metadata_len, true)
                 .map_err(|why| self.damaged(&format!("has a damaged dictionary: {why}")))?;
         }
-        check_message(&bytes, self.batch.metadata_len, false)
+        let header = check_message(&bytes, self.batch.metadata_len, false)
             .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
         // Decoded unchecked, arrow-rs's constructors assert (panic) on a buffer too short
         // for its array, where the checked decoder would fail; the decoder is local, so
         // a panic leaves nothing half-updated.
         let checked = catch_quietly(|| {
-            let batch = self.decode(schema, &bytes)?;
+            let batch = match self.decode_flat(schema, &bytes, header)? {
+                Some(batch) => batch,
+                None => self.decode_ipc(schema, &bytes)?,
+            };
             for column in batch.columns() {
                 crate::validate::validate_column(column.as_ref(), check.validation.utf8())
                     .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
@@ -325,8 +337,36 @@ impl DiskEntry {
         Ok(batch)
     }
 
-    /// Decode `bytes`, the batch's message, without validating it.
+    /// Decode `bytes`, the batch's message, without validating it: flat columns here
+    /// (`crate::ipc_flat`), anything else by arrow-ipc.
     fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
+        if crate::ipc_flat::is_flat(schema) {
+            // A spill message may be compressed, which a save's must not be.
+            let header = parse_message(bytes, self.batch.metadata_len, false)
+                .map_err(|why| self.undecodable(&why))?;
+            if let Some(batch) = self.decode_flat(schema, bytes, header)? {
+                return Ok(batch);
+            }
+        }
+        self.decode_ipc(schema, bytes)
+    }
+
+    /// The batch by `crate::ipc_flat` from its parsed `header`, when it decodes it there.
+    fn decode_flat(
+        &self,
+        schema: &SchemaRef,
+        bytes: &Buffer,
+        header: arrow_ipc::RecordBatch<'_>,
+    ) -> Result<Option<RecordBatch>> {
+        if !self.dictionaries.is_empty() || !crate::ipc_flat::is_flat(schema) {
+            return Ok(None);
+        }
+        crate::ipc_flat::decode(schema, header, bytes, self.batch.metadata_len)
+            .map_err(|why| self.undecodable(&why))
+    }
+
+    /// Decode `bytes` by arrow-ipc, without validating it.
+    fn decode_ipc(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
         let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
         // SAFETY: for the spill files this process wrote, and for a persisted batch that
         // passed `read`'s checks in this process. On its first read, a persisted batch is
@@ -334,13 +374,7 @@ impl DiskEntry {
         // the decoder's unchecked constructors only assemble buffers (slicing out of
         // range panics, and `read` catches that).
         let mut decoder = unsafe { decoder.with_skip_validation(true) };
-        let failed = |err: arrow_schema::ArrowError| match self.check {
-            Some(_) => self.damaged(&format!("does not decode ({err})")),
-            None => Error::io(format!(
-                "cannot decode batch from {}: {err}",
-                self.batch.segment.path.display()
-            )),
-        };
+        let failed = |err: arrow_schema::ArrowError| self.undecodable(&err.to_string());
         for dictionary in self.dictionaries.iter() {
             decoder
                 .read_dictionary(&dictionary.block(), &dictionary.bytes()?)
@@ -353,6 +387,17 @@ impl DiskEntry {
         let options = RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
         RecordBatch::try_new_with_options(schema.clone(), decoded.columns().to_vec(), &options)
             .map_err(failed)
+    }
+
+    /// The error for a batch that does not decode, for the reason `why`.
+    fn undecodable(&self, why: &str) -> Error {
+        match self.check {
+            Some(_) => self.damaged(&format!("does not decode ({why})")),
+            None => Error::io(format!(
+                "cannot decode batch from {}: {why}",
+                self.batch.segment.path.display()
+            )),
+        }
     }
 
     /// The error for a persisted batch that fails its check.
@@ -384,6 +429,12 @@ impl DiskEntry {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Batches this thread read from disk, for tests of what reads them.
+    pub(crate) static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Run `f`, returning a panic's message instead of unwinding, and without printing it:
 /// on a damaged persisted file, arrow-rs's panics are damage to report, not bugs. Other
 /// panics still reach the hook that was installed before (wrapped on first use).
@@ -412,14 +463,29 @@ pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::result::Result<T, 
 }
 
 /// Refuse, before arrow-ipc sees it, what it would panic on or allocate for instead of
-/// failing: a message too short for its prefix, a header of another kind, compression (a
-/// save is never compressed, and a damaged length prefix would size an allocation), a
-/// negative length, or a buffer outside the body. Arrow's validation checks the rest.
-fn check_message(
+/// failing: what `parse_message` refuses, and compression (a save is never compressed,
+/// and a damaged length prefix would size an allocation). Arrow's validation checks the
+/// rest. Returns the batch's header, parsed and verified.
+pub(crate) fn check_message(
     bytes: &[u8],
     metadata_len: usize,
     dictionary: bool,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<arrow_ipc::RecordBatch<'_>, String> {
+    let batch = parse_message(bytes, metadata_len, dictionary)?;
+    if batch.compression().is_some() {
+        return Err("it claims compression, which a save never uses".into());
+    }
+    Ok(batch)
+}
+
+/// The record batch header of a message (of a dictionary's, with `dictionary`), its
+/// flatbuffer verified; refused: a message too short for its prefix, of another metadata
+/// version, a header of another kind, a negative length, or a buffer outside the body.
+fn parse_message(
+    bytes: &[u8],
+    metadata_len: usize,
+    dictionary: bool,
+) -> std::result::Result<arrow_ipc::RecordBatch<'_>, String> {
     let prefix = bytes
         .get(..8)
         .filter(|_| metadata_len >= 8 && metadata_len <= bytes.len());
@@ -436,6 +502,12 @@ fn check_message(
         .ok_or_else(|| format!("its metadata length prefix {flatbuffer_len} overruns it"))?;
     let message = arrow_ipc::root_as_message(metadata)
         .map_err(|err| format!("its metadata does not parse ({err})"))?;
+    if message.version() != MetadataVersion::V5 {
+        return Err(format!(
+            "its metadata is of {:?}, not V5",
+            message.version()
+        ));
+    }
     let batch = match dictionary {
         true => message.header_as_dictionary_batch().and_then(|d| d.data()),
         false => message.header_as_record_batch(),
@@ -443,9 +515,6 @@ fn check_message(
     let Some(batch) = batch else {
         return Err(format!("it holds a {:?} message", message.header_type()));
     };
-    if batch.compression().is_some() {
-        return Err("it claims compression, which a save never uses".into());
-    }
     let body = (bytes.len() - metadata_len) as i64;
     let nodes = batch.nodes().into_iter().flatten();
     if batch.length() < 0 || nodes.clone().any(|n| n.length() < 0 || n.null_count() < 0) {
@@ -461,7 +530,7 @@ fn check_message(
             ));
         }
     }
-    Ok(())
+    Ok(batch)
 }
 
 /// Writes batches into segments; used only by the thread that ingests.
@@ -996,6 +1065,34 @@ mod tests {
         );
         let recent = windows(&segment).recent.lock().expect("not poisoned");
         assert!(recent.len() <= RECENT_WINDOWS);
+    }
+
+    /// Readers racing for one window all get the one mapping the segment keeps: a window
+    /// mapped twice is unmapped, not kept beside the first.
+    #[test]
+    fn racing_readers_share_one_window() {
+        for round in 0..20 {
+            let (_dir, segment, bytes) = persisted(1 << 20);
+            let offset = round * 4096 + 64;
+            let barrier = std::sync::Barrier::new(4);
+            let reads: Vec<Buffer> = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            segment.bytes(offset, 100).expect("mapped")
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for read in &reads {
+                assert_eq!(read.as_slice(), &bytes[offset..offset + 100]);
+                assert_eq!(read.as_ptr(), reads[0].as_ptr(), "round {round}");
+            }
+            let recent = windows(&segment).recent.lock().expect("not poisoned");
+            assert!(recent.len() <= RECENT_WINDOWS);
+        }
     }
 
     /// A range past the end is refused, never mapped (a read would fault).

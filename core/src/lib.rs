@@ -42,6 +42,7 @@ pub mod error;
 pub mod faults;
 #[cfg(not(feature = "fault-injection"))]
 mod faults;
+mod ipc_flat;
 pub mod options;
 pub mod order;
 mod platform;

@@ -285,10 +285,7 @@ impl Sequence {
 
 /// Read the whole stream, permute its positions with `seed`, and keep `shard`'s share.
 fn permuted(shared: &Shared, seed: u64, shard: Shard) -> Result<(Vec<u64>, Vec<u64>)> {
-    let mut count = 0;
-    while shared.contains(count)? {
-        count += 1;
-    }
+    let count = shared.ingest_all()?;
     let mut all: Vec<u64> = (0..count).collect();
     permute(&mut all, &mut rng(seed, 0));
     let mine: Vec<u64> = all
@@ -395,6 +392,46 @@ mod tests {
             .to_string()
             .contains("from_start"));
         shuffled.validate(true).unwrap();
+    }
+
+    /// The whole-stream shuffle counts the stream by ingesting it, not by reading every
+    /// batch back: with no memory tier, that read would decode each one from disk.
+    #[test]
+    fn a_whole_stream_shuffle_reads_each_batch_from_disk_once() {
+        use arrow_array::{Int64Array, RecordBatch, RecordBatchIterator};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batches: Vec<_> = (0..20)
+            .map(|b| {
+                let ids = std::sync::Arc::new(Int64Array::from(vec![b; 3]));
+                Ok(RecordBatch::try_new(schema.clone(), vec![ids]).unwrap())
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::CacheOptions {
+            memory_capacity: Some(0),
+            disk: Some(crate::DiskOptions::new(dir.path(), 1 << 30)),
+            ..Default::default()
+        };
+        let upstream = Box::new(RecordBatchIterator::new(batches, schema));
+        let cache = crate::StreamCache::new(upstream, options).unwrap();
+        let shuffled = crate::ReaderOptions {
+            from_start: true,
+            order: ReadOrder {
+                shuffle: Some(Shuffle {
+                    seed: 5,
+                    window: None,
+                    rows: false,
+                }),
+                shard: None,
+            },
+            cast: None,
+        };
+        let before = crate::disk::READS.with(std::cell::Cell::get);
+        let read = cache.reader_with(shuffled).unwrap().count();
+        let reads = crate::disk::READS.with(std::cell::Cell::get) - before;
+        assert_eq!((read, reads), (20, 20));
     }
 
     #[test]

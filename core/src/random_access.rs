@@ -43,15 +43,17 @@ impl StreamCache {
             return Ok(RecordBatch::new_empty(self.schema()));
         };
         self.index_rows_through(last)?;
-        let located = self.shared().with_row_index(|index| {
-            rows.iter()
-                .map(|&row| {
-                    index.locate(row).ok_or_else(|| {
-                        Error::Internal(format!("row {row} is missing from the row index"))
-                    })
+        // Located in a snapshot, outside the state lock that every read takes.
+        let index = self.shared().with_row_index(|index| index.clone())?;
+        let located = rows
+            .iter()
+            .map(|&row| {
+                index.locate(row).ok_or_else(|| {
+                    Error::Internal(format!("row {row} is missing from the row index"))
                 })
-                .collect::<Result<Vec<_>>>()
-        })??;
+            })
+            .collect::<Result<Vec<_>>>()?;
+        drop(index);
         let mut positions: Vec<u64> = located.iter().map(|&(batch, _)| batch).collect();
         positions.sort_unstable();
         positions.dedup();

@@ -432,9 +432,12 @@ impl MemoryTier {
 /// each batch `i` known so far, so that a row's batch is a binary search away. Kept as
 /// batches are stored, evicted ones included (8 bytes a batch); a save's batches are
 /// learned as they are first read, since its file does not list their rows.
-#[derive(Debug, Default)]
+///
+/// A clone is a snapshot that costs one reference count: rows are located in it outside
+/// the state lock, and the index copies itself only if it learns while a snapshot lives.
+#[derive(Debug, Default, Clone)]
 pub struct RowIndex {
-    ends: Vec<u64>,
+    ends: Arc<Vec<u64>>,
 }
 
 impl RowIndex {
@@ -442,7 +445,8 @@ impl RowIndex {
     /// a position known already (another thread learned it first) is left as it is.
     pub fn learn(&mut self, position: u64, rows: u64) {
         if position == self.batches() {
-            self.ends.push(self.rows().saturating_add(rows));
+            let end = self.rows().saturating_add(rows);
+            Arc::make_mut(&mut self.ends).push(end);
         }
     }
 
@@ -637,6 +641,11 @@ mod tests {
         ];
         assert_eq!(found[..9], expected.map(Some));
         assert_eq!(found[9], None);
+        // A snapshot keeps what it saw; the index goes on learning.
+        let snapshot = index.clone();
+        index.learn(6, 5);
+        assert_eq!((snapshot.batches(), snapshot.locate(9)), (6, None));
+        assert_eq!((index.batches(), index.locate(9)), (7, Some((6, 0))));
     }
 
     #[test]

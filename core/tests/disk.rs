@@ -544,3 +544,72 @@ fn a_new_cache_removes_folders_whose_owner_is_gone_and_nothing_else() {
         "each cache removes its own folder when it goes"
     );
 }
+
+/// Set in the child process of the test below, to the folder its cache is made in.
+const KILLED_CHILD: &str = "BATCHCORDER_TEST_KILLED_CHILD";
+
+#[test]
+fn a_killed_process_leaves_a_folder_the_next_cache_removes() {
+    use std::io::{BufRead, BufReader, Write};
+    if let Some(parent) = std::env::var_os(KILLED_CHILD) {
+        // The child: a cache with segments on disk and an array into one, then wait to
+        // be killed (SIGKILL; TerminateProcess on Windows).
+        let cache = disk_cache(id_batches(8, 1000), DiskOptions::new(parent, 1 << 30), 1);
+        let _kept = cache.reader(true).unwrap().next_batch().unwrap().unwrap();
+        cache.ingest_all().unwrap();
+        let folder = cache.disk_directory().unwrap();
+        println!("FOLDER {}", folder.display());
+        std::io::stdout().flush().unwrap();
+        thread::sleep(std::time::Duration::from_secs(600));
+        return;
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_killed_process_leaves_a_folder_the_next_cache_removes",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KILLED_CHILD, parent.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let folder = loop {
+        let line = lines.next().expect("the child names its folder").unwrap();
+        // After libtest's "test ... " on the same line.
+        if let Some((_, path)) = line.split_once("FOLDER ") {
+            break std::path::PathBuf::from(path);
+        }
+    };
+    assert!(folder.join("owner.lock").exists());
+    let live = disk_cache(
+        id_batches(2, 10),
+        DiskOptions::new(parent.path(), 1 << 20),
+        0,
+    );
+    assert!(folder.exists(), "a live process's folder stays");
+    drop(live);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Unix keeps the killed process's segments until the sweep; Windows deleted them
+    // with the process (they are delete-on-close).
+    let segments = std::fs::read_dir(&folder)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("segment-")
+        })
+        .count();
+    assert_eq!(segments > 0, cfg!(unix), "{segments} segments left");
+    let next = disk_cache(
+        id_batches(2, 10),
+        DiskOptions::new(parent.path(), 1 << 20),
+        0,
+    );
+    assert!(!folder.exists(), "the dead process's folder is removed");
+    assert_eq!(sum_ids(&next), (0..20).sum::<i64>());
+    drop(next);
+    assert_eq!(files_in(parent.path()), 0);
+}

@@ -94,7 +94,12 @@ struct Seed {
 
 fn seeds() -> &'static [Seed] {
     static SEEDS: OnceLock<Vec<Seed>> = OnceLock::new();
-    SEEDS.get_or_init(|| [everyday(), unusual()].into_iter().map(save).collect())
+    SEEDS.get_or_init(|| {
+        [everyday(), unusual(), flat()]
+            .into_iter()
+            .map(save)
+            .collect()
+    })
 }
 
 fn save(batches: Vec<RecordBatch>) -> Seed {
@@ -255,6 +260,49 @@ fn unusual() -> Vec<RecordBatch> {
                 ("nothing", Arc::new(NullArray::new(rows))),
                 ("pairs", Arc::new(pairs)),
                 ("large", Arc::new(large)),
+            ])
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Flat columns only, with nulls: what the reader decodes straight from the message
+/// (core/src/ipc_flat.rs) rather than through arrow-ipc.
+fn flat() -> Vec<RecordBatch> {
+    (0..3)
+        .map(|b| {
+            let rows = 9 + 5 * b;
+            let some = |i: usize| i % 4 != 1;
+            let ids = Int64Array::from_iter_values((0..rows).map(|i| (b * 100 + i) as i64));
+            let names: StringArray = (0..rows)
+                .map(|i| some(i).then(|| format!("ñ{}", "é".repeat(i % 3))))
+                .collect();
+            let xs = Float64Array::from_iter((0..rows).map(|i| some(i).then_some(i as f64 / 7.0)));
+            let flags = BooleanArray::from_iter((0..rows).map(|i| some(i).then_some(i % 3 == 0)));
+            let mut fixed = FixedSizeBinaryBuilder::new(3);
+            for i in 0..rows {
+                match some(i) {
+                    true => fixed.append_value([i as u8, 7, 9]).unwrap(),
+                    false => fixed.append_null(),
+                }
+            }
+            let small = Int16Array::from_iter((0..rows).map(|i| some(i).then_some(i as i16 - 4)));
+            let large = LargeStringArray::from_iter_values((0..rows).map(|i| "ß".repeat(i % 4)));
+            let blobs = LargeBinaryArray::from_iter_values((0..rows).map(|i| vec![i as u8; i % 5]));
+            let decimals =
+                Decimal128Array::from_iter((0..rows).map(|i| some(i).then_some(i as i128)))
+                    .with_precision_and_scale(12, 3)
+                    .unwrap();
+            RecordBatch::try_from_iter([
+                ("id", Arc::new(ids) as ArrayRef),
+                ("name", Arc::new(names)),
+                ("x", Arc::new(xs)),
+                ("flag", Arc::new(flags)),
+                ("fixed", Arc::new(fixed.finish())),
+                ("small", Arc::new(small)),
+                ("large", Arc::new(large)),
+                ("blob", Arc::new(blobs)),
+                ("decimal", Arc::new(decimals)),
             ])
             .unwrap()
         })

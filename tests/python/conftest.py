@@ -6,6 +6,7 @@ thread's stack instead of stalling the run."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(limit)
+
+
+def posix_only(reason: str) -> pytest.MarkDecorator:
+    """Skips a test on Windows, where what it exercises does not exist (fork, POSIX
+    signals, file modes, /proc); `reason` says which. docs/processes.md ("Windows") says
+    what Windows does instead."""
+    return pytest.mark.skipif(sys.platform == "win32", reason=f"POSIX only: {reason}")
+
+
+def temporary_directory(prefix: str | None = None) -> "tempfile.TemporaryDirectory[str]":
+    """A temporary folder for caches and saves. On Windows a file stays while an array a
+    test still holds maps it (docs/processes.md, "Windows"), so what cannot be deleted on
+    leaving is left to the system's temporary folder there; elsewhere any failure raises."""
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=sys.platform == "win32")
+
+
+def windows_memory_kib(peak: bool = False) -> int:
+    """This process's working set (or its peak) in KiB, from GetProcessMemoryInfo: the
+    Windows counterpart of the resident set."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Counters(ctypes.Structure):
+        _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD)] + [
+            (name, ctypes.c_size_t) for name in (
+                "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage",
+                "PagefileUsage", "PeakPagefileUsage")]
+
+    counters = Counters(cb=ctypes.sizeof(Counters))
+    psapi = ctypes.WinDLL("psapi", use_last_error=True)
+    psapi.GetProcessMemoryInfo.argtypes = [wintypes.HANDLE, ctypes.POINTER(Counters), wintypes.DWORD]
+    kernel32 = ctypes.WinDLL("kernel32")
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    if not psapi.GetProcessMemoryInfo(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb):
+        raise ctypes.WinError(ctypes.get_last_error())
+    return (counters.PeakWorkingSetSize if peak else counters.WorkingSetSize) // 1024
+
+
+def windows_handle_count() -> int:
+    """This process's open handles (GetProcessHandleCount): the Windows counterpart of
+    its file descriptors."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.GetCurrentProcess.restype = wintypes.HANDLE
+    kernel32.GetProcessHandleCount.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    count = wintypes.DWORD()
+    if not kernel32.GetProcessHandleCount(kernel32.GetCurrentProcess(), ctypes.byref(count)):
+        raise ctypes.WinError(ctypes.get_last_error())
+    return count.value
 
 
 def wait_for_child(pid: int, seconds: float = 60.0) -> int:

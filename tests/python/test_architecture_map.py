@@ -15,6 +15,7 @@ MAP = ROOT / "docs" / "architecture.md"
 FOLDERS = {
     "core/": ROOT / "core" / "src",
     "core/src/save/": ROOT / "core" / "src" / "save",
+    "core/src/platform/": ROOT / "core" / "src" / "platform",
     "cdata/": ROOT / "cdata" / "src",
     "src/": ROOT / "src",
     "python/batchcorder/flight": ROOT / "python" / "batchcorder" / "flight",

@@ -337,8 +337,14 @@ def test_from_start_after_eviction_says_why():
 def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
     script = textwrap.dedent(
         """
-        import resource, numpy as np, pyarrow as pa
+        import sys, numpy as np, pyarrow as pa
         from batchcorder import StreamCache
+        if sys.platform == "win32":
+            from conftest import windows_memory_kib
+            peak_kib = lambda: windows_memory_kib(peak=True)
+        else:
+            import resource
+            peak_kib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         schema = pa.schema([("x", pa.float64())])
         def produce():
             for i in range(256):            # 256 x 8 MiB = 2 GiB, made on the fly
@@ -346,15 +352,17 @@ def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
         cache = StreamCache(pa.RecordBatchReader.from_batches(schema, produce()), max_readers=1)
         reader = cache.reader()
         total = next(reader).column(0).to_numpy()[0]
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = peak_kib()
         rows = 1 << 20
         for b in reader:
             rows += b.num_rows
-        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+        grown = peak_kib() - base
         print(rows, grown, cache.stats().batches_evicted)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's memory reading
+                             filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))})
     rows, grown_kib, evicted = map(int, out.stdout.split())
     if sys.platform == "darwin":
         grown_kib //= 1024  # macOS's ru_maxrss is in bytes, Linux's in KiB

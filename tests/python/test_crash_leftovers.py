@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import STRESS_SCALE, wait_for_child
+from conftest import STRESS_SCALE, posix_only, wait_for_child
 
 from batchcorder import StreamCache
 
@@ -37,7 +37,8 @@ def folders(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("batchcorder-"))
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+# kill: SIGKILL, terminate: SIGTERM; on Windows both are TerminateProcess.
+@pytest.mark.parametrize("how", ["kill", "terminate"])
 def test_a_killed_process_folder_is_removed_by_the_next_cache(tmp_path, how):
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -48,7 +49,7 @@ def test_a_killed_process_folder_is_removed_by_the_next_cache(tmp_path, how):
         with StreamCache(pa.table({"y": [1]}), disk_path=tmp_path, disk_capacity=1 << 20) as live:
             assert left[0] in folders(tmp_path)
             assert pa.table(live).num_rows == 1
-        os.kill(child.pid, how)
+        getattr(child, how)()
         child.wait(timeout=30)
     finally:
         if child.poll() is None:
@@ -62,6 +63,7 @@ def test_a_killed_process_folder_is_removed_by_the_next_cache(tmp_path, how):
     assert folders(tmp_path) == []
 
 
+@posix_only("os.fork")
 def test_a_forked_childs_exit_leaves_the_parents_folder(tmp_path):
     cache = StreamCache(pa.table({"x": list(range(10))}).to_reader(max_chunksize=2),
                         memory_capacity=0, disk_path=tmp_path, disk_capacity=1 << 20)
@@ -105,6 +107,7 @@ def churn(directory: Path, rounds: int) -> None:
         n += 1
 
 
+@posix_only("os.fork: hundreds of children killed within milliseconds of their start")
 def test_a_process_killed_at_any_instant_leaves_nothing_the_next_cache_keeps(tmp_path):
     """Children making caches and saves are killed at random instants, hundreds of times,
     while a live cache and a live churning child share the folder: every folder the

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from conftest import STRESS_SCALE, wait_for_child, wait_until_noteable
+from conftest import STRESS_SCALE, posix_only, wait_for_child, wait_until_noteable
 
 from batchcorder import CorruptCacheError, StreamCache
 
@@ -86,13 +86,43 @@ def table() -> pa.Table:
     )
 
 
-@pytest.fixture(scope="module")
-def save(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("damaged") / "pristine"
-    data = table()
+def flat_table() -> pa.Table:
+    # Only columns the reader decodes straight from the message (core/src/ipc_flat.rs),
+    # with nulls in them.
+    rows = BATCHES * ROWS
+
+    def maybe(i, value):
+        return None if i % 5 == 2 else value
+
+    return pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "name": pa.array([f"é{i:05d}" for i in range(rows)], pa.string()),
+            "x": pa.array([maybe(i, i / 4) for i in range(rows)], pa.float64()),
+            "flag": pa.array([maybe(i, i % 3 == 0) for i in range(rows)], pa.bool_()),
+            "code": pa.array([maybe(i, bytes([i % 256] * 3)) for i in range(rows)], pa.binary(3)),
+            "blob": pa.array([maybe(i, b"x" * (i % 4)) for i in range(rows)], pa.large_binary()),
+            "ts": pa.array([maybe(i, i) for i in range(rows)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def saved(path: Path, data: pa.Table) -> Path:
     with StreamCache(data.to_reader(max_chunksize=ROWS)) as cache:
         cache.persist(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def save(tmp_path_factory) -> Path:
+    return saved(tmp_path_factory.mktemp("damaged") / "pristine", table())
+
+
+@pytest.fixture(scope="module", params=["mixed", "flat"])
+def any_save(request, tmp_path_factory) -> Path:
+    """The save above, and one of flat columns only, which another decoder reads."""
+    data = table() if request.param == "mixed" else flat_table()
+    return saved(tmp_path_factory.mktemp(request.param) / "pristine", data)
 
 
 def damaged_copy(save: Path, where: Path, name: str, data: bytes) -> dict:
@@ -138,7 +168,8 @@ def check(results: list[dict]) -> None:
             assert not result["inexact"], f"{what}: a checked batch differs: {result}"
 
 
-def test_string_offsets_out_of_range_backwards_or_inside_a_character(save, tmp_path):
+def test_string_offsets_out_of_range_backwards_or_inside_a_character(any_save, tmp_path):
+    save = any_save
     data = (save / "data.arrow").read_bytes()
     cases = []
     for batch, at in enumerate(offsets_at(data)):
@@ -162,7 +193,8 @@ def test_string_offsets_out_of_range_backwards_or_inside_a_character(save, tmp_p
         assert result["served"] == batch and not result["inexact"], result
 
 
-def test_bit_flips_anywhere_and_truncations(save, tmp_path):
+def test_bit_flips_anywhere_and_truncations(any_save, tmp_path):
+    save = any_save
     data = (save / "data.arrow").read_bytes()
     rng = random.Random(26)
     cases = []
@@ -303,6 +335,7 @@ def modes(path: Path) -> dict[str, int]:
     return found
 
 
+@posix_only("file modes and the umask; a save on Windows takes its folder's ACL")
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_a_save_follows_the_umask_like_any_file_the_user_writes(umask):
     # A folder others may enter: pytest's own temporary folders are private.

@@ -43,6 +43,8 @@ from typing import Optional
 
 import pytest
 
+from conftest import posix_only
+
 import batchcorder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -316,7 +318,7 @@ def interpreter(requirements: frozenset[str]) -> tuple[Path, dict[str, str]]:
     )
     stamp = "\n".join([*installs, str(built.stat().st_size), str(built.stat().st_mtime_ns)])
     venv = VENVS / hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:12]
-    python = venv / "bin" / "python"
+    python = venv / ("Scripts" if sys.platform == "win32" else "bin") / "python"
     if not (venv / "stamp").is_file() or (venv / "stamp").read_text() != stamp:
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -421,6 +423,7 @@ def test_python_block_prints_what_its_page_shows(block, tmp_path):
 # -- C and C++ ------------------------------------------------------------------------
 
 
+@posix_only("compiled with the system's cc; tests/c runs under wine (make test-c-windows)")
 @pytest.mark.parametrize("block", COMPILED, ids=lambda b: b.where)
 def test_c_block_compiles(block, tmp_path):
     source = tmp_path / ("block.c" if block.lang == "c" else "block.cpp")
@@ -442,10 +445,16 @@ def test_a_programs_output_is_what_its_page_shows(key, tmp_path):
         result = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, check=True)
         assert matches(block.code, result.stdout), f"{block.where} is not what {OUTPUT_OF[key]} prints:\n{result.stdout}"
         return
-    # The library the Python package loads is libbatchcorder under another file name.
-    native = next((Path(batchcorder.__file__).parent / "_native").glob("*.so"))
-    (tmp_path / "libbatchcorder.so.0").symlink_to(native)
-    (tmp_path / "libbatchcorder.so").symlink_to(native)
+    if sys.platform == "win32":
+        pytest.skip("POSIX only: a C program linked by the system's cc (tests/c runs under wine)")
+    # The library the Python package loads is libbatchcorder under another file name; the
+    # program finds it by its SONAME (Linux) or install name (macOS, build.rs).
+    [native] = [p for p in (Path(batchcorder.__file__).parent / "_native").iterdir()
+                if p.suffix in (".so", ".dylib")]
+    names = ("libbatchcorder.0.dylib", "libbatchcorder.dylib") if native.suffix == ".dylib" \
+        else ("libbatchcorder.so.0", "libbatchcorder.so")
+    for name in names:
+        (tmp_path / name).symlink_to(native)
     subprocess.run(
         ["cc", "-std=c11", "-pthread", str(program), f"-I{ROOT / 'include'}", f"-L{tmp_path}",
          "-lbatchcorder", f"-Wl,-rpath,{tmp_path}", "-o", str(tmp_path / "program")],

@@ -292,7 +292,10 @@ def produce():
 def press_ctrl_c():
     blocking.wait(30)
     time.sleep(0.1)
-    os.kill(os.getpid(), signal.SIGINT)
+    if sys.platform == "win32":  # os.kill would end the process: Ctrl+C runs the C handler
+        signal.raise_signal(signal.SIGINT)
+    else:
+        os.kill(os.getpid(), signal.SIGINT)
 
 cache = StreamCache(pa.RecordBatchReader.from_batches(pa.schema([("x", pa.int64())]), produce()))
 threading.Thread(target=press_ctrl_c, daemon=True).start()

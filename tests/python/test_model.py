@@ -3,7 +3,6 @@ plain-Python model of which batches each reader must see and which errors must c
 
 from __future__ import annotations
 
-import tempfile
 
 import duckdb
 import pyarrow as pa
@@ -12,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchcorder import ReaderCapError, StreamCache
-from conftest import STRESS_SCALE
+from conftest import STRESS_SCALE, temporary_directory
 
 SCHEMA = pa.schema([("id", pa.int64())])
 ROWS = 8
@@ -50,7 +49,7 @@ def test_operations_match_the_model(batches, fail_at, max_readers, tier, ops):
                 raise ValueError("model failure")
             yield batch(index)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_directory() as tmp:
         disk = {} if tier == "memory" else {
             "disk_path": tmp, "disk_capacity": 1 << 24, "memory_capacity": 100, "write_policy": tier,
         }

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import wait_for_child
+from conftest import posix_only, wait_for_child
 
 import batchcorder
 
@@ -202,7 +202,7 @@ def test_spawn_and_process_pools_get_a_cache_they_can_read(saved, tmp_path):
     data, info = saved
     disk_backed = StreamCache(single_use(data), disk_path=tmp_path / "spill", disk_capacity=1 << 30)
     for cache in (StreamCache.open(info.path), disk_backed):
-        for method in ("spawn", "forkserver"):
+        for method in [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]:
             with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method)) as pool:
                 sums = list(pool.map(sum_ids, [cache, cache], timeout=WORKER_SECONDS))
                 assert sums == [sum(range(10_000))] * 2, method
@@ -245,6 +245,7 @@ def test_a_reference_to_a_save_that_was_replaced_is_refused(saved):
         pickle.loads(blob)
 
 
+@posix_only("os.fork")
 def test_a_forked_child_reads_an_opened_cache_and_its_exit_removes_nothing(saved):
     data, info = saved
     cache = StreamCache.open(info.path)

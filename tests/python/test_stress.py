@@ -20,7 +20,7 @@ import pyarrow as pa
 import pytest
 
 from batchcorder import StreamCache
-from conftest import STRESS_SCALE
+from conftest import STRESS_SCALE, windows_handle_count, windows_memory_kib
 
 ROWS = 512
 SCHEMA = pa.schema([("batch", pa.int64()), ("value", pa.int64()), ("check", pa.int64())])
@@ -171,6 +171,8 @@ def test_duckdb_limit_releases_half_read_streams_without_leaking_readers():
 
 
 def _rss_kib() -> int:
+    if sys.platform == "win32":
+        return windows_memory_kib()
     if not sys.platform.startswith("linux"):
         # No /proc (macOS): ps tells the resident set in KiB too.
         ps = subprocess.run(["ps", "-o", "rss=", "-p", str(os.getpid())], capture_output=True, text=True, check=True)
@@ -183,6 +185,8 @@ def _rss_kib() -> int:
 
 
 def _open_fds() -> int:
+    if sys.platform == "win32":
+        return windows_handle_count()  # files and mappings are handles there
     if not sys.platform.startswith("linux"):
         return len(os.listdir("/dev/fd"))  # macOS: this process's descriptors
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))

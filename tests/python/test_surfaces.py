@@ -3,7 +3,7 @@ way a user reads a cache back, gives exact data or a refusal that pyarrow itself
 
 The matrix
 ----------
-``SURFACES`` x ``CASES``: 30 surfaces x 31 type cases = 930 cases, in one parametrized
+``SURFACES`` x ``CASES``: 31 surfaces x 31 type cases = 961 cases, in one parametrized
 test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
 
 * ``SURFACES`` is the one list of surfaces; a surface added later joins by adding one
@@ -23,7 +23,8 @@ test (``test_every_type_case_through_every_surface``, ids ``CASE-SURFACE``).
   then the save opened; a pickled reference, of a persisted cache and of a disk-backed
   cache (which saves itself to be shared), read in a spawn worker; Flight DoGet (and
   GetSchema) from an in-process ``CacheServer``; and from the ``batchcorder-flight``
-  command serving a save of every case. Random access: ``cache[i]`` for every batch
+  command serving a save of every case, whole and as three shards of one seeded
+  shuffle, each its own DoGet ticket. Random access: ``cache[i]`` for every batch
   and ``cache.take`` of a permutation of every row (pyarrow's ``Table.take`` the
   oracle, or a slice per row where pyarrow has no take for the type), in memory, on the
   disk tier with each write policy and on an opened save. Then the reordering readers (issue 30): a
@@ -77,7 +78,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -89,7 +89,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from conftest import listening_location, wait_until_noteable
+from conftest import listening_location, temporary_directory, wait_until_noteable
 from test_types import (
     BIG,
     CATALOGUE,
@@ -611,12 +611,32 @@ def _rows_put_back(batch: pa.RecordBatch, rows: List[int], source: pa.RecordBatc
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
+def _in_stream_order(batches: Batches, order: dict, shards: int, read_shard, replay: Replay) -> None:
+    """Read every shard with ``read_shard(index)`` (its label, schema and batches) and put
+    each batch back where it came from (its rows too), as learnt from twin caches of the
+    same shape, so the data is compared exactly; the reads must be in another order than
+    the stream's wherever the stream can be reordered."""
+    placed: List[Optional[pa.RecordBatch]] = [None] * len(batches)
+    returned: List[int] = []
+    for index, came_from in enumerate(_twin_orders(batches, order, shards)):
+        label, schema, got = read_shard(index)
+        replay.schemas.append((label, schema))
+        assert len(got) == len(came_from), f"{label}: {len(got)} batches, not {len(came_from)}"
+        for batch, (position, rows) in zip(got, came_from):
+            if rows != sorted(rows):
+                batch = _rows_put_back(batch, rows, batches[position])
+            placed[position] = batch
+            returned.append(position)
+    assert sorted(returned) == list(range(len(batches))), "every batch once"
+    if len(batches) > 3 and order.get("shuffle") is not None:
+        assert returned != sorted(returned), "a shuffle reorders"
+    replay.reads.append(("batches put back in stream order", placed))
+
+
 def reordered(order: dict, shards: int = 1, tier: str = "memory") -> ReadFunction:
     """A reader ordered by ``order`` (``shuffle``, ``shuffle_window``, ``shuffle_rows``),
     split into ``shards`` shard readers, over a cache in memory, on disk or opened from a
-    save. Each batch is put back where it came from (its rows too), as learnt from twin
-    caches of the same shape, so the data is compared exactly; the reads must be in
-    another order than the stream's wherever the stream can be reordered."""
+    save."""
 
     def read(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
         source = single_use(schema, batches)
@@ -628,26 +648,32 @@ def reordered(order: dict, shards: int = 1, tier: str = "memory") -> ReadFunctio
             cache.persist(context.directory / "save")
             cache = StreamCache.open(context.directory / "save")
         context.stack.callback(cache.close)
-        replay = Replay()
-        placed: List[Optional[pa.RecordBatch]] = [None] * len(batches)
-        returned: List[int] = []
-        for index, came_from in enumerate(_twin_orders(batches, order, shards)):
+
+        def read_shard(index: int):
             reader = cache.reader(**order, shard=(index, shards))
-            replay.schemas.append((f"shard {index} of {shards}", reader.schema))
-            got = list(reader)
-            assert len(got) == len(came_from), f"shard {index}: {len(got)} batches"
-            for batch, (position, rows) in zip(got, came_from):
-                if rows != sorted(rows):
-                    batch = _rows_put_back(batch, rows, batches[position])
-                placed[position] = batch
-                returned.append(position)
-        assert sorted(returned) == list(range(len(batches))), "every batch once"
-        if len(batches) > 3 and order.get("shuffle") is not None:
-            assert returned != sorted(returned), "a shuffle reorders"
-        replay.reads.append(("batches put back in stream order", placed))
+            return f"shard {index} of {shards}", reader.schema, list(reader)
+
+        replay = Replay()
+        _in_stream_order(batches, order, shards, read_shard, replay)
         return replay
 
     return read
+
+
+def flight_shuffled_shards(schema: pa.Schema, batches: Batches, context: Context) -> Replay:
+    """Three DoGets of the ``batchcorder-flight`` command, each a ticket naming a seed and
+    one shard of three: the shards together are the stream, each batch once."""
+    client, refused = context.shared.command()
+    if context.case in refused:
+        raise refused[context.case]
+
+    def read_shard(index: int):
+        reader = client.do_get(ticket(context.case, seed=8, shard=(index, 3)), CALL)
+        return f"DoGet of shard {index} of 3, seed 8", reader.schema, [chunk.data for chunk in reader]
+
+    replay = Replay()
+    _in_stream_order(batches, {"shuffle": 8}, 3, read_shard, replay)
+    return replay
 
 
 SURFACES: List[Surface] = [
@@ -671,6 +697,7 @@ SURFACES: List[Surface] = [
     Surface("spawn-worker-disk-backed-reference", pickled_to_spawn_worker(disk_backed=True), (ipc_file,)),
     Surface("flight-cacheserver", flight_from_the_api, (ipc_stream,)),
     Surface("flight-command-line", flight_from_the_command, (ipc_file, ipc_stream)),
+    Surface("flight-shuffled-shards", flight_shuffled_shards, (ipc_file, ipc_stream)),
     Surface("random-access-memory", random_access("memory")),
     Surface("random-access-disk-on-insertion", random_access("on_insertion")),
     Surface("random-access-disk-on-eviction", random_access("on_eviction")),
@@ -837,7 +864,7 @@ def pyarrow_refusal(surface: Surface, schema: pa.Schema, batches: Batches) -> Op
 def test_every_type_case_through_every_surface(case, surface, shared):
     schema, batches = stream(case)
     refusal = pyarrow_refusal(surface, schema, batches)
-    with tempfile.TemporaryDirectory(prefix="bc-surfaces-") as directory, ExitStack() as stack:
+    with temporary_directory(prefix="bc-surfaces-") as directory, ExitStack() as stack:
         context = Context(case, Path(directory), stack, shared)
         if refusal is None:
             check_surface(surface.read(schema, batches, context), schema, batches)

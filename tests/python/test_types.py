@@ -81,7 +81,6 @@ import dataclasses
 import datetime as dt
 import random
 import struct
-import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
@@ -92,6 +91,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import temporary_directory
 
 from batchcorder import StreamCache
 
@@ -983,7 +984,7 @@ def check_replay(replay: Replay, schema: pa.Schema, batches: List[pa.RecordBatch
 def check_replays(schema: pa.Schema, batches: List[pa.RecordBatch], mode: Mode, source=None) -> None:
     """Cache a single-use stream of `batches` in `mode` and check every replay against
     the batches."""
-    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory, ExitStack() as stack:
+    with temporary_directory(prefix="bc-types-") as directory, ExitStack() as stack:
         check_replay(read_mode(schema, batches, mode, directory, stack, source), schema, batches)
 
 
@@ -1029,7 +1030,7 @@ def test_segments_are_deleted_under_interleaved_readers_holding_every_batch(form
     """With 4 KiB segments and max_readers=2, passed segments go while both readers still
     hold every batch they read from them; those batches must stay intact."""
     schema, batches = make_batches(NAMES, [12] * 8, form, seed=21)
-    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory:
+    with temporary_directory(prefix="bc-types-") as directory:
         mode = Mode(disk=True, compression=compression, two_readers=True, segment_bytes=4096)
         with open_cache(
             pa.RecordBatchReader.from_batches(schema, iter(batches)), mode, directory
@@ -1298,7 +1299,7 @@ def test_month_and_day_time_intervals_replay_exactly(mode):
         stream = CArrayStream._import_from_c_capsule(capsule_owner.__arrow_c_stream__(requested))
         return _na_schema_key(stream.get_schema()), list(stream)
 
-    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory:
+    with temporary_directory(prefix="bc-types-") as directory:
         with open_cache(CArrayStream.from_c_arrays(arrays, schema), settings_, directory) as cache:
             requested = schema.__arrow_c_schema__() if settings_.cast else None
             if settings_.two_readers:
@@ -1340,7 +1341,7 @@ def test_map_field_names_survive_at_the_c_level(mode):
     pyarrow_view = pa.table(pa.RecordBatchReader.from_stream(table))
     assert pyarrow_view.schema.field("m").type.key_field.name == "key"  # the premise: pyarrow renames
     settings_ = MODES[mode]
-    with tempfile.TemporaryDirectory(prefix="bc-types-") as directory:
+    with temporary_directory(prefix="bc-types-") as directory:
         with open_cache(table.to_reader(max_chunksize=2), settings_, directory) as cache:
             target = cache.cast(table.schema) if settings_.cast else cache
             streams = [

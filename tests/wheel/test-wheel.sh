@@ -36,22 +36,8 @@ if grep -q "^Project-URL:\|^Home-page:" <<<"$metadata"; then
   exit 1
 fi
 
-# The suite and the files it reads (the examples of the README and docs/, the headers
-# whose functions the package must reach, the benchmark workloads), laid out as in the
-# checkout.
-mkdir -p "$work/tests" "$work/bench"
-cp -r "$root/tests/python" "$work/tests/python"
-cp "$root/README.md" "$work/"
-cp -r "$root/docs" "$work/docs"
-# The C blocks of the pages compile against the header; examples/c's output is on a page;
-# the demo and the API reference's builder are tested too.
-cp -r "$root/include" "$work/include"
-mkdir -p "$work/examples" && cp -r "$root/examples/c" "$work/examples/c"
-cp "$root"/examples/*.py "$work/examples/"  # programs whose output a page shows
-mkdir -p "$work/mk" && cp "$root/mk/engines.mk" "$work/mk/"  # which doc pages it runs
-mkdir -p "$work/demo" && cp "$root/demo/demo.py" "$work/demo/"
-mkdir -p "$work/tools" && cp "$root/tools/apidocs.py" "$work/tools/"
-cp "$root/bench/workloads.py" "$work/bench/"
+# The suite and the files it reads, laid out as in the checkout.
+bash "$root/tests/wheel/copy-suite.sh" "$work"
 # No cargo, rustc or maturin: only the system's tools and the virtualenv.
 clean_path=/usr/local/bin:/usr/bin:/bin
 # Every CPython 3.10+ interpreter here that runs: on the PATH (pyenv's shims included),

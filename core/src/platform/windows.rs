@@ -105,6 +105,11 @@ pub(super) fn strerror(errno: i32) -> String {
 
 /// `path` as a NUL-terminated wide string; a path with a NUL in it is `EINVAL`'s.
 fn wide(path: &Path) -> std::io::Result<Vec<u16>> {
+    if path.as_os_str().encode_wide().any(|unit| unit == 0) {
+        return Err(std::io::Error::from_raw_os_error(
+            win::ERROR_INVALID_NAME as i32,
+        ));
+    }
     // Absolute, and past MAX_PATH in the \\?\ form that has no length limit.
     let absolute = std::path::absolute(path)?;
     let mut wide: Vec<u16> = absolute.as_os_str().encode_wide().collect();
@@ -115,11 +120,6 @@ fn wide(path: &Path) -> std::io::Result<Vec<u16>> {
             .collect();
         let rest = if unc { &wide[1..] } else { &wide[..] };
         wide = prefix.into_iter().chain(rest.iter().copied()).collect();
-    }
-    if wide.contains(&0) {
-        return Err(std::io::Error::from_raw_os_error(
-            win::ERROR_INVALID_NAME as i32,
-        ));
     }
     wide.push(0);
     Ok(wide)
@@ -372,3 +372,34 @@ pub(crate) fn random_bytes(bytes: &mut [u8]) -> std::io::Result<()> {
 
 /// Where random bytes come from, for error messages.
 pub(crate) const RANDOM_SOURCE: &str = "BCryptGenRandom";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_past_max_path_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(120)).join("e".repeat(120));
+        std::fs::create_dir_all(&deep).unwrap();
+        let from = deep.join("from");
+        std::fs::create_dir(&from).unwrap();
+        let to = deep.join("to");
+        assert!(wide(&to).unwrap().len() > 260);
+        rename_no_replace(&from, &to).unwrap();
+        assert!(to.is_dir() && !from.exists());
+    }
+
+    #[test]
+    fn a_path_with_a_nul_is_invalid() {
+        let err = wide(Path::new("a\0b")).unwrap_err();
+        assert_eq!(super::super::errno(&err), libc::EINVAL, "{err}");
+    }
+
+    #[test]
+    fn filetimes_count_from_1970() {
+        assert_eq!(since_epoch(EPOCH_TICKS), (0, 0));
+        assert_eq!(since_epoch(EPOCH_TICKS + 15), (0, 1500));
+        assert_eq!(since_epoch(EPOCH_TICKS - 1), (-1, 999_999_900));
+    }
+}

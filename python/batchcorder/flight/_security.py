@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import os
@@ -111,6 +112,8 @@ def read_pem(parameter: str, path: PathArg) -> bytes:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{parameter} must be a path (str or os.PathLike), got {type(path).__name__}")
+    if os.path.isdir(path):  # open() says PermissionError for a folder on Windows
+        raise IsADirectoryError(errno.EISDIR, f"{parameter}: cannot read {os.fspath(path)!r}: Is a directory")
     try:
         with open(path, "rb") as file:
             data = file.read()
