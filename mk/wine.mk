@@ -24,6 +24,13 @@ WINE_PREFIX   := $(CURDIR)/target/wineprefix
 # Quiet, and no Mono or Gecko installer offered while the prefix is made.
 BC_WINE_ENV   := WINEPREFIX=$(WINE_PREFIX) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 BC_WIN_BUILD  := $(CURDIR)/build/windows
+# with_wineserver COMMANDS: run them with one wineserver for the prefix, up all along, then
+# stopped. The one wine starts by itself here exits as soon as its last client does
+# (-p0), and a program started at that instant fails ("wine client error: ... Connection
+# reset by peer"), as the crash test's short processes met; a persistent server left up
+# would outlive make. The prefix is this checkout's, so -k stops only its own server.
+bc_with_wineserver = $(BC_WINE_ENV) $(WINESERVER) -k 2>/dev/null; $(BC_WINE_ENV) $(WINESERVER) -p \
+  && { $(1); status=$$?; $(BC_WINE_ENV) $(WINESERVER) -k; exit $$status; }
 
 .PHONY: wine-tools wine-prefix test-c-windows test-examples-windows
 
@@ -55,16 +62,19 @@ wine-prefix: $(WINE_PREFIX)/.bc-ready
 
 # tests/c as on Linux (but valgrind), then the examples, and the time they took.
 test-c-windows: wheel-$(WIN_TARGET) wine-prefix
-	@start=$$(date +%s); \
-	$(BC_WINE_ENV) $(MAKE) --no-print-directory -C tests/c WINDOWS=1 LIBDIR=$(CURDIR)/$(WIN_LIBDIR) \
-	  OUT=$(BC_WIN_BUILD)/tests-c CC=$(BC_WIN_CC) CXX=$(BC_WIN_CXX) RUN=$(WINE64) \
-	  && $(MAKE) --no-print-directory test-examples-windows \
-	  && took=$$(( $$(date +%s) - start )) \
-	  && echo "== test-c-windows: tests/c and the examples built and passed under wine in $$took s"
+	@start=$$(date +%s); $(call bc_with_wineserver,$(BC_WINE_ENV) $(MAKE) --no-print-directory \
+	  -C tests/c WINDOWS=1 LIBDIR=$(CURDIR)/$(WIN_LIBDIR) OUT=$(BC_WIN_BUILD)/tests-c \
+	  CC=$(BC_WIN_CC) CXX=$(BC_WIN_CXX) RUN=$(WINE64) \
+	  && $(MAKE) --no-print-directory bc-examples-windows \
+	  && echo "== test-c-windows: tests/c and the examples built and passed under wine in \
+	  $$(( $$(date +%s) - start )) s")
 
 # examples/c and examples/cpp as a Windows user builds them: the header and the import
 # library, no pkg-config.
 test-examples-windows: wheel-$(WIN_TARGET) wine-prefix
+	@$(call bc_with_wineserver,$(MAKE) --no-print-directory bc-examples-windows)
+.PHONY: bc-examples-windows
+bc-examples-windows:
 	mkdir -p $(BC_WIN_BUILD)/examples && cp $(WIN_LIBDIR)/batchcorder.dll $(BC_WIN_BUILD)/examples/
 	$(BC_WIN_CC) -std=c11 -O2 -Wall -Wextra -Werror -pthread -Iinclude -o $(BC_WIN_BUILD)/examples/replay_c.exe \
 	  examples/c/replay.c $(WIN_LIBDIR)/libbatchcorder.dll.a -static
