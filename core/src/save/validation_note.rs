@@ -119,11 +119,7 @@ impl Validation {
             None
         };
         Arc::new(Self {
-            utf8: if noted {
-                Utf8::Noted
-            } else {
-                Utf8::Check
-            },
+            utf8: if noted { Utf8::Noted } else { Utf8::Check },
             pending: AtomicUsize::new(batches),
             note,
         })
