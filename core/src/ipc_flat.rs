@@ -72,6 +72,10 @@ unsafe impl Sync for FlatBuffers {}
 /// asks for one.
 static NO_OFFSETS: u64 = 0;
 
+fn no_offsets() -> *const c_void {
+    std::ptr::from_ref(&NO_OFFSETS).cast()
+}
+
 impl FlatBuffers {
     /// Rows in the batch.
     #[inline]
@@ -103,12 +107,12 @@ impl FlatBuffers {
     /// Buffer `index` of `column` (0: the validity bitmap).
     fn buffer(&self, column: &FlatColumn, index: usize) -> Buffer {
         let (address, len) = (column.addresses[index], column.lengths[index]);
-        match address.addr().checked_sub(self.message.as_ptr().addr()) {
-            Some(start) if start <= self.message.len() => {
-                self.message.slice_with_length(start, len)
-            }
-            _ => Buffer::from(MutableBuffer::new(0)), // `NO_OFFSETS`
+        if std::ptr::eq(address, no_offsets()) {
+            return Buffer::from(MutableBuffer::new(0));
         }
+        // Inside the message (`decode`).
+        let start = address.addr() - self.message.as_ptr().addr();
+        self.message.slice_with_length(start, len)
     }
 
     fn array(&self, data_type: &DataType, column: &FlatColumn) -> Result<ArrayRef, ArrowError> {
@@ -398,7 +402,7 @@ where
     let (offsets, values) = (parts.buffer()?, parts.buffer()?);
     let offsets = match len {
         // An empty array may come with no offsets at all.
-        0 if offsets.1 == 0 => (std::ptr::from_ref(&NO_OFFSETS).cast(), 0),
+        0 if offsets.1 == 0 => (no_offsets(), 0),
         // As arrow's validation refuses it (`Buffer::typed_data`).
         _ if offsets.1 % size_of::<T::Offset>() != 0 => {
             return Err(format!(
