@@ -850,6 +850,94 @@ mod tests {
         );
     }
 
+    /// An owner of leaf columns, as a batch read back from disk is: the buffers of a
+    /// batch's flat columns, listed as C lists them.
+    struct OwnLeaves {
+        batch: RecordBatch,
+        buffers: Vec<Vec<*const std::ffi::c_void>>,
+    }
+
+    // SAFETY: the addresses are of the immutable buffers of the batch it holds.
+    unsafe impl Send for OwnLeaves {}
+    // SAFETY: as above.
+    unsafe impl Sync for OwnLeaves {}
+
+    impl Leaves for OwnLeaves {
+        fn length(&self) -> i64 {
+            self.batch.num_rows() as i64
+        }
+
+        fn columns(&self) -> usize {
+            self.buffers.len()
+        }
+
+        fn column(&self, index: usize) -> ArrowArray {
+            let column = self.batch.column(index);
+            let buffers = &self.buffers[index];
+            ArrowArray {
+                length: column.len() as i64,
+                null_count: column.null_count() as i64,
+                offset: 0,
+                n_buffers: buffers.len() as i64,
+                n_children: 0,
+                buffers: buffers.as_ptr().cast_mut(),
+                children: ptr::null_mut(),
+                dictionary: ptr::null_mut(),
+                release: None,
+                private_data: ptr::null_mut(),
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_are_exported_straight_into_a_block_that_keeps_their_owner() {
+        let original = flat_batch();
+        let buffers = original
+            .columns()
+            .iter()
+            .map(|column| {
+                let data = column.to_data();
+                let validity = data.nulls().map_or(ptr::null(), |n| n.buffer().as_ptr());
+                let own = data.buffers().iter().map(|b| b.as_ptr());
+                std::iter::once(validity)
+                    .chain(own)
+                    .map(|p| p.cast())
+                    .collect()
+            })
+            .collect();
+        let buffer = original.column(1).to_data().buffers()[1].clone();
+        let owner = Arc::new(OwnLeaves {
+            batch: original.clone(),
+            buffers,
+        });
+        let export_leaves = || {
+            let mut out = MaybeUninit::uninit();
+            let found = export(owner.clone(), |own| Some(Image::Leaves(own)), &mut out);
+            assert!(found.is_ok(), "leaves were found");
+            // SAFETY: `export` wrote it.
+            unsafe { out.assume_init() }
+        };
+        let first = export_leaves();
+        let mut second = export_leaves();
+        assert_eq!(import_batch(first, &original), original);
+        // A column moved out of an export outlives its parent and the owner.
+        // SAFETY: an unreleased export of ours; the moved node is replaced by a released one.
+        let moved = unsafe { ptr::replace(*second.children.add(1), ArrowArray::RELEASED) };
+        // SAFETY: an unreleased export, released once.
+        unsafe { (second.release.unwrap())(&mut second) };
+        drop(owner);
+        drop(original);
+        assert_eq!(buffer.strong_count(), 2, "the moved column keeps the owner");
+        let strings = arrow_array::make_array(import(moved, DataType::Utf8));
+        assert_eq!(strings.as_string::<i32>().value(2), "cde");
+        drop(strings);
+        assert_eq!(
+            buffer.strong_count(),
+            1,
+            "the owner outlived the last export"
+        );
+    }
+
     #[test]
     fn a_root_with_a_validity_bitmap_is_not_kept_flat() {
         let original = flat_batch();

@@ -424,17 +424,25 @@ fn read_through_c(save: &Path, verify: Verify, seed: &Seed, exact: bool) {
     let mut cache = std::ptr::null_mut();
     // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
     let opened = unsafe {
-        bc_cache_open(path.as_ptr(), verify, std::ptr::null(), std::ptr::null_mut(), &mut cache)
+        bc_cache_open(
+            path.as_ptr(),
+            verify,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            &mut cache,
+        )
     };
     if opened != BcStatus::BC_OK {
-        assert!(matches!(opened, BcStatus::BC_CORRUPT | BcStatus::BC_INVALID_ARGUMENT));
+        assert!(matches!(
+            opened,
+            BcStatus::BC_CORRUPT | BcStatus::BC_INVALID_ARGUMENT
+        ));
         return;
     }
     let mut stream = ArrowArrayStream::RELEASED;
     // SAFETY: a live cache, no requested schema, a writable out.
-    let status = unsafe {
-        batchcorder::cache::bc_cache_reader(cache, true, std::ptr::null(), &mut stream)
-    };
+    let status =
+        unsafe { batchcorder::cache::bc_cache_reader(cache, true, std::ptr::null(), &mut stream) };
     assert_eq!(status, BcStatus::BC_OK);
     let fields = seed.batches[0].schema().fields().clone();
     for position in 0.. {
@@ -452,7 +460,10 @@ fn read_through_c(save: &Path, verify: Verify, seed: &Seed, exact: bool) {
         }
         // SAFETY: an array of the stream's struct type, released by the import.
         let data = unsafe {
-            arrow_array::ffi::from_ffi_and_data_type(array.into_ffi(), DataType::Struct(fields.clone()))
+            arrow_array::ffi::from_ffi_and_data_type(
+                array.into_ffi(),
+                DataType::Struct(fields.clone()),
+            )
         }
         .unwrap();
         if let Err(err) = data.validate_full() {
