@@ -1,5 +1,6 @@
 //! The engine's kept forms of a batch as the core's `Derived` values, and the C export of
-//! a cached batch: a copy of the image kept with it, or arrow-rs's export of the batch.
+//! a cached batch: a copy of the image kept with it, its buffers as read back from disk,
+//! or arrow-rs's export of the batch.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -47,9 +48,10 @@ impl Derived for FlatExport {
     }
 }
 
-/// A batch made in this process (decoded from a save or the disk tier, or handed over by a
-/// Rust upstream) whose columns are all flat leaves, laid out as a flat image on its first
-/// export: exports copy it, as they copy a kept one, instead of going through arrow-rs.
+/// A batch made in this process (handed over by a Rust upstream, or decoded from disk by
+/// arrow-ipc: a compressed spill, a misaligned buffer) whose columns are all flat leaves,
+/// laid out as a flat image on its first export: exports copy it, as they copy a kept
+/// one, instead of going through arrow-rs.
 pub(crate) struct OwnImage {
     /// `None` when a column is not a flat leaf: arrow-rs exports such a batch.
     image: Option<Arc<FlatImage>>,
@@ -248,9 +250,9 @@ fn prefetch_words(words: &[u64]) {
 
 /// Write `cached` into `out` as a new C array the caller releases: a copy of the image
 /// kept with it (every batch that came through the C stream import has one, and a flat
-/// batch made here gets one), or else arrow-rs's export (a batch with nested or
-/// dictionary columns made here: read back from disk, or from a Rust upstream). On
-/// failure `out` is as it was.
+/// batch made here gets one), its buffers (a flat batch read back from disk), or else
+/// arrow-rs's export (a batch with nested or dictionary columns made here: read back
+/// from disk, or from a Rust upstream). On failure `out` is as it was.
 #[inline]
 pub(crate) fn export_cached(
     cached: Arc<CachedBatch>,
