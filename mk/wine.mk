@@ -32,7 +32,7 @@ BC_WIN_BUILD  := $(CURDIR)/build/windows
 wine-tools: win-tools
 	@[ -x $(WINE64) ] && [ -x $(WINESERVER) ] && command -v wine >/dev/null && exit 0; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-	  echo "wine64 is missing: install Debian's wine64 and wine packages as root \
+	  echo "wine64 or wine is missing: install Debian's wine64 and wine packages as root \
 	    (apt-get install --no-install-recommends wine64 wine), then run make again" >&2; exit 1; fi; \
 	start=$$(date +%s); echo "== installing wine64 and wine from Debian's packages"; \
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -53,7 +53,7 @@ $(WINE_PREFIX)/.bc-ready: $(WINE_PREFIX)/.bc-booted $(WIN_WINE_SHIM)
 	@touch $@
 wine-prefix: $(WINE_PREFIX)/.bc-ready
 
-# tests/c as on Linux (but valgrind), then the examples; the time each part took.
+# tests/c as on Linux (but valgrind), then the examples, and the time they took.
 test-c-windows: wheel-$(WIN_TARGET) wine-prefix
 	@start=$$(date +%s); \
 	$(BC_WINE_ENV) $(MAKE) --no-print-directory -C tests/c WINDOWS=1 LIBDIR=$(CURDIR)/$(WIN_LIBDIR) \
@@ -64,7 +64,7 @@ test-c-windows: wheel-$(WIN_TARGET) wine-prefix
 
 # examples/c and examples/cpp as a Windows user builds them: the header and the import
 # library, no pkg-config.
-test-examples-windows: wine-prefix
+test-examples-windows: wheel-$(WIN_TARGET) wine-prefix
 	mkdir -p $(BC_WIN_BUILD)/examples && cp $(WIN_LIBDIR)/batchcorder.dll $(BC_WIN_BUILD)/examples/
 	$(BC_WIN_CC) -std=c11 -O2 -Wall -Wextra -Werror -pthread -Iinclude -o $(BC_WIN_BUILD)/examples/replay_c.exe \
 	  examples/c/replay.c $(WIN_LIBDIR)/libbatchcorder.dll.a -static

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Crash leftovers, as a C program meets them: four processes (test_crash.c) keep a folder
-# in one parent folder, two disk tiers and two unfinished saves; one of each is killed
-# with SIGKILL (under wine, the wine process that runs it: no Windows code runs on the way
-# out), and the next cache over that parent removes the dead owners' folders and leaves
-# the live owners' alone. The live ones then exit and remove their own.
+# Crash leftovers, as a C program meets them (test_crash.c is each process). Processes
+# are killed with SIGKILL (under wine, the wine process that runs the program: no Windows
+# code runs on the way out):
+# - four keep a folder in one parent folder, two disk tiers and two unfinished saves; one
+#   of each is killed, and the next cache over that parent removes the dead owners'
+#   folders and leaves the live owners' alone. The live ones then exit and remove their own.
+# - processes that churn disk tiers and saves there are killed at random instants, beside
+#   a live one: it never loses a folder, the next cache leaves nothing of theirs, and every
+#   save that finished opens whole.
 #   tests/c/crash.sh BUILD/test_crash [RUNNER...]
 # make test-c runs it natively; make test-c-windows with RUNNER wine64 and
 # BC_WINDOWS_PATHS=1 (the program is handed Z:\... paths, wine's name for the Unix root).
@@ -109,6 +113,65 @@ for name in live_spill live_save; do
 done
 check "and removed their folders: the parent is empty" test -z "$(ls -A "$parent")"
 [ "$failed" = 0 ] || { echo "== the sweep listed:"; cat "$sweep"; }
+
+# Killed at random instants: processes that make, fill and drop disk tiers and saves in
+# the parent, round after round, are killed 0 to 99 ms after they start churning, first
+# while a live one churns beside them (so sweeps run while it makes and commits its
+# folders), then alone. The live one never loses a folder (it reads everything back), the
+# next cache leaves nothing of the dead ones, and every save that finished opens whole: a
+# kill never leaves half a save.
+# wait_ready OUT PID: until the program printed "ready" or ended
+wait_ready() {
+  for _ in $(seq 600); do
+    grep -qs '^ready' "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+ready=0
+churners=0
+kill_a_churner() {  # one churner, killed at a random instant; ready counts those that started
+  churners=$((churners + 1))
+  "${runner[@]}" "$exe" churn "$(arg "$parent")" "$(arg "$work/never")" "$churners" >"$work/churn.out" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  if wait_ready "$work/churn.out" "$pid"; then ready=$((ready + 1)); else cat "$work/churn.out"; fi
+  sleep "$(printf '0.%03d' $((RANDOM % 100)))"
+  kill -9 "$pid" 2>/dev/null || true
+  { wait "$pid"; } 2>/dev/null || true
+}
+"${runner[@]}" "$exe" churn "$(arg "$parent")" "$(arg "$work/stop-churn")" live >"$work/live.out" 2>&1 &
+live=$!
+pids+=("$live")
+wait_ready "$work/live.out" "$live" || true
+beside=${BC_CRASH_KILLS:-8}
+for _ in $(seq "$beside"); do kill_a_churner; done
+touch "$work/stop-churn"
+status=0
+wait "$live" || status=$?
+tr -d '\r' <"$work/live.out" >"$work/live.txt"
+check "the live churner never read anything wrong ($(grep '^rounds' "$work/live.txt" || cat "$work/live.txt"))" \
+  test "$status" = 0
+# Alone, a kill's leftovers stay until the next churner starts: they are counted then.
+alone=10
+left=0
+for _ in $(seq "$alone"); do
+  kill_a_churner
+  [ -n "$(ours)" ] && left=$((left + 1))
+done
+check "every churning process got ready ($ready of $((beside + alone)))" test "$ready" = $((beside + alone))
+check "kills left folders behind ($left of $alone)" test "$left" -ge 1
+status=0
+"${runner[@]}" "$exe" sweep "$(arg "$parent")" >/dev/null 2>&1 || status=$?
+check "a sweep after them ran (status $status)" test "$status" = 0
+check "and left none of their folders" test -z "$(ours)"
+status=0
+"${runner[@]}" "$exe" verify "$(arg "$parent")" >"$work/verify.raw" 2>&1 || status=$?
+tr -d '\r' <"$work/verify.raw" >"$work/verify.txt"
+check "every save that finished opens whole, verified ($(tail -n 1 "$work/verify.txt"))" test "$status" = 0
+check "saves finished" test "$(sed -n 's/^saves //p' "$work/verify.txt")" -gt 0
+[ "$status" = 0 ] || cat "$work/verify.txt"
 
 echo "crash leftovers: $passed passed, $failed failed ($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $start0 }") s)"
 [ "$failed" = 0 ]

@@ -12,7 +12,6 @@
 #include <process.h>
 #include <windows.h>
 #else
-#include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
 #endif

@@ -1,5 +1,6 @@
-/* Every function of libbatchcorder's C contract, including misuse, as a C program sees it.
- * Prints one line per check and ends with "N passed, M failed". */
+/* Every function of libbatchcorder's C contract, including misuse, as a C program sees it,
+ * on Linux and (built by mingw-w64, run by wine) on Windows. Prints a line per failed
+ * check and ends with "test_capi: N passed, M failed" (on Windows, with the Unix-only count). */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
