@@ -44,7 +44,10 @@ fn link_args() {
     } else if os == "macos" {
         let install_name = format!("@rpath/libbatchcorder.{major}.dylib");
         let linker = std::env::var_os("RUSTC_LINKER").map(PathBuf::from);
-        let stem = linker.as_deref().and_then(|l| l.file_stem()).and_then(|s| s.to_str());
+        let stem = linker
+            .as_deref()
+            .and_then(|l| l.file_stem())
+            .and_then(|s| s.to_str());
         if matches!(stem, Some("ld64" | "ld64.lld" | "rust-lld" | "ld")) {
             println!("cargo:rustc-cdylib-link-arg=-install_name");
             println!("cargo:rustc-cdylib-link-arg={install_name}");

@@ -1,5 +1,6 @@
 //! The engine's kept forms of a batch as the core's `Derived` values, and the C export of
-//! a cached batch: a copy of the image kept with it, or arrow-rs's export of the batch.
+//! a cached batch: a copy of the image kept with it, its buffers as read back from disk,
+//! or arrow-rs's export of the batch.
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -12,9 +13,10 @@ use arrow_schema::{ArrowError, DataType};
 
 use crate::abi::ArrowArray;
 use crate::upstream::import_error;
-use batchcorder_cdata::image::{self, FlatImage, Image, TreeImage};
+use batchcorder_cdata::image::{self, FlatImage, Image, Leaves, TreeImage};
 use batchcorder_cdata::import::FlatBatch;
 use batchcorder_core::storage::{prefetch, Allocations, CachedBatch, Derived};
+use batchcorder_core::FlatBuffers;
 
 /// A batch imported into arrow-rs, with the producer's tree kept for exports.
 #[repr(transparent)]
@@ -46,14 +48,16 @@ impl Derived for FlatExport {
     }
 }
 
-/// A batch made in this process (decoded from a save or the disk tier, or handed over by a
-/// Rust upstream) whose columns are all flat leaves, laid out as a flat image on its first
-/// export: exports copy it, as they copy a kept one, instead of going through arrow-rs.
+/// A batch made in this process (handed over by a Rust upstream, or decoded from disk by
+/// arrow-ipc: a compressed spill, a misaligned buffer) whose columns are all flat leaves,
+/// laid out as a flat image on its first export: exports copy it, as they copy a kept
+/// one, instead of going through arrow-rs.
 pub(crate) struct OwnImage {
     /// `None` when a column is not a flat leaf: arrow-rs exports such a batch.
     image: Option<Arc<FlatImage>>,
     /// What the image's nodes' `buffers` point to: the addresses of the batch's buffers.
-    _addresses: Box<[*const c_void]>,
+    /// A `Vec` as it was filled: a boxed slice would be reallocated to its length.
+    _addresses: Vec<*const c_void>,
 }
 
 // SAFETY: the addresses are of immutable buffers, which the batch holding this keeps.
@@ -80,12 +84,11 @@ impl OwnImage {
             let Some(layout) = flat_leaf(column.as_ref(), &mut addresses) else {
                 return Self {
                     image: None,
-                    _addresses: Box::new([]),
+                    _addresses: Vec::new(),
                 };
             };
             layouts.push(layout);
         }
-        let mut addresses = addresses.into_boxed_slice();
         let mut next = addresses.as_mut_ptr();
         let nodes = columns
             .iter()
@@ -181,12 +184,55 @@ fn flat_leaf(array: &dyn Array, addresses: &mut Vec<*const c_void>) -> Option<(u
     Some((offset, 1 + addresses.len() - before))
 }
 
-/// The image kept with `cached`: the C stream import's, or one laid out on its first
-/// export from a batch made in this process.
+/// A batch of flat columns read back from disk, held as its message's buffers: exported
+/// straight from them, without arrays or an image in between.
+#[repr(transparent)] // a `&FlatBuffers` is cast to a `&SavedLeaves`
+struct SavedLeaves(FlatBuffers);
+
+impl SavedLeaves {
+    fn of(flat: &FlatBuffers) -> &Self {
+        // SAFETY: a transparent wrapper of the same type.
+        unsafe { &*ptr::from_ref(flat).cast::<Self>() }
+    }
+}
+
+impl Leaves for SavedLeaves {
+    fn length(&self) -> i64 {
+        self.0.rows() as i64
+    }
+
+    fn columns(&self) -> usize {
+        self.0.columns().len()
+    }
+
+    fn column(&self, index: usize) -> batchcorder_cdata::abi::ArrowArray {
+        let column = &self.0.columns()[index];
+        let buffers = column.buffers();
+        batchcorder_cdata::abi::ArrowArray {
+            length: self.0.rows() as i64,
+            null_count: column.null_count() as i64,
+            offset: 0,
+            n_buffers: buffers.len() as i64,
+            n_children: 0,
+            // Read only, as the C Data Interface promises of a consumer.
+            buffers: buffers.as_ptr().cast_mut(),
+            children: ptr::null_mut(),
+            dictionary: ptr::null_mut(),
+            release: None,
+            private_data: ptr::null_mut(),
+        }
+    }
+}
+
+/// The image kept with `cached`: the C stream import's, the buffers of a batch read back
+/// from disk, or one laid out on its first export from a batch made in this process.
 #[inline]
 fn image_of(cached: &CachedBatch) -> Option<Image<'_>> {
     if let Some(flat) = cached.derived_if_present::<FlatExport>() {
         return Some(Image::Flat(flat.0.image()));
+    }
+    if let Some(saved) = cached.derived_if_present::<FlatBuffers>() {
+        return Some(Image::Leaves(SavedLeaves::of(saved)));
     }
     if let Some(tree) = cached.derived_if_present::<TreeExport>() {
         return Some(Image::Tree(&tree.0));
@@ -204,9 +250,9 @@ fn prefetch_words(words: &[u64]) {
 
 /// Write `cached` into `out` as a new C array the caller releases: a copy of the image
 /// kept with it (every batch that came through the C stream import has one, and a flat
-/// batch made here gets one), or else arrow-rs's export (a batch with nested or
-/// dictionary columns made here: read back from disk, or from a Rust upstream). On
-/// failure `out` is as it was.
+/// batch made here gets one), its buffers (a flat batch read back from disk), or else
+/// arrow-rs's export (a batch with nested or dictionary columns made here: read back
+/// from disk, or from a Rust upstream). On failure `out` is as it was.
 #[inline]
 pub(crate) fn export_cached(
     cached: Arc<CachedBatch>,
@@ -307,6 +353,46 @@ mod tests {
             assert_eq!(import(unsafe { out.assume_init() }, &batch), batch);
             let own = cached.derived_if_present::<OwnImage>().expect("looked for");
             assert_eq!(own.image.is_some(), imaged, "{:?}", batch.schema());
+        }
+    }
+
+    /// A save of flat columns is read back as its messages' buffers and exported from
+    /// them: what a consumer imports is the batch saved, on the first read (checked) and
+    /// on a later one (passed), and the export outlives the cache.
+    #[test]
+    fn a_flat_save_exports_straight_from_its_buffers() {
+        use arrow_array::RecordBatchIterator;
+        use batchcorder_core::{CacheOptions, OpenOptions, StreamCache};
+        let flat = leaves_with_nulls();
+        let source = vec![
+            flat.clone(),
+            flat.slice(5, 27),
+            flat.slice(3, 0),
+            flat.slice(1, 1),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saved");
+        let batches = RecordBatchIterator::new(source.clone().into_iter().map(Ok), flat.schema());
+        let cache = StreamCache::new(Box::new(batches), CacheOptions::default()).unwrap();
+        cache.persist(&path).unwrap();
+        drop(cache);
+        let (opened, _) = StreamCache::open(&path, &OpenOptions::default()).unwrap();
+        for _ in 0..2 {
+            let mut reader = opened.reader(true).unwrap();
+            let mut exports = Vec::new();
+            for expected in &source {
+                let cached = reader.next_cached().unwrap().expect("a batch");
+                assert!(cached.derived_if_present::<FlatBuffers>().is_some());
+                assert!(cached.batch_if_made().is_none(), "no arrays were made");
+                let mut out = MaybeUninit::uninit();
+                export_cached(cached, &mut out).unwrap();
+                // SAFETY: written on success.
+                exports.push((unsafe { out.assume_init() }, expected));
+            }
+            drop(reader);
+            for (out, expected) in exports {
+                assert_eq!(import(out, expected), *expected);
+            }
         }
     }
 

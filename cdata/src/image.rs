@@ -240,11 +240,32 @@ struct FlatImport {
     _flat: Arc<FlatImage>,
 }
 
+/// A batch of leaf columns that an export writes straight into its block, without an
+/// image in between: for a batch exported about once (read back from disk), where laying
+/// an image out would cost as much as the export.
+pub trait Leaves {
+    /// Rows in the batch.
+    fn length(&self) -> i64;
+    /// How many columns it has.
+    fn columns(&self) -> usize;
+    /// Column `index`: a leaf (no children, no dictionary) without a release, whose
+    /// buffers and `buffers` list live as long as `self`.
+    fn column(&self, index: usize) -> ArrowArray;
+}
+
 /// An image to export.
 #[derive(Clone, Copy)]
 pub enum Image<'a> {
     Tree(&'a TreeImage),
     Flat(&'a FlatImage),
+    Leaves(&'a dyn Leaves),
+}
+
+/// What an export block holds after its header, as an image lists it.
+enum Contents<'a> {
+    /// Words to copy.
+    Words(std::ops::Range<*const u64>),
+    Leaves(&'a dyn Leaves),
 }
 
 /// Export into `out` a copy of the image `find` finds in `owner`: a new `ArrowArray` tree
@@ -262,17 +283,29 @@ pub fn export<O: Send + Sync + 'static>(
         assert!(size_of::<Block<O>>() == size_of::<Block<()>>());
         assert!(align_of::<Block<O>>() == align_of::<Block<()>>());
     }
-    // The root node and what the block holds after its header, from either kind of image.
-    let (shape, root, block_words) = match find(&owner) {
+    // The root node and what the block holds after its header, from any kind of image.
+    let (shape, root, contents) = match find(&owner) {
         Some(Image::Flat(image)) => {
             let shape = image.shape();
             let root = image.root_over(ptr::without_provenance_mut(shape.children_offset()));
-            (shape, root, image.block_words().as_ptr_range())
+            (
+                shape,
+                root,
+                Contents::Words(image.block_words().as_ptr_range()),
+            )
         }
         Some(Image::Tree(tree)) => {
             // SAFETY: node 0 of a tree's image is its root, written by `TreeImage::new`.
             let root = unsafe { ptr::read(tree.image.as_ptr().cast::<ArrowArray>()) };
-            (tree.shape, root, tree.image[NODE_WORDS..].as_ptr_range())
+            let words = tree.image[NODE_WORDS..].as_ptr_range();
+            (tree.shape, root, Contents::Words(words))
+        }
+        Some(Image::Leaves(leaves)) => {
+            let columns = leaves.columns();
+            let shape = BlockShape::new(columns, columns);
+            let children = ptr::without_provenance_mut(shape.children_offset());
+            let root = columns_root(leaves.length(), 0, 0, columns, children);
+            (shape, root, Contents::Leaves(leaves))
         }
         None => return Err(owner),
     };
@@ -282,21 +315,29 @@ pub fn export<O: Send + Sync + 'static>(
     if base.is_null() {
         handle_alloc_error(layout);
     }
-    let header = Block {
-        references: AtomicUsize::new(shape.descendants + 1),
-        layout,
-        // Keeps the image, and what its nodes point to, alive until the block is freed.
-        _owner: owner,
-    };
-    // SAFETY: the block was allocated for this shape, and `block_words` are exactly the
-    // block's contents after the header, in an image `owner` keeps; every offset in them
-    // and in `root` points inside the block. Each node of the export holds one of the
-    // block's references.
+    // SAFETY: the block was allocated for this shape, and `contents` are exactly the
+    // block's contents after the header, in an image `owner` keeps, or the leaves that
+    // fill it; every offset in them and in `root` points inside the block. Each node of
+    // the export holds one of the block's references.
     unsafe {
-        base.cast::<Block<O>>().write(header);
-        let bytes = block_words.end.addr() - block_words.start.addr();
         let nodes = base.add(shape.nodes_offset());
-        ptr::copy_nonoverlapping(block_words.start.cast::<u8>(), nodes, bytes);
+        match contents {
+            Contents::Words(words) => {
+                let bytes = words.end.addr() - words.start.addr();
+                ptr::copy_nonoverlapping(words.start.cast::<u8>(), nodes, bytes);
+            }
+            Contents::Leaves(leaves) => {
+                let slots = base.add(shape.children_offset()).cast::<usize>();
+                for i in 0..shape.descendants {
+                    let column = leaves.column(i);
+                    debug_assert!(column.n_children == 0 && column.dictionary.is_null());
+                    nodes.cast::<ArrowArray>().add(i).write(column);
+                    slots
+                        .add(i)
+                        .write(shape.nodes_offset() + i * size_of::<ArrowArray>());
+                }
+            }
+        }
         let nodes = nodes.cast::<ArrowArray>();
         for i in 0..shape.descendants {
             rebase::<O>(&mut *nodes.add(i), base);
@@ -306,6 +347,13 @@ pub fn export<O: Send + Sync + 'static>(
             let slot = children.add(i);
             *slot = base.add((*slot).addr()).cast();
         }
+        // Last: the header takes `owner`, which `contents` borrowed until here.
+        base.cast::<Block<O>>().write(Block {
+            references: AtomicUsize::new(shape.descendants + 1),
+            layout,
+            // Keeps the image, and what its nodes point to, alive until the block is freed.
+            _owner: owner,
+        });
         let exported = out.write(root);
         rebase::<O>(exported, base);
     }
@@ -799,6 +847,94 @@ mod tests {
             buffer.strong_count(),
             alone,
             "the producer's columns were not released"
+        );
+    }
+
+    /// An owner of leaf columns, as a batch read back from disk is: the buffers of a
+    /// batch's flat columns, listed as C lists them.
+    struct OwnLeaves {
+        batch: RecordBatch,
+        buffers: Vec<Vec<*const std::ffi::c_void>>,
+    }
+
+    // SAFETY: the addresses are of the immutable buffers of the batch it holds.
+    unsafe impl Send for OwnLeaves {}
+    // SAFETY: as above.
+    unsafe impl Sync for OwnLeaves {}
+
+    impl Leaves for OwnLeaves {
+        fn length(&self) -> i64 {
+            self.batch.num_rows() as i64
+        }
+
+        fn columns(&self) -> usize {
+            self.buffers.len()
+        }
+
+        fn column(&self, index: usize) -> ArrowArray {
+            let column = self.batch.column(index);
+            let buffers = &self.buffers[index];
+            ArrowArray {
+                length: column.len() as i64,
+                null_count: column.null_count() as i64,
+                offset: 0,
+                n_buffers: buffers.len() as i64,
+                n_children: 0,
+                buffers: buffers.as_ptr().cast_mut(),
+                children: ptr::null_mut(),
+                dictionary: ptr::null_mut(),
+                release: None,
+                private_data: ptr::null_mut(),
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_are_exported_straight_into_a_block_that_keeps_their_owner() {
+        let original = flat_batch();
+        let buffers = original
+            .columns()
+            .iter()
+            .map(|column| {
+                let data = column.to_data();
+                let validity = data.nulls().map_or(ptr::null(), |n| n.buffer().as_ptr());
+                let own = data.buffers().iter().map(|b| b.as_ptr());
+                std::iter::once(validity)
+                    .chain(own)
+                    .map(|p| p.cast())
+                    .collect()
+            })
+            .collect();
+        let buffer = original.column(1).to_data().buffers()[1].clone();
+        let owner = Arc::new(OwnLeaves {
+            batch: original.clone(),
+            buffers,
+        });
+        let export_leaves = || {
+            let mut out = MaybeUninit::uninit();
+            let found = export(owner.clone(), |own| Some(Image::Leaves(own)), &mut out);
+            assert!(found.is_ok(), "leaves were found");
+            // SAFETY: `export` wrote it.
+            unsafe { out.assume_init() }
+        };
+        let first = export_leaves();
+        let mut second = export_leaves();
+        assert_eq!(import_batch(first, &original), original);
+        // A column moved out of an export outlives its parent and the owner.
+        // SAFETY: an unreleased export of ours; the moved node is replaced by a released one.
+        let moved = unsafe { ptr::replace(*second.children.add(1), ArrowArray::RELEASED) };
+        // SAFETY: an unreleased export, released once.
+        unsafe { (second.release.unwrap())(&mut second) };
+        drop(owner);
+        drop(original);
+        assert_eq!(buffer.strong_count(), 2, "the moved column keeps the owner");
+        let strings = arrow_array::make_array(import(moved, DataType::Utf8));
+        assert_eq!(strings.as_string::<i32>().value(2), "cde");
+        drop(strings);
+        assert_eq!(
+            buffer.strong_count(),
+            1,
+            "the owner outlived the last export"
         );
     }
 

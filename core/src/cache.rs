@@ -522,9 +522,7 @@ impl Shared {
                     drop(state);
                     // Decoded without any lock: readers on many threads read disk at once.
                     return match on_disk {
-                        Some(entry) => {
-                            Ok(Some(Arc::new(CachedBatch::new(entry.read(&self.schema)?))))
-                        }
+                        Some(entry) => Ok(Some(Arc::new(entry.read(&self.schema)?))),
                         // Eviction keeps every batch a live reader has not passed; random
                         // access, which is no reader, may ask for one it dropped.
                         None if position < evicted_below => Err(Error::Evicted {

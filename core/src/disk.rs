@@ -21,15 +21,17 @@ use arrow_ipc::writer::{
     IpcWriteOptions,
 };
 use arrow_ipc::{Block, CompressionType, MetadataVersion};
-use arrow_schema::SchemaRef;
+use arrow_schema::{ArrowError, SchemaRef};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
+use crate::ipc_flat::FlatBuffers;
 use crate::options::{Compression, DiskOptions, WritePolicy};
 use crate::save::validation_note::Validation;
 use crate::save::Validated;
 use crate::spill_dir::{self, SpillDir};
+use crate::storage::CachedBatch;
 
 /// Every message starts at a multiple of this, so mapped buffers are aligned for any type.
 const ALIGNMENT: usize = 64;
@@ -289,8 +291,9 @@ impl Check {
 
 impl DiskEntry {
     /// Decode the batch, under the cache's `schema`; its buffers point into the mapping
-    /// unless compressed.
-    pub fn read(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+    /// unless compressed. A batch of flat columns is held as its message's buffers
+    /// (`crate::ipc_flat`), made a `RecordBatch` only when one is needed.
+    pub fn read(&self, schema: &SchemaRef) -> Result<CachedBatch> {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
         let check = self
@@ -299,7 +302,9 @@ impl DiskEntry {
             .filter(|check| !check.passed.load(Ordering::Acquire));
         let Some(check) = check else {
             // Our own spill files, or a persisted batch that passed its check.
-            return self.decode(schema, &self.batch.bytes()?);
+            return self
+                .decode(schema, &self.batch.bytes()?)
+                .map(Decoded::cached);
         };
         let bytes = self.batch.bytes()?;
         if let Some(expected) = check.checksum {
@@ -315,40 +320,42 @@ impl DiskEntry {
         }
         let header = check_message(&bytes, self.batch.metadata_len, false)
             .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
+        let invalid = |err: ArrowError| self.damaged(&format!("is not valid Arrow data ({err})"));
         // Decoded unchecked, arrow-rs's constructors assert (panic) on a buffer too short
         // for its array, where the checked decoder would fail; the decoder is local, so
         // a panic leaves nothing half-updated.
         let checked = catch_quietly(|| {
-            let batch = match self.decode_flat(schema, &bytes, header)? {
-                Some(batch) => batch,
-                None => self.decode_ipc(schema, &bytes)?,
-            };
+            if let Some(flat) = self.decode_flat(schema, &bytes, header)? {
+                flat.validate(check.validation.utf8()).map_err(invalid)?;
+                return Ok(Decoded::Flat(flat));
+            }
+            let batch = self.decode_ipc(schema, &bytes)?;
             for column in batch.columns() {
                 crate::validate::validate_column(column.as_ref(), check.validation.utf8())
-                    .map_err(|err| self.damaged(&format!("is not valid Arrow data ({err})")))?;
+                    .map_err(invalid)?;
             }
-            Ok(batch)
+            Ok(Decoded::Batch(batch))
         });
-        let batch = checked
+        let decoded = checked
             .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
         if !check.passed.swap(true, Ordering::AcqRel) {
             check.validation.passed();
         }
-        Ok(batch)
+        Ok(decoded.cached())
     }
 
     /// Decode `bytes`, the batch's message, without validating it: flat columns here
     /// (`crate::ipc_flat`), anything else by arrow-ipc.
-    fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
+    fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<Decoded> {
         if crate::ipc_flat::is_flat(schema) {
             // A spill message may be compressed, which a save's must not be.
             let header = parse_message(bytes, self.batch.metadata_len, false)
                 .map_err(|why| self.undecodable(&why))?;
-            if let Some(batch) = self.decode_flat(schema, bytes, header)? {
-                return Ok(batch);
+            if let Some(flat) = self.decode_flat(schema, bytes, header)? {
+                return Ok(Decoded::Flat(flat));
             }
         }
-        self.decode_ipc(schema, bytes)
+        self.decode_ipc(schema, bytes).map(Decoded::Batch)
     }
 
     /// The batch by `crate::ipc_flat` from its parsed `header`, when it decodes it there.
@@ -357,7 +364,7 @@ impl DiskEntry {
         schema: &SchemaRef,
         bytes: &Buffer,
         header: arrow_ipc::RecordBatch<'_>,
-    ) -> Result<Option<RecordBatch>> {
+    ) -> Result<Option<FlatBuffers>> {
         if !self.dictionaries.is_empty() || !crate::ipc_flat::is_flat(schema) {
             return Ok(None);
         }
@@ -425,6 +432,21 @@ impl DiskEntry {
             dictionaries,
             ipc_schema,
             check: Some(check),
+        }
+    }
+}
+
+/// A batch read from disk: flat columns as their message's buffers, or arrays.
+enum Decoded {
+    Flat(FlatBuffers),
+    Batch(RecordBatch),
+}
+
+impl Decoded {
+    fn cached(self) -> CachedBatch {
+        match self {
+            Decoded::Flat(flat) => CachedBatch::deferred(flat.rows(), Box::new(flat)),
+            Decoded::Batch(batch) => CachedBatch::new(batch),
         }
     }
 }

@@ -1,14 +1,17 @@
 //! Flat columns decoded straight from an IPC record batch message that
-//! `disk::check_message` has parsed and verified: the typed arrays are built over slices
-//! of the message's body, without arrow-ipc's second verification of the flatbuffer, its
-//! `ArrayData` builders and `align_buffers` (two thirds of a small batch's decode,
-//! bench/notes.md). Any other column, a compressed body or a misaligned buffer goes to
-//! arrow-ipc's decoder instead.
+//! `disk::check_message` has parsed and verified: [`FlatBuffers`], the addresses of the
+//! columns' buffers in the message, sizes and alignment checked, without arrow-ipc's
+//! second verification of the flatbuffer, its `ArrayData` builders and `align_buffers`.
+//! The C layer exports them as they are, without arrays in between; typed arrays are
+//! built from them only when something needs a `RecordBatch` ([`FlatBuffers::to_batch`]).
+//! Any other column, a compressed body or a misaligned buffer goes to arrow-ipc's decoder
+//! instead.
 //!
 //! Sizes are checked here, so that building never panics; what the values say (offsets,
-//! UTF-8, null counts) is left to `crate::validate` on a persisted batch's first read,
-//! as for arrow-ipc's unchecked decode.
+//! UTF-8, null counts) is checked by [`FlatBuffers::validate`] on a persisted batch's
+//! first read, as arrow-ipc's unchecked decode is by `crate::validate`.
 
+use std::ffi::c_void;
 use std::sync::Arc;
 
 use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Type, Utf8Type};
@@ -16,8 +19,14 @@ use arrow_array::{
     downcast_primitive, ArrayRef, ArrowPrimitiveType, BooleanArray, FixedSizeBinaryArray,
     GenericByteArray, PrimitiveArray, RecordBatch,
 };
-use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow_schema::{DataType, SchemaRef};
+use arrow_buffer::bit_chunk_iterator::UnalignedBitChunk;
+use arrow_buffer::{
+    ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer,
+};
+use arrow_schema::{ArrowError, DataType, SchemaRef};
+
+use crate::storage::{Allocations, Derived};
+use crate::validate::{check_offset_values, Utf8};
 
 /// Whether every column of `schema` is of a type decoded here.
 pub(crate) fn is_flat(schema: &SchemaRef) -> bool {
@@ -32,16 +41,200 @@ pub(crate) fn is_flat(schema: &SchemaRef) -> bool {
     })
 }
 
+/// A batch of flat columns as the buffers of the IPC message it was decoded from, which
+/// it keeps. Made only by the disk tier, after the checks of a first read (or for bytes
+/// that passed them), so what the buffers hold is valid for their types.
+pub struct FlatBuffers {
+    schema: SchemaRef,
+    rows: usize,
+    /// Every buffer below lies in it.
+    message: Buffer,
+    columns: Vec<FlatColumn>,
+}
+
+/// One column's buffers as the C Data Interface lists them: its validity bitmap (NULL
+/// when it has no nulls), then its own (values; or offsets, then values), all starting
+/// at offset 0.
+pub struct FlatColumn {
+    null_count: usize,
+    n_buffers: usize,
+    addresses: [*const c_void; 3],
+    /// Bytes of each buffer the column uses.
+    lengths: [usize; 3],
+}
+
+// SAFETY: the addresses are of the immutable message the batch holds.
+unsafe impl Send for FlatBuffers {}
+// SAFETY: as above.
+unsafe impl Sync for FlatBuffers {}
+
+/// The offsets of an empty string column whose message has none: the C Data Interface
+/// asks for one.
+static NO_OFFSETS: u64 = 0;
+
+fn no_offsets() -> *const c_void {
+    std::ptr::from_ref(&NO_OFFSETS).cast()
+}
+
+impl FlatBuffers {
+    /// Rows in the batch.
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The columns, in the schema's order.
+    #[inline]
+    pub fn columns(&self) -> &[FlatColumn] {
+        &self.columns
+    }
+
+    /// The columns as typed arrays over the message's bytes.
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .zip(&self.columns)
+            .map(|(field, column)| self.array(field.data_type(), column))
+            .collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: what `RecordBatch::try_new` checks holds: a column per field, each
+        // built with its field's type, `rows` long, with nulls only where allowed
+        // (`decode`).
+        Ok(unsafe { RecordBatch::new_unchecked(self.schema.clone(), columns, self.rows) })
+    }
+
+    /// Buffer `index` of `column` (0: the validity bitmap).
+    fn buffer(&self, column: &FlatColumn, index: usize) -> Buffer {
+        let (address, len) = (column.addresses[index], column.lengths[index]);
+        if std::ptr::eq(address, no_offsets()) {
+            return Buffer::from(MutableBuffer::new(0));
+        }
+        // Inside the message (`decode`).
+        let start = address.addr() - self.message.as_ptr().addr();
+        self.message.slice_with_length(start, len)
+    }
+
+    fn array(&self, data_type: &DataType, column: &FlatColumn) -> Result<ArrayRef, ArrowError> {
+        let len = self.rows;
+        let nulls = (column.null_count > 0).then(|| {
+            let bits = BooleanBuffer::new(self.buffer(column, 0), 0, len);
+            // SAFETY: the null count matches the bitmap (`validate`).
+            unsafe { NullBuffer::new_unchecked(bits, column.null_count) }
+        });
+        let values = |index| self.buffer(column, index);
+        macro_rules! primitive {
+            ($t:ty) => {
+                primitive::<$t>(data_type, len, nulls, values(1))
+            };
+        }
+        Ok(downcast_primitive! {
+            data_type => (primitive),
+            DataType::Boolean => Arc::new(BooleanArray::new(BooleanBuffer::new(values(1), 0, len), nulls)),
+            DataType::FixedSizeBinary(width) => Arc::new(FixedSizeBinaryArray::try_new_with_len(
+                *width, values(1), nulls, len,
+            )?),
+            DataType::Utf8 => bytes::<Utf8Type>(len, nulls, values(1), values(2)),
+            DataType::LargeUtf8 => bytes::<LargeUtf8Type>(len, nulls, values(1), values(2)),
+            DataType::Binary => bytes::<BinaryType>(len, nulls, values(1), values(2)),
+            DataType::LargeBinary => bytes::<LargeBinaryType>(len, nulls, values(1), values(2)),
+            other => return Err(ArrowError::InvalidArgumentError(format!("{other} is not flat"))),
+        })
+    }
+
+    /// What arrow's full validation checks that `decode` did not: each column's null
+    /// count, and a string or binary column's offsets and UTF-8 (as `utf8` says).
+    pub(crate) fn validate(&self, utf8: Utf8) -> Result<(), ArrowError> {
+        for (field, column) in self.schema.fields().iter().zip(&self.columns) {
+            let data_type = field.data_type();
+            let text = utf8 == Utf8::Check;
+            match data_type {
+                DataType::Utf8 => self.offsets::<i32>(data_type, column, text)?,
+                DataType::LargeUtf8 => self.offsets::<i64>(data_type, column, text)?,
+                DataType::Binary => self.offsets::<i32>(data_type, column, false)?,
+                DataType::LargeBinary => self.offsets::<i64>(data_type, column, false)?,
+                _ => {}
+            }
+            if column.null_count > 0 {
+                let bitmap = self.bytes(column, 0);
+                let actual = self.rows - UnalignedBitChunk::new(bitmap, 0, self.rows).count_ones();
+                if actual != column.null_count {
+                    return Err(ArrowError::InvalidArgumentError(format!(
+                        "null_count value ({}) doesn't match actual number of nulls in array ({actual})",
+                        column.null_count
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of buffer `index` of `column`.
+    fn bytes(&self, column: &FlatColumn, index: usize) -> &[u8] {
+        // SAFETY: `decode` found the buffer inside the message, which `self` keeps (or
+        // it is `NO_OFFSETS`, as long as its length).
+        unsafe { std::slice::from_raw_parts(column.addresses[index].cast(), column.lengths[index]) }
+    }
+
+    fn offsets<T: ArrowNativeType>(
+        &self,
+        data_type: &DataType,
+        column: &FlatColumn,
+        utf8: bool,
+    ) -> Result<(), ArrowError> {
+        let offsets = self.bytes(column, 1);
+        // SAFETY: `decode` checked that they are aligned for `T`, and as many as rows + 1
+        // (or none, for no rows).
+        let offsets = unsafe {
+            std::slice::from_raw_parts(offsets.as_ptr().cast::<T>(), offsets.len() / size_of::<T>())
+        };
+        let values = self.bytes(column, 2);
+        check_offset_values(data_type, offsets, values, values.len(), utf8)
+    }
+}
+
+impl FlatColumn {
+    /// Nulls in the column.
+    #[inline]
+    pub fn null_count(&self) -> usize {
+        self.null_count
+    }
+
+    /// The addresses of its buffers, as a C array's `buffers` lists them; they live as
+    /// long as the batch.
+    #[inline]
+    pub fn buffers(&self) -> &[*const c_void] {
+        &self.addresses[..self.n_buffers]
+    }
+}
+
+impl Derived for FlatBuffers {
+    fn to_batch(&self) -> Option<Result<RecordBatch, ArrowError>> {
+        Some(FlatBuffers::to_batch(self))
+    }
+
+    fn allocations(&self) -> Option<Allocations> {
+        let found = (self.message.capacity() > 0).then(|| {
+            (
+                self.message.data_ptr().as_ptr().addr(),
+                self.message.capacity() as u64,
+            )
+        });
+        Some(Allocations::of_buffers(found.into_iter().collect()))
+    }
+}
+
 /// The batch of `schema` in `header`, whose body is `message` from byte `body_start`;
 /// `Ok(None)` when arrow-ipc must decode it (compressed, a misaligned buffer, a type
-/// not decoded here). The arrays are built unchecked: the caller validates them before
-/// any value is read, unless these bytes passed that validation before.
+/// not decoded here). What the buffers hold is unchecked: the caller validates them
+/// ([`FlatBuffers::validate`]) before any value is read, unless these bytes passed that
+/// validation before.
 pub(crate) fn decode(
     schema: &SchemaRef,
     header: arrow_ipc::RecordBatch<'_>,
     message: &Buffer,
     body_start: usize,
-) -> Result<Option<RecordBatch>, String> {
+) -> Result<Option<FlatBuffers>, String> {
     if header.compression().is_some() {
         return Ok(None);
     }
@@ -49,15 +242,14 @@ pub(crate) fn decode(
     let mut parts = Parts {
         nodes: header.nodes().into_iter().flatten(),
         buffers: header.buffers().into_iter().flatten(),
-        message,
-        body_start,
+        body: message.as_ptr().wrapping_add(body_start),
     };
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let Some(column) = column(field.data_type(), rows, &mut parts)? else {
             return Ok(None);
         };
-        if !field.is_nullable() && column.null_count() > 0 {
+        if !field.is_nullable() && column.null_count > 0 {
             return Err(format!(
                 "its non-nullable column {} holds nulls",
                 field.name()
@@ -65,22 +257,25 @@ pub(crate) fn decode(
         }
         columns.push(column);
     }
-    // SAFETY: what `RecordBatch::try_new` checks holds: a column per field, each built
-    // with its field's type (`column`), `rows` long, and nulls only where allowed.
-    Ok(Some(unsafe {
-        RecordBatch::new_unchecked(schema.clone(), columns, rows)
+    Ok(Some(FlatBuffers {
+        schema: schema.clone(),
+        rows,
+        message: message.clone(),
+        columns,
     }))
 }
 
 /// The header's nodes and buffers, taken in turn.
-struct Parts<'a, N, B> {
+struct Parts<N, B> {
     nodes: N,
     buffers: B,
-    message: &'a Buffer,
-    body_start: usize,
+    body: *const u8,
 }
 
-impl<'a, N, B> Parts<'_, N, B>
+/// Where a buffer lies, and its bytes.
+type Span = (*const c_void, usize);
+
+impl<'a, N, B> Parts<N, B>
 where
     N: Iterator<Item = &'a arrow_ipc::FieldNode>,
     B: Iterator<Item = &'a arrow_ipc::Buffer>,
@@ -101,33 +296,24 @@ where
         usize::try_from(node.null_count()).map_err(|_| "a negative null count".to_string())
     }
 
-    /// Where the next buffer lies in the body (`check_message` found it inside).
-    fn next(&mut self) -> Result<&'a arrow_ipc::Buffer, String> {
-        self.buffers
+    /// The next buffer (`check_message` found it inside the body).
+    fn buffer(&mut self) -> Result<Span, String> {
+        let buffer = self
+            .buffers
             .next()
-            .ok_or_else(|| "it has fewer buffers than its columns need".to_string())
-    }
-
-    /// The next buffer.
-    fn buffer(&mut self) -> Result<Buffer, String> {
-        let buffer = self.next()?;
+            .ok_or_else(|| "it has fewer buffers than its columns need".to_string())?;
         let (offset, len) = (buffer.offset() as usize, buffer.length() as usize);
-        Ok(self
-            .message
-            .slice_with_length(self.body_start + offset, len))
+        Ok((self.body.wrapping_add(offset).cast(), len))
     }
 
     /// The next buffer as a null bitmap for `len` values with `null_count` nulls; none
     /// when there are no nulls, as arrow-ipc reads it.
-    fn nulls(&mut self, len: usize, null_count: usize) -> Result<Option<NullBuffer>, String> {
+    fn nulls(&mut self, len: usize, null_count: usize) -> Result<Span, String> {
+        let bitmap = self.buffer()?;
         if null_count == 0 {
-            self.next()?;
-            return Ok(None);
+            return Ok((std::ptr::null(), 0));
         }
-        let bits = bits(self.buffer()?, len, "null bitmap")?;
-        // SAFETY: the null count is checked against the bitmap before any value is read
-        // (`crate::validate::validate_column`), or these bytes passed that check before.
-        Ok(Some(unsafe { NullBuffer::new_unchecked(bits, null_count) }))
+        bits(bitmap, len, "null bitmap")
     }
 }
 
@@ -135,95 +321,80 @@ where
 fn column<'a, N, B>(
     data_type: &DataType,
     len: usize,
-    parts: &mut Parts<'_, N, B>,
-) -> Result<Option<ArrayRef>, String>
+    parts: &mut Parts<N, B>,
+) -> Result<Option<FlatColumn>, String>
 where
     N: Iterator<Item = &'a arrow_ipc::FieldNode>,
     B: Iterator<Item = &'a arrow_ipc::Buffer>,
 {
     let null_count = parts.node(len)?;
     let nulls = parts.nulls(len, null_count)?;
+    let leaf = |spans: &[Span]| {
+        let mut column = FlatColumn {
+            null_count,
+            n_buffers: 1 + spans.len(),
+            addresses: [nulls.0, std::ptr::null(), std::ptr::null()],
+            lengths: [nulls.1, 0, 0],
+        };
+        for (i, &(address, len)) in spans.iter().enumerate() {
+            (column.addresses[i + 1], column.lengths[i + 1]) = (address, len);
+        }
+        Some(column)
+    };
     macro_rules! primitive {
         ($t:ty) => {
-            primitive::<$t>(data_type, len, nulls, parts.buffer()?)
+            scalars::<<$t as ArrowPrimitiveType>::Native>(parts.buffer()?, len, "values")?
+                .and_then(|values| leaf(&[values]))
         };
     }
-    downcast_primitive! {
+    Ok(downcast_primitive! {
         data_type => (primitive),
-        DataType::Boolean => {
-            let values = bits(parts.buffer()?, len, "boolean values")?;
-            Ok(Some(Arc::new(BooleanArray::new(values, nulls))))
-        }
+        DataType::Boolean => leaf(&[bits(parts.buffer()?, len, "boolean values")?]),
         DataType::FixedSizeBinary(width) => {
             let values = parts.buffer()?;
             let needed = usize::try_from(*width).ok().and_then(|w| w.checked_mul(len));
-            let Some(needed) = needed.filter(|&needed| needed <= values.len()) else {
-                return Err(too_short("fixed-size binary values", values.len(), len));
+            let Some(needed) = needed.filter(|&needed| needed <= values.1) else {
+                return Err(too_short("fixed-size binary values", values.1, len));
             };
-            FixedSizeBinaryArray::try_new_with_len(*width, values.slice_with_length(0, needed), nulls, len)
-                .map(|array| Some(Arc::new(array) as ArrayRef))
-                .map_err(|err| err.to_string())
+            leaf(&[(values.0, needed)])
         }
-        DataType::Utf8 => bytes::<Utf8Type, _, _>(len, nulls, parts),
-        DataType::LargeUtf8 => bytes::<LargeUtf8Type, _, _>(len, nulls, parts),
-        DataType::Binary => bytes::<BinaryType, _, _>(len, nulls, parts),
-        DataType::LargeBinary => bytes::<LargeBinaryType, _, _>(len, nulls, parts),
-        _ => Ok(None),
-    }
+        DataType::Utf8 => bytes_spans::<Utf8Type, _, _>(len, parts)?.and_then(|s| leaf(&s)),
+        DataType::LargeUtf8 => bytes_spans::<LargeUtf8Type, _, _>(len, parts)?.and_then(|s| leaf(&s)),
+        DataType::Binary => bytes_spans::<BinaryType, _, _>(len, parts)?.and_then(|s| leaf(&s)),
+        DataType::LargeBinary => bytes_spans::<LargeBinaryType, _, _>(len, parts)?.and_then(|s| leaf(&s)),
+        _ => None,
+    })
 }
 
 fn too_short(what: &str, bytes: usize, len: usize) -> String {
     format!("its {what} buffer of {bytes} bytes is too short for {len} values")
 }
 
-/// `len` bits at the start of `buffer`.
-fn bits(buffer: Buffer, len: usize, what: &str) -> Result<BooleanBuffer, String> {
-    if buffer.len() < len.div_ceil(8) {
-        return Err(too_short(what, buffer.len(), len));
+/// `len` bits at the start of `span`.
+fn bits(span: Span, len: usize, what: &str) -> Result<Span, String> {
+    if span.1 < len.div_ceil(8) {
+        return Err(too_short(what, span.1, len));
     }
-    Ok(BooleanBuffer::new(buffer, 0, len))
+    Ok((span.0, len.div_ceil(8)))
 }
 
-/// `len` values of `T` at the start of `buffer`, if it is aligned for them.
-fn scalars<T: arrow_buffer::ArrowNativeType>(
-    buffer: Buffer,
-    len: usize,
-    what: &str,
-) -> Result<Option<ScalarBuffer<T>>, String> {
+/// `len` values of `T` at the start of `span`, if it is aligned for them.
+fn scalars<T>(span: Span, len: usize, what: &str) -> Result<Option<Span>, String> {
     let needed = len.checked_mul(size_of::<T>());
-    if needed.is_none_or(|needed| needed > buffer.len()) {
-        return Err(too_short(what, buffer.len(), len));
-    }
-
-    if buffer.as_ptr().align_offset(align_of::<T>()) != 0 {
+    let Some(needed) = needed.filter(|&needed| needed <= span.1) else {
+        return Err(too_short(what, span.1, len));
+    };
+    if span.0.align_offset(align_of::<T>()) != 0 {
         return Ok(None); // arrow-ipc copies it into an aligned buffer
     }
-    Ok(Some(ScalarBuffer::new(buffer, 0, len)))
+    Ok(Some((span.0, needed)))
 }
 
-fn primitive<T: ArrowPrimitiveType>(
-    data_type: &DataType,
+/// A string or binary column's offsets and values.
+fn bytes_spans<'a, T: ByteArrayType, N, B>(
     len: usize,
-    nulls: Option<NullBuffer>,
-    values: Buffer,
-) -> Result<Option<ArrayRef>, String> {
-    let Some(values) = scalars::<T::Native>(values, len, "values")? else {
-        return Ok(None);
-    };
-    let array = PrimitiveArray::<T>::new(values, nulls);
-    // Only a timezone, a precision or a scale differs from the type's own.
-    let array = match *data_type == T::DATA_TYPE {
-        true => array,
-        false => array.with_data_type(data_type.clone()),
-    };
-    Ok(Some(Arc::new(array)))
-}
-
-fn bytes<'a, T: ByteArrayType, N, B>(
-    len: usize,
-    nulls: Option<NullBuffer>,
-    parts: &mut Parts<'_, N, B>,
-) -> Result<Option<ArrayRef>, String>
+    parts: &mut Parts<N, B>,
+) -> Result<Option<[Span; 2]>, String>
 where
     N: Iterator<Item = &'a arrow_ipc::FieldNode>,
     B: Iterator<Item = &'a arrow_ipc::Buffer>,
@@ -231,25 +402,51 @@ where
     let (offsets, values) = (parts.buffer()?, parts.buffer()?);
     let offsets = match len {
         // An empty array may come with no offsets at all.
-        0 if offsets.is_empty() => OffsetBuffer::new_empty(),
+        0 if offsets.1 == 0 => (no_offsets(), 0),
         // As arrow's validation refuses it (`Buffer::typed_data`).
-        _ if offsets.len() % size_of::<T::Offset>() != 0 => {
+        _ if offsets.1 % size_of::<T::Offset>() != 0 => {
             return Err(format!(
                 "its offsets buffer of {} bytes is not a whole number of offsets",
-                offsets.len()
+                offsets.1
             ))
         }
         _ => match scalars::<T::Offset>(offsets, len + 1, "offsets")? {
-            // SAFETY: the offsets are checked against the values (and the values for
-            // UTF-8) before any value is read (`crate::validate::validate_column`), or
-            // these bytes passed that check before.
-            Some(offsets) => unsafe { OffsetBuffer::new_unchecked(offsets) },
+            Some(offsets) => offsets,
             None => return Ok(None),
         },
     };
+    Ok(Some([offsets, values]))
+}
+
+fn primitive<T: ArrowPrimitiveType>(
+    data_type: &DataType,
+    len: usize,
+    nulls: Option<NullBuffer>,
+    values: Buffer,
+) -> ArrayRef {
+    let array = PrimitiveArray::<T>::new(ScalarBuffer::new(values, 0, len), nulls);
+    // Only a timezone, a precision or a scale differs from the type's own.
+    match *data_type == T::DATA_TYPE {
+        true => Arc::new(array),
+        false => Arc::new(array.with_data_type(data_type.clone())),
+    }
+}
+
+fn bytes<T: ByteArrayType>(
+    len: usize,
+    nulls: Option<NullBuffer>,
+    offsets: Buffer,
+    values: Buffer,
+) -> ArrayRef {
+    let offsets = match offsets.is_empty() {
+        true => OffsetBuffer::new_empty(),
+        // SAFETY: the offsets are checked against the values (and the values for UTF-8)
+        // before any value is read (`FlatBuffers::validate`), or these bytes passed that
+        // check before.
+        false => unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::new(offsets, 0, len + 1)) },
+    };
     // SAFETY: as for the offsets.
-    let array = unsafe { GenericByteArray::<T>::new_unchecked(offsets, values, nulls) };
-    Ok(Some(Arc::new(array)))
+    Arc::new(unsafe { GenericByteArray::<T>::new_unchecked(offsets, values, nulls) })
 }
 
 #[cfg(test)]
@@ -266,7 +463,6 @@ mod tests {
     use arrow_schema::{Field, Schema, TimeUnit};
 
     use crate::disk::{catch_quietly, check_message};
-    use crate::validate::{validate_column, Utf8};
 
     /// A batch of every flat type, `rows` rows, a null in every third row of the
     /// nullable columns.
@@ -407,8 +603,9 @@ mod tests {
         (bytes, metadata_len)
     }
 
-    /// What a first read gives: `check_message`, then this decoder and the columns'
-    /// validation; `Ok(None)` where arrow-ipc would decode it instead.
+    /// What a first read gives: `check_message`, then this decoder and its validation,
+    /// then the arrays made from the buffers; `Ok(None)` where arrow-ipc would decode it
+    /// instead.
     fn ours(
         schema: &SchemaRef,
         bytes: &Buffer,
@@ -416,12 +613,11 @@ mod tests {
     ) -> Result<Option<RecordBatch>, String> {
         let header = check_message(bytes, metadata_len, false)?;
         catch_quietly(|| {
-            let Some(batch) = decode(schema, header, bytes, metadata_len)? else {
+            let Some(flat) = decode(schema, header, bytes, metadata_len)? else {
                 return Ok(None);
             };
-            for column in batch.columns() {
-                validate_column(column.as_ref(), Utf8::Check).map_err(|err| err.to_string())?;
-            }
+            flat.validate(Utf8::Check).map_err(|err| err.to_string())?;
+            let batch = flat.to_batch().map_err(|err| err.to_string())?;
             Ok(Some(batch))
         })?
     }

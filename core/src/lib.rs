@@ -57,6 +57,7 @@ mod validate;
 
 pub use cache::{BatchSource, Pulled, Stats, StreamCache, Upstream};
 pub use error::{Error, Result};
+pub use ipc_flat::{FlatBuffers, FlatColumn};
 pub use options::{
     default_memory_capacity, CacheOptions, Compression, DiskOptions, OpenOptions, WritePolicy,
 };

@@ -127,7 +127,7 @@ fn check_offsets<T: ArrowNativeType>(
 
 /// `offsets` never decrease and stay within `0..=limit`; with `utf8`, the `values` they
 /// span are UTF-8, split on char boundaries.
-fn check_offset_values<T: ArrowNativeType>(
+pub(crate) fn check_offset_values<T: ArrowNativeType>(
     data_type: &DataType,
     offsets: &[T],
     values: &[u8],

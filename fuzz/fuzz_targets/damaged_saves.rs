@@ -11,6 +11,8 @@
 //! fail with `Error::Corrupt` (or `InvalidArgument` for a manifest claiming a newer
 //! format); every batch handed out passes arrow's full validation and has the cache's
 //! schema; and a batch checked against an untouched checksum is exactly the one saved.
+//! The same holds for the arrays of the C stream of the save opened by the C API, where
+//! flat batches are exported straight from their messages' buffers.
 
 #![no_main]
 
@@ -404,6 +406,82 @@ fn allowed(err: &Error) -> bool {
     }
 }
 
+/// The save opened by the C API and read through its C stream, first reads checked again:
+/// every array handed out passes arrow's full validation (and is the saved batch when
+/// `exact`), and a read fails only with `BC_CORRUPT`.
+fn read_through_c(save: &Path, verify: Verify, seed: &Seed, exact: bool) {
+    use batchcorder::abi::{ArrowArray, ArrowArrayStream};
+    use batchcorder::persist::{
+        bc_cache_open, BC_VERIFY_ALWAYS, BC_VERIFY_IF_MODIFIED, BC_VERIFY_NEVER,
+    };
+    use batchcorder::BcStatus;
+    let path = std::ffi::CString::new(save.to_str().unwrap()).unwrap();
+    let verify = match verify {
+        Verify::Never => BC_VERIFY_NEVER,
+        Verify::IfModified => BC_VERIFY_IF_MODIFIED,
+        Verify::Always => BC_VERIFY_ALWAYS,
+    };
+    let mut cache = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
+    let opened = unsafe {
+        bc_cache_open(
+            path.as_ptr(),
+            verify,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            &mut cache,
+        )
+    };
+    if opened != BcStatus::BC_OK {
+        assert!(matches!(
+            opened,
+            BcStatus::BC_CORRUPT | BcStatus::BC_INVALID_ARGUMENT
+        ));
+        return;
+    }
+    let mut stream = ArrowArrayStream::RELEASED;
+    // SAFETY: a live cache, no requested schema, a writable out.
+    let status =
+        unsafe { batchcorder::cache::bc_cache_reader(cache, true, std::ptr::null(), &mut stream) };
+    assert_eq!(status, BcStatus::BC_OK);
+    let fields = seed.batches[0].schema().fields().clone();
+    for position in 0.. {
+        let mut array = ArrowArray::RELEASED;
+        // SAFETY: a live stream of ours, a writable out.
+        let rc = unsafe { (stream.get_next.unwrap())(&mut stream, &mut array) };
+        if rc != 0 {
+            // SAFETY: a live stream made by `bc_cache_reader`.
+            let failure = unsafe { batchcorder::export::bc_reader_failure(&mut stream) };
+            assert_eq!(failure, BcStatus::BC_CORRUPT, "C stream, batch {position}");
+            break;
+        }
+        if array.release.is_none() {
+            break;
+        }
+        // SAFETY: an array of the stream's struct type, released by the import.
+        let data = unsafe {
+            arrow_array::ffi::from_ffi_and_data_type(
+                array.into_ffi(),
+                DataType::Struct(fields.clone()),
+            )
+        }
+        .unwrap();
+        if let Err(err) = data.validate_full() {
+            panic!("C stream, batch {position}: an invalid array was handed out: {err}");
+        }
+        if exact {
+            let batch = RecordBatch::from(StructArray::from(data));
+            let saved = seed.batches.get(position).map(RecordBatch::columns);
+            assert_eq!(Some(batch.columns()), saved, "C stream, batch {position}");
+        }
+    }
+    // SAFETY: a live stream, released once; then the cache, freed once.
+    unsafe {
+        (stream.release.unwrap())(&mut stream);
+        batchcorder::cache::bc_cache_free(cache);
+    }
+}
+
 fuzz_target!(|input: Input| {
     let seeds = seeds();
     let seed = &seeds[input.seed as usize % seeds.len()];
@@ -462,5 +540,6 @@ fuzz_target!(|input: Input| {
             }
         }
         assert!(cache.stats().is_ok(), "{verify:?}: the cache is poisoned");
+        read_through_c(&save, verify, seed, checked && exact_when_checked);
     }
 });
