@@ -97,18 +97,13 @@ impl OwnImage {
                 let buffers = next;
                 // SAFETY: `addresses` holds `n_buffers` for each column, in this order.
                 next = unsafe { next.add(n_buffers) };
-                batchcorder_cdata::abi::ArrowArray {
-                    length: column.len() as i64,
-                    null_count: column.null_count() as i64,
-                    offset: offset as i64,
-                    n_buffers: n_buffers as i64,
-                    n_children: 0,
+                batchcorder_cdata::abi::ArrowArray::leaf(
+                    column.len() as i64,
+                    column.null_count() as i64,
+                    offset as i64,
                     buffers,
-                    children: ptr::null_mut(),
-                    dictionary: ptr::null_mut(),
-                    release: None,
-                    private_data: ptr::null_mut(),
-                }
+                    n_buffers,
+                )
             });
         let image = FlatImage::of_leaves(batch.num_rows() as i64, nodes);
         Self {
@@ -208,19 +203,13 @@ impl Leaves for SavedLeaves {
     fn column(&self, index: usize) -> batchcorder_cdata::abi::ArrowArray {
         let column = &self.0.columns()[index];
         let buffers = column.buffers();
-        batchcorder_cdata::abi::ArrowArray {
-            length: self.0.rows() as i64,
-            null_count: column.null_count() as i64,
-            offset: 0,
-            n_buffers: buffers.len() as i64,
-            n_children: 0,
-            // Read only, as the C Data Interface promises of a consumer.
-            buffers: buffers.as_ptr().cast_mut(),
-            children: ptr::null_mut(),
-            dictionary: ptr::null_mut(),
-            release: None,
-            private_data: ptr::null_mut(),
-        }
+        batchcorder_cdata::abi::ArrowArray::leaf(
+            self.0.rows() as i64,
+            column.null_count() as i64,
+            0,
+            buffers.as_ptr(),
+            buffers.len(),
+        )
     }
 }
 

@@ -93,6 +93,30 @@ impl ArrowArray {
         private_data: std::ptr::null_mut(),
     };
 
+    /// A node of an image with no children and no dictionary, released with its owner:
+    /// `n_buffers` buffer addresses at `buffers`, read only, as the interface promises a
+    /// consumer.
+    pub const fn leaf(
+        length: i64,
+        null_count: i64,
+        offset: i64,
+        buffers: *const *const c_void,
+        n_buffers: usize,
+    ) -> Self {
+        Self {
+            length,
+            null_count,
+            offset,
+            n_buffers: n_buffers as i64,
+            n_children: 0,
+            buffers: buffers.cast_mut(),
+            children: std::ptr::null_mut(),
+            dictionary: std::ptr::null_mut(),
+            release: None,
+            private_data: std::ptr::null_mut(),
+        }
+    }
+
     /// arrow-rs's array as this struct, to read its members.
     #[inline]
     pub fn of_ffi(array: &FFI_ArrowArray) -> &Self {

@@ -874,18 +874,13 @@ mod tests {
         fn column(&self, index: usize) -> ArrowArray {
             let column = self.batch.column(index);
             let buffers = &self.buffers[index];
-            ArrowArray {
-                length: column.len() as i64,
-                null_count: column.null_count() as i64,
-                offset: 0,
-                n_buffers: buffers.len() as i64,
-                n_children: 0,
-                buffers: buffers.as_ptr().cast_mut(),
-                children: ptr::null_mut(),
-                dictionary: ptr::null_mut(),
-                release: None,
-                private_data: ptr::null_mut(),
-            }
+            ArrowArray::leaf(
+                column.len() as i64,
+                column.null_count() as i64,
+                0,
+                buffers.as_ptr(),
+                buffers.len(),
+            )
         }
     }
 
