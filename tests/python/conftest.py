@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from temporary import temporary_directory  # noqa: F401 (the suite imports it from here too)
+
 STRESS_SCALE = max(1, int(os.environ.get("BC_STRESS_SCALE", "1")))
 TEST_TIMEOUT = float(os.environ.get("BC_TEST_TIMEOUT", "300")) * STRESS_SCALE
 
@@ -24,20 +26,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(limit)
 
 
+
 def posix_only(reason: str) -> pytest.MarkDecorator:
     """Skips a test on Windows, where what it exercises does not exist (fork, POSIX
     signals, file modes, /proc); `reason` says which. docs/processes.md ("Windows") says
     what Windows does instead."""
     return pytest.mark.skipif(sys.platform == "win32", reason=f"POSIX only: {reason}")
-
-
-def temporary_directory(prefix: str | None = None) -> "tempfile.TemporaryDirectory[str]":
-    """A temporary folder for caches and saves. On Windows a file stays while an array a
-    test still holds maps it (docs/processes.md, "Windows"), so what cannot be deleted on
-    leaving is left to the system's temporary folder there; elsewhere any failure raises."""
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=sys.platform == "win32")
 
 
 def windows_memory_kib(peak: bool = False) -> int:

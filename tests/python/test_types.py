@@ -92,7 +92,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import temporary_directory
+from temporary import temporary_directory
 
 from batchcorder import StreamCache
 
