@@ -12,9 +12,10 @@ pass included) as the first processes to read a new save do; `ours-verify-always
 checks every batch's checksum. `--before DIR` adds the same two
 sides for another build of batchcorder installed in DIR (`pip install --target DIR
 <wheel>`), interleaved with the others: a before-and-after in one run.
-Workers are fresh processes that start together; each reports the wall-clock span of
-its timed part (open, read every batch, sum its columns) and its peak RSS growth over
-that part. Total time is from the first worker's start to the last one's end. Rounds
+Workers are fresh processes that import everything, then wait until all have, and start
+their timed part (open, read every batch, sum its columns) together; each reports that
+part's wall-clock span, CPU time and peak RSS growth. Total time is from the first
+worker's start to the last one's end; CPU is the sum over the workers. Rounds
 interleave the sides; the figures are medians. The page cache is warm for both sides.
 """
 
@@ -58,7 +59,9 @@ def worker(side: str, path: str) -> None:
     consume([pa.record_batch({"i": [1], "s": ["a"]})])  # load the compute kernels first
     reset_peak_rss()
     start_rss = proc_status_bytes("VmRSS") / (1 << 20)
-    start = time.time()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the go, once every worker has imported
+    start, start_cpu = time.time(), time.process_time()
     if side == "mmap":
         with pa.memory_map(os.path.join(path, "data.arrow")) as source:
             reader = pa.ipc.open_file(source)
@@ -69,9 +72,10 @@ def worker(side: str, path: str) -> None:
         verify = True if side.endswith("verify-always") else None
         with StreamCache.open(path, verify=verify) as cache:
             total = consume(cache)
-    end = time.time()
+    end, cpu = time.time(), time.process_time() - start_cpu
     peak = proc_status_bytes("VmHWM") / (1 << 20)
-    print(json.dumps({"start": start, "end": end, "rss_growth_mib": peak - start_rss, "sum": total}))
+    print(json.dumps({"start": start, "end": end, "cpu": cpu, "rss_growth_mib": peak - start_rss,
+                      "sum": total}))
 
 
 def make_save(path: Path, gib: float) -> pa.Schema:
@@ -98,11 +102,22 @@ def run_workers(side: str, path: Path, before: str | None) -> dict:
     if side == "ours-first":
         (path / "validated.json").unlink(missing_ok=True)
     command = [sys.executable, __file__, "--worker", side, str(path)]
-    env = dict(os.environ)
+    # numpy's OpenBLAS threads spin for a while after import; on 2 cores, four workers'
+    # spinning threads would take turns from the timed parts, on either side.
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     if side.startswith("before"):
         env["PYTHONPATH"] = before
-    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
              for _ in range(WORKERS)]
+    # Imports take longer than the timed part; workers whose clocks ran while others
+    # imported would time the imports' contention, not the reads'.
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{side} worker failed before its timed part")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     results = []
     for proc in procs:
         out, _ = proc.communicate()
@@ -112,6 +127,7 @@ def run_workers(side: str, path: Path, before: str | None) -> dict:
     assert len({r["sum"] for r in results}) == 1, results
     return {
         "seconds": max(r["end"] for r in results) - min(r["start"] for r in results),
+        "cpu_seconds": sum(r["cpu"] for r in results),
         "rss_growth_mib": sum(r["rss_growth_mib"] for r in results),
         "sum": results[0]["sum"],
     }
@@ -182,19 +198,22 @@ def main() -> None:
     StreamCache(table.to_reader(max_chunksize=10)).persist(small)
     inside_ms, fresh_ms = open_times(small, 3 if args.quick else 11)
 
-    med = {side: {k: statistics.median(r[k] for r in results[side]) for k in ("seconds", "rss_growth_mib")}
+    med = {side: {k: statistics.median(r[k] for r in results[side])
+                  for k in ("seconds", "cpu_seconds", "rss_growth_mib")}
            for side in sides}
     budget = 0.10 * WORKERS * data_bytes / (1 << 20)
     lines = [
         f"# Persisted caches across processes ({WORKERS} workers, "
         f"{data_bytes / (1 << 30):.2f} GiB save, median of {rounds} rounds)",
         "",
-        "| side | total s | vs pa.memory_map | sum of RSS growth MiB |",
-        "|---|---|---|---|",
+        "| side | total s | vs pa.memory_map | CPU s, all workers | vs pa.memory_map "
+        "| sum of RSS growth MiB |",
+        "|---|---|---|---|---|---|",
     ]
     for side in sides:
         m = med[side]
         lines.append(f"| {side} | {m['seconds']:.3f} | {m['seconds'] / med['mmap']['seconds']:.2f}x "
+                     f"| {m['cpu_seconds']:.3f} | {m['cpu_seconds'] / med['mmap']['cpu_seconds']:.2f}x "
                      f"| {m['rss_growth_mib']:.0f} |")
     lines += [
         "",
