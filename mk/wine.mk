@@ -5,8 +5,8 @@
 #
 #   make test-c-windows    # part of make test
 #   make wine-prefix       # the tools (installed from Debian's packages when missing) and
-#                          # the wine prefix, target/wineprefix, made once (as
-#                          # make test-windows-rust's, mk/windows.mk)
+#                          # the wine prefix, target/wineprefix, made once (make
+#                          # test-windows-rust and test-wheel-windows use it too)
 #
 # The library is the Windows wheel's compile (wheel-x86_64-pc-windows-gnu), never a second
 # one. The programs are linked against its import library, libbatchcorder.dll.a, with
