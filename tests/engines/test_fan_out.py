@@ -3,23 +3,31 @@ once with max_readers equal to the read tasks of a Ray job and a Dask job that r
 the same time. Every task sees every row of its shard, every batch is dropped once all
 four passed it. How far apart the readers get depends on the scheduling, so the cache
 has a memory capacity and a disk tier: the server's memory stays under the capacity
-whatever the lag, and the disk holds only what some task has not passed yet."""
+whatever the lag, and the disk holds only what some task has not passed yet.
+
+That the jobs overlap is checked without a clock: the source holds its third batch back
+until the cache's counters show all four tasks past the first two batches (each had its
+first batch), and records what it saw. Were one job to finish before the other began,
+or an engine to run its two tasks one after the other, that never happens and the wait
+ends at the deadline with the test failing."""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
 from conftest import WAIT
 
-from batchcorder import StreamCache
+from batchcorder import CacheStats, StreamCache
 from batchcorder.flight import CacheServer
 
 BATCHES = 64
 ROWS = 131_072  # 1 MiB of int64 per batch
 TOTAL_BYTES = BATCHES * ROWS * 8
 CAPACITY = 8 << 20
+GATE = 2  # the batch the source holds back until every task has had its first
 
 
 def rss_bytes() -> int:
@@ -35,9 +43,16 @@ def test_a_ray_job_and_a_dask_job_share_one_single_use_source(ray_session, dask_
     from batchcorder.ray import read_cache as ray_read
 
     pulled = []
+    held_back: list[CacheStats] = []
 
     def single_use():
         for i in range(BATCHES):
+            if i == GATE:
+                # No raise here: the cache would pass it to the tasks. The assert below says.
+                deadline = time.monotonic() + WAIT
+                while cache.stats().batches_evicted < GATE and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                held_back.append(cache.stats())
             pulled.append(i)
             yield pa.record_batch({"x": pa.array(range(i * ROWS, (i + 1) * ROWS), pa.int64())})
 
@@ -74,6 +89,10 @@ def test_a_ray_job_and_a_dask_job_share_one_single_use_source(ray_session, dask_
         watcher.join(WAIT)
         stats = cache.stats()
     assert results == {"ray": expected, "dask": expected}
+    # Each job's two tasks had each read a batch before the source went on, so neither job
+    # had finished before the other began: the two read the stream at the same time.
+    [seen] = held_back
+    assert (seen.readers_created, seen.batches_evicted, seen.batches_ingested) == (4, GATE, GATE), seen
     assert pulled == list(range(BATCHES))  # the source was read once
     assert (stats.readers_created, stats.readers_live) == (4, 0)
     assert stats.batches_evicted == BATCHES
