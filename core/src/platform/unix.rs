@@ -223,6 +223,14 @@ pub(crate) fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// Remove the file `path`, whose lock `held` holds if given, then release the lock: a
+/// removed name is gone at once, so no one finds it unlocked. `aside` is Windows's.
+pub(crate) fn remove_locked(path: &Path, held: Option<File>, _aside: &Path) -> std::io::Result<()> {
+    let removed = std::fs::remove_file(path);
+    drop(held);
+    removed
+}
+
 /// A `flock` on a folder, released when dropped.
 #[derive(Debug)]
 pub(crate) struct FolderLock {

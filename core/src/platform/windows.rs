@@ -241,6 +241,18 @@ pub(crate) fn try_lock(file: &File) -> bool {
     lock(file, LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY)
 }
 
+/// Remove the file `path`, whose lock `held` holds if given: an open file keeps its
+/// name (and so its folder) until closed, so it is renamed to `aside`, a name no one takes
+/// for a locked file, then closed, then removed.
+pub(crate) fn remove_locked(path: &Path, held: Option<File>, aside: &Path) -> std::io::Result<()> {
+    let Some(held) = held else {
+        return std::fs::remove_file(path);
+    };
+    std::fs::rename(path, aside)?;
+    drop(held);
+    std::fs::remove_file(aside)
+}
+
 /// The folder, in the user's temporary folder, of the lock files that stand for folders'
 /// locks: Windows locks no folder, and a lock file in the folder itself would be a file
 /// batchcorder leaves in the user's folders.
