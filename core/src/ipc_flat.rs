@@ -19,14 +19,13 @@ use arrow_array::{
     downcast_primitive, ArrayRef, ArrowPrimitiveType, BooleanArray, FixedSizeBinaryArray,
     GenericByteArray, PrimitiveArray, RecordBatch,
 };
-use arrow_buffer::bit_chunk_iterator::UnalignedBitChunk;
 use arrow_buffer::{
     ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer,
 };
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 
 use crate::storage::{Allocations, Derived};
-use crate::validate::{check_offset_values, Utf8};
+use crate::validate::{check_null_count, check_offset_values, Utf8};
 
 /// Whether every column of `schema` is of a type decoded here.
 pub(crate) fn is_flat(schema: &SchemaRef) -> bool {
@@ -156,14 +155,7 @@ impl FlatBuffers {
                 _ => {}
             }
             if column.null_count > 0 {
-                let bitmap = self.bytes(column, 0);
-                let actual = self.rows - UnalignedBitChunk::new(bitmap, 0, self.rows).count_ones();
-                if actual != column.null_count {
-                    return Err(ArrowError::InvalidArgumentError(format!(
-                        "null_count value ({}) doesn't match actual number of nulls in array ({actual})",
-                        column.null_count
-                    )));
-                }
+                check_null_count(self.bytes(column, 0), 0, self.rows, column.null_count)?;
             }
         }
         Ok(())
@@ -205,6 +197,89 @@ impl FlatColumn {
     #[inline]
     pub fn buffers(&self) -> &[*const c_void] {
         &self.addresses[..self.n_buffers]
+    }
+}
+
+/// What [`decode`] learnt of one message: its rows, and each column's null count and
+/// where its buffers lie in the message, so that a later read of the same bytes makes its
+/// [`FlatBuffers`] without parsing the message again. Packed in `u32`s, `rows` first, then
+/// per column `null_count << 2 | buffers`, then each buffer's start in the message and
+/// its length (none for the bitmap of a column without nulls): 80 bytes for the five
+/// columns of `bench/small_batches.py`.
+#[derive(Debug)]
+pub(crate) struct Layout(Box<[u32]>);
+
+/// A layout holds at most this many words (a batch of 40 to 80 flat columns): wider
+/// batches are parsed on every read, so that a save's layouts stay a small part of it.
+const LAYOUT_WORDS: usize = 256;
+/// The start of [`NO_OFFSETS`] in a layout: not in the message.
+const NO_OFFSETS_AT: u32 = u32::MAX;
+
+impl Layout {
+    /// The layout of `flat`; `None` if it is too wide for [`LAYOUT_WORDS`], or a number
+    /// in it takes more than 32 bits.
+    pub(crate) fn of(flat: &FlatBuffers) -> Option<Self> {
+        let stored = |column: &FlatColumn| column.n_buffers - usize::from(column.null_count == 0);
+        let words = 1 + flat
+            .columns
+            .iter()
+            .map(|c| 1 + 2 * stored(c))
+            .sum::<usize>();
+        if words > LAYOUT_WORDS {
+            return None;
+        }
+        let word = |n: usize| u32::try_from(n).ok();
+        let base = flat.message.as_ptr().addr();
+        let mut packed = Vec::with_capacity(words);
+        packed.push(word(flat.rows)?);
+        for column in &flat.columns {
+            let null_count = word(column.null_count)?.checked_mul(4)?;
+            packed.push(null_count | column.n_buffers as u32);
+            for index in column.n_buffers - stored(column)..column.n_buffers {
+                let address = column.addresses[index];
+                let start = match std::ptr::eq(address, no_offsets()) {
+                    true => NO_OFFSETS_AT,
+                    false => word(address.addr() - base).filter(|&at| at != NO_OFFSETS_AT)?,
+                };
+                packed.extend([start, word(column.lengths[index])?]);
+            }
+        }
+        Some(Self(packed.into_boxed_slice()))
+    }
+
+    /// The batch of `schema` that `message` holds, whose layout this is.
+    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
+        // `message` is the very bytes this layout was learnt from, which `decode` checked
+        // (the same entry of an immutable file): every buffer lies inside it.
+        let mut words = self.0.iter().map(|&word| word as usize);
+        let mut next = || words.next().unwrap_or_default();
+        let rows = next();
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for _ in schema.fields().iter() {
+            let head = next();
+            let (null_count, n_buffers) = (head >> 2, head & 3);
+            let mut column = FlatColumn {
+                null_count,
+                n_buffers,
+                addresses: [std::ptr::null(); 3],
+                lengths: [0; 3],
+            };
+            for index in usize::from(null_count == 0)..n_buffers {
+                let start = next();
+                column.addresses[index] = match start == NO_OFFSETS_AT as usize {
+                    true => no_offsets(),
+                    false => message.as_ptr().wrapping_add(start).cast(),
+                };
+                column.lengths[index] = next();
+            }
+            columns.push(column);
+        }
+        FlatBuffers {
+            schema: schema.clone(),
+            rows,
+            message: message.clone(),
+            columns,
+        }
     }
 }
 
@@ -674,6 +749,70 @@ mod tests {
                 let values = ours.column(3).to_data().buffers()[0].as_ptr() as usize;
                 assert!(range.contains(&values), "{name}");
             }
+        }
+    }
+
+    /// A layout makes the batch its message was decoded into, from the same bytes at
+    /// another address too (a window mapped again), for every flat type.
+    #[test]
+    fn a_layout_makes_the_batch_decode_made() {
+        let whole = every_flat_type(13);
+        let cases = [
+            ("whole", whole.clone()),
+            ("sliced", whole.slice(3, 9)),
+            ("one row", whole.slice(1, 1)),
+            ("empty", whole.slice(5, 0)),
+        ];
+        for (name, batch) in cases {
+            let (bytes, metadata_len) = encode(&batch);
+            let first = Buffer::from_slice_ref(&bytes);
+            let schema = batch.schema();
+            let header = check_message(&first, metadata_len, false).unwrap();
+            let decoded = decode(&schema, header, &first, metadata_len)
+                .unwrap()
+                .expect("decoded here");
+            decoded.validate(Utf8::Check).unwrap();
+            let layout = Layout::of(&decoded).expect("small enough");
+            assert!(layout.0.len() <= 1 + 7 * schema.fields().len(), "{name}");
+            let again = layout.flat(&schema, &first);
+            assert_eq!(again.rows(), decoded.rows(), "{name}");
+            for (ours, theirs) in again.columns().iter().zip(decoded.columns()) {
+                assert_eq!(ours.null_count(), theirs.null_count(), "{name}");
+                assert_eq!(ours.buffers(), theirs.buffers(), "{name}");
+                assert_eq!(ours.lengths, theirs.lengths, "{name}");
+            }
+            let elsewhere = Buffer::from_slice_ref(&bytes);
+            assert_ne!(elsewhere.as_ptr(), first.as_ptr());
+            let moved = layout.flat(&schema, &elsewhere).to_batch().unwrap();
+            assert_eq!(moved, batch, "{name}");
+            let inside = elsewhere.as_ptr().addr()..elsewhere.as_ptr().addr() + elsewhere.len();
+            if batch.num_rows() > 0 {
+                let values = moved.column(3).to_data().buffers()[0].as_ptr().addr();
+                assert!(inside.contains(&values), "{name}");
+            }
+        }
+    }
+
+    /// A batch too wide for a small layout gets none, and is parsed on each read.
+    #[test]
+    fn a_wide_batch_keeps_no_layout() {
+        let columns = |n: usize| {
+            let arrays = (0..n).map(|i| {
+                let column: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None]));
+                (format!("c{i}"), column)
+            });
+            RecordBatch::try_from_iter(arrays).unwrap()
+        };
+        // A column with nulls takes 5 words: one for the rows, 51 columns are 256.
+        for (n, kept) in [(51, true), (52, false)] {
+            let batch = columns(n);
+            let (bytes, metadata_len) = encode(&batch);
+            let bytes = Buffer::from_slice_ref(&bytes);
+            let header = check_message(&bytes, metadata_len, false).unwrap();
+            let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
+                .unwrap()
+                .unwrap();
+            assert_eq!(Layout::of(&decoded).is_some(), kept, "{n} columns");
         }
     }
 
