@@ -202,24 +202,45 @@ impl FlatColumn {
 
 /// What [`decode`] learnt of one message: its rows, and each column's null count and
 /// where its buffers lie in the message, so that a later read of the same bytes makes its
-/// [`FlatBuffers`] without parsing the message again. Packed in `u32`s, `rows` first, then
+/// [`FlatBuffers`] without parsing the message again. Packed in words, `rows` first, then
 /// per column `null_count << 2 | buffers`, then each buffer's start in the message and
-/// its length (none for the bitmap of a column without nulls): 80 bytes for the five
-/// columns of `bench/small_batches.py`.
+/// its length (none for the bitmap of a column without nulls); `u16`s when they all fit
+/// (40 bytes for the five columns of `bench/small_batches.py`), else `u32`s.
 #[derive(Debug)]
-pub(crate) struct Layout(Box<[u32]>);
+pub(crate) enum Layout {
+    Narrow(Box<[u16]>),
+    Wide(Box<[u32]>),
+}
 
 /// A layout holds at most this many words (a batch of 40 to 80 flat columns): wider
 /// batches are parsed on every read, so that a save's layouts stay a small part of it.
 const LAYOUT_WORDS: usize = 256;
-/// The start of [`NO_OFFSETS`] in a layout: not in the message.
-const NO_OFFSETS_AT: u32 = u32::MAX;
+
+/// A layout's word.
+trait Word: Copy + Eq + TryFrom<usize> {
+    /// The start of [`NO_OFFSETS`]: not in the message.
+    const NO_OFFSETS_AT: Self;
+    fn to_usize(self) -> usize;
+}
+
+impl Word for u16 {
+    const NO_OFFSETS_AT: Self = u16::MAX;
+    fn to_usize(self) -> usize {
+        self.into()
+    }
+}
+
+impl Word for u32 {
+    const NO_OFFSETS_AT: Self = u32::MAX;
+    fn to_usize(self) -> usize {
+        self as usize
+    }
+}
 
 impl Layout {
     /// The layout of `flat`; `None` if it is too wide for [`LAYOUT_WORDS`], or a number
     /// in it takes more than 32 bits.
     pub(crate) fn of(flat: &FlatBuffers) -> Option<Self> {
-        let stored = |column: &FlatColumn| column.n_buffers - usize::from(column.null_count == 0);
         let words = 1 + flat
             .columns
             .iter()
@@ -228,58 +249,77 @@ impl Layout {
         if words > LAYOUT_WORDS {
             return None;
         }
-        let word = |n: usize| u32::try_from(n).ok();
-        let base = flat.message.as_ptr().addr();
-        let mut packed = Vec::with_capacity(words);
-        packed.push(word(flat.rows)?);
-        for column in &flat.columns {
-            let null_count = word(column.null_count)?.checked_mul(4)?;
-            packed.push(null_count | column.n_buffers as u32);
-            for index in column.n_buffers - stored(column)..column.n_buffers {
-                let address = column.addresses[index];
-                let start = match std::ptr::eq(address, no_offsets()) {
-                    true => NO_OFFSETS_AT,
-                    false => word(address.addr() - base).filter(|&at| at != NO_OFFSETS_AT)?,
-                };
-                packed.extend([start, word(column.lengths[index])?]);
-            }
+        match pack::<u16>(flat, words) {
+            Some(narrow) => Some(Self::Narrow(narrow)),
+            None => pack::<u32>(flat, words).map(Self::Wide),
         }
-        Some(Self(packed.into_boxed_slice()))
     }
 
     /// The batch of `schema` that `message` holds, whose layout this is.
     pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
-        // `message` is the very bytes this layout was learnt from, which `decode` checked
-        // (the same entry of an immutable file): every buffer lies inside it.
-        let mut words = self.0.iter().map(|&word| word as usize);
-        let mut next = || words.next().unwrap_or_default();
-        let rows = next();
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for _ in schema.fields().iter() {
-            let head = next();
-            let (null_count, n_buffers) = (head >> 2, head & 3);
-            let mut column = FlatColumn {
-                null_count,
-                n_buffers,
-                addresses: [std::ptr::null(); 3],
-                lengths: [0; 3],
+        match self {
+            Self::Narrow(words) => unpack(words, schema, message),
+            Self::Wide(words) => unpack(words, schema, message),
+        }
+    }
+}
+
+/// Buffers of `column` that a layout lists: its bitmap only if it has nulls.
+fn stored(column: &FlatColumn) -> usize {
+    column.n_buffers - usize::from(column.null_count == 0)
+}
+
+/// The layout of `flat` in `words` words of `W`, if every number fits one.
+fn pack<W: Word>(flat: &FlatBuffers, words: usize) -> Option<Box<[W]>> {
+    let word = |n: usize| W::try_from(n).ok().filter(|&w| w != W::NO_OFFSETS_AT);
+    let base = flat.message.as_ptr().addr();
+    let mut packed = Vec::with_capacity(words);
+    packed.push(word(flat.rows)?);
+    for column in &flat.columns {
+        packed.push(word(column.null_count.checked_mul(4)? | column.n_buffers)?);
+        for index in column.n_buffers - stored(column)..column.n_buffers {
+            let address = column.addresses[index];
+            let start = match std::ptr::eq(address, no_offsets()) {
+                true => W::NO_OFFSETS_AT,
+                false => word(address.addr() - base)?,
             };
-            for index in usize::from(null_count == 0)..n_buffers {
-                let start = next();
-                column.addresses[index] = match start == NO_OFFSETS_AT as usize {
-                    true => no_offsets(),
-                    false => message.as_ptr().wrapping_add(start).cast(),
-                };
-                column.lengths[index] = next();
-            }
-            columns.push(column);
+            packed.extend([start, word(column.lengths[index])?]);
         }
-        FlatBuffers {
-            schema: schema.clone(),
-            rows,
-            message: message.clone(),
-            columns,
+    }
+    Some(packed.into_boxed_slice())
+}
+
+fn unpack<W: Word>(words: &[W], schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
+    // `message` is the very bytes this layout was learnt from, which `decode` checked
+    // (the same entry of an immutable file): every buffer lies inside it.
+    let mut words = words.iter().copied();
+    let mut next = || words.next().unwrap_or(W::NO_OFFSETS_AT);
+    let rows = next().to_usize();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for _ in schema.fields().iter() {
+        let head = next().to_usize();
+        let (null_count, n_buffers) = (head >> 2, head & 3);
+        let mut column = FlatColumn {
+            null_count,
+            n_buffers,
+            addresses: [std::ptr::null(); 3],
+            lengths: [0; 3],
+        };
+        for index in usize::from(null_count == 0)..n_buffers {
+            let start = next();
+            column.addresses[index] = match start == W::NO_OFFSETS_AT {
+                true => no_offsets(),
+                false => message.as_ptr().wrapping_add(start.to_usize()).cast(),
+            };
+            column.lengths[index] = next().to_usize();
         }
+        columns.push(column);
+    }
+    FlatBuffers {
+        schema: schema.clone(),
+        rows,
+        message: message.clone(),
+        columns,
     }
 }
 
@@ -753,7 +793,8 @@ mod tests {
     }
 
     /// A layout makes the batch its message was decoded into, from the same bytes at
-    /// another address too (a window mapped again), for every flat type.
+    /// another address too (a window mapped again), for every flat type; in `u16`s for a
+    /// message under 64 KiB.
     #[test]
     fn a_layout_makes_the_batch_decode_made() {
         let whole = every_flat_type(13);
@@ -762,6 +803,7 @@ mod tests {
             ("sliced", whole.slice(3, 9)),
             ("one row", whole.slice(1, 1)),
             ("empty", whole.slice(5, 0)),
+            ("over 64 KiB", every_flat_type(4000)),
         ];
         for (name, batch) in cases {
             let (bytes, metadata_len) = encode(&batch);
@@ -773,7 +815,8 @@ mod tests {
                 .expect("decoded here");
             decoded.validate(Utf8::Check).unwrap();
             let layout = Layout::of(&decoded).expect("small enough");
-            assert!(layout.0.len() <= 1 + 7 * schema.fields().len(), "{name}");
+            let narrow = matches!(layout, Layout::Narrow(_));
+            assert_eq!(narrow, bytes.len() < u16::MAX as usize, "{name}");
             let again = layout.flat(&schema, &first);
             assert_eq!(again.rows(), decoded.rows(), "{name}");
             for (ours, theirs) in again.columns().iter().zip(decoded.columns()) {
