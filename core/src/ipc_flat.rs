@@ -217,14 +217,19 @@ pub(crate) enum Layout {
 const LAYOUT_WORDS: usize = 256;
 
 /// A layout's word.
-trait Word: Copy + Eq + TryFrom<usize> {
+trait Word: Copy + Eq {
     /// The start of [`NO_OFFSETS`]: not in the message.
     const NO_OFFSETS_AT: Self;
+    /// `n`, which [`Layout::of`] found to fit.
+    fn of(n: usize) -> Self;
     fn to_usize(self) -> usize;
 }
 
 impl Word for u16 {
     const NO_OFFSETS_AT: Self = u16::MAX;
+    fn of(n: usize) -> Self {
+        n as u16
+    }
     fn to_usize(self) -> usize {
         self.into()
     }
@@ -232,26 +237,38 @@ impl Word for u16 {
 
 impl Word for u32 {
     const NO_OFFSETS_AT: Self = u32::MAX;
+    fn of(n: usize) -> Self {
+        n as u32
+    }
     fn to_usize(self) -> usize {
         self as usize
     }
 }
 
 impl Layout {
-    /// The layout of `flat`; `None` if it is too wide for [`LAYOUT_WORDS`], or a number
-    /// in it takes more than 32 bits.
+    /// The layout of `flat`; `None` if it is too wide for [`LAYOUT_WORDS`], or its
+    /// numbers take more than 32 bits.
     pub(crate) fn of(flat: &FlatBuffers) -> Option<Self> {
-        let words = 1 + flat
-            .columns
-            .iter()
-            .map(|c| 1 + 2 * stored(c))
-            .sum::<usize>();
+        let (mut words, mut nulls) = (1, 0);
+        for column in &flat.columns {
+            words += 1 + 2 * stored(column);
+            nulls = nulls.max(column.null_count);
+        }
         if words > LAYOUT_WORDS {
             return None;
         }
-        match pack::<u16>(flat, words) {
-            Some(narrow) => Some(Self::Narrow(narrow)),
-            None => pack::<u32>(flat, words).map(Self::Wide),
+        // Every buffer lies in the message (`decode`), so its start and length are below
+        // the message's length; a column's head is `null_count << 2 | buffers`; `rows`
+        // may exceed the message's bytes (a fixed-size binary of width 0).
+        let largest = flat
+            .message
+            .len()
+            .max(flat.rows)
+            .max(nulls.checked_mul(4)? | 3);
+        match largest {
+            _ if largest < u16::MAX as usize => Some(Self::Narrow(pack(flat, words))),
+            _ if largest < u32::MAX as usize => Some(Self::Wide(pack(flat, words))),
+            _ => None,
         }
     }
 
@@ -269,24 +286,23 @@ fn stored(column: &FlatColumn) -> usize {
     column.n_buffers - usize::from(column.null_count == 0)
 }
 
-/// The layout of `flat` in `words` words of `W`, if every number fits one.
-fn pack<W: Word>(flat: &FlatBuffers, words: usize) -> Option<Box<[W]>> {
-    let word = |n: usize| W::try_from(n).ok().filter(|&w| w != W::NO_OFFSETS_AT);
+/// The layout of `flat` in `words` words of `W`, each number below `W::NO_OFFSETS_AT`.
+fn pack<W: Word>(flat: &FlatBuffers, words: usize) -> Box<[W]> {
     let base = flat.message.as_ptr().addr();
     let mut packed = Vec::with_capacity(words);
-    packed.push(word(flat.rows)?);
+    packed.push(W::of(flat.rows));
     for column in &flat.columns {
-        packed.push(word(column.null_count.checked_mul(4)? | column.n_buffers)?);
+        packed.push(W::of(column.null_count << 2 | column.n_buffers));
         for index in column.n_buffers - stored(column)..column.n_buffers {
             let address = column.addresses[index];
-            let start = match std::ptr::eq(address, no_offsets()) {
+            packed.push(match std::ptr::eq(address, no_offsets()) {
                 true => W::NO_OFFSETS_AT,
-                false => word(address.addr() - base)?,
-            };
-            packed.extend([start, word(column.lengths[index])?]);
+                false => W::of(address.addr() - base),
+            });
+            packed.push(W::of(column.lengths[index]));
         }
     }
-    Some(packed.into_boxed_slice())
+    packed.into_boxed_slice()
 }
 
 fn unpack<W: Word>(words: &[W], schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
@@ -834,6 +850,30 @@ mod tests {
                 assert!(inside.contains(&values), "{name}");
             }
         }
+    }
+
+    /// Rows that take more than 16 bits in a short message (values of no bytes) take a
+    /// layout of `u32`s.
+    #[test]
+    fn many_rows_of_no_bytes_take_wide_words() {
+        let rows = 70_000;
+        let empty =
+            FixedSizeBinaryArray::try_new_with_len(0, Buffer::from(Vec::<u8>::new()), None, rows);
+        let batch =
+            RecordBatch::try_from_iter([("empty", Arc::new(empty.unwrap()) as ArrayRef)]).unwrap();
+        let (bytes, metadata_len) = encode(&batch);
+        assert!(bytes.len() < 1000);
+        let bytes = Buffer::from_slice_ref(&bytes);
+        let header = check_message(&bytes, metadata_len, false).unwrap();
+        let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
+            .unwrap()
+            .unwrap();
+        let layout = Layout::of(&decoded).unwrap();
+        assert!(matches!(layout, Layout::Wide(_)));
+        assert_eq!(
+            layout.flat(&batch.schema(), &bytes).to_batch().unwrap(),
+            batch
+        );
     }
 
     /// A batch too wide for a small layout gets none, and is parsed on each read.
