@@ -289,19 +289,19 @@ struct Known {
     /// For a batch of a persisted file: how it is checked on its first read; `None` for
     /// the spill files this process wrote.
     check: Option<Check>,
-    /// Set by a decode that passed the check: the batch's flat layout, or `None` when
-    /// arrow-ipc decodes it. Unset for a layout too wide to keep.
-    layout: std::sync::OnceLock<Option<Layout>>,
+    /// Set by the first decode (after the check passed): the batch's flat layout, or
+    /// `None` when arrow-ipc decodes it.
+    learnt: std::sync::OnceLock<Option<Layout>>,
 }
 
 /// How a persisted batch is checked on its first read in this process: against its
 /// checksum when the cache verifies, and always by a full validation (`crate::validate`),
-/// its dictionaries with it. Once passed, later reads of the same bytes skip both.
+/// its dictionaries with it. Once passed (`Known::learnt` set), later reads of the same
+/// bytes skip both.
 #[derive(Debug)]
 pub(crate) struct Check {
     checksum: Option<u64>,
     validation: Arc<Validation>,
-    passed: std::sync::atomic::AtomicBool,
 }
 
 impl Check {
@@ -311,7 +311,6 @@ impl Check {
         Self {
             checksum,
             validation,
-            passed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -324,12 +323,7 @@ impl DiskEntry {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
         let bytes = self.batch.bytes()?;
-        let check = self
-            .known
-            .check
-            .as_ref()
-            .filter(|check| !check.passed.load(Ordering::Acquire));
-        let Some(check) = check else {
+        let (Some(check), None) = (&self.known.check, self.known.learnt.get()) else {
             // Our own spill files, or a persisted batch that passed its check.
             return self.decode(schema, &bytes).map(Decoded::cached);
         };
@@ -364,8 +358,7 @@ impl DiskEntry {
         });
         let decoded = checked
             .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
-        self.learn(&decoded);
-        if !check.passed.swap(true, Ordering::AcqRel) {
+        if self.learn(&decoded) {
             check.validation.passed();
         }
         Ok(decoded.cached())
@@ -376,8 +369,13 @@ impl DiskEntry {
     fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<Decoded> {
         // A layout is learnt from these very bytes (this entry's, in a file never
         // written again), after they passed their checks: no check is needed to reuse it.
-        match self.known.layout.get() {
-            Some(Some(layout)) => return Ok(Decoded::Flat(layout.flat(schema, bytes))),
+        let learnt = self.known.learnt.get();
+        match learnt {
+            Some(Some(layout)) => {
+                if let Some(flat) = layout.flat(schema, bytes) {
+                    return Ok(Decoded::Flat(flat));
+                }
+            }
             Some(None) => return self.decode_ipc(schema, bytes).map(Decoded::Batch),
             None => {}
         }
@@ -392,20 +390,20 @@ impl DiskEntry {
             Some(flat) => flat,
             None => Decoded::Batch(self.decode_ipc(schema, bytes)?),
         };
-        self.learn(&decoded);
+        if learnt.is_none() {
+            self.learn(&decoded);
+        }
         Ok(decoded)
     }
 
-    /// Keep what decoding this batch found, for its later reads.
-    fn learn(&self, decoded: &Decoded) {
+    /// Keep what decoding this batch found, for its later reads; whether this call
+    /// kept it (not another read of the batch).
+    fn learn(&self, decoded: &Decoded) -> bool {
         let layout = match decoded {
-            Decoded::Flat(flat) => match Layout::of(flat) {
-                Some(layout) => Some(layout),
-                None => return,
-            },
+            Decoded::Flat(flat) => Some(Layout::of(flat)),
             Decoded::Batch(_) => None,
         };
-        let _ = self.known.layout.set(layout); // or another read's, the same
+        self.known.learnt.set(layout).is_ok()
     }
 
     /// The batch by `crate::ipc_flat` from its parsed `header`, when it decodes it there.
@@ -483,7 +481,7 @@ impl DiskEntry {
             decoding,
             known: Arc::new(Known {
                 check: Some(check),
-                layout: Default::default(),
+                learnt: Default::default(),
             }),
         }
     }

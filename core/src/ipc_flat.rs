@@ -202,82 +202,58 @@ impl FlatColumn {
 
 /// What [`decode`] learnt of one message: its rows, and each column's null count and
 /// where its buffers lie in the message, so that a later read of the same bytes makes its
-/// [`FlatBuffers`] without parsing the message again. Packed in words, `rows` first, then
-/// per column `null_count << 2 | buffers`, then each buffer's start in the message and
-/// its length (none for the bitmap of a column without nulls); `u16`s when they all fit
-/// (40 bytes for the five columns of `bench/small_batches.py`), else `u32`s.
+/// [`FlatBuffers`] without parsing the message again. Packed in `u16`s: first 0 when the
+/// numbers are `u16`s, 1 when each is a `u32` in two (low first); then `rows`, then per
+/// column `null_count << 2 | buffers` and each buffer's start in the message and its
+/// length (none for the bitmap of a column without nulls). 42 bytes for the five columns
+/// of `bench/small_batches.py`; empty when none is kept.
 #[derive(Debug)]
-pub(crate) enum Layout {
-    Narrow(Box<[u16]>),
-    Wide(Box<[u32]>),
-}
+pub(crate) struct Layout(Box<[u16]>);
 
-/// A layout holds at most this many words (a batch of 40 to 80 flat columns): wider
+/// A layout holds at most this many numbers (a batch of 40 to 80 flat columns): wider
 /// batches are parsed on every read, so that a save's layouts stay a small part of it.
-const LAYOUT_WORDS: usize = 256;
-
-/// A layout's word.
-trait Word: Copy + Eq {
-    /// The start of [`NO_OFFSETS`]: not in the message.
-    const NO_OFFSETS_AT: Self;
-    /// `n`, which [`Layout::of`] found to fit.
-    fn of(n: usize) -> Self;
-    fn to_usize(self) -> usize;
-}
-
-impl Word for u16 {
-    const NO_OFFSETS_AT: Self = u16::MAX;
-    fn of(n: usize) -> Self {
-        n as u16
-    }
-    fn to_usize(self) -> usize {
-        self.into()
-    }
-}
-
-impl Word for u32 {
-    const NO_OFFSETS_AT: Self = u32::MAX;
-    fn of(n: usize) -> Self {
-        n as u32
-    }
-    fn to_usize(self) -> usize {
-        self as usize
-    }
-}
+const LAYOUT_NUMBERS: usize = 256;
 
 impl Layout {
-    /// The layout of `flat`; `None` if it is too wide for [`LAYOUT_WORDS`], or its
-    /// numbers take more than 32 bits.
-    pub(crate) fn of(flat: &FlatBuffers) -> Option<Self> {
-        let (mut words, mut nulls) = (1, 0);
+    /// The layout of `flat`: none kept (empty) if it is too wide for [`LAYOUT_NUMBERS`]
+    /// or its numbers take more than 32 bits.
+    pub(crate) fn of(flat: &FlatBuffers) -> Self {
+        let (mut numbers, mut nulls) = (1, 0);
         for column in &flat.columns {
-            words += 1 + 2 * stored(column);
+            numbers += 1 + 2 * stored(column);
             nulls = nulls.max(column.null_count);
-        }
-        if words > LAYOUT_WORDS {
-            return None;
         }
         // Every buffer lies in the message (`decode`), so its start and length are below
         // the message's length; a column's head is `null_count << 2 | buffers`; `rows`
         // may exceed the message's bytes (a fixed-size binary of width 0).
-        let largest = flat
-            .message
-            .len()
-            .max(flat.rows)
-            .max(nulls.checked_mul(4)? | 3);
+        let largest = nulls
+            .checked_mul(4)
+            .map(|heads| (heads | 3).max(flat.rows).max(flat.message.len()));
         match largest {
-            _ if largest < u16::MAX as usize => Some(Self::Narrow(pack(flat, words))),
-            _ if largest < u32::MAX as usize => Some(Self::Wide(pack(flat, words))),
-            _ => None,
+            _ if numbers > LAYOUT_NUMBERS => Self(Box::default()),
+            Some(largest) if largest < u16::MAX as usize => Self(pack(flat, numbers, false)),
+            Some(largest) if largest < u32::MAX as usize => Self(pack(flat, numbers, true)),
+            _ => Self(Box::default()),
         }
     }
 
-    /// The batch of `schema` that `message` holds, whose layout this is.
-    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
-        match self {
-            Self::Narrow(words) => unpack(words, schema, message),
-            Self::Wide(words) => unpack(words, schema, message),
-        }
+    /// The batch of `schema` that `message` holds, whose layout this is; `None` if none
+    /// was kept.
+    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<FlatBuffers> {
+        let (&wide, numbers) = self.0.split_first()?;
+        Some(match wide {
+            0 => unpack(
+                numbers.iter().map(|&n| n.into()),
+                u16::MAX.into(),
+                schema,
+                message,
+            ),
+            _ => {
+                let join = |pair: &[u16]| usize::from(pair[0]) | usize::from(pair[1]) << 16;
+                let pairs = numbers.chunks_exact(2).map(join);
+                unpack(pairs, u32::MAX as usize, schema, message)
+            }
+        })
     }
 }
 
@@ -286,34 +262,52 @@ fn stored(column: &FlatColumn) -> usize {
     column.n_buffers - usize::from(column.null_count == 0)
 }
 
-/// The layout of `flat` in `words` words of `W`, each number below `W::NO_OFFSETS_AT`.
-fn pack<W: Word>(flat: &FlatBuffers, words: usize) -> Box<[W]> {
+/// The layout of `flat`: `numbers` numbers, each below `u16::MAX` (`u32::MAX` if `wide`),
+/// which stands for [`NO_OFFSETS`].
+fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
+    let no_offsets_at = if wide {
+        u32::MAX as usize
+    } else {
+        u16::MAX.into()
+    };
     let base = flat.message.as_ptr().addr();
-    let mut packed = Vec::with_capacity(words);
-    packed.push(W::of(flat.rows));
+    let mut packed = Vec::with_capacity(1 + numbers * (1 + usize::from(wide)));
+    packed.push(u16::from(wide));
+    let mut put = |n: usize| {
+        packed.push(n as u16);
+        if wide {
+            packed.push((n >> 16) as u16);
+        }
+    };
+    put(flat.rows);
     for column in &flat.columns {
-        packed.push(W::of(column.null_count << 2 | column.n_buffers));
+        put(column.null_count << 2 | column.n_buffers);
         for index in column.n_buffers - stored(column)..column.n_buffers {
             let address = column.addresses[index];
-            packed.push(match std::ptr::eq(address, no_offsets()) {
-                true => W::NO_OFFSETS_AT,
-                false => W::of(address.addr() - base),
+            put(match std::ptr::eq(address, no_offsets()) {
+                true => no_offsets_at,
+                false => address.addr() - base,
             });
-            packed.push(W::of(column.lengths[index]));
+            put(column.lengths[index]);
         }
     }
     packed.into_boxed_slice()
 }
 
-fn unpack<W: Word>(words: &[W], schema: &SchemaRef, message: &Buffer) -> FlatBuffers {
+/// The batch of `schema` in `message` whose layout lists `numbers`.
+fn unpack(
+    mut numbers: impl Iterator<Item = usize>,
+    no_offsets_at: usize,
+    schema: &SchemaRef,
+    message: &Buffer,
+) -> FlatBuffers {
     // `message` is the very bytes this layout was learnt from, which `decode` checked
     // (the same entry of an immutable file): every buffer lies inside it.
-    let mut words = words.iter().copied();
-    let mut next = || words.next().unwrap_or(W::NO_OFFSETS_AT);
-    let rows = next().to_usize();
+    let mut next = || numbers.next().unwrap_or(no_offsets_at);
+    let rows = next();
     let mut columns = Vec::with_capacity(schema.fields().len());
     for _ in schema.fields().iter() {
-        let head = next().to_usize();
+        let head = next();
         let (null_count, n_buffers) = (head >> 2, head & 3);
         let mut column = FlatColumn {
             null_count,
@@ -323,11 +317,11 @@ fn unpack<W: Word>(words: &[W], schema: &SchemaRef, message: &Buffer) -> FlatBuf
         };
         for index in usize::from(null_count == 0)..n_buffers {
             let start = next();
-            column.addresses[index] = match start == W::NO_OFFSETS_AT {
+            column.addresses[index] = match start == no_offsets_at {
                 true => no_offsets(),
-                false => message.as_ptr().wrapping_add(start.to_usize()).cast(),
+                false => message.as_ptr().wrapping_add(start).cast(),
             };
-            column.lengths[index] = next().to_usize();
+            column.lengths[index] = next();
         }
         columns.push(column);
     }
@@ -830,10 +824,10 @@ mod tests {
                 .unwrap()
                 .expect("decoded here");
             decoded.validate(Utf8::Check).unwrap();
-            let layout = Layout::of(&decoded).expect("small enough");
-            let narrow = matches!(layout, Layout::Narrow(_));
+            let layout = Layout::of(&decoded);
+            let narrow = layout.0.first() == Some(&0);
             assert_eq!(narrow, bytes.len() < u16::MAX as usize, "{name}");
-            let again = layout.flat(&schema, &first);
+            let again = layout.flat(&schema, &first).expect("kept");
             assert_eq!(again.rows(), decoded.rows(), "{name}");
             for (ours, theirs) in again.columns().iter().zip(decoded.columns()) {
                 assert_eq!(ours.null_count(), theirs.null_count(), "{name}");
@@ -842,7 +836,11 @@ mod tests {
             }
             let elsewhere = Buffer::from_slice_ref(&bytes);
             assert_ne!(elsewhere.as_ptr(), first.as_ptr());
-            let moved = layout.flat(&schema, &elsewhere).to_batch().unwrap();
+            let moved = layout
+                .flat(&schema, &elsewhere)
+                .unwrap()
+                .to_batch()
+                .unwrap();
             assert_eq!(moved, batch, "{name}");
             let inside = elsewhere.as_ptr().addr()..elsewhere.as_ptr().addr() + elsewhere.len();
             if batch.num_rows() > 0 {
@@ -868,12 +866,10 @@ mod tests {
         let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
             .unwrap()
             .unwrap();
-        let layout = Layout::of(&decoded).unwrap();
-        assert!(matches!(layout, Layout::Wide(_)));
-        assert_eq!(
-            layout.flat(&batch.schema(), &bytes).to_batch().unwrap(),
-            batch
-        );
+        let layout = Layout::of(&decoded);
+        assert_eq!(layout.0.first(), Some(&1), "wide");
+        let again = layout.flat(&batch.schema(), &bytes).unwrap();
+        assert_eq!(again.to_batch().unwrap(), batch);
     }
 
     /// A batch too wide for a small layout gets none, and is parsed on each read.
@@ -895,7 +891,12 @@ mod tests {
             let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
                 .unwrap()
                 .unwrap();
-            assert_eq!(Layout::of(&decoded).is_some(), kept, "{n} columns");
+            let layout = Layout::of(&decoded);
+            assert_eq!(
+                layout.flat(&batch.schema(), &bytes).is_some(),
+                kept,
+                "{n} columns"
+            );
         }
     }
 
