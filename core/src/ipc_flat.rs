@@ -202,10 +202,10 @@ impl FlatColumn {
 
 /// What [`decode`] learnt of one message: its rows, and each column's null count and
 /// where its buffers lie in the message, so that a later read of the same bytes makes its
-/// [`FlatBuffers`] without parsing the message again. Packed in `u16`s: first 0 when the
-/// numbers are `u16`s, 1 when each is a `u32` in two (low first); then `rows`, then per
+/// [`FlatBuffers`] without parsing the message again. Numbers packed in `u16`s, or each in
+/// two (low first) when one takes more than 16 bits: first `rows << 1 | wide`, then per
 /// column `null_count << 2 | buffers` and each buffer's start in the message and its
-/// length (none for the bitmap of a column without nulls). 42 bytes for the five columns
+/// length (none for the bitmap of a column without nulls). 40 bytes for the five columns
 /// of `bench/small_batches.py`; empty when none is kept.
 #[derive(Debug)]
 pub(crate) struct Layout(Box<[u16]>);
@@ -224,11 +224,11 @@ impl Layout {
             nulls = nulls.max(column.null_count);
         }
         // Every buffer lies in the message (`decode`), so its start and length are below
-        // the message's length; a column's head is `null_count << 2 | buffers`; `rows`
-        // may exceed the message's bytes (a fixed-size binary of width 0).
-        let largest = nulls
-            .checked_mul(4)
-            .map(|heads| (heads | 3).max(flat.rows).max(flat.message.len()));
+        // the message's length; then the heads, `rows << 1 | wide` and each column's
+        // (`rows` may exceed the message's bytes: a fixed-size binary of width 0).
+        let heads = nulls.checked_mul(4).zip(flat.rows.checked_mul(2));
+        let largest =
+            heads.map(|(column, first)| (column | 3).max(first | 1).max(flat.message.len()));
         match largest {
             _ if numbers > LAYOUT_NUMBERS => Self(Box::default()),
             Some(largest) if largest < u16::MAX as usize => Self(pack(flat, numbers, false)),
@@ -240,8 +240,8 @@ impl Layout {
     /// The batch of `schema` that `message` holds, whose layout this is; `None` if none
     /// was kept.
     pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<FlatBuffers> {
-        let (&wide, numbers) = self.0.split_first()?;
-        Some(match wide {
+        let numbers = &self.0;
+        Some(match numbers.first()? & 1 {
             0 => unpack(
                 numbers.iter().map(|&n| n.into()),
                 u16::MAX.into(),
@@ -271,15 +271,14 @@ fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
         u16::MAX.into()
     };
     let base = flat.message.as_ptr().addr();
-    let mut packed = Vec::with_capacity(1 + numbers * (1 + usize::from(wide)));
-    packed.push(u16::from(wide));
+    let mut packed = Vec::with_capacity(numbers * (1 + usize::from(wide)));
     let mut put = |n: usize| {
         packed.push(n as u16);
         if wide {
             packed.push((n >> 16) as u16);
         }
     };
-    put(flat.rows);
+    put(flat.rows << 1 | usize::from(wide));
     for column in &flat.columns {
         put(column.null_count << 2 | column.n_buffers);
         for index in column.n_buffers - stored(column)..column.n_buffers {
@@ -304,7 +303,7 @@ fn unpack(
     // `message` is the very bytes this layout was learnt from, which `decode` checked
     // (the same entry of an immutable file): every buffer lies inside it.
     let mut next = || numbers.next().unwrap_or(no_offsets_at);
-    let rows = next();
+    let rows = next() >> 1;
     let mut columns = Vec::with_capacity(schema.fields().len());
     for _ in schema.fields().iter() {
         let head = next();
@@ -825,7 +824,7 @@ mod tests {
                 .expect("decoded here");
             decoded.validate(Utf8::Check).unwrap();
             let layout = Layout::of(&decoded);
-            let narrow = layout.0.first() == Some(&0);
+            let narrow = layout.0.first().is_some_and(|first| first & 1 == 0);
             assert_eq!(narrow, bytes.len() < u16::MAX as usize, "{name}");
             let again = layout.flat(&schema, &first).expect("kept");
             assert_eq!(again.rows(), decoded.rows(), "{name}");
@@ -867,7 +866,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let layout = Layout::of(&decoded);
-        assert_eq!(layout.0.first(), Some(&1), "wide");
+        assert_eq!(layout.0.first().map(|first| first & 1), Some(1), "wide");
         let again = layout.flat(&batch.schema(), &bytes).unwrap();
         assert_eq!(again.to_batch().unwrap(), batch);
     }
