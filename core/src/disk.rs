@@ -368,7 +368,8 @@ impl DiskEntry {
     /// (`crate::ipc_flat`), anything else by arrow-ipc.
     fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<Decoded> {
         // A layout is learnt from these very bytes (this entry's, in a file never
-        // written again), after they passed their checks: no check is needed to reuse it.
+        // written again), once checked (a save's) or as written (a spill's): reusing it
+        // needs no check.
         let learnt = self.known.learnt.get();
         match learnt {
             Some(Some(layout)) => {
