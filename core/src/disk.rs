@@ -26,7 +26,7 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::faults::{FaultInjector, IoPoint};
-use crate::ipc_flat::FlatBuffers;
+use crate::ipc_flat::{FlatBuffers, Layout};
 use crate::options::{Compression, DiskOptions, WritePolicy};
 use crate::save::validation_note::Validation;
 use crate::save::Validated;
@@ -260,32 +260,58 @@ impl Message {
 pub(crate) struct DiskEntry {
     batch: Message,
     dictionaries: Arc<[Message]>,
+    /// Shared by the cache's entries.
+    decoding: Arc<Decoding>,
+    /// Shared by the reads of this batch.
+    known: Arc<Known>,
+}
+
+/// How the batches of one cache decode, decided once from its schema.
+#[derive(Debug)]
+pub(crate) struct Decoding {
     /// The schema as the IPC writer numbered its dictionaries, which the decoder needs.
     ipc_schema: SchemaRef,
+    /// Whether every column is flat, so that `crate::ipc_flat` may decode a batch.
+    flat: bool,
+}
+
+impl Decoding {
+    /// For batches written with `ipc_schema` (the cache's schema, dictionaries numbered).
+    pub(crate) fn new(ipc_schema: SchemaRef) -> Arc<Self> {
+        let flat = crate::ipc_flat::is_flat(&ipc_schema);
+        Arc::new(Self { ipc_schema, flat })
+    }
+}
+
+/// What the reads of one batch share: its check, and what its first decode learnt.
+#[derive(Debug, Default)]
+struct Known {
     /// For a batch of a persisted file: how it is checked on its first read; `None` for
     /// the spill files this process wrote.
-    check: Option<Arc<Check>>,
+    check: Option<Check>,
+    /// Set by the first decode (after the check passed): the batch's flat layout, or
+    /// `None` when arrow-ipc decodes it.
+    learnt: std::sync::OnceLock<Option<Layout>>,
 }
 
 /// How a persisted batch is checked on its first read in this process: against its
 /// checksum when the cache verifies, and always by a full validation (`crate::validate`),
-/// its dictionaries with it. Once passed, later reads of the same bytes skip both.
+/// its dictionaries with it. Once passed (`Known::learnt` set), later reads of the same
+/// bytes skip both.
 #[derive(Debug)]
 pub(crate) struct Check {
     checksum: Option<u64>,
     validation: Arc<Validation>,
-    passed: std::sync::atomic::AtomicBool,
 }
 
 impl Check {
     /// `checksum`: what the batch's bytes must hash to, or `None` to skip that part;
     /// `validation`: shared by the batches of the save.
-    pub(crate) fn new(checksum: Option<u64>, validation: Arc<Validation>) -> Arc<Self> {
-        Arc::new(Self {
+    pub(crate) fn new(checksum: Option<u64>, validation: Arc<Validation>) -> Self {
+        Self {
             checksum,
             validation,
-            passed: std::sync::atomic::AtomicBool::new(false),
-        })
+        }
     }
 }
 
@@ -296,17 +322,11 @@ impl DiskEntry {
     pub fn read(&self, schema: &SchemaRef) -> Result<CachedBatch> {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
-        let check = self
-            .check
-            .as_ref()
-            .filter(|check| !check.passed.load(Ordering::Acquire));
-        let Some(check) = check else {
-            // Our own spill files, or a persisted batch that passed its check.
-            return self
-                .decode(schema, &self.batch.bytes()?)
-                .map(Decoded::cached);
-        };
         let bytes = self.batch.bytes()?;
+        let (Some(check), None) = (&self.known.check, self.known.learnt.get()) else {
+            // Our own spill files, or a persisted batch that passed its check.
+            return self.decode(schema, &bytes).map(Decoded::cached);
+        };
         if let Some(expected) = check.checksum {
             if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != expected {
                 return Err(
@@ -338,7 +358,7 @@ impl DiskEntry {
         });
         let decoded = checked
             .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
-        if !check.passed.swap(true, Ordering::AcqRel) {
+        if self.learn(&decoded) {
             check.validation.passed();
         }
         Ok(decoded.cached())
@@ -347,15 +367,44 @@ impl DiskEntry {
     /// Decode `bytes`, the batch's message, without validating it: flat columns here
     /// (`crate::ipc_flat`), anything else by arrow-ipc.
     fn decode(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<Decoded> {
-        if crate::ipc_flat::is_flat(schema) {
+        // A layout is learnt from these very bytes (this entry's, in a file never
+        // written again), once checked (a save's) or as written (a spill's): reusing it
+        // needs no check.
+        let learnt = self.known.learnt.get();
+        match learnt {
+            Some(Some(layout)) => {
+                if let Some(flat) = layout.flat(schema, bytes) {
+                    return Ok(Decoded::Flat(flat));
+                }
+            }
+            Some(None) => return self.decode_ipc(schema, bytes).map(Decoded::Batch),
+            None => {}
+        }
+        let mut decoded = None;
+        if self.decoding.flat {
             // A spill message may be compressed, which a save's must not be.
             let header = parse_message(bytes, self.batch.metadata_len, false)
                 .map_err(|why| self.undecodable(&why))?;
-            if let Some(flat) = self.decode_flat(schema, bytes, header)? {
-                return Ok(Decoded::Flat(flat));
-            }
+            decoded = self.decode_flat(schema, bytes, header)?.map(Decoded::Flat);
         }
-        self.decode_ipc(schema, bytes).map(Decoded::Batch)
+        let decoded = match decoded {
+            Some(flat) => flat,
+            None => Decoded::Batch(self.decode_ipc(schema, bytes)?),
+        };
+        if learnt.is_none() {
+            self.learn(&decoded);
+        }
+        Ok(decoded)
+    }
+
+    /// Keep what decoding this batch found, for its later reads; whether this call
+    /// kept it (not another read of the batch).
+    fn learn(&self, decoded: &Decoded) -> bool {
+        let layout = match decoded {
+            Decoded::Flat(flat) => Some(Layout::of(flat)),
+            Decoded::Batch(_) => None,
+        };
+        self.known.learnt.set(layout).is_ok()
     }
 
     /// The batch by `crate::ipc_flat` from its parsed `header`, when it decodes it there.
@@ -365,7 +414,7 @@ impl DiskEntry {
         bytes: &Buffer,
         header: arrow_ipc::RecordBatch<'_>,
     ) -> Result<Option<FlatBuffers>> {
-        if !self.dictionaries.is_empty() || !crate::ipc_flat::is_flat(schema) {
+        if !self.dictionaries.is_empty() || !self.decoding.flat {
             return Ok(None);
         }
         crate::ipc_flat::decode(schema, header, bytes, self.batch.metadata_len)
@@ -374,7 +423,7 @@ impl DiskEntry {
 
     /// Decode `bytes` by arrow-ipc, without validating it.
     fn decode_ipc(&self, schema: &SchemaRef, bytes: &Buffer) -> Result<RecordBatch> {
-        let decoder = FileDecoder::new(self.ipc_schema.clone(), MetadataVersion::V5);
+        let decoder = FileDecoder::new(self.decoding.ipc_schema.clone(), MetadataVersion::V5);
         // SAFETY: for the spill files this process wrote, and for a persisted batch that
         // passed `read`'s checks in this process. On its first read, a persisted batch is
         // decoded unchecked too, then validated in full before anything reads a value:
@@ -398,7 +447,7 @@ impl DiskEntry {
 
     /// The error for a batch that does not decode, for the reason `why`.
     fn undecodable(&self, why: &str) -> Error {
-        match self.check {
+        match self.known.check {
             Some(_) => self.damaged(&format!("does not decode ({why})")),
             None => Error::io(format!(
                 "cannot decode batch from {}: {why}",
@@ -424,14 +473,17 @@ impl DiskEntry {
     pub(crate) fn persisted(
         batch: Message,
         dictionaries: Arc<[Message]>,
-        ipc_schema: SchemaRef,
-        check: Arc<Check>,
+        decoding: Arc<Decoding>,
+        check: Check,
     ) -> Self {
         Self {
             batch,
             dictionaries,
-            ipc_schema,
-            check: Some(check),
+            decoding,
+            known: Arc::new(Known {
+                check: Some(check),
+                learnt: Default::default(),
+            }),
         }
     }
 }
@@ -455,6 +507,8 @@ impl Decoded {
 thread_local! {
     /// Batches this thread read from disk, for tests of what reads them.
     pub(crate) static READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Messages this thread parsed, for tests of what later reads reuse.
+    static PARSES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Run `f`, returning a panic's message instead of unwinding, and without printing it:
@@ -508,6 +562,8 @@ fn parse_message(
     metadata_len: usize,
     dictionary: bool,
 ) -> std::result::Result<arrow_ipc::RecordBatch<'_>, String> {
+    #[cfg(test)]
+    PARSES.with(|parses| parses.set(parses.get() + 1));
     let prefix = bytes
         .get(..8)
         .filter(|_| metadata_len >= 8 && metadata_len <= bytes.len());
@@ -574,7 +630,7 @@ pub(crate) struct DiskWriter {
     in_force: Arc<[Message]>,
     faults: Option<FaultInjector>,
     /// The schema with the dictionary ids the tracker assigned, once the first batch came.
-    ipc_schema: Option<SchemaRef>,
+    decoding: Option<Arc<Decoding>>,
     /// Removes the directory with everything in it when the writer goes (and, where an
     /// open file keeps its name, the last mapping of its segments: see [`SegmentMap`]).
     dir: Arc<SpillDir>,
@@ -624,7 +680,7 @@ impl DiskWriter {
             dictionaries: DictionaryLog::default(),
             in_force: Arc::from([]),
             faults,
-            ipc_schema: None,
+            decoding: None,
             dir: Arc::new(dir),
         };
         Ok((writer, DiskIndex::new(used, options.capacity)))
@@ -642,8 +698,8 @@ impl DiskWriter {
 
     /// Append `batch` (stream position `position`) and return where it lies.
     pub fn write(&mut self, position: u64, batch: &RecordBatch) -> Result<DiskEntry> {
-        let ipc_schema = match &self.ipc_schema {
-            Some(schema) => schema.clone(),
+        let decoding = match &self.decoding {
+            Some(decoding) => decoding.clone(),
             None => {
                 // The tracker numbers the dictionaries while encoding the schema; decoding
                 // that message gives the decoder a schema with the same numbers.
@@ -658,9 +714,9 @@ impl DiskWriter {
                         .map_err(|err| {
                             Error::io(format!("cannot encode the schema as IPC: {err}"))
                         })?;
-                let schema = Arc::new(schema);
-                self.ipc_schema = Some(schema.clone());
-                schema
+                let decoding = Decoding::new(Arc::new(schema));
+                self.decoding = Some(decoding.clone());
+                decoding
             }
         };
         let (dictionaries, encoded) = self
@@ -693,8 +749,8 @@ impl DiskWriter {
         Ok(DiskEntry {
             batch: message,
             dictionaries: self.in_force.clone(),
-            ipc_schema,
-            check: None,
+            decoding,
+            known: Default::default(),
         })
     }
 
@@ -1115,6 +1171,79 @@ mod tests {
             let recent = windows(&segment).recent.lock().expect("not poisoned");
             assert!(recent.len() <= RECENT_WINDOWS);
         }
+    }
+
+    /// Two batches of flat columns, nulls and strings among them, and one with a list.
+    fn flat_and_nested() -> (Vec<RecordBatch>, RecordBatch) {
+        use arrow_array::{ArrayRef, Float64Array, Int64Array, ListArray, StringArray};
+        let flat = |start: i64| {
+            let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(start..start + 10));
+            let x: ArrayRef = Arc::new(Float64Array::from_iter(
+                (0..10).map(|i| (i % 3 != 0).then_some(i as f64 / 2.0)),
+            ));
+            let names: ArrayRef = Arc::new(StringArray::from_iter(
+                (0..10).map(|i| (i % 4 != 1).then(|| format!("añb{}", start + i))),
+            ));
+            RecordBatch::try_from_iter([("id", ids), ("x", x), ("name", names)]).unwrap()
+        };
+        let list = ListArray::from_iter_primitive::<arrow_array::types::Int32Type, _, _>([
+            Some(vec![Some(1), None]),
+            None,
+        ]);
+        let nested =
+            RecordBatch::try_from_iter([("list", Arc::new(list) as arrow_array::ArrayRef)])
+                .unwrap();
+        (vec![flat(0), flat(10)], nested)
+    }
+
+    /// Read `entry` three times: every read gives `expected`; returns the messages parsed.
+    fn parses_over_three_reads(entry: &DiskEntry, expected: &RecordBatch) -> u64 {
+        let before = PARSES.with(std::cell::Cell::get);
+        for read in 0..3 {
+            let cached = entry.read(&expected.schema()).expect("read");
+            assert_eq!(cached.batch().expect("made"), expected, "read {read}");
+        }
+        PARSES.with(std::cell::Cell::get) - before
+    }
+
+    /// A saved batch's message is parsed on its first read only: later reads make it from
+    /// the layout that read learnt.
+    #[test]
+    fn a_saved_flat_batch_is_parsed_on_its_first_read_only() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let (source, _) = flat_and_nested();
+        let schema = source[0].schema();
+        let upstream =
+            arrow_array::RecordBatchIterator::new(source.clone().into_iter().map(Ok), schema);
+        let cache = crate::StreamCache::new(Box::new(upstream), Default::default()).unwrap();
+        let path = dir.path().join("save");
+        cache.persist(&path).unwrap();
+        let opened = crate::save::open(&path, crate::save::Verify::Always).unwrap();
+        for (position, expected) in (0u64..).zip(&source) {
+            let entry = opened.index.get(position).expect("saved");
+            assert_eq!(parses_over_three_reads(entry, expected), 1, "{position}");
+        }
+    }
+
+    /// A spilled flat batch is parsed on its first read only, compressed or not; one with
+    /// a nested column goes to arrow-ipc unparsed.
+    #[test]
+    fn a_spilled_batch_is_parsed_on_its_first_read_only() {
+        let (flat, nested) = flat_and_nested();
+        for compression in [Compression::None, Compression::Lz4] {
+            let dir = tempfile::tempdir().expect("a temporary folder");
+            let mut options = DiskOptions::new(dir.path(), 1 << 30);
+            options.compression = compression;
+            let (mut writer, _) = DiskWriter::create(&options).unwrap();
+            for (position, batch) in (0u64..).zip(&flat) {
+                let entry = writer.write(position, batch).unwrap();
+                assert_eq!(parses_over_three_reads(&entry, batch), 1, "{compression:?}");
+            }
+        }
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let (mut writer, _) = DiskWriter::create(&DiskOptions::new(dir.path(), 1 << 30)).unwrap();
+        let entry = writer.write(0, &nested).unwrap();
+        assert_eq!(parses_over_three_reads(&entry, &nested), 0);
     }
 
     /// A range past the end is refused, never mapped (a read would fault).

@@ -19,14 +19,13 @@ use arrow_array::{
     downcast_primitive, ArrayRef, ArrowPrimitiveType, BooleanArray, FixedSizeBinaryArray,
     GenericByteArray, PrimitiveArray, RecordBatch,
 };
-use arrow_buffer::bit_chunk_iterator::UnalignedBitChunk;
 use arrow_buffer::{
     ArrowNativeType, BooleanBuffer, Buffer, MutableBuffer, NullBuffer, OffsetBuffer, ScalarBuffer,
 };
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 
 use crate::storage::{Allocations, Derived};
-use crate::validate::{check_offset_values, Utf8};
+use crate::validate::{check_null_count, check_offset_values, Utf8};
 
 /// Whether every column of `schema` is of a type decoded here.
 pub(crate) fn is_flat(schema: &SchemaRef) -> bool {
@@ -156,14 +155,7 @@ impl FlatBuffers {
                 _ => {}
             }
             if column.null_count > 0 {
-                let bitmap = self.bytes(column, 0);
-                let actual = self.rows - UnalignedBitChunk::new(bitmap, 0, self.rows).count_ones();
-                if actual != column.null_count {
-                    return Err(ArrowError::InvalidArgumentError(format!(
-                        "null_count value ({}) doesn't match actual number of nulls in array ({actual})",
-                        column.null_count
-                    )));
-                }
+                check_null_count(self.bytes(column, 0), 0, self.rows, column.null_count)?;
             }
         }
         Ok(())
@@ -205,6 +197,138 @@ impl FlatColumn {
     #[inline]
     pub fn buffers(&self) -> &[*const c_void] {
         &self.addresses[..self.n_buffers]
+    }
+}
+
+/// What [`decode`] learnt of one message: its rows, and each column's null count and
+/// where its buffers lie in the message, so that a later read of the same bytes makes its
+/// [`FlatBuffers`] without parsing the message again. Numbers packed in `u16`s, or each in
+/// two (low first) when one takes more than 16 bits: first `rows << 1 | wide`, then per
+/// column `null_count << 2 | buffers` and each buffer's start in the message and its
+/// length (none for the bitmap of a column without nulls). 40 bytes for the five columns
+/// of `bench/small_batches.py`; empty when none is kept.
+#[derive(Debug)]
+pub(crate) struct Layout(Box<[u16]>);
+
+/// A layout holds at most this many numbers (a batch of 40 to 80 flat columns): wider
+/// batches are parsed on every read, so that a save's layouts stay a small part of it.
+const LAYOUT_NUMBERS: usize = 256;
+
+impl Layout {
+    /// The layout of `flat`: none kept (empty) if it is too wide for [`LAYOUT_NUMBERS`]
+    /// or its numbers take more than 32 bits.
+    pub(crate) fn of(flat: &FlatBuffers) -> Self {
+        let (mut numbers, mut nulls) = (1, 0);
+        for column in &flat.columns {
+            numbers += 1 + 2 * stored(column);
+            nulls = nulls.max(column.null_count);
+        }
+        // Every buffer lies in the message (`decode`), so its start and length are below
+        // the message's length; then the heads, `rows << 1 | wide` and each column's
+        // (`rows` may exceed the message's bytes: a fixed-size binary of width 0).
+        let heads = nulls.checked_mul(4).zip(flat.rows.checked_mul(2));
+        let largest =
+            heads.map(|(column, first)| (column | 3).max(first | 1).max(flat.message.len()));
+        match largest {
+            _ if numbers > LAYOUT_NUMBERS => Self(Box::default()),
+            Some(largest) if largest < u16::MAX as usize => Self(pack(flat, numbers, false)),
+            Some(largest) if largest < u32::MAX as usize => Self(pack(flat, numbers, true)),
+            _ => Self(Box::default()),
+        }
+    }
+
+    /// The batch of `schema` that `message` holds, whose layout this is; `None` if none
+    /// was kept.
+    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<FlatBuffers> {
+        let numbers = &self.0;
+        Some(match numbers.first()? & 1 {
+            0 => unpack(
+                numbers.iter().map(|&n| n.into()),
+                u16::MAX.into(),
+                schema,
+                message,
+            ),
+            _ => {
+                let join = |pair: &[u16]| usize::from(pair[0]) | usize::from(pair[1]) << 16;
+                let pairs = numbers.chunks_exact(2).map(join);
+                unpack(pairs, u32::MAX as usize, schema, message)
+            }
+        })
+    }
+}
+
+/// Buffers of `column` that a layout lists: its bitmap only if it has nulls.
+fn stored(column: &FlatColumn) -> usize {
+    column.n_buffers - usize::from(column.null_count == 0)
+}
+
+/// The layout of `flat`: `numbers` numbers, each below `u16::MAX` (`u32::MAX` if `wide`),
+/// which stands for [`NO_OFFSETS`].
+fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
+    let no_offsets_at = if wide {
+        u32::MAX as usize
+    } else {
+        u16::MAX.into()
+    };
+    let base = flat.message.as_ptr().addr();
+    let mut packed = Vec::with_capacity(numbers * (1 + usize::from(wide)));
+    let mut put = |n: usize| {
+        packed.push(n as u16);
+        if wide {
+            packed.push((n >> 16) as u16);
+        }
+    };
+    put(flat.rows << 1 | usize::from(wide));
+    for column in &flat.columns {
+        put(column.null_count << 2 | column.n_buffers);
+        for index in column.n_buffers - stored(column)..column.n_buffers {
+            let address = column.addresses[index];
+            put(match std::ptr::eq(address, no_offsets()) {
+                true => no_offsets_at,
+                false => address.addr() - base,
+            });
+            put(column.lengths[index]);
+        }
+    }
+    packed.into_boxed_slice()
+}
+
+/// The batch of `schema` in `message` whose layout lists `numbers`.
+fn unpack(
+    mut numbers: impl Iterator<Item = usize>,
+    no_offsets_at: usize,
+    schema: &SchemaRef,
+    message: &Buffer,
+) -> FlatBuffers {
+    // `message` is the very bytes this layout was learnt from, which `decode` checked
+    // (the same entry of an immutable file): every buffer lies inside it.
+    let mut next = || numbers.next().unwrap_or(no_offsets_at);
+    let rows = next() >> 1;
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for _ in schema.fields().iter() {
+        let head = next();
+        let (null_count, n_buffers) = (head >> 2, head & 3);
+        let mut column = FlatColumn {
+            null_count,
+            n_buffers,
+            addresses: [std::ptr::null(); 3],
+            lengths: [0; 3],
+        };
+        for index in usize::from(null_count == 0)..n_buffers {
+            let start = next();
+            column.addresses[index] = match start == no_offsets_at {
+                true => no_offsets(),
+                false => message.as_ptr().wrapping_add(start).cast(),
+            };
+            column.lengths[index] = next();
+        }
+        columns.push(column);
+    }
+    FlatBuffers {
+        schema: schema.clone(),
+        rows,
+        message: message.clone(),
+        columns,
     }
 }
 
@@ -674,6 +798,104 @@ mod tests {
                 let values = ours.column(3).to_data().buffers()[0].as_ptr() as usize;
                 assert!(range.contains(&values), "{name}");
             }
+        }
+    }
+
+    /// A layout makes the batch its message was decoded into, from the same bytes at
+    /// another address too (a window mapped again), for every flat type; in `u16`s for a
+    /// message under 64 KiB.
+    #[test]
+    fn a_layout_makes_the_batch_decode_made() {
+        let whole = every_flat_type(13);
+        let cases = [
+            ("whole", whole.clone()),
+            ("sliced", whole.slice(3, 9)),
+            ("one row", whole.slice(1, 1)),
+            ("empty", whole.slice(5, 0)),
+            ("over 64 KiB", every_flat_type(4000)),
+        ];
+        for (name, batch) in cases {
+            let (bytes, metadata_len) = encode(&batch);
+            let first = Buffer::from_slice_ref(&bytes);
+            let schema = batch.schema();
+            let header = check_message(&first, metadata_len, false).unwrap();
+            let decoded = decode(&schema, header, &first, metadata_len)
+                .unwrap()
+                .expect("decoded here");
+            decoded.validate(Utf8::Check).unwrap();
+            let layout = Layout::of(&decoded);
+            let narrow = layout.0.first().is_some_and(|first| first & 1 == 0);
+            assert_eq!(narrow, bytes.len() < u16::MAX as usize, "{name}");
+            let again = layout.flat(&schema, &first).expect("kept");
+            assert_eq!(again.rows(), decoded.rows(), "{name}");
+            for (ours, theirs) in again.columns().iter().zip(decoded.columns()) {
+                assert_eq!(ours.null_count(), theirs.null_count(), "{name}");
+                assert_eq!(ours.buffers(), theirs.buffers(), "{name}");
+                assert_eq!(ours.lengths, theirs.lengths, "{name}");
+            }
+            let elsewhere = Buffer::from_slice_ref(&bytes);
+            assert_ne!(elsewhere.as_ptr(), first.as_ptr());
+            let moved = layout
+                .flat(&schema, &elsewhere)
+                .unwrap()
+                .to_batch()
+                .unwrap();
+            assert_eq!(moved, batch, "{name}");
+            let inside = elsewhere.as_ptr().addr()..elsewhere.as_ptr().addr() + elsewhere.len();
+            if batch.num_rows() > 0 {
+                let values = moved.column(3).to_data().buffers()[0].as_ptr().addr();
+                assert!(inside.contains(&values), "{name}");
+            }
+        }
+    }
+
+    /// Rows that take more than 16 bits in a short message (values of no bytes) take a
+    /// layout of `u32`s.
+    #[test]
+    fn many_rows_of_no_bytes_take_wide_words() {
+        let rows = 70_000;
+        let empty =
+            FixedSizeBinaryArray::try_new_with_len(0, Buffer::from(Vec::<u8>::new()), None, rows);
+        let batch =
+            RecordBatch::try_from_iter([("empty", Arc::new(empty.unwrap()) as ArrayRef)]).unwrap();
+        let (bytes, metadata_len) = encode(&batch);
+        assert!(bytes.len() < 1000);
+        let bytes = Buffer::from_slice_ref(&bytes);
+        let header = check_message(&bytes, metadata_len, false).unwrap();
+        let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
+            .unwrap()
+            .unwrap();
+        let layout = Layout::of(&decoded);
+        assert_eq!(layout.0.first().map(|first| first & 1), Some(1), "wide");
+        let again = layout.flat(&batch.schema(), &bytes).unwrap();
+        assert_eq!(again.to_batch().unwrap(), batch);
+    }
+
+    /// A batch too wide for a small layout gets none, and is parsed on each read.
+    #[test]
+    fn a_wide_batch_keeps_no_layout() {
+        let columns = |n: usize| {
+            let arrays = (0..n).map(|i| {
+                let column: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), None]));
+                (format!("c{i}"), column)
+            });
+            RecordBatch::try_from_iter(arrays).unwrap()
+        };
+        // A column with nulls takes 5 words: one for the rows, 51 columns are 256.
+        for (n, kept) in [(51, true), (52, false)] {
+            let batch = columns(n);
+            let (bytes, metadata_len) = encode(&batch);
+            let bytes = Buffer::from_slice_ref(&bytes);
+            let header = check_message(&bytes, metadata_len, false).unwrap();
+            let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
+                .unwrap()
+                .unwrap();
+            let layout = Layout::of(&decoded);
+            assert_eq!(
+                layout.flat(&batch.schema(), &bytes).is_some(),
+                kept,
+                "{n} columns"
+            );
         }
     }
 

@@ -13,6 +13,7 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, OffsetSizeTrait};
+use arrow_buffer::bit_chunk_iterator::UnalignedBitChunk;
 use arrow_buffer::{ArrowNativeType, ScalarBuffer};
 use arrow_data::ArrayData;
 use arrow_schema::{ArrowError, DataType};
@@ -69,14 +70,30 @@ pub(crate) fn validate_column(array: &dyn Array, utf8: Utf8) -> Result<(), Arrow
         _ => return validate_full(&array.to_data(), utf8),
     };
     flat?;
-    if let Some(nulls) = array.nulls() {
-        let actual = nulls.len() - nulls.inner().count_set_bits();
-        if actual != nulls.null_count() {
-            return Err(ArrowError::InvalidArgumentError(format!(
-                "null_count value ({}) doesn't match actual number of nulls in array ({actual})",
-                nulls.null_count()
-            )));
-        }
+    match array.nulls() {
+        Some(nulls) => check_null_count(
+            nulls.validity(),
+            nulls.offset(),
+            nulls.len(),
+            nulls.null_count(),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// A column's `null_count` against its validity bitmap: `len` bits of `bitmap` from bit
+/// `offset` (arrow-ipc and the flat decoder take the count from the message, unchecked).
+pub(crate) fn check_null_count(
+    bitmap: &[u8],
+    offset: usize,
+    len: usize,
+    null_count: usize,
+) -> Result<(), ArrowError> {
+    let actual = len - UnalignedBitChunk::new(bitmap, offset, len).count_ones();
+    if actual != null_count {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "null_count value ({null_count}) doesn't match actual number of nulls in array ({actual})"
+        )));
     }
     Ok(())
 }

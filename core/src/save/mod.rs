@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 
-use crate::disk::{io_error, Check, DiskEntry, DiskIndex, Message, Segment};
+use crate::disk::{io_error, Check, Decoding, DiskEntry, DiskIndex, Message, Segment};
 use crate::error::{Error, Result};
 use crate::validate::Utf8;
 use footer::Footer;
@@ -154,6 +154,7 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
     let in_force = |count: usize| -> Arc<[Message]> { dictionaries[..count].into() };
     let mut written_before = (0, in_force(0));
     let mut entries = Vec::with_capacity(footer.batches.len());
+    let decoding = Decoding::new(footer.schema.clone());
     for (block, expected) in footer.batches.iter().zip(batch_sums) {
         let count = footer
             .dictionaries
@@ -166,7 +167,7 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
         entries.push(DiskEntry::persisted(
             Message::persisted(&segment, block)?,
             written_before.1.clone(),
-            footer.schema.clone(),
+            decoding.clone(),
             Check::new(checksums.then_some(*expected), validation.clone()),
         ));
     }
