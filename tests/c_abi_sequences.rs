@@ -20,6 +20,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<bool>(), any::<u8>(), any::<u8>()).prop_map(|(from_start, index, count)| {
             Op::NewShardReader { from_start, index, count }
         }),
+        2 => (any::<u8>(), any::<u8>(), any::<bool>(), any::<u8>(), any::<u8>()).prop_map(
+            |(seed, window, rows, index, count)| Op::NewShuffledReader { seed, window, rows, index, count }
+        ),
         2 => any::<u8>().prop_map(|index| Op::Batch { index }),
         1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(|rows| Op::Take { rows }),
         6 => (0..6usize, 1..6u8).prop_map(|(reader, count)| Op::Read { reader, count }),

@@ -440,6 +440,51 @@ mod tests {
         assert_eq!((read, reads), (20, 20));
     }
 
+    /// After `close`, a reader that returned all its batches but not yet its end fails,
+    /// shuffled or not. A shuffle knows its end without a read, and reported the end.
+    #[test]
+    fn every_order_fails_once_the_cache_is_closed() {
+        use arrow_array::{Int64Array, RecordBatch, RecordBatchIterator};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batches: Vec<_> = (0..3)
+            .map(|b| {
+                let ids = std::sync::Arc::new(Int64Array::from(vec![b; 2]));
+                Ok(RecordBatch::try_new(schema.clone(), vec![ids]).unwrap())
+            })
+            .collect();
+        let upstream = Box::new(RecordBatchIterator::new(batches, schema));
+        let cache = crate::StreamCache::new(upstream, crate::CacheOptions::default()).unwrap();
+        let orders = [None, Some(None), Some(Some(2))].map(|shuffle| ReadOrder {
+            shuffle: shuffle.map(|window| Shuffle {
+                seed: 3,
+                window,
+                rows: false,
+            }),
+            shard: None,
+        });
+        let mut readers: Vec<_> = orders
+            .iter()
+            .map(|&order| {
+                let options = crate::ReaderOptions {
+                    from_start: true,
+                    order,
+                    cast: None,
+                };
+                let mut reader = cache.reader_with(options).unwrap();
+                for _ in 0..3 {
+                    assert!(reader.next_batch().unwrap().is_some());
+                }
+                reader
+            })
+            .collect();
+        cache.close().unwrap();
+        for (reader, order) in readers.iter_mut().zip(orders) {
+            assert_eq!(reader.next_batch().unwrap_err(), Error::Closed, "{order:?}");
+        }
+    }
+
     #[test]
     fn a_stride_starts_at_the_shards_first_position() {
         let order = ReadOrder {

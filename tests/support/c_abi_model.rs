@@ -103,6 +103,16 @@ pub enum Op {
         index: u8,
         count: u8,
     },
+    /// A reader in a random order seeded by `seed`, through a window of `window % 5`
+    /// batches (0: the whole stream), its rows shuffled too if `rows`; shard `index %
+    /// count` of `1 + count % 4` of that order.
+    NewShuffledReader {
+        seed: u8,
+        window: u8,
+        rows: bool,
+        index: u8,
+        count: u8,
+    },
     /// Batch `index % 16` by its position (`bc_cache_batch`), sometimes past the end.
     Batch {
         index: u8,
@@ -157,6 +167,9 @@ pub struct Reader {
     /// Batches returned: what `bc_reader_position` reports for a shard.
     returned: i64,
     sharded: bool,
+    /// For a shuffled reader, the positions it returned and how many it returns in all
+    /// (its shard's share of the stream); its order is not modelled.
+    shuffled: Option<(std::collections::HashSet<i64>, i64)>,
     done: bool,
 }
 
@@ -296,6 +309,7 @@ pub fn run_on(
                         step: 1,
                         returned: 0,
                         sharded: false,
+                        shuffled: None,
                         done: false,
                     });
                 }
@@ -342,6 +356,60 @@ pub fn run_on(
                         step: count,
                         returned: 0,
                         sharded: true,
+                        shuffled: None,
+                        done: false,
+                    });
+                }
+            }
+            Op::NewShuffledReader {
+                seed,
+                window,
+                rows,
+                index,
+                count,
+            } => {
+                let count = 1 + i64::from(count % 4);
+                let index = i64::from(index) % count;
+                let window = u64::from(window % 5);
+                let mut stream = ArrowArrayStream::RELEASED;
+                // SAFETY: as said where `cache` was made; a builder of ours, freed once.
+                let status = unsafe {
+                    let opts = bc_reader_options_new();
+                    assert_eq!(bc_reader_options_set_shuffle(opts, u64::from(seed)), BC_OK);
+                    if window > 0 {
+                        assert_eq!(bc_reader_options_set_shuffle_window(opts, window), BC_OK);
+                    }
+                    assert_eq!(bc_reader_options_set_shuffle_rows(opts, rows), BC_OK);
+                    assert_eq!(
+                        bc_reader_options_set_shard(opts, index as u64, count as u64),
+                        BC_OK
+                    );
+                    let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
+                    bc_reader_options_free(opts);
+                    status
+                };
+                if model.closed {
+                    assert_eq!(status, BC_CLOSED);
+                } else if model.max_readers.is_some_and(|max| model.created >= max) {
+                    assert!(
+                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
+                        "{status:?}"
+                    );
+                    assert!(stream.release.is_none(), "out untouched on failure");
+                } else {
+                    assert_eq!(status, BC_OK);
+                    model.created += 1;
+                    // Elements `index`, `index + count`, ... of an order of every batch.
+                    let share = (model.batches - index + count - 1).max(0) / count;
+                    let release_fn = stream.release.expect("a live reader");
+                    readers.push(Reader {
+                        stream,
+                        release_fn,
+                        position: 0,
+                        step: 0,
+                        returned: 0,
+                        sharded: true,
+                        shuffled: Some((Default::default(), share)),
                         done: false,
                     });
                 }
@@ -389,6 +457,10 @@ pub fn run_on(
                 let Some(r) = readers.get_mut(reader % READER_SLOTS) else {
                     continue;
                 };
+                if r.shuffled.is_some() {
+                    read_shuffled(cache, &mut model, r, count);
+                    continue;
+                }
                 for _ in 0..count.min(MAX_READ_COUNT) {
                     if r.done || r.stream.release.is_none() {
                         break;
@@ -515,6 +587,65 @@ pub fn run_on(
             0,
             "the last reader took the cache's directory with it"
         );
+    }
+}
+
+/// `count` reads of shuffled reader `r`: each batch a whole one of the stream, rows in
+/// any order, none twice, as many as its share before the end; an upstream failure once
+/// the reader needs the batch that fails. How far a window pulls the upstream is not
+/// modelled: the model takes the cache's count.
+fn read_shuffled(cache: *mut BcCache, model: &mut Model, r: &mut Reader, count: u8) {
+    for _ in 0..count.min(MAX_READ_COUNT) {
+        if r.done || r.stream.release.is_none() {
+            break;
+        }
+        let mut array = released_array();
+        // SAFETY: a live cache and a live stream of ours.
+        let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
+        if model.closed {
+            assert_eq!(status, BC_CLOSED);
+            break;
+        }
+        if status == BC_UPSTREAM {
+            assert!(
+                model.fail_at.is_some(),
+                "a failure of an upstream that does not fail"
+            );
+            model.frontier = model.stop();
+            break;
+        }
+        assert_eq!(status, BC_OK);
+        let (seen, share) = r.shuffled.as_mut().expect("a shuffled reader");
+        if array.release.is_none() {
+            assert!(model.fail_at.is_none(), "ended before the failure");
+            assert_eq!(r.returned, *share, "end of stream after the shard's share");
+            r.done = true;
+            model.frontier = model.batches;
+            break;
+        }
+        let mut ids = ids(array);
+        ids.sort_unstable();
+        let position = ids[0] / ROWS;
+        assert_eq!(
+            ids,
+            (position * ROWS..(position + 1) * ROWS).collect::<Vec<_>>()
+        );
+        assert!(
+            position < model.stop(),
+            "batch {position} of {}",
+            model.stop()
+        );
+        assert!(seen.insert(position), "batch {position} returned twice");
+        r.returned += 1;
+        let mut returned = 0;
+        // SAFETY: a live stream of ours.
+        assert_eq!(
+            unsafe { bc_reader_position(&mut r.stream, &mut returned) },
+            BC_OK
+        );
+        assert_eq!(returned as i64, r.returned);
+        // SAFETY: a live cache.
+        model.frontier = unsafe { bc_cache_ingested_count(cache) } as i64;
     }
 }
 
