@@ -639,10 +639,8 @@ fn read_shuffled(cache: *mut BcCache, model: &mut Model, r: &mut Reader, count: 
         r.returned += 1;
         let mut returned = 0;
         // SAFETY: a live stream of ours.
-        assert_eq!(
-            unsafe { bc_reader_position(&mut r.stream, &mut returned) },
-            BC_OK
-        );
+        let status = unsafe { bc_reader_position(&mut r.stream, &mut returned) };
+        assert_eq!(status, BC_OK);
         assert_eq!(returned as i64, r.returned);
         // SAFETY: a live cache.
         model.frontier = unsafe { bc_cache_ingested_count(cache) } as i64;
