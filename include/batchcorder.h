@@ -599,7 +599,8 @@ enum BcStatus bc_cache_persist(struct BcCache *cache,
 //
 // The manifest, the checksums file, the data file's size, schema and footer are checked
 // first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
-// wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
+// wrong (a schema C cannot hold, such as a name with a NUL byte, too), a newer format
+// version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
 // `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 // first read in this process (`BC_CORRUPT` on a mismatch). Checked or not, every batch is
 // validated in full on that first read (offsets, lengths, UTF-8, dictionary keys), so a

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::boundary::{guard, guard_value, out_arg, utf8_arg, write_optional_out, BcStatus};
 use crate::cache::{on_cache, BcCache};
 use crate::options::BcOptions;
+use arrow_schema::ffi::FFI_ArrowSchema;
 use batchcorder_core::{Error, OpenOptions, Persisted, StreamCache, Verify};
 
 /// When `bc_cache_open` checks a batch against its checksum: one of the `BC_VERIFY_*`
@@ -88,7 +89,8 @@ pub unsafe extern "C" fn bc_cache_persist(
 ///
 /// The manifest, the checksums file, the data file's size, schema and footer are checked
 /// first: a damaged, truncated, edited or foreign directory is `BC_CORRUPT` naming what is
-/// wrong, a newer format version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
+/// wrong (a schema C cannot hold, such as a name with a NUL byte, too), a newer format
+/// version `BC_INVALID_ARGUMENT`, a missing path `BC_IO` (ENOENT).
 /// `verify` (`BC_VERIFY_*`) says when a batch is checked against its checksum on its
 /// first read in this process (`BC_CORRUPT` on a mismatch). Checked or not, every batch is
 /// validated in full on that first read (offsets, lengths, UTF-8, dictionary keys), so a
@@ -141,6 +143,7 @@ pub unsafe extern "C" fn bc_cache_open(
             };
             let (cache, opened): (StreamCache, Persisted) =
                 StreamCache::open(Path::new(path), &options)?;
+            exportable(&cache, path)?;
             // SAFETY: NULL or aligned and writable, as the caller promised.
             unsafe { write_optional_out(out_info, (&opened).into()) };
             // SAFETY: not NULL (checked), so writable.
@@ -148,6 +151,19 @@ pub unsafe extern "C" fn bc_cache_open(
             Ok(())
         },
     )
+}
+
+/// Refuse a save whose schema C cannot be handed (a name holding a NUL byte), which
+/// every schema export of the cache would fail on; none written through C has one.
+fn exportable(cache: &StreamCache, path: &str) -> batchcorder_core::Result<()> {
+    match FFI_ArrowSchema::try_from(cache.schema().as_ref()) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(Error::Corrupt(format!(
+            "the schema saved in {path} cannot pass through the Arrow C Data Interface \
+             ({err}): the save was edited, or written by a Rust program with names C \
+             cannot hold; persist the stream again"
+        ))),
+    }
 }
 
 /// A persisted copy of `cache` that another process can open with `bc_cache_open`: the
@@ -198,4 +214,50 @@ pub unsafe extern "C" fn bc_string_free(text: *mut c_char) {
             drop(unsafe { CString::from_raw(text) });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, RecordBatchIterator};
+    use batchcorder_core::CacheOptions;
+
+    use super::*;
+    use crate::boundary::bc_last_error;
+
+    /// A save with a field name C cannot hold (a NUL byte, which a Rust program or an
+    /// edit can put there) is refused at open as corrupt: it opened, then every schema
+    /// export failed as an internal error.
+    #[test]
+    fn a_save_whose_schema_c_cannot_hold_is_refused_at_open() {
+        let batch =
+            RecordBatch::try_from_iter([("a\0b", Arc::new(Int64Array::from(vec![1])) as ArrayRef)])
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("saved");
+        let upstream = RecordBatchIterator::new([Ok(batch.clone())], batch.schema());
+        let cache = StreamCache::new(Box::new(upstream), CacheOptions::default()).unwrap();
+        cache.persist(&path).unwrap();
+        let path = CString::new(path.to_str().unwrap()).unwrap();
+        let mut opened = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
+        let status = unsafe {
+            bc_cache_open(
+                path.as_ptr(),
+                BC_VERIFY_ALWAYS,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                &mut opened,
+            )
+        };
+        // SAFETY: the message of this thread's last call.
+        let message = unsafe { std::ffi::CStr::from_ptr(bc_last_error()) }.to_string_lossy();
+        assert_eq!(status, BcStatus::BC_CORRUPT, "{message}");
+        assert!(opened.is_null());
+        assert!(
+            message.contains("Arrow C Data Interface") && message.contains("Null byte"),
+            "{message}"
+        );
+    }
 }

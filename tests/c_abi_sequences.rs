@@ -17,6 +17,14 @@ mod stress;
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => any::<bool>().prop_map(|from_start| Op::NewReader { from_start }),
+        2 => (any::<bool>(), any::<u8>(), any::<u8>()).prop_map(|(from_start, index, count)| {
+            Op::NewShardReader { from_start, index, count }
+        }),
+        2 => (any::<u8>(), any::<u8>(), any::<bool>(), any::<u8>(), any::<u8>()).prop_map(
+            |(seed, window, rows, index, count)| Op::NewShuffledReader { seed, window, rows, index, count }
+        ),
+        2 => any::<u8>().prop_map(|index| Op::Batch { index }),
+        1 => proptest::collection::vec(any::<u8>(), 0..8).prop_map(|rows| Op::Take { rows }),
         6 => (0..6usize, 1..6u8).prop_map(|(reader, count)| Op::Read { reader, count }),
         2 => (0..6usize).prop_map(|reader| Op::Release { reader }),
         1 => (0..6usize).prop_map(|reader| Op::ReleaseAgain { reader }),

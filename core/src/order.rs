@@ -203,8 +203,14 @@ impl Sequence {
         let shard = order.shard();
         Ok(match order.shuffle {
             None => {
-                // The first position at or after `start` that belongs to the shard.
-                let offset = (shard.index + shard.count - start % shard.count) % shard.count;
+                // The first position at or after `start` that belongs to the shard:
+                // `(index - start) mod count`, kept below `count` so that a count near
+                // 2^64 does not wrap.
+                let behind = start % shard.count;
+                let offset = match shard.index.checked_sub(behind) {
+                    Some(ahead) => ahead,
+                    None => shard.count - (behind - shard.index),
+                };
                 Sequence::Stride {
                     next: start.saturating_add(offset),
                     step: shard.count,
@@ -434,6 +440,51 @@ mod tests {
         assert_eq!((read, reads), (20, 20));
     }
 
+    /// After `close`, a reader that returned all its batches but not yet its end fails,
+    /// shuffled or not. A shuffle knows its end without a read, and reported the end.
+    #[test]
+    fn every_order_fails_once_the_cache_is_closed() {
+        use arrow_array::{Int64Array, RecordBatch, RecordBatchIterator};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema =
+            std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batches: Vec<_> = (0..3)
+            .map(|b| {
+                let ids = std::sync::Arc::new(Int64Array::from(vec![b; 2]));
+                Ok(RecordBatch::try_new(schema.clone(), vec![ids]).unwrap())
+            })
+            .collect();
+        let upstream = Box::new(RecordBatchIterator::new(batches, schema));
+        let cache = crate::StreamCache::new(upstream, crate::CacheOptions::default()).unwrap();
+        let orders = [None, Some(None), Some(Some(2))].map(|shuffle| ReadOrder {
+            shuffle: shuffle.map(|window| Shuffle {
+                seed: 3,
+                window,
+                rows: false,
+            }),
+            shard: None,
+        });
+        let mut readers: Vec<_> = orders
+            .iter()
+            .map(|&order| {
+                let options = crate::ReaderOptions {
+                    from_start: true,
+                    order,
+                    cast: None,
+                };
+                let mut reader = cache.reader_with(options).unwrap();
+                for _ in 0..3 {
+                    assert!(reader.next_batch().unwrap().is_some());
+                }
+                reader
+            })
+            .collect();
+        cache.close().unwrap();
+        for (reader, order) in readers.iter_mut().zip(orders) {
+            assert_eq!(reader.next_batch().unwrap_err(), Error::Closed, "{order:?}");
+        }
+    }
+
     #[test]
     fn a_stride_starts_at_the_shards_first_position() {
         let order = ReadOrder {
@@ -443,6 +494,35 @@ mod tests {
         for (start, first) in [(0, 1), (1, 1), (2, 4), (4, 4), (5, 7)] {
             match Sequence::new(&order, start).unwrap() {
                 Sequence::Stride { next, step } => assert_eq!((next, step), (first, 3)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Counts above 2^63 (a Flight ticket may name any uint64): no two shards start at
+    /// the same position. `index + count` wrapped, and shards 0 and 2^63 - 1 of 2^63 + 1
+    /// both began at batch 0.
+    #[test]
+    fn a_stride_of_a_huge_shard_count_does_not_wrap() {
+        let half = 1u64 << 63;
+        // (index, count, start, first position)
+        let cases = [
+            (0, half + 1, 0, 0),
+            (half - 1, half + 1, 0, half - 1),
+            (half, half + 1, 0, half),
+            (0, half + 1, 5, half + 1),
+            (7, half + 1, 5, 7),
+            (u64::MAX - 1, u64::MAX, 3, u64::MAX - 1),
+        ];
+        for (index, count, start, first) in cases {
+            let order = ReadOrder {
+                shuffle: None,
+                shard: Some(Shard::new(index, count).unwrap()),
+            };
+            match Sequence::new(&order, start).unwrap() {
+                Sequence::Stride { next, .. } => {
+                    assert_eq!(next, first, "shard {index} of {count} from {start}")
+                }
                 other => panic!("{other:?}"),
             }
         }

@@ -152,6 +152,9 @@ impl CacheReader {
             return Ok(None);
         }
         let Some(position) = self.sequence.peek(&self.shared)? else {
+            // A shuffle knows its end without reading a batch, which is what fails a
+            // stride's read once the cache is closed.
+            self.shared.ensure_open()?;
             return Ok(None);
         };
         Ok(self

@@ -12,7 +12,14 @@
 //! format); every batch handed out passes arrow's full validation and has the cache's
 //! schema; and a batch checked against an untouched checksum is exactly the one saved.
 //! The same holds for the arrays of the C stream of the save opened by the C API, where
-//! flat batches are exported straight from their messages' buffers.
+//! flat batches are exported straight from their messages' buffers, imported under the
+//! schema `bc_cache_schema` gives.
+//!
+//! Before the plain reads, each opened save is read first (where a batch is checked) by
+//! one of: every batch by its index and rows by theirs (`batch`/`take`, `bc_cache_batch`/
+//! `bc_cache_take`), or a shuffled (windowed, rows too) or sharded reader (`reader_with`,
+//! `bc_cache_reader_with`). A checked read must give what a live cache of the pristine
+//! batches gives for the same call: the same batches in the same order, the same rows.
 
 #![no_main]
 
@@ -34,7 +41,9 @@ use arrow_array::{
 };
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, UnionFields};
-use batchcorder_core::{CacheOptions, Error, OpenOptions, StreamCache, Verify};
+use batchcorder_core::{
+    CacheOptions, Error, OpenOptions, ReadOrder, ReaderOptions, Shard, Shuffle, StreamCache, Verify,
+};
 use libfuzzer_sys::fuzz_target;
 
 const DATA: usize = 0;
@@ -85,13 +94,85 @@ struct Input {
     /// Put the data file's modification time back to the manifest's, so that
     /// `Verify::IfModified` does not check checksums.
     restore_mtime: bool,
+    /// What reads each freshly opened save first, so that a damaged batch's first read
+    /// (where it is checked) happens there.
+    access: Access,
 }
 
-/// A pristine save: its files, its batches, and where its blocks lie in the data file.
+/// The ways into an opened save besides a plain reader.
+#[derive(Debug, Arbitrary)]
+enum Access {
+    /// Nothing: the plain reader reads first.
+    Plain,
+    /// Every batch by its index and one past the end (`batch`, `bc_cache_batch`), then
+    /// rows by theirs (`take`, `bc_cache_take`), each `% (rows + 3)`, some past the end.
+    Random { rows: Vec<u16> },
+    /// A reader in another order (`reader_with`, `bc_cache_reader_with`): a shuffle by
+    /// `seed`, through a window of `window % 5` batches (0: the whole stream), its rows
+    /// too; shard `shard % count` of `1 + count % 4`.
+    Ordered {
+        seed: Option<u64>,
+        window: u8,
+        rows: bool,
+        shard: u8,
+        count: u8,
+    },
+}
+
+/// The reader options of an [`Access::Ordered`].
+struct Order {
+    seed: Option<u64>,
+    window: Option<u64>,
+    rows: bool,
+    shard: (u64, u64),
+}
+
+impl Order {
+    fn of(access: &Access) -> Option<Self> {
+        let Access::Ordered {
+            seed,
+            window,
+            rows,
+            shard,
+            count,
+        } = *access
+        else {
+            return None;
+        };
+        let count = 1 + u64::from(count % 4);
+        Some(Self {
+            seed,
+            window: seed.and(Some(u64::from(window % 5)).filter(|&w| w > 0)),
+            rows: seed.is_some() && rows,
+            shard: (u64::from(shard) % count, count),
+        })
+    }
+
+    fn options(&self) -> ReaderOptions {
+        let shuffle = self.seed.map(|seed| Shuffle {
+            seed,
+            window: self.window,
+            rows: self.rows,
+        });
+        let shard = Shard::new(self.shard.0, self.shard.1).unwrap();
+        ReaderOptions {
+            from_start: true,
+            order: ReadOrder {
+                shuffle,
+                shard: Some(shard),
+            },
+            cast: None,
+        }
+    }
+}
+
+/// A pristine save: its files, its batches, where its blocks lie in the data file, and
+/// a cache of the same batches in memory, whose answers an exact read must give.
 struct Seed {
     files: [Vec<u8>; 3],
     batches: Vec<RecordBatch>,
     blocks: Vec<Range<usize>>,
+    pristine: StreamCache,
 }
 
 fn seeds() -> &'static [Seed] {
@@ -116,6 +197,7 @@ fn save(batches: Vec<RecordBatch>) -> Seed {
         files,
         batches,
         blocks,
+        pristine: cache,
     }
 }
 
@@ -406,59 +488,174 @@ fn allowed(err: &Error) -> bool {
     }
 }
 
-/// The save opened by the C API and read through its C stream, first reads checked again:
-/// every array handed out passes arrow's full validation (and is the saved batch when
-/// `exact`), and a read fails only with `BC_CORRUPT`.
-fn read_through_c(save: &Path, verify: Verify, seed: &Seed, exact: bool) {
-    use batchcorder::abi::{ArrowArray, ArrowArrayStream};
+/// Check a batch handed out by the save opened as `cache`: its schema, arrow's full
+/// validation of every column, and, when `exact`, that it is `expected`.
+fn check_batch(
+    what: &str,
+    batch: &RecordBatch,
+    cache: &StreamCache,
+    expected: Option<&RecordBatch>,
+    exact: bool,
+) {
+    assert_eq!(batch.schema(), cache.schema(), "{what}");
+    for column in batch.columns() {
+        if let Err(err) = column.to_data().validate_full() {
+            panic!("{what}: an invalid batch was handed out: {err}");
+        }
+    }
+    if exact {
+        assert_eq!(Some(batch), expected, "{what}");
+    }
+}
+
+/// Read `reader` to its end or its refusal, checking each batch against `expected`.
+fn read_all(
+    what: &str,
+    mut reader: batchcorder_core::CacheReader,
+    cache: &StreamCache,
+    expected: &[RecordBatch],
+    exact: bool,
+) {
+    for k in 0.. {
+        match reader.next_batch() {
+            Ok(Some(batch)) => check_batch(
+                &format!("{what}, batch {k}"),
+                &batch,
+                cache,
+                expected.get(k),
+                exact,
+            ),
+            Ok(None) => {
+                assert!(
+                    !exact || k == expected.len(),
+                    "{what}: ended after {k} batches"
+                );
+                break;
+            }
+            Err(err) if allowed(&err) => break,
+            Err(err) => panic!("{what}, batch {k}: read failed with {err:?}"),
+        }
+    }
+}
+
+/// `access` on the save opened as `cache`, before anything else read it.
+fn access_first(access: &Access, cache: &StreamCache, seed: &Seed, exact: bool, verify: Verify) {
+    match access {
+        Access::Plain => {}
+        Access::Random { rows } => {
+            for i in 0..=seed.batches.len() {
+                let what = format!("{verify:?}, cache.batch({i})");
+                match cache.batch(i as u64) {
+                    Ok(batch) => check_batch(&what, &batch, cache, seed.batches.get(i), exact),
+                    Err(Error::OutOfRange(_)) => {
+                        assert!(!exact || i == seed.batches.len(), "{what}")
+                    }
+                    Err(err) if allowed(&err) => {}
+                    Err(err) => panic!("{what}: failed with {err:?}"),
+                }
+            }
+            let rows = take_rows(rows, seed);
+            let what = format!("{verify:?}, take({rows:?})");
+            let expected = seed.pristine.take(&rows);
+            match cache.take(&rows) {
+                Ok(taken) => check_batch(&what, &taken, cache, expected.as_ref().ok(), exact),
+                Err(Error::OutOfRange(_)) => {
+                    assert!(
+                        !exact || matches!(expected, Err(Error::OutOfRange(_))),
+                        "{what}"
+                    )
+                }
+                Err(err) if allowed(&err) => {}
+                Err(err) => panic!("{what}: failed with {err:?}"),
+            }
+        }
+        Access::Ordered { .. } => {
+            let order = Order::of(access).unwrap();
+            let expected = ordered(seed, &order);
+            let reader = cache.reader_with(order.options()).unwrap();
+            read_all(
+                &format!("{verify:?}, {access:?}"),
+                reader,
+                cache,
+                &expected,
+                exact,
+            );
+        }
+    }
+}
+
+/// Rows for `take`: at most 16, some past the end of the stream.
+fn take_rows(rows: &[u16], seed: &Seed) -> Vec<u64> {
+    let total: usize = seed.batches.iter().map(RecordBatch::num_rows).sum();
+    rows.iter()
+        .take(16)
+        .map(|&row| (row as usize % (total + 3)) as u64)
+        .collect()
+}
+
+/// What the pristine cache gives in `order`.
+fn ordered(seed: &Seed, order: &Order) -> Vec<RecordBatch> {
+    let reader = seed.pristine.reader_with(order.options()).unwrap();
+    reader.collect::<Result<_, _>>().unwrap()
+}
+
+mod c {
+    //! The same reads through the C API, on the save it opens.
+
+    use super::*;
+    use arrow_schema::{Fields, Schema};
+    use batchcorder::abi::{ArrowArray, ArrowArrayStream, ArrowSchema};
+    use batchcorder::cache::BcCache;
     use batchcorder::persist::{
         bc_cache_open, BC_VERIFY_ALWAYS, BC_VERIFY_IF_MODIFIED, BC_VERIFY_NEVER,
     };
-    use batchcorder::BcStatus;
-    let path = std::ffi::CString::new(save.to_str().unwrap()).unwrap();
-    let verify = match verify {
-        Verify::Never => BC_VERIFY_NEVER,
-        Verify::IfModified => BC_VERIFY_IF_MODIFIED,
-        Verify::Always => BC_VERIFY_ALWAYS,
-    };
-    let mut cache = std::ptr::null_mut();
-    // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
-    let opened = unsafe {
-        bc_cache_open(
-            path.as_ptr(),
-            verify,
-            std::ptr::null(),
-            std::ptr::null_mut(),
-            &mut cache,
-        )
-    };
-    if opened != BcStatus::BC_OK {
-        assert!(matches!(
-            opened,
-            BcStatus::BC_CORRUPT | BcStatus::BC_INVALID_ARGUMENT
-        ));
-        return;
+    use batchcorder::reader_options as ro;
+    use batchcorder::{bc_last_error_kind, BcErrorKind, BcStatus};
+
+    /// The save opened by the C API; `None` when it refuses it (as it may only with
+    /// `BC_CORRUPT`, or `BC_INVALID_ARGUMENT` for a newer format).
+    pub fn open(save: &Path, verify: Verify) -> Option<*mut BcCache> {
+        let path = std::ffi::CString::new(save.to_str().unwrap()).unwrap();
+        let verify = match verify {
+            Verify::Never => BC_VERIFY_NEVER,
+            Verify::IfModified => BC_VERIFY_IF_MODIFIED,
+            Verify::Always => BC_VERIFY_ALWAYS,
+        };
+        let mut cache = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
+        let opened = unsafe {
+            bc_cache_open(
+                path.as_ptr(),
+                verify,
+                std::ptr::null(),
+                std::ptr::null_mut(),
+                &mut cache,
+            )
+        };
+        if opened != BcStatus::BC_OK {
+            assert!(matches!(
+                opened,
+                BcStatus::BC_CORRUPT | BcStatus::BC_INVALID_ARGUMENT
+            ));
+            return None;
+        }
+        Some(cache)
     }
-    let mut stream = ArrowArrayStream::RELEASED;
-    // SAFETY: a live cache, no requested schema, a writable out.
-    let status =
-        unsafe { batchcorder::cache::bc_cache_reader(cache, true, std::ptr::null(), &mut stream) };
-    assert_eq!(status, BcStatus::BC_OK);
-    let fields = seed.batches[0].schema().fields().clone();
-    for position in 0.. {
-        let mut array = ArrowArray::RELEASED;
-        // SAFETY: a live stream of ours, a writable out.
-        let rc = unsafe { (stream.get_next.unwrap())(&mut stream, &mut array) };
-        if rc != 0 {
-            // SAFETY: a live stream made by `bc_cache_reader`.
-            let failure = unsafe { batchcorder::export::bc_reader_failure(&mut stream) };
-            assert_eq!(failure, BcStatus::BC_CORRUPT, "C stream, batch {position}");
-            break;
-        }
-        if array.release.is_none() {
-            break;
-        }
-        // SAFETY: an array of the stream's struct type, released by the import.
+
+    /// The cache's schema, as `bc_cache_schema` gives it.
+    fn fields(cache: *mut BcCache) -> Fields {
+        let mut schema = ArrowSchema::RELEASED;
+        // SAFETY: a live cache, a writable out.
+        let status = unsafe { batchcorder::cache::bc_cache_schema(cache, &mut schema) };
+        assert_eq!(status, BcStatus::BC_OK, "bc_cache_schema: {}", last_error());
+        // SAFETY: an exported schema, released by the import.
+        let ffi = unsafe { schema.into_ffi() };
+        Schema::try_from(&ffi).unwrap().fields().clone()
+    }
+
+    /// Import `array` of the cache's struct type and validate it in full.
+    fn import(what: &str, array: ArrowArray, fields: &Fields) -> RecordBatch {
+        // SAFETY: an array of the cache's struct type, released by the import.
         let data = unsafe {
             arrow_array::ffi::from_ffi_and_data_type(
                 array.into_ffi(),
@@ -467,18 +664,173 @@ fn read_through_c(save: &Path, verify: Verify, seed: &Seed, exact: bool) {
         }
         .unwrap();
         if let Err(err) = data.validate_full() {
-            panic!("C stream, batch {position}: an invalid array was handed out: {err}");
+            panic!("C, {what}: an invalid array was handed out: {err}");
         }
+        RecordBatch::from(StructArray::from(data))
+    }
+
+    fn check(what: &str, batch: &RecordBatch, expected: Option<&RecordBatch>, exact: bool) {
         if exact {
-            let batch = RecordBatch::from(StructArray::from(data));
-            let saved = seed.batches.get(position).map(RecordBatch::columns);
-            assert_eq!(Some(batch.columns()), saved, "C stream, batch {position}");
+            assert_eq!(
+                Some(batch.columns()),
+                expected.map(RecordBatch::columns),
+                "C, {what}"
+            );
         }
     }
-    // SAFETY: a live stream, released once; then the cache, freed once.
-    unsafe {
-        (stream.release.unwrap())(&mut stream);
-        batchcorder::cache::bc_cache_free(cache);
+
+    /// A refusal of a read, which may only be `BC_CORRUPT`, or past the end when
+    /// `past_end` says that is possible.
+    fn refused(what: &str, status: BcStatus, past_end: bool) {
+        let out_of_range = status == BcStatus::BC_INVALID_ARGUMENT
+            && bc_last_error_kind() == BcErrorKind::BC_ERROR_KIND_OUT_OF_RANGE;
+        assert!(
+            status == BcStatus::BC_CORRUPT || (past_end && out_of_range),
+            "C, {what}: {status:?}"
+        );
+    }
+
+    pub fn access_first(cache: *mut BcCache, access: &Access, seed: &Seed, exact: bool) {
+        let fields = fields(cache);
+        match access {
+            Access::Plain => {}
+            Access::Random { rows } => {
+                let n = seed.batches.len();
+                for i in 0..=n {
+                    let what = format!("bc_cache_batch({i})");
+                    let mut array = ArrowArray::RELEASED;
+                    // SAFETY: a live cache, a writable out.
+                    let status = unsafe {
+                        batchcorder::random_access::bc_cache_batch(cache, i as u64, &mut array)
+                    };
+                    match status {
+                        BcStatus::BC_OK => check(
+                            &what,
+                            &import(&what, array, &fields),
+                            seed.batches.get(i),
+                            exact,
+                        ),
+                        _ => refused(&what, status, !exact || i == n),
+                    }
+                }
+                let rows = take_rows(rows, seed);
+                let what = format!("bc_cache_take({rows:?})");
+                let expected = seed.pristine.take(&rows);
+                let mut array = ArrowArray::RELEASED;
+                // SAFETY: a live cache, `rows.len()` rows, a writable out.
+                let status = unsafe {
+                    batchcorder::random_access::bc_cache_take(
+                        cache,
+                        rows.as_ptr(),
+                        rows.len(),
+                        &mut array,
+                    )
+                };
+                match status {
+                    BcStatus::BC_OK => check(
+                        &what,
+                        &import(&what, array, &fields),
+                        expected.as_ref().ok(),
+                        exact,
+                    ),
+                    _ => refused(&what, status, !exact || expected.is_err()),
+                }
+            }
+            Access::Ordered { .. } => {
+                let order = Order::of(access).unwrap();
+                let expected = ordered(seed, &order);
+                // SAFETY: the builder calls on a builder of ours, freed once.
+                let stream = unsafe {
+                    let opts = ro::bc_reader_options_new();
+                    if let Some(seed) = order.seed {
+                        assert_eq!(
+                            ro::bc_reader_options_set_shuffle(opts, seed),
+                            BcStatus::BC_OK
+                        );
+                    }
+                    if let Some(window) = order.window {
+                        assert_eq!(
+                            ro::bc_reader_options_set_shuffle_window(opts, window),
+                            BcStatus::BC_OK
+                        );
+                    }
+                    assert_eq!(
+                        ro::bc_reader_options_set_shuffle_rows(opts, order.rows),
+                        BcStatus::BC_OK
+                    );
+                    let (index, count) = order.shard;
+                    assert_eq!(
+                        ro::bc_reader_options_set_shard(opts, index, count),
+                        BcStatus::BC_OK
+                    );
+                    let mut stream = ArrowArrayStream::RELEASED;
+                    let status =
+                        ro::bc_cache_reader_with(cache, opts, std::ptr::null(), &mut stream);
+                    ro::bc_reader_options_free(opts);
+                    assert_eq!(status, BcStatus::BC_OK);
+                    stream
+                };
+                read_stream(&format!("{access:?}"), stream, &fields, &expected, exact);
+            }
+        }
+    }
+
+    /// The plain C stream of `cache`.
+    pub fn read_plain(cache: *mut BcCache, seed: &Seed, exact: bool) {
+        let mut stream = ArrowArrayStream::RELEASED;
+        // SAFETY: a live cache, no requested schema, a writable out.
+        let status = unsafe {
+            batchcorder::cache::bc_cache_reader(cache, true, std::ptr::null(), &mut stream)
+        };
+        assert_eq!(status, BcStatus::BC_OK);
+        read_stream("C stream", stream, &fields(cache), &seed.batches, exact);
+    }
+
+    /// Read `stream` to its end or its refusal (only `BC_CORRUPT`), then release it.
+    fn read_stream(
+        what: &str,
+        mut stream: ArrowArrayStream,
+        fields: &Fields,
+        expected: &[RecordBatch],
+        exact: bool,
+    ) {
+        for k in 0.. {
+            let mut array = ArrowArray::RELEASED;
+            // SAFETY: a live stream of ours, a writable out.
+            let rc = unsafe { (stream.get_next.unwrap())(&mut stream, &mut array) };
+            if rc != 0 {
+                // SAFETY: a live stream made by the library.
+                let failure = unsafe { batchcorder::export::bc_reader_failure(&mut stream) };
+                assert_eq!(failure, BcStatus::BC_CORRUPT, "{what}, batch {k}");
+                break;
+            }
+            if array.release.is_none() {
+                assert!(
+                    !exact || k == expected.len(),
+                    "C, {what}: ended after {k} batches"
+                );
+                break;
+            }
+            let what = format!("{what}, batch {k}");
+            check(&what, &import(&what, array, fields), expected.get(k), exact);
+        }
+        // SAFETY: a live stream, released once.
+        unsafe { (stream.release.unwrap())(&mut stream) };
+    }
+
+    /// `bc_last_error()`'s message.
+    fn last_error() -> String {
+        let message = batchcorder::bc_last_error();
+        if message.is_null() {
+            return String::new();
+        }
+        // SAFETY: a NUL-terminated string, valid until the next call on this thread.
+        unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy().into_owned()
+    }
+
+    pub fn free(cache: *mut BcCache) {
+        // SAFETY: a live cache, freed once.
+        unsafe { batchcorder::cache::bc_cache_free(cache) };
     }
 }
 
@@ -517,29 +869,23 @@ fuzz_target!(|input: Input| {
         // The harness rewrote the data file: only a restored time skips the checksums.
         let checked =
             verify == Verify::Always || (verify == Verify::IfModified && !input.restore_mtime);
+        let exact = checked && exact_when_checked;
+        access_first(&input.access, &cache, seed, exact, verify);
         for pass in 0..2 {
-            let mut reader = cache.reader(true).unwrap();
-            loop {
-                match reader.next_batch() {
-                    Ok(Some(batch)) => {
-                        assert_eq!(batch.schema(), cache.schema(), "{verify:?}");
-                        for column in batch.columns() {
-                            if let Err(err) = column.to_data().validate_full() {
-                                panic!("{verify:?}, pass {pass}: an invalid batch was handed out: {err}");
-                            }
-                        }
-                        let position = reader.position() as usize - 1;
-                        if checked && exact_when_checked {
-                            assert_eq!(Some(&batch), seed.batches.get(position), "{verify:?}");
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) if allowed(&err) => break,
-                    Err(err) => panic!("{verify:?}, pass {pass}: read failed with {err:?}"),
-                }
-            }
+            let reader = cache.reader(true).unwrap();
+            read_all(
+                &format!("{verify:?}, pass {pass}"),
+                reader,
+                &cache,
+                &seed.batches,
+                exact,
+            );
         }
         assert!(cache.stats().is_ok(), "{verify:?}: the cache is poisoned");
-        read_through_c(&save, verify, seed, checked && exact_when_checked);
+        if let Some(opened) = c::open(&save, verify) {
+            c::access_first(opened, &input.access, seed, exact);
+            c::read_plain(opened, seed, exact);
+            c::free(opened);
+        }
     }
 });

@@ -2,7 +2,9 @@
 
 Each damaged copy of a real save is read in a child process, in every verify mode
 (`verify=False`; the default with the data file's modification time put back, so that it
-checks no checksum; the default with the time changed; `verify=True`). The child reports
+checks no checksum; the default with the time changed; `verify=True`); bit flips and cuts
+each by one of five ways (a reader, `cache[i]`, `take`, a windowed shuffle of batches and
+rows, two shuffled shards), so that a damaged batch's first read is there. The child reports
 what each read gave; the test asserts the child exited normally, that every refusal was
 `CorruptCacheError`, that every batch handed out passes `validate(full=True)`, and that a
 batch checked against its checksum is exactly the saved one. Also here: the manifest's
@@ -33,28 +35,50 @@ BATCHES = 6
 ROWS = 500
 
 # Reads every case in every mode and prints one JSON line per read, flushed, so that a
-# crash still shows which case it was.
+# crash still shows which case it was. A case's "way" is how the save is read; each way
+# reaches every batch, and a checked read must give what the same way gives on a live
+# cache of the pristine batches.
 CHILD = r"""
-import json, os, sys
+import itertools, json, os, sys
 import pyarrow as pa
 from batchcorder import CorruptCacheError, StreamCache
 
 pristine_path, cases = sys.argv[1], json.load(sys.stdin)
 pristine = pa.ipc.open_file(pristine_path)
-expected = [pristine.get_batch(i) for i in range(pristine.num_record_batches)]
+batches = [pristine.get_batch(i) for i in range(pristine.num_record_batches)]
+starts = list(itertools.accumulate((b.num_rows for b in batches), initial=0))
+# The last row, the first, and one inside each batch.
+taken = [starts[-1] - 1, 0, *(start + 7 for start in starts[:-1])]
+
+def ways(cache):
+    return {
+        "reader": lambda: iter(cache),
+        "index": lambda: (cache[i] for i in range(len(batches))),
+        "take": lambda: iter([cache.take(taken)]),
+        "shuffled": lambda: cache.reader(shuffle=5, shuffle_window=3, shuffle_rows=True),
+        "shards": lambda: itertools.chain(
+            cache.reader(shuffle=5, shard=(0, 2)), cache.reader(shuffle=5, shard=(1, 2))
+        ),
+    }
+
+with StreamCache(pa.Table.from_batches(batches)) as live:
+    expected_by_way = {way: list(read()) for way, read in ways(live).items()}
 for case in cases:
+    way = case.get("way", "reader")
+    expected = expected_by_way[way]
     saved_ns = case["saved_ns"]
     for mode in ("never", "unchanged-time", "changed-time", "always"):
         if mode in ("unchanged-time", "changed-time"):
             ns = saved_ns if mode == "unchanged-time" else saved_ns + 1_000_000_000
             os.utime(os.path.join(case["path"], "data.arrow"), ns=(ns, ns))
         verify = {"never": False, "always": True}.get(mode)
-        result = {"case": case["name"], "mode": mode, "served": 0, "inexact": [],
+        result = {"case": case["name"], "way": way, "mode": mode, "served": 0, "inexact": [],
+                  "expected": len(expected),
                   "invalid": [], "refused": None, "unexpected": None}
         try:
             with StreamCache.open(case["path"], verify=verify) as cache:
                 result["refused"] = "batch"
-                for i, batch in enumerate(cache):
+                for i, batch in enumerate(ways(cache)[way]()):
                     try:
                         batch.validate(full=True)
                     except pa.ArrowInvalid as err:
@@ -105,6 +129,11 @@ def flat_table() -> pa.Table:
             "ts": pa.array([maybe(i, i) for i in range(rows)], pa.timestamp("us", tz="UTC")),
         }
     )
+
+
+# How the child reads a case (CHILD's `ways`): a reader, every batch by its index, rows
+# from every batch by theirs, a windowed shuffle of batches and rows, two shuffled shards.
+WAYS = ["reader", "index", "take", "shuffled", "shards"]
 
 
 def saved(path: Path, data: pa.Table) -> Path:
@@ -161,7 +190,7 @@ def read_in_child(save: Path, cases: list[dict]) -> list[dict]:
 
 def check(results: list[dict]) -> None:
     for result in results:
-        what = f"{result['case']}, {result['mode']}"
+        what = f"{result['case']}, {result['way']}, {result['mode']}"
         assert result["unexpected"] is None, f"{what}: {result['unexpected']}"
         assert not result["invalid"], f"{what}: invalid batches handed out: {result['invalid']}"
         if result["mode"] in ("changed-time", "always"):
@@ -205,10 +234,19 @@ def test_bit_flips_anywhere_and_truncations(any_save, tmp_path):
         cases.append(damaged_copy(save, tmp_path, f"flip-{n}-at-{at}", bytes(edited)))
     for n, keep in enumerate(sorted(rng.sample(range(len(data)), 10)) + [0]):
         cases.append(damaged_copy(save, tmp_path, f"cut-{n}-to-{keep}", data[:keep]))
+    for n, case in enumerate(cases):
+        case["way"] = WAYS[n % len(WAYS)]
+    # Controls: the save unedited, read each way, gives what a live cache gives.
+    for way in WAYS:
+        cases.append({**damaged_copy(save, tmp_path, f"pristine-{way}", data), "way": way})
     results = read_in_child(save, cases)
     check(results)
     by_mode: dict[str, dict[str, int]] = {}
     for result in results:
+        if result["case"].startswith("pristine-"):
+            assert result["refused"] is None and not result["inexact"], result
+            assert result["served"] == result["expected"] > 0, result
+            continue
         outcome = result["refused"] or ("inexact" if result["inexact"] else "exact")
         counts = by_mode.setdefault(result["mode"], {})
         counts[outcome] = counts.get(outcome, 0) + 1

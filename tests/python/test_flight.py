@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -830,6 +831,149 @@ def test_no_refused_call_sends_the_client_a_traceback(call):
             assert list(client.list_flights(b"\xff\xfe", CALL)) == []
         assert read_all(server.location).num_rows == 100
         assert server.active_streams == 0 and cache.stats().readers_live == 0
+
+
+# Ordering tickets a client may send, and what the refusal says.
+HOSTILE_ORDERS: list[tuple[bytes, str]] = [
+    (b'{"cache": "data", "shard": [0, 0]}', "shard count is 0"),
+    (b'{"cache": "data", "shard": [5, 5]}', "shard index 5 is out of range for 5 shards"),
+    (b'{"cache": "data", "shard": [-1, 2]}', '"shard" must hold integers from 0 to 2**64 - 1'),
+    (b'{"cache": "data", "shard": [0, -3]}', '"shard" must hold integers from 0 to 2**64 - 1'),
+    (b'{"cache": "data", "shard": [0, 18446744073709551616]}', "from 0 to 2**64 - 1"),
+    (b'{"cache": "data", "shard": [0]}', '"shard" must be [index, count]'),
+    (b'{"cache": "data", "shard": [0, 1, 2]}', '"shard" must be [index, count]'),
+    (b'{"cache": "data", "shard": "0/2"}', '"shard" must be [index, count]'),
+    (b'{"cache": "data", "shard": {"index": 0}}', '"shard" must be [index, count]'),
+    (b'{"cache": "data", "shard": [0.5, 2]}', '"shard" must hold integers, got float'),
+    (b'{"cache": "data", "shard": [true, 2]}', '"shard" must hold integers, got bool'),
+    (b'{"cache": "data", "shard": [0, null]}', '"shard" must hold integers, got NoneType'),
+    (b'{"cache": "data", "shard": [null, 2]}', '"shard" must hold integers, got NoneType'),
+    (b'{"cache": "data", "seed": "7"}', '"seed" must hold integers, got str'),
+    (b'{"cache": "data", "seed": 1.5}', '"seed" must hold integers, got float'),
+    (b'{"cache": "data", "seed": 1e400}', '"seed" must hold integers, got float'),
+    (b'{"cache": "data", "seed": NaN}', '"seed" must hold integers, got float'),
+    (b'{"cache": "data", "seed": true}', '"seed" must hold integers, got bool'),
+    (b'{"cache": "data", "seed": [7]}', '"seed" must hold integers, got list'),
+    (b'{"cache": "data", "seed": -1}', '"seed" must hold integers from 0 to 2**64 - 1'),
+    (b'{"cache": "data", "seed": ' + b"9" * 4000 + b"}", '"seed" must hold integers from 0'),
+    (b'{"cache": "data", "window": 3}', "shuffle_window (bc_reader_options_set_shuffle_window) needs a shuffle"),
+    (b'{"cache": "data", "seed": 1, "window": 0}', "shuffle_window is 0"),
+    (b'{"cache": "data", "seed": 1, "window": -4}', '"window" must hold integers from 0'),
+    (b'{"cache": "data", "seed": 1, "window": "all"}', '"window" must hold integers, got str'),
+    (b'{"cache": "data", "seed": 1, "start": "frontier"}', "shuffle needs a reader from the start"),
+    (b'{"cache": "data", "seed": 1, "shard": [0, 2], "extra": 1}', "unknown ticket keys ['extra']"),
+]
+
+
+@pytest.mark.parametrize("raw, says", HOSTILE_ORDERS, ids=[raw[:60].decode() for raw, _ in HOSTILE_ORDERS])
+def test_hostile_ordering_tickets_are_refused_by_name(raw, says):
+    with StreamCache(table(1_000).to_reader(max_chunksize=100)) as cache, serving({"data": cache}) as server:
+        err = read_error(server.location, fl.Ticket(raw))
+        assert isinstance(err, fl.FlightServerError), err
+        assert says in str(err), err
+        assert_tells_nothing_of_the_server(str(err))
+        assert read_all(server.location).num_rows == 1_000
+        assert server.active_streams == 0 and cache.stats().readers_live == 0
+
+
+def batch_ids(data: pa.Table) -> list[list[int]]:
+    return [batch.column("id").to_pylist() for batch in data.to_batches() if batch.num_rows]
+
+
+def test_extreme_ordering_tickets_read_what_a_local_reader_reads():
+    """The largest values a ticket takes: a shard count past 2**63 splits the stream with
+    no batch twice, a window past the stream shuffles all of it."""
+    top = 2**64 - 1
+    with StreamCache(table(1_000).to_reader(max_chunksize=100)) as cache, serving({"data": cache}) as server:
+        cases = [
+            ({"seed": top, "window": top}, 10),
+            ({"seed": 0, "window": 1, "shard": (top - 1, top)}, 0),
+            ({"shard": (0, top)}, 1),
+            ({"shard": (2**63 - 1, 2**63 + 1)}, 0),
+            ({"shard": (2**63, 2**63 + 1)}, 0),
+            ({"seed": 5, "shard": (top - 1, top)}, 0),
+        ]
+        for order, batches in cases:
+            got = batch_ids(read_all(server.location, ticket("data", **order)))
+            local = cache.reader(shuffle=order.get("seed"), shuffle_window=order.get("window"),
+                                 shard=order.get("shard"))
+            assert got == [batch.column("id").to_pylist() for batch in local], order
+            assert len(got) == batches, (order, got)
+
+
+def test_mangled_ordering_tickets_never_break_the_server():
+    """Ordering tickets with random values of any type (huge, negative, floats, strings,
+    lists of any length), and valid ones cut short or with bytes flipped, dropped or
+    repeated: each is read as the ticket says (as a local reader with the same request
+    reads it) or refused with a Flight error that names the problem, and the server
+    serves on."""
+    rng = random.Random(8)
+    top = 2**64 - 1
+    # Values a reader takes, and values of every other kind, a quarter of the time.
+    good = [0, 1, 2, 3, 7, 2**63 - 1, 2**63, 2**63 + 1, top - 1, top]
+    bad = [top + 1, -1, 2.5, 1.0, "3", None, True, []]
+    pairs = [[0, 2], [1, 3], [2, 3], [0, top], [top - 1, top], [2**63 - 1, 2**63 + 1], [2**63, 2**63 + 1]]
+    odd = [[0, 0], [3, 2], [0, None], [1], [0, 1, 2], "0/2", [2.0, 3], [-1, 2], None]
+    pools = {
+        "seed": (good, bad),
+        "window": (good, bad),
+        "shard": (pairs, odd),
+        "start": (["beginning", "frontier"], ["middle", 1, None]),
+    }
+    tickets = set()
+    while len(tickets) < 300:
+        fields: dict[str, Any] = {"cache": "data"}
+        for key, (fine, wrong) in pools.items():
+            if rng.random() < 0.5:
+                fields[key] = rng.choice(fine if rng.random() < 0.75 else wrong)
+        tickets.add(json.dumps(fields).encode())
+    valid = [
+        ticket("data", seed=7, window=3, shard=(1, 2)).ticket,
+        ticket("data", seed=top, shard=(0, 3)).ticket,
+        ticket("data", shard=(2, 4)).ticket,
+        ticket("data", "frontier", shard=(0, 2)).ticket,
+    ]
+    tickets |= {raw[:cut] for raw in valid for cut in range(0, len(raw), 3)}
+    while len(tickets) < 500:
+        raw = bytearray(rng.choice(valid))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(raw))
+            how = rng.randrange(3)
+            if how == 0:
+                raw[at] = rng.choice(b'0123456789-[]{},:."e ' + bytes([rng.randrange(256)]))
+            elif how == 1:
+                del raw[at]
+            else:
+                raw[at:at] = raw[at : at + rng.randint(1, 8)]
+        tickets.add(bytes(raw))
+    outcomes = {"read": 0, "refused": 0}
+    with StreamCache(table(1_000).to_reader(max_chunksize=100)) as cache, serving({"data": cache}) as server:
+        cache.ingest_all()
+        with connect(server.location) as client:
+            for raw in sorted(tickets):
+                expected: Union[list, str]
+                try:
+                    request = Request.decode(raw)
+                    if request.cache != "data":
+                        expected = "no cache named"
+                    else:
+                        local = cache.reader(from_start=request.from_start, **request.reader_order())
+                        expected = [batch.column("id").to_pylist() for batch in local]
+                except (TicketError, batchcorder.BatchcorderError) as err:
+                    expected = str(err)
+                try:
+                    got = batch_ids(client.do_get(fl.Ticket(raw), CALL).read_all())
+                except fl.FlightError as err:
+                    assert isinstance(err, fl.FlightServerError), (raw, err)
+                    assert isinstance(expected, str) and expected in str(err), (raw, err, expected)
+                    assert_tells_nothing_of_the_server(str(err))
+                    outcomes["refused"] += 1
+                else:
+                    assert got == expected, raw
+                    outcomes["read"] += 1
+        assert read_all(server.location).num_rows == 1_000
+        assert server.active_streams == 0
+    assert outcomes["read"] > 50 and outcomes["refused"] > 200, outcomes
 
 
 class Audited(CacheServer):

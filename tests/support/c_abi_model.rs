@@ -28,7 +28,10 @@ use batchcorder::cache::BcStats as Stats;
 use batchcorder::cache::*;
 use batchcorder::export::{bc_reader_next, bc_reader_position};
 use batchcorder::options::*;
+use batchcorder::random_access::{bc_cache_batch, bc_cache_take};
+use batchcorder::reader_options::*;
 use batchcorder::BcStatus::{self, *};
+use batchcorder::{bc_last_error_kind, BcErrorKind};
 
 pub const ROWS: i64 = 10;
 /// `Op` reader indices are taken modulo this.
@@ -90,14 +93,50 @@ fn first_id(array: ArrowArray) -> i64 {
 #[derive(Debug, Clone)]
 #[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
 pub enum Op {
-    NewReader { from_start: bool },
-    Read { reader: usize, count: u8 },
-    Release { reader: usize },
-    ReleaseAgain { reader: usize },
+    NewReader {
+        from_start: bool,
+    },
+    /// A reader of shard `index % count` of `1 + count % 4`, in the stream's order
+    /// (`bc_cache_reader_with`).
+    NewShardReader {
+        from_start: bool,
+        index: u8,
+        count: u8,
+    },
+    /// A reader in a random order seeded by `seed`, through a window of `window % 5`
+    /// batches (0: the whole stream), its rows shuffled too if `rows`; shard `index %
+    /// count` of `1 + count % 4` of that order.
+    NewShuffledReader {
+        seed: u8,
+        window: u8,
+        rows: bool,
+        index: u8,
+        count: u8,
+    },
+    /// Batch `index % 16` by its position (`bc_cache_batch`), sometimes past the end.
+    Batch {
+        index: u8,
+    },
+    /// Up to 8 rows, each `% (16 * ROWS)`, by their position (`bc_cache_take`).
+    Take {
+        rows: Vec<u8>,
+    },
+    Read {
+        reader: usize,
+        count: u8,
+    },
+    Release {
+        reader: usize,
+    },
+    ReleaseAgain {
+        reader: usize,
+    },
     IngestAll,
     Stats,
     Close,
-    Misuse { reader: usize },
+    Misuse {
+        reader: usize,
+    },
 }
 
 /// Where the cache keeps its batches.
@@ -121,7 +160,16 @@ pub struct Reader {
     stream: ArrowArrayStream,
     /// The stream's `release` as it was handed out, kept to call it again later.
     release_fn: ReleaseFn,
+    /// The stream position of the next batch.
     position: i64,
+    /// Positions between its batches: a shard's count, else 1.
+    step: i64,
+    /// Batches returned: what `bc_reader_position` reports for a shard.
+    returned: i64,
+    sharded: bool,
+    /// For a shuffled reader, the positions it returned and how many it returns in all
+    /// (its shard's share of the stream); its order is not modelled.
+    shuffled: Option<(std::collections::HashSet<i64>, i64)>,
     done: bool,
 }
 
@@ -258,14 +306,161 @@ pub fn run_on(
                         stream,
                         release_fn,
                         position,
+                        step: 1,
+                        returned: 0,
+                        sharded: false,
+                        shuffled: None,
                         done: false,
                     });
                 }
+            }
+            Op::NewShardReader {
+                from_start,
+                index,
+                count,
+            } => {
+                let count = 1 + i64::from(count % 4);
+                let index = i64::from(index) % count;
+                let mut stream = ArrowArrayStream::RELEASED;
+                // SAFETY: as said where `cache` was made; a builder of ours, freed once.
+                let status = unsafe {
+                    let opts = bc_reader_options_new();
+                    assert_eq!(bc_reader_options_set_from_start(opts, from_start), BC_OK);
+                    assert_eq!(
+                        bc_reader_options_set_shard(opts, index as u64, count as u64),
+                        BC_OK
+                    );
+                    let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
+                    bc_reader_options_free(opts);
+                    status
+                };
+                if model.closed {
+                    assert_eq!(status, BC_CLOSED);
+                } else if model.max_readers.is_some_and(|max| model.created >= max) {
+                    assert!(
+                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
+                        "{status:?}"
+                    );
+                    assert!(stream.release.is_none(), "out untouched on failure");
+                } else {
+                    assert_eq!(status, BC_OK);
+                    model.created += 1;
+                    let start = if from_start { 0 } else { model.frontier };
+                    // The shard's first position at or after the start.
+                    let position = start + (index - start % count).rem_euclid(count);
+                    let release_fn = stream.release.expect("a live reader");
+                    readers.push(Reader {
+                        stream,
+                        release_fn,
+                        position,
+                        step: count,
+                        returned: 0,
+                        sharded: true,
+                        shuffled: None,
+                        done: false,
+                    });
+                }
+            }
+            Op::NewShuffledReader {
+                seed,
+                window,
+                rows,
+                index,
+                count,
+            } => {
+                let count = 1 + i64::from(count % 4);
+                let index = i64::from(index) % count;
+                let window = u64::from(window % 5);
+                let mut stream = ArrowArrayStream::RELEASED;
+                // SAFETY: as said where `cache` was made; a builder of ours, freed once.
+                let status = unsafe {
+                    let opts = bc_reader_options_new();
+                    assert_eq!(bc_reader_options_set_shuffle(opts, u64::from(seed)), BC_OK);
+                    if window > 0 {
+                        assert_eq!(bc_reader_options_set_shuffle_window(opts, window), BC_OK);
+                    }
+                    assert_eq!(bc_reader_options_set_shuffle_rows(opts, rows), BC_OK);
+                    assert_eq!(
+                        bc_reader_options_set_shard(opts, index as u64, count as u64),
+                        BC_OK
+                    );
+                    let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
+                    bc_reader_options_free(opts);
+                    status
+                };
+                if model.closed {
+                    assert_eq!(status, BC_CLOSED);
+                } else if model.max_readers.is_some_and(|max| model.created >= max) {
+                    assert!(
+                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
+                        "{status:?}"
+                    );
+                    assert!(stream.release.is_none(), "out untouched on failure");
+                } else {
+                    assert_eq!(status, BC_OK);
+                    model.created += 1;
+                    // Elements `index`, `index + count`, ... of an order of every batch.
+                    let share = (model.batches - index + count - 1).max(0) / count;
+                    let release_fn = stream.release.expect("a live reader");
+                    readers.push(Reader {
+                        stream,
+                        release_fn,
+                        position: 0,
+                        step: 0,
+                        returned: 0,
+                        sharded: true,
+                        shuffled: Some((Default::default(), share)),
+                        done: false,
+                    });
+                }
+            }
+            Op::Batch { index } => {
+                let index = i64::from(index % 16);
+                let mut array = released_array();
+                // SAFETY: as said where `cache` was made.
+                let status = unsafe { bc_cache_batch(cache, index as u64, &mut array) };
+                let past_end = index >= model.batches;
+                if let Some(status) = random_access_failed(&mut model, status, index, past_end) {
+                    assert!(
+                        array.release.is_none(),
+                        "out untouched on failure: {status:?}"
+                    );
+                    continue;
+                }
+                assert_eq!(
+                    ids(array),
+                    (index * ROWS..(index + 1) * ROWS).collect::<Vec<_>>()
+                );
+            }
+            Op::Take { rows } => {
+                let rows: Vec<u64> = rows
+                    .iter()
+                    .take(8)
+                    .map(|&r| u64::from(r) % (16 * ROWS) as u64)
+                    .collect();
+                let mut array = released_array();
+                // SAFETY: as said where `cache` was made; `rows.len()` rows.
+                let status = unsafe { bc_cache_take(cache, rows.as_ptr(), rows.len(), &mut array) };
+                let last = rows.iter().max().map_or(-1, |&row| row as i64 / ROWS);
+                let past_end = last >= model.batches;
+                if let Some(status) = random_access_failed(&mut model, status, last, past_end) {
+                    assert!(
+                        array.release.is_none(),
+                        "out untouched on failure: {status:?}"
+                    );
+                    continue;
+                }
+                let rows: Vec<i64> = rows.iter().map(|&row| row as i64).collect();
+                assert_eq!(ids(array), rows);
             }
             Op::Read { reader, count } => {
                 let Some(r) = readers.get_mut(reader % READER_SLOTS) else {
                     continue;
                 };
+                if r.shuffled.is_some() {
+                    read_shuffled(cache, &mut model, r, count);
+                    continue;
+                }
                 for _ in 0..count.min(MAX_READ_COUNT) {
                     if r.done || r.stream.release.is_none() {
                         break;
@@ -277,25 +472,29 @@ pub fn run_on(
                         assert_eq!(status, BC_CLOSED);
                         break;
                     }
-                    if r.position == model.stop() && model.fail_at.is_some() {
+                    // A shard's next position may lie past the failure or the end.
+                    if r.position >= model.stop() && model.fail_at.is_some() {
                         assert_eq!(status, BC_UPSTREAM);
-                        model.frontier = model.frontier.max(r.position);
+                        model.frontier = model.stop();
                         break;
                     }
                     assert_eq!(status, BC_OK, "reading position {}", r.position);
-                    if r.position == model.batches {
+                    if r.position >= model.batches {
                         assert!(array.release.is_none(), "end of stream");
                         r.done = true;
+                        model.frontier = model.batches;
                         break;
                     }
                     assert_eq!(first_id(array), r.position * ROWS, "the right batch");
-                    r.position += 1;
-                    model.frontier = model.frontier.max(r.position);
+                    model.frontier = model.frontier.max(r.position + 1);
+                    r.position += r.step;
+                    r.returned += 1;
                     let mut position = 0;
                     // SAFETY: as said where `cache` was made.
                     let status = unsafe { bc_reader_position(&mut r.stream, &mut position) };
                     assert_eq!(status, BC_OK);
-                    assert_eq!(position as i64, r.position);
+                    let expected = if r.sharded { r.returned } else { r.position };
+                    assert_eq!(position as i64, expected);
                 }
             }
             Op::Release { reader } => {
@@ -389,6 +588,110 @@ pub fn run_on(
             "the last reader took the cache's directory with it"
         );
     }
+}
+
+/// `count` reads of shuffled reader `r`: each batch a whole one of the stream, rows in
+/// any order, none twice, as many as its share before the end; an upstream failure once
+/// the reader needs the batch that fails. How far a window pulls the upstream is not
+/// modelled: the model takes the cache's count.
+fn read_shuffled(cache: *mut BcCache, model: &mut Model, r: &mut Reader, count: u8) {
+    for _ in 0..count.min(MAX_READ_COUNT) {
+        if r.done || r.stream.release.is_none() {
+            break;
+        }
+        let mut array = released_array();
+        // SAFETY: a live cache and a live stream of ours.
+        let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
+        if model.closed {
+            assert_eq!(status, BC_CLOSED);
+            break;
+        }
+        if status == BC_UPSTREAM {
+            assert!(
+                model.fail_at.is_some(),
+                "a failure of an upstream that does not fail"
+            );
+            model.frontier = model.stop();
+            break;
+        }
+        assert_eq!(status, BC_OK);
+        let (seen, share) = r.shuffled.as_mut().expect("a shuffled reader");
+        if array.release.is_none() {
+            assert!(model.fail_at.is_none(), "ended before the failure");
+            assert_eq!(r.returned, *share, "end of stream after the shard's share");
+            r.done = true;
+            model.frontier = model.batches;
+            break;
+        }
+        let mut ids = ids(array);
+        ids.sort_unstable();
+        let position = ids[0] / ROWS;
+        assert_eq!(
+            ids,
+            (position * ROWS..(position + 1) * ROWS).collect::<Vec<_>>()
+        );
+        assert!(
+            position < model.stop(),
+            "batch {position} of {}",
+            model.stop()
+        );
+        assert!(seen.insert(position), "batch {position} returned twice");
+        r.returned += 1;
+        let mut returned = 0;
+        // SAFETY: a live stream of ours.
+        let status = unsafe { bc_reader_position(&mut r.stream, &mut returned) };
+        assert_eq!(status, BC_OK);
+        assert_eq!(returned as i64, r.returned);
+        // SAFETY: a live cache.
+        model.frontier = unsafe { bc_cache_ingested_count(cache) } as i64;
+    }
+}
+
+/// For `bc_cache_batch` and `bc_cache_take` reaching batch `last` (-1: none), the
+/// status a failure must have, after which the model moves its frontier as the call
+/// pulled the upstream; `None` when the call must succeed.
+fn random_access_failed(
+    model: &mut Model,
+    status: BcStatus,
+    last: i64,
+    past_end: bool,
+) -> Option<BcStatus> {
+    if model.closed {
+        assert_eq!(status, BC_CLOSED);
+        return Some(status);
+    }
+    if model.fail_at.is_some() && last >= model.stop() {
+        assert_eq!(status, BC_UPSTREAM);
+        model.frontier = model.stop();
+        return Some(status);
+    }
+    if past_end {
+        assert_eq!(status, BC_INVALID_ARGUMENT);
+        assert_eq!(
+            bc_last_error_kind(),
+            BcErrorKind::BC_ERROR_KIND_OUT_OF_RANGE
+        );
+        model.frontier = model.batches;
+        return Some(status);
+    }
+    model.frontier = model.frontier.max(last + 1);
+    // Not a reader: a batch every reader passed may be gone under `max_readers`.
+    if status == BC_EVICTED && model.max_readers.is_some() {
+        return Some(status);
+    }
+    assert_eq!(status, BC_OK, "reaching batch {last}");
+    None
+}
+
+/// The ids of an exported batch; releases it.
+fn ids(array: ArrowArray) -> Vec<i64> {
+    // SAFETY: a batch the library exported.
+    let ffi: FFI_ArrowArray = unsafe { array.into_ffi() };
+    let data_type = DataType::Struct(schema().fields().clone());
+    // SAFETY: a batch of the stream's rows.
+    let data = unsafe { from_ffi_and_data_type(ffi, data_type) }.unwrap();
+    let column = StructArray::from(data).column(0).clone();
+    column.as_primitive::<Int64Type>().values().to_vec()
 }
 
 fn assert_released(stream: &ArrowArrayStream) {

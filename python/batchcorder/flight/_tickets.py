@@ -70,7 +70,7 @@ class Request:
             if not isinstance(shard, (tuple, list)) or len(shard) != 2:
                 raise TicketError(f'"shard" must be [index, count], got {shard!r}')
             for number in shard:
-                _check_number(number, "shard")
+                _check_number(number, "shard", optional=False)
             object.__setattr__(self, "shard", tuple(shard))
 
     def __repr__(self) -> str:
@@ -150,9 +150,10 @@ class Request:
         return cls(name, cast(Start, start), fields.get("seed"), fields.get("window"), fields.get("shard"))
 
 
-def _check_number(value: object, key: str) -> None:
-    """``None``, or an integer a ``uint64_t`` holds (not a bool); ``TicketError`` if not."""
-    if value is None:
+def _check_number(value: object, key: str, optional: bool = True) -> None:
+    """An integer a ``uint64_t`` holds (not a bool), or ``None`` when ``optional``;
+    ``TicketError`` if not."""
+    if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise TicketError(f'"{key}" must hold integers, got {type(value).__name__} {value!r}')
