@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchOptions};
@@ -283,20 +283,24 @@ impl Decoding {
     }
 }
 
-/// What the reads of one batch share: its check, and what its first decode learnt.
+/// What the reads of one batch share: its check, and what a later decode learnt.
 #[derive(Debug, Default)]
 struct Known {
     /// For a batch of a persisted file: how it is checked on its first read; `None` for
     /// the spill files this process wrote.
     check: Option<Check>,
-    /// Set by the first decode (after the check passed): the batch's flat layout, or
-    /// `None` when arrow-ipc decodes it.
+    /// Whether a read of the batch succeeded: its check passed (a save's) or it decoded
+    /// (a spill's).
+    read_once: AtomicBool,
+    /// Set by the batch's second read, so that a batch read once (a single pass, a
+    /// worker's one epoch) does not pay for it: the flat layout, or `None` when arrow-ipc
+    /// decodes it.
     learnt: std::sync::OnceLock<Option<Layout>>,
 }
 
 /// How a persisted batch is checked on its first read in this process: against its
 /// checksum when the cache verifies, and always by a full validation (`crate::validate`),
-/// its dictionaries with it. Once passed (`Known::learnt` set), later reads of the same
+/// its dictionaries with it. Once passed (`Known::read_once`), later reads of the same
 /// bytes skip both.
 #[derive(Debug)]
 pub(crate) struct Check {
@@ -323,7 +327,9 @@ impl DiskEntry {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
         let bytes = self.batch.bytes()?;
-        let (Some(check), None) = (&self.known.check, self.known.learnt.get()) else {
+        let check =
+            (self.known.check.as_ref()).filter(|_| !self.known.read_once.load(Ordering::Acquire));
+        let Some(check) = check else {
             // Our own spill files, or a persisted batch that passed its check.
             return self.decode(schema, &bytes).map(Decoded::cached);
         };
@@ -358,7 +364,7 @@ impl DiskEntry {
         });
         let decoded = checked
             .unwrap_or_else(|panic| Err(self.damaged(&format!("does not decode ({panic})"))))?;
-        if self.learn(&decoded) {
+        if !self.known.read_once.swap(true, Ordering::AcqRel) {
             check.validation.passed();
         }
         Ok(decoded.cached())
@@ -391,20 +397,20 @@ impl DiskEntry {
             Some(flat) => flat,
             None => Decoded::Batch(self.decode_ipc(schema, bytes)?),
         };
-        if learnt.is_none() {
+        if learnt.is_none() && self.known.read_once.swap(true, Ordering::AcqRel) {
             self.learn(&decoded);
         }
         Ok(decoded)
     }
 
-    /// Keep what decoding this batch found, for its later reads; whether this call
-    /// kept it (not another read of the batch).
-    fn learn(&self, decoded: &Decoded) -> bool {
+    /// Keep what decoding this batch found, for its later reads (unless another read
+    /// kept it first).
+    fn learn(&self, decoded: &Decoded) {
         let layout = match decoded {
             Decoded::Flat(flat) => Some(Layout::of(flat)),
             Decoded::Batch(_) => None,
         };
-        self.known.learnt.set(layout).is_ok()
+        let _ = self.known.learnt.set(layout);
     }
 
     /// The batch by `crate::ipc_flat` from its parsed `header`, when it decodes it there.
@@ -482,7 +488,7 @@ impl DiskEntry {
             decoding,
             known: Arc::new(Known {
                 check: Some(check),
-                learnt: Default::default(),
+                ..Default::default()
             }),
         }
     }
@@ -1196,20 +1202,20 @@ mod tests {
         (vec![flat(0), flat(10)], nested)
     }
 
-    /// Read `entry` three times: every read gives `expected`; returns the messages parsed.
-    fn parses_over_three_reads(entry: &DiskEntry, expected: &RecordBatch) -> u64 {
+    /// Read `entry` four times: every read gives `expected`; returns the messages parsed.
+    fn parses_over_four_reads(entry: &DiskEntry, expected: &RecordBatch) -> u64 {
         let before = PARSES.with(std::cell::Cell::get);
-        for read in 0..3 {
+        for read in 0..4 {
             let cached = entry.read(&expected.schema()).expect("read");
             assert_eq!(cached.batch().expect("made"), expected, "read {read}");
         }
         PARSES.with(std::cell::Cell::get) - before
     }
 
-    /// A saved batch's message is parsed on its first read only: later reads make it from
-    /// the layout that read learnt.
+    /// A saved batch's message is parsed on its first two reads only (the check, then the
+    /// read that learns its layout): later reads make it from that layout.
     #[test]
-    fn a_saved_flat_batch_is_parsed_on_its_first_read_only() {
+    fn a_saved_flat_batch_is_parsed_on_its_first_two_reads_only() {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let (source, _) = flat_and_nested();
         let schema = source[0].schema();
@@ -1221,14 +1227,14 @@ mod tests {
         let opened = crate::save::open(&path, crate::save::Verify::Always).unwrap();
         for (position, expected) in (0u64..).zip(&source) {
             let entry = opened.index.get(position).expect("saved");
-            assert_eq!(parses_over_three_reads(entry, expected), 1, "{position}");
+            assert_eq!(parses_over_four_reads(entry, expected), 2, "{position}");
         }
     }
 
-    /// A spilled flat batch is parsed on its first read only, compressed or not; one with
-    /// a nested column goes to arrow-ipc unparsed.
+    /// A spilled flat batch is parsed on its first two reads only, compressed or not; one
+    /// with a nested column goes to arrow-ipc unparsed.
     #[test]
-    fn a_spilled_batch_is_parsed_on_its_first_read_only() {
+    fn a_spilled_batch_is_parsed_on_its_first_two_reads_only() {
         let (flat, nested) = flat_and_nested();
         for compression in [Compression::None, Compression::Lz4] {
             let dir = tempfile::tempdir().expect("a temporary folder");
@@ -1237,13 +1243,13 @@ mod tests {
             let (mut writer, _) = DiskWriter::create(&options).unwrap();
             for (position, batch) in (0u64..).zip(&flat) {
                 let entry = writer.write(position, batch).unwrap();
-                assert_eq!(parses_over_three_reads(&entry, batch), 1, "{compression:?}");
+                assert_eq!(parses_over_four_reads(&entry, batch), 2, "{compression:?}");
             }
         }
         let dir = tempfile::tempdir().expect("a temporary folder");
         let (mut writer, _) = DiskWriter::create(&DiskOptions::new(dir.path(), 1 << 30)).unwrap();
         let entry = writer.write(0, &nested).unwrap();
-        assert_eq!(parses_over_three_reads(&entry, &nested), 0);
+        assert_eq!(parses_over_four_reads(&entry, &nested), 0);
     }
 
     /// A range past the end is refused, never mapped (a read would fault).
