@@ -289,29 +289,9 @@ pub fn run_on(
                 // SAFETY: as said where `cache` was made.
                 let status =
                     unsafe { bc_cache_reader(cache, from_start, ptr::null(), &mut stream) };
-                if model.closed {
-                    assert_eq!(status, BC_CLOSED);
-                } else if model.max_readers.is_some_and(|max| model.created >= max) {
-                    assert!(
-                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
-                        "{status:?}"
-                    );
-                    assert!(stream.release.is_none(), "out untouched on failure");
-                } else {
-                    assert_eq!(status, BC_OK);
-                    model.created += 1;
+                if model.admits(status, &stream) {
                     let position = if from_start { 0 } else { model.frontier };
-                    let release_fn = stream.release.expect("a live reader");
-                    readers.push(Reader {
-                        stream,
-                        release_fn,
-                        position,
-                        step: 1,
-                        returned: 0,
-                        sharded: false,
-                        shuffled: None,
-                        done: false,
-                    });
+                    readers.push(Reader::live(stream, position, 1, false, None));
                 }
             }
             Op::NewShardReader {
@@ -321,44 +301,21 @@ pub fn run_on(
             } => {
                 let count = 1 + i64::from(count % 4);
                 let index = i64::from(index) % count;
-                let mut stream = ArrowArrayStream::RELEASED;
-                // SAFETY: as said where `cache` was made; a builder of ours, freed once.
-                let status = unsafe {
-                    let opts = bc_reader_options_new();
-                    assert_eq!(bc_reader_options_set_from_start(opts, from_start), BC_OK);
-                    assert_eq!(
-                        bc_reader_options_set_shard(opts, index as u64, count as u64),
-                        BC_OK
-                    );
-                    let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
-                    bc_reader_options_free(opts);
-                    status
-                };
-                if model.closed {
-                    assert_eq!(status, BC_CLOSED);
-                } else if model.max_readers.is_some_and(|max| model.created >= max) {
-                    assert!(
-                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
-                        "{status:?}"
-                    );
-                    assert!(stream.release.is_none(), "out untouched on failure");
-                } else {
-                    assert_eq!(status, BC_OK);
-                    model.created += 1;
+                let (status, stream) = reader_with(cache, |opts| {
+                    // SAFETY: a live builder of `reader_with`'s.
+                    unsafe {
+                        assert_eq!(bc_reader_options_set_from_start(opts, from_start), BC_OK);
+                        assert_eq!(
+                            bc_reader_options_set_shard(opts, index as u64, count as u64),
+                            BC_OK
+                        );
+                    }
+                });
+                if model.admits(status, &stream) {
                     let start = if from_start { 0 } else { model.frontier };
                     // The shard's first position at or after the start.
                     let position = start + (index - start % count).rem_euclid(count);
-                    let release_fn = stream.release.expect("a live reader");
-                    readers.push(Reader {
-                        stream,
-                        release_fn,
-                        position,
-                        step: count,
-                        returned: 0,
-                        sharded: true,
-                        shuffled: None,
-                        done: false,
-                    });
+                    readers.push(Reader::live(stream, position, count, true, None));
                 }
             }
             Op::NewShuffledReader {
@@ -371,47 +328,24 @@ pub fn run_on(
                 let count = 1 + i64::from(count % 4);
                 let index = i64::from(index) % count;
                 let window = u64::from(window % 5);
-                let mut stream = ArrowArrayStream::RELEASED;
-                // SAFETY: as said where `cache` was made; a builder of ours, freed once.
-                let status = unsafe {
-                    let opts = bc_reader_options_new();
-                    assert_eq!(bc_reader_options_set_shuffle(opts, u64::from(seed)), BC_OK);
-                    if window > 0 {
-                        assert_eq!(bc_reader_options_set_shuffle_window(opts, window), BC_OK);
+                let (status, stream) = reader_with(cache, |opts| {
+                    // SAFETY: a live builder of `reader_with`'s.
+                    unsafe {
+                        assert_eq!(bc_reader_options_set_shuffle(opts, u64::from(seed)), BC_OK);
+                        if window > 0 {
+                            assert_eq!(bc_reader_options_set_shuffle_window(opts, window), BC_OK);
+                        }
+                        assert_eq!(bc_reader_options_set_shuffle_rows(opts, rows), BC_OK);
+                        assert_eq!(
+                            bc_reader_options_set_shard(opts, index as u64, count as u64),
+                            BC_OK
+                        );
                     }
-                    assert_eq!(bc_reader_options_set_shuffle_rows(opts, rows), BC_OK);
-                    assert_eq!(
-                        bc_reader_options_set_shard(opts, index as u64, count as u64),
-                        BC_OK
-                    );
-                    let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
-                    bc_reader_options_free(opts);
-                    status
-                };
-                if model.closed {
-                    assert_eq!(status, BC_CLOSED);
-                } else if model.max_readers.is_some_and(|max| model.created >= max) {
-                    assert!(
-                        matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
-                        "{status:?}"
-                    );
-                    assert!(stream.release.is_none(), "out untouched on failure");
-                } else {
-                    assert_eq!(status, BC_OK);
-                    model.created += 1;
+                });
+                if model.admits(status, &stream) {
                     // Elements `index`, `index + count`, ... of an order of every batch.
                     let share = (model.batches - index + count - 1).max(0) / count;
-                    let release_fn = stream.release.expect("a live reader");
-                    readers.push(Reader {
-                        stream,
-                        release_fn,
-                        position: 0,
-                        step: 0,
-                        returned: 0,
-                        sharded: true,
-                        shuffled: Some((Default::default(), share)),
-                        done: false,
-                    });
+                    readers.push(Reader::live(stream, 0, 0, true, Some(share)));
                 }
             }
             Op::Batch { index } => {
@@ -650,6 +584,70 @@ fn read_shuffled(cache: *mut BcCache, model: &mut Model, r: &mut Reader, count: 
 /// For `bc_cache_batch` and `bc_cache_take` reaching batch `last` (-1: none), the
 /// status a failure must have, after which the model moves its frontier as the call
 /// pulled the upstream; `None` when the call must succeed.
+impl Reader {
+    /// A reader just handed out: at `position`, `step` positions between its batches (a
+    /// shard's count, else 1; 0 for a shuffled one), made with shard options or not, and
+    /// for a shuffled one how many it returns in all.
+    fn live(
+        stream: ArrowArrayStream,
+        position: i64,
+        step: i64,
+        sharded: bool,
+        share: Option<i64>,
+    ) -> Self {
+        let release_fn = stream.release.expect("a live reader");
+        Self {
+            stream,
+            release_fn,
+            position,
+            step,
+            returned: 0,
+            sharded,
+            shuffled: share.map(|share| (Default::default(), share)),
+            done: false,
+        }
+    }
+}
+
+impl Model {
+    /// Whether a new reader's `status` says it was made, as the model expects: refused
+    /// once closed or over `max_readers` (with `stream` untouched), counted when made.
+    fn admits(&mut self, status: BcStatus, stream: &ArrowArrayStream) -> bool {
+        if self.closed {
+            assert_eq!(status, BC_CLOSED);
+            false
+        } else if self.max_readers.is_some_and(|max| self.created >= max) {
+            assert!(
+                matches!(status, BC_INVALID_ARGUMENT | BC_EVICTED),
+                "{status:?}"
+            );
+            assert!(stream.release.is_none(), "out untouched on failure");
+            false
+        } else {
+            assert_eq!(status, BC_OK);
+            self.created += 1;
+            true
+        }
+    }
+}
+
+/// `bc_cache_reader_with` under options that `configure` sets on a new builder.
+fn reader_with(
+    cache: *mut BcCache,
+    configure: impl FnOnce(*mut BcReaderOptions),
+) -> (BcStatus, ArrowArrayStream) {
+    let mut stream = ArrowArrayStream::RELEASED;
+    // SAFETY: `cache` is live (its caller's contract); the builder is ours, freed once.
+    let status = unsafe {
+        let opts = bc_reader_options_new();
+        configure(opts);
+        let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
+        bc_reader_options_free(opts);
+        status
+    };
+    (status, stream)
+}
+
 fn random_access_failed(
     model: &mut Model,
     status: BcStatus,
