@@ -825,7 +825,9 @@ mod c {
             return String::new();
         }
         // SAFETY: a NUL-terminated string, valid until the next call on this thread.
-        unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn free(cache: *mut BcCache) {
