@@ -327,8 +327,11 @@ impl DiskEntry {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
         let bytes = self.batch.bytes()?;
-        let check =
-            (self.known.check.as_ref()).filter(|_| !self.known.read_once.load(Ordering::Acquire));
+        let check = self
+            .known
+            .check
+            .as_ref()
+            .filter(|_| !self.known.read_once.load(Ordering::Acquire));
         let Some(check) = check else {
             // Our own spill files, or a persisted batch that passed its check.
             return self.decode(schema, &bytes).map(Decoded::cached);

@@ -769,16 +769,20 @@ mod tests {
         })?
     }
 
-    #[test]
-    fn decodes_every_flat_type_as_arrow_ipc_does() {
+    /// A batch of every flat type, whole and sliced three ways, each with its name.
+    fn every_flat_type_and_slices() -> Vec<(&'static str, RecordBatch)> {
         let whole = every_flat_type(13);
-        let cases = [
+        vec![
             ("whole", whole.clone()),
             ("sliced", whole.slice(3, 9)),
             ("one row", whole.slice(1, 1)),
             ("empty", whole.slice(5, 0)),
-        ];
-        for (name, batch) in cases {
+        ]
+    }
+
+    #[test]
+    fn decodes_every_flat_type_as_arrow_ipc_does() {
+        for (name, batch) in every_flat_type_and_slices() {
             let (bytes, metadata_len) = encode(&batch);
             let bytes = Buffer::from_slice_ref(&bytes);
             let schema = batch.schema();
@@ -806,14 +810,8 @@ mod tests {
     /// message under 64 KiB.
     #[test]
     fn a_layout_makes_the_batch_decode_made() {
-        let whole = every_flat_type(13);
-        let cases = [
-            ("whole", whole.clone()),
-            ("sliced", whole.slice(3, 9)),
-            ("one row", whole.slice(1, 1)),
-            ("empty", whole.slice(5, 0)),
-            ("over 64 KiB", every_flat_type(4000)),
-        ];
+        let mut cases = every_flat_type_and_slices();
+        cases.push(("over 64 KiB", every_flat_type(4000)));
         for (name, batch) in cases {
             let (bytes, metadata_len) = encode(&batch);
             let first = Buffer::from_slice_ref(&bytes);
