@@ -396,16 +396,9 @@ pub fn run_on(
                     continue;
                 }
                 for _ in 0..count.min(MAX_READ_COUNT) {
-                    if r.done || r.stream.release.is_none() {
+                    let Some((status, array)) = next_of(&model, r) else {
                         break;
-                    }
-                    let mut array = released_array();
-                    // SAFETY: as said where `cache` was made.
-                    let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
-                    if model.closed {
-                        assert_eq!(status, BC_CLOSED);
-                        break;
-                    }
+                    };
                     // A shard's next position may lie past the failure or the end.
                     if r.position >= model.stop() && model.fail_at.is_some() {
                         assert_eq!(status, BC_UPSTREAM);
@@ -524,22 +517,31 @@ pub fn run_on(
     }
 }
 
+/// `bc_reader_next` on `r`, unless it ended or was released: its status and array, or
+/// `None` (and `BC_CLOSED` asserted) once the cache is closed.
+fn next_of(model: &Model, r: &mut Reader) -> Option<(BcStatus, ArrowArray)> {
+    if r.done || r.stream.release.is_none() {
+        return None;
+    }
+    let mut array = released_array();
+    // SAFETY: a live stream of ours, of a cache the model keeps alive.
+    let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
+    if model.closed {
+        assert_eq!(status, BC_CLOSED);
+        return None;
+    }
+    Some((status, array))
+}
+
 /// `count` reads of shuffled reader `r`: each batch a whole one of the stream, rows in
 /// any order, none twice, as many as its share before the end; an upstream failure once
 /// the reader needs the batch that fails. How far a window pulls the upstream is not
 /// modelled: the model takes the cache's count.
 fn read_shuffled(cache: *mut BcCache, model: &mut Model, r: &mut Reader, count: u8) {
     for _ in 0..count.min(MAX_READ_COUNT) {
-        if r.done || r.stream.release.is_none() {
+        let Some((status, array)) = next_of(model, r) else {
             break;
-        }
-        let mut array = released_array();
-        // SAFETY: a live cache and a live stream of ours.
-        let status = unsafe { bc_reader_next(&mut r.stream, &mut array) };
-        if model.closed {
-            assert_eq!(status, BC_CLOSED);
-            break;
-        }
+        };
         if status == BC_UPSTREAM {
             assert!(
                 model.fail_at.is_some(),
