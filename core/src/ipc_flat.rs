@@ -805,6 +805,18 @@ mod tests {
         }
     }
 
+    /// `batch` as a message, decoded here, and the layout learnt from that decode.
+    fn decoded_and_layout(batch: &RecordBatch) -> (Buffer, FlatBuffers, Layout) {
+        let (bytes, metadata_len) = encode(batch);
+        let bytes = Buffer::from_slice_ref(&bytes);
+        let header = check_message(&bytes, metadata_len, false).unwrap();
+        let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
+            .unwrap()
+            .expect("decoded here");
+        let layout = Layout::of(&decoded);
+        (bytes, decoded, layout)
+    }
+
     /// A layout makes the batch its message was decoded into, from the same bytes at
     /// another address too (a window mapped again), for every flat type; in `u16`s for a
     /// message under 64 KiB.
@@ -813,17 +825,11 @@ mod tests {
         let mut cases = every_flat_type_and_slices();
         cases.push(("over 64 KiB", every_flat_type(4000)));
         for (name, batch) in cases {
-            let (bytes, metadata_len) = encode(&batch);
-            let first = Buffer::from_slice_ref(&bytes);
+            let (first, decoded, layout) = decoded_and_layout(&batch);
             let schema = batch.schema();
-            let header = check_message(&first, metadata_len, false).unwrap();
-            let decoded = decode(&schema, header, &first, metadata_len)
-                .unwrap()
-                .expect("decoded here");
             decoded.validate(Utf8::Check).unwrap();
-            let layout = Layout::of(&decoded);
             let narrow = layout.0.first().is_some_and(|first| first & 1 == 0);
-            assert_eq!(narrow, bytes.len() < u16::MAX as usize, "{name}");
+            assert_eq!(narrow, first.len() < u16::MAX as usize, "{name}");
             let again = layout.flat(&schema, &first).expect("kept");
             assert_eq!(again.rows(), decoded.rows(), "{name}");
             for (ours, theirs) in again.columns().iter().zip(decoded.columns()) {
@@ -831,7 +837,7 @@ mod tests {
                 assert_eq!(ours.buffers(), theirs.buffers(), "{name}");
                 assert_eq!(ours.lengths, theirs.lengths, "{name}");
             }
-            let elsewhere = Buffer::from_slice_ref(&bytes);
+            let elsewhere = Buffer::from_slice_ref(first.as_slice());
             assert_ne!(elsewhere.as_ptr(), first.as_ptr());
             let moved = layout
                 .flat(&schema, &elsewhere)
@@ -856,14 +862,8 @@ mod tests {
             FixedSizeBinaryArray::try_new_with_len(0, Buffer::from(Vec::<u8>::new()), None, rows);
         let batch =
             RecordBatch::try_from_iter([("empty", Arc::new(empty.unwrap()) as ArrayRef)]).unwrap();
-        let (bytes, metadata_len) = encode(&batch);
+        let (bytes, _, layout) = decoded_and_layout(&batch);
         assert!(bytes.len() < 1000);
-        let bytes = Buffer::from_slice_ref(&bytes);
-        let header = check_message(&bytes, metadata_len, false).unwrap();
-        let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
-            .unwrap()
-            .unwrap();
-        let layout = Layout::of(&decoded);
         assert_eq!(layout.0.first().map(|first| first & 1), Some(1), "wide");
         let again = layout.flat(&batch.schema(), &bytes).unwrap();
         assert_eq!(again.to_batch().unwrap(), batch);
@@ -882,13 +882,7 @@ mod tests {
         // A column with nulls takes 5 words: one for the rows, 51 columns are 256.
         for (n, kept) in [(51, true), (52, false)] {
             let batch = columns(n);
-            let (bytes, metadata_len) = encode(&batch);
-            let bytes = Buffer::from_slice_ref(&bytes);
-            let header = check_message(&bytes, metadata_len, false).unwrap();
-            let decoded = decode(&batch.schema(), header, &bytes, metadata_len)
-                .unwrap()
-                .unwrap();
-            let layout = Layout::of(&decoded);
+            let (bytes, _, layout) = decoded_and_layout(&batch);
             assert_eq!(
                 layout.flat(&batch.schema(), &bytes).is_some(),
                 kept,
