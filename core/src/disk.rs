@@ -90,8 +90,9 @@ enum Backing {
 
 /// Bytes a persisted file is mapped in at a time: one mmap and one munmap serve every
 /// batch inside, and the pages a process holds stay bounded (not the whole file, as
-/// `pa.memory_map` holds it once read).
-const WINDOW: u64 = 4 << 20;
+/// `pa.memory_map` holds it once read). Several of a large batch's size, as a mapping
+/// per batch costs processes that read one file together (bench/notes.md).
+const WINDOW: u64 = 16 << 20;
 /// Windows start at a multiple of this: a page size on every platform (4, 16, 64 KiB).
 const WINDOW_ALIGN: u64 = 64 << 10;
 /// Windows kept mapped after their batches go: the dictionaries' (at the start of the
