@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -264,9 +265,7 @@ def bounded(impl: str, quick: bool) -> dict:
         for i in range(count):
             yield pa.record_batch([pa.array(np.full(chunk, float(i)))], schema=schema)
 
-    import resource  # POSIX's: the other workloads run on Windows too
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_bytes()
 
     def run():
         source = pa.RecordBatchReader.from_batches(schema, produce())
@@ -278,8 +277,7 @@ def bounded(impl: str, quick: bool) -> dict:
         assert rows == chunk * count
 
     seconds = timed(run)
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return {"seconds": seconds, "rss_growth_mib": grown / 1024}
+    return {"seconds": seconds, "rss_growth_mib": (peak_rss_bytes() - before) / (1 << 20)}
 
 
 def sliced(impl: str, quick: bool) -> dict:
@@ -334,6 +332,16 @@ def proc_status_bytes(field: str, pid: int | str = "self") -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS. Linux's `ru_maxrss` would hold the peak of the process
+    that forked this one, from before its exec: VmHWM does not."""
+    if sys.platform.startswith("linux"):
+        return proc_status_bytes("VmHWM")
+    import resource  # POSIX's: the other workloads run on Windows too
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # macOS: in bytes
 
 
 def reset_peak_rss() -> None:

@@ -57,6 +57,20 @@ def windows_memory_kib(peak: bool = False) -> int:
     return (counters.PeakWorkingSetSize if peak else counters.WorkingSetSize) // 1024
 
 
+def peak_resident_kib() -> int:
+    """This process's peak resident set since it started, in KiB. On Linux that is
+    VmHWM: ``ru_maxrss`` there keeps the peak of the process that forked it from before
+    its exec, so a child of a large test process would report that one's peak."""
+    if sys.platform == "win32":
+        return windows_memory_kib(peak=True)
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # macOS: bytes
+
+
 def windows_handle_count() -> int:
     """This process's open handles (GetProcessHandleCount): the Windows counterpart of
     its file descriptors."""

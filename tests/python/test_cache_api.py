@@ -339,12 +339,7 @@ def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
         """
         import sys, numpy as np, pyarrow as pa
         from batchcorder import StreamCache
-        if sys.platform == "win32":
-            from conftest import windows_memory_kib
-            peak_kib = lambda: windows_memory_kib(peak=True)
-        else:
-            import resource
-            peak_kib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        from conftest import peak_resident_kib as peak_kib
         schema = pa.schema([("x", pa.float64())])
         def produce():
             for i in range(256):            # 256 x 8 MiB = 2 GiB, made on the fly
@@ -364,8 +359,6 @@ def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's memory reading
                              filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))})
     rows, grown_kib, evicted = map(int, out.stdout.split())
-    if sys.platform == "darwin":
-        grown_kib //= 1024  # macOS's ru_maxrss is in bytes, Linux's in KiB
     assert rows * 8 == 2 << 30
     assert evicted == 256
     assert grown_kib < 64 * 1024, f"peak RSS grew {grown_kib} KiB"

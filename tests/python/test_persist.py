@@ -11,10 +11,14 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -131,6 +135,36 @@ def test_spawned_processes_open_one_save_at_once(saved):
     with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
         sums = list(pool.map(open_and_sum, [str(info.path)] * 4, timeout=WORKER_SECONDS))
     assert sums == [sum(range(10_000))] * 4
+
+
+def test_reading_a_save_to_its_end_keeps_few_of_its_pages_resident(tmp_path):
+    # docs/processes.md: a process's memory does not grow with the size of the save it
+    # reads (windows are unmapped as readers pass them), unlike a whole-file mapping's.
+    schema = pa.schema([("x", pa.float64())])
+    batches = (pa.record_batch([pa.array(np.full(1 << 20, float(i)))], schema=schema)
+               for i in range(48))  # 48 x 8 MiB
+    StreamCache(pa.RecordBatchReader.from_batches(schema, batches)).persist(tmp_path / "big")
+    script = textwrap.dedent(
+        """
+        import sys, pyarrow.compute as pc
+        from batchcorder import StreamCache
+        from conftest import peak_resident_kib as peak_kib
+        with StreamCache.open(sys.argv[1]) as cache:
+            reader = cache.reader()
+            total = pc.sum(next(reader).column(0)).as_py()
+            base = peak_kib()
+            for batch in reader:
+                total += pc.sum(batch.column(0)).as_py()  # every page of the batch read
+            print(int(total), peak_kib() - base)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big")], capture_output=True,
+                         text=True, check=True, timeout=WORKER_SECONDS,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's memory reading
+                             filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))})
+    total, grown_kib = map(int, out.stdout.split())
+    assert total == sum(range(48)) << 20
+    assert grown_kib < 96 * 1024, f"reading a 384 MiB save grew the peak RSS by {grown_kib} KiB"
 
 
 def test_open_takes_max_readers_with_the_rules_of_a_new_cache(saved):
