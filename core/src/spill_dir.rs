@@ -129,8 +129,8 @@ fn remove_owner_last(folder: &Path, owner: Option<File>) -> std::io::Result<()> 
 /// (see [`platform::remove_locked`]); a sweep takes the name it may pass through for a
 /// file being made, not for an owner file.
 fn release_owner(folder: &Path, owner: Option<File>) -> std::io::Result<()> {
-    let aside = folder.join(format!("{NEW_OWNER}{}", std::process::id()));
-    platform::remove_locked(&folder.join(OWNER), owner, &aside)
+    let aside = || folder.join(format!("{NEW_OWNER}{}", std::process::id()));
+    platform::remove_locked(&folder.join(OWNER), owner, aside)
 }
 
 /// The prefix of a name [`SpillDir`] gives, if `name` is one.

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{FileState, Hold};
 
@@ -225,7 +225,11 @@ pub(crate) fn try_lock(file: &File) -> bool {
 
 /// Remove the file `path`, whose lock `held` holds if given, then release the lock: a
 /// removed name is gone at once, so no one finds it unlocked. `aside` is Windows's.
-pub(crate) fn remove_locked(path: &Path, held: Option<File>, _aside: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_locked(
+    path: &Path,
+    held: Option<File>,
+    _aside: impl FnOnce() -> PathBuf,
+) -> std::io::Result<()> {
     let removed = std::fs::remove_file(path);
     drop(held);
     removed

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::windows::ffi::OsStrExt;
 use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
 use std::os::windows::io::AsRawHandle;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use windows_sys::Win32::Foundation as win;
 use windows_sys::Win32::Security::Cryptography::{
@@ -242,15 +242,20 @@ pub(crate) fn try_lock(file: &File) -> bool {
 }
 
 /// Remove the file `path`, whose lock `held` holds if given: an open file keeps its
-/// name (and so its folder) until closed, so it is renamed to `aside`, a name no one takes
-/// for a locked file, then closed, then removed.
-pub(crate) fn remove_locked(path: &Path, held: Option<File>, aside: &Path) -> std::io::Result<()> {
+/// name (and so its folder) until closed, so it is renamed to `aside()`, a name no one
+/// takes for a locked file, then closed, then removed.
+pub(crate) fn remove_locked(
+    path: &Path,
+    held: Option<File>,
+    aside: impl FnOnce() -> PathBuf,
+) -> std::io::Result<()> {
     let Some(held) = held else {
         return std::fs::remove_file(path);
     };
-    std::fs::rename(path, aside)?;
+    let aside = aside();
+    std::fs::rename(path, &aside)?;
     drop(held);
-    std::fs::remove_file(aside)
+    std::fs::remove_file(&aside)
 }
 
 /// The folder, in the user's temporary folder, of the lock files that stand for folders'
