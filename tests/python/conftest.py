@@ -6,6 +6,7 @@ thread's stack instead of stalling the run."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,13 @@ def windows_memory_kib(peak: bool = False) -> int:
     if not psapi.GetProcessMemoryInfo(kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb):
         raise ctypes.WinError(ctypes.get_last_error())
     return (counters.PeakWorkingSetSize if peak else counters.WorkingSetSize) // 1024
+
+
+def run_child(script: str, *args: str, timeout: float = 300) -> str:
+    """Run ``script`` in a fresh Python that can import conftest; its standard output."""
+    path = os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          check=True, timeout=timeout, env={**os.environ, "PYTHONPATH": path}).stdout
 
 
 def peak_resident_kib() -> int:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import gc
 import os
 import re
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -15,6 +13,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from conftest import run_child
 
 import batchcorder
 from batchcorder import CastingStreamCache, StreamCache, StreamCacheReader, UpstreamError
@@ -355,10 +355,7 @@ def test_bounded_pass_over_two_gib_stays_under_64_mib_of_rss():
         print(rows, grown, cache.stats().batches_evicted)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's memory reading
-                             filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))})
-    rows, grown_kib, evicted = map(int, out.stdout.split())
+    rows, grown_kib, evicted = map(int, run_child(script).split())
     assert rows * 8 == 2 << 30
     assert evicted == 256
     assert grown_kib < 64 * 1024, f"peak RSS grew {grown_kib} KiB"

@@ -11,8 +11,6 @@ import multiprocessing
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 import textwrap
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from conftest import posix_only, wait_for_child
+from conftest import posix_only, run_child, wait_for_child
 
 import batchcorder
 
@@ -158,11 +156,7 @@ def test_reading_a_save_to_its_end_keeps_few_of_its_pages_resident(tmp_path):
             print(int(total), peak_kib() - base)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "big")], capture_output=True,
-                         text=True, check=True, timeout=WORKER_SECONDS,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's memory reading
-                             filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))})
-    total, grown_kib = map(int, out.stdout.split())
+    total, grown_kib = map(int, run_child(script, str(tmp_path / "big")).split())
     assert total == sum(range(48)) << 20
     assert grown_kib < 96 * 1024, f"reading a 384 MiB save grew the peak RSS by {grown_kib} KiB"
 
