@@ -265,7 +265,10 @@ fn checking_reader_options_refuses_what_reader_with_refuses_and_counts_no_reader
         let checked = cache.check_reader_options(&refused).unwrap_err();
         let made = cache.reader_with(refused).unwrap_err();
         assert_eq!(checked.to_string(), made.to_string());
-        assert!(matches!(checked, batchcorder_core::Error::InvalidArgument(_)));
+        assert!(matches!(
+            checked,
+            batchcorder_core::Error::InvalidArgument(_)
+        ));
     }
     // The one reader max_readers allows is taken: a check still passes and counts none.
     for valid in [
@@ -275,7 +278,9 @@ fn checking_reader_options_refuses_what_reader_with_refuses_and_counts_no_reader
         cache.check_reader_options(&valid).unwrap();
     }
     assert_eq!(cache.stats().unwrap().readers_live, 1);
-    assert!(cache.reader_with(order(Some(1), Some(4), false, None)).is_err());
+    assert!(cache
+        .reader_with(order(Some(1), Some(4), false, None))
+        .is_err());
     drop(first);
     cache.close().unwrap();
     let closed = cache.check_reader_options(&ReaderOptions::default());
