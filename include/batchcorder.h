@@ -751,6 +751,18 @@ enum BcStatus bc_cache_reader_with(struct BcCache *cache,
                                    const struct ArrowSchema *requested_schema,
                                    struct ArrowArrayStream *out);
 
+// Check, without making a reader, that `bc_cache_reader_with(cache, opts, NULL, ...)`
+// would take `opts`: the same rules, refused with the same status and message
+// (`BC_INVALID_ARGUMENT` naming the option; `BC_CLOSED` on a closed cache). It creates
+// no reader and does not count toward `max_readers`, so what depends on the readers of
+// the moment (`max_readers` reached, batches already evicted) is not checked. `opts`
+// may be NULL: a plain reader, `BC_OK` on an open cache.
+//
+// # Safety
+// `cache` is NULL or a live handle; `opts` is NULL or a live builder.
+enum BcStatus bc_cache_check_reader_options(struct BcCache *cache,
+                                            const struct BcReaderOptions *opts);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -381,6 +381,12 @@ class Cache {
     detail::check(bc_cache_check_schema(raw_, requested_schema), "bc_cache_check_schema");
   }
 
+  /// Throw unless reader(options) would take `options` (the same error), without making
+  /// a reader or counting toward max_readers (bc_cache_check_reader_options).
+  void check_reader_options(const ReaderOptions &options) const {
+    detail::check(bc_cache_check_reader_options(raw_, options.get()), "bc_cache_check_reader_options");
+  }
+
   /// Pull one more batch in; false once the upstream is exhausted. For progress reports.
   bool ingest_next() {
     bool pulled = false;

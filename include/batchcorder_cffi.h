@@ -243,3 +243,6 @@ enum BcStatus bc_cache_reader_with(struct BcCache *cache,
                                    const struct BcReaderOptions *opts,
                                    const struct ArrowSchema *requested_schema,
                                    struct ArrowArrayStream *out);
+
+enum BcStatus bc_cache_check_reader_options(struct BcCache *cache,
+                                            const struct BcReaderOptions *opts);

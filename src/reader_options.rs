@@ -1,9 +1,10 @@
-//! `BcReaderOptions`: the C builder for a reader's start, order and shard, and
-//! `bc_cache_reader_with`, which makes a reader from it.
+//! `BcReaderOptions`: the C builder for a reader's start, order and shard,
+//! `bc_cache_reader_with`, which makes a reader from it, and
+//! `bc_cache_check_reader_options`, which checks it without making one.
 
 use crate::abi::{ArrowArrayStream, ArrowSchema};
 use crate::boundary::{guard_value, BcStatus};
-use crate::cache::{new_reader, BcCache};
+use crate::cache::{new_reader, on_cache, BcCache};
 use crate::options::update;
 use batchcorder_core::order::check_window;
 use batchcorder_core::{Error, ReadOrder, ReaderOptions, Result, Shard, Shuffle};
@@ -218,13 +219,43 @@ pub unsafe extern "C" fn bc_cache_reader_with(
     requested_schema: *const ArrowSchema,
     out: *mut ArrowArrayStream,
 ) -> BcStatus {
-    let options = || {
-        // SAFETY: NULL or a live builder, as the caller promised, not written meanwhile.
-        match unsafe { opts.as_ref() } {
-            None => Ok(ReaderOptions::from_start()),
-            Some(opts) => opts.reader_options(),
-        }
-    };
+    // SAFETY: NULL or a live builder, as the caller promised, not written meanwhile.
+    let options = || unsafe { reader_options(opts) };
     // SAFETY: the caller's arguments, under `bc_cache_reader`'s contract.
     unsafe { new_reader(cache, options, requested_schema, out) }
+}
+
+/// Check, without making a reader, that `bc_cache_reader_with(cache, opts, NULL, ...)`
+/// would take `opts`: the same rules, refused with the same status and message
+/// (`BC_INVALID_ARGUMENT` naming the option; `BC_CLOSED` on a closed cache). It creates
+/// no reader and does not count toward `max_readers`, so what depends on the readers of
+/// the moment (`max_readers` reached, batches already evicted) is not checked. `opts`
+/// may be NULL: a plain reader, `BC_OK` on an open cache.
+///
+/// # Safety
+/// `cache` is NULL or a live handle; `opts` is NULL or a live builder.
+#[no_mangle]
+pub unsafe extern "C" fn bc_cache_check_reader_options(
+    cache: *mut BcCache,
+    opts: *const BcReaderOptions,
+) -> BcStatus {
+    let body = |cache: &BcCache| -> Result<()> {
+        // SAFETY: NULL or a live builder, as the caller promised, not written meanwhile.
+        let options = unsafe { reader_options(opts) }?;
+        cache.check_reader_options(&options)
+    };
+    // SAFETY: NULL or a live handle, as this export's caller promised.
+    unsafe { on_cache(cache, body) }
+}
+
+/// The reader `opts` describes; NULL is a plain reader from the start.
+///
+/// # Safety
+/// `opts` is NULL or a live builder, not written during the call.
+unsafe fn reader_options(opts: *const BcReaderOptions) -> Result<ReaderOptions> {
+    // SAFETY: NULL or a live builder, as the caller promised.
+    match unsafe { opts.as_ref() } {
+        None => Ok(ReaderOptions::from_start()),
+        Some(opts) => opts.reader_options(),
+    }
 }

@@ -334,22 +334,12 @@ impl StreamCache {
     /// A new reader as `options` say: where it starts, its order and share of the
     /// batches ([`crate::ReadOrder`]), and its cast.
     pub fn reader_with(&self, options: ReaderOptions) -> Result<CacheReader> {
+        let mut state = self.checked_state(&options)?;
         let ReaderOptions {
             from_start,
             order,
             cast,
         } = options;
-        order.validate(from_start)?;
-        if let Some(target) = &cast {
-            crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
-        }
-        let mut state = self.shared.lock_state()?;
-        if state.closed {
-            return Err(Error::Closed);
-        }
-        if let Some(window) = order.shuffle.and_then(|shuffle| shuffle.window) {
-            state.check_window_fits(window, self.ingested_count())?;
-        }
         let start = if from_start { 0 } else { state.memory.end() };
         let sequence = Sequence::new(&order, start)?;
         let slot = state.registry.register(sequence.lowest_needed())?;
@@ -361,6 +351,35 @@ impl StreamCache {
             slot,
             cast,
         ))
+    }
+
+    /// Check `options` as [`StreamCache::reader_with`] does, without making a reader:
+    /// the order, the cast, a closed cache ([`Error::Closed`]) and a shuffle window
+    /// against the memory budget. What depends on the readers of the moment
+    /// (`max_readers` reached, batches already evicted) is left to `reader_with`.
+    pub fn check_reader_options(&self, options: &ReaderOptions) -> Result<()> {
+        self.checked_state(options).map(drop)
+    }
+
+    /// The state, locked, once `options` passed every check a new reader's do.
+    fn checked_state(&self, options: &ReaderOptions) -> Result<StateGuard<'_>> {
+        let ReaderOptions {
+            from_start,
+            order,
+            cast,
+        } = options;
+        order.validate(*from_start)?;
+        if let Some(target) = cast {
+            crate::reader::validate_cast(&self.shared.schema, &target.schema)?;
+        }
+        let mut state = self.shared.lock_state()?;
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(window) = order.shuffle.and_then(|shuffle| shuffle.window) {
+            state.check_window_fits(window, self.ingested_count())?;
+        }
+        Ok(state)
     }
 
     /// Pull the next batch from the upstream into the cache; false once it is exhausted.

@@ -240,3 +240,49 @@ fn shards_and_windows_under_max_readers_keep_memory_bounded() {
         "{most} bytes held, batches of {batch_bytes}"
     );
 }
+
+#[test]
+fn checking_reader_options_refuses_what_reader_with_refuses_and_counts_no_reader() {
+    let options = CacheOptions {
+        max_readers: Some(1),
+        memory_capacity: Some(4096),
+        ..CacheOptions::default()
+    };
+    let cache = cache(100, options);
+    let first = cache.reader(true).unwrap();
+    cache.ingest_next().unwrap();
+    let frontier = ReaderOptions {
+        from_start: false,
+        ..order(Some(1), None, false, None)
+    };
+    for refused in [
+        order(None, None, false, Some((3, 3))),
+        order(None, None, false, Some((0, 0))),
+        order(Some(1), Some(0), false, None),
+        order(Some(1), Some(1000), false, None),
+        frontier,
+    ] {
+        let checked = cache.check_reader_options(&refused).unwrap_err();
+        let made = cache.reader_with(refused).unwrap_err();
+        assert_eq!(checked.to_string(), made.to_string());
+        assert!(matches!(
+            checked,
+            batchcorder_core::Error::InvalidArgument(_)
+        ));
+    }
+    // The one reader max_readers allows is taken: a check still passes and counts none.
+    for valid in [
+        ReaderOptions::default(),
+        order(Some(1), Some(4), false, Some((1, 2))),
+    ] {
+        cache.check_reader_options(&valid).unwrap();
+    }
+    assert_eq!(cache.stats().unwrap().readers_live, 1);
+    assert!(cache
+        .reader_with(order(Some(1), Some(4), false, None))
+        .is_err());
+    drop(first);
+    cache.close().unwrap();
+    let closed = cache.check_reader_options(&ReaderOptions::default());
+    assert!(matches!(closed, Err(batchcorder_core::Error::Closed)));
+}

@@ -12,6 +12,7 @@ from ._casting import CastingStreamCache
 from ._errors import check
 from ._native import ffi, lib
 from ._options import Compression, WritePolicy, options
+from ._order import reader_options
 from ._progress import ingest_reporting, log_changes
 from ._random_access import RandomAccess
 from ._reader import StreamCacheReader, reader_capsule
@@ -241,6 +242,13 @@ class StreamCache(RandomAccess, CacheBase):
             self, from_start, None, shuffle=shuffle, shuffle_window=shuffle_window,
             shuffle_rows=shuffle_rows, shard=shard,
         )
+
+    def _check_reader(self, from_start: bool = True, **order: Any) -> None:
+        """Raise what :meth:`reader` would raise for these arguments, without making a
+        reader: it counts toward no ``max_readers``, so a cap reached (or batches
+        already evicted) is left to :meth:`reader`."""
+        opts = reader_options(from_start, **order)
+        check(lib.bc_cache_check_reader_options(self._handle.get(), ffi.NULL if opts is None else opts))
 
     def ingest_all(
         self,

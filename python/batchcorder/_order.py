@@ -47,6 +47,8 @@ def reader_options(
 ) -> Optional[Any]:
     """A ``BcReaderOptions *`` (freed at garbage collection) for these arguments, or
     ``None`` for a reader in the stream's order (``bc_cache_reader`` makes that one)."""
+    if not isinstance(from_start, bool):
+        raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
     if not isinstance(shuffle_rows, bool):
         raise TypeError(f"shuffle_rows must be a bool, got {type(shuffle_rows).__name__}")
     if shuffle is None and shuffle_window is None and not shuffle_rows and shard is None:

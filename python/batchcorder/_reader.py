@@ -136,8 +136,6 @@ class StreamCacheReader(ClosesOnExit):
         safe: bool = True,
         **order: Any,
     ) -> StreamCacheReader:
-        if not isinstance(from_start, bool):
-            raise TypeError(f"from_start must be a bool, got {type(from_start).__name__}")
         cast = None if target is None else (target, safe)
         options = reader_options(from_start, **order)
         stream = new_stream(cache._handle.get(), from_start, None, cast, options)

@@ -403,6 +403,66 @@ static void test_reader_options(void) {
   bc_cache_free(cache);
 }
 
+/* bc_cache_check_reader_options refuses what bc_cache_reader_with refuses, with its status
+ * and message, and makes no reader. */
+static void test_check_reader_options(void) {
+  BcOptions *copts = bc_options_new();
+  bc_options_set_max_readers(copts, 1);
+  bc_options_set_memory_capacity(copts, 4000); /* two 1600-byte batches fit */
+  BcCache *cache = new_cache(10, -1, copts, NULL);
+  bc_options_free(copts);
+  BcReaderOptions *opts = bc_reader_options_new();
+  struct ArrowArrayStream held, r;
+  char made[512];
+
+  CHECK(bc_cache_check_reader_options(NULL, opts) == BC_INVALID_ARGUMENT &&
+            contains(bc_last_error(), "cache"),
+        "NULL cache is named");
+  CHECK(bc_cache_check_reader_options(cache, NULL) == BC_OK, "NULL opts: a plain reader");
+  CHECK(bc_cache_check_reader_options(cache, opts) == BC_OK, "default opts pass");
+
+  /* Each refusal the builder lets through to the reader, against bc_cache_reader_with's. */
+  bool pulled = false;
+  CHECK(bc_cache_reader(cache, true, NULL, &held) == BC_OK && bc_cache_ingest_next(cache, &pulled) == BC_OK,
+        "the one reader max_readers allows, and a batch whose size is known");
+  bc_reader_options_set_shuffle_rows(opts, true);
+  const char *says[] = {"shuffle_rows", "shuffle_window", "from_start", "shuffle_window=10"};
+  for (int i = 0; i < 4; i++) {
+    if (i == 1) {
+      bc_reader_options_set_shuffle_rows(opts, false);
+      bc_reader_options_set_shuffle_window(opts, 2);
+    } else if (i == 2) {
+      bc_reader_options_set_shuffle(opts, 3);
+      bc_reader_options_set_from_start(opts, false);
+    } else if (i == 3) {
+      bc_reader_options_set_from_start(opts, true);
+      bc_reader_options_set_shuffle_window(opts, 10);
+    }
+    CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_INVALID_ARGUMENT, "the reader is refused");
+    snprintf(made, sizeof made, "%s", bc_last_error());
+    CHECK(bc_cache_check_reader_options(cache, opts) == BC_INVALID_ARGUMENT &&
+              strcmp(bc_last_error(), made) == 0 && contains(made, says[i]),
+          "the check refuses it with the same message, naming the option");
+  }
+  bc_reader_options_set_shuffle_window(opts, 2);
+  bc_reader_options_set_shard(opts, 1, 2);
+  CHECK(bc_cache_check_reader_options(cache, opts) == BC_OK,
+        "a valid order passes with max_readers reached: the check is no reader");
+  BcStats stats;
+  bc_cache_stats(cache, &stats);
+  CHECK(stats.readers_live == 1 && stats.readers_created == 1, "no reader was counted");
+  CHECK(bc_cache_reader_with(cache, opts, NULL, &r) == BC_INVALID_ARGUMENT &&
+            bc_last_error_kind() == BC_ERROR_KIND_READER_CAP,
+        "while the reader itself is refused by max_readers");
+  held.release(&held);
+  bc_cache_close(cache);
+  CHECK(bc_cache_check_reader_options(cache, opts) == BC_CLOSED &&
+            bc_cache_check_reader_options(cache, NULL) == BC_CLOSED,
+        "a closed cache is BC_CLOSED");
+  bc_reader_options_free(opts);
+  bc_cache_free(cache);
+}
+
 static void test_upstream_failure(void) {
   int64_t pulls = 0;
   BcCache *cache = new_cache(10, 3, NULL, &pulls);
@@ -903,6 +963,7 @@ int main(void) {
   test_requested_schema();
   test_max_readers_and_capacity();
   test_reader_options();
+  test_check_reader_options();
   test_upstream_failure();
   test_lifetimes_and_close();
   test_malformed_upstream();

@@ -158,6 +158,11 @@ static void test_reader_options() {
   CHECK(total == 9, "three shards cover the nine batches once");
   CHECK(failure_of([&] { cache.reader(batchcorder::ReaderOptions()); }).kind == BC_ERROR_KIND_READER_CAP,
         "shard readers count toward max_readers");
+  CHECK(status_of([&] { cache.check_reader_options(batchcorder::ReaderOptions().from_start(false).shuffle(1)); }) ==
+            BC_INVALID_ARGUMENT,
+        "check_reader_options throws what reader() would");
+  CHECK(status_of([&] { cache.check_reader_options(batchcorder::ReaderOptions().shuffle(1).shard(0, 2)); }) == BC_OK,
+        "check_reader_options makes no reader: it passes with max_readers reached");
 }
 
 // Persist and open: the saved stream replays from the opened cache; a directory that is

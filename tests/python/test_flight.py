@@ -876,6 +876,80 @@ def test_hostile_ordering_tickets_are_refused_by_name(raw, says):
         assert server.active_streams == 0 and cache.stats().readers_live == 0
 
 
+def info_error(location: str, raw: bytes) -> BaseException:
+    """The error a client gets for GetFlightInfo of a command holding ticket ``raw``."""
+    with connect(location) as client:
+        with pytest.raises(fl.FlightError) as caught:
+            client.get_flight_info(by_command(raw), CALL)
+    return caught.value
+
+
+def assert_refused_alike(location: str, raw: bytes) -> BaseException:
+    """GetFlightInfo and DoGet of ``raw`` fail with the same Flight error and message (a
+    stream's error goes on with the gRPC client's own context, which is cut off here)."""
+    described, read = info_error(location, raw), read_error(location, fl.Ticket(raw))
+    sent = str(read).split(". gRPC client debug context:")[0]
+    assert (type(described), str(described)) == (type(read), sent)
+    assert_tells_nothing_of_the_server(str(described))
+    return described
+
+
+@pytest.mark.parametrize("raw, says", HOSTILE_ORDERS, ids=[raw[:60].decode() for raw, _ in HOSTILE_ORDERS])
+def test_get_flight_info_refuses_an_ordering_ticket_as_do_get_does(raw, says):
+    with StreamCache(table(1_000).to_reader(max_chunksize=100)) as cache, serving({"data": cache}) as server:
+        err = assert_refused_alike(server.location, raw)
+        assert isinstance(err, fl.FlightServerError) and says in str(err), err
+        assert cache.stats().readers_created == 0
+
+
+def test_get_flight_info_refuses_a_window_the_memory_budget_cannot_hold():
+    data = table(1_000)
+    with StreamCache(single_use(data, 100), memory_capacity=64 * 1024, max_readers=2) as cache, \
+            serving({"data": cache}) as server:
+        local = cache.reader()
+        next(local)  # a batch's size is known from here on
+        err = assert_refused_alike(server.location, ticket("data", seed=1, window=500).ticket)
+        assert isinstance(err, fl.FlightServerError), err
+        assert "cache 'data': shuffle_window=500 keeps at least 500 batches" in str(err), err
+        assert "memory_capacity" in str(err)
+        local.close()
+        assert cache.stats().readers_created == 1, "neither call counted a reader"
+
+
+def test_get_flight_info_of_a_valid_ordering_ticket_makes_no_reader():
+    data = table(1_000)
+    top = 2**64 - 1
+    requests = [
+        Request("data", seed=7, window=3, shard=(1, 2)),
+        Request("data", seed=top, shard=(top - 1, top)),
+        Request("data", "frontier", shard=(0, 2)),
+        Request("data", "frontier"),
+    ]
+    with StreamCache(single_use(data, 100), max_readers=1) as full, \
+            StreamCache(single_use(data, 100), max_readers=2) as cache, \
+            serving({"full": full, "data": cache}) as server, connect(server.location) as client:
+        held = [full.reader(), cache.reader()]
+        # At its max_readers, a cache still describes its tickets; DoGet is refused.
+        info = client.get_flight_info(by_command(Request("full", seed=7, window=3).encode()), CALL)
+        assert info.schema == data.schema and full.stats().readers_created == 1
+        with pytest.raises(fl.FlightUnavailableError, match="max_readers"):
+            client.do_get(info.endpoints[0].ticket, CALL).read_all()
+        # One reader short of it, as many descriptions as asked leave that reader to DoGet.
+        for _ in range(3):
+            for request in requests:
+                described = client.get_flight_info(by_command(request.encode()), CALL)
+                assert described.schema == data.schema
+                assert Request.decode(described.endpoints[0].ticket.ticket) == request
+        assert cache.stats().readers_created == 1
+        first = client.get_flight_info(by_command(requests[0].encode()), CALL)
+        got = batch_ids(client.do_get(first.endpoints[0].ticket, CALL).read_all())
+        assert cache.stats().readers_created == 2
+        for reader in held:
+            reader.close()
+    local = StreamCache(data.to_reader(max_chunksize=100)).reader(shuffle=7, shuffle_window=3, shard=(1, 2))
+    assert got == [batch.column("id").to_pylist() for batch in local] and len(got) == 5
+
+
 def batch_ids(data: pa.Table) -> list[list[int]]:
     return [batch.column("id").to_pylist() for batch in data.to_batches() if batch.num_rows]
 

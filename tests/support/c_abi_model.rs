@@ -633,20 +633,33 @@ impl Model {
     }
 }
 
-/// `bc_cache_reader_with` under options that `configure` sets on a new builder.
+/// `bc_cache_reader_with` under options that `configure` sets on a new builder, after
+/// `bc_cache_check_reader_options`, which must refuse what it refuses but for the readers
+/// of the moment (`max_readers` reached, batches evicted).
 fn reader_with(
     cache: *mut BcCache,
     configure: impl FnOnce(*mut BcReaderOptions),
 ) -> (BcStatus, ArrowArrayStream) {
     let mut stream = ArrowArrayStream::RELEASED;
     // SAFETY: `cache` is live (its caller's contract); the builder is ours, freed once.
-    let status = unsafe {
+    let (checked, status) = unsafe {
         let opts = bc_reader_options_new();
         configure(opts);
+        let checked = bc_cache_check_reader_options(cache, opts);
         let status = bc_cache_reader_with(cache, opts, ptr::null(), &mut stream);
         bc_reader_options_free(opts);
-        status
+        (checked, status)
     };
+    if checked == BC_OK {
+        let capped = status == BC_INVALID_ARGUMENT
+            && bc_last_error_kind() == BcErrorKind::BC_ERROR_KIND_READER_CAP;
+        assert!(
+            matches!(status, BC_OK | BC_EVICTED) || capped,
+            "checked fine, made {status:?}"
+        );
+    } else {
+        assert_eq!(status, checked, "the reader is refused as the check was");
+    }
     (status, stream)
 }
 
@@ -733,6 +746,10 @@ pub fn misuse(cache: *mut BcCache, reader: Option<&mut Reader>) {
         expect_invalid(
             bc_cache_check_schema(cache, ptr::null()),
             "requested_schema",
+        );
+        expect_invalid(
+            bc_cache_check_reader_options(null_cache, ptr::null()),
+            "cache",
         );
         expect_invalid(bc_cache_ingest_all(null_cache, ptr::null_mut()), "cache");
         expect_invalid(bc_cache_close(null_cache), "cache");

@@ -178,11 +178,16 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
     @answers
     def get_flight_info(self, context: Any, descriptor: Any) -> Any:
         """The schema, the state and a ticket of the cache a descriptor names: a path of
-        one element (its name) or a command holding a ticket."""
+        one element (its name) or a command holding a ticket. A ticket's order that
+        DoGet would refuse is refused here, with DoGet's error; no reader is made."""
         request = from_descriptor(descriptor)
         cache = self._cache(request.cache)
         if cache.closed:
             raise flight.FlightUnavailableError(f"cache {request.cache!r} was closed on the server")
+        try:
+            cache._check_reader(request.from_start, **request.reader_order())
+        except BaseException as err:  # as DoGet sends what its reader() raises
+            raise client_error(err, request.cache) from None
         try:
             return flight_info(request, cache)
         except CacheClosedError as err:  # closed after the check above
