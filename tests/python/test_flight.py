@@ -519,6 +519,7 @@ def test_a_cache_closed_while_served_ends_its_streams_with_an_error():
             assert json.loads(info.app_metadata) == {"closed": True}
             with pytest.raises(fl.FlightUnavailableError, match="closed"):
                 client.get_flight_info(fl.FlightDescriptor.for_path("data"), CALL)
+        assert isinstance(assert_refused_alike(server.location, b"data"), fl.FlightUnavailableError)
         for client in clients:
             client.close()
 

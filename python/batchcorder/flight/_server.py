@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .._cache import StreamCache
-from .._exceptions import CacheClosedError
 from .._reader import StreamCacheReader
 from ._binding import bind_location, exposure, start_error, with_port
 from ._errors import FLIGHT_METHODS, answers, answers_get_schema, client_error
@@ -182,15 +181,10 @@ class CacheServer(flight.FlightServerBase):  # type: ignore[misc]
         DoGet would refuse is refused here, with DoGet's error; no reader is made."""
         request = from_descriptor(descriptor)
         cache = self._cache(request.cache)
-        if cache.closed:
-            raise flight.FlightUnavailableError(f"cache {request.cache!r} was closed on the server")
         try:
             cache._check_reader(request.from_start, **request.reader_order())
-        except BaseException as err:  # as DoGet sends what its reader() raises
-            raise client_error(err, request.cache) from None
-        try:
             return flight_info(request, cache)
-        except CacheClosedError as err:  # closed after the check above
+        except BaseException as err:  # as DoGet sends what its reader() raises
             raise client_error(err, request.cache) from None
 
     @answers_get_schema
