@@ -12,6 +12,7 @@
 //! first read, as arrow-ipc's unchecked decode is by `crate::validate`.
 
 use std::ffi::c_void;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Type, Utf8Type};
@@ -48,12 +49,71 @@ pub struct FlatBuffers {
     rows: usize,
     /// Every buffer below lies in it.
     message: Buffer,
-    columns: Vec<FlatColumn>,
+    columns: Columns,
+}
+
+/// Columns a [`FlatBuffers`] holds in itself, so that reading a batch this narrow
+/// allocates only the box its batch goes in (the read path of small batches).
+const INLINE_COLUMNS: usize = 8;
+
+/// A batch's columns: in the batch up to [`INLINE_COLUMNS`], else in a list.
+enum Columns {
+    /// The first `.0` are set.
+    Inline(usize, [MaybeUninit<FlatColumn>; INLINE_COLUMNS]),
+    Listed(Vec<FlatColumn>),
+}
+
+impl Columns {
+    /// Room for `count` columns.
+    fn with_capacity(count: usize) -> Self {
+        match count <= INLINE_COLUMNS {
+            true => Self::Inline(0, [MaybeUninit::uninit(); INLINE_COLUMNS]),
+            false => Self::Listed(Vec::with_capacity(count)),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, column: FlatColumn) {
+        match self {
+            Self::Inline(len, columns) if *len < INLINE_COLUMNS => {
+                columns[*len].write(column);
+                *len += 1;
+            }
+            _ => self.push_listed(column),
+        }
+    }
+
+    /// `push` past the room `with_capacity` made.
+    #[cold]
+    fn push_listed(&mut self, column: FlatColumn) {
+        if let Self::Inline(..) = self {
+            *self = Self::Listed(self.to_vec());
+        }
+        if let Self::Listed(listed) = self {
+            listed.push(column);
+        }
+    }
+}
+
+impl std::ops::Deref for Columns {
+    type Target = [FlatColumn];
+
+    #[inline]
+    fn deref(&self) -> &[FlatColumn] {
+        match self {
+            // SAFETY: `push` set the first `len`, and `MaybeUninit<T>` is laid out as `T`.
+            Self::Inline(len, columns) => unsafe {
+                std::slice::from_raw_parts(columns.as_ptr().cast::<FlatColumn>(), *len)
+            },
+            Self::Listed(listed) => listed,
+        }
+    }
 }
 
 /// One column's buffers as the C Data Interface lists them: its validity bitmap (NULL
 /// when it has no nulls), then its own (values; or offsets, then values), all starting
 /// at offset 0.
+#[derive(Clone, Copy)]
 pub struct FlatColumn {
     null_count: usize,
     n_buffers: usize,
@@ -76,6 +136,25 @@ fn no_offsets() -> *const c_void {
 }
 
 impl FlatBuffers {
+    /// A batch of `rows` rows of `schema` in `message`, its columns to come. Boxed from
+    /// the start, where it stays: its columns are not copied again, and a C export
+    /// points into them.
+    fn boxed(schema: &SchemaRef, rows: usize, message: &Buffer) -> Box<Self> {
+        // Each field written in place: `Box::new` copied the whole batch (the inline
+        // columns' room too) from the stack.
+        let mut boxed = Box::<Self>::new_uninit();
+        let place = boxed.as_mut_ptr();
+        // SAFETY: `place` is the box's, valid for writes; every field is written before
+        // `assume_init`.
+        unsafe {
+            (&raw mut (*place).schema).write(schema.clone());
+            (&raw mut (*place).rows).write(rows);
+            (&raw mut (*place).message).write(message.clone());
+            (&raw mut (*place).columns).write(Columns::with_capacity(schema.fields().len()));
+            boxed.assume_init()
+        }
+    }
+
     /// Rows in the batch.
     #[inline]
     pub fn rows(&self) -> usize {
@@ -94,7 +173,7 @@ impl FlatBuffers {
             .schema
             .fields()
             .iter()
-            .zip(&self.columns)
+            .zip(self.columns.iter())
             .map(|(field, column)| self.array(field.data_type(), column))
             .collect::<Result<Vec<_>, _>>()?;
         // SAFETY: what `RecordBatch::try_new` checks holds: a column per field, each
@@ -144,7 +223,7 @@ impl FlatBuffers {
     /// What arrow's full validation checks that `decode` did not: each column's null
     /// count, and a string or binary column's offsets and UTF-8 (as `utf8` says).
     pub(crate) fn validate(&self, utf8: Utf8) -> Result<(), ArrowError> {
-        for (field, column) in self.schema.fields().iter().zip(&self.columns) {
+        for (field, column) in self.schema.fields().iter().zip(self.columns.iter()) {
             let data_type = field.data_type();
             let text = utf8 == Utf8::Check;
             match data_type {
@@ -219,7 +298,7 @@ impl Layout {
     /// or its numbers take more than 32 bits.
     pub(crate) fn of(flat: &FlatBuffers) -> Self {
         let (mut numbers, mut nulls) = (1, 0);
-        for column in &flat.columns {
+        for column in flat.columns.iter() {
             numbers += 1 + 2 * stored(column);
             nulls = nulls.max(column.null_count);
         }
@@ -239,7 +318,7 @@ impl Layout {
 
     /// The batch of `schema` that `message` holds, whose layout this is; `None` if none
     /// was kept.
-    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<FlatBuffers> {
+    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<Box<FlatBuffers>> {
         let numbers = &self.0;
         Some(match numbers.first()? & 1 {
             0 => unpack(
@@ -279,7 +358,7 @@ fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
         }
     };
     put(flat.rows << 1 | usize::from(wide));
-    for column in &flat.columns {
+    for column in flat.columns.iter() {
         put(column.null_count << 2 | column.n_buffers);
         for index in column.n_buffers - stored(column)..column.n_buffers {
             let address = column.addresses[index];
@@ -299,12 +378,11 @@ fn unpack(
     no_offsets_at: usize,
     schema: &SchemaRef,
     message: &Buffer,
-) -> FlatBuffers {
+) -> Box<FlatBuffers> {
     // `message` is the very bytes this layout was learnt from, which `decode` checked
     // (the same entry of an immutable file): every buffer lies inside it.
     let mut next = || numbers.next().unwrap_or(no_offsets_at);
-    let rows = next() >> 1;
-    let mut columns = Vec::with_capacity(schema.fields().len());
+    let mut flat = FlatBuffers::boxed(schema, next() >> 1, message);
     for _ in schema.fields().iter() {
         let head = next();
         let (null_count, n_buffers) = (head >> 2, head & 3);
@@ -322,14 +400,9 @@ fn unpack(
             };
             column.lengths[index] = next();
         }
-        columns.push(column);
+        flat.columns.push(column);
     }
-    FlatBuffers {
-        schema: schema.clone(),
-        rows,
-        message: message.clone(),
-        columns,
-    }
+    flat
 }
 
 impl Derived for FlatBuffers {
@@ -358,7 +431,7 @@ pub(crate) fn decode(
     header: arrow_ipc::RecordBatch<'_>,
     message: &Buffer,
     body_start: usize,
-) -> Result<Option<FlatBuffers>, String> {
+) -> Result<Option<Box<FlatBuffers>>, String> {
     if header.compression().is_some() {
         return Ok(None);
     }
@@ -368,7 +441,7 @@ pub(crate) fn decode(
         buffers: header.buffers().into_iter().flatten(),
         body: message.as_ptr().wrapping_add(body_start),
     };
-    let mut columns = Vec::with_capacity(schema.fields().len());
+    let mut flat = FlatBuffers::boxed(schema, rows, message);
     for field in schema.fields() {
         let Some(column) = column(field.data_type(), rows, &mut parts)? else {
             return Ok(None);
@@ -379,14 +452,9 @@ pub(crate) fn decode(
                 field.name()
             ));
         }
-        columns.push(column);
+        flat.columns.push(column);
     }
-    Ok(Some(FlatBuffers {
-        schema: schema.clone(),
-        rows,
-        message: message.clone(),
-        columns,
-    }))
+    Ok(Some(flat))
 }
 
 /// The header's nodes and buffers, taken in turn.
@@ -806,7 +874,7 @@ mod tests {
     }
 
     /// `batch` as a message, decoded here, and the layout learnt from that decode.
-    fn decoded_and_layout(batch: &RecordBatch) -> (Buffer, FlatBuffers, Layout) {
+    fn decoded_and_layout(batch: &RecordBatch) -> (Buffer, Box<FlatBuffers>, Layout) {
         let (bytes, metadata_len) = encode(batch);
         let bytes = Buffer::from_slice_ref(&bytes);
         let header = check_message(&bytes, metadata_len, false).unwrap();
