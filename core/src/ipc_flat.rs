@@ -56,47 +56,42 @@ pub struct FlatBuffers {
 /// allocates only the box its batch goes in (the read path of small batches).
 const INLINE_COLUMNS: usize = 8;
 
-/// A batch's columns: in the batch up to [`INLINE_COLUMNS`], else all in a list.
-struct Columns {
-    /// How many of `room` are set, while `listed` is empty.
-    inline: usize,
-    room: [MaybeUninit<FlatColumn>; INLINE_COLUMNS],
-    listed: Vec<FlatColumn>,
+/// A batch's columns: in the batch up to [`INLINE_COLUMNS`], else in a list.
+enum Columns {
+    /// The first `.0` are set.
+    Inline(usize, [MaybeUninit<FlatColumn>; INLINE_COLUMNS]),
+    Listed(Vec<FlatColumn>),
 }
 
 impl Columns {
     /// Room for `count` columns.
     fn with_capacity(count: usize) -> Self {
-        Self {
-            inline: 0,
-            room: [MaybeUninit::uninit(); INLINE_COLUMNS],
-            listed: match count > INLINE_COLUMNS {
-                true => Vec::with_capacity(count),
-                false => Vec::new(),
-            },
+        match count <= INLINE_COLUMNS {
+            true => Self::Inline(0, [MaybeUninit::uninit(); INLINE_COLUMNS]),
+            false => Self::Listed(Vec::with_capacity(count)),
         }
     }
 
     #[inline]
     fn push(&mut self, column: FlatColumn) {
-        if self.listed.capacity() == 0 {
-            if let Some(slot) = self.room.get_mut(self.inline) {
-                slot.write(column);
-                self.inline += 1;
-                return;
+        match self {
+            Self::Inline(len, columns) if *len < INLINE_COLUMNS => {
+                columns[*len].write(column);
+                *len += 1;
             }
+            _ => self.push_listed(column),
         }
-        self.push_listed(column);
     }
 
-    /// `push` past the room, or for a batch wider than it.
+    /// `push` past the room `with_capacity` made.
     #[cold]
     fn push_listed(&mut self, column: FlatColumn) {
-        if self.listed.is_empty() {
-            let inline = self.to_vec();
-            self.listed.extend(inline);
+        if let Self::Inline(..) = self {
+            *self = Self::Listed(self.to_vec());
         }
-        self.listed.push(column);
+        if let Self::Listed(listed) = self {
+            listed.push(column);
+        }
     }
 }
 
@@ -105,12 +100,13 @@ impl std::ops::Deref for Columns {
 
     #[inline]
     fn deref(&self) -> &[FlatColumn] {
-        if !self.listed.is_empty() {
-            return &self.listed;
+        match self {
+            // SAFETY: `push` set the first `len`, and `MaybeUninit<T>` is laid out as `T`.
+            Self::Inline(len, columns) => unsafe {
+                std::slice::from_raw_parts(columns.as_ptr().cast::<FlatColumn>(), *len)
+            },
+            Self::Listed(listed) => listed,
         }
-        // SAFETY: `push` set the first `inline` of `room` (at most its length), and
-        // `MaybeUninit<T>` is laid out as `T`.
-        unsafe { std::slice::from_raw_parts(self.room.as_ptr().cast::<FlatColumn>(), self.inline) }
     }
 }
 
@@ -955,13 +951,14 @@ mod tests {
             lengths: [0; 3],
         };
         for count in [0, 1, INLINE_COLUMNS, INLINE_COLUMNS + 1, 3 * INLINE_COLUMNS] {
-            for room in [count.min(2), count] {
-                let mut columns = Columns::with_capacity(room);
-                (0..count).for_each(|n| columns.push(column(n)));
-                let seen: Vec<usize> = columns.iter().map(FlatColumn::null_count).collect();
-                assert_eq!(seen, (0..count).collect::<Vec<_>>(), "{count} in {room}");
-                assert_eq!(!columns.listed.is_empty(), count > INLINE_COLUMNS);
-            }
+            let mut columns = Columns::with_capacity(count.min(2));
+            (0..count).for_each(|n| columns.push(column(n)));
+            let seen: Vec<usize> = columns.iter().map(FlatColumn::null_count).collect();
+            assert_eq!(seen, (0..count).collect::<Vec<_>>());
+            assert_eq!(
+                matches!(columns, Columns::Listed(_)),
+                count > INLINE_COLUMNS
+            );
         }
     }
 
