@@ -940,28 +940,6 @@ mod tests {
         assert_eq!(again.to_batch().unwrap(), batch);
     }
 
-    /// Columns kept inline, then moved to a list when more come than there was room for,
-    /// stay in order.
-    #[test]
-    fn columns_past_the_inline_room_move_to_a_list_in_order() {
-        let column = |n: usize| FlatColumn {
-            null_count: n,
-            n_buffers: 0,
-            addresses: [std::ptr::null(); 3],
-            lengths: [0; 3],
-        };
-        for count in [0, 1, INLINE_COLUMNS, INLINE_COLUMNS + 1, 3 * INLINE_COLUMNS] {
-            let mut columns = Columns::with_capacity(count.min(2));
-            (0..count).for_each(|n| columns.push(column(n)));
-            let seen: Vec<usize> = columns.iter().map(FlatColumn::null_count).collect();
-            assert_eq!(seen, (0..count).collect::<Vec<_>>());
-            assert_eq!(
-                matches!(columns, Columns::Listed(_)),
-                count > INLINE_COLUMNS
-            );
-        }
-    }
-
     /// A batch too wide for a small layout gets none, and is parsed on each read.
     #[test]
     fn a_wide_batch_keeps_no_layout() {
