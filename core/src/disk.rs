@@ -430,7 +430,7 @@ impl DiskEntry {
         schema: &SchemaRef,
         bytes: &Buffer,
         header: arrow_ipc::RecordBatch<'_>,
-    ) -> Result<Option<Box<FlatBuffers>>> {
+    ) -> Result<Option<FlatBuffers>> {
         if !self.dictionaries.is_empty() || !self.decoding.flat {
             return Ok(None);
         }
@@ -509,14 +509,14 @@ impl DiskEntry {
 
 /// A batch read from disk: flat columns as their message's buffers, or arrays.
 enum Decoded {
-    Flat(Box<FlatBuffers>),
+    Flat(FlatBuffers),
     Batch(RecordBatch),
 }
 
 impl Decoded {
     fn cached(self) -> CachedBatch {
         match self {
-            Decoded::Flat(flat) => CachedBatch::deferred(flat.rows(), flat),
+            Decoded::Flat(flat) => CachedBatch::deferred(flat.rows(), Box::new(flat)),
             Decoded::Batch(batch) => CachedBatch::new(batch),
         }
     }

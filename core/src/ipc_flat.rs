@@ -12,7 +12,6 @@
 //! first read, as arrow-ipc's unchecked decode is by `crate::validate`.
 
 use std::ffi::c_void;
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use arrow_array::types::{BinaryType, ByteArrayType, LargeBinaryType, LargeUtf8Type, Utf8Type};
@@ -49,71 +48,12 @@ pub struct FlatBuffers {
     rows: usize,
     /// Every buffer below lies in it.
     message: Buffer,
-    columns: Columns,
-}
-
-/// Columns a [`FlatBuffers`] holds in itself, so that reading a batch this narrow
-/// allocates only the box its batch goes in (the read path of small batches).
-const INLINE_COLUMNS: usize = 8;
-
-/// A batch's columns: in the batch up to [`INLINE_COLUMNS`], else in a list.
-enum Columns {
-    /// The first `.0` are set.
-    Inline(usize, [MaybeUninit<FlatColumn>; INLINE_COLUMNS]),
-    Listed(Vec<FlatColumn>),
-}
-
-impl Columns {
-    /// Room for `count` columns.
-    fn with_capacity(count: usize) -> Self {
-        match count <= INLINE_COLUMNS {
-            true => Self::Inline(0, [MaybeUninit::uninit(); INLINE_COLUMNS]),
-            false => Self::Listed(Vec::with_capacity(count)),
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, column: FlatColumn) {
-        match self {
-            Self::Inline(len, columns) if *len < INLINE_COLUMNS => {
-                columns[*len].write(column);
-                *len += 1;
-            }
-            _ => self.push_listed(column),
-        }
-    }
-
-    /// `push` past the room `with_capacity` made.
-    #[cold]
-    fn push_listed(&mut self, column: FlatColumn) {
-        if let Self::Inline(..) = self {
-            *self = Self::Listed(self.to_vec());
-        }
-        if let Self::Listed(listed) = self {
-            listed.push(column);
-        }
-    }
-}
-
-impl std::ops::Deref for Columns {
-    type Target = [FlatColumn];
-
-    #[inline]
-    fn deref(&self) -> &[FlatColumn] {
-        match self {
-            // SAFETY: `push` set the first `len`, and `MaybeUninit<T>` is laid out as `T`.
-            Self::Inline(len, columns) => unsafe {
-                std::slice::from_raw_parts(columns.as_ptr().cast::<FlatColumn>(), *len)
-            },
-            Self::Listed(listed) => listed,
-        }
-    }
+    columns: Vec<FlatColumn>,
 }
 
 /// One column's buffers as the C Data Interface lists them: its validity bitmap (NULL
 /// when it has no nulls), then its own (values; or offsets, then values), all starting
 /// at offset 0.
-#[derive(Clone, Copy)]
 pub struct FlatColumn {
     null_count: usize,
     n_buffers: usize,
@@ -136,25 +76,6 @@ fn no_offsets() -> *const c_void {
 }
 
 impl FlatBuffers {
-    /// A batch of `rows` rows of `schema` in `message`, its columns to come. Boxed from
-    /// the start, where it stays: its columns are not copied again, and a C export
-    /// points into them.
-    fn boxed(schema: &SchemaRef, rows: usize, message: &Buffer) -> Box<Self> {
-        // Each field written in place: `Box::new` copied the whole batch (the inline
-        // columns' room too) from the stack.
-        let mut boxed = Box::<Self>::new_uninit();
-        let place = boxed.as_mut_ptr();
-        // SAFETY: `place` is the box's, valid for writes; every field is written before
-        // `assume_init`.
-        unsafe {
-            (&raw mut (*place).schema).write(schema.clone());
-            (&raw mut (*place).rows).write(rows);
-            (&raw mut (*place).message).write(message.clone());
-            (&raw mut (*place).columns).write(Columns::with_capacity(schema.fields().len()));
-            boxed.assume_init()
-        }
-    }
-
     /// Rows in the batch.
     #[inline]
     pub fn rows(&self) -> usize {
@@ -173,7 +94,7 @@ impl FlatBuffers {
             .schema
             .fields()
             .iter()
-            .zip(self.columns.iter())
+            .zip(&self.columns)
             .map(|(field, column)| self.array(field.data_type(), column))
             .collect::<Result<Vec<_>, _>>()?;
         // SAFETY: what `RecordBatch::try_new` checks holds: a column per field, each
@@ -223,7 +144,7 @@ impl FlatBuffers {
     /// What arrow's full validation checks that `decode` did not: each column's null
     /// count, and a string or binary column's offsets and UTF-8 (as `utf8` says).
     pub(crate) fn validate(&self, utf8: Utf8) -> Result<(), ArrowError> {
-        for (field, column) in self.schema.fields().iter().zip(self.columns.iter()) {
+        for (field, column) in self.schema.fields().iter().zip(&self.columns) {
             let data_type = field.data_type();
             let text = utf8 == Utf8::Check;
             match data_type {
@@ -298,7 +219,7 @@ impl Layout {
     /// or its numbers take more than 32 bits.
     pub(crate) fn of(flat: &FlatBuffers) -> Self {
         let (mut numbers, mut nulls) = (1, 0);
-        for column in flat.columns.iter() {
+        for column in &flat.columns {
             numbers += 1 + 2 * stored(column);
             nulls = nulls.max(column.null_count);
         }
@@ -318,7 +239,7 @@ impl Layout {
 
     /// The batch of `schema` that `message` holds, whose layout this is; `None` if none
     /// was kept.
-    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<Box<FlatBuffers>> {
+    pub(crate) fn flat(&self, schema: &SchemaRef, message: &Buffer) -> Option<FlatBuffers> {
         let numbers = &self.0;
         Some(match numbers.first()? & 1 {
             0 => unpack(
@@ -361,7 +282,7 @@ fn pack<const WIDE: bool>(flat: &FlatBuffers, numbers: usize) -> Box<[u16]> {
         at += 1 + usize::from(WIDE);
     };
     put(flat.rows << 1 | usize::from(WIDE));
-    for column in flat.columns.iter() {
+    for column in &flat.columns {
         put(column.null_count << 2 | column.n_buffers);
         for index in column.n_buffers - stored(column)..column.n_buffers {
             let address = column.addresses[index];
@@ -381,11 +302,12 @@ fn unpack(
     no_offsets_at: usize,
     schema: &SchemaRef,
     message: &Buffer,
-) -> Box<FlatBuffers> {
+) -> FlatBuffers {
     // `message` is the very bytes this layout was learnt from, which `decode` checked
     // (the same entry of an immutable file): every buffer lies inside it.
     let mut next = || numbers.next().unwrap_or(no_offsets_at);
-    let mut flat = FlatBuffers::boxed(schema, next() >> 1, message);
+    let rows = next() >> 1;
+    let mut columns = Vec::with_capacity(schema.fields().len());
     for _ in schema.fields().iter() {
         let head = next();
         let (null_count, n_buffers) = (head >> 2, head & 3);
@@ -403,9 +325,14 @@ fn unpack(
             };
             column.lengths[index] = next();
         }
-        flat.columns.push(column);
+        columns.push(column);
     }
-    flat
+    FlatBuffers {
+        schema: schema.clone(),
+        rows,
+        message: message.clone(),
+        columns,
+    }
 }
 
 impl Derived for FlatBuffers {
@@ -434,7 +361,7 @@ pub(crate) fn decode(
     header: arrow_ipc::RecordBatch<'_>,
     message: &Buffer,
     body_start: usize,
-) -> Result<Option<Box<FlatBuffers>>, String> {
+) -> Result<Option<FlatBuffers>, String> {
     if header.compression().is_some() {
         return Ok(None);
     }
@@ -444,7 +371,7 @@ pub(crate) fn decode(
         buffers: header.buffers().into_iter().flatten(),
         body: message.as_ptr().wrapping_add(body_start),
     };
-    let mut flat = FlatBuffers::boxed(schema, rows, message);
+    let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let Some(column) = column(field.data_type(), rows, &mut parts)? else {
             return Ok(None);
@@ -455,9 +382,14 @@ pub(crate) fn decode(
                 field.name()
             ));
         }
-        flat.columns.push(column);
+        columns.push(column);
     }
-    Ok(Some(flat))
+    Ok(Some(FlatBuffers {
+        schema: schema.clone(),
+        rows,
+        message: message.clone(),
+        columns,
+    }))
 }
 
 /// The header's nodes and buffers, taken in turn.
@@ -877,7 +809,7 @@ mod tests {
     }
 
     /// `batch` as a message, decoded here, and the layout learnt from that decode.
-    fn decoded_and_layout(batch: &RecordBatch) -> (Buffer, Box<FlatBuffers>, Layout) {
+    fn decoded_and_layout(batch: &RecordBatch) -> (Buffer, FlatBuffers, Layout) {
         let (bytes, metadata_len) = encode(batch);
         let bytes = Buffer::from_slice_ref(&bytes);
         let header = check_message(&bytes, metadata_len, false).unwrap();
