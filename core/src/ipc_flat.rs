@@ -231,8 +231,8 @@ impl Layout {
             heads.map(|(column, first)| (column | 3).max(first | 1).max(flat.message.len()));
         match largest {
             _ if numbers > LAYOUT_NUMBERS => Self(Box::default()),
-            Some(largest) if largest < u16::MAX as usize => Self(pack(flat, numbers, false)),
-            Some(largest) if largest < u32::MAX as usize => Self(pack(flat, numbers, true)),
+            Some(largest) if largest < u16::MAX as usize => Self(pack::<false>(flat, numbers)),
+            Some(largest) if largest < u32::MAX as usize => Self(pack::<true>(flat, numbers)),
             _ => Self(Box::default()),
         }
     }
@@ -262,23 +262,26 @@ fn stored(column: &FlatColumn) -> usize {
     column.n_buffers - usize::from(column.null_count == 0)
 }
 
-/// The layout of `flat`: `numbers` numbers, each below `u16::MAX` (`u32::MAX` if `wide`),
+/// The layout of `flat`: `numbers` numbers, each below `u16::MAX` (`u32::MAX` if `WIDE`),
 /// which stands for [`NO_OFFSETS`].
-fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
-    let no_offsets_at = if wide {
+fn pack<const WIDE: bool>(flat: &FlatBuffers, numbers: usize) -> Box<[u16]> {
+    let no_offsets_at = if WIDE {
         u32::MAX as usize
     } else {
         u16::MAX.into()
     };
     let base = flat.message.as_ptr().addr();
-    let mut packed = Vec::with_capacity(numbers * (1 + usize::from(wide)));
+    // Written by index into room made once: `Vec::push` checked its room for each.
+    let mut packed = vec![0; numbers << usize::from(WIDE)].into_boxed_slice();
+    let mut at = 0;
     let mut put = |n: usize| {
-        packed.push(n as u16);
-        if wide {
-            packed.push((n >> 16) as u16);
+        packed[at] = n as u16;
+        if WIDE {
+            packed[at + 1] = (n >> 16) as u16;
         }
+        at += 1 + usize::from(WIDE);
     };
-    put(flat.rows << 1 | usize::from(wide));
+    put(flat.rows << 1 | usize::from(WIDE));
     for column in &flat.columns {
         put(column.null_count << 2 | column.n_buffers);
         for index in column.n_buffers - stored(column)..column.n_buffers {
@@ -290,7 +293,7 @@ fn pack(flat: &FlatBuffers, numbers: usize, wide: bool) -> Box<[u16]> {
             put(column.lengths[index]);
         }
     }
-    packed.into_boxed_slice()
+    packed
 }
 
 /// The batch of `schema` in `message` whose layout lists `numbers`.

@@ -155,7 +155,9 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
     let mut written_before = (0, in_force(0));
     let mut entries = Vec::with_capacity(footer.batches.len());
     let decoding = Decoding::new(footer.schema.clone());
-    for (block, expected) in footer.batches.iter().zip(batch_sums) {
+    let check = Check::new(checksums.then(|| batch_sums.into()), validation.clone());
+    // A footer lists fewer than `u32::MAX` blocks (a flatbuffer vector's length is a u32).
+    for (position, block) in (0u32..).zip(&footer.batches) {
         let count = footer
             .dictionaries
             .iter()
@@ -168,7 +170,8 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
             Message::persisted(&segment, block)?,
             written_before.1.clone(),
             decoding.clone(),
-            Check::new(checksums.then_some(*expected), validation.clone()),
+            check.clone(),
+            position,
         ));
     }
     let validated = match (checksums, validation.utf8()) {
