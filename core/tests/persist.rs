@@ -307,6 +307,23 @@ fn damaged_truncated_or_foreign_directories_are_refused_at_open() {
 }
 
 #[test]
+fn a_schema_arrow_cannot_make_arrays_of_is_corrupt_at_open() {
+    // Run ends must be signed integers: arrow-ipc reads UInt32 ones, arrow-array panics
+    // on an array of them, as an empty `take` made one. Such a save is crafted: the cache
+    // never holds a batch of that type, so this one holds none.
+    let run_ends = Field::new("run_ends", DataType::UInt32, false);
+    let values = Field::new("values", DataType::Utf8, true);
+    let runs = DataType::RunEndEncoded(Arc::new(run_ends), Arc::new(values));
+    let schema = Arc::new(Schema::new(vec![Field::new("runs", runs, true)]));
+    let reader = RecordBatchIterator::new(Vec::new(), schema);
+    let cache = StreamCache::new(Box::new(reader), CacheOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("crafted");
+    cache.persist(&target).unwrap();
+    corrupt(open(&target), "has a type arrow cannot make arrays of");
+}
+
+#[test]
 fn persist_refuses_a_taken_path_and_deletes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_over(batches(2, 10), CacheOptions::default());
