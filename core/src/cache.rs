@@ -876,6 +876,10 @@ impl State {
     fn evict_passed(&mut self) {
         let frontier = self.memory.end();
         if let Some(below) = self.registry.evictable_below(frontier) {
+            let below = self.count_rows_below(below);
+            if below <= self.registry.evicted_below() {
+                return;
+            }
             self.batches_evicted += below - self.registry.evicted_below();
             self.memory.evict_below(below);
             if let Some(index) = self.disk.as_mut() {
@@ -883,6 +887,26 @@ impl State {
             }
             self.registry.mark_evicted_below(below);
         }
+    }
+
+    /// A save's row index learns a batch's rows at its first read, which a batch that
+    /// eviction drops unread never has: count those from their headers first, so that
+    /// rows after them can still be taken. Returns how far eviction may go: up to a batch
+    /// whose header is damaged, which stays for a read to report it.
+    fn count_rows_below(&mut self, below: u64) -> u64 {
+        let Some(index) = self.disk.as_ref() else {
+            return below;
+        };
+        let rows = self.memory.rows();
+        while rows.batches() < below {
+            let position = rows.batches();
+            match index.get(position).map(|entry| entry.header_rows()) {
+                Some(Ok(count)) => rows.learn(position, count),
+                Some(Err(_)) => return position,
+                None => break,
+            }
+        }
+        below
     }
 }
 

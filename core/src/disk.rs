@@ -414,6 +414,29 @@ impl DiskEntry {
         Ok(decoded)
     }
 
+    /// The batch's row count from its message header, without decoding it: for a save's
+    /// batch that `max_readers` eviction drops unread. Its bytes are checked against
+    /// their checksum first where its first read would check them.
+    pub(crate) fn header_rows(&self) -> Result<u64> {
+        let bytes = self.batch.bytes()?;
+        let unread_check = self
+            .known
+            .check
+            .as_ref()
+            .filter(|_| !self.known.read_once.load(Ordering::Acquire));
+        if let Some(expected) = unread_check.and_then(|check| check.checksum) {
+            if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != expected {
+                return Err(
+                    self.damaged("does not match its checksum: the file was edited or damaged")
+                );
+            }
+        }
+        let header = check_message(&bytes, self.batch.metadata_len, false)
+            .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
+        // check_message refused a negative length.
+        Ok(header.length() as u64)
+    }
+
     /// Keep what decoding this batch found, for its later reads (unless another read
     /// kept it first).
     fn learn(&self, decoded: &Decoded) {

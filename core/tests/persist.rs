@@ -9,7 +9,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type};
 use arrow_array::{DictionaryArray, Int64Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use batchcorder_core::{CacheOptions, DiskOptions, Error, OpenOptions, StreamCache, Verify};
+use batchcorder_core::{
+    CacheOptions, DiskOptions, Error, OpenOptions, ReadOrder, ReaderOptions, Shard, StreamCache,
+    Verify,
+};
 
 fn batches(count: usize, rows: usize) -> Vec<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
@@ -166,6 +169,62 @@ fn max_readers_on_an_opened_cache_caps_readers_and_deletes_no_file() {
 }
 
 #[test]
+fn rows_after_batches_evicted_unread_from_an_opened_cache_can_still_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target) = saved(dir.path());
+    for verify in [Verify::Never, Verify::Always] {
+        let options = OpenOptions {
+            verify,
+            max_readers: Some(1),
+        };
+        let (cache, _) = StreamCache::open(&target, &options).unwrap();
+        let mut reader = cache.reader(true).unwrap();
+        reader.next_batch().unwrap();
+        reader.next_batch().unwrap();
+        // Batches 0 and 1 are gone before any `take` learnt their rows.
+        assert!(matches!(cache.take(&[50]), Err(Error::Evicted { .. })));
+        let taken = cache.take(&[250, 499]).unwrap();
+        let ids = taken
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(ids, [250, 499], "{verify:?}");
+        assert!(matches!(cache.take(&[500]), Err(Error::OutOfRange(_))));
+    }
+}
+
+#[test]
+fn eviction_stops_at_a_damaged_batch_no_reader_read_so_that_take_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, target) = saved(dir.path());
+    let data = target.join("data.arrow");
+    let mut bytes = fs::read(&data).unwrap();
+    let last = batch_block(&bytes, 1).end - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&data, bytes).unwrap();
+    let options = OpenOptions {
+        verify: Verify::Always,
+        max_readers: Some(1),
+    };
+    let (cache, _) = StreamCache::open(&target, &options).unwrap();
+    let shard = ReaderOptions {
+        order: ReadOrder {
+            shuffle: None,
+            shard: Some(Shard::new(0, 2).unwrap()),
+        },
+        ..ReaderOptions::from_start()
+    };
+    // Shard 0 of 2 reads batches 0, 2 and 4, passing the damaged batch 1 unread.
+    let mut reader = cache.reader_with(shard).unwrap();
+    reader.next_batch().unwrap();
+    reader.next_batch().unwrap();
+    assert_eq!(cache.stats().unwrap().batches_evicted, 1);
+    assert!(matches!(cache.take(&[150]), Err(Error::Corrupt(_))));
+    assert!(matches!(cache.take(&[50]), Err(Error::Evicted { .. })));
+}
+
+#[test]
 fn an_edited_batch_is_refused_at_its_read_and_the_batches_before_it_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let (source, target) = saved(dir.path());
@@ -304,6 +363,23 @@ fn damaged_truncated_or_foreign_directories_are_refused_at_open() {
     // Nothing was deleted from any of them.
     assert!(foreign.join("notes.txt").exists());
     assert!(target.join("data.arrow").exists());
+}
+
+#[test]
+fn a_schema_arrow_cannot_make_arrays_of_is_corrupt_at_open() {
+    // Run ends must be signed integers: arrow-ipc reads UInt32 ones, arrow-array panics
+    // on an array of them, as an empty `take` made one. Such a save is crafted: the cache
+    // never holds a batch of that type, so this one holds none.
+    let run_ends = Field::new("run_ends", DataType::UInt32, false);
+    let values = Field::new("values", DataType::Utf8, true);
+    let runs = DataType::RunEndEncoded(Arc::new(run_ends), Arc::new(values));
+    let schema = Arc::new(Schema::new(vec![Field::new("runs", runs, true)]));
+    let reader = RecordBatchIterator::new(Vec::new(), schema);
+    let cache = StreamCache::new(Box::new(reader), CacheOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("crafted");
+    cache.persist(&target).unwrap();
+    corrupt(open(&target), "has a type arrow cannot make arrays of");
 }
 
 #[test]

@@ -20,6 +20,15 @@
 //! `bc_cache_take`), or a shuffled (windowed, rows too) or sharded reader (`reader_with`,
 //! `bc_cache_reader_with`). A checked read must give what a live cache of the pristine
 //! batches gives for the same call: the same batches in the same order, the same rows.
+//!
+//! Then the save is opened again with `max_readers` chosen by the input (or none) and
+//! read by interleaved readers (in order, shuffled, windowed, sharded; some closed early
+//! so that eviction moves past them) and by index and rows, each call beside the same on
+//! a live cache of the pristine batches with the same cap. Until the first `Corrupt`, a
+//! checked read gives what the live cache gives, refusals too: only `ReaderCap` for a
+//! reader past the cap (a from-start reader after eviction among them), `Evicted` for a
+//! batch by index or row that eviction dropped, `OutOfRange` past the end, and a reader
+//! never meets `Evicted`.
 
 #![no_main]
 
@@ -97,6 +106,42 @@ struct Input {
     /// What reads each freshly opened save first, so that a damaged batch's first read
     /// (where it is checked) happens there.
     access: Access,
+    /// The save opened again with a reader cap, and what its readers do.
+    capped: Capped,
+}
+
+/// Longest step sequence run on a capped save.
+const MAX_STEPS: usize = 32;
+
+/// The save opened with `max_readers` (`% 4`, 0 for no cap), then `steps`.
+#[derive(Debug, Arbitrary)]
+struct Capped {
+    max_readers: u8,
+    steps: Vec<Step>,
+}
+
+impl Capped {
+    fn max_readers(&self) -> Option<u64> {
+        Some(u64::from(self.max_readers % 4)).filter(|&m| m > 0)
+    }
+}
+
+/// One call on a capped save (and on the live cache beside it).
+#[derive(Debug, Arbitrary)]
+enum Step {
+    /// A new reader, from the start or the frontier, in order or in `order`.
+    Open {
+        from_start: bool,
+        order: Option<OrderChoice>,
+    },
+    /// `1 + count % 4` batches from open reader `reader % open`.
+    Next { reader: u8, count: u8 },
+    /// Close open reader `reader % open` wherever it is, so eviction moves past it.
+    Close { reader: u8 },
+    /// Batch `index % (batches + 2)` by its index.
+    Batch { index: u8 },
+    /// Rows by theirs, as [`take_rows`] picks them.
+    Take { rows: Vec<u16> },
 }
 
 /// The ways into an opened save besides a plain reader.
@@ -107,16 +152,19 @@ enum Access {
     /// Every batch by its index and one past the end (`batch`, `bc_cache_batch`), then
     /// rows by theirs (`take`, `bc_cache_take`), each `% (rows + 3)`, some past the end.
     Random { rows: Vec<u16> },
-    /// A reader in another order (`reader_with`, `bc_cache_reader_with`): a shuffle by
-    /// `seed`, through a window of `window % 5` batches (0: the whole stream), its rows
-    /// too; shard `shard % count` of `1 + count % 4`.
-    Ordered {
-        seed: Option<u64>,
-        window: u8,
-        rows: bool,
-        shard: u8,
-        count: u8,
-    },
+    /// A reader in another order (`reader_with`, `bc_cache_reader_with`).
+    Ordered(OrderChoice),
+}
+
+/// A shuffle by `seed`, through a window of `window % 5` batches (0: the whole stream),
+/// its rows too; shard `shard % count` of `1 + count % 4`.
+#[derive(Debug, Clone, Copy, Arbitrary)]
+struct OrderChoice {
+    seed: Option<u64>,
+    window: u8,
+    rows: bool,
+    shard: u8,
+    count: u8,
 }
 
 /// The reader options of an [`Access::Ordered`].
@@ -128,27 +176,24 @@ struct Order {
 }
 
 impl Order {
-    fn of(access: &Access) -> Option<Self> {
-        let Access::Ordered {
+    fn new(choice: &OrderChoice) -> Self {
+        let OrderChoice {
             seed,
             window,
             rows,
             shard,
             count,
-        } = *access
-        else {
-            return None;
-        };
+        } = *choice;
         let count = 1 + u64::from(count % 4);
-        Some(Self {
+        Self {
             seed,
             window: seed.and(Some(u64::from(window % 5)).filter(|&w| w > 0)),
             rows: seed.is_some() && rows,
             shard: (u64::from(shard) % count, count),
-        })
+        }
     }
 
-    fn options(&self) -> ReaderOptions {
+    fn options(&self, from_start: bool) -> ReaderOptions {
         let shuffle = self.seed.map(|seed| Shuffle {
             seed,
             window: self.window,
@@ -156,7 +201,7 @@ impl Order {
         });
         let shard = Shard::new(self.shard.0, self.shard.1).unwrap();
         ReaderOptions {
-            from_start: true,
+            from_start,
             order: ReadOrder {
                 shuffle,
                 shard: Some(shard),
@@ -569,10 +614,10 @@ fn access_first(access: &Access, cache: &StreamCache, seed: &Seed, exact: bool, 
                 Err(err) => panic!("{what}: failed with {err:?}"),
             }
         }
-        Access::Ordered { .. } => {
-            let order = Order::of(access).unwrap();
+        Access::Ordered(choice) => {
+            let order = Order::new(choice);
             let expected = ordered(seed, &order);
-            let reader = cache.reader_with(order.options()).unwrap();
+            let reader = cache.reader_with(order.options(true)).unwrap();
             read_all(
                 &format!("{verify:?}, {access:?}"),
                 reader,
@@ -595,8 +640,272 @@ fn take_rows(rows: &[u16], seed: &Seed) -> Vec<u64> {
 
 /// What the pristine cache gives in `order`.
 fn ordered(seed: &Seed, order: &Order) -> Vec<RecordBatch> {
-    let reader = seed.pristine.reader_with(order.options()).unwrap();
+    let reader = seed.pristine.reader_with(order.options(true)).unwrap();
     reader.collect::<Result<_, _>>().unwrap()
+}
+
+/// What one call on a capped save gave.
+#[derive(Debug)]
+enum Got {
+    Batch(RecordBatch),
+    End,
+    Refused(Refusal),
+}
+
+/// A refusal, by kind; any other error is a bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Corrupt,
+    ReaderCap,
+    Evicted,
+    OutOfRange,
+    InvalidArgument,
+}
+
+fn refusal(what: &str, err: &Error) -> Refusal {
+    match err {
+        Error::Corrupt(_) => Refusal::Corrupt,
+        Error::ReaderCap { .. } => Refusal::ReaderCap,
+        Error::Evicted { .. } => Refusal::Evicted,
+        Error::OutOfRange(_) => Refusal::OutOfRange,
+        Error::InvalidArgument(_) => Refusal::InvalidArgument,
+        _ => panic!("{what}: failed with {err:?}"),
+    }
+}
+
+/// A cache the steps of a [`Capped`] run on: the save opened in Rust or by the C API,
+/// or the live cache beside it. Every batch it hands out is validated in full.
+trait Subject {
+    type Reader;
+    fn new_reader(
+        &mut self,
+        from_start: bool,
+        order: Option<&Order>,
+    ) -> Result<Self::Reader, Refusal>;
+    fn read_next(&mut self, what: &str, reader: &mut Self::Reader) -> Got;
+    fn get_batch(&mut self, what: &str, index: u64) -> Got;
+    fn get_rows(&mut self, what: &str, rows: &[u64]) -> Got;
+}
+
+/// A cache opened in Rust, or a live one.
+struct Rust<'a>(&'a StreamCache);
+
+impl Rust<'_> {
+    fn got(&self, what: &str, result: batchcorder_core::Result<Option<RecordBatch>>) -> Got {
+        match result {
+            Ok(Some(batch)) => {
+                check_batch(what, &batch, self.0, None, false);
+                Got::Batch(batch)
+            }
+            Ok(None) => Got::End,
+            Err(err) => Got::Refused(refusal(what, &err)),
+        }
+    }
+}
+
+impl Subject for Rust<'_> {
+    type Reader = batchcorder_core::CacheReader;
+
+    fn new_reader(
+        &mut self,
+        from_start: bool,
+        order: Option<&Order>,
+    ) -> Result<Self::Reader, Refusal> {
+        let options = match order {
+            Some(order) => order.options(from_start),
+            None => ReaderOptions {
+                from_start,
+                ..ReaderOptions::default()
+            },
+        };
+        self.0
+            .reader_with(options)
+            .map_err(|err| refusal("reader_with", &err))
+    }
+
+    fn read_next(&mut self, what: &str, reader: &mut Self::Reader) -> Got {
+        self.got(what, reader.next_batch())
+    }
+
+    fn get_batch(&mut self, what: &str, index: u64) -> Got {
+        self.got(what, self.0.batch(index).map(Some))
+    }
+
+    fn get_rows(&mut self, what: &str, rows: &[u64]) -> Got {
+        self.got(what, self.0.take(rows).map(Some))
+    }
+}
+
+/// A live cache of `seed`'s batches capped at `max_readers`, ingested to its end as an
+/// opened save is.
+fn live(seed: &Seed, max_readers: Option<u64>) -> StreamCache {
+    let schema = seed.batches[0].schema();
+    let batches = seed.batches.clone().into_iter().map(Ok);
+    let reader = RecordBatchIterator::new(batches, schema);
+    let options = CacheOptions {
+        max_readers,
+        ..CacheOptions::default()
+    };
+    let cache = StreamCache::new(Box::new(reader), options).unwrap();
+    cache.ingest_all().unwrap();
+    cache
+}
+
+/// Runs `capped`'s steps on `subject` and on a live cache with the same cap, comparing
+/// each call's outcome while `exact` holds and no `Corrupt` was met.
+struct Run<'a, S: Subject> {
+    what: &'a str,
+    subject: S,
+    reference: Rust<'a>,
+    exact: bool,
+    broken: bool,
+}
+
+impl<S: Subject> Run<'_, S> {
+    fn strict(&self) -> bool {
+        self.exact && !self.broken
+    }
+
+    /// Check `got` against `want` (the live cache's outcome, when there is one): refusals
+    /// only of the kinds in `allowed` (or `Corrupt`); false once nothing more will come.
+    fn compare(&mut self, what: &str, got: Got, want: Option<Got>, allowed: &[Refusal]) -> bool {
+        let strict = self.strict();
+        let want = || want.unwrap_or_else(|| panic!("{what}: no live outcome"));
+        match got {
+            Got::Refused(Refusal::Corrupt) => {
+                self.broken = true;
+                false
+            }
+            Got::Refused(refused) => {
+                assert!(
+                    allowed.contains(&refused),
+                    "{what}: refused with {refused:?}"
+                );
+                if strict {
+                    assert!(
+                        matches!(want(), Got::Refused(r) if r == refused),
+                        "{what}: refused with {refused:?}, a live cache does not"
+                    );
+                }
+                false
+            }
+            Got::Batch(batch) => {
+                if strict {
+                    match want() {
+                        Got::Batch(expected) => {
+                            assert_eq!(batch.columns(), expected.columns(), "{what}")
+                        }
+                        other => panic!("{what}: gave a batch, a live cache {other:?}"),
+                    }
+                }
+                true
+            }
+            Got::End => {
+                if strict {
+                    assert!(
+                        matches!(want(), Got::End),
+                        "{what}: ended, a live cache does not"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// One batch from an open reader (a reader only ever fails with `Corrupt`); false
+    /// once it has ended or failed.
+    fn advance(
+        &mut self,
+        what: &str,
+        pair: &mut (S::Reader, Option<batchcorder_core::CacheReader>),
+    ) -> bool {
+        let got = self.subject.read_next(what, &mut pair.0);
+        let want = pair.1.as_mut().map(|r| self.reference.read_next(what, r));
+        self.compare(what, got, want, &[])
+    }
+
+    fn steps(&mut self, steps: &[Step], seed: &Seed) {
+        let batches = seed.batches.len() as u64;
+        let mut open: Vec<(S::Reader, Option<batchcorder_core::CacheReader>)> = Vec::new();
+        let mut done: Vec<bool> = Vec::new();
+        for (k, step) in steps.iter().take(MAX_STEPS).enumerate() {
+            let what = format!("{}, step {k}: {step:?}", self.what);
+            let pick = |i: u8| (!open.is_empty()).then(|| i as usize % open.len());
+            match step {
+                Step::Open { from_start, order } => {
+                    let order = order.as_ref().map(Order::new);
+                    let got = self.subject.new_reader(*from_start, order.as_ref());
+                    let want = self.reference.new_reader(*from_start, order.as_ref());
+                    match got {
+                        Ok(reader) => {
+                            if self.strict() {
+                                assert!(want.is_ok(), "{what}: a live cache refuses {want:?}");
+                            }
+                            open.push((reader, want.ok()));
+                            done.push(false);
+                        }
+                        Err(refused) => {
+                            let want = want.err().map(Got::Refused);
+                            let allowed = [Refusal::ReaderCap, Refusal::InvalidArgument];
+                            self.compare(&what, Got::Refused(refused), want, &allowed);
+                        }
+                    }
+                }
+                Step::Next { reader, count } => {
+                    if let Some(i) = pick(*reader) {
+                        for _ in 0..=count % 4 {
+                            if done[i] || !self.advance(&what, &mut open[i]) {
+                                done[i] = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Step::Close { reader } => {
+                    if let Some(i) = pick(*reader) {
+                        open.remove(i);
+                        done.remove(i);
+                    }
+                }
+                Step::Batch { index } => {
+                    let index = u64::from(*index) % (batches + 2);
+                    let got = self.subject.get_batch(&what, index);
+                    let want = self.reference.get_batch(&what, index);
+                    let allowed = [Refusal::OutOfRange, Refusal::Evicted];
+                    self.compare(&what, got, Some(want), &allowed);
+                }
+                Step::Take { rows } => {
+                    let rows = take_rows(rows, seed);
+                    let got = self.subject.get_rows(&what, &rows);
+                    let want = self.reference.get_rows(&what, &rows);
+                    let allowed = [Refusal::OutOfRange, Refusal::Evicted];
+                    self.compare(&what, got, Some(want), &allowed);
+                }
+            }
+        }
+        // The rest, round robin, to their ends.
+        while done.contains(&false) {
+            for (i, pair) in open.iter_mut().enumerate() {
+                if !done[i] {
+                    let what = format!("{}, draining reader {i}", self.what);
+                    done[i] = !self.advance(&what, pair);
+                }
+            }
+        }
+    }
+}
+
+/// `capped`'s steps on `subject`, beside a live cache with the same cap.
+fn run_capped<S: Subject>(what: &str, subject: S, capped: &Capped, seed: &Seed, exact: bool) {
+    let reference = live(seed, capped.max_readers());
+    let mut run = Run {
+        what,
+        subject,
+        reference: Rust(&reference),
+        exact,
+        broken: false,
+    };
+    run.steps(&capped.steps, seed);
 }
 
 mod c {
@@ -612,9 +921,9 @@ mod c {
     use batchcorder::reader_options as ro;
     use batchcorder::{bc_last_error_kind, BcErrorKind, BcStatus};
 
-    /// The save opened by the C API; `None` when it refuses it (as it may only with
-    /// `BC_CORRUPT`, or `BC_INVALID_ARGUMENT` for a newer format).
-    pub fn open(save: &Path, verify: Verify) -> Option<*mut BcCache> {
+    /// The save opened by the C API, capped at `max_readers`; `None` when it refuses it
+    /// (as it may only with `BC_CORRUPT`, or `BC_INVALID_ARGUMENT` for a newer format).
+    pub fn open(save: &Path, verify: Verify, max_readers: Option<u64>) -> Option<*mut BcCache> {
         let path = std::ffi::CString::new(save.to_str().unwrap()).unwrap();
         let verify = match verify {
             Verify::Never => BC_VERIFY_NEVER,
@@ -622,15 +931,27 @@ mod c {
             Verify::Always => BC_VERIFY_ALWAYS,
         };
         let mut cache = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated path, NULL options and info, a writable out.
+        // SAFETY: a NUL-terminated path, NULL or our own options, NULL info, a writable
+        // out; the options freed once.
         let opened = unsafe {
-            bc_cache_open(
+            let opts = match max_readers {
+                Some(max) => {
+                    let opts = batchcorder::options::bc_options_new();
+                    let status = batchcorder::options::bc_options_set_max_readers(opts, max);
+                    assert_eq!(status, BcStatus::BC_OK);
+                    opts
+                }
+                None => std::ptr::null_mut(),
+            };
+            let opened = bc_cache_open(
                 path.as_ptr(),
                 verify,
-                std::ptr::null(),
+                opts,
                 std::ptr::null_mut(),
                 &mut cache,
-            )
+            );
+            batchcorder::options::bc_options_free(opts);
+            opened
         };
         if opened != BcStatus::BC_OK {
             assert!(matches!(
@@ -681,13 +1002,166 @@ mod c {
 
     /// A refusal of a read, which may only be `BC_CORRUPT`, or past the end when
     /// `past_end` says that is possible.
-    fn refused(what: &str, status: BcStatus, past_end: bool) {
-        let out_of_range = status == BcStatus::BC_INVALID_ARGUMENT
-            && bc_last_error_kind() == BcErrorKind::BC_ERROR_KIND_OUT_OF_RANGE;
+    fn refused(what: &str, refused: Refusal, past_end: bool) {
         assert!(
-            status == BcStatus::BC_CORRUPT || (past_end && out_of_range),
-            "C, {what}: {status:?}"
+            refused == Refusal::Corrupt || (past_end && refused == Refusal::OutOfRange),
+            "C, {what}: {refused:?}"
         );
+    }
+
+    /// A failed call's status (and `bc_last_error_kind()`), by kind; any other is a bug.
+    fn refusal(what: &str, status: BcStatus) -> Refusal {
+        match status {
+            BcStatus::BC_CORRUPT => Refusal::Corrupt,
+            BcStatus::BC_EVICTED => Refusal::Evicted,
+            BcStatus::BC_INVALID_ARGUMENT => match bc_last_error_kind() {
+                BcErrorKind::BC_ERROR_KIND_READER_CAP => Refusal::ReaderCap,
+                BcErrorKind::BC_ERROR_KIND_OUT_OF_RANGE => Refusal::OutOfRange,
+                BcErrorKind::BC_ERROR_KIND_NONE => Refusal::InvalidArgument,
+            },
+            _ => panic!("C, {what}: {status:?}: {}", last_error()),
+        }
+    }
+
+    /// `bc_cache_batch(index)`.
+    fn batch(cache: *mut BcCache, fields: &Fields, what: &str, index: u64) -> Got {
+        let mut array = ArrowArray::RELEASED;
+        // SAFETY: a live cache, a writable out.
+        let status =
+            unsafe { batchcorder::random_access::bc_cache_batch(cache, index, &mut array) };
+        match status {
+            BcStatus::BC_OK => Got::Batch(import(what, array, fields)),
+            _ => Got::Refused(refusal(what, status)),
+        }
+    }
+
+    /// `bc_cache_take(rows)`.
+    fn take(cache: *mut BcCache, fields: &Fields, what: &str, rows: &[u64]) -> Got {
+        let mut array = ArrowArray::RELEASED;
+        // SAFETY: a live cache, `rows.len()` rows, a writable out.
+        let status = unsafe {
+            batchcorder::random_access::bc_cache_take(cache, rows.as_ptr(), rows.len(), &mut array)
+        };
+        match status {
+            BcStatus::BC_OK => Got::Batch(import(what, array, fields)),
+            _ => Got::Refused(refusal(what, status)),
+        }
+    }
+
+    /// The next batch of a stream of ours; its failure as `bc_reader_failure` says.
+    fn next(stream: &mut ArrowArrayStream, fields: &Fields, what: &str) -> Got {
+        let mut array = ArrowArray::RELEASED;
+        // SAFETY: a live stream of ours, a writable out.
+        let rc = unsafe { (stream.get_next.unwrap())(stream, &mut array) };
+        if rc != 0 {
+            // SAFETY: a live stream made by the library.
+            let failure = unsafe { batchcorder::export::bc_reader_failure(stream) };
+            return Got::Refused(refusal(what, failure));
+        }
+        if array.release.is_none() {
+            return Got::End;
+        }
+        Got::Batch(import(what, array, fields))
+    }
+
+    /// A reader from `bc_cache_reader_with`, from the start or the frontier, in order or
+    /// in `order`.
+    fn reader_with(
+        cache: *mut BcCache,
+        from_start: bool,
+        order: Option<&Order>,
+    ) -> Result<ArrowArrayStream, BcStatus> {
+        // SAFETY: the builder calls on a builder of ours, freed once.
+        unsafe {
+            let opts = ro::bc_reader_options_new();
+            assert_eq!(
+                ro::bc_reader_options_set_from_start(opts, from_start),
+                BcStatus::BC_OK
+            );
+            if let Some(order) = order {
+                if let Some(seed) = order.seed {
+                    assert_eq!(
+                        ro::bc_reader_options_set_shuffle(opts, seed),
+                        BcStatus::BC_OK
+                    );
+                }
+                if let Some(window) = order.window {
+                    assert_eq!(
+                        ro::bc_reader_options_set_shuffle_window(opts, window),
+                        BcStatus::BC_OK
+                    );
+                }
+                assert_eq!(
+                    ro::bc_reader_options_set_shuffle_rows(opts, order.rows),
+                    BcStatus::BC_OK
+                );
+                let (index, count) = order.shard;
+                assert_eq!(
+                    ro::bc_reader_options_set_shard(opts, index, count),
+                    BcStatus::BC_OK
+                );
+            }
+            let mut stream = ArrowArrayStream::RELEASED;
+            let status = ro::bc_cache_reader_with(cache, opts, std::ptr::null(), &mut stream);
+            ro::bc_reader_options_free(opts);
+            match status {
+                BcStatus::BC_OK => Ok(stream),
+                _ => Err(status),
+            }
+        }
+    }
+
+    /// A stream of ours, released when dropped.
+    pub struct Stream(ArrowArrayStream);
+
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            if let Some(release) = self.0.release {
+                // SAFETY: a live stream, released once.
+                unsafe { release(&mut self.0) };
+            }
+        }
+    }
+
+    /// A save opened by the C API, as the steps of a [`Capped`] see it.
+    pub struct Opened {
+        cache: *mut BcCache,
+        fields: Fields,
+    }
+
+    impl Opened {
+        pub fn new(cache: *mut BcCache) -> Self {
+            Self {
+                cache,
+                fields: fields(cache),
+            }
+        }
+    }
+
+    impl Subject for Opened {
+        type Reader = Stream;
+
+        fn new_reader(
+            &mut self,
+            from_start: bool,
+            order: Option<&Order>,
+        ) -> Result<Stream, Refusal> {
+            reader_with(self.cache, from_start, order)
+                .map(Stream)
+                .map_err(|status| refusal("bc_cache_reader_with", status))
+        }
+
+        fn read_next(&mut self, what: &str, reader: &mut Stream) -> Got {
+            next(&mut reader.0, &self.fields, what)
+        }
+
+        fn get_batch(&mut self, what: &str, index: u64) -> Got {
+            batch(self.cache, &self.fields, what, index)
+        }
+
+        fn get_rows(&mut self, what: &str, rows: &[u64]) -> Got {
+            take(self.cache, &self.fields, what, rows)
+        }
     }
 
     pub fn access_first(cache: *mut BcCache, access: &Access, seed: &Seed, exact: bool) {
@@ -698,78 +1172,25 @@ mod c {
                 let n = seed.batches.len();
                 for i in 0..=n {
                     let what = format!("bc_cache_batch({i})");
-                    let mut array = ArrowArray::RELEASED;
-                    // SAFETY: a live cache, a writable out.
-                    let status = unsafe {
-                        batchcorder::random_access::bc_cache_batch(cache, i as u64, &mut array)
-                    };
-                    match status {
-                        BcStatus::BC_OK => check(
-                            &what,
-                            &import(&what, array, &fields),
-                            seed.batches.get(i),
-                            exact,
-                        ),
-                        _ => refused(&what, status, !exact || i == n),
+                    match batch(cache, &fields, &what, i as u64) {
+                        Got::Batch(got) => check(&what, &got, seed.batches.get(i), exact),
+                        Got::End => unreachable!(),
+                        Got::Refused(refusal) => refused(&what, refusal, !exact || i == n),
                     }
                 }
                 let rows = take_rows(rows, seed);
                 let what = format!("bc_cache_take({rows:?})");
                 let expected = seed.pristine.take(&rows);
-                let mut array = ArrowArray::RELEASED;
-                // SAFETY: a live cache, `rows.len()` rows, a writable out.
-                let status = unsafe {
-                    batchcorder::random_access::bc_cache_take(
-                        cache,
-                        rows.as_ptr(),
-                        rows.len(),
-                        &mut array,
-                    )
-                };
-                match status {
-                    BcStatus::BC_OK => check(
-                        &what,
-                        &import(&what, array, &fields),
-                        expected.as_ref().ok(),
-                        exact,
-                    ),
-                    _ => refused(&what, status, !exact || expected.is_err()),
+                match take(cache, &fields, &what, &rows) {
+                    Got::Batch(got) => check(&what, &got, expected.as_ref().ok(), exact),
+                    Got::End => unreachable!(),
+                    Got::Refused(refusal) => refused(&what, refusal, !exact || expected.is_err()),
                 }
             }
-            Access::Ordered { .. } => {
-                let order = Order::of(access).unwrap();
+            Access::Ordered(choice) => {
+                let order = Order::new(choice);
                 let expected = ordered(seed, &order);
-                // SAFETY: the builder calls on a builder of ours, freed once.
-                let stream = unsafe {
-                    let opts = ro::bc_reader_options_new();
-                    if let Some(seed) = order.seed {
-                        assert_eq!(
-                            ro::bc_reader_options_set_shuffle(opts, seed),
-                            BcStatus::BC_OK
-                        );
-                    }
-                    if let Some(window) = order.window {
-                        assert_eq!(
-                            ro::bc_reader_options_set_shuffle_window(opts, window),
-                            BcStatus::BC_OK
-                        );
-                    }
-                    assert_eq!(
-                        ro::bc_reader_options_set_shuffle_rows(opts, order.rows),
-                        BcStatus::BC_OK
-                    );
-                    let (index, count) = order.shard;
-                    assert_eq!(
-                        ro::bc_reader_options_set_shard(opts, index, count),
-                        BcStatus::BC_OK
-                    );
-                    let mut stream = ArrowArrayStream::RELEASED;
-                    let status =
-                        ro::bc_cache_reader_with(cache, opts, std::ptr::null(), &mut stream);
-                    ro::bc_reader_options_free(opts);
-                    assert_eq!(status, BcStatus::BC_OK);
-                    stream
-                };
+                let stream = reader_with(cache, true, Some(&order)).unwrap();
                 read_stream(&format!("{access:?}"), stream, &fields, &expected, exact);
             }
         }
@@ -795,24 +1216,21 @@ mod c {
         exact: bool,
     ) {
         for k in 0.. {
-            let mut array = ArrowArray::RELEASED;
-            // SAFETY: a live stream of ours, a writable out.
-            let rc = unsafe { (stream.get_next.unwrap())(&mut stream, &mut array) };
-            if rc != 0 {
-                // SAFETY: a live stream made by the library.
-                let failure = unsafe { batchcorder::export::bc_reader_failure(&mut stream) };
-                assert_eq!(failure, BcStatus::BC_CORRUPT, "{what}, batch {k}");
-                break;
-            }
-            if array.release.is_none() {
-                assert!(
-                    !exact || k == expected.len(),
-                    "C, {what}: ended after {k} batches"
-                );
-                break;
-            }
             let what = format!("{what}, batch {k}");
-            check(&what, &import(&what, array, fields), expected.get(k), exact);
+            match next(&mut stream, fields, &what) {
+                Got::Batch(got) => check(&what, &got, expected.get(k), exact),
+                Got::End => {
+                    assert!(
+                        !exact || k == expected.len(),
+                        "C, {what}: ended after {k} batches"
+                    );
+                    break;
+                }
+                Got::Refused(refusal) => {
+                    assert_eq!(refusal, Refusal::Corrupt, "C, {what}");
+                    break;
+                }
+            }
         }
         // SAFETY: a live stream, released once.
         unsafe { (stream.release.unwrap())(&mut stream) };
@@ -884,9 +1302,31 @@ fuzz_target!(|input: Input| {
             );
         }
         assert!(cache.stats().is_ok(), "{verify:?}: the cache is poisoned");
-        if let Some(opened) = c::open(&save, verify) {
+        if let Some(opened) = c::open(&save, verify, None) {
             c::access_first(opened, &input.access, seed, exact);
             c::read_plain(opened, seed, exact);
+            c::free(opened);
+        }
+        if input.capped.steps.is_empty() {
+            continue;
+        }
+        let max_readers = input.capped.max_readers();
+        let options = OpenOptions {
+            verify,
+            max_readers,
+        };
+        match StreamCache::open(&save, &options) {
+            Ok((cache, _)) => {
+                let what = format!("{verify:?}, max_readers {max_readers:?}");
+                run_capped(&what, Rust(&cache), &input.capped, seed, exact);
+                assert!(cache.stats().is_ok(), "{what}: the cache is poisoned");
+            }
+            Err(err) if allowed(&err) => {}
+            Err(err) => panic!("{verify:?}, max_readers {max_readers:?}: open failed with {err:?}"),
+        }
+        if let Some(opened) = c::open(&save, verify, max_readers) {
+            let what = format!("C, {verify:?}, max_readers {max_readers:?}");
+            run_capped(&what, c::Opened::new(opened), &input.capped, seed, exact);
             c::free(opened);
         }
     }

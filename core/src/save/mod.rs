@@ -24,9 +24,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
-use crate::disk::{io_error, Check, Decoding, DiskEntry, DiskIndex, Message, Segment};
+use crate::disk::{
+    catch_quietly, io_error, Check, Decoding, DiskEntry, DiskIndex, Message, Segment,
+};
 use crate::error::{Error, Result};
 use crate::validate::Utf8;
 use footer::Footer;
@@ -110,6 +113,14 @@ pub(crate) fn open(path: &Path, verify: Verify) -> Result<Opened> {
         Verify::IfModified => modified_ns(&meta, &data_path)? != layout.data_modified_ns,
     };
     let footer = Footer::read(&file, &data_path, len)?;
+    // arrow-ipc converts some types arrow-rs cannot make an array of (run ends that are
+    // not signed integers); the first empty batch, such as a `take` of no rows, would
+    // panic. Only a crafted save has one: the cache never holds a batch of such a type.
+    if let Err(panic) = catch_quietly(|| RecordBatch::new_empty(footer.schema.clone())) {
+        return Err(layout.damaged(format!(
+            "the schema of {DATA} has a type arrow cannot make arrays of ({panic})"
+        )));
+    }
     if footer.batches.len() as u64 != layout.batches
         || footer.checksummed() != layout.checksums.len()
     {
