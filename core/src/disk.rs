@@ -334,23 +334,11 @@ impl DiskEntry {
         #[cfg(test)]
         READS.with(|reads| reads.set(reads.get() + 1));
         let bytes = self.batch.bytes()?;
-        let check = self
-            .known
-            .check
-            .as_deref()
-            .filter(|_| !self.known.read_once.load(Ordering::Acquire));
-        let Some(check) = check else {
+        let Some(check) = self.unread_check() else {
             // Our own spill files, or a persisted batch that passed its check.
             return self.decode(schema, &bytes).map(Decoded::cached);
         };
-        if let Some(checksums) = &check.checksums {
-            let expected = checksums.get(self.known.position as usize);
-            if expected != Some(&twox_hash::XxHash3_64::oneshot(bytes.as_slice())) {
-                return Err(
-                    self.damaged("does not match its checksum: the file was edited or damaged")
-                );
-            }
-        }
+        self.check_sum(check, &bytes)?;
         for dictionary in self.dictionaries.iter() {
             check_message(&dictionary.bytes()?, dictionary.metadata_len, true)
                 .map_err(|why| self.damaged(&format!("has a damaged dictionary: {why}")))?;
@@ -414,22 +402,33 @@ impl DiskEntry {
         Ok(decoded)
     }
 
+    /// How a persisted batch is checked, until a read of it passed; `None` for a spill's.
+    fn unread_check(&self) -> Option<&Check> {
+        self.known
+            .check
+            .as_deref()
+            .filter(|_| !self.known.read_once.load(Ordering::Acquire))
+    }
+
+    /// `bytes` against the batch's checksum, when `check` verifies them.
+    fn check_sum(&self, check: &Check, bytes: &Buffer) -> Result<()> {
+        let Some(checksums) = &check.checksums else {
+            return Ok(());
+        };
+        let expected = checksums.get(self.known.position as usize);
+        if expected != Some(&twox_hash::XxHash3_64::oneshot(bytes.as_slice())) {
+            return Err(self.damaged("does not match its checksum: the file was edited or damaged"));
+        }
+        Ok(())
+    }
+
     /// The batch's row count from its message header, without decoding it: for a save's
     /// batch that `max_readers` eviction drops unread. Its bytes are checked against
     /// their checksum first where its first read would check them.
     pub(crate) fn header_rows(&self) -> Result<u64> {
         let bytes = self.batch.bytes()?;
-        let unread_check = self
-            .known
-            .check
-            .as_ref()
-            .filter(|_| !self.known.read_once.load(Ordering::Acquire));
-        if let Some(expected) = unread_check.and_then(|check| check.checksum) {
-            if twox_hash::XxHash3_64::oneshot(bytes.as_slice()) != expected {
-                return Err(
-                    self.damaged("does not match its checksum: the file was edited or damaged")
-                );
-            }
+        if let Some(check) = self.unread_check() {
+            self.check_sum(check, &bytes)?;
         }
         let header = check_message(&bytes, self.batch.metadata_len, false)
             .map_err(|why| self.damaged(&format!("is damaged: {why}")))?;
