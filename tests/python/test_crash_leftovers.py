@@ -135,8 +135,9 @@ def test_a_process_killed_at_any_instant_leaves_nothing_the_next_cache_keeps(tmp
                 finally:
                     os._exit(1)
             # Within the first milliseconds: folder creation, the first spill, the save
-            # and its commit, at every instant in between.
-            time.sleep(rng.uniform(0, 0.004))
+            # and its commit, at every instant in between. Up to 10 ms: a fork of a large
+            # test process can take a few before the child runs at all.
+            time.sleep(rng.uniform(0, 0.010))
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             left_behind = max(left_behind, len(ours(tmp_path)))
